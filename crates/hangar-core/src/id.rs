@@ -1,0 +1,85 @@
+//! Identifiers: a kind prefix and a lowercase ULID (`agent_01jd7x…`).
+//!
+//! ULIDs sort by creation time, so "newest first" and cursor pagination are a range
+//! scan on the primary key; the prefix makes an ID self-describing in logs and
+//! support tickets. IDs are opaque to clients: nothing but equality is promised.
+
+use ulid::Ulid;
+
+crate::string_enum! {
+    /// What an identifier names; its prefix is the value.
+    pub enum IdKind {
+        /// An organization.
+        Organization = "org",
+        /// A user.
+        User = "user",
+        /// An API key.
+        ApiKey = "key",
+        /// A cloud (runtime target).
+        Cloud = "cloud",
+        /// An agent blueprint.
+        Agent = "agent",
+        /// A build of an agent.
+        Build = "build",
+        /// An instance (deployment of a build).
+        Instance = "inst",
+        /// A replica of an instance.
+        Replica = "rep",
+        /// An async invocation.
+        Job = "job",
+        /// An invocation request.
+        Request = "req",
+        /// An upload slot.
+        Upload = "upl",
+        /// A secret.
+        Secret = "sec",
+        /// A webhook endpoint.
+        Webhook = "wh",
+        /// A webhook delivery.
+        Delivery = "dlv",
+        /// An event.
+        Event = "evt",
+    }
+}
+
+/// A fresh identifier of `kind`.
+#[must_use]
+pub fn new_id(kind: IdKind) -> String {
+    format!(
+        "{}_{}",
+        kind.as_str(),
+        Ulid::new().to_string().to_lowercase()
+    )
+}
+
+/// The random tail of an identifier, for names that must be unique but short
+/// (resource names in URLs). `len` is clamped to the ULID's 16 random characters.
+#[must_use]
+pub fn random_suffix(id: &str, len: usize) -> String {
+    let len = len.min(16);
+    let tail: String = id.chars().rev().take(len).collect();
+    tail.chars().rev().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_and_sort_by_creation() {
+        let a = new_id(IdKind::Agent);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id(IdKind::Agent);
+        assert!(a.starts_with("agent_"));
+        assert_eq!(a.len(), "agent_".len() + 26);
+        assert!(a < b, "{a} should sort before {b}");
+        assert_eq!(a, a.to_lowercase());
+    }
+
+    #[test]
+    fn suffix_is_the_random_tail() {
+        let id = "inst_01jd7x0000000000000000abcd";
+        assert_eq!(random_suffix(id, 4), "abcd");
+        assert_eq!(random_suffix(id, 100).len(), 16);
+    }
+}
