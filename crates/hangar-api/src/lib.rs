@@ -1,1 +1,204 @@
-//! placeholder
+//! Hangar's HTTP API: the Instances API (seed 000, at the root), the Agents API
+//! (seed 003, under `/v1`) and the `/v1` extras (organizations, users, keys, clouds,
+//! builds, jobs, uploads, secrets, webhooks), over one model in the store.
+//!
+//! Handlers are thin: parse into a typed request that rejects unknown fields,
+//! call the store and the domain, render. The API never talks to a runtime driver:
+//! it writes desired state; the controller makes it so.
+//!
+//! # Layout
+//! - [`app`]: the router with its layers, and the OpenAPI document.
+//! - [`error`]: the one error → HTTP mapping.
+//! - [`extract`]: JSON/query/auth extractors that reject in the API's envelope.
+//! - `context`: request ids.
+//! - `render`: response shapes of both APIs.
+//! - `routes::{instances, agents, tenancy, extras}`: the handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::IntoResponse;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use hangar_store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod render;
+mod routes;
+
+use error::ApiError;
+
+/// What the API needs to know about how the server is reached.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Instance URLs are `http://<resource_name>.<base_domain>[:port]`.
+    pub base_domain: String,
+    /// Port instance URLs carry (the listener's), omitted when 80.
+    pub public_port: u16,
+    /// Where clients reach this server (`http://127.0.0.1:7070`), for upload URLs.
+    pub public_url: String,
+    /// Largest JSON request body.
+    pub max_body_bytes: usize,
+    /// How long an upload URL stays valid.
+    pub upload_ttl: Duration,
+    /// Key that signs upload URLs.
+    pub signing_key: Vec<u8>,
+}
+
+impl ApiConfig {
+    /// The public URL of a resource name.
+    #[must_use]
+    pub fn resource_url(&self, resource_name: &str) -> String {
+        if self.public_port == 80 {
+            format!("http://{resource_name}.{}", self.base_domain)
+        } else {
+            format!(
+                "http://{resource_name}.{}:{}",
+                self.base_domain, self.public_port
+            )
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// How the server is reached.
+    pub config: Arc<ApiConfig>,
+}
+
+/// Encodes a list cursor: opaque to clients, an ID to the store.
+#[must_use]
+pub fn encode_cursor(id: &str) -> String {
+    B64URL.encode(id)
+}
+
+/// Decodes a list cursor; a cursor this server did not make is a 400.
+pub fn decode_cursor(cursor: Option<&str>, prefix: &str) -> Result<Option<String>, ApiError> {
+    let Some(c) = cursor.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let id = B64URL
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|id| {
+            id.starts_with(prefix)
+                && id.len() < 64
+                && id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        })
+        .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from a previous page"))?;
+    Ok(Some(id))
+}
+
+/// The OpenAPI document's frame; paths and schemas are collected from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Hangar",
+        description = "Build, run, scale and invoke AI agents. The Instances API is served at the root; the Agents API and Hangar's extras under /v1. Authenticate with `Authorization: Bearer <api key>`.",
+        version = env!("CARGO_PKG_VERSION")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "instances", description = "Instances API: deployments of agent builds"),
+        (name = "agents", description = "Agents API: deploy, invoke and manage agents"),
+        (name = "builds", description = "Builds of agents"),
+        (name = "jobs", description = "Async invocations"),
+        (name = "uploads", description = "Archive uploads"),
+        (name = "secrets", description = "Encrypted secrets referenced as ${secrets.NAME}"),
+        (name = "webhooks", description = "Webhook endpoints"),
+        (name = "tenancy", description = "Organizations, users, API keys and clouds")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("API key")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// All routes with their OpenAPI operations.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::instances::routes())
+        .merge(routes::agents::routes())
+        .merge(routes::tenancy::routes())
+        .merge(routes::extras::routes())
+}
+
+/// The OpenAPI 3.1 document of every route.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::NoRoute {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(request: Request) -> impl IntoResponse {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+/// The HTTP application. Layers, outermost first:
+/// 1. request context (id) — so everything below, panics included, can cite it;
+/// 2. panic catcher — a bug answers 500 in the envelope and the server lives on;
+/// 3. body limit — oversized bodies are refused before they are buffered.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let max_body = state.config.max_body_bytes;
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get({
+                let doc = doc.clone();
+                move || async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/docs/openapi.json", doc.as_ref().clone()),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::Internal("handler panicked".into()).into_response()
+            },
+        ))
+        .layer(axum::middleware::from_fn(context::with_context))
+}

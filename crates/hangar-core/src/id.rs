@@ -4,7 +4,13 @@
 //! scan on the primary key; the prefix makes an ID self-describing in logs and
 //! support tickets. IDs are opaque to clients: nothing but equality is promised.
 
-use ulid::Ulid;
+use std::sync::Mutex;
+
+use ulid::{Generator, Ulid};
+
+/// One generator per process, so IDs made within the same millisecond still sort in
+/// the order they were made (the generator increments the random part).
+static GENERATOR: Mutex<Generator> = Mutex::new(Generator::new());
 
 crate::string_enum! {
     /// What an identifier names; its prefix is the value.
@@ -45,11 +51,14 @@ crate::string_enum! {
 /// A fresh identifier of `kind`.
 #[must_use]
 pub fn new_id(kind: IdKind) -> String {
-    format!(
-        "{}_{}",
-        kind.as_str(),
-        Ulid::new().to_string().to_lowercase()
-    )
+    let ulid = GENERATOR
+        .lock()
+        .ok()
+        .and_then(|mut g| g.generate().ok())
+        // Overflow of the random part within one millisecond, or a poisoned lock:
+        // a fresh ULID is still unique, only not ordered within that millisecond.
+        .unwrap_or_else(Ulid::new);
+    format!("{}_{}", kind.as_str(), ulid.to_string().to_lowercase())
 }
 
 /// The random tail of an identifier, for names that must be unique but short
@@ -67,13 +76,15 @@ mod tests {
 
     #[test]
     fn ids_are_prefixed_and_sort_by_creation() {
-        let a = new_id(IdKind::Agent);
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = new_id(IdKind::Agent);
+        let ids: Vec<String> = (0..1000).map(|_| new_id(IdKind::Agent)).collect();
+        let a = &ids[0];
         assert!(a.starts_with("agent_"));
         assert_eq!(a.len(), "agent_".len() + 26);
-        assert!(a < b, "{a} should sort before {b}");
-        assert_eq!(a, a.to_lowercase());
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "made in one millisecond, still in order"
+        );
+        assert_eq!(*a, a.to_lowercase());
     }
 
     #[test]

@@ -1,1 +1,290 @@
-//! placeholder
+//! Hangar's persistence: one schema, one set of migrations and one code path on
+//! SQLite (the embedded default, WAL) and PostgreSQL, through sqlx's `Any` driver.
+//!
+//! The store keeps facts — what users asked for and what the runtime observed — and
+//! never derives a status (that is `hangar_core::status`). Every query is scoped by
+//! organization, so a caller cannot read another tenant's rows by guessing an ID.
+//! Writes that must hold together (an instance and its quota slot, an agent and its
+//! first build) happen in one transaction.
+//!
+//! # Layout
+//! - [`Store`]: the pool, connecting and migrating.
+//! - `tenancy`: organizations, users, API keys, clouds.
+//! - `agents`: agents and builds.
+//! - `instances`: instances and the instance quota.
+//! - `extras`: jobs, uploads, secrets, webhooks.
+//! - [`seal`]: encryption at rest for secret values.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hangar_core::model::Timestamp;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+mod agents;
+mod extras;
+mod instances;
+pub mod seal;
+mod tenancy;
+pub mod testing;
+
+pub use agents::{NewAgent, NewBuild};
+pub use extras::{NewJob, NewWebhook};
+pub use instances::{InstanceFilter, NewInstance};
+pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique name is already used (`what` names the kind: `instance`, `agent`, …).
+    #[error("{what} name '{name}' is already taken")]
+    NameTaken {
+        /// Kind of object.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The organization's instance quota is used up.
+    #[error("organization has reached its maximum of {max} instances")]
+    QuotaExceeded {
+        /// Instances it has.
+        current: u32,
+        /// Instances it may have.
+        max: u32,
+    },
+    /// A stored value could not be read back (a bug or a hand-edited database).
+    #[error("stored {what} is not readable: {detail}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// Sealing or unsealing a secret failed.
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Whether more items follow.
+    pub has_more: bool,
+    /// The ID to pass as `after` for the next page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from `limit + 1` fetched rows: the extra row only says more exist.
+    fn from_overfetch(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> &str) -> Self {
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next_cursor = if has_more {
+            items.last().map(|t| id(t).to_owned())
+        } else {
+            None
+        };
+        Page {
+            items,
+            has_more,
+            next_cursor,
+        }
+    }
+}
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The store: a connection pool and the key that seals secrets.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    sealer: seal::Sealer,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`), applies pragmas on SQLite,
+    /// and runs the migrations.
+    pub async fn connect(url: &str, sealer: seal::Sealer) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            // Create the file on first start.
+            Backend::Sqlite if !url.contains("mode=") => {
+                if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                }
+            }
+            _ => url.to_owned(),
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the one writer; NORMAL sync is
+                        // durable across process crashes in WAL mode; busy_timeout
+                        // queues writers instead of failing them.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(&url).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend,
+            sealer,
+        })
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Now, in the store's unit (milliseconds).
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+pub(crate) fn to_ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> Timestamp {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Typed column access with errors that name the column.
+pub(crate) trait RowExt {
+    fn text(&self, col: &'static str) -> Result<String>;
+    fn opt_text(&self, col: &'static str) -> Result<Option<String>>;
+    fn int(&self, col: &'static str) -> Result<i64>;
+    fn opt_int(&self, col: &'static str) -> Result<Option<i64>>;
+    fn time(&self, col: &'static str) -> Result<Timestamp> {
+        Ok(from_ms(self.int(col)?))
+    }
+    fn opt_time(&self, col: &'static str) -> Result<Option<Timestamp>> {
+        Ok(self.opt_int(col)?.map(from_ms))
+    }
+    fn flag(&self, col: &'static str) -> Result<bool> {
+        Ok(self.int(col)? != 0)
+    }
+    fn count(&self, col: &'static str) -> Result<u32> {
+        let v = self.int(col)?;
+        u32::try_from(v).map_err(|_| StoreError::Corrupt {
+            what: col,
+            detail: format!("{v} is out of range"),
+        })
+    }
+    fn parsed<T: FromStr>(&self, col: &'static str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let s = self.text(col)?;
+        s.parse().map_err(|e: T::Err| StoreError::Corrupt {
+            what: col,
+            detail: e.to_string(),
+        })
+    }
+    fn json<T: serde::de::DeserializeOwned>(&self, col: &'static str) -> Result<T> {
+        let s = self.text(col)?;
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt {
+            what: col,
+            detail: e.to_string(),
+        })
+    }
+}
+
+impl RowExt for AnyRow {
+    fn text(&self, col: &'static str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &'static str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &'static str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &'static str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// JSON text of a value the store writes (these types always serialize).
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// Maps a unique-index violation to [`StoreError::NameTaken`].
+pub(crate) fn name_taken(err: sqlx::Error, what: &'static str, name: &str) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::NameTaken {
+            what,
+            name: name.to_owned(),
+        },
+        _ => StoreError::Database(err),
+    }
+}
+
+/// Clamps a page size to 1..=100.
+pub(crate) fn page_limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, 100)) + 1
+}

@@ -1,0 +1,181 @@
+//! Extractors whose rejections speak the API's error envelope.
+//!
+//! - [`Body`] reads JSON whatever the `Content-Type` (the seeds' async-invoke curl
+//!   example sends none), rejects unknown fields and names the offending field's
+//!   path (`resources.cpu`) using `serde_path_to_error`.
+//! - [`Query`] does the same for query strings.
+//! - [`Caller`] authenticates `Authorization: Bearer <key>`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use hangar_core::model::Role;
+use hangar_store::Principal;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A JSON request body of type `T`.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+/// A JSON request body that may be absent (empty body → `None`).
+#[derive(Debug)]
+pub struct OptionalBody<T>(pub Option<T>);
+
+async fn read_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config.max_body_bytes,
+            }
+        } else {
+            ApiError::Invalid {
+                field: None,
+                message: format!("could not read the request body: {rejection}"),
+            }
+        }
+    })
+}
+
+/// Parses JSON, naming the path of the first offending field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("request body is not valid JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        let message = match &field {
+            Some(f) => format!("{f}: {message}"),
+            None => message,
+        };
+        ApiError::Invalid { field, message }
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::Invalid {
+                field: None,
+                message: "a JSON request body is required".into(),
+            });
+        }
+        parse_json(&bytes).map(Body)
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalBody(None));
+        }
+        parse_json(&bytes).map(|v| OptionalBody(Some(v)))
+    }
+}
+
+/// Query parameters of type `T`.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let message = format!("query parameter {field}: {}", e.into_inner());
+                ApiError::Invalid {
+                    field: Some(field),
+                    message,
+                }
+            })
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// The caller's organization.
+    #[must_use]
+    pub fn org(&self) -> &str {
+        &self.0.organization_id
+    }
+
+    /// Fails with 403 unless the caller is an admin of their organization.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this needs the admin role"))
+        }
+    }
+
+    /// Fails with 403 unless the caller is an admin of the operator organization.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.0.role == Role::Admin && self.0.is_operator {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this needs an admin of the operator organization",
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        let header =
+            parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .ok_or(ApiError::Unauthorized(
+                    "missing Authorization: Bearer <api key>",
+                ))?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+        let key = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::Unauthorized(
+                "Authorization must be 'Bearer <api key>'",
+            ))?;
+        let principal = state
+            .store
+            .authenticate(key)
+            .await?
+            .ok_or(ApiError::Unauthorized("invalid or revoked API key"))?;
+        let caller = Caller(principal);
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}

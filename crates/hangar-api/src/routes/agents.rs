@@ -1,0 +1,609 @@
+//! The Agents API (seed 003), under `/v1`: deploy, list, get, update, delete,
+//! invoke, start, stop, redeploy, logs and metrics. Responses use the
+//! `{success, data, meta}` envelope.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use hangar_core::model::AgentView;
+use hangar_core::resources::{Resources, ResourcesInput};
+use hangar_core::spec::{ConfigInput, Runtime, RuntimeConfig, Scaling, ScalingInput, Source};
+use hangar_core::status::{agent_status, AgentStatus, DesiredState};
+use hangar_core::validate;
+use hangar_store::{NewAgent, NewBuild};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::page_size;
+use crate::error::{ApiError, ApiResult, Kind};
+use crate::extract::{Body, Caller, OptionalBody, Query};
+use crate::render::{self, ok, ok_list, AgentObject, Envelope, ListEnvelope, Pagination};
+use crate::{decode_cursor, AppState};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_agents, create_agent))
+        .routes(routes!(get_agent, update_agent, delete_agent))
+        .routes(routes!(invoke))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(redeploy))
+        .routes(routes!(logs))
+        .routes(routes!(metrics))
+}
+
+pub(crate) async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<AgentView> {
+    state
+        .store
+        .get_agent(caller.org(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Agent, id))
+}
+
+/// Query of `GET /v1/agents`.
+#[derive(Debug, Deserialize, IntoParams)]
+struct ListQuery {
+    /// 1–100, default 50.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only agents on this cloud.
+    cloud_id: Option<String>,
+}
+
+/// List agents.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(ListQuery),
+    responses((status = 200, body = ListEnvelope<AgentObject>)))]
+async fn list_agents(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<ListEnvelope<AgentObject>>> {
+    let limit = page_size(q.limit)?;
+    let after = decode_cursor(q.cursor.as_deref(), "agent_")?;
+    let page = state
+        .store
+        .list_agents(caller.org(), q.cloud_id.as_deref(), after.as_deref(), limit)
+        .await?;
+    let data = page
+        .items
+        .iter()
+        .map(|v| render::agent(v, &state.config))
+        .collect();
+    Ok(ok_list(data, Pagination::of(&page, limit)))
+}
+
+/// Body of `POST /v1/agents`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateAgent {
+    /// Unique within the cloud.
+    name: String,
+    /// Cloud to deploy to: its ID, or its name (`local`).
+    cloud_id: String,
+    /// Where the code comes from.
+    source: Source,
+    /// Language runtime.
+    #[serde(default)]
+    runtime: Runtime,
+    /// CPU, memory, GPU per replica.
+    #[serde(default)]
+    resources: ResourcesInput,
+    /// Environment; `${secrets.NAME}` references are resolved at start.
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    /// Autoscaling.
+    #[serde(default)]
+    scaling: ScalingInput,
+    /// Display name.
+    display_name: Option<String>,
+    /// Version label.
+    version: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    /// Port, paths and deployment type (Hangar's addition).
+    #[serde(default)]
+    config: ConfigInput,
+}
+
+fn check_labels(display_name: Option<&String>, version: Option<&String>) -> ApiResult<()> {
+    if let Some(d) = display_name {
+        validate::text("display_name", d, 128)?;
+    }
+    if let Some(v) = version {
+        validate::text("version", v, 64)?;
+    }
+    Ok(())
+}
+
+/// Deploy a new agent: creates it and queues its first build.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = CreateAgent,
+    responses((status = 201, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"),
+        (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN"),
+        (status = 422, description = "RESOURCE_LIMIT_EXCEEDED")))]
+async fn create_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateAgent>,
+) -> ApiResult<impl IntoResponse> {
+    validate::name("name", &body.name)?;
+    body.source.validate().map_err(|e| e.under("source"))?;
+    body.runtime.validate().map_err(|e| e.under("runtime"))?;
+    let resources = body
+        .resources
+        .apply(Resources::default())
+        .map_err(|e| e.under("resources"))?;
+    let scaling = body
+        .scaling
+        .apply(Scaling::default())
+        .map_err(|e| e.under("scaling"))?;
+    if body.config.replicas.is_some() {
+        return Err(ApiError::invalid(
+            "config.replicas",
+            "an agent's replicas are set by scaling.min_instances and scaling.max_instances",
+        ));
+    }
+    let config = body
+        .config
+        .apply(&RuntimeConfig::default())
+        .map_err(|e| e.under("config"))?;
+    validate::env_map("environment", &body.environment)?;
+    validate::metadata("metadata", &body.metadata)?;
+    check_labels(body.display_name.as_ref(), body.version.as_ref())?;
+    let cloud = state
+        .store
+        .get_cloud(caller.org(), &body.cloud_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Cloud, &body.cloud_id))?;
+    // The agent will need an instance once built; refuse now rather than fail later.
+    let org = state
+        .store
+        .get_organization(caller.org())
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Organization, caller.org()))?;
+    let current = state.store.instance_count(caller.org()).await?;
+    if current >= org.max_instances {
+        return Err(ApiError::InstanceQuota {
+            current,
+            max: org.max_instances,
+        });
+    }
+    let (view, _build) = state
+        .store
+        .create_agent(NewAgent {
+            organization_id: caller.org().to_owned(),
+            user_id: caller.0.user_id.clone(),
+            cloud_id: cloud.id,
+            name: body.name,
+            display_name: body.display_name,
+            version: body.version,
+            runtime: body.runtime,
+            resources,
+            scaling,
+            config,
+            environment: body.environment,
+            source: body.source,
+            metadata: body.metadata,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, ok(render::agent(&view, &state.config))))
+}
+
+/// Get an agent.
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn get_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<AgentObject>>> {
+    let view = find(&state, &caller, &id).await?;
+    Ok(ok(render::agent(&view, &state.config)))
+}
+
+/// Body of `PATCH /v1/agents/{id}`: fields to change. `environment` and `metadata`
+/// are merged (a `null` value removes the key); the other objects replace the
+/// fields they name.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateAgent {
+    /// New name.
+    name: Option<String>,
+    /// Display name.
+    display_name: Option<String>,
+    /// Version label.
+    version: Option<String>,
+    /// New source (used by the next redeploy).
+    source: Option<Source>,
+    /// Runtime fields to change.
+    runtime: Option<Runtime>,
+    /// Resource fields to change.
+    resources: Option<ResourcesInput>,
+    /// Scaling fields to change.
+    scaling: Option<ScalingInput>,
+    /// Configuration fields to change.
+    config: Option<ConfigInput>,
+    /// Variables to set; `null` removes one.
+    environment: Option<BTreeMap<String, Option<String>>>,
+    /// Labels to set; `null` removes one.
+    metadata: Option<BTreeMap<String, Option<String>>>,
+}
+
+fn merge(target: &mut BTreeMap<String, String>, patch: BTreeMap<String, Option<String>>) {
+    for (k, v) in patch {
+        match v {
+            Some(v) => target.insert(k, v),
+            None => target.remove(&k),
+        };
+    }
+}
+
+/// Update an agent's configuration.
+#[utoipa::path(patch, path = "/v1/agents/{id}", tag = "agents", request_body = UpdateAgent,
+    params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn update_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<UpdateAgent>,
+) -> ApiResult<Json<Envelope<AgentObject>>> {
+    let mut agent = find(&state, &caller, &id).await?.agent;
+    if let Some(name) = body.name {
+        validate::name("name", &name)?;
+        agent.name = name;
+    }
+    check_labels(body.display_name.as_ref(), body.version.as_ref())?;
+    if body.display_name.is_some() {
+        agent.display_name = body.display_name;
+    }
+    if body.version.is_some() {
+        agent.version = body.version;
+    }
+    if let Some(source) = body.source {
+        source.validate().map_err(|e| e.under("source"))?;
+        agent.source = source;
+    }
+    if let Some(r) = body.runtime {
+        agent.runtime = agent.runtime.merged(&r);
+        agent.runtime.validate().map_err(|e| e.under("runtime"))?;
+    }
+    if let Some(r) = body.resources {
+        agent.resources = r.apply(agent.resources).map_err(|e| e.under("resources"))?;
+    }
+    if let Some(s) = body.scaling {
+        agent.scaling = s.apply(agent.scaling).map_err(|e| e.under("scaling"))?;
+    }
+    if let Some(c) = body.config {
+        if c.replicas.is_some() {
+            return Err(ApiError::invalid(
+                "config.replicas",
+                "an agent's replicas are set by scaling",
+            ));
+        }
+        agent.config = c.apply(&agent.config).map_err(|e| e.under("config"))?;
+    }
+    if let Some(env) = body.environment {
+        merge(&mut agent.environment, env);
+        validate::env_map("environment", &agent.environment)?;
+    }
+    if let Some(meta) = body.metadata {
+        merge(&mut agent.metadata, meta);
+        validate::metadata("metadata", &agent.metadata)?;
+    }
+    state.store.update_agent(&agent).await?;
+    let view = find(&state, &caller, &id).await?;
+    Ok(ok(render::agent(&view, &state.config)))
+}
+
+/// What `DELETE /v1/agents/{id}` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct Deleted {
+    /// The deleted object's ID.
+    id: String,
+    /// Always true.
+    deleted: bool,
+}
+
+/// Delete an agent and its instances.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, body = Envelope<Deleted>), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn delete_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<Deleted>>> {
+    if state.store.delete_agent(caller.org(), &id).await? {
+        Ok(ok(Deleted { id, deleted: true }))
+    } else {
+        Err(ApiError::not_found(Kind::Agent, id))
+    }
+}
+
+/// `options` of an invocation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InvokeOptions {
+    /// Seconds to wait for the agent (1–3600, default 300).
+    timeout: Option<f64>,
+    /// Extra headers passed to the agent.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+/// Body of `POST /v1/agents/{id}/invoke`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InvokeRequest {
+    /// Data passed to the agent as the JSON body of its invoke path.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    #[expect(
+        dead_code,
+        reason = "forwarded to the agent by the gateway, which this server does not have yet"
+    )]
+    input: serde_json::Value,
+    /// Invocation options.
+    #[serde(default)]
+    options: InvokeOptions,
+    /// Return at once with a job to poll.
+    #[serde(default, rename = "async")]
+    is_async: bool,
+}
+
+fn not_running(view: &AgentView, action: &str) -> ApiError {
+    let status = agent_status(
+        view.agent.desired_state,
+        view.latest_build_status,
+        view.default_instance.as_ref().map(|i| i.status),
+    );
+    if status == AgentStatus::Running {
+        ApiError::RuntimeUnavailable("this server has no replica runtime attached")
+    } else {
+        ApiError::NotRunning {
+            kind: Kind::Agent,
+            message: format!("Cannot {action} {status} agent"),
+            current_status: status.to_string(),
+        }
+    }
+}
+
+/// Invoke an agent (sync, async with `"async": true`, or SSE with
+/// `Accept: text/event-stream`).
+#[utoipa::path(post, path = "/v1/agents/{id}/invoke", tag = "agents", request_body = InvokeRequest,
+    params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}"),
+        (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
+        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING")))]
+async fn invoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<InvokeRequest>,
+) -> ApiResult<StatusCode> {
+    if let Some(t) = body.options.timeout {
+        if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
+            return Err(ApiError::invalid(
+                "options.timeout",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+    }
+    for (k, v) in &body.options.headers {
+        if axum::http::HeaderName::try_from(k.as_str()).is_err()
+            || axum::http::HeaderValue::try_from(v.as_str()).is_err()
+        {
+            return Err(ApiError::invalid(
+                format!("options.headers.{k}"),
+                "is not a valid HTTP header",
+            ));
+        }
+    }
+    let view = find(&state, &caller, &id).await?;
+    let action = if body.is_async {
+        "queue a job for"
+    } else {
+        "invoke"
+    };
+    Err(not_running(&view, action))
+}
+
+async fn set_desired(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    desired: DesiredState,
+) -> ApiResult<Json<Envelope<AgentObject>>> {
+    if !state
+        .store
+        .set_agent_desired_state(caller.org(), id, desired)
+        .await?
+    {
+        return Err(ApiError::not_found(Kind::Agent, id));
+    }
+    let view = find(state, caller, id).await?;
+    Ok(ok(render::agent(&view, &state.config)))
+}
+
+/// Start a stopped agent.
+#[utoipa::path(post, path = "/v1/agents/{id}/start", tag = "agents", params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<AgentObject>>> {
+    set_desired(&state, &caller, &id, DesiredState::Running).await
+}
+
+/// Stop a running agent.
+#[utoipa::path(post, path = "/v1/agents/{id}/stop", tag = "agents", params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<AgentObject>>> {
+    set_desired(&state, &caller, &id, DesiredState::Stopped).await
+}
+
+/// Body of `POST /v1/agents/{id}/redeploy` (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RedeployRequest {
+    /// Build from this source instead of the agent's (it becomes the agent's).
+    source: Option<Source>,
+}
+
+/// Redeploy with the latest code: queues a build; the instance rolls onto it once ready.
+#[utoipa::path(post, path = "/v1/agents/{id}/redeploy", tag = "agents", request_body = Option<RedeployRequest>,
+    params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 202, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn redeploy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalBody(body): OptionalBody<RedeployRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let mut agent = find(&state, &caller, &id).await?.agent;
+    if let Some(source) = body.and_then(|b| b.source) {
+        source.validate().map_err(|e| e.under("source"))?;
+        agent.source = source;
+        state.store.update_agent(&agent).await?;
+    }
+    state
+        .store
+        .queue_build(NewBuild {
+            organization_id: agent.organization_id.clone(),
+            agent_id: agent.id.clone(),
+            source: agent.source.clone(),
+        })
+        .await?;
+    let view = find(&state, &caller, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ok(render::agent(&view, &state.config)),
+    ))
+}
+
+/// Query of `GET /v1/agents/{id}/logs`.
+#[derive(Debug, Deserialize, IntoParams)]
+struct LogsQuery {
+    /// Only lines after this RFC 3339 time.
+    since: Option<String>,
+    /// Only lines before this RFC 3339 time.
+    until: Option<String>,
+    /// Most recent lines to return (1–10000).
+    tail: Option<u32>,
+    /// Stream live lines (SSE).
+    #[serde(default)]
+    follow: bool,
+    /// `debug`, `info`, `warn` or `error`: that level and above.
+    level: Option<String>,
+}
+
+/// Retrieve or stream an agent's logs.
+#[utoipa::path(get, path = "/v1/agents/{id}/logs", tag = "agents", params(("id" = String, Path, description = "Agent ID"), LogsQuery),
+    responses((status = 200, description = "Log lines, or SSE with follow=true"), (status = 404, description = "AGENT_NOT_FOUND"),
+        (status = 409, description = "AGENT_NOT_RUNNING")))]
+async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<StatusCode> {
+    for (field, v) in [("since", &q.since), ("until", &q.until)] {
+        if let Some(v) = v {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 time"))?;
+        }
+    }
+    if q.tail.is_some_and(|t| !(1..=10_000).contains(&t)) {
+        return Err(ApiError::invalid("tail", "must be between 1 and 10000"));
+    }
+    if let Some(level) = &q.level {
+        if !["debug", "info", "warn", "error"].contains(&level.as_str()) {
+            return Err(ApiError::invalid(
+                "level",
+                "must be one of debug, info, warn, error",
+            ));
+        }
+    }
+    let view = find(&state, &caller, &id).await?;
+    Err(not_running(
+        &view,
+        if q.follow {
+            "follow logs of"
+        } else {
+            "read logs of"
+        },
+    ))
+}
+
+/// Query of `GET /v1/agents/{id}/metrics`.
+#[derive(Debug, Deserialize, IntoParams)]
+struct MetricsQuery {
+    /// `1h`, `24h` (default) or `7d`.
+    window: Option<String>,
+}
+
+/// An agent's metrics.
+#[derive(Debug, Serialize, ToSchema)]
+struct AgentMetrics {
+    /// The agent.
+    agent_id: String,
+    /// The window the request figures cover.
+    window: String,
+    /// Invocations in the window.
+    requests: u64,
+    /// Invocations in the last 24 hours.
+    requests_24h: u64,
+    /// Mean latency in the window.
+    avg_latency_ms: f64,
+    /// Share of failed invocations in the window.
+    error_rate_percent: f64,
+    /// CPU use across replicas now.
+    cpu_percent: f64,
+    /// Memory use across replicas now.
+    memory_mb: u64,
+    /// Replicas running now.
+    replicas: u32,
+}
+
+/// Get an agent's metrics. Request figures come from the gateway and resource
+/// figures from the replicas; an agent that has served nothing reports zeros.
+#[utoipa::path(get, path = "/v1/agents/{id}/metrics", tag = "agents", params(("id" = String, Path, description = "Agent ID"), MetricsQuery),
+    responses((status = 200, body = Envelope<AgentMetrics>), (status = 404, description = "AGENT_NOT_FOUND")))]
+async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> ApiResult<Json<Envelope<AgentMetrics>>> {
+    let window = q.window.unwrap_or_else(|| "24h".into());
+    if !["1h", "24h", "7d"].contains(&window.as_str()) {
+        return Err(ApiError::invalid("window", "must be one of 1h, 24h, 7d"));
+    }
+    let view = find(&state, &caller, &id).await?;
+    let replicas = view
+        .default_instance
+        .as_ref()
+        .map_or(0, |i| i.ready_replicas);
+    Ok(ok(AgentMetrics {
+        agent_id: view.agent.id,
+        window,
+        requests: 0,
+        requests_24h: 0,
+        avg_latency_ms: 0.0,
+        error_rate_percent: 0.0,
+        cpu_percent: 0.0,
+        memory_mb: 0,
+        replicas,
+    }))
+}

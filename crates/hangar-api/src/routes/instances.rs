@@ -1,0 +1,418 @@
+//! The Instances API (seed 000), at the root: list, get, create, update, delete,
+//! status, exec, stdin and logs. Routes that carry an `org_id` answer 404 for any
+//! organization but the caller's, exactly as for a missing one.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use hangar_core::model::Instance;
+use hangar_core::resources::ResourcesInput;
+use hangar_core::spec::ConfigInput;
+use hangar_core::status::{BuildStatus, InstanceStatus};
+use hangar_core::validate;
+use hangar_store::{InstanceFilter, NewInstance};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::page_size;
+use crate::error::{ApiError, ApiResult, Kind};
+use crate::extract::{Body, Caller, Query};
+use crate::render::{self, InstanceList, InstanceObject, InstanceStatusObject, Pagination};
+use crate::{decode_cursor, AppState};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_instances))
+        .routes(routes!(create_instance))
+        .routes(routes!(get_instance, update_instance, delete_instance))
+        .routes(routes!(instance_status))
+        .routes(routes!(exec))
+        .routes(routes!(stdin))
+        .routes(routes!(logs))
+}
+
+/// Query of `GET /instances/by_org_id/{org_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+struct ListQuery {
+    /// 1–100, default 50.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// `running`, `stopped`, `error`, `starting`, `stopping` or `all` (default).
+    status: Option<String>,
+    /// Only this agent's instances.
+    agent_id: Option<String>,
+    /// Only instances this user created.
+    user_id: Option<String>,
+}
+
+fn own_org(caller: &Caller, org_id: &str) -> ApiResult<()> {
+    if caller.org() == org_id {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(Kind::Organization, org_id))
+    }
+}
+
+async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Instance> {
+    state
+        .store
+        .get_instance(caller.org(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Instance, id))
+}
+
+/// Like [`find`], for routes with the organization in the path: another
+/// organization's instance is as missing as a missing one.
+async fn find_in(state: &AppState, caller: &Caller, org_id: &str, id: &str) -> ApiResult<Instance> {
+    if caller.org() != org_id {
+        return Err(ApiError::not_found(Kind::Instance, id));
+    }
+    find(state, caller, id).await
+}
+
+/// List an organization's instances.
+#[utoipa::path(get, path = "/instances/by_org_id/{org_id}", tag = "instances",
+    params(("org_id" = String, Path, description = "Organization ID"), ListQuery),
+    responses((status = 200, body = InstanceList), (status = 404, description = "ORGANIZATION_NOT_FOUND")))]
+async fn list_instances(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<InstanceList>> {
+    own_org(&caller, &org_id)?;
+    let limit = page_size(q.limit)?;
+    let statuses = match q.status.as_deref() {
+        None | Some("all") => vec![],
+        Some(s) => vec![s
+            .parse::<InstanceStatus>()
+            .map_err(|e| ApiError::invalid("status", format!("{e} or all")))?],
+    };
+    let after = decode_cursor(q.cursor.as_deref(), "inst_")?;
+    let filter = InstanceFilter {
+        statuses,
+        agent_id: q.agent_id,
+        user_id: q.user_id,
+    };
+    let page = state
+        .store
+        .list_instances(&org_id, &filter, after.as_deref(), limit)
+        .await?;
+    let data = page
+        .items
+        .iter()
+        .map(|i| render::instance(i, &state.config))
+        .collect();
+    Ok(Json(InstanceList {
+        data,
+        pagination: Pagination::of(&page, limit),
+    }))
+}
+
+/// Get an instance.
+#[utoipa::path(get, path = "/instances/{instance_id}", tag = "instances",
+    params(("instance_id" = String, Path, description = "Instance ID")),
+    responses((status = 200, body = InstanceObject), (status = 404, description = "INSTANCE_NOT_FOUND")))]
+async fn get_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InstanceObject>> {
+    let inst = find(&state, &caller, &id).await?;
+    Ok(Json(render::instance(&inst, &state.config)))
+}
+
+/// Body of `POST /instances`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateInstance {
+    /// Unique within the organization.
+    name: String,
+    /// Blueprint to deploy.
+    agent_id: String,
+    /// Build to deploy; must be ready.
+    build_id: String,
+    /// Must be the caller's organization.
+    organization_id: String,
+    /// Overrides of the agent's configuration, and `replicas`.
+    #[serde(default)]
+    config: ConfigInput,
+    /// Overrides of the agent's resources.
+    #[serde(default)]
+    resources: ResourcesInput,
+    /// Environment, laid over the agent's.
+    #[serde(default)]
+    env_vars: BTreeMap<String, String>,
+}
+
+/// Deploy a new instance of a ready build.
+#[utoipa::path(post, path = "/instances", tag = "instances", request_body = CreateInstance,
+    responses((status = 201, body = InstanceObject), (status = 400, description = "INVALID_REQUEST"),
+        (status = 404, description = "AGENT_NOT_FOUND / BUILD_NOT_FOUND / ORGANIZATION_NOT_FOUND"),
+        (status = 409, description = "BUILD_NOT_READY / INSTANCE_NAME_TAKEN"), (status = 422, description = "RESOURCE_LIMIT_EXCEEDED")))]
+async fn create_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateInstance>,
+) -> ApiResult<impl IntoResponse> {
+    validate::name("name", &body.name)?;
+    validate::env_map("env_vars", &body.env_vars)?;
+    own_org(&caller, &body.organization_id)?;
+    let agent = state
+        .store
+        .get_agent(caller.org(), &body.agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Agent, &body.agent_id))?
+        .agent;
+    let config = body
+        .config
+        .apply(&agent.config)
+        .map_err(|e| e.under("config"))?;
+    let resources = body
+        .resources
+        .apply(agent.resources)
+        .map_err(|e| e.under("resources"))?;
+    let build = state
+        .store
+        .get_build(caller.org(), &body.build_id)
+        .await?
+        .filter(|b| b.agent_id == agent.id)
+        .ok_or_else(|| ApiError::not_found(Kind::Build, &body.build_id))?;
+    if build.status != BuildStatus::Ready {
+        return Err(ApiError::BuildNotReady {
+            build_status: build.status.to_string(),
+        });
+    }
+    let mut env_vars = agent.environment.clone();
+    env_vars.extend(body.env_vars);
+    validate::env_map("env_vars", &env_vars)?;
+    let inst = state
+        .store
+        .create_instance(NewInstance {
+            organization_id: caller.org().to_owned(),
+            agent_id: agent.id,
+            build_id: build.id,
+            user_id: caller.0.user_id.clone(),
+            name: body.name,
+            resource_name: None,
+            config,
+            resources,
+            env_vars,
+            replicas: body.config.replicas.unwrap_or(1),
+            make_default: false,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(render::instance(&inst, &state.config)),
+    ))
+}
+
+/// Body of `PUT /instances/{instance_id}`: only the fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateInstance {
+    /// New name.
+    name: Option<String>,
+    /// Configuration changes (`replicas` scales without a restart).
+    config: Option<ConfigInput>,
+    /// Resource changes (restarts replicas).
+    resources: Option<ResourcesInput>,
+    /// Variables to set (restarts replicas); merged into the current ones.
+    env_vars: Option<BTreeMap<String, String>>,
+}
+
+/// Update an instance.
+#[utoipa::path(put, path = "/instances/{instance_id}", tag = "instances", request_body = UpdateInstance,
+    params(("instance_id" = String, Path, description = "Instance ID")),
+    responses((status = 200, body = InstanceObject), (status = 400, description = "INVALID_REQUEST"), (status = 404, description = "INSTANCE_NOT_FOUND")))]
+async fn update_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<UpdateInstance>,
+) -> ApiResult<Json<InstanceObject>> {
+    let mut inst = find(&state, &caller, &id).await?;
+    if let Some(name) = body.name {
+        validate::name("name", &name)?;
+        inst.name = name;
+    }
+    if let Some(c) = &body.config {
+        inst.config = c.apply(&inst.config).map_err(|e| e.under("config"))?;
+        if let Some(r) = c.replicas {
+            inst.replicas = r;
+        }
+    }
+    if let Some(r) = &body.resources {
+        inst.resources = r.apply(inst.resources).map_err(|e| e.under("resources"))?;
+    }
+    if let Some(env) = body.env_vars {
+        validate::env_map("env_vars", &env)?;
+        inst.env_vars.extend(env);
+        validate::env_map("env_vars", &inst.env_vars)?;
+    }
+    state.store.update_instance(&inst).await?;
+    let inst = find(&state, &caller, &id).await?;
+    Ok(Json(render::instance(&inst, &state.config)))
+}
+
+/// Query of `DELETE /instances/{instance_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+struct DeleteQuery {
+    /// Skip the graceful shutdown.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Stop and remove an instance.
+#[utoipa::path(delete, path = "/instances/{instance_id}", tag = "instances",
+    params(("instance_id" = String, Path, description = "Instance ID"), DeleteQuery),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "INSTANCE_NOT_FOUND")))]
+async fn delete_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    // The record goes now; `force` tells the controller whether replicas get their
+    // grace period.
+    tracing::debug!(instance = %id, force = q.force, "delete instance");
+    if state.store.delete_instance(caller.org(), &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(Kind::Instance, id))
+    }
+}
+
+/// Deployment status and health of an instance.
+#[utoipa::path(get, path = "/instances/status/{org_id}/{instance_id}", tag = "instances",
+    params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID")),
+    responses((status = 200, body = InstanceStatusObject), (status = 404, description = "INSTANCE_NOT_FOUND, with status NOT_FOUND")))]
+async fn instance_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((org_id, id)): Path<(String, String)>,
+) -> ApiResult<Json<InstanceStatusObject>> {
+    let inst = find_in(&state, &caller, &org_id, &id).await?;
+    Ok(Json(render::instance_status(&inst)))
+}
+
+/// Why a request that needs a live replica cannot be served: the instance is not
+/// running, or (while no runtime is attached to this server) nothing could serve it.
+fn no_replica(inst: &Instance, action: &str) -> ApiError {
+    if inst.status == InstanceStatus::Running {
+        ApiError::RuntimeUnavailable("this server has no replica runtime attached")
+    } else {
+        ApiError::NotRunning {
+            kind: Kind::Instance,
+            message: format!("Cannot {action} on {} instance", inst.status),
+            current_status: inst.status.to_string(),
+        }
+    }
+}
+
+/// Run a command in an instance; the body is the argv array.
+#[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/exec", tag = "instances", request_body = Vec<String>,
+    params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID")),
+    responses((status = 200, description = "The command's output, as plain text", content_type = "text/plain", body = String),
+        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
+async fn exec(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((org_id, id)): Path<(String, String)>,
+    Body(argv): Body<Vec<String>>,
+) -> ApiResult<String> {
+    if argv.is_empty() || argv.len() > 256 {
+        return Err(ApiError::invalid(
+            "argv",
+            "must be an array of 1 to 256 strings",
+        ));
+    }
+    if argv.iter().any(|a| a.len() > 65_536 || a.contains('\0')) || argv[0].is_empty() {
+        return Err(ApiError::invalid(
+            "argv",
+            "arguments must be non-empty strings without NUL, at most 64 KiB each",
+        ));
+    }
+    let inst = find_in(&state, &caller, &org_id, &id).await?;
+    Err(no_replica(&inst, "execute command"))
+}
+
+/// Body of `POST …/stdin`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StdinInput {
+    /// Text written to the replica's stdin.
+    input: String,
+}
+
+/// Write to an instance's stdin and return what it printed.
+#[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/stdin", tag = "instances", request_body = StdinInput,
+    params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID")),
+    responses((status = 200, description = "Output produced", content_type = "text/plain", body = String),
+        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
+async fn stdin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((org_id, id)): Path<(String, String)>,
+    Body(body): Body<StdinInput>,
+) -> ApiResult<String> {
+    if body.input.len() > 1 << 20 {
+        return Err(ApiError::invalid("input", "must be at most 1 MiB"));
+    }
+    let inst = find_in(&state, &caller, &org_id, &id).await?;
+    if !inst.config.stdin_enabled {
+        return Err(ApiError::Conflict {
+            code: "STDIN_NOT_ENABLED",
+            message: "this instance does not read stdin (config.stdin_enabled is false)".into(),
+        });
+    }
+    Err(no_replica(&inst, "send input to"))
+}
+
+/// Query of `GET …/logs`.
+#[derive(Debug, Deserialize, IntoParams)]
+struct LogsQuery {
+    /// Most recent lines to return (1–10000, default 100).
+    lines: Option<u32>,
+    /// Only lines after this RFC 3339 time.
+    since: Option<String>,
+    /// Stream live lines (SSE).
+    #[serde(default)]
+    follow: bool,
+}
+
+/// An instance's logs.
+#[utoipa::path(get, path = "/instances/{org_id}/{instance_id}/logs", tag = "instances",
+    params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID"), LogsQuery),
+    responses((status = 200, description = "{\"logs\": [{timestamp, level, message}]}, or SSE with follow=true"),
+        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
+async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((org_id, id)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<String> {
+    if q.lines.is_some_and(|l| !(1..=10_000).contains(&l)) {
+        return Err(ApiError::invalid("lines", "must be between 1 and 10000"));
+    }
+    if let Some(since) = &q.since {
+        chrono::DateTime::parse_from_rfc3339(since)
+            .map_err(|_| ApiError::invalid("since", "must be an RFC 3339 time"))?;
+    }
+    let inst = find_in(&state, &caller, &org_id, &id).await?;
+    Err(no_replica(
+        &inst,
+        if q.follow {
+            "follow logs of"
+        } else {
+            "read logs of"
+        },
+    ))
+}

@@ -1,0 +1,441 @@
+//! Who is asking and where things run: `/v1/me`, organizations, users, API keys
+//! and clouds. Admins manage their own organization; admins of the operator
+//! organization (the one created at first start) also create organizations and
+//! set quotas. Nobody reads another organization's users, keys or clouds.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use hangar_core::model::{DriverKind, Role, DEFAULT_MAX_INSTANCES};
+use hangar_core::validate;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ApiResult, Kind};
+use crate::extract::{Body, Caller};
+use crate::render::{
+    self, ok, ApiKeyObject, CloudObject, Envelope, OrganizationObject, UserObject,
+};
+use crate::AppState;
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(list_organizations, create_organization))
+        .routes(routes!(get_organization, update_organization))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(list_clouds, create_cloud))
+        .routes(routes!(get_cloud))
+}
+
+/// `GET /v1/me`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Me {
+    /// The key's user.
+    user_id: String,
+    /// Their organization.
+    organization_id: String,
+    /// Their role.
+    role: Role,
+    /// The key used.
+    api_key_id: String,
+    /// Whether they operate the platform.
+    is_operator: bool,
+    /// Their email.
+    email: String,
+}
+
+/// Who the API key acts as.
+#[utoipa::path(get, path = "/v1/me", tag = "tenancy", responses((status = 200, body = Me), (status = 401, description = "UNAUTHORIZED")))]
+async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Me>> {
+    let p = &caller.0;
+    let user = state
+        .store
+        .get_user(&p.organization_id, &p.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::User, &p.user_id))?;
+    Ok(Json(Me {
+        user_id: p.user_id.clone(),
+        organization_id: p.organization_id.clone(),
+        role: p.role,
+        api_key_id: p.key_id.clone(),
+        is_operator: p.is_operator,
+        email: user.email,
+    }))
+}
+
+/// Organizations the caller may see: all for operators, else their own.
+#[utoipa::path(get, path = "/v1/organizations", tag = "tenancy", responses((status = 200, body = Envelope<Vec<OrganizationObject>>)))]
+async fn list_organizations(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Envelope<Vec<OrganizationObject>>>> {
+    let orgs = if caller.0.is_operator && caller.0.role == Role::Admin {
+        state.store.list_organizations().await?
+    } else {
+        state
+            .store
+            .get_organization(caller.org())
+            .await?
+            .into_iter()
+            .collect()
+    };
+    Ok(ok(orgs.iter().map(render::organization).collect()))
+}
+
+/// Body of `POST /v1/organizations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateOrganization {
+    /// Name.
+    name: String,
+    /// Email of its first admin.
+    admin_email: String,
+    /// Most instances at once (default 50).
+    max_instances: Option<u32>,
+}
+
+/// A new organization with its first admin and their key (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+struct CreatedOrganization {
+    /// The organization.
+    organization: OrganizationObject,
+    /// Its first admin.
+    admin: UserObject,
+    /// The admin's API key, with `key` present this once.
+    api_key: ApiKeyObject,
+}
+
+fn check_email(email: &str) -> ApiResult<()> {
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("email", "must be an email address"))
+    }
+}
+
+fn check_quota(max: Option<u32>) -> ApiResult<()> {
+    if max.is_some_and(|m| !(1..=100_000).contains(&m)) {
+        return Err(ApiError::invalid(
+            "max_instances",
+            "must be between 1 and 100000",
+        ));
+    }
+    Ok(())
+}
+
+/// Create an organization (operators only).
+#[utoipa::path(post, path = "/v1/organizations", tag = "tenancy", request_body = CreateOrganization,
+    responses((status = 201, body = Envelope<CreatedOrganization>), (status = 403, description = "FORBIDDEN")))]
+async fn create_organization(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateOrganization>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_operator()?;
+    validate::text("name", &body.name, 128)?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    check_email(&body.admin_email)
+        .map_err(|_| ApiError::invalid("admin_email", "must be an email address"))?;
+    check_quota(body.max_instances)?;
+    let created = state
+        .store
+        .create_organization(
+            &body.name,
+            body.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES),
+            &body.admin_email,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ok(CreatedOrganization {
+            organization: render::organization(&created.organization),
+            admin: render::user(&created.admin),
+            api_key: render::api_key(&created.key.key, Some(created.key.secret)),
+        }),
+    ))
+}
+
+fn visible_org(caller: &Caller, id: &str) -> ApiResult<()> {
+    if caller.org() == id || (caller.0.is_operator && caller.0.role == Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(Kind::Organization, id))
+    }
+}
+
+/// Get an organization (your own; operators any).
+#[utoipa::path(get, path = "/v1/organizations/{id}", tag = "tenancy", params(("id" = String, Path, description = "Organization ID")),
+    responses((status = 200, body = Envelope<OrganizationObject>), (status = 404, description = "ORGANIZATION_NOT_FOUND")))]
+async fn get_organization(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<OrganizationObject>>> {
+    visible_org(&caller, &id)?;
+    let org = state
+        .store
+        .get_organization(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Organization, &id))?;
+    Ok(ok(render::organization(&org)))
+}
+
+/// Body of `PATCH /v1/organizations/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateOrganization {
+    /// New name (admins of the organization).
+    name: Option<String>,
+    /// New instance quota (operators only).
+    max_instances: Option<u32>,
+}
+
+/// Rename an organization, or (operators) change its quota.
+#[utoipa::path(patch, path = "/v1/organizations/{id}", tag = "tenancy", request_body = UpdateOrganization,
+    params(("id" = String, Path, description = "Organization ID")),
+    responses((status = 200, body = Envelope<OrganizationObject>), (status = 403, description = "FORBIDDEN"), (status = 404, description = "ORGANIZATION_NOT_FOUND")))]
+async fn update_organization(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<UpdateOrganization>,
+) -> ApiResult<Json<Envelope<OrganizationObject>>> {
+    visible_org(&caller, &id)?;
+    caller.require_admin()?;
+    if body.max_instances.is_some() {
+        caller.require_operator()?;
+        check_quota(body.max_instances)?;
+    }
+    if let Some(name) = &body.name {
+        validate::text("name", name, 128)?;
+        if name.trim().is_empty() {
+            return Err(ApiError::invalid("name", "must not be empty"));
+        }
+    }
+    let org = state
+        .store
+        .update_organization(&id, body.name.as_deref(), body.max_instances)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Organization, &id))?;
+    Ok(ok(render::organization(&org)))
+}
+
+/// The organization's users.
+#[utoipa::path(get, path = "/v1/users", tag = "tenancy", responses((status = 200, body = Envelope<Vec<UserObject>>)))]
+async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Envelope<Vec<UserObject>>>> {
+    let users = state.store.list_users(caller.org()).await?;
+    Ok(ok(users.iter().map(render::user).collect()))
+}
+
+/// Body of `POST /v1/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    /// Unique within the organization.
+    email: String,
+    /// Display name.
+    name: Option<String>,
+    /// `admin` or `member` (default).
+    role: Option<Role>,
+}
+
+/// Add a user to your organization (admins).
+#[utoipa::path(post, path = "/v1/users", tag = "tenancy", request_body = CreateUser,
+    responses((status = 201, body = Envelope<UserObject>), (status = 403, description = "FORBIDDEN"), (status = 409, description = "USER_NAME_TAKEN")))]
+async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateUser>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
+    check_email(&body.email)?;
+    if let Some(n) = &body.name {
+        validate::text("name", n, 128)?;
+    }
+    let user = state
+        .store
+        .create_user(
+            caller.org(),
+            &body.email,
+            body.name.as_deref(),
+            body.role.unwrap_or(Role::Member),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, ok(render::user(&user))))
+}
+
+/// A user of your organization.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "tenancy", params(("id" = String, Path, description = "User ID")),
+    responses((status = 200, body = Envelope<UserObject>), (status = 404, description = "USER_NOT_FOUND")))]
+async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<UserObject>>> {
+    let user = state
+        .store
+        .get_user(caller.org(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::User, &id))?;
+    Ok(ok(render::user(&user)))
+}
+
+/// API keys: all of the organization's for admins, your own for members.
+#[utoipa::path(get, path = "/v1/api_keys", tag = "tenancy", responses((status = 200, body = Envelope<Vec<ApiKeyObject>>)))]
+async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Envelope<Vec<ApiKeyObject>>>> {
+    let only = (caller.0.role != Role::Admin).then_some(caller.0.user_id.as_str());
+    let keys = state.store.list_api_keys(caller.org(), only).await?;
+    Ok(ok(keys.iter().map(|k| render::api_key(k, None)).collect()))
+}
+
+/// Body of `POST /v1/api_keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    /// Label.
+    name: String,
+    /// The user it acts as (admins may name another user; default yourself).
+    user_id: Option<String>,
+}
+
+/// Create an API key; the key is in this response only.
+#[utoipa::path(post, path = "/v1/api_keys", tag = "tenancy", request_body = CreateKey,
+    responses((status = 201, body = Envelope<ApiKeyObject>), (status = 404, description = "USER_NOT_FOUND")))]
+async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateKey>,
+) -> ApiResult<impl IntoResponse> {
+    validate::text("name", &body.name, 128)?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    let user_id = body.user_id.unwrap_or_else(|| caller.0.user_id.clone());
+    if user_id != caller.0.user_id {
+        caller.require_admin()?;
+    }
+    let created = state
+        .store
+        .create_api_key(caller.org(), &user_id, &body.name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::User, &user_id))?;
+    Ok((
+        StatusCode::CREATED,
+        ok(render::api_key(&created.key, Some(created.secret))),
+    ))
+}
+
+/// Revoke an API key (admins any of the organization's; members their own).
+#[utoipa::path(delete, path = "/v1/api_keys/{id}", tag = "tenancy", params(("id" = String, Path, description = "API key ID")),
+    responses((status = 200, body = Envelope<ApiKeyObject>), (status = 404, description = "API_KEY_NOT_FOUND")))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<ApiKeyObject>>> {
+    let key = state
+        .store
+        .get_api_key(caller.org(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::ApiKey, &id))?;
+    if key.user_id != caller.0.user_id && caller.0.role != Role::Admin {
+        return Err(ApiError::not_found(Kind::ApiKey, &id));
+    }
+    let key = state
+        .store
+        .revoke_api_key(caller.org(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::ApiKey, &id))?;
+    Ok(ok(render::api_key(&key, None)))
+}
+
+/// The organization's clouds.
+#[utoipa::path(get, path = "/v1/clouds", tag = "tenancy", responses((status = 200, body = Envelope<Vec<CloudObject>>)))]
+async fn list_clouds(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Envelope<Vec<CloudObject>>>> {
+    let clouds = state.store.list_clouds(caller.org()).await?;
+    Ok(ok(clouds
+        .iter()
+        .map(|c| render::cloud(c, &state.config))
+        .collect()))
+}
+
+/// Body of `POST /v1/clouds`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateCloud {
+    /// Unique within the organization.
+    name: String,
+    /// `sandbox`, `docker` or `kubernetes`.
+    driver: DriverKind,
+    /// Driver settings (an object).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Add a cloud (admins).
+#[utoipa::path(post, path = "/v1/clouds", tag = "tenancy", request_body = CreateCloud,
+    responses((status = 201, body = Envelope<CloudObject>), (status = 409, description = "CLOUD_NAME_TAKEN")))]
+async fn create_cloud(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateCloud>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
+    validate::name("name", &body.name)?;
+    if serde_json::to_string(&body.config).map_or(0, |s| s.len()) > 16 * 1024 {
+        return Err(ApiError::invalid("config", "must be at most 16 KiB"));
+    }
+    let cloud = state
+        .store
+        .create_cloud(
+            caller.org(),
+            &body.name,
+            body.driver,
+            &serde_json::Value::Object(body.config),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ok(render::cloud(&cloud, &state.config)),
+    ))
+}
+
+/// A cloud by ID or name.
+#[utoipa::path(get, path = "/v1/clouds/{id}", tag = "tenancy", params(("id" = String, Path, description = "Cloud ID or name")),
+    responses((status = 200, body = Envelope<CloudObject>), (status = 404, description = "CLOUD_NOT_FOUND")))]
+async fn get_cloud(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Envelope<CloudObject>>> {
+    let cloud = state
+        .store
+        .get_cloud(caller.org(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(Kind::Cloud, &id))?;
+    Ok(ok(render::cloud(&cloud, &state.config)))
+}

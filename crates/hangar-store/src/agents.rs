@@ -1,0 +1,531 @@
+//! Agents (blueprints) and their builds.
+//!
+//! Creating an agent queues its first build in the same transaction, so an agent
+//! never exists without the build that will deploy it. An agent's status is not
+//! stored: reads return an [`AgentView`] with the facts it is derived from.
+
+use std::collections::BTreeMap;
+
+use hangar_core::id::{new_id, random_suffix, IdKind};
+use hangar_core::model::{Agent, AgentView, Build, BuildLogLine, Instance};
+use hangar_core::resources::Resources;
+use hangar_core::spec::{Runtime, RuntimeConfig, Scaling, Source};
+use hangar_core::status::{BuildStatus, DesiredState};
+use hangar_core::validate::slug;
+use sqlx::any::AnyRow;
+
+use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
+use crate::{from_ms, name_taken, now_ms, page_limit, to_json, to_ms, Page, Result, RowExt, Store};
+
+/// What creating an agent needs; the store fills in IDs and times.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    /// Owning organization.
+    pub organization_id: String,
+    /// Creator.
+    pub user_id: String,
+    /// Target cloud (its ID).
+    pub cloud_id: String,
+    /// Unique within the cloud.
+    pub name: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Version label.
+    pub version: Option<String>,
+    /// Runtime.
+    pub runtime: Runtime,
+    /// Resources.
+    pub resources: Resources,
+    /// Scaling.
+    pub scaling: Scaling,
+    /// Runtime configuration.
+    pub config: RuntimeConfig,
+    /// Environment.
+    pub environment: BTreeMap<String, String>,
+    /// Source.
+    pub source: Source,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A build to queue for an agent.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    /// Owning organization.
+    pub organization_id: String,
+    /// Agent built.
+    pub agent_id: String,
+    /// Source snapshot.
+    pub source: Source,
+}
+
+const AGENT_COLUMNS: &str = "a.id, a.organization_id, a.user_id, a.cloud_id, a.name, a.resource_name, a.display_name, a.version, \
+    a.runtime, a.resources, a.scaling, a.config, a.environment, a.source, a.metadata, a.desired_state, \
+    a.latest_build_id, a.default_instance_id, a.created_at, a.updated_at, a.deployed_at";
+const BUILD_COLUMNS: &str = "id, organization_id, agent_id, status, reason, source, artifact, created_at, started_at, finished_at";
+
+fn agent_from_row(r: &AnyRow) -> Result<Agent> {
+    Ok(Agent {
+        id: r.text("id")?,
+        organization_id: r.text("organization_id")?,
+        user_id: r.text("user_id")?,
+        cloud_id: r.text("cloud_id")?,
+        name: r.text("name")?,
+        resource_name: r.text("resource_name")?,
+        display_name: r.opt_text("display_name")?,
+        version: r.opt_text("version")?,
+        runtime: r.json("runtime")?,
+        resources: r.json("resources")?,
+        scaling: r.json("scaling")?,
+        config: r.json("config")?,
+        environment: r.json("environment")?,
+        source: r.json("source")?,
+        metadata: r.json("metadata")?,
+        desired_state: r.parsed("desired_state")?,
+        latest_build_id: r.opt_text("latest_build_id")?,
+        default_instance_id: r.opt_text("default_instance_id")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+        deployed_at: r.opt_time("deployed_at")?,
+    })
+}
+
+pub(crate) fn build_from_row(r: &AnyRow) -> Result<Build> {
+    Ok(Build {
+        id: r.text("id")?,
+        organization_id: r.text("organization_id")?,
+        agent_id: r.text("agent_id")?,
+        status: r.parsed("status")?,
+        reason: r.opt_text("reason")?,
+        source: r.json("source")?,
+        artifact: r.opt_text("artifact")?,
+        created_at: r.time("created_at")?,
+        started_at: r.opt_time("started_at")?,
+        finished_at: r.opt_time("finished_at")?,
+    })
+}
+
+impl Store {
+    /// Creates an agent and queues its first build, in one transaction.
+    pub async fn create_agent(&self, new: NewAgent) -> Result<(AgentView, Build)> {
+        let now = now_ms();
+        let id = new_id(IdKind::Agent);
+        let resource_name = format!("{}-{}", slug(&new.name, 40), random_suffix(&id, 8));
+        let build = Build {
+            id: new_id(IdKind::Build),
+            organization_id: new.organization_id.clone(),
+            agent_id: id.clone(),
+            status: BuildStatus::Queued,
+            reason: None,
+            source: new.source.clone(),
+            artifact: None,
+            created_at: from_ms(now),
+            started_at: None,
+            finished_at: None,
+        };
+        let agent = Agent {
+            id,
+            organization_id: new.organization_id,
+            user_id: new.user_id,
+            cloud_id: new.cloud_id,
+            name: new.name,
+            resource_name,
+            display_name: new.display_name,
+            version: new.version,
+            runtime: new.runtime,
+            resources: new.resources,
+            scaling: new.scaling,
+            config: new.config,
+            environment: new.environment,
+            source: new.source,
+            metadata: new.metadata,
+            desired_state: DesiredState::Running,
+            latest_build_id: Some(build.id.clone()),
+            default_instance_id: None,
+            created_at: from_ms(now),
+            updated_at: from_ms(now),
+            deployed_at: None,
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO agents (id, organization_id, user_id, cloud_id, name, resource_name, display_name, version, runtime, \
+             resources, scaling, config, environment, source, metadata, desired_state, latest_build_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18)",
+        )
+        .bind(&agent.id)
+        .bind(&agent.organization_id)
+        .bind(&agent.user_id)
+        .bind(&agent.cloud_id)
+        .bind(&agent.name)
+        .bind(&agent.resource_name)
+        .bind(&agent.display_name)
+        .bind(&agent.version)
+        .bind(to_json(&agent.runtime))
+        .bind(to_json(&agent.resources))
+        .bind(to_json(&agent.scaling))
+        .bind(to_json(&agent.config))
+        .bind(to_json(&agent.environment))
+        .bind(to_json(&agent.source))
+        .bind(to_json(&agent.metadata))
+        .bind(agent.desired_state.as_str())
+        .bind(&build.id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| name_taken(e, "agent", &agent.name))?;
+        Self::insert_build(&mut tx, &build).await?;
+        tx.commit().await?;
+        let view = AgentView {
+            agent,
+            latest_build_status: Some(BuildStatus::Queued),
+            default_instance: None,
+        };
+        Ok((view, build))
+    }
+
+    async fn insert_build(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        build: &Build,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO builds (id, organization_id, agent_id, status, source, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&build.id)
+        .bind(&build.organization_id)
+        .bind(&build.agent_id)
+        .bind(build.status.as_str())
+        .bind(to_json(&build.source))
+        .bind(to_ms(build.created_at))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn views(&self, rows: Vec<AnyRow>) -> Result<Vec<AgentView>> {
+        let mut views = Vec::with_capacity(rows.len());
+        let mut instance_ids = Vec::new();
+        for r in &rows {
+            let agent = agent_from_row(r)?;
+            let latest_build_status = r
+                .opt_text("build_status")?
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(
+                    |e: hangar_core::UnknownVariant| crate::StoreError::Corrupt {
+                        what: "build_status",
+                        detail: e.to_string(),
+                    },
+                )?;
+            if let Some(i) = &agent.default_instance_id {
+                instance_ids.push(i.clone());
+            }
+            views.push(AgentView {
+                agent,
+                latest_build_status,
+                default_instance: None,
+            });
+        }
+        if instance_ids.is_empty() {
+            return Ok(views);
+        }
+        let placeholders: Vec<String> = (1..=instance_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &instance_ids {
+            q = q.bind(id);
+        }
+        let instances: Vec<Instance> = q
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(instance_from_row)
+            .collect::<Result<_>>()?;
+        for v in &mut views {
+            if let Some(id) = &v.agent.default_instance_id {
+                v.default_instance = instances.iter().find(|i| &i.id == id).cloned();
+            }
+        }
+        Ok(views)
+    }
+
+    /// An agent of the organization with its status facts.
+    pub async fn get_agent(&self, org_id: &str, id: &str) -> Result<Option<AgentView>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, b.status AS build_status FROM agents a LEFT JOIN builds b ON b.id = a.latest_build_id \
+             WHERE a.organization_id = $1 AND a.id = $2 AND a.deleted_at IS NULL"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(self.views(rows).await?.pop())
+    }
+
+    /// A page of the organization's agents, newest first, after the cursor ID.
+    pub async fn list_agents(
+        &self,
+        org_id: &str,
+        cloud_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<AgentView>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, b.status AS build_status FROM agents a LEFT JOIN builds b ON b.id = a.latest_build_id \
+             WHERE a.organization_id = $1 AND a.deleted_at IS NULL AND ($2 IS NULL OR a.cloud_id = $2) \
+             AND ($3 IS NULL OR a.id < $3) ORDER BY a.id DESC LIMIT $4"
+        ))
+        .bind(org_id)
+        .bind(cloud_id)
+        .bind(after)
+        .bind(page_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let views = self.views(rows).await?;
+        Ok(Page::from_overfetch(views, limit.clamp(1, 100), |v| {
+            &v.agent.id
+        }))
+    }
+
+    /// Writes an agent's changeable fields back.
+    pub async fn update_agent(&self, agent: &Agent) -> Result<()> {
+        sqlx::query(
+            "UPDATE agents SET name = $3, display_name = $4, version = $5, runtime = $6, resources = $7, scaling = $8, \
+             config = $9, environment = $10, source = $11, metadata = $12, desired_state = $13, updated_at = $14 \
+             WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(&agent.organization_id)
+        .bind(&agent.id)
+        .bind(&agent.name)
+        .bind(&agent.display_name)
+        .bind(&agent.version)
+        .bind(to_json(&agent.runtime))
+        .bind(to_json(&agent.resources))
+        .bind(to_json(&agent.scaling))
+        .bind(to_json(&agent.config))
+        .bind(to_json(&agent.environment))
+        .bind(to_json(&agent.source))
+        .bind(to_json(&agent.metadata))
+        .bind(agent.desired_state.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| name_taken(e, "agent", &agent.name))?;
+        Ok(())
+    }
+
+    /// Sets what the agent (and its instances) should be doing.
+    pub async fn set_agent_desired_state(
+        &self,
+        org_id: &str,
+        id: &str,
+        desired: DesiredState,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE agents SET desired_state = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(desired.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            sqlx::query(
+                "UPDATE instances SET desired_state = $3, updated_at = $4 \
+                 WHERE organization_id = $1 AND id = (SELECT default_instance_id FROM agents WHERE id = $2) AND deleted_at IS NULL",
+            )
+            .bind(org_id)
+            .bind(id)
+            .bind(desired.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Deletes an agent and its instances (tombstones: the controller removes their
+    /// replicas), returning their quota. `false` when there is no such agent.
+    pub async fn delete_agent(&self, org_id: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let deleted = sqlx::query("UPDATE agents SET deleted_at = $3 WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL")
+            .bind(org_id)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 1 {
+            let freed = sqlx::query("UPDATE instances SET deleted_at = $3 WHERE organization_id = $1 AND agent_id = $2 AND deleted_at IS NULL")
+                .bind(org_id)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(
+                "UPDATE organizations SET instance_count = instance_count - $2 WHERE id = $1",
+            )
+            .bind(org_id)
+            .bind(i64::try_from(freed).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    /// Queues a new build of an agent from its current source (redeploy).
+    pub async fn queue_build(&self, new: NewBuild) -> Result<Build> {
+        let build = Build {
+            id: new_id(IdKind::Build),
+            organization_id: new.organization_id,
+            agent_id: new.agent_id,
+            status: BuildStatus::Queued,
+            reason: None,
+            source: new.source,
+            artifact: None,
+            created_at: from_ms(now_ms()),
+            started_at: None,
+            finished_at: None,
+        };
+        let mut tx = self.pool.begin().await?;
+        Self::insert_build(&mut tx, &build).await?;
+        sqlx::query("UPDATE agents SET latest_build_id = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
+            .bind(&build.organization_id)
+            .bind(&build.agent_id)
+            .bind(&build.id)
+            .bind(to_ms(build.created_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(build)
+    }
+
+    /// A build of the organization.
+    pub async fn get_build(&self, org_id: &str, id: &str) -> Result<Option<Build>> {
+        let row = sqlx::query(&format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE organization_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// A page of an agent's builds, newest first.
+    pub async fn list_builds(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Build>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE organization_id = $1 AND agent_id = $2 AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(org_id)
+        .bind(agent_id)
+        .bind(after)
+        .bind(page_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let builds = rows
+            .iter()
+            .map(build_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(builds, limit.clamp(1, 100), |b| &b.id))
+    }
+
+    /// Records a build's progress (used by builders, and by tests).
+    pub async fn set_build_status(
+        &self,
+        id: &str,
+        status: BuildStatus,
+        reason: Option<&str>,
+        artifact: Option<&str>,
+    ) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE builds SET status = $2, reason = $3, artifact = COALESCE($4, artifact), \
+             started_at = CASE WHEN $2 = 'building' THEN $5 ELSE started_at END, \
+             finished_at = CASE WHEN $2 IN ('ready', 'failed') THEN $5 ELSE finished_at END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(artifact)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends lines to a build's log.
+    pub async fn append_build_log(
+        &self,
+        build_id: &str,
+        stream: &str,
+        lines: &[&str],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let next: i64 = {
+            let row = sqlx::query(
+                "SELECT COALESCE(MAX(seq), 0) AS last FROM build_logs WHERE build_id = $1",
+            )
+            .bind(build_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            row.int("last")?
+        };
+        let now = now_ms();
+        for (i, line) in lines.iter().enumerate() {
+            sqlx::query("INSERT INTO build_logs (build_id, seq, ts, stream, line) VALUES ($1, $2, $3, $4, $5)")
+                .bind(build_id)
+                .bind(next + 1 + i64::try_from(i).unwrap_or(0))
+                .bind(now)
+                .bind(stream)
+                .bind(*line)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A build's log lines after `after_seq`, at most `limit`.
+    pub async fn build_log(
+        &self,
+        build_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<BuildLogLine>> {
+        let rows = sqlx::query("SELECT seq, ts, stream, line FROM build_logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(build_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BuildLogLine {
+                    seq: r.int("seq")?,
+                    timestamp: r.time("ts")?,
+                    stream: r.text("stream")?,
+                    line: r.text("line")?,
+                })
+            })
+            .collect()
+    }
+}

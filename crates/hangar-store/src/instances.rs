@@ -1,0 +1,300 @@
+//! Instances and the organization's instance quota.
+//!
+//! The quota is a counter on the organization, reserved with one conditional
+//! `UPDATE … WHERE instance_count < max_instances` in the same transaction as the
+//! insert. Both SQLite (one writer) and PostgreSQL (row lock, re-checked `WHERE`)
+//! make that atomic, so concurrent creates can never overshoot the quota.
+
+use std::collections::BTreeMap;
+
+use hangar_core::id::{new_id, random_suffix, IdKind};
+use hangar_core::model::Instance;
+use hangar_core::resources::Resources;
+use hangar_core::spec::RuntimeConfig;
+use hangar_core::status::{DesiredState, InstanceStatus};
+use hangar_core::validate::slug;
+use sqlx::any::AnyRow;
+
+use crate::{
+    from_ms, name_taken, now_ms, page_limit, to_json, Page, Result, RowExt, Store, StoreError,
+};
+
+/// What creating an instance needs.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    /// Owning organization.
+    pub organization_id: String,
+    /// Blueprint.
+    pub agent_id: String,
+    /// Build deployed.
+    pub build_id: String,
+    /// Creator.
+    pub user_id: String,
+    /// Unique within the organization.
+    pub name: String,
+    /// DNS label; derived from the name when `None`.
+    pub resource_name: Option<String>,
+    /// Runtime configuration.
+    pub config: RuntimeConfig,
+    /// Per-replica resources.
+    pub resources: Resources,
+    /// Environment.
+    pub env_vars: BTreeMap<String, String>,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Make it the agent's default instance (the one the Agents API routes to).
+    pub make_default: bool,
+}
+
+/// Filters of an instance listing.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<InstanceStatus>,
+    /// Only this agent's.
+    pub agent_id: Option<String>,
+    /// Only those this user created.
+    pub user_id: Option<String>,
+}
+
+pub(crate) const INSTANCE_COLUMNS: &str = "id, organization_id, agent_id, build_id, user_id, name, resource_name, config, \
+    resources, env_vars, replicas, desired_state, status, status_reason, ready_replicas, restart_count, created_at, updated_at";
+
+pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
+    Ok(Instance {
+        id: r.text("id")?,
+        organization_id: r.text("organization_id")?,
+        agent_id: r.text("agent_id")?,
+        build_id: r.text("build_id")?,
+        user_id: r.text("user_id")?,
+        name: r.text("name")?,
+        resource_name: r.text("resource_name")?,
+        config: r.json("config")?,
+        resources: r.json("resources")?,
+        env_vars: r.json("env_vars")?,
+        replicas: r.count("replicas")?,
+        desired_state: r.parsed("desired_state")?,
+        status: r.parsed("status")?,
+        status_reason: r.opt_text("status_reason")?,
+        ready_replicas: r.count("ready_replicas")?,
+        restart_count: r.count("restart_count")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Creates an instance, reserving a slot of the organization's quota.
+    pub async fn create_instance(&self, new: NewInstance) -> Result<Instance> {
+        let now = now_ms();
+        let id = new_id(IdKind::Instance);
+        let resource_name = new
+            .resource_name
+            .unwrap_or_else(|| format!("{}-{}", slug(&new.name, 40), random_suffix(&id, 8)));
+        let instance = Instance {
+            id,
+            organization_id: new.organization_id,
+            agent_id: new.agent_id,
+            build_id: new.build_id,
+            user_id: new.user_id,
+            name: new.name,
+            resource_name,
+            config: new.config,
+            resources: new.resources,
+            env_vars: new.env_vars,
+            replicas: new.replicas,
+            desired_state: DesiredState::Running,
+            status: InstanceStatus::Starting,
+            status_reason: None,
+            ready_replicas: 0,
+            restart_count: 0,
+            created_at: from_ms(now),
+            updated_at: from_ms(now),
+        };
+        let mut tx = self.pool.begin().await?;
+        // The write comes first so SQLite takes its write lock before any read.
+        let reserved = sqlx::query(
+            "UPDATE organizations SET instance_count = instance_count + 1 WHERE id = $1 AND instance_count < max_instances",
+        )
+        .bind(&instance.organization_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if reserved == 0 {
+            let row = sqlx::query(
+                "SELECT instance_count, max_instances FROM organizations WHERE id = $1",
+            )
+            .bind(&instance.organization_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            return Err(StoreError::QuotaExceeded {
+                current: row.count("instance_count")?,
+                max: row.count("max_instances")?,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO instances (id, organization_id, agent_id, build_id, user_id, name, resource_name, config, resources, \
+             env_vars, replicas, desired_state, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+        )
+        .bind(&instance.id)
+        .bind(&instance.organization_id)
+        .bind(&instance.agent_id)
+        .bind(&instance.build_id)
+        .bind(&instance.user_id)
+        .bind(&instance.name)
+        .bind(&instance.resource_name)
+        .bind(to_json(&instance.config))
+        .bind(to_json(&instance.resources))
+        .bind(to_json(&instance.env_vars))
+        .bind(i64::from(instance.replicas))
+        .bind(instance.desired_state.as_str())
+        .bind(instance.status.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| name_taken(e, "instance", &instance.name))?;
+        if new.make_default {
+            sqlx::query("UPDATE agents SET default_instance_id = $2 WHERE id = $1")
+                .bind(&instance.agent_id)
+                .bind(&instance.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(instance)
+    }
+
+    /// An instance of the organization.
+    pub async fn get_instance(&self, org_id: &str, id: &str) -> Result<Option<Instance>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    /// A page of the organization's instances, newest first, after the cursor ID.
+    pub async fn list_instances(
+        &self,
+        org_id: &str,
+        filter: &InstanceFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Instance>> {
+        let mut sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE organization_id = $1 AND deleted_at IS NULL \
+             AND ($2 IS NULL OR agent_id = $2) AND ($3 IS NULL OR user_id = $3) AND ($4 IS NULL OR id < $4)"
+        );
+        if !filter.statuses.is_empty() {
+            let list: Vec<String> = (0..filter.statuses.len())
+                .map(|i| format!("${}", 6 + i))
+                .collect();
+            sql.push_str(&format!(" AND status IN ({})", list.join(", ")));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT $5");
+        let mut q = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(filter.agent_id.as_deref())
+            .bind(filter.user_id.as_deref())
+            .bind(after)
+            .bind(page_limit(limit));
+        for s in &filter.statuses {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(instance_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, limit.clamp(1, 100), |i| &i.id))
+    }
+
+    /// Writes an instance's changeable fields back (name, config, resources,
+    /// environment, replicas, desired state).
+    pub async fn update_instance(&self, inst: &Instance) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET name = $3, config = $4, resources = $5, env_vars = $6, replicas = $7, desired_state = $8, \
+             updated_at = $9 WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(&inst.organization_id)
+        .bind(&inst.id)
+        .bind(&inst.name)
+        .bind(to_json(&inst.config))
+        .bind(to_json(&inst.resources))
+        .bind(to_json(&inst.env_vars))
+        .bind(i64::from(inst.replicas))
+        .bind(inst.desired_state.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| name_taken(e, "instance", &inst.name))?;
+        Ok(())
+    }
+
+    /// Records what the runtime observed of an instance.
+    pub async fn record_instance_status(
+        &self,
+        id: &str,
+        status: InstanceStatus,
+        reason: Option<&str>,
+        ready_replicas: u32,
+        restart_count: u32,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET status = $2, status_reason = $3, ready_replicas = $4, restart_count = $5, updated_at = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(i64::from(ready_replicas))
+        .bind(i64::from(restart_count))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes an instance (a tombstone until its replicas are gone) and frees its
+    /// quota slot and name. `false` when there is no such instance.
+    pub async fn delete_instance(&self, org_id: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "UPDATE instances SET deleted_at = $3, desired_state = 'stopped' WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted == 1 {
+            sqlx::query(
+                "UPDATE organizations SET instance_count = instance_count - 1 WHERE id = $1",
+            )
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE agents SET default_instance_id = NULL WHERE default_instance_id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    /// Instances the organization has now.
+    pub async fn instance_count(&self, org_id: &str) -> Result<u32> {
+        let row = sqlx::query("SELECT instance_count FROM organizations WHERE id = $1")
+            .bind(org_id)
+            .fetch_one(&self.pool)
+            .await?;
+        row.count("instance_count")
+    }
+}

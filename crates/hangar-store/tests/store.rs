@@ -1,0 +1,379 @@
+//! The store against real databases: SQLite always, PostgreSQL when configured
+//! (and always in CI). Every test runs its body once per backend.
+
+use std::collections::BTreeMap;
+
+use hangar_core::resources::Resources;
+use hangar_core::spec::{RuntimeConfig, Scaling, Source};
+use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus, JobStatus};
+use hangar_store::testing::{backends, TestDb};
+use hangar_store::{InstanceFilter, NewAgent, NewInstance, NewJob, NewWebhook, Store, StoreError};
+
+async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        f(db.store.clone()).await;
+    }
+}
+
+fn new_agent(org: &str, user: &str, cloud: &str, name: &str) -> NewAgent {
+    NewAgent {
+        organization_id: org.into(),
+        user_id: user.into(),
+        cloud_id: cloud.into(),
+        name: name.into(),
+        display_name: None,
+        version: None,
+        runtime: Default::default(),
+        resources: Resources::default(),
+        scaling: Scaling::default(),
+        config: RuntimeConfig::default(),
+        environment: BTreeMap::new(),
+        source: Source::Github {
+            repo: "a/b".into(),
+            branch: None,
+            path: None,
+            commit: None,
+        },
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn new_instance(org: &str, agent: &str, build: &str, user: &str, name: &str) -> NewInstance {
+    NewInstance {
+        organization_id: org.into(),
+        agent_id: agent.into(),
+        build_id: build.into(),
+        user_id: user.into(),
+        name: name.into(),
+        resource_name: None,
+        config: RuntimeConfig::default(),
+        resources: Resources::default(),
+        env_vars: BTreeMap::new(),
+        replicas: 1,
+        make_default: false,
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_once_and_authenticate() {
+    each_backend(|store| async move {
+        let first = store.bootstrap(None).await.expect("bootstrap");
+        let key = first
+            .generated_key
+            .clone()
+            .expect("first start generates a key");
+        let again = store.bootstrap(None).await.expect("second bootstrap");
+        assert_eq!(again.organization.id, first.organization.id);
+        assert!(again.generated_key.is_none());
+        let who = store
+            .authenticate(&key)
+            .await
+            .expect("auth")
+            .expect("known key");
+        assert_eq!(who.organization_id, first.organization.id);
+        assert!(who.is_operator);
+        assert!(store
+            .authenticate("hgr_nope")
+            .await
+            .expect("auth")
+            .is_none());
+        // A configured admin key is added on a later start and works.
+        store
+            .bootstrap(Some("configured-admin-key-0123456789"))
+            .await
+            .expect("bootstrap with key");
+        assert!(store
+            .authenticate("configured-admin-key-0123456789")
+            .await
+            .expect("auth")
+            .is_some());
+        assert_eq!(
+            store
+                .list_clouds(&first.organization.id)
+                .await
+                .expect("clouds")[0]
+                .name,
+            "local"
+        );
+        // Revoked keys stop working.
+        let keys = store
+            .list_api_keys(&first.organization.id, None)
+            .await
+            .expect("keys");
+        for k in &keys {
+            store
+                .revoke_api_key(&first.organization.id, &k.id)
+                .await
+                .expect("revoke");
+        }
+        assert!(store.authenticate(&key).await.expect("auth").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn instance_quota_is_never_overshot_even_concurrently() {
+    each_backend(|store| async move {
+        let boot = store.bootstrap(None).await.expect("bootstrap");
+        let org = store
+            .create_organization("small", 3, "a@example.com")
+            .await
+            .expect("org");
+        let oid = org.organization.id.clone();
+        let uid = org.admin.id.clone();
+        let cloud = store
+            .get_cloud(&oid, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let (agent, build) = store
+            .create_agent(new_agent(&oid, &uid, &cloud.id, "a"))
+            .await
+            .expect("agent");
+        store
+            .set_build_status(&build.id, BuildStatus::Ready, None, Some("sha256:x"))
+            .await
+            .expect("ready");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = store.clone();
+            let ni = new_instance(&oid, &agent.agent.id, &build.id, &uid, &format!("i{i}"));
+            tasks.push(tokio::spawn(async move { s.create_instance(ni).await }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => ok += 1,
+                Err(StoreError::QuotaExceeded { current, max }) => {
+                    assert_eq!((current, max), (3, 3))
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(ok, 3);
+        assert_eq!(store.instance_count(&oid).await.expect("count"), 3);
+        // Names are unique per organization, and a failed insert returns its slot.
+        let page = store
+            .list_instances(&oid, &InstanceFilter::default(), None, 50)
+            .await
+            .expect("list");
+        let victim = page.items[0].clone();
+        assert!(store
+            .delete_instance(&oid, &victim.id)
+            .await
+            .expect("delete"));
+        let dup = store
+            .create_instance(new_instance(
+                &oid,
+                &agent.agent.id,
+                &build.id,
+                &uid,
+                &page.items[1].name,
+            ))
+            .await;
+        assert!(matches!(dup, Err(StoreError::NameTaken { .. })), "{dup:?}");
+        assert_eq!(store.instance_count(&oid).await.expect("count"), 2);
+        // The deleted name is free again; the other org cannot see any of it.
+        store
+            .create_instance(new_instance(
+                &oid,
+                &agent.agent.id,
+                &build.id,
+                &uid,
+                &victim.name,
+            ))
+            .await
+            .expect("reuse name");
+        assert!(store
+            .get_instance(&boot.organization.id, &victim.id)
+            .await
+            .expect("get")
+            .is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pagination_filters_and_status_facts() {
+    each_backend(|store| async move {
+        let boot = store.bootstrap(None).await.expect("bootstrap");
+        let oid = boot.organization.id.clone();
+        let uid = boot.admin.id.clone();
+        let cloud = store
+            .get_cloud(&oid, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let (agent, build) = store
+            .create_agent(new_agent(&oid, &uid, &cloud.id, "pager"))
+            .await
+            .expect("agent");
+        assert_eq!(agent.latest_build_status, Some(BuildStatus::Queued));
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let inst = store
+                .create_instance(new_instance(
+                    &oid,
+                    &agent.agent.id,
+                    &build.id,
+                    &uid,
+                    &format!("p{i}"),
+                ))
+                .await
+                .expect("create");
+            ids.push(inst.id);
+        }
+        store
+            .record_instance_status(&ids[0], InstanceStatus::Running, None, 1, 0)
+            .await
+            .expect("status");
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list_instances(&oid, &InstanceFilter::default(), cursor.as_deref(), 3)
+                .await
+                .expect("page");
+            seen.extend(page.items.iter().map(|i| i.id.clone()));
+            if !page.has_more {
+                assert!(page.next_cursor.is_none());
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        ids.reverse();
+        assert_eq!(seen, ids, "newest first, each once");
+        let running = InstanceFilter {
+            statuses: vec![InstanceStatus::Running],
+            ..Default::default()
+        };
+        let page = store
+            .list_instances(&oid, &running, None, 50)
+            .await
+            .expect("filter");
+        assert_eq!(page.items.len(), 1);
+        let by_user = InstanceFilter {
+            user_id: Some("user_nobody".into()),
+            ..Default::default()
+        };
+        assert!(store
+            .list_instances(&oid, &by_user, None, 50)
+            .await
+            .expect("filter")
+            .items
+            .is_empty());
+
+        store
+            .set_agent_desired_state(&oid, &agent.agent.id, DesiredState::Stopped)
+            .await
+            .expect("stop");
+        let view = store
+            .get_agent(&oid, &agent.agent.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(view.agent.desired_state, DesiredState::Stopped);
+        assert!(store
+            .delete_agent(&oid, &agent.agent.id)
+            .await
+            .expect("delete"));
+        assert!(store
+            .get_agent(&oid, &agent.agent.id)
+            .await
+            .expect("get")
+            .is_none());
+        assert_eq!(
+            store.instance_count(&oid).await.expect("count"),
+            0,
+            "deleting an agent frees its instances' quota"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_and_jobs_are_idempotent() {
+    each_backend(|store| async move {
+        let boot = store.bootstrap(None).await.expect("bootstrap");
+        let oid = boot.organization.id.clone();
+        let (_, created) = store
+            .put_secret(&oid, "OPENAI_KEY", "sk-123")
+            .await
+            .expect("put");
+        assert!(created);
+        let (_, created) = store
+            .put_secret(&oid, "OPENAI_KEY", "sk-456")
+            .await
+            .expect("replace");
+        assert!(!created);
+        assert_eq!(
+            store
+                .reveal_secret(&oid, "OPENAI_KEY")
+                .await
+                .expect("reveal")
+                .as_deref(),
+            Some("sk-456")
+        );
+        assert_eq!(store.list_secrets(&oid).await.expect("list").len(), 1);
+        assert!(store
+            .delete_secret(&oid, "OPENAI_KEY")
+            .await
+            .expect("delete"));
+        assert!(!store
+            .delete_secret(&oid, "OPENAI_KEY")
+            .await
+            .expect("delete again"));
+
+        let cloud = store
+            .get_cloud(&oid, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let (agent, _) = store
+            .create_agent(new_agent(&oid, &boot.admin.id, &cloud.id, "jobs"))
+            .await
+            .expect("agent");
+        let nj = NewJob {
+            organization_id: oid.clone(),
+            agent_id: agent.agent.id.clone(),
+            input: serde_json::json!({"q": 1}),
+            idempotency_key: Some("k1".into()),
+        };
+        let (a, fresh_a) = store.create_job(nj.clone()).await.expect("job");
+        let (b, fresh_b) = store.create_job(nj).await.expect("job again");
+        assert!(fresh_a && !fresh_b);
+        assert_eq!(a.id, b.id);
+        let cancelled = store
+            .cancel_job(&oid, &a.id)
+            .await
+            .expect("cancel")
+            .expect("exists");
+        assert_eq!(cancelled.status, JobStatus::Cancelled);
+
+        let (hook, secret) = store
+            .create_webhook(NewWebhook {
+                organization_id: oid.clone(),
+                url: "https://example.com/h".into(),
+                events: vec![],
+                description: None,
+                secret: None,
+            })
+            .await
+            .expect("webhook");
+        assert!(secret.starts_with("whsec_"));
+        assert_eq!(
+            store
+                .webhook_secret(&oid, &hook.id)
+                .await
+                .expect("secret")
+                .as_deref(),
+            Some(secret.as_str())
+        );
+    })
+    .await;
+}

@@ -1,0 +1,280 @@
+//! `hangar serve` configuration: flags, then `HANGAR_*` environment variables, then
+//! the `[server]` table of `hangar.toml`, then defaults — read once into one typed
+//! struct and validated before anything binds. (`hangar.toml` may also hold an
+//! agent's build settings; only `[server]` is read here.)
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `hangar serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [env: HANGAR_LISTEN] [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Data directory [env: HANGAR_DATA_DIR] [default: ./hangar-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… [env: HANGAR_DATABASE_URL] [default: SQLite in the data dir]
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Instance URLs are http://<name>.<DOMAIN>:<port> [env: HANGAR_BASE_DOMAIN] [default: localhost]
+    #[arg(long, value_name = "DOMAIN")]
+    pub base_domain: Option<String>,
+    /// Use this bootstrap API key instead of generating one [env: HANGAR_ADMIN_KEY]
+    #[arg(long, value_name = "KEY")]
+    pub admin_key: Option<String>,
+    /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The `[server]` table of `hangar.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    base_domain: Option<String>,
+    admin_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    server: FileServer,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Listener address.
+    pub listen: SocketAddr,
+    /// Data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Database URL.
+    pub database_url: String,
+    /// Base domain of instance URLs.
+    pub base_domain: String,
+    /// Bootstrap key, when configured.
+    pub admin_key: Option<String>,
+}
+
+/// Bad configuration; `hangar serve` prints it on one line and exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Resolves `args` over `env` over the config file over defaults.
+    pub fn resolve(args: ServeArgs, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let env_get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        let file_path = args
+            .config
+            .clone()
+            .or_else(|| env_get("HANGAR_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            Some(p) => read_file(p, true)?,
+            None => read_file(Path::new("hangar.toml"), false)?,
+        }
+        .server;
+
+        let listen = args
+            .listen
+            .or_else(|| env_get("HANGAR_LISTEN"))
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "listen address '{listen}' is not IP:PORT (e.g. 127.0.0.1:7070)"
+            ))
+        })?;
+        let data_dir = args
+            .data_dir
+            .or_else(|| env_get("HANGAR_DATA_DIR").map(PathBuf::from))
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("hangar-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data dir must not be empty".into()));
+        }
+        let database_url = args
+            .database_url
+            .or_else(|| env_get("HANGAR_DATABASE_URL"))
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("hangar.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(format!(
+                "database URL must start with sqlite:, postgres:// or postgresql:// (got '{}')",
+                redact_url(&database_url)
+            )));
+        }
+        let base_domain = args
+            .base_domain
+            .or_else(|| env_get("HANGAR_BASE_DOMAIN"))
+            .or(file.base_domain)
+            .unwrap_or_else(|| "localhost".into());
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if base_domain.len() > 200 || !base_domain.split('.').all(label_ok) {
+            return Err(ConfigError(format!(
+                "base domain '{base_domain}' is not a DNS name"
+            )));
+        }
+        let admin_key = args
+            .admin_key
+            .or_else(|| env_get("HANGAR_ADMIN_KEY"))
+            .or(file.admin_key);
+        if let Some(k) = &admin_key {
+            if k.len() < 16
+                || k.len() > 256
+                || k.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError(
+                    "admin key must be 16 to 256 characters without spaces".into(),
+                ));
+            }
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            base_domain,
+            admin_key,
+        })
+    }
+}
+
+fn read_file(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+            ConfigError(format!("{}: {first} ({})", path.display(), e.message()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            Ok(ConfigFile::default())
+        }
+        Err(e) => Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// A database URL with its password hidden, for messages.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let dir = std::env::temp_dir().join("hangar-config-test-none.toml");
+        let args = ServeArgs {
+            config: None,
+            ..Default::default()
+        };
+        // No hangar.toml in the test's working dir is assumed; point at a missing explicit file instead to prove it is required.
+        assert!(Config::resolve(
+            ServeArgs {
+                config: Some(dir),
+                ..Default::default()
+            },
+            &env(&[])
+        )
+        .is_err());
+        let c = Config::resolve(args, &env(&[])).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.base_domain, "localhost");
+        assert!(c.database_url.starts_with("sqlite://hangar-data"));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let path = std::env::temp_dir().join(format!("hangar-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9000\"\nbase_domain = \"file.test\"\ndata_dir = \"/tmp/x\"\n").expect("write");
+        let e = env(&[
+            ("HANGAR_LISTEN", "127.0.0.1:8000"),
+            ("HANGAR_CONFIG", path.to_str().expect("utf8")),
+        ]);
+        let c = Config::resolve(ServeArgs::default(), &e).expect("valid");
+        assert_eq!(c.listen.port(), 8000, "env beats file");
+        assert_eq!(c.base_domain, "file.test", "file beats default");
+        let c = Config::resolve(
+            ServeArgs {
+                listen: Some("127.0.0.1:7000".into()),
+                ..Default::default()
+            },
+            &e,
+        )
+        .expect("valid");
+        assert_eq!(c.listen.port(), 7000, "flag beats env");
+        std::fs::write(&path, "[server]\nlisen = \"x\"\n").expect("write");
+        assert!(
+            Config::resolve(ServeArgs::default(), &e).is_err(),
+            "unknown keys are errors"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            ServeArgs {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                database_url: Some("mysql://x".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                base_domain: Some("bad domain".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                admin_key: Some("short".into()),
+                ..Default::default()
+            },
+        ];
+        for args in bad {
+            assert!(
+                Config::resolve(args.clone(), &env(&[])).is_err(),
+                "{args:?}"
+            );
+        }
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! `hangar serve`: prepare the data dir, open the store, bootstrap the first
+//! organization, bind, serve until SIGTERM/SIGINT, drain, exit 0.
+//!
+//! Shutdown: the first signal stops accepting and lets in-flight requests finish
+//! within a grace period; a second signal (or the end of the grace period) ends
+//! the process at once.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hangar_api::{ApiConfig, AppState};
+use hangar_store::seal::Sealer;
+use hangar_store::Store;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::{redact_url, Config};
+
+const GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `HANGAR_LOG_FORMAT=json`
+/// switches to JSON lines.
+pub fn init_tracing(env: &HashMap<String, String>) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(env.get("RUST_LOG").map_or("info", String::as_str))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if env.get("HANGAR_LOG_FORMAT").is_some_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Reads the data dir's 32-byte key, creating it (mode 0600) on first start.
+fn secret_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("secret.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() == 32 => Ok(key),
+        Ok(_) => anyhow::bail!("{} is not a 32-byte key", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Sealer::generate_key();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&key)?;
+            f.sync_all()?;
+            Ok(key.to_vec())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// Derives a purpose-specific key from the data dir's key.
+fn derive_key(key: &[u8], purpose: &str) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| {
+        <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).expect("any key length")
+    });
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let key = secret_key(&config.data_dir)?;
+    let sealer = Sealer::new(&derive_key(&key, "hangar secrets v1")).context("secret key")?;
+    let store = Store::connect(&config.database_url, sealer)
+        .await
+        .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
+    let boot = store
+        .bootstrap(config.admin_key.as_deref())
+        .await
+        .context("bootstrapping the first organization")?;
+    if let Some(generated) = &boot.generated_key {
+        let path = config.data_dir.join("admin.key");
+        write_private(&path, &format!("{generated}\n"))?;
+        println!(
+            "Created organization {} and its admin API key (shown once; also in {}):",
+            boot.organization.id,
+            path.display()
+        );
+        println!("  {generated}");
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    let api_config = ApiConfig {
+        base_domain: config.base_domain.clone(),
+        public_port: local.port(),
+        public_url: format!("http://{host}:{}", local.port()),
+        max_body_bytes: 2 << 20,
+        upload_ttl: Duration::from_secs(3600),
+        signing_key: derive_key(&key, "hangar upload urls v1"),
+    };
+    let app = hangar_api::app(AppState {
+        store: store.clone(),
+        config: Arc::new(api_config),
+    });
+    println!(
+        "hangar listening on http://{local} (organization {}, database {})",
+        boot.organization.id,
+        redact_url(&config.database_url)
+    );
+    tracing::info!(%local, "listening");
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signals = tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests (signal again to force)");
+        let _ = drain_tx.send(());
+        tokio::select! {
+            () = wait_for_signal() => tracing::warn!("second signal: exiting now"),
+            () = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over: exiting now"),
+        }
+        std::process::exit(1);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = drain_rx.await;
+        })
+        .await
+        .context("serving")?;
+    signals.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server can still be killed; never resolve.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
