@@ -119,10 +119,11 @@ impl Drop for TestDb {
                 }
             }
             Cleanup::Database { admin_url, name } => {
-                // Dropping needs the pool closed and an async connection; do it on a
-                // thread of its own so Drop works inside or outside a runtime.
-                let (admin_url, name, store) =
-                    (admin_url.clone(), name.clone(), self.store.clone());
+                // An async connection on a thread of its own, so Drop works inside or
+                // outside a runtime. The pool is not closed here: its connections
+                // belong to the test's runtime, which is blocked in this Drop (closing
+                // them from here can hang); FORCE ends them on the server side.
+                let (admin_url, name) = (admin_url.clone(), name.clone());
                 let _ = std::thread::spawn(move || {
                     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -131,7 +132,6 @@ impl Drop for TestDb {
                         return;
                     };
                     rt.block_on(async move {
-                        store.close().await;
                         if let Ok(mut admin) = sqlx::AnyConnection::connect(&admin_url).await {
                             let _ = admin
                                 .execute(

@@ -1,0 +1,117 @@
+//! HTTP-level behaviour: malformed bodies, unknown fields, wrong types, oversized
+//! bodies, unknown routes and methods all answer in the error envelope; OpenAPI
+//! covers every route of both seeds.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::each_backend;
+use serde_json::json;
+
+#[tokio::test]
+async fn malformed_requests_get_clear_errors() {
+    each_backend(|h| async move {
+        let key = h.a.key.clone();
+        let cases: [(&str, &str, Option<&str>); 6] = [
+            ("/v1/agents", "{not json", None),
+            ("/v1/agents", "", None),
+            ("/v1/agents", "[1,2]", None),
+            ("/v1/agents", r#"{"name":"x","cloud_id":"local","source":{"type":"github","repo":"a/b"},"extra":1}"#, Some("extra")),
+            ("/v1/agents", r#"{"name":7,"cloud_id":"local","source":{"type":"github","repo":"a/b"}}"#, Some("name")),
+            ("/instances", r#"{"name":"x","agent_id":"a","build_id":"b","organization_id":"o","resources":{"cpu":"250m","memory":true}}"#, Some("resources.memory")),
+        ];
+        for (path, body, field) in cases {
+            let r = h.raw(Method::POST, path, Some(&key), Some(body)).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+            assert_eq!(r.code(), "INVALID_REQUEST", "{body}");
+            assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            if let Some(f) = field {
+                assert_eq!(r.body["error"]["field"], f, "{body}: {}", r.text);
+            }
+        }
+        // 413 for a body over the limit (64 KiB in tests), nothing stored.
+        let big = format!(r#"{{"name":"big","cloud_id":"local","source":{{"type":"github","repo":"a/b"}},"display_name":"{}"}}"#, "x".repeat(100 * 1024));
+        let r = h.raw(Method::POST, "/v1/agents", Some(&key), Some(&big)).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text);
+        assert_eq!(r.code(), "PAYLOAD_TOO_LARGE");
+        assert!(h.get("/v1/agents", &key).await.body["data"].as_array().expect("data").is_empty());
+
+        let r = h.raw(Method::GET, "/no/such/route", Some(&key), None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.code(), "NOT_FOUND");
+        let r = h.raw(Method::PATCH, "/instances/inst_x", Some(&key), None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.code(), "METHOD_NOT_ALLOWED");
+        let r = h.raw(Method::PUT, "/v1/agents", Some(&key), None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        // Deeply nested JSON is refused, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let r = h.raw(Method::POST, &format!("/instances/{}/inst_x/exec", h.a.org), Some(&key), Some(&deep)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        // Invalid UTF-8 and control bytes in JSON.
+        let r = h.raw(Method::POST, "/v1/secrets", Some(&key), Some("{\"name\":\"A\",\"value\":\"\u{0}\"}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_covers_both_seeds() {
+    let doc = serde_json::to_value(hangar_api::openapi()).expect("serializes");
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"));
+    let paths = doc["paths"].as_object().expect("paths");
+    let expected = [
+        ("get", "/instances/by_org_id/{org_id}"),
+        ("get", "/instances/{instance_id}"),
+        ("post", "/instances"),
+        ("put", "/instances/{instance_id}"),
+        ("delete", "/instances/{instance_id}"),
+        ("get", "/instances/status/{org_id}/{instance_id}"),
+        ("post", "/instances/{org_id}/{instance_id}/exec"),
+        ("post", "/instances/{org_id}/{instance_id}/stdin"),
+        ("get", "/instances/{org_id}/{instance_id}/logs"),
+        ("get", "/v1/agents"),
+        ("post", "/v1/agents"),
+        ("get", "/v1/agents/{id}"),
+        ("patch", "/v1/agents/{id}"),
+        ("delete", "/v1/agents/{id}"),
+        ("post", "/v1/agents/{id}/invoke"),
+        ("post", "/v1/agents/{id}/start"),
+        ("post", "/v1/agents/{id}/stop"),
+        ("post", "/v1/agents/{id}/redeploy"),
+        ("get", "/v1/agents/{id}/logs"),
+        ("get", "/v1/agents/{id}/metrics"),
+        ("get", "/v1/me"),
+        ("post", "/v1/organizations"),
+        ("post", "/v1/api_keys"),
+        ("delete", "/v1/api_keys/{id}"),
+        ("get", "/v1/builds/{id}"),
+        ("get", "/v1/jobs/{id}"),
+        ("post", "/v1/jobs/{id}/cancel"),
+        ("post", "/v1/uploads"),
+        ("post", "/v1/secrets"),
+        ("post", "/v1/webhooks"),
+        ("post", "/v1/clouds"),
+    ];
+    for (method, path) in expected {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "OpenAPI lacks {method} {path}");
+    }
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for s in ["InstanceObject", "AgentObject", "InstanceStatusObject", "ResourcesInput", "Source", "DeploymentType"] {
+        assert!(schemas.contains_key(s), "OpenAPI lacks schema {s}");
+    }
+}
+
+#[tokio::test]
+async fn docs_and_spec_are_served() {
+    each_backend(|h| async move {
+        let r = h.raw(Method::GET, "/openapi.json", None, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body["paths"]["/v1/agents"].is_object());
+        let r = h.raw(Method::GET, "/docs/", None, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.text.to_lowercase().contains("swagger"), "{}", &r.text[..r.text.len().min(200)]);
+        let _ = json!({});
+    })
+    .await;
+}
