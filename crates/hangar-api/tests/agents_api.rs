@@ -178,7 +178,8 @@ async fn update_lifecycle_and_delete() {
 #[tokio::test]
 async fn agents_validate_every_field() {
     each_backend(|h| async move {
-        let base = json!({"name": "v", "cloud_id": "local", "source": {"type": "github", "repo": "a/b"}});
+        let base =
+            json!({"name": "v", "cloud_id": "local", "source": {"type": "github", "repo": "a/b"}});
         let cases = [
             ("name", json!("has space")),
             ("cloud_id", json!(5)),
@@ -204,18 +205,37 @@ async fn agents_validate_every_field() {
             let mut body = base.clone();
             body[field] = value.clone();
             let r = h.post("/v1/agents", &h.a.key, body).await;
-            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}={value}: {}", r.text);
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "{field}={value}: {}",
+                r.text
+            );
             assert_eq!(r.code(), "INVALID_REQUEST");
-            let named = r.body["error"]["field"].as_str().unwrap_or_default().to_owned();
+            let named = r.body["error"]["field"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let message = r.body["error"]["message"].as_str().unwrap_or_default();
-            assert!(named.starts_with(field) || message.contains(field), "{field}={value} should name the field: {}", r.text);
+            assert!(
+                named.starts_with(field) || message.contains(field),
+                "{field}={value} should name the field: {}",
+                r.text
+            );
         }
         for missing in ["name", "cloud_id", "source"] {
             let mut body = base.clone();
             body.as_object_mut().expect("object").remove(missing);
             let r = h.post("/v1/agents", &h.a.key, body).await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST);
-            assert!(r.body["error"]["message"].as_str().unwrap_or_default().contains(missing), "{}", r.text);
+            assert!(
+                r.body["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(missing),
+                "{}",
+                r.text
+            );
         }
         let mut body = base.clone();
         body["cloud_id"] = json!("cloud_nowhere");
@@ -223,7 +243,11 @@ async fn agents_validate_every_field() {
         assert_eq!(r.code(), "CLOUD_NOT_FOUND");
         // Nothing half-written: no agent exists after all those failures.
         let r = h.get("/v1/agents", &h.a.key).await;
-        assert!(r.body["data"].as_array().expect("data").is_empty(), "{}", r.text);
+        assert!(
+            r.body["data"].as_array().expect("data").is_empty(),
+            "{}",
+            r.text
+        );
     })
     .await;
 }

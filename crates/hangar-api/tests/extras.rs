@@ -12,7 +12,14 @@ use serde_json::json;
 async fn builds_and_their_logs() {
     each_backend(|h| async move {
         let (agent, build) = h.ready_agent(&h.a, "b").await;
-        h.db.store.append_build_log(&build, "stdout", &["Collecting langchain-core", "Installed"]).await.expect("log");
+        h.db.store
+            .append_build_log(
+                &build,
+                "stdout",
+                &["Collecting langchain-core", "Installed"],
+            )
+            .await
+            .expect("log");
         let r = h.get(&format!("/v1/builds/{build}"), &h.a.key).await;
         assert_eq!(r.body["data"]["status"], "ready");
         assert_eq!(r.body["data"]["agent_id"], agent.as_str());
@@ -21,9 +28,16 @@ async fn builds_and_their_logs() {
         let logs = r.body["data"]["logs"].as_array().expect("logs");
         assert_eq!(logs.len(), 2);
         assert_eq!(logs[0]["message"], "Collecting langchain-core");
-        let r = h.get(&format!("/v1/builds/{build}/logs?after=1"), &h.a.key).await;
+        let r = h
+            .get(&format!("/v1/builds/{build}/logs?after=1"), &h.a.key)
+            .await;
         assert_eq!(r.body["data"]["logs"].as_array().expect("logs").len(), 1);
-        assert_eq!(h.get(&format!("/v1/builds/{build}/logs?limit=0"), &h.a.key).await.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            h.get(&format!("/v1/builds/{build}/logs?limit=0"), &h.a.key)
+                .await
+                .status,
+            StatusCode::BAD_REQUEST
+        );
         let r = h.get(&format!("/v1/agents/{agent}/builds"), &h.a.key).await;
         assert_eq!(r.body["data"][0]["id"], build.as_str());
     })
@@ -34,22 +48,41 @@ async fn builds_and_their_logs() {
 async fn jobs_poll_and_cancel() {
     each_backend(|h| async move {
         let (agent, _) = h.ready_agent(&h.a, "j").await;
-        let (job, _) = h
-            .db
-            .store
-            .create_job(NewJob { organization_id: h.a.org.clone(), agent_id: agent, input: json!({"document": "..."}), idempotency_key: None })
-            .await
-            .expect("job");
+        let (job, _) =
+            h.db.store
+                .create_job(NewJob {
+                    organization_id: h.a.org.clone(),
+                    agent_id: agent,
+                    input: json!({"document": "..."}),
+                    idempotency_key: None,
+                })
+                .await
+                .expect("job");
         let r = h.get(&format!("/v1/jobs/{}", job.id), &h.a.key).await;
         assert_eq!(r.body["data"]["status"], "pending");
         assert_eq!(r.body["data"]["job_id"], job.id.as_str());
         assert_eq!(r.body["data"]["poll_url"], format!("/v1/jobs/{}", job.id));
         for _ in 0..2 {
-            let r = h.raw(Method::POST, &format!("/v1/jobs/{}/cancel", job.id), Some(&h.a.key), None).await;
+            let r = h
+                .raw(
+                    Method::POST,
+                    &format!("/v1/jobs/{}/cancel", job.id),
+                    Some(&h.a.key),
+                    None,
+                )
+                .await;
             assert_eq!(r.status, StatusCode::OK, "{}", r.text);
             assert_eq!(r.body["data"]["status"], "cancelled");
         }
-        assert_eq!(h.db.store.get_job(&h.a.org, &job.id).await.expect("get").expect("job").status, JobStatus::Cancelled);
+        assert_eq!(
+            h.db.store
+                .get_job(&h.a.org, &job.id)
+                .await
+                .expect("get")
+                .expect("job")
+                .status,
+            JobStatus::Cancelled
+        );
     })
     .await;
 }

@@ -94,10 +94,20 @@ async fn openapi_covers_both_seeds() {
         ("post", "/v1/clouds"),
     ];
     for (method, path) in expected {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "OpenAPI lacks {method} {path}");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "OpenAPI lacks {method} {path}"
+        );
     }
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for s in ["InstanceObject", "AgentObject", "InstanceStatusObject", "ResourcesInput", "Source", "DeploymentType"] {
+    for s in [
+        "InstanceObject",
+        "AgentObject",
+        "InstanceStatusObject",
+        "ResourcesInput",
+        "Source",
+        "DeploymentType",
+    ] {
         assert!(schemas.contains_key(s), "OpenAPI lacks schema {s}");
     }
 }
@@ -110,7 +120,11 @@ async fn docs_and_spec_are_served() {
         assert!(r.body["paths"]["/v1/agents"].is_object());
         let r = h.raw(Method::GET, "/docs/", None, None).await;
         assert_eq!(r.status, StatusCode::OK);
-        assert!(r.text.to_lowercase().contains("swagger"), "{}", &r.text[..r.text.len().min(200)]);
+        assert!(
+            r.text.to_lowercase().contains("swagger"),
+            "{}",
+            &r.text[..r.text.len().min(200)]
+        );
         let _ = json!({});
     })
     .await;

@@ -176,40 +176,101 @@ async fn list_paginates_and_filters() {
             ids.push(h.instance(&h.a, &agent, &build, &format!("l{i}")).await);
         }
         let lone = h.instance(&h.a, &other_agent, &other_build, "lone").await;
-        h.db.store.record_instance_status(&ids[1], hangar_core::status::InstanceStatus::Running, None, 1, 0).await.expect("status");
+        h.db.store
+            .record_instance_status(
+                &ids[1],
+                hangar_core::status::InstanceStatus::Running,
+                None,
+                1,
+                0,
+            )
+            .await
+            .expect("status");
         let org = &h.a.org;
 
-        let r = h.get(&format!("/instances/by_org_id/{org}?limit=2"), &h.a.key).await;
+        let r = h
+            .get(&format!("/instances/by_org_id/{org}?limit=2"), &h.a.key)
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body["pagination"]["limit"], 2);
         assert_eq!(r.body["pagination"]["has_more"], true);
         assert_eq!(r.body["data"][0]["id"], lone.as_str(), "newest first");
-        let mut seen: Vec<String> = r.body["data"].as_array().expect("data").iter().map(|i| i["id"].as_str().expect("id").to_owned()).collect();
-        let mut cursor = r.body["pagination"]["next_cursor"].as_str().map(str::to_owned);
+        let mut seen: Vec<String> = r.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|i| i["id"].as_str().expect("id").to_owned())
+            .collect();
+        let mut cursor = r.body["pagination"]["next_cursor"]
+            .as_str()
+            .map(str::to_owned);
         while let Some(c) = cursor {
-            let r = h.get(&format!("/instances/by_org_id/{org}?limit=2&cursor={c}"), &h.a.key).await;
-            seen.extend(r.body["data"].as_array().expect("data").iter().map(|i| i["id"].as_str().expect("id").to_owned()));
-            cursor = r.body["pagination"]["next_cursor"].as_str().map(str::to_owned);
+            let r = h
+                .get(
+                    &format!("/instances/by_org_id/{org}?limit=2&cursor={c}"),
+                    &h.a.key,
+                )
+                .await;
+            seen.extend(
+                r.body["data"]
+                    .as_array()
+                    .expect("data")
+                    .iter()
+                    .map(|i| i["id"].as_str().expect("id").to_owned()),
+            );
+            cursor = r.body["pagination"]["next_cursor"]
+                .as_str()
+                .map(str::to_owned);
             if cursor.is_none() {
                 assert_eq!(r.body["pagination"]["has_more"], false);
             }
         }
         assert_eq!(seen.len(), 6, "every instance once: {seen:?}");
 
-        let r = h.get(&format!("/instances/by_org_id/{org}?status=running"), &h.a.key).await;
+        let r = h
+            .get(
+                &format!("/instances/by_org_id/{org}?status=running"),
+                &h.a.key,
+            )
+            .await;
         assert_eq!(r.body["data"].as_array().expect("data").len(), 1);
         assert_eq!(r.body["data"][0]["status"], "running");
-        let r = h.get(&format!("/instances/by_org_id/{org}?status=all&agent_id={other_agent}"), &h.a.key).await;
+        let r = h
+            .get(
+                &format!("/instances/by_org_id/{org}?status=all&agent_id={other_agent}"),
+                &h.a.key,
+            )
+            .await;
         assert_eq!(r.body["data"].as_array().expect("data").len(), 1);
-        let r = h.get(&format!("/instances/by_org_id/{org}?user_id={}", h.a.user), &h.a.key).await;
+        let r = h
+            .get(
+                &format!("/instances/by_org_id/{org}?user_id={}", h.a.user),
+                &h.a.key,
+            )
+            .await;
         assert_eq!(r.body["data"].as_array().expect("data").len(), 6);
-        let r = h.get(&format!("/instances/by_org_id/{org}?user_id=user_nobody"), &h.a.key).await;
+        let r = h
+            .get(
+                &format!("/instances/by_org_id/{org}?user_id=user_nobody"),
+                &h.a.key,
+            )
+            .await;
         assert!(r.body["data"].as_array().expect("data").is_empty());
-        let r = h.get(&format!("/instances/by_org_id/{org}"), &h.a.key).await;
+        let r = h
+            .get(&format!("/instances/by_org_id/{org}"), &h.a.key)
+            .await;
         assert_eq!(r.body["pagination"]["limit"], 50, "default limit");
 
-        for q in ["limit=0", "limit=101", "limit=x", "status=sleeping", "cursor=not-a-cursor"] {
-            let r = h.get(&format!("/instances/by_org_id/{org}?{q}"), &h.a.key).await;
+        for q in [
+            "limit=0",
+            "limit=101",
+            "limit=x",
+            "status=sleeping",
+            "cursor=not-a-cursor",
+        ] {
+            let r = h
+                .get(&format!("/instances/by_org_id/{org}?{q}"), &h.a.key)
+                .await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.text);
             assert_eq!(r.code(), "INVALID_REQUEST");
             assert!(r.body["error"]["field"].is_string(), "{q} names its field");
@@ -223,21 +284,50 @@ async fn status_endpoint() {
     each_backend(|h| async move {
         let (agent, build) = h.ready_agent(&h.a, "stat").await;
         let id = h.instance(&h.a, &agent, &build, "s").await;
-        let r = h.get(&format!("/instances/status/{}/{id}", h.a.org), &h.a.key).await;
+        let r = h
+            .get(&format!("/instances/status/{}/{id}", h.a.org), &h.a.key)
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         assert_eq!(r.body["status"], "DNS_PENDING");
         assert!(r.body["created_at"].is_i64());
         assert_eq!(r.body["replicas"], 0);
         assert_eq!(r.body["restart_count"], 0);
-        assert!(r.body["health_checks"].as_object().expect("health_checks").contains_key("last_check"));
-        for k in ["cpu_percent", "memory_mb", "network_rx_bytes", "network_tx_bytes"] {
-            assert!(r.body["resource_usage"][k].is_number(), "resource_usage.{k}");
+        assert!(r.body["health_checks"]
+            .as_object()
+            .expect("health_checks")
+            .contains_key("last_check"));
+        for k in [
+            "cpu_percent",
+            "memory_mb",
+            "network_rx_bytes",
+            "network_tx_bytes",
+        ] {
+            assert!(
+                r.body["resource_usage"][k].is_number(),
+                "resource_usage.{k}"
+            );
         }
-        h.db.store.record_instance_status(&id, hangar_core::status::InstanceStatus::Running, None, 1, 1).await.expect("status");
-        let r = h.get(&format!("/instances/status/{}/{id}", h.a.org), &h.a.key).await;
+        h.db.store
+            .record_instance_status(
+                &id,
+                hangar_core::status::InstanceStatus::Running,
+                None,
+                1,
+                1,
+            )
+            .await
+            .expect("status");
+        let r = h
+            .get(&format!("/instances/status/{}/{id}", h.a.org), &h.a.key)
+            .await;
         assert_eq!(r.body["status"], "RUNNING");
         assert_eq!(r.body["restart_count"], 1);
-        let r = h.get(&format!("/instances/status/{}/inst_missing", h.a.org), &h.a.key).await;
+        let r = h
+            .get(
+                &format!("/instances/status/{}/inst_missing", h.a.org),
+                &h.a.key,
+            )
+            .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(r.body["status"], "NOT_FOUND");
         assert_eq!(r.code(), "INSTANCE_NOT_FOUND");

@@ -110,21 +110,43 @@ async fn authentication() {
             assert_eq!(r.code(), "UNAUTHORIZED");
             assert_eq!(r.headers["www-authenticate"], "Bearer");
         }
-        let r = h.raw(Method::GET, &format!("/instances/by_org_id/{}", h.a.org), None, None).await;
+        let r = h
+            .raw(
+                Method::GET,
+                &format!("/instances/by_org_id/{}", h.a.org),
+                None,
+                None,
+            )
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         let r = h.get("/v1/me", &h.a.key).await;
         assert_eq!(r.body["organization_id"], h.a.org.as_str());
         assert_eq!(r.body["user_id"], h.a.user.as_str());
         // A revoked key stops working at once.
-        let created = h.post("/v1/api_keys", &h.a.key, json!({"name": "temp"})).await;
-        let secret = created.body["data"]["key"].as_str().expect("shown once").to_owned();
+        let created = h
+            .post("/v1/api_keys", &h.a.key, json!({"name": "temp"}))
+            .await;
+        let secret = created.body["data"]["key"]
+            .as_str()
+            .expect("shown once")
+            .to_owned();
         let id = created.body["data"]["id"].as_str().expect("id").to_owned();
         assert_eq!(h.get("/v1/me", &secret).await.status, StatusCode::OK);
         let listed = h.get("/v1/api_keys", &h.a.key).await;
         assert!(!listed.text.contains(&secret), "keys are shown once");
-        let r = h.call(Method::DELETE, &format!("/v1/api_keys/{id}"), &h.a.key, None).await;
+        let r = h
+            .call(
+                Method::DELETE,
+                &format!("/v1/api_keys/{id}"),
+                &h.a.key,
+                None,
+            )
+            .await;
         assert!(r.body["data"]["revoked_at"].is_string());
-        assert_eq!(h.get("/v1/me", &secret).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            h.get("/v1/me", &secret).await.status,
+            StatusCode::UNAUTHORIZED
+        );
     })
     .await;
 }

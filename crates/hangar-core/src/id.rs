@@ -50,6 +50,10 @@ crate::string_enum! {
 
 /// A fresh identifier of `kind`.
 #[must_use]
+#[expect(
+    clippy::unwrap_or_default,
+    reason = "Ulid's Default is the nil ULID, not a fresh one"
+)]
 pub fn new_id(kind: IdKind) -> String {
     let ulid = GENERATOR
         .lock()

@@ -130,7 +130,7 @@ pub fn format_bytes(bytes: u64) -> String {
         ("", 1),
     ];
     for (suffix, unit) in SUFFIXES {
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }

@@ -216,7 +216,7 @@ impl Resources {
     /// The Agents API's spelling.
     #[must_use]
     pub fn to_agent_api(&self) -> AgentResources {
-        let cpu = if self.cpu_millis % 1000 == 0 {
+        let cpu = if self.cpu_millis.is_multiple_of(1000) {
             serde_json::Number::from(self.cpu_millis / 1000)
         } else {
             // Millicores below 64 000 are exact in an f64.

@@ -72,10 +72,24 @@ impl Harness {
         let db = TestDb::new(backend).await;
         let store = db.store.clone();
         let boot = store.bootstrap(None).await.expect("bootstrap");
-        let a = Tenant { org: boot.organization.id, user: boot.admin.id, key: boot.generated_key.expect("generated key") };
-        let other = store.create_organization("other", 50, "b@example.com").await.expect("org b");
-        let b = Tenant { org: other.organization.id, user: other.admin.id, key: other.key.secret };
-        let app = hangar_api::app(AppState { store, config: Arc::new(config()) });
+        let a = Tenant {
+            org: boot.organization.id,
+            user: boot.admin.id,
+            key: boot.generated_key.expect("generated key"),
+        };
+        let other = store
+            .create_organization("other", 50, "b@example.com")
+            .await
+            .expect("org b");
+        let b = Tenant {
+            org: other.organization.id,
+            user: other.admin.id,
+            key: other.key.secret,
+        };
+        let app = hangar_api::app(AppState {
+            store,
+            config: Arc::new(config()),
+        });
         Harness { db, app, a, b }
     }
 
@@ -83,19 +97,37 @@ impl Harness {
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, body, headers, text }
+        Reply {
+            status,
+            body,
+            headers,
+            text,
+        }
     }
 
     /// A request with `key` and an optional raw body.
-    pub async fn raw(&self, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Reply {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
-        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).expect("request");
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .expect("request");
         self.send(req).await
     }
 
@@ -120,8 +152,15 @@ impl Harness {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         let agent = r.body["data"]["id"].as_str().expect("id").to_owned();
-        let build = r.body["data"]["latest_build_id"].as_str().expect("build").to_owned();
-        self.db.store.set_build_status(&build, BuildStatus::Ready, None, Some("sha256:test")).await.expect("ready");
+        let build = r.body["data"]["latest_build_id"]
+            .as_str()
+            .expect("build")
+            .to_owned();
+        self.db
+            .store
+            .set_build_status(&build, BuildStatus::Ready, None, Some("sha256:test"))
+            .await
+            .expect("ready");
         (agent, build)
     }
 
