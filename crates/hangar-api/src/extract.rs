@@ -95,6 +95,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        if let Some((key, _)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(_, v)| v.chars().any(char::is_control))
+        {
+            return Err(ApiError::invalid(
+                key.clone(),
+                format!("query parameter {key} contains control characters"),
+            ));
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(Query)

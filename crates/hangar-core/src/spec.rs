@@ -350,7 +350,7 @@ impl Source {
             } => {
                 if !(is_owner_repo(repo) || is_git_url(repo))
                     || repo.len() > 2048
-                    || repo.chars().any(char::is_whitespace)
+                    || repo.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
                     return Err(Invalid::new("repo", "must be 'owner/name' or a git URL (https://, ssh://, git@host:path, file://)"));
                 }
@@ -427,7 +427,11 @@ impl Source {
                         "give archive_url (from POST /v1/uploads) or upload_id",
                     ))
                 }
-                (Some(u), _) if u.is_empty() || u.len() > 4096 => {
+                (Some(u), _)
+                    if u.is_empty()
+                        || u.len() > 4096
+                        || u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                {
                     return Err(Invalid::new(
                         "archive_url",
                         "must be the upload_url from POST /v1/uploads",
@@ -566,6 +570,11 @@ mod tests {
 
         for (json, field) in [
             (r#"{"type":"github","repo":"noslash"}"#, "repo"),
+            (r#"{"type":"github","repo":"file:///x\u0000"}"#, "repo"),
+            (
+                r#"{"type":"upload","archive_url":"https://x/\u0007"}"#,
+                "archive_url",
+            ),
             (r#"{"type":"github","repo":"a/b","path":"../up"}"#, "path"),
             (r#"{"type":"github","repo":"a/b","commit":"xyz"}"#, "commit"),
             (

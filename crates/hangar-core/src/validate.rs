@@ -242,6 +242,12 @@ pub fn http_path(field: &str, path: &str) -> Result<(), Invalid> {
 
 /// An absolute `http`/`https` URL with a host.
 pub fn http_url(field: &str, s: &str) -> Result<url::Url, Invalid> {
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Invalid::new(
+            field,
+            "must not contain spaces or control characters",
+        ));
+    }
     let parsed =
         url::Url::parse(s).map_err(|e| Invalid::new(field, format!("is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
@@ -254,6 +260,20 @@ pub fn http_url(field: &str, s: &str) -> Result<url::Url, Invalid> {
         return Err(Invalid::new(field, "must be at most 2048 characters"));
     }
     Ok(parsed)
+}
+
+/// A reference to an object by ID (or, where the route allows it, by name):
+/// 1–128 letters, digits, `.`, `_`, `-`. Anything else can name no object.
+pub fn object_ref(field: &str, s: &str) -> Result<(), Invalid> {
+    if s.is_empty()
+        || s.len() > 128
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Invalid::new(field, "is not an ID"));
+    }
+    Ok(())
 }
 
 /// A short free-text field (display names, descriptions): at most `max` characters,
@@ -364,6 +384,11 @@ mod tests {
         assert!(http_url("url", "https://example.com/hook").is_ok());
         assert!(http_url("url", "ftp://example.com").is_err());
         assert!(http_url("url", "not a url").is_err());
+        assert!(http_url("url", "https://example.com/\0").is_err());
+        assert!(object_ref("agent_id", "agent_01jd7x").is_ok());
+        assert!(object_ref("cloud_id", "local").is_ok());
+        assert!(object_ref("agent_id", "a\0b").is_err());
+        assert!(object_ref("agent_id", "").is_err());
         assert!(token("language", "python").is_ok());
         assert!(token("language", "py thon").is_err());
         assert!(text("display_name", "Sentiment Analyzer v2", 128).is_ok());

@@ -133,6 +133,7 @@ async fn create_agent(
     Body(body): Body<CreateAgent>,
 ) -> ApiResult<impl IntoResponse> {
     validate::name("name", &body.name)?;
+    validate::object_ref("cloud_id", &body.cloud_id)?;
     body.source.validate().map_err(|e| e.under("source"))?;
     body.runtime.validate().map_err(|e| e.under("runtime"))?;
     let resources = body

@@ -162,6 +162,13 @@ async fn create_instance(
     Body(body): Body<CreateInstance>,
 ) -> ApiResult<impl IntoResponse> {
     validate::name("name", &body.name)?;
+    for (field, id) in [
+        ("agent_id", &body.agent_id),
+        ("build_id", &body.build_id),
+        ("organization_id", &body.organization_id),
+    ] {
+        validate::object_ref(field, id)?;
+    }
     validate::env_map("env_vars", &body.env_vars)?;
     own_org(&caller, &body.organization_id)?;
     let agent = state

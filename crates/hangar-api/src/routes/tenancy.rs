@@ -331,6 +331,7 @@ async fn create_key(
         return Err(ApiError::invalid("name", "must not be empty"));
     }
     let user_id = body.user_id.unwrap_or_else(|| caller.0.user_id.clone());
+    validate::object_ref("user_id", &user_id)?;
     if user_id != caller.0.user_id {
         caller.require_admin()?;
     }
