@@ -185,6 +185,18 @@ pub enum ApiError {
 /// Result of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Turns a lookup's `None` into the 404 for that kind of object.
+pub trait Found<T> {
+    /// `Some(t)` → `t`; `None` → `<KIND>_NOT_FOUND` naming `id`.
+    fn found(self, kind: Kind, id: &str) -> ApiResult<T>;
+}
+
+impl<T> Found<T> for Option<T> {
+    fn found(self, kind: Kind, id: &str) -> ApiResult<T> {
+        self.ok_or_else(|| ApiError::not_found(kind, id))
+    }
+}
+
 impl ApiError {
     /// 400 naming a field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {

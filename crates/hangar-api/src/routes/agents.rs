@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::page_size;
-use crate::error::{ApiError, ApiResult, Kind};
+use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, OptionalBody, Query};
 use crate::render::{self, ok, ok_list, AgentObject, Envelope, ListEnvelope, Pagination};
 use crate::{decode_cursor, AppState};
@@ -42,7 +42,7 @@ pub(crate) async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResu
         .store
         .get_agent(caller.org(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Agent, id))
+        .found(Kind::Agent, id)
 }
 
 /// Query of `GET /v1/agents`.
@@ -161,13 +161,13 @@ async fn create_agent(
         .store
         .get_cloud(caller.org(), &body.cloud_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Cloud, &body.cloud_id))?;
+        .found(Kind::Cloud, &body.cloud_id)?;
     // The agent will need an instance once built; refuse now rather than fail later.
     let org = state
         .store
         .get_organization(caller.org())
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Organization, caller.org()))?;
+        .found(Kind::Organization, caller.org())?;
     let current = state.store.instance_count(caller.org()).await?;
     if current >= org.max_instances {
         return Err(ApiError::InstanceQuota {

@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{page_size, PageQuery};
-use crate::error::{ApiError, ApiResult, Kind};
+use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, OptionalBody, Query};
 use crate::render::{
     self, ok, ok_list, ts, BuildObject, Envelope, JobObject, ListEnvelope, Pagination,
@@ -74,7 +74,7 @@ async fn get_build(
         .store
         .get_build(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Build, &id))?;
+        .found(Kind::Build, &id)?;
     Ok(ok(render::build(&b)))
 }
 
@@ -129,7 +129,7 @@ async fn build_logs(
         .store
         .get_build(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Build, &id))?;
+        .found(Kind::Build, &id)?;
     let lines = state
         .store
         .build_log(&b.id, q.after.unwrap_or(0), limit)
@@ -163,7 +163,7 @@ async fn get_job(
         .store
         .get_job(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Job, &id))?;
+        .found(Kind::Job, &id)?;
     Ok(ok(render::job(&j)))
 }
 
@@ -179,7 +179,7 @@ async fn cancel_job(
         .store
         .cancel_job(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Job, &id))?;
+        .found(Kind::Job, &id)?;
     match j.status {
         hangar_core::status::JobStatus::Succeeded | hangar_core::status::JobStatus::Failed => {
             Err(ApiError::Conflict {
@@ -428,7 +428,7 @@ async fn get_webhook(
         .store
         .get_webhook(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Webhook, &id))?;
+        .found(Kind::Webhook, &id)?;
     Ok(ok(render::webhook(&w, None)))
 }
 
@@ -459,7 +459,7 @@ async fn update_webhook(
         .store
         .get_webhook(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Webhook, &id))?;
+        .found(Kind::Webhook, &id)?;
     if let Some(url) = body.url {
         validate::http_url("url", &url)?;
         w.url = url;
@@ -480,7 +480,7 @@ async fn update_webhook(
         .store
         .get_webhook(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Webhook, &id))?;
+        .found(Kind::Webhook, &id)?;
     Ok(ok(render::webhook(&w, None)))
 }
 

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::page_size;
-use crate::error::{ApiError, ApiResult, Kind};
+use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, Query};
 use crate::render::{self, InstanceList, InstanceObject, InstanceStatusObject, Pagination};
 use crate::{decode_cursor, AppState};
@@ -64,7 +64,7 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Instance
         .store
         .get_instance(caller.org(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Instance, id))
+        .found(Kind::Instance, id)
 }
 
 /// Like [`find`], for routes with the organization in the path: another
@@ -175,7 +175,7 @@ async fn create_instance(
         .store
         .get_agent(caller.org(), &body.agent_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Agent, &body.agent_id))?
+        .found(Kind::Agent, &body.agent_id)?
         .agent;
     let config = body
         .config
@@ -190,7 +190,7 @@ async fn create_instance(
         .get_build(caller.org(), &body.build_id)
         .await?
         .filter(|b| b.agent_id == agent.id)
-        .ok_or_else(|| ApiError::not_found(Kind::Build, &body.build_id))?;
+        .found(Kind::Build, &body.build_id)?;
     if build.status != BuildStatus::Ready {
         return Err(ApiError::BuildNotReady {
             build_status: build.status.to_string(),

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, ApiResult, Kind};
+use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller};
 use crate::render::{
     self, ok, ApiKeyObject, CloudObject, Envelope, OrganizationObject, UserObject,
@@ -59,7 +59,7 @@ async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Me>
         .store
         .get_user(&p.organization_id, &p.user_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::User, &p.user_id))?;
+        .found(Kind::User, &p.user_id)?;
     Ok(Json(Me {
         user_id: p.user_id.clone(),
         organization_id: p.organization_id.clone(),
@@ -190,7 +190,7 @@ async fn get_organization(
         .store
         .get_organization(&id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Organization, &id))?;
+        .found(Kind::Organization, &id)?;
     Ok(ok(render::organization(&org)))
 }
 
@@ -230,7 +230,7 @@ async fn update_organization(
         .store
         .update_organization(&id, body.name.as_deref(), body.max_instances)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Organization, &id))?;
+        .found(Kind::Organization, &id)?;
     Ok(ok(render::organization(&org)))
 }
 
@@ -293,7 +293,7 @@ async fn get_user(
         .store
         .get_user(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::User, &id))?;
+        .found(Kind::User, &id)?;
     Ok(ok(render::user(&user)))
 }
 
@@ -339,7 +339,7 @@ async fn create_key(
         .store
         .create_api_key(caller.org(), &user_id, &body.name)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::User, &user_id))?;
+        .found(Kind::User, &user_id)?;
     Ok((
         StatusCode::CREATED,
         ok(render::api_key(&created.key, Some(created.secret))),
@@ -358,7 +358,7 @@ async fn revoke_key(
         .store
         .get_api_key(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::ApiKey, &id))?;
+        .found(Kind::ApiKey, &id)?;
     if key.user_id != caller.0.user_id && caller.0.role != Role::Admin {
         return Err(ApiError::not_found(Kind::ApiKey, &id));
     }
@@ -366,7 +366,7 @@ async fn revoke_key(
         .store
         .revoke_api_key(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::ApiKey, &id))?;
+        .found(Kind::ApiKey, &id)?;
     Ok(ok(render::api_key(&key, None)))
 }
 
@@ -437,6 +437,6 @@ async fn get_cloud(
         .store
         .get_cloud(caller.org(), &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(Kind::Cloud, &id))?;
+        .found(Kind::Cloud, &id)?;
     Ok(ok(render::cloud(&cloud, &state.config)))
 }
