@@ -15,7 +15,10 @@ use hangar_core::validate::slug;
 use sqlx::any::AnyRow;
 
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
-use crate::{from_ms, name_taken, now_ms, page_limit, to_json, to_ms, Page, Result, RowExt, Store};
+use crate::{
+    from_ms, name_taken, now_ms, page_limit, to_json, to_ms, Conditions, Page, Result, RowExt,
+    Store,
+};
 
 /// What creating an agent needs; the store fills in IDs and times.
 #[derive(Debug, Clone)]
@@ -272,17 +275,16 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<AgentView>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, b.status AS build_status FROM agents a LEFT JOIN builds b ON b.id = a.latest_build_id \
-             WHERE a.organization_id = $1 AND a.deleted_at IS NULL AND ($2 IS NULL OR a.cloud_id = $2) \
-             AND ($3 IS NULL OR a.id < $3) ORDER BY a.id DESC LIMIT $4"
-        ))
-        .bind(org_id)
-        .bind(cloud_id)
-        .bind(after)
-        .bind(page_limit(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = Conditions::new("a.organization_id", org_id)
+            .raw("a.deleted_at IS NULL")
+            .cmp("a.cloud_id", "=", cloud_id)
+            .cmp("a.id", "<", after)
+            .fetch_all(
+                &self.pool,
+                &format!("{AGENT_COLUMNS}, b.status AS build_status FROM agents a LEFT JOIN builds b ON b.id = a.latest_build_id"),
+                &format!("ORDER BY a.id DESC LIMIT {}", page_limit(limit)),
+            )
+            .await?;
         let views = self.views(rows).await?;
         Ok(Page::from_overfetch(views, limit.clamp(1, 100), |v| {
             &v.agent.id
@@ -431,16 +433,15 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<Build>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE organization_id = $1 AND agent_id = $2 AND ($3 IS NULL OR id < $3) \
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(org_id)
-        .bind(agent_id)
-        .bind(after)
-        .bind(page_limit(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = Conditions::new("organization_id", org_id)
+            .cmp("agent_id", "=", Some(agent_id))
+            .cmp("id", "<", after)
+            .fetch_all(
+                &self.pool,
+                &format!("{BUILD_COLUMNS} FROM builds"),
+                &format!("ORDER BY id DESC LIMIT {}", page_limit(limit)),
+            )
+            .await?;
         let builds = rows
             .iter()
             .map(build_from_row)

@@ -16,7 +16,8 @@ use hangar_core::validate::slug;
 use sqlx::any::AnyRow;
 
 use crate::{
-    from_ms, name_taken, now_ms, page_limit, to_json, Page, Result, RowExt, Store, StoreError,
+    from_ms, name_taken, now_ms, page_limit, to_json, Conditions, Page, Result, RowExt, Store,
+    StoreError,
 };
 
 /// What creating an instance needs.
@@ -185,27 +186,19 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<Instance>> {
-        let mut sql = format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE organization_id = $1 AND deleted_at IS NULL \
-             AND ($2 IS NULL OR agent_id = $2) AND ($3 IS NULL OR user_id = $3) AND ($4 IS NULL OR id < $4)"
-        );
-        if !filter.statuses.is_empty() {
-            let list: Vec<String> = (0..filter.statuses.len())
-                .map(|i| format!("${}", 6 + i))
-                .collect();
-            sql.push_str(&format!(" AND status IN ({})", list.join(", ")));
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT $5");
-        let mut q = sqlx::query(&sql)
-            .bind(org_id)
-            .bind(filter.agent_id.as_deref())
-            .bind(filter.user_id.as_deref())
-            .bind(after)
-            .bind(page_limit(limit));
-        for s in &filter.statuses {
-            q = q.bind(s.as_str());
-        }
-        let rows = q.fetch_all(&self.pool).await?;
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let rows = Conditions::new("organization_id", org_id)
+            .raw("deleted_at IS NULL")
+            .cmp("agent_id", "=", filter.agent_id.as_deref())
+            .cmp("user_id", "=", filter.user_id.as_deref())
+            .any_of("status", &statuses)
+            .cmp("id", "<", after)
+            .fetch_all(
+                &self.pool,
+                &format!("{INSTANCE_COLUMNS} FROM instances"),
+                &format!("ORDER BY id DESC LIMIT {}", page_limit(limit)),
+            )
+            .await?;
         let items = rows
             .iter()
             .map(instance_from_row)

@@ -284,7 +284,72 @@ pub(crate) fn name_taken(err: sqlx::Error, what: &'static str, name: &str) -> St
     }
 }
 
-/// Clamps a page size to 1..=100.
-pub(crate) fn page_limit(limit: u32) -> i64 {
-    i64::from(limit.clamp(1, 100)) + 1
+/// A `WHERE` clause of only the filters that are present. A guard such as
+/// `($2 IS NULL OR id < $2)` would hide the index range from SQLite's planner, which
+/// then scans from the newest row down to the cursor on every page.
+pub(crate) struct Conditions {
+    sql: String,
+    binds: Vec<String>,
+}
+
+impl Conditions {
+    /// Starts with `column = value`.
+    pub(crate) fn new(column: &str, value: &str) -> Self {
+        Conditions {
+            sql: format!("{column} = $1"),
+            binds: vec![value.to_owned()],
+        }
+    }
+
+    /// Adds a condition with no parameter.
+    pub(crate) fn raw(mut self, condition: &str) -> Self {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(condition);
+        self
+    }
+
+    /// Adds `column <op> value` when `value` is present.
+    pub(crate) fn cmp(mut self, column: &str, op: &str, value: Option<&str>) -> Self {
+        if let Some(v) = value {
+            self.binds.push(v.to_owned());
+            self.sql
+                .push_str(&format!(" AND {column} {op} ${}", self.binds.len()));
+        }
+        self
+    }
+
+    /// Adds `column IN (values)` when `values` is not empty.
+    pub(crate) fn any_of(mut self, column: &str, values: &[&str]) -> Self {
+        if !values.is_empty() {
+            let first = self.binds.len() + 1;
+            let list: Vec<String> = (first..first + values.len())
+                .map(|i| format!("${i}"))
+                .collect();
+            self.sql
+                .push_str(&format!(" AND {column} IN ({})", list.join(", ")));
+            self.binds.extend(values.iter().map(|v| (*v).to_owned()));
+        }
+        self
+    }
+
+    /// Runs `SELECT {select} WHERE <conditions> {tail}`.
+    pub(crate) async fn fetch_all(
+        &self,
+        pool: &AnyPool,
+        select: &str,
+        tail: &str,
+    ) -> Result<Vec<AnyRow>> {
+        let sql = format!("SELECT {select} WHERE {} {tail}", self.sql);
+        let mut q = sqlx::query(&sql);
+        for b in &self.binds {
+            q = q.bind(b.as_str());
+        }
+        Ok(q.fetch_all(pool).await?)
+    }
+}
+
+/// Rows to fetch for a page of `limit` (clamped to 1..=100): one more, to learn
+/// whether another page follows.
+pub(crate) fn page_limit(limit: u32) -> u32 {
+    limit.clamp(1, 100) + 1
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
-use crate::{from_ms, name_taken, now_ms, to_json, Result, RowExt, Store};
+use crate::{from_ms, name_taken, now_ms, to_json, Conditions, Result, RowExt, Store};
 
 /// Who a request acts as, once its key is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,13 +429,14 @@ impl Store {
 
     /// The organization's keys (of one user, when given), newest first.
     pub async fn list_api_keys(&self, org_id: &str, user_id: Option<&str>) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = $1 AND ($2 IS NULL OR user_id = $2) ORDER BY id DESC"
-        ))
-        .bind(org_id)
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = Conditions::new("organization_id", org_id)
+            .cmp("user_id", "=", user_id)
+            .fetch_all(
+                &self.pool,
+                &format!("{KEY_COLUMNS} FROM api_keys"),
+                "ORDER BY id DESC",
+            )
+            .await?;
         rows.iter().map(key_from_row).collect()
     }
 
