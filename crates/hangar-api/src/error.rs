@@ -82,6 +82,10 @@ impl Kind {
             "user" => Kind::User,
             "secret" => Kind::Secret,
             "api key" => Kind::ApiKey,
+            "build" => Kind::Build,
+            "job" => Kind::Job,
+            "upload" => Kind::Upload,
+            "webhook" => Kind::Webhook,
             _ => Kind::Organization,
         }
     }
@@ -338,6 +342,10 @@ impl From<StoreError> for ApiError {
                 name,
             },
             StoreError::QuotaExceeded { current, max } => ApiError::InstanceQuota { current, max },
+            StoreError::NotFound { what, id } => ApiError::NotFound {
+                kind: Kind::from_store(what),
+                id,
+            },
             other => ApiError::Internal(Box::new(other)),
         }
     }

@@ -86,6 +86,25 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalBody<T> {
     }
 }
 
+/// Path parameters of type `T`; a segment that cannot be read (invalid UTF-8, a
+/// wrong type) answers in the envelope rather than as plain text.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| ApiError::Invalid {
+                field: None,
+                message: format!("path: {}", e.body_text()),
+            })
+    }
+}
+
 /// Query parameters of type `T`.
 #[derive(Debug)]
 pub struct Query<T>(pub T);

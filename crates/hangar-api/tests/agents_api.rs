@@ -64,8 +64,25 @@ async fn deploy_example_and_the_agent_object() {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         assert_eq!(r.body["data"]["source"]["credentials"]["password"], "****");
-        let r = h.post("/v1/agents", &h.a.key, json!({"name": "up", "cloud_id": "local", "source": {"type": "upload", "archive_url": "https://example.com/a.tgz"}})).await;
+        // Uploads: this server's upload_url (or the id) of the caller's own upload.
+        let up = h.raw(Method::POST, "/v1/uploads", Some(&h.a.key), None).await;
+        let url = up.body["data"]["upload_url"].as_str().expect("url").to_owned();
+        let upload_id = up.body["data"]["id"].as_str().expect("id").to_owned();
+        let r = h.post("/v1/agents", &h.a.key, json!({"name": "up", "cloud_id": "local", "source": {"type": "upload", "archive_url": url}})).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.body["data"]["source"]["upload_id"], upload_id.as_str());
+        let r = h.post("/v1/agents", &h.a.key, json!({"name": "up2", "cloud_id": "local", "source": {"type": "upload", "archive_url": "https://example.com/a.tgz"}})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "only this server's uploads: {}", r.text);
+        let r = h.post("/v1/agents", &h.b.key, json!({"name": "theft", "cloud_id": "local", "source": {"type": "upload", "upload_id": upload_id}})).await;
+        assert_eq!(r.code(), "UPLOAD_NOT_FOUND", "another org's upload: {}", r.text);
+        // file:// repositories are paths on the server: operators only.
+        let r = h.post("/v1/agents", &h.b.key, json!({"name": "local-repo", "cloud_id": "local", "source": {"type": "github", "repo": "file:///srv/repo.git"}})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        let r = h.post("/v1/agents", &h.a.key, json!({"name": "local-repo", "cloud_id": "local", "source": {"type": "github", "repo": "file:///srv/repo.git"}})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        // Tokens in git URLs are not shown.
+        let r = h.post("/v1/agents", &h.a.key, json!({"name": "tok", "cloud_id": "local", "source": {"type": "github", "repo": "https://x:ghp_SECRET@github.com/o/r.git"}})).await;
+        assert!(!r.text.contains("ghp_SECRET"), "{}", r.text);
 
         // Names are unique within the cloud.
         let r = h.post("/v1/agents", &h.a.key, json!({"name": "sentiment-analyzer", "cloud_id": "local", "source": {"type": "github", "repo": "a/b"}})).await;
@@ -74,13 +91,16 @@ async fn deploy_example_and_the_agent_object() {
         assert_eq!(r.body["success"], false);
 
         // List, get.
-        let r = h.get("/v1/agents?limit=2", &h.a.key).await;
-        assert_eq!(r.body["data"].as_array().expect("data").len(), 2);
+        let r = h.get("/v1/agents?limit=4", &h.a.key).await;
+        assert_eq!(r.body["data"].as_array().expect("data").len(), 4);
         assert_eq!(r.body["pagination"]["has_more"], true);
         let c = r.body["pagination"]["next_cursor"].as_str().expect("cursor");
-        let r2 = h.get(&format!("/v1/agents?limit=2&cursor={c}"), &h.a.key).await;
+        let r2 = h.get(&format!("/v1/agents?limit=4&cursor={c}"), &h.a.key).await;
         assert_eq!(r2.body["data"].as_array().expect("data").len(), 1);
         assert_eq!(r2.body["data"][0]["id"], id.as_str(), "oldest last");
+        let by_name = h.get("/v1/agents?cloud_id=local", &h.a.key).await;
+        assert_eq!(by_name.body["data"].as_array().expect("data").len(), 5, "the filter takes a cloud's name too");
+        assert_eq!(h.get("/v1/agents?cloud_id=nowhere", &h.a.key).await.code(), "CLOUD_NOT_FOUND");
         let r = h.get(&format!("/v1/agents/{id}"), &h.a.key).await;
         assert_eq!(r.body["data"]["id"], id.as_str());
     })

@@ -108,6 +108,7 @@ async fn uploads_secrets_webhooks() {
         assert!(!r.text.contains("sk-"), "{}", r.text);
         assert_eq!(h.db.store.reveal_secret(&h.a.org, "OPENAI_KEY").await.expect("reveal").as_deref(), Some("sk-rotated"));
         assert_eq!(h.post("/v1/secrets", &h.a.key, json!({"name": "1BAD", "value": "x"})).await.status, StatusCode::BAD_REQUEST);
+        assert_eq!(h.post("/v1/secrets", &h.a.key, json!({"name": "sec_01x", "value": "x"})).await.status, StatusCode::BAD_REQUEST, "names must not look like IDs");
         let r = h.call(Method::DELETE, "/v1/secrets/OPENAI_KEY", &h.a.key, None).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(h.call(Method::DELETE, "/v1/secrets/OPENAI_KEY", &h.a.key, None).await.code(), "SECRET_NOT_FOUND");

@@ -99,9 +99,10 @@ async fn no_request_gets_a_server_error() {
                 let r = h.raw(Method::POST, path, Some(&h.a.key), Some(&body)).await;
                 assert!(r.status.is_client_error(), "{path} {body} → {}: {}", r.status, r.text);
             }
-            for path in ["/v1/agents?cloud_id=%00", "/v1/agents?cursor=%00", "/instances/by_org_id/x?agent_id=%00"] {
+            for path in ["/v1/agents?cloud_id=%00", "/v1/agents?cursor=%00", "/instances/by_org_id/x?agent_id=%00", "/instances/%FF%FE", "/v1/agents/%C0%AF"] {
                 let r = h.raw(Method::GET, path, Some(&h.a.key), None).await;
                 assert!(r.status.is_client_error(), "{path} → {}: {}", r.status, r.text);
+                assert!(r.body["error"]["code"].is_string(), "{path}: not in the envelope: {}", r.text);
             }
             // The server still answers normally afterwards.
             assert_eq!(h.get("/v1/me", &h.a.key).await.status, axum::http::StatusCode::OK);

@@ -190,7 +190,7 @@ pub fn secret_name(field: &str, name: &str) -> Result<(), Invalid> {
 /// as in both seed documents.
 #[must_use]
 pub fn is_sensitive(key: &str, value: &str) -> bool {
-    const MARKERS: [&str; 9] = [
+    const MARKERS: [&str; 13] = [
         "KEY",
         "SECRET",
         "TOKEN",
@@ -198,10 +198,15 @@ pub fn is_sensitive(key: &str, value: &str) -> bool {
         "PASSWD",
         "PASS",
         "CREDENTIAL",
+        "CREDENTIALS",
         "AUTH",
         "PRIVATE",
+        "DSN",
+        "CONNECTION",
+        "WEBHOOK",
     ];
-    if value.contains(SECRET_REF_OPEN) {
+    // From a secret, or a URL that carries a password (`postgres://u:pw@h/db`).
+    if value.contains(SECRET_REF_OPEN) || crate::spec::redact_url_credentials(value) != value {
         return true;
     }
     let upper = key.to_ascii_uppercase();
@@ -364,6 +369,15 @@ mod tests {
             ("DB_PASSWORD".to_owned(), "x".to_owned()),
             ("GITHUB_TOKEN".to_owned(), "x".to_owned()),
             ("FROM_SECRET".to_owned(), "prefix-${secrets.S}".to_owned()),
+            ("DATABASE_URL".to_owned(), "postgres://u:pw@h/db".to_owned()),
+            (
+                "SENTRY_DSN".to_owned(),
+                "https://abc@o1.ingest.example/1".to_owned(),
+            ),
+            (
+                "SLACK_WEBHOOK_URL".to_owned(),
+                "https://hooks.example/T/B/x".to_owned(),
+            ),
         ]
         .into();
         let shown = redact_env(&env, "***REDACTED***");
@@ -373,6 +387,9 @@ mod tests {
         assert_eq!(shown["GITHUB_TOKEN"], "***REDACTED***");
         assert_eq!(shown["FROM_SECRET"], "***REDACTED***");
         assert_eq!(shown["TARGET_QUERY"], "renewable energy stocks");
+        assert_eq!(shown["DATABASE_URL"], "***REDACTED***");
+        assert_eq!(shown["SENTRY_DSN"], "***REDACTED***");
+        assert_eq!(shown["SLACK_WEBHOOK_URL"], "***REDACTED***");
         assert_eq!(shown["LOG_LEVEL"], "INFO");
     }
 

@@ -17,8 +17,9 @@ use sqlx::any::AnyRow;
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
 use crate::{
     from_ms, name_taken, now_ms, page_limit, to_json, to_ms, Conditions, Page, Result, RowExt,
-    Store,
+    Store, StoreError,
 };
+use sqlx::{Any, Transaction};
 
 /// What creating an agent needs; the store fills in IDs and times.
 #[derive(Debug, Clone)]
@@ -49,17 +50,6 @@ pub struct NewAgent {
     pub source: Source,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
-}
-
-/// A build to queue for an agent.
-#[derive(Debug, Clone)]
-pub struct NewBuild {
-    /// Owning organization.
-    pub organization_id: String,
-    /// Agent built.
-    pub agent_id: String,
-    /// Source snapshot.
-    pub source: Source,
 }
 
 const AGENT_COLUMNS: &str = "a.id, a.organization_id, a.user_id, a.cloud_id, a.name, a.resource_name, a.display_name, a.version, \
@@ -291,12 +281,26 @@ impl Store {
         }))
     }
 
-    /// Writes an agent's changeable fields back.
-    pub async fn update_agent(&self, agent: &Agent) -> Result<()> {
+    /// Changes an agent's fields with `change`, one edit at a time: the row is
+    /// write-locked before it is read, so concurrent edits apply in turn instead of
+    /// overwriting each other. An error from `change` leaves everything as it was.
+    /// `None` when there is no such agent. What the agent should be doing (desired
+    /// state) and its build/instance links are not changed here.
+    pub async fn modify_agent<E: From<StoreError>>(
+        &self,
+        org_id: &str,
+        id: &str,
+        change: impl FnOnce(&mut Agent) -> Result<(), E>,
+    ) -> Result<Option<Agent>, E> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let Some(mut agent) = Self::lock_agent(&mut tx, org_id, id).await? else {
+            return Ok(None);
+        };
+        change(&mut agent)?;
         sqlx::query(
             "UPDATE agents SET name = $3, display_name = $4, version = $5, runtime = $6, resources = $7, scaling = $8, \
-             config = $9, environment = $10, source = $11, metadata = $12, desired_state = $13, updated_at = $14 \
-             WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+             config = $9, environment = $10, source = $11, metadata = $12, updated_at = $13 \
+             WHERE organization_id = $1 AND id = $2",
         )
         .bind(&agent.organization_id)
         .bind(&agent.id)
@@ -310,12 +314,39 @@ impl Store {
         .bind(to_json(&agent.environment))
         .bind(to_json(&agent.source))
         .bind(to_json(&agent.metadata))
-        .bind(agent.desired_state.as_str())
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| name_taken(e, "agent", &agent.name))?;
-        Ok(())
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Some(agent))
+    }
+
+    /// Write-locks a live agent of the organization (a no-op UPDATE: a row lock on
+    /// PostgreSQL, the write lock on SQLite) and reads it.
+    async fn lock_agent(
+        tx: &mut Transaction<'static, Any>,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<Agent>> {
+        let locked = sqlx::query(
+            "UPDATE agents SET updated_at = updated_at WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if locked == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents a WHERE a.id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+        agent_from_row(&row).map(Some)
     }
 
     /// Sets what the agent (and its instances) should be doing.
@@ -367,7 +398,7 @@ impl Store {
             .await?
             .rows_affected();
         if deleted == 1 {
-            let freed = sqlx::query("UPDATE instances SET deleted_at = $3 WHERE organization_id = $1 AND agent_id = $2 AND deleted_at IS NULL")
+            let freed = sqlx::query("UPDATE instances SET deleted_at = $3, desired_state = 'stopped' WHERE organization_id = $1 AND agent_id = $2 AND deleted_at IS NULL")
                 .bind(org_id)
                 .bind(id)
                 .bind(now)
@@ -386,31 +417,48 @@ impl Store {
         Ok(deleted == 1)
     }
 
-    /// Queues a new build of an agent from its current source (redeploy).
-    pub async fn queue_build(&self, new: NewBuild) -> Result<Build> {
+    /// Queues a build of the agent's source — replaced by `new_source` first, when
+    /// given — in one transaction (redeploy). `None` when there is no such agent.
+    pub async fn queue_build(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        new_source: Option<Source>,
+    ) -> Result<Option<Build>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(agent) = Self::lock_agent(&mut tx, org_id, agent_id).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if let Some(source) = &new_source {
+            sqlx::query("UPDATE agents SET source = $2, updated_at = $3 WHERE id = $1")
+                .bind(agent_id)
+                .bind(to_json(source))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         let build = Build {
             id: new_id(IdKind::Build),
-            organization_id: new.organization_id,
-            agent_id: new.agent_id,
+            organization_id: agent.organization_id,
+            agent_id: agent.id,
             status: BuildStatus::Queued,
             reason: None,
-            source: new.source,
+            source: new_source.unwrap_or(agent.source),
             artifact: None,
-            created_at: from_ms(now_ms()),
+            created_at: from_ms(now),
             started_at: None,
             finished_at: None,
         };
-        let mut tx = self.pool.begin().await?;
         Self::insert_build(&mut tx, &build).await?;
-        sqlx::query("UPDATE agents SET latest_build_id = $3, updated_at = $4 WHERE organization_id = $1 AND id = $2")
-            .bind(&build.organization_id)
+        sqlx::query("UPDATE agents SET latest_build_id = $2, updated_at = $3 WHERE id = $1")
             .bind(&build.agent_id)
             .bind(&build.id)
-            .bind(to_ms(build.created_at))
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(build)
+        Ok(Some(build))
     }
 
     /// A build of the organization.
@@ -473,7 +521,7 @@ impl Store {
         Ok(())
     }
 
-    /// Appends lines to a build's log.
+    /// Appends lines to a build's log (one writer per build: its builder).
     pub async fn append_build_log(
         &self,
         build_id: &str,
@@ -481,25 +529,20 @@ impl Store {
         lines: &[&str],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let next: i64 = {
-            let row = sqlx::query(
-                "SELECT COALESCE(MAX(seq), 0) AS last FROM build_logs WHERE build_id = $1",
+        let now = now_ms();
+        for line in lines {
+            // One statement computes the next position and writes it, so the
+            // transaction never reads before it writes.
+            sqlx::query(
+                "INSERT INTO build_logs (build_id, seq, ts, stream, line) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM build_logs WHERE build_id = $1",
             )
             .bind(build_id)
-            .fetch_one(&mut *tx)
+            .bind(now)
+            .bind(stream)
+            .bind(*line)
+            .execute(&mut *tx)
             .await?;
-            row.int("last")?
-        };
-        let now = now_ms();
-        for (i, line) in lines.iter().enumerate() {
-            sqlx::query("INSERT INTO build_logs (build_id, seq, ts, stream, line) VALUES ($1, $2, $3, $4, $5)")
-                .bind(build_id)
-                .bind(next + 1 + i64::try_from(i).unwrap_or(0))
-                .bind(now)
-                .bind(stream)
-                .bind(*line)
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -8,7 +8,7 @@ use hangar_core::status::JobStatus;
 use rand::RngCore;
 use sqlx::any::AnyRow;
 
-use crate::{from_ms, name_taken, now_ms, to_json, to_ms, Result, RowExt, Store};
+use crate::{from_ms, now_ms, to_json, to_ms, Result, RowExt, Store};
 
 /// An async invocation to accept.
 #[derive(Debug, Clone)]
@@ -222,7 +222,8 @@ impl Store {
         row.as_ref().map(upload_from_row).transpose()
     }
 
-    /// Creates a secret, or replaces its value; `true` when it was created.
+    /// Creates a secret, or replaces its value (one statement, so concurrent
+    /// writers of one name cannot collide); `true` when it was created.
     pub async fn put_secret(
         &self,
         org_id: &str,
@@ -231,35 +232,26 @@ impl Store {
     ) -> Result<(SecretMeta, bool)> {
         let sealed = self.sealer.seal(&secret_context(org_id, name), value)?;
         let now = now_ms();
-        let updated = sqlx::query("UPDATE secrets SET sealed_value = $3, updated_at = $4 WHERE organization_id = $1 AND name = $2")
-            .bind(org_id)
-            .bind(name)
-            .bind(&sealed)
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        let created = updated == 0;
-        if created {
-            sqlx::query("INSERT INTO secrets (id, organization_id, name, sealed_value, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-                .bind(new_id(IdKind::Secret))
-                .bind(org_id)
-                .bind(name)
-                .bind(&sealed)
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| name_taken(e, "secret", name))?;
-        }
-        let meta = self
-            .list_secrets(org_id)
-            .await?
-            .into_iter()
-            .find(|s| s.name == name);
-        let meta = meta.ok_or_else(|| crate::StoreError::Corrupt {
-            what: "secrets",
-            detail: "secret vanished after write".into(),
-        })?;
+        let row = sqlx::query(
+            "INSERT INTO secrets (id, organization_id, name, sealed_value, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (organization_id, name) DO UPDATE SET sealed_value = excluded.sealed_value, updated_at = excluded.updated_at \
+             RETURNING id, created_at, updated_at",
+        )
+        .bind(new_id(IdKind::Secret))
+        .bind(org_id)
+        .bind(name)
+        .bind(&sealed)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let meta = SecretMeta {
+            id: row.text("id")?,
+            organization_id: org_id.to_owned(),
+            name: name.to_owned(),
+            created_at: row.time("created_at")?,
+            updated_at: row.time("updated_at")?,
+        };
+        let created = meta.created_at == from_ms(now);
         Ok((meta, created))
     }
 

@@ -113,7 +113,23 @@ impl Store {
             updated_at: from_ms(now),
         };
         let mut tx = self.pool.begin().await?;
-        // The write comes first so SQLite takes its write lock before any read.
+        // Writes come first so SQLite takes its write lock before any read. Locks
+        // are taken agent → organization, the order every transaction here uses,
+        // so PostgreSQL cannot deadlock. A deleted agent gets no new instance.
+        let agent_live = sqlx::query(
+            "UPDATE agents SET updated_at = updated_at WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(&instance.organization_id)
+        .bind(&instance.agent_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if agent_live == 0 {
+            return Err(StoreError::NotFound {
+                what: "agent",
+                id: instance.agent_id,
+            });
+        }
         let reserved = sqlx::query(
             "UPDATE organizations SET instance_count = instance_count + 1 WHERE id = $1 AND instance_count < max_instances",
         )
@@ -206,26 +222,53 @@ impl Store {
         Ok(Page::from_overfetch(items, limit.clamp(1, 100), |i| &i.id))
     }
 
-    /// Writes an instance's changeable fields back (name, config, resources,
-    /// environment, replicas, desired state).
-    pub async fn update_instance(&self, inst: &Instance) -> Result<()> {
-        sqlx::query(
-            "UPDATE instances SET name = $3, config = $4, resources = $5, env_vars = $6, replicas = $7, desired_state = $8, \
-             updated_at = $9 WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+    /// Changes an instance's name, configuration, resources, environment or
+    /// replicas with `change`, one edit at a time (the row is write-locked before it
+    /// is read). An error from `change` leaves everything as it was. `None` when
+    /// there is no such instance.
+    pub async fn modify_instance<E: From<StoreError>>(
+        &self,
+        org_id: &str,
+        id: &str,
+        change: impl FnOnce(&mut Instance) -> Result<(), E>,
+    ) -> Result<Option<Instance>, E> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let locked = sqlx::query(
+            "UPDATE instances SET updated_at = updated_at WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
         )
-        .bind(&inst.organization_id)
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        if locked == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let mut inst = instance_from_row(&row)?;
+        change(&mut inst)?;
+        sqlx::query(
+            "UPDATE instances SET name = $2, config = $3, resources = $4, env_vars = $5, replicas = $6, updated_at = $7 WHERE id = $1",
+        )
         .bind(&inst.id)
         .bind(&inst.name)
         .bind(to_json(&inst.config))
         .bind(to_json(&inst.resources))
         .bind(to_json(&inst.env_vars))
         .bind(i64::from(inst.replicas))
-        .bind(inst.desired_state.as_str())
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| name_taken(e, "instance", &inst.name))?;
-        Ok(())
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Some(inst))
     }
 
     /// Records what the runtime observed of an instance.
@@ -251,16 +294,26 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an instance (a tombstone until its replicas are gone) and frees its
-    /// quota slot and name. `false` when there is no such instance.
-    pub async fn delete_instance(&self, org_id: &str, id: &str) -> Result<bool> {
+    /// Deletes an instance (a tombstone until its replicas are gone: with
+    /// `force`, the controller kills them at once instead of giving them a grace
+    /// period) and frees its quota slot and name. `false` when there is no such
+    /// instance.
+    pub async fn delete_instance(&self, org_id: &str, id: &str, force: bool) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // Lock order agent → instance → organization, as everywhere.
+        sqlx::query("UPDATE agents SET default_instance_id = NULL WHERE organization_id = $1 AND default_instance_id = $2")
+            .bind(org_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let deleted = sqlx::query(
-            "UPDATE instances SET deleted_at = $3, desired_state = 'stopped' WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
+            "UPDATE instances SET deleted_at = $3, desired_state = 'stopped', force_stop = $4 \
+             WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL",
         )
         .bind(org_id)
         .bind(id)
         .bind(now_ms())
+        .bind(i64::from(force))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -269,12 +322,6 @@ impl Store {
                 "UPDATE organizations SET instance_count = instance_count - 1 WHERE id = $1",
             )
             .bind(org_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE agents SET default_instance_id = NULL WHERE default_instance_id = $1",
-            )
-            .bind(id)
             .execute(&mut *tx)
             .await?;
         }

@@ -30,7 +30,7 @@ pub mod seal;
 mod tenancy;
 pub mod testing;
 
-pub use agents::{NewAgent, NewBuild};
+pub use agents::NewAgent;
 pub use extras::{NewJob, NewWebhook};
 pub use instances::{InstanceFilter, NewInstance};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
@@ -45,6 +45,15 @@ pub enum StoreError {
         what: &'static str,
         /// The name.
         name: String,
+    },
+    /// An object the operation depends on is gone (deleted meanwhile, or never
+    /// there); `what` names the kind (`agent`, …).
+    #[error("{what} '{id}' not found")]
+    NotFound {
+        /// Kind of object.
+        what: &'static str,
+        /// Its ID.
+        id: String,
     },
     /// The organization's instance quota is used up.
     #[error("organization has reached its maximum of {max} instances")]

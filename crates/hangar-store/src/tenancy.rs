@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
-use crate::{from_ms, name_taken, now_ms, to_json, Conditions, Result, RowExt, Store};
+use crate::{from_ms, name_taken, now_ms, to_json, Conditions, Result, RowExt, Store, StoreError};
 
 /// Who a request acts as, once its key is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,9 @@ fn cloud_from_row(r: &AnyRow) -> Result<Cloud> {
     })
 }
 
+/// Name of the key that `HANGAR_ADMIN_KEY` / `--admin-key` configures.
+const CONFIGURED_KEY_NAME: &str = "admin key (configuration)";
+
 /// What [`Store::bootstrap`] did.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
@@ -167,7 +170,12 @@ impl Store {
             .bind(now)
             .execute(&mut **tx)
             .await?;
-        let key = Self::insert_key(tx, &org.id, &admin.id, "bootstrap", key_secret).await?;
+        let name = if key_secret.is_some() {
+            CONFIGURED_KEY_NAME
+        } else {
+            "first admin key"
+        };
+        let key = Self::insert_key(tx, &org.id, &admin.id, name, key_secret).await?;
         Ok(NewOrganization {
             organization: org,
             admin,
@@ -224,60 +232,78 @@ impl Store {
 
     /// First start: creates the operator organization, its admin, the `local` cloud
     /// and a key (`admin_key`, or a generated one). Later starts change nothing but
-    /// make sure `admin_key`, when given, authenticates as that admin.
+    /// make sure `admin_key`, when given, authenticates as that admin — and that a
+    /// previously configured key no longer does (configuring a new key rotates it).
     pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrap> {
+        // Two servers starting on one empty PostgreSQL: the unique index on the
+        // operator flag lets one create it; the other finds it on its second try.
+        match self.try_bootstrap(admin_key).await {
+            Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                self.try_bootstrap(admin_key).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrap> {
         let mut tx = self.pool.begin().await?;
         let existing = sqlx::query(&format!(
             "SELECT {ORG_COLUMNS} FROM organizations WHERE is_operator = 1"
         ))
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = existing {
-            let organization = org_from_row(&row)?;
-            let admin_row = sqlx::query(&format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE organization_id = $1 AND role = 'admin' ORDER BY id LIMIT 1"
-            ))
-            .bind(&organization.id)
-            .fetch_one(&mut *tx)
+        let Some(row) = existing else {
+            let created = Self::insert_org_with_admin(
+                &mut tx,
+                "default",
+                hangar_core::model::DEFAULT_MAX_INSTANCES,
+                true,
+                "admin@localhost",
+                admin_key,
+            )
             .await?;
-            let admin = user_from_row(&admin_row)?;
-            if let Some(secret) = admin_key {
-                let known = sqlx::query("SELECT id FROM api_keys WHERE key_hash = $1")
-                    .bind(hash_key(secret))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if known.is_none() {
-                    Self::insert_key(
-                        &mut tx,
-                        &organization.id,
-                        &admin.id,
-                        "admin key (configuration)",
-                        Some(secret),
-                    )
-                    .await?;
-                }
-            }
             tx.commit().await?;
             return Ok(Bootstrap {
-                organization,
-                admin,
-                generated_key: None,
+                organization: created.organization,
+                admin: created.admin,
+                generated_key: admin_key.is_none().then_some(created.key.secret),
             });
-        }
-        let created = Self::insert_org_with_admin(
-            &mut tx,
-            "default",
-            hangar_core::model::DEFAULT_MAX_INSTANCES,
-            true,
-            "admin@localhost",
-            admin_key,
-        )
+        };
+        let organization = org_from_row(&row)?;
+        let admin_row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE organization_id = $1 AND role = 'admin' ORDER BY id LIMIT 1"
+        ))
+        .bind(&organization.id)
+        .fetch_one(&mut *tx)
         .await?;
+        let admin = user_from_row(&admin_row)?;
+        if let Some(secret) = admin_key {
+            let known = sqlx::query("SELECT id FROM api_keys WHERE key_hash = $1")
+                .bind(hash_key(secret))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE organization_id = $1 AND name = $3 AND revoked_at IS NULL")
+                    .bind(&organization.id)
+                    .bind(now_ms())
+                    .bind(CONFIGURED_KEY_NAME)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::insert_key(
+                    &mut tx,
+                    &organization.id,
+                    &admin.id,
+                    CONFIGURED_KEY_NAME,
+                    Some(secret),
+                )
+                .await?;
+            }
+        }
         tx.commit().await?;
         Ok(Bootstrap {
-            organization: created.organization,
-            admin: created.admin,
-            generated_key: admin_key.is_none().then_some(created.key.secret),
+            organization,
+            admin,
+            generated_key: None,
         })
     }
 
@@ -357,11 +383,15 @@ impl Store {
             .opt_int("last_used_at")?
             .is_none_or(|t| now - t > 60_000)
         {
-            sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+            // Best effort: a busy or read-only database must not fail the request.
+            let recorded = sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
                 .bind(&principal.key_id)
                 .bind(now)
                 .execute(&self.pool)
-                .await?;
+                .await;
+            if let Err(e) = recorded {
+                tracing::warn!(key = %principal.key_id, error = %e, "could not record key use");
+            }
         }
         Ok(Some(principal))
     }

@@ -100,6 +100,24 @@ async fn bootstrap_once_and_authenticate() {
                 .name,
             "local"
         );
+        // Configuring another admin key rotates the configured one.
+        store
+            .bootstrap(Some("rotated-admin-key-0123456789"))
+            .await
+            .expect("rotate");
+        assert!(store
+            .authenticate("rotated-admin-key-0123456789")
+            .await
+            .expect("auth")
+            .is_some());
+        assert!(
+            store
+                .authenticate("configured-admin-key-0123456789")
+                .await
+                .expect("auth")
+                .is_none(),
+            "the old configured key is revoked"
+        );
         // Revoked keys stop working.
         let keys = store
             .list_api_keys(&first.organization.id, None)
@@ -164,7 +182,7 @@ async fn instance_quota_is_never_overshot_even_concurrently() {
             .expect("list");
         let victim = page.items[0].clone();
         assert!(store
-            .delete_instance(&oid, &victim.id)
+            .delete_instance(&oid, &victim.id, false)
             .await
             .expect("delete"));
         let dup = store
@@ -177,6 +195,29 @@ async fn instance_quota_is_never_overshot_even_concurrently() {
             ))
             .await;
         assert!(matches!(dup, Err(StoreError::NameTaken { .. })), "{dup:?}");
+        assert_eq!(store.instance_count(&oid).await.expect("count"), 2);
+        // No instance for an agent deleted meanwhile, and its slot is not taken.
+        let (gone, gone_build) = store
+            .create_agent(new_agent(&oid, &uid, &cloud.id, "gone"))
+            .await
+            .expect("agent");
+        store
+            .delete_agent(&oid, &gone.agent.id)
+            .await
+            .expect("delete agent");
+        let late = store
+            .create_instance(new_instance(
+                &oid,
+                &gone.agent.id,
+                &gone_build.id,
+                &uid,
+                "late",
+            ))
+            .await;
+        assert!(
+            matches!(late, Err(StoreError::NotFound { what: "agent", .. })),
+            "{late:?}"
+        );
         assert_eq!(store.instance_count(&oid).await.expect("count"), 2);
         // The deleted name is free again; the other org cannot see any of it.
         store

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -13,7 +13,7 @@ use hangar_core::resources::{Resources, ResourcesInput};
 use hangar_core::spec::{ConfigInput, Runtime, RuntimeConfig, Scaling, ScalingInput, Source};
 use hangar_core::status::{agent_status, AgentStatus, DesiredState};
 use hangar_core::validate;
-use hangar_store::{NewAgent, NewBuild};
+use hangar_store::NewAgent;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::page_size;
 use crate::error::{ApiError, ApiResult, Found, Kind};
-use crate::extract::{Body, Caller, OptionalBody, Query};
+use crate::extract::{Body, Caller, OptionalBody, Path, Query};
 use crate::render::{self, ok, ok_list, AgentObject, Envelope, ListEnvelope, Pagination};
 use crate::{decode_cursor, AppState};
 
@@ -66,9 +66,24 @@ async fn list_agents(
 ) -> ApiResult<Json<ListEnvelope<AgentObject>>> {
     let limit = page_size(q.limit)?;
     let after = decode_cursor(q.cursor.as_deref(), "agent_")?;
+    // Like POST, the filter takes a cloud's ID or its name.
+    let cloud_id = match &q.cloud_id {
+        Some(c) => {
+            validate::object_ref("cloud_id", c)?;
+            Some(
+                state
+                    .store
+                    .get_cloud(caller.org(), c)
+                    .await?
+                    .found(Kind::Cloud, c)?
+                    .id,
+            )
+        }
+        None => None,
+    };
     let page = state
         .store
-        .list_agents(caller.org(), q.cloud_id.as_deref(), after.as_deref(), limit)
+        .list_agents(caller.org(), cloud_id.as_deref(), after.as_deref(), limit)
         .await?;
     let data = page
         .items
@@ -175,6 +190,7 @@ async fn create_agent(
             max: org.max_instances,
         });
     }
+    let source = check_source(&state, &caller, body.source).await?;
     let (view, _build) = state
         .store
         .create_agent(NewAgent {
@@ -189,7 +205,7 @@ async fn create_agent(
             scaling,
             config,
             environment: body.environment,
-            source: body.source,
+            source,
             metadata: body.metadata,
         })
         .await?;
@@ -206,6 +222,42 @@ async fn get_agent(
 ) -> ApiResult<Json<Envelope<AgentObject>>> {
     let view = find(&state, &caller, &id).await?;
     Ok(ok(render::agent(&view, &state.config)))
+}
+
+/// Validates a source and ties it to the caller: an upload must be one of the
+/// caller's organization's (by `upload_id` or by this server's `upload_url`), and
+/// `file://` repositories — paths on the server itself — are for the operator's
+/// admins only.
+async fn check_source(state: &AppState, caller: &Caller, source: Source) -> ApiResult<Source> {
+    source.validate().map_err(|e| e.under("source"))?;
+    match source {
+        Source::Upload { archive_url, upload_id } => {
+            let from_url = archive_url.as_deref().map(|u| {
+                upload_id_from_url(u).ok_or_else(|| ApiError::invalid("source.archive_url", "must be an upload_url from POST /v1/uploads"))
+            });
+            let id = match (upload_id, from_url.transpose()?) {
+                (Some(id), Some(url_id)) if id != url_id => {
+                    return Err(ApiError::invalid("source.upload_id", "names another upload than archive_url"))
+                }
+                (Some(id), _) | (None, Some(id)) => id,
+                (None, None) => return Err(ApiError::invalid("source.archive_url", "give archive_url or upload_id")),
+            };
+            validate::object_ref("source.upload_id", &id)?;
+            let upload = state.store.get_upload(caller.org(), &id).await?.found(Kind::Upload, &id)?;
+            Ok(Source::Upload { archive_url, upload_id: Some(upload.id) })
+        }
+        Source::Github { repo, .. } if repo.starts_with("file://") && caller.require_operator().is_err() => {
+            Err(ApiError::invalid("source.repo", "file:// repositories are paths on the server: only the operator organization's admins may use them"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The upload id in an `upload_url` (`…/v1/uploads/{id}/content?…`).
+fn upload_id_from_url(url: &str) -> Option<String> {
+    let rest = &url[url.find("/v1/uploads/")? + "/v1/uploads/".len()..];
+    let id = rest.split(['/', '?']).next()?;
+    id.starts_with("upl_").then(|| id.to_owned())
 }
 
 /// Body of `PATCH /v1/agents/{id}`: fields to change. `environment` and `metadata`
@@ -255,50 +307,60 @@ async fn update_agent(
     Path(id): Path<String>,
     Body(body): Body<UpdateAgent>,
 ) -> ApiResult<Json<Envelope<AgentObject>>> {
-    let mut agent = find(&state, &caller, &id).await?.agent;
-    if let Some(name) = body.name {
-        validate::name("name", &name)?;
-        agent.name = name;
-    }
+    let source = match body.source {
+        Some(source) => Some(check_source(&state, &caller, source).await?),
+        None => None,
+    };
     check_labels(body.display_name.as_ref(), body.version.as_ref())?;
-    if body.display_name.is_some() {
-        agent.display_name = body.display_name;
+    if let Some(name) = &body.name {
+        validate::name("name", name)?;
     }
-    if body.version.is_some() {
-        agent.version = body.version;
+    if body.config.as_ref().is_some_and(|c| c.replicas.is_some()) {
+        return Err(ApiError::invalid(
+            "config.replicas",
+            "an agent's replicas are set by scaling",
+        ));
     }
-    if let Some(source) = body.source {
-        source.validate().map_err(|e| e.under("source"))?;
-        agent.source = source;
-    }
-    if let Some(r) = body.runtime {
-        agent.runtime = agent.runtime.merged(&r);
-        agent.runtime.validate().map_err(|e| e.under("runtime"))?;
-    }
-    if let Some(r) = body.resources {
-        agent.resources = r.apply(agent.resources).map_err(|e| e.under("resources"))?;
-    }
-    if let Some(s) = body.scaling {
-        agent.scaling = s.apply(agent.scaling).map_err(|e| e.under("scaling"))?;
-    }
-    if let Some(c) = body.config {
-        if c.replicas.is_some() {
-            return Err(ApiError::invalid(
-                "config.replicas",
-                "an agent's replicas are set by scaling",
-            ));
-        }
-        agent.config = c.apply(&agent.config).map_err(|e| e.under("config"))?;
-    }
-    if let Some(env) = body.environment {
-        merge(&mut agent.environment, env);
-        validate::env_map("environment", &agent.environment)?;
-    }
-    if let Some(meta) = body.metadata {
-        merge(&mut agent.metadata, meta);
-        validate::metadata("metadata", &agent.metadata)?;
-    }
-    state.store.update_agent(&agent).await?;
+    let changed = state
+        .store
+        .modify_agent(caller.org(), &id, |agent| -> ApiResult<()> {
+            if let Some(name) = body.name {
+                agent.name = name;
+            }
+            if body.display_name.is_some() {
+                agent.display_name = body.display_name;
+            }
+            if body.version.is_some() {
+                agent.version = body.version;
+            }
+            if let Some(source) = source {
+                agent.source = source;
+            }
+            if let Some(r) = body.runtime {
+                agent.runtime = agent.runtime.merged(&r);
+                agent.runtime.validate().map_err(|e| e.under("runtime"))?;
+            }
+            if let Some(r) = body.resources {
+                agent.resources = r.apply(agent.resources).map_err(|e| e.under("resources"))?;
+            }
+            if let Some(s) = body.scaling {
+                agent.scaling = s.apply(agent.scaling).map_err(|e| e.under("scaling"))?;
+            }
+            if let Some(c) = body.config {
+                agent.config = c.apply(&agent.config).map_err(|e| e.under("config"))?;
+            }
+            if let Some(env) = body.environment {
+                merge(&mut agent.environment, env);
+                validate::env_map("environment", &agent.environment)?;
+            }
+            if let Some(meta) = body.metadata {
+                merge(&mut agent.metadata, meta);
+                validate::metadata("metadata", &agent.metadata)?;
+            }
+            Ok(())
+        })
+        .await?;
+    changed.found(Kind::Agent, &id)?;
     let view = find(&state, &caller, &id).await?;
     Ok(ok(render::agent(&view, &state.config)))
 }
@@ -472,20 +534,15 @@ async fn redeploy(
     Path(id): Path<String>,
     OptionalBody(body): OptionalBody<RedeployRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut agent = find(&state, &caller, &id).await?.agent;
-    if let Some(source) = body.and_then(|b| b.source) {
-        source.validate().map_err(|e| e.under("source"))?;
-        agent.source = source;
-        state.store.update_agent(&agent).await?;
-    }
+    let source = match body.and_then(|b| b.source) {
+        Some(source) => Some(check_source(&state, &caller, source).await?),
+        None => None,
+    };
     state
         .store
-        .queue_build(NewBuild {
-            organization_id: agent.organization_id.clone(),
-            agent_id: agent.id.clone(),
-            source: agent.source.clone(),
-        })
-        .await?;
+        .queue_build(caller.org(), &id, source)
+        .await?
+        .found(Kind::Agent, &id)?;
     let view = find(&state, &caller, &id).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -3,7 +3,7 @@
 //! running jobs, receiving archives and delivering events belong to the builds,
 //! gateway and observability parts.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::{page_size, PageQuery};
 use crate::error::{ApiError, ApiResult, Found, Kind};
-use crate::extract::{Body, Caller, OptionalBody, Query};
+use crate::extract::{Body, Caller, OptionalBody, Path, Query};
 use crate::render::{
     self, ok, ok_list, ts, BuildObject, Envelope, JobObject, ListEnvelope, Pagination,
     SecretObject, WebhookObject,
@@ -283,6 +283,13 @@ async fn put_secret(
     Body(body): Body<PutSecret>,
 ) -> ApiResult<impl IntoResponse> {
     validate::secret_name("name", &body.name)?;
+    // Secrets are deleted by name or ID: a name must not look like an ID.
+    if body.name.starts_with("sec_") {
+        return Err(ApiError::invalid(
+            "name",
+            "must not start with 'sec_' (secret IDs do)",
+        ));
+    }
     if body.value.len() > 64 * 1024 {
         return Err(ApiError::invalid("value", "must be at most 64 KiB"));
     }

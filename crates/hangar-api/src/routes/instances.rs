@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::page_size;
 use crate::error::{ApiError, ApiResult, Found, Kind};
-use crate::extract::{Body, Caller, Query};
+use crate::extract::{Body, Caller, Path, Query};
 use crate::render::{self, InstanceList, InstanceObject, InstanceStatusObject, Pagination};
 use crate::{decode_cursor, AppState};
 
@@ -211,7 +211,8 @@ async fn create_instance(
             config,
             resources,
             env_vars,
-            replicas: body.config.replicas.unwrap_or(1),
+            // Config defaults come from the agent: its floor of replicas.
+            replicas: body.config.replicas.unwrap_or(agent.scaling.min_instances),
             make_default: false,
         })
         .await?;
@@ -245,27 +246,35 @@ async fn update_instance(
     Path(id): Path<String>,
     Body(body): Body<UpdateInstance>,
 ) -> ApiResult<Json<InstanceObject>> {
-    let mut inst = find(&state, &caller, &id).await?;
-    if let Some(name) = body.name {
-        validate::name("name", &name)?;
-        inst.name = name;
+    if let Some(name) = &body.name {
+        validate::name("name", name)?;
     }
-    if let Some(c) = &body.config {
-        inst.config = c.apply(&inst.config).map_err(|e| e.under("config"))?;
-        if let Some(r) = c.replicas {
-            inst.replicas = r;
-        }
+    if let Some(env) = &body.env_vars {
+        validate::env_map("env_vars", env)?;
     }
-    if let Some(r) = &body.resources {
-        inst.resources = r.apply(inst.resources).map_err(|e| e.under("resources"))?;
-    }
-    if let Some(env) = body.env_vars {
-        validate::env_map("env_vars", &env)?;
-        inst.env_vars.extend(env);
-        validate::env_map("env_vars", &inst.env_vars)?;
-    }
-    state.store.update_instance(&inst).await?;
-    let inst = find(&state, &caller, &id).await?;
+    let inst = state
+        .store
+        .modify_instance(caller.org(), &id, |inst| -> ApiResult<()> {
+            if let Some(name) = body.name {
+                inst.name = name;
+            }
+            if let Some(c) = &body.config {
+                inst.config = c.apply(&inst.config).map_err(|e| e.under("config"))?;
+                if let Some(r) = c.replicas {
+                    inst.replicas = r;
+                }
+            }
+            if let Some(r) = &body.resources {
+                inst.resources = r.apply(inst.resources).map_err(|e| e.under("resources"))?;
+            }
+            if let Some(env) = body.env_vars {
+                inst.env_vars.extend(env);
+                validate::env_map("env_vars", &inst.env_vars)?;
+            }
+            Ok(())
+        })
+        .await?
+        .found(Kind::Instance, &id)?;
     Ok(Json(render::instance(&inst, &state.config)))
 }
 
@@ -289,8 +298,11 @@ async fn delete_instance(
 ) -> ApiResult<StatusCode> {
     // The record goes now; `force` tells the controller whether replicas get their
     // grace period.
-    tracing::debug!(instance = %id, force = q.force, "delete instance");
-    if state.store.delete_instance(caller.org(), &id).await? {
+    if state
+        .store
+        .delete_instance(caller.org(), &id, q.force)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(Kind::Instance, id))

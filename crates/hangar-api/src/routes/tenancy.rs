@@ -3,7 +3,7 @@
 //! organization (the one created at first start) also create organizations and
 //! set quotas. Nobody reads another organization's users, keys or clouds.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ApiResult, Found, Kind};
-use crate::extract::{Body, Caller};
+use crate::extract::{Body, Caller, Path};
 use crate::render::{
     self, ok, ApiKeyObject, CloudObject, Envelope, OrganizationObject, UserObject,
 };
@@ -407,6 +407,13 @@ async fn create_cloud(
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
     validate::name("name", &body.name)?;
+    // Clouds are looked up by ID or name: a name must not look like an ID.
+    if body.name.starts_with("cloud_") {
+        return Err(ApiError::invalid(
+            "name",
+            "must not start with 'cloud_' (cloud IDs do)",
+        ));
+    }
     if serde_json::to_string(&body.config).map_or(0, |s| s.len()) > 16 * 1024 {
         return Err(ApiError::invalid("config", "must be at most 16 KiB"));
     }
