@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Use this bootstrap API key instead of generating one [env: HANGAR_ADMIN_KEY]
     #[arg(long, value_name = "KEY")]
     pub admin_key: Option<String>,
+    /// URL clients reach this server at, for links it hands out (upload URLs)
+    /// [env: HANGAR_PUBLIC_URL] [default: http://<listen address>]
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -42,6 +46,7 @@ struct FileServer {
     database_url: Option<String>,
     base_domain: Option<String>,
     admin_key: Option<String>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +68,8 @@ pub struct Config {
     pub base_domain: String,
     /// Bootstrap key, when configured.
     pub admin_key: Option<String>,
+    /// Public URL of this server (no trailing slash), when configured.
+    pub public_url: Option<String>,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -147,12 +154,26 @@ impl Config {
                 ));
             }
         }
+        let public_url = args
+            .public_url
+            .or_else(|| env_get("HANGAR_PUBLIC_URL"))
+            .or(file.public_url);
+        if let Some(u) = &public_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.ends_with('/')
+                && u.len() <= 2048
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(ConfigError(format!("public URL '{u}' must be http(s)://host[:port][/path] without a trailing slash")));
+            }
+        }
         Ok(Config {
             listen,
             data_dir,
             database_url,
             base_domain,
             admin_key,
+            public_url,
         })
     }
 }
@@ -170,10 +191,11 @@ fn read_file(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
     }
 }
 
-/// A database URL with its password hidden, for messages.
+/// A database URL with its password hidden (in the user part and in a
+/// `password=` parameter), for messages.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut shown = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
@@ -182,7 +204,19 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    if let Some(q) = shown.find('?') {
+        let (base, query) = shown.split_at(q + 1);
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        shown = format!("{base}{}", params.join("&"));
     }
+    shown
 }
 
 #[cfg(test)]

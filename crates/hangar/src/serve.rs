@@ -122,7 +122,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
-        public_url: format!("http://{host}:{}", local.port()),
+        public_url: config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{host}:{}", local.port())),
         max_body_bytes: 2 << 20,
         upload_ttl: Duration::from_secs(3600),
         signing_key: derive_key(&key, "hangar upload urls v1"),
