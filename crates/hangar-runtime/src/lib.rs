@@ -1,0 +1,32 @@
+//! Hangar's replica runtime: the code that turns "run this build with these
+//! resources" into a running, isolated process, and tears it down again.
+//!
+//! This crate knows nothing of HTTP, the store or the controller; it is driven by
+//! them. It is synchronous where the kernel interface demands it (see
+//! [`sandbox`]): youki's `libcontainer` forks with a raw `clone3`, so it must not
+//! run on a tokio worker thread of the daemon.
+//!
+//! # Layout
+//!
+//! What exists now:
+//!
+//! * [`sandbox`]: one sandbox = one youki `libcontainer` container. A synchronous
+//!   API to create, start, wait for, signal, stop and delete it, with a root
+//!   filesystem built from read-only binds of the host's `/usr` and `/etc`, its
+//!   own pid/mount/uts/ipc/cgroup (and optionally network) namespaces, no
+//!   capabilities, `no_new_privs`, an unprivileged uid, and stdio connected to
+//!   descriptors the caller owns.
+//!
+//! What it will grow into (see `ARCHITECTURE.md`, "The sandbox driver"):
+//!
+//! * `Driver`: the trait the controller reconciles against: create / start /
+//!   stop / delete a replica, exec in it, read its logs and metrics. One fake
+//!   that records calls, for controller tests.
+//! * `drivers::sandbox`: the embedded default, built on [`sandbox`]; each replica
+//!   runs under a `hangar shim` process that owns its stdio pipes and exit status
+//!   and survives daemon restarts. Adds CNI networking, resource limits, the
+//!   build artifact at `/app` through an overlay, and exec.
+//! * `drivers::docker` (bollard) and `drivers::kubernetes` (kube-rs: a Deployment
+//!   and a Service per instance).
+
+pub mod sandbox;

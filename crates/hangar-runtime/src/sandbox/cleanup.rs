@@ -1,0 +1,285 @@
+//! Removing a sandbox's traces: libcontainer's state, the cgroup in every
+//! hierarchy (including the parent libcontainer leaves behind), the bundle.
+//!
+//! Used both by [`super::Sandbox::delete`] and to undo a failed
+//! [`super::Sandboxes::create`], so every step tolerates "already gone".
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use nix::errno::Errno;
+use nix::fcntl::FlockArg;
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{io_error, SandboxError, Sandboxes};
+
+/// Removes everything sandbox `id` left on the system. `container` is the live
+/// handle when there is one; otherwise libcontainer's state is loaded from
+/// disk if it got that far. The container and cgroup steps always both run;
+/// failures are collected into one [`SandboxError::Delete`].
+pub(super) fn remove_sandbox(
+    sandboxes: &Sandboxes,
+    id: &str,
+    container: Option<&mut Container>,
+) -> Result<(), SandboxError> {
+    let mut failures = Vec::new();
+    let dir = sandboxes.sandbox_dir(id);
+    let container_error = |source| SandboxError::Container {
+        id: id.to_owned(),
+        action: "delete the container",
+        source: Box::new(source),
+    };
+
+    // libcontainer: kills what is left (force), removes the cgroup leaf in the
+    // hierarchies it manages and its state dir.
+    let state = dir.join("runtime").join(id);
+    let result = match container {
+        Some(container) => container.delete(true).map_err(container_error),
+        None if state.join("state.json").exists() => Container::load(state)
+            .and_then(|mut container| container.delete(true))
+            .map_err(container_error),
+        None => Ok(()),
+    };
+    if let Err(err) = result {
+        failures.push(err);
+    }
+
+    if let Err(err) = remove_cgroups(sandboxes, id) {
+        failures.push(err);
+    }
+
+    // Keep libcontainer's state and the bundle while anything else is left:
+    // they are what a retry (or a later `Container::load`) needs.
+    if failures.is_empty() {
+        if let Err(err) = remove_bundle(id, &dir) {
+            failures.push(err);
+        }
+    }
+
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(SandboxError::Delete {
+            id: id.to_owned(),
+            failures,
+        })
+    }
+}
+
+/// Kills and reaps the helper processes a failed `libcontainer` create leaves
+/// behind as children of the caller: its intermediate process (which it
+/// never waits for on the error path) and the init process (a child of the
+/// caller through `CLONE_PARENT`). Both carry a `youki:[…]` name until init
+/// execs the workload, so after a failed create any child so named is one of
+/// them — given the module's rule that creates do not run concurrently.
+pub(super) fn reap_failed_create(id: &str) {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, ppid)) = parse_stat(&stat) else {
+            continue;
+        };
+        if ppid != me || !name.starts_with("youki:[") {
+            continue;
+        }
+        let pid = Pid::from_raw(pid);
+        tracing::debug!(sandbox = id, %pid, name, "reaping helper of a failed create");
+        let _ = signal::kill(pid, Signal::SIGKILL);
+        loop {
+            match waitpid(pid, None) {
+                Err(Errno::EINTR) => continue,
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// `(comm, ppid)` from `/proc/<pid>/stat`; comm may hold spaces and
+/// parentheses, so it ends at the last `)`.
+fn parse_stat(stat: &str) -> Option<(&str, u32)> {
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let (_, name) = head.split_once(" (")?;
+    let ppid = rest.split(' ').nth(1)?.parse().ok()?;
+    Some((name, ppid))
+}
+
+/// Removes the sandbox's cgroup in every hierarchy, then its parents up to
+/// the hierarchy root while they are empty.
+///
+/// libcontainer removes the leaf, but only in the hierarchies its manager
+/// handles, and never the parent it created with `create_dir_all`.
+fn remove_cgroups(sandboxes: &Sandboxes, id: &str) -> Result<(), SandboxError> {
+    let cgroup = sandboxes.cgroup_path(id);
+    let relative = cgroup.strip_prefix("/").unwrap_or(&cgroup).to_path_buf();
+    let roots = cgroup_roots().map_err(io_error(id, "read", "/proc/self/mountinfo"))?;
+    for root in &roots {
+        let leaf = root.join(&relative);
+        // A leaf that is busy still holds processes: that is a real failure.
+        remove_empty_dir(&leaf).map_err(io_error(id, "remove cgroup", &leaf))?;
+    }
+
+    // Removing the shared parent races with a create making its leaf below
+    // it; creates hold the lock shared, so only remove when nobody creates.
+    // When somebody does, the parent is in use anyway.
+    let Some(_lock) = sandboxes.cgroups_lock(id, FlockArg::LockExclusiveNonblock)? else {
+        return Ok(());
+    };
+    for root in &roots {
+        let mut parent = relative.parent();
+        while let Some(dir) = parent.filter(|dir| !dir.as_os_str().is_empty()) {
+            let path = root.join(dir);
+            match fs::remove_dir(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                // Other sandboxes' cgroups are still inside.
+                Err(err) if matches!(err.raw_os_error(), Some(errno) if is_busy(errno)) => {
+                    break;
+                }
+                Err(err) => return Err(io_error(id, "remove cgroup", &path)(err)),
+            }
+            parent = dir.parent();
+        }
+    }
+    Ok(())
+}
+
+/// `rmdir` that treats "not there" as done.
+fn remove_empty_dir(path: &Path) -> io::Result<()> {
+    match fs::remove_dir(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// EBUSY and ENOTEMPTY: what `rmdir` on a cgroup with children says.
+fn is_busy(errno: i32) -> bool {
+    errno == nix::errno::Errno::EBUSY as i32 || errno == nix::errno::Errno::ENOTEMPTY as i32
+}
+
+/// Removes the sandbox's directory, after making sure nothing is mounted
+/// inside it: `remove_dir_all` does not cross symlinks, but it would descend
+/// into a bind mount of the host's `/usr`.
+fn remove_bundle(id: &str, dir: &Path) -> Result<(), SandboxError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(io_error(
+        id,
+        "read",
+        "/proc/self/mountinfo",
+    ))?;
+    if let Some(mount) = mount_points(&mountinfo).find(|mount| mount.starts_with(dir)) {
+        return Err(SandboxError::StillMounted {
+            id: id.to_owned(),
+            path: mount,
+        });
+    }
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_error(id, "remove", dir)(err)),
+        _ => Ok(()),
+    }
+}
+
+/// Mount points of every cgroup (v1) and cgroup2 file system in this mount
+/// namespace: where a sandbox's cgroup path is rooted.
+pub fn cgroup_roots() -> io::Result<Vec<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&mountinfo)
+        .filter(|(_, fstype)| *fstype == "cgroup" || *fstype == "cgroup2")
+        .map(|(mount_point, _)| mount_point)
+        .collect())
+}
+
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    parse_mountinfo(mountinfo).map(|(mount_point, _)| mount_point)
+}
+
+/// `(mount point, file system type)` of each line of `/proc/<pid>/mountinfo`
+/// (proc(5)): field 5 is the mount point, the type follows the `-` separator.
+fn parse_mountinfo(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let mut fields = line.split(' ');
+        let mount_point = fields.nth(4)?;
+        let fstype = fields.skip_while(|field| *field != "-").nth(1)?;
+        Some((PathBuf::from(unescape(mount_point)), fstype))
+    })
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space) in mountinfo paths.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 4)
+            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)))
+            .and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/unified rw,relatime shared:9 master:3 - cgroup2 cgroup2 rw
+50 22 0:40 / /srv/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn parses_mount_points_and_types() {
+        let parsed: Vec<_> = parse_mountinfo(MOUNTINFO).collect();
+        assert_eq!(parsed.len(), 5);
+        assert_eq!(parsed[2], (PathBuf::from("/sys/fs/cgroup/cpu"), "cgroup"));
+        assert_eq!(
+            parsed[3],
+            (PathBuf::from("/sys/fs/cgroup/unified"), "cgroup2")
+        );
+        assert_eq!(parsed[4].0, PathBuf::from("/srv/with space"));
+    }
+
+    #[test]
+    fn parses_comm_and_ppid_from_stat() {
+        let stat = "4242 (youki:[2:INIT]) S 4240 4242 4242 0 -1 4194560";
+        assert_eq!(parse_stat(stat), Some(("youki:[2:INIT]", 4240)));
+        let tricky = "7 (a) b (c)) Z 1 7 7 0";
+        assert_eq!(parse_stat(tricky), Some(("a) b (c)", 1)));
+    }
+
+    #[test]
+    fn unescapes_octal_only() {
+        assert_eq!(unescape("a\\040b"), "a b");
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("a\\9b"), "a\\9b");
+        assert_eq!(unescape("tail\\04"), "tail\\04");
+    }
+}

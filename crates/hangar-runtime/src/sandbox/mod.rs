@@ -1,0 +1,621 @@
+//! One sandbox: a process tree isolated with youki's `libcontainer`, created,
+//! started, waited for, signalled and deleted through a small synchronous API.
+//!
+//! ```text
+//! Sandboxes::new(state_dir, cgroup_parent)
+//!   .create(&spec, stdio) ──► Sandbox (created: init is parked before exec)
+//!      .start()           ──► running `spec.argv`
+//!      .wait() / .try_wait() / .kill(sig) / .stop(grace)
+//!      .delete()          ──► nothing left: no state dir, no cgroup dir
+//! ```
+//!
+//! # What it is not
+//!
+//! It is not the `Driver` (no replicas, health checks, logs or restarts) and it
+//! does not wire networks or set CPU and memory limits yet. It never spawns
+//! threads or touches tokio.
+//!
+//! # Where it may run
+//!
+//! Only in a process that is effectively single-threaded while it calls
+//! [`Sandboxes::create`] and [`Sandbox::start`] — the future `hangar shim`, one
+//! per replica. `libcontainer` forks with a raw `clone3` (bypassing the C
+//! library's fork handlers, so a lock another thread holds stays held in the
+//! child forever), and it `chdir`s the whole process while it binds and
+//! connects its notify socket. The sandbox's init process becomes a child of
+//! the calling process (its intermediate process uses `CLONE_PARENT`), which is
+//! why [`Sandbox::wait`] can `waitpid` it: the caller must not reap children
+//! wholesale (`waitpid(-1)`, `SIGCHLD` set to `SIG_IGN`).
+//!
+//! # On disk
+//!
+//! ```text
+//! <state_dir>/
+//!   .cgroups.lock            flock: shared while creating, exclusive to remove the cgroup parent
+//!   <id>/bundle/config.json  the OCI spec
+//!   <id>/bundle/rootfs/      empty dir + bin/lib/... symlinks; mount points appear here
+//!   <id>/runtime/<id>/       libcontainer's state (state.json, notify socket)
+//! /sys/fs/cgroup/<controller>/<cgroup_parent>/<id>   (v1; v2 has one hierarchy)
+//! ```
+
+mod cleanup;
+mod spec;
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+use oci_spec::OciSpecError;
+
+pub use cleanup::cgroup_roots;
+pub use spec::{Network, SandboxSpec, NOBODY};
+
+/// How often [`Sandbox::stop`] checks whether the process has exited.
+const STOP_POLL: Duration = Duration::from_millis(5);
+
+/// Everything that can go wrong with a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The id cannot name a directory, a cgroup and a hostname.
+    #[error("invalid sandbox id {id:?}: {reason}")]
+    InvalidId {
+        /// The rejected id.
+        id: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The spec cannot be run as asked.
+    #[error("invalid sandbox spec: {reason}")]
+    InvalidSpec {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The cgroup parent is not an absolute, normalized, non-root path.
+    #[error("invalid cgroup parent {path:?}: must be absolute, below the root, without '..'")]
+    InvalidCgroupParent {
+        /// The rejected path.
+        path: PathBuf,
+    },
+    /// A sandbox with this id already has a directory in the state dir.
+    #[error("sandbox {id} already exists")]
+    AlreadyExists {
+        /// The taken id.
+        id: String,
+    },
+    /// A file system operation on the sandbox's own files failed.
+    #[error("sandbox {id}: failed to {action} {}", path.display())]
+    Io {
+        /// The sandbox.
+        id: String,
+        /// What was being done.
+        action: &'static str,
+        /// To which path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The OCI spec could not be built or written.
+    #[error("sandbox {id}: failed to build the OCI spec")]
+    Spec {
+        /// The sandbox.
+        id: String,
+        /// The cause.
+        #[source]
+        source: OciSpecError,
+    },
+    /// `libcontainer` failed.
+    #[error("sandbox {id}: libcontainer failed to {action}")]
+    Container {
+        /// The sandbox.
+        id: String,
+        /// What it was asked to do.
+        action: &'static str,
+        /// The cause (boxed: it is several times the size of the others).
+        #[source]
+        source: Box<LibcontainerError>,
+    },
+    /// A system call on the sandbox's process failed.
+    #[error("sandbox {id}: failed to {action}")]
+    Os {
+        /// The sandbox.
+        id: String,
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: Errno,
+    },
+    /// Something is still mounted under the sandbox's root filesystem
+    /// directory, so removing it could reach into the mounted file system.
+    #[error("sandbox {id}: refusing to remove {}: a file system is mounted under it", path.display())]
+    StillMounted {
+        /// The sandbox.
+        id: String,
+        /// The mount point found.
+        path: PathBuf,
+    },
+    /// Creating failed, and so did undoing what had been done.
+    #[error("{error}; cleaning up after it also failed: {cleanup}")]
+    CreateAndCleanup {
+        /// Why creating failed.
+        #[source]
+        error: Box<SandboxError>,
+        /// Why cleaning up failed.
+        cleanup: Box<SandboxError>,
+    },
+    /// Deleting went through every step; these ones failed.
+    #[error("sandbox {id}: delete left something behind: {}", join(failures))]
+    Delete {
+        /// The sandbox.
+        id: String,
+        /// Each failed step, in order.
+        failures: Vec<SandboxError>,
+    },
+}
+
+fn join(errors: &[SandboxError]) -> String {
+    errors
+        .iter()
+        .map(|error| error_chain(error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An error and all its causes on one line, for logs and test failures.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How a sandbox's init process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// Exited with code 0.
+    pub fn success(self) -> bool {
+        self == Self::Exited(0)
+    }
+
+    /// The exit code, if it exited rather than being killed.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Self::Exited(code) => Some(code),
+            Self::Signaled(_) => None,
+        }
+    }
+}
+
+/// The descriptors a sandbox's stdio is connected to. The caller keeps the
+/// other ends.
+///
+/// stdout and stderr must be writable descriptors such as pipes or files, not
+/// `/dev/null`: `libcontainer` replaces any stdio that is the host's
+/// `/dev/null` with the sandbox's, opened read-only, so writes would fail.
+#[derive(Debug)]
+pub struct SandboxStdio {
+    /// The sandbox's stdin; `None` means `/dev/null`.
+    pub stdin: Option<OwnedFd>,
+    /// The sandbox's stdout.
+    pub stdout: OwnedFd,
+    /// The sandbox's stderr.
+    pub stderr: OwnedFd,
+}
+
+/// The caller's ends of [`SandboxStdio::pipes`].
+#[derive(Debug)]
+pub struct StdioPipes {
+    /// Reads what the sandbox writes to stdout; EOF once every process in the
+    /// sandbox has closed it.
+    pub stdout: File,
+    /// Reads what the sandbox writes to stderr.
+    pub stderr: File,
+}
+
+impl SandboxStdio {
+    /// Fresh pipes for stdout and stderr, stdin from `/dev/null`. All ends are
+    /// close-on-exec in the caller.
+    pub fn pipes() -> io::Result<(StdioPipes, SandboxStdio)> {
+        let (stdout_read, stdout_write) = pipe2(OFlag::O_CLOEXEC)?;
+        let (stderr_read, stderr_write) = pipe2(OFlag::O_CLOEXEC)?;
+        Ok((
+            StdioPipes {
+                stdout: File::from(stdout_read),
+                stderr: File::from(stderr_read),
+            },
+            SandboxStdio {
+                stdin: None,
+                stdout: stdout_write,
+                stderr: stderr_write,
+            },
+        ))
+    }
+}
+
+/// Where sandboxes live: a state directory on disk and a parent cgroup.
+#[derive(Debug, Clone)]
+pub struct Sandboxes {
+    state_dir: PathBuf,
+    cgroup_parent: PathBuf,
+}
+
+impl Sandboxes {
+    /// Sandboxes with their files under `state_dir` (created if missing) and
+    /// their cgroups under `cgroup_parent` (for example `/hangar`) in every
+    /// cgroup hierarchy.
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        cgroup_parent: impl Into<PathBuf>,
+    ) -> Result<Self, SandboxError> {
+        let cgroup_parent = cgroup_parent.into();
+        let normalized = cgroup_parent.is_absolute()
+            && cgroup_parent.components().count() > 1
+            && cgroup_parent
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !normalized {
+            return Err(SandboxError::InvalidCgroupParent {
+                path: cgroup_parent,
+            });
+        }
+        Ok(Self {
+            state_dir: state_dir.into(),
+            cgroup_parent,
+        })
+    }
+
+    /// The directory holding sandbox `id`'s files.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id)
+    }
+
+    /// The cgroup path (relative to each hierarchy's root) of sandbox `id`.
+    pub fn cgroup_path(&self, id: &str) -> PathBuf {
+        self.cgroup_parent.join(id)
+    }
+
+    /// Creates sandbox `spec.id`: its init process is set up in its
+    /// namespaces and cgroup, with its stdio connected to `stdio`, and waits
+    /// for [`Sandbox::start`] to exec `spec.argv`.
+    ///
+    /// On failure nothing is left behind, unless cleaning up failed too
+    /// ([`SandboxError::CreateAndCleanup`]).
+    pub fn create(&self, spec: &SandboxSpec, stdio: SandboxStdio) -> Result<Sandbox, SandboxError> {
+        spec.validate()?;
+        let id = spec.id.as_str();
+        // Owner-only: bundles will hold the replica's environment, secrets
+        // included. The sandbox does not need access: it sees its rootfs only
+        // after pivot_root, and everything before that runs as root.
+        private_dir()
+            .recursive(true)
+            .create(&self.state_dir)
+            .map_err(io_error(id, "create", &self.state_dir))?;
+        let dir = self.sandbox_dir(id);
+        match private_dir().create(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(SandboxError::AlreadyExists { id: id.to_owned() });
+            }
+            Err(err) => return Err(io_error(id, "create", &dir)(err)),
+        }
+        // From here on the id's directory is ours, and any failure undoes
+        // everything created under it.
+        self.create_in(&dir, spec, stdio).map_err(|error| {
+            cleanup::reap_failed_create(id);
+            match cleanup::remove_sandbox(self, id, None) {
+                Ok(()) => error,
+                Err(cleanup) => SandboxError::CreateAndCleanup {
+                    error: Box::new(error),
+                    cleanup: Box::new(cleanup),
+                },
+            }
+        })
+    }
+
+    fn create_in(
+        &self,
+        dir: &Path,
+        spec: &SandboxSpec,
+        stdio: SandboxStdio,
+    ) -> Result<Sandbox, SandboxError> {
+        let id = spec.id.as_str();
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        fs::create_dir_all(&rootfs).map_err(io_error(id, "create", &rootfs))?;
+        let layout = spec::host_layout(Path::new("/")).map_err(io_error(id, "inspect", "/"))?;
+        spec::populate_rootfs(&rootfs, &layout).map_err(io_error(id, "populate", &rootfs))?;
+        let oci = spec::oci_spec(spec, &layout, &self.cgroup_path(id)).map_err(|source| {
+            SandboxError::Spec {
+                id: id.to_owned(),
+                source,
+            }
+        })?;
+        let config = bundle.join("config.json");
+        oci.save(&config).map_err(|source| SandboxError::Spec {
+            id: id.to_owned(),
+            source,
+        })?;
+
+        let stdin = match stdio.stdin {
+            Some(fd) => fd,
+            None => {
+                OwnedFd::from(File::open("/dev/null").map_err(io_error(id, "open", "/dev/null"))?)
+            }
+        };
+        let runtime = dir.join("runtime");
+        let container_error = |action| {
+            move |source| SandboxError::Container {
+                id: id.to_owned(),
+                action,
+                source: Box::new(source),
+            }
+        };
+        // Held while libcontainer creates the cgroup, so a concurrent delete
+        // does not remove the shared parent between its mkdir and ours.
+        let lock = self.cgroups_lock(id, FlockArg::LockShared)?;
+        let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+            .with_root_path(&runtime)
+            .map_err(container_error("use its state dir"))?
+            .with_stdin(stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(container_error("create the container"))?;
+        drop(lock);
+        let pid = container.pid().ok_or_else(|| SandboxError::Os {
+            id: id.to_owned(),
+            action: "learn the init pid from libcontainer",
+            source: Errno::ESRCH,
+        })?;
+        Ok(Sandbox {
+            id: id.to_owned(),
+            sandboxes: self.clone(),
+            container,
+            pid,
+            exit: None,
+        })
+    }
+
+    /// Takes the state dir's cgroup lock (see the module docs). `None` when a
+    /// non-blocking request finds it taken.
+    fn cgroups_lock(&self, id: &str, arg: FlockArg) -> Result<Option<Flock<File>>, SandboxError> {
+        let path = self.state_dir.join(".cgroups.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error(id, "open", &path))?;
+        match Flock::lock(file, arg) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, source)) => Err(SandboxError::Os {
+                id: id.to_owned(),
+                action: "lock the cgroup lock file",
+                source,
+            }),
+        }
+    }
+}
+
+/// A created sandbox. Dropping it neither stops nor deletes it: the process
+/// keeps running (and, once it exits, stays a zombie until the caller exits).
+/// Call [`Sandbox::delete`].
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    sandboxes: Sandboxes,
+    container: Container,
+    pid: Pid,
+    exit: Option<ExitStatus>,
+}
+
+impl Sandbox {
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The init process's pid, as the caller's pid namespace sees it.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Lets the init process exec `argv`.
+    pub fn start(&mut self) -> Result<(), SandboxError> {
+        self.container
+            .start()
+            .map_err(|source| SandboxError::Container {
+                id: self.id.clone(),
+                action: "start the container",
+                source: Box::new(source),
+            })
+    }
+
+    /// Blocks until the init process exits. Every other process in the
+    /// sandbox is killed by the kernel when it does (it is PID 1 of the
+    /// sandbox's pid namespace).
+    pub fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
+        loop {
+            if let Some(exit) = self.reap(None)? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// The exit status if the init process has exited, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, SandboxError> {
+        self.reap(Some(WaitPidFlag::WNOHANG))
+    }
+
+    fn reap(&mut self, flags: Option<WaitPidFlag>) -> Result<Option<ExitStatus>, SandboxError> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        loop {
+            let exit = match waitpid(self.pid, flags) {
+                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Exited(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signaled(signal),
+                Ok(WaitStatus::StillAlive) => return Ok(None),
+                // Stops and continues are only reported when asked for.
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(source) => {
+                    return Err(SandboxError::Os {
+                        id: self.id.clone(),
+                        action: "wait for the init process",
+                        source,
+                    })
+                }
+            };
+            self.exit = Some(exit);
+            return Ok(Some(exit));
+        }
+    }
+
+    /// Sends `signal` to the init process. Already exited is success.
+    ///
+    /// The init process is PID 1 of its namespace, and the kernel delivers
+    /// only signals PID 1 has a handler for (and `SIGKILL`): a workload that
+    /// ignores `SIGTERM` by default, as most do, ignores it here. Use
+    /// [`Sandbox::stop`] for "terminate, then kill".
+    pub fn kill(&self, signal: Signal) -> Result<(), SandboxError> {
+        // Until it is reaped, the pid cannot be reused, so this cannot hit an
+        // unrelated process.
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        match signal::kill(self.pid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(SandboxError::Os {
+                id: self.id.clone(),
+                action: "signal the init process",
+                source,
+            }),
+        }
+    }
+
+    /// `SIGTERM`, then `SIGKILL` if the process is still there after `grace`;
+    /// returns how it ended. Idempotent.
+    pub fn stop(&mut self, grace: Duration) -> Result<ExitStatus, SandboxError> {
+        self.kill(Signal::SIGTERM)?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(exit) = self.try_wait()? {
+                return Ok(exit);
+            }
+            thread::sleep(STOP_POLL);
+        }
+        self.kill(Signal::SIGKILL)?;
+        self.wait()
+    }
+
+    /// Kills whatever still runs and removes the sandbox: libcontainer's
+    /// state, its cgroup (and the cgroup parent once it is empty), its bundle.
+    /// Failures are reported together; when the container or its cgroup
+    /// could not be removed, the sandbox's directory is kept so the state is
+    /// not lost.
+    pub fn delete(mut self) -> Result<(), SandboxError> {
+        let mut failures = Vec::new();
+        if let Err(err) = self.kill(Signal::SIGKILL).and_then(|()| self.wait()) {
+            failures.push(err);
+        }
+        match cleanup::remove_sandbox(&self.sandboxes, &self.id, Some(&mut self.container)) {
+            Ok(()) => {}
+            Err(SandboxError::Delete { failures: more, .. }) => failures.extend(more),
+            Err(err) => failures.push(err),
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Delete {
+                id: self.id,
+                failures,
+            })
+        }
+    }
+}
+
+fn private_dir() -> DirBuilder {
+    let mut builder = DirBuilder::new();
+    builder.mode(0o700);
+    builder
+}
+
+fn io_error<'a>(
+    id: &'a str,
+    action: &'static str,
+    path: impl AsRef<Path> + 'a,
+) -> impl FnOnce(io::Error) -> SandboxError + 'a {
+    move |source| SandboxError::Io {
+        id: id.to_owned(),
+        action,
+        path: path.as_ref().to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_parent_must_be_a_plain_absolute_path() {
+        for ok in ["/hangar", "/hangar/sandboxes"] {
+            assert!(Sandboxes::new("/tmp/x", ok).is_ok(), "{ok}");
+        }
+        for bad in ["/", "hangar", "/hangar/../etc", ""] {
+            assert!(Sandboxes::new("/tmp/x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exit_status_success_and_code() {
+        assert!(ExitStatus::Exited(0).success());
+        assert!(!ExitStatus::Exited(1).success());
+        assert_eq!(ExitStatus::Exited(3).code(), Some(3));
+        assert_eq!(ExitStatus::Signaled(Signal::SIGKILL).code(), None);
+        assert!(!ExitStatus::Signaled(Signal::SIGKILL).success());
+    }
+
+    #[test]
+    fn error_chain_shows_every_cause() {
+        let err = SandboxError::Io {
+            id: "a".to_owned(),
+            action: "create",
+            path: PathBuf::from("/x"),
+            source: io::Error::other("disk on fire"),
+        };
+        assert_eq!(
+            error_chain(&err),
+            "sandbox a: failed to create /x: disk on fire"
+        );
+    }
+}

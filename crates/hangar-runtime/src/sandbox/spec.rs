@@ -1,0 +1,445 @@
+//! What a sandbox is made of: the caller's request ([`SandboxSpec`]) and its
+//! translation into an OCI bundle (a `config.json` plus a root filesystem
+//! directory) that `libcontainer` runs.
+//!
+//! This module does no container work itself; it only validates the request,
+//! writes files into a fresh bundle directory and builds the OCI [`Spec`].
+
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+use oci_spec::OciSpecError;
+
+use super::SandboxError;
+
+/// The nobody/nogroup ids on Debian: an unprivileged identity that owns nothing
+/// on the host.
+pub const NOBODY: u32 = 65534;
+
+/// Top-level host paths that merged-/usr systems make symlinks into `/usr`
+/// (Debian since 12). Each is mirrored into the sandbox the way the host has
+/// it: the same symlink, or a read-only bind when it is a real directory.
+const USR_ALIASES: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Host directories bound read-only into every sandbox.
+const HOST_BINDS: &[&str] = &["/usr", "/etc"];
+
+/// Longest sandbox id: it is also the hostname, which Linux caps at 64 bytes.
+const MAX_ID_LEN: usize = 64;
+
+/// How a sandbox reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A new, empty network namespace. Nothing is configured in it, so the
+    /// loopback interface stays down and there is no route anywhere: the
+    /// process cannot talk to the network at all. The CNI wiring (a veth on a
+    /// bridge, egress via masquerade) will be added to this mode.
+    Isolated,
+    /// The host's network namespace: the process sees and binds the host's
+    /// interfaces. The fallback when a namespace cannot be wired.
+    Host,
+}
+
+/// Everything the caller decides about one sandbox.
+///
+/// [`SandboxSpec::new`] fills in safe defaults; adjust the public fields
+/// before handing it to [`super::Sandboxes::create`].
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Unique among the sandboxes of one state dir: `[A-Za-z0-9_.+-]`, at most
+    /// 64 bytes. Also the sandbox's hostname and its cgroup's name.
+    pub id: String,
+    /// The program and its arguments. `argv[0]` is either a path inside the
+    /// sandbox or a name looked up in the sandbox's `PATH`.
+    pub argv: Vec<String>,
+    /// The environment, in order. [`SandboxSpec::new`] sets a `PATH`.
+    pub env: Vec<(String, String)>,
+    /// The working directory inside the sandbox; must be absolute.
+    pub cwd: PathBuf,
+    /// The uid the process runs as. Defaults to [`NOBODY`].
+    pub uid: u32,
+    /// The gid the process runs as. Defaults to [`NOBODY`].
+    pub gid: u32,
+    /// Network namespace choice. Defaults to [`Network::Isolated`].
+    pub network: Network,
+    /// The most tasks (processes and threads) the sandbox may hold at once.
+    pub pids_limit: i64,
+    /// Size of the tmpfs mounted at `/tmp`, in MiB.
+    pub tmp_size_mib: u32,
+}
+
+impl SandboxSpec {
+    /// A sandbox running `argv` as `nobody` in `/`, with no network.
+    pub fn new(id: impl Into<String>, argv: Vec<String>) -> Self {
+        Self {
+            id: id.into(),
+            argv,
+            env: vec![(
+                "PATH".to_owned(),
+                "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_owned(),
+            )],
+            cwd: PathBuf::from("/"),
+            uid: NOBODY,
+            gid: NOBODY,
+            network: Network::Isolated,
+            pids_limit: 1024,
+            tmp_size_mib: 64,
+        }
+    }
+
+    /// Checks everything that can be checked before touching the system.
+    pub(super) fn validate(&self) -> Result<(), SandboxError> {
+        validate_id(&self.id)?;
+        let invalid = |reason: String| Err(SandboxError::InvalidSpec { reason });
+        if self.argv.first().is_none_or(String::is_empty) {
+            return invalid("argv must name a program".to_owned());
+        }
+        if self.argv.iter().any(|arg| arg.contains('\0')) {
+            return invalid("argv must not contain NUL bytes".to_owned());
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return invalid(format!("invalid environment variable name {key:?}"));
+            }
+        }
+        if !self.cwd.is_absolute() {
+            return invalid(format!("cwd must be absolute, got {}", self.cwd.display()));
+        }
+        if self.pids_limit <= 0 {
+            return invalid("pids_limit must be positive".to_owned());
+        }
+        if self.tmp_size_mib == 0 {
+            return invalid("tmp_size_mib must be positive".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Sandbox ids become directory names, cgroup names and hostnames, so they are
+/// held to the strictest of the three.
+fn validate_id(id: &str) -> Result<(), SandboxError> {
+    let reason = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > MAX_ID_LEN {
+        "it is longer than 64 bytes"
+    } else if id == "." || id == ".." {
+        "it is not a file name"
+    } else if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-'))
+    {
+        "only A-Z, a-z, 0-9, '_', '.', '+' and '-' are allowed"
+    } else {
+        return Ok(());
+    };
+    Err(SandboxError::InvalidId {
+        id: id.to_owned(),
+        reason,
+    })
+}
+
+/// How one of [`USR_ALIASES`] looks on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum HostEntry {
+    /// A symlink with this target (`usr/bin` on merged-/usr systems).
+    Symlink(PathBuf),
+    /// A real directory, bound read-only.
+    Dir,
+}
+
+/// Reads how the host at `host_root` lays out [`USR_ALIASES`]; missing entries
+/// are left out.
+pub(super) fn host_layout(host_root: &Path) -> io::Result<Vec<(&'static str, HostEntry)>> {
+    let mut layout = Vec::new();
+    for name in USR_ALIASES {
+        let path = host_root.join(name);
+        let meta = match path.symlink_metadata() {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        if meta.file_type().is_symlink() {
+            layout.push((*name, HostEntry::Symlink(path.read_link()?)));
+        } else if meta.is_dir() {
+            layout.push((*name, HostEntry::Dir));
+        }
+    }
+    Ok(layout)
+}
+
+/// Fills the empty `rootfs` directory with the symlinks of `layout`. Mount
+/// points are created by `libcontainer` itself.
+pub(super) fn populate_rootfs(rootfs: &Path, layout: &[(&str, HostEntry)]) -> io::Result<()> {
+    for (name, entry) in layout {
+        if let HostEntry::Symlink(target) = entry {
+            symlink(target, rootfs.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
+/// (relative to the bundle) and its cgroup at `cgroups_path`.
+pub(super) fn oci_spec(
+    spec: &SandboxSpec,
+    layout: &[(&str, HostEntry)],
+    cgroups_path: &Path,
+) -> Result<Spec, OciSpecError> {
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(HashSet::new())
+        .effective(HashSet::new())
+        .inheritable(HashSet::new())
+        .permitted(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(spec.uid)
+                .gid(spec.gid)
+                .additional_gids(Vec::<u32>::new())
+                .build()?,
+        )
+        .args(spec.argv.clone())
+        .env(
+            spec.env
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>(),
+        )
+        .cwd(spec.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(1024_u64)
+            .hard(1024_u64)
+            .build()?])
+        .build()?;
+
+    let mut namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(namespace)
+    .collect::<Result<Vec<_>, _>>()?;
+    if spec.network == Network::Isolated {
+        namespaces.push(namespace(LinuxNamespaceType::Network)?);
+    }
+
+    let resources = LinuxResourcesBuilder::default()
+        // Deny every device, then libcontainer allows its default set
+        // (null, zero, full, random, urandom, tty, ptmx, pts).
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?])
+        .pids(LinuxPidsBuilder::default().limit(spec.pids_limit).build()?)
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(cgroups_path.to_path_buf())
+        .resources(resources)
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()?;
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(true)
+                .build()?,
+        )
+        .hostname(spec.id.clone())
+        .mounts(mounts(spec, layout)?)
+        .process(process)
+        .linux(linux)
+        .build()
+}
+
+fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, OciSpecError> {
+    LinuxNamespaceBuilder::default().typ(typ).build()
+}
+
+/// `/proc`, a minimal `/dev` (tmpfs with pts, shm and mqueue), the read-only
+/// host binds, and a private `/tmp`. No `/sys`: nothing a replica needs lives
+/// there, and it describes the host.
+fn mounts(spec: &SandboxSpec, layout: &[(&str, HostEntry)]) -> Result<Vec<Mount>, OciSpecError> {
+    let mut mounts: Vec<Mount> = get_default_mounts()
+        .into_iter()
+        .filter(|mount| !mount.destination().starts_with("/sys"))
+        .collect();
+    let real_dirs = layout
+        .iter()
+        .filter(|(_, entry)| *entry == HostEntry::Dir)
+        .map(|(name, _)| format!("/{name}"));
+    for dir in HOST_BINDS
+        .iter()
+        .map(|dir| (*dir).to_owned())
+        .chain(real_dirs)
+    {
+        mounts.push(
+            MountBuilder::default()
+                .destination(&dir)
+                .typ("bind")
+                .source(&dir)
+                // Not "rbind": a recursive bind would carry submounts whose
+                // read-only flag the remount does not change.
+                .options(strings(&["bind", "ro", "nosuid", "nodev"]))
+                .build()?,
+        );
+    }
+    mounts.push(
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec![
+                "nosuid".to_owned(),
+                "nodev".to_owned(),
+                "mode=1777".to_owned(),
+                format!("size={}m", spec.tmp_size_mib),
+            ])
+            .build()?,
+    );
+    Ok(mounts)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| (*item).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec::new("replica-1", vec!["/usr/bin/true".to_owned()])
+    }
+
+    #[test]
+    fn ids_are_file_names_hostnames_and_cgroup_names() {
+        for ok in ["a", "replica-1", "A_b.c+d", &"x".repeat(64)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "ü", &"x".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_rejects_unrunnable_specs() {
+        assert!(spec().validate().is_ok());
+        let mut no_argv = spec();
+        no_argv.argv.clear();
+        assert!(no_argv.validate().is_err());
+        let mut bad_env = spec();
+        bad_env.env.push(("A=B".to_owned(), "c".to_owned()));
+        assert!(bad_env.validate().is_err());
+        let mut relative_cwd = spec();
+        relative_cwd.cwd = PathBuf::from("app");
+        assert!(relative_cwd.validate().is_err());
+    }
+
+    #[test]
+    fn oci_spec_drops_privileges_and_isolates() -> Result<(), OciSpecError> {
+        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"))?;
+        let process = oci
+            .process()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no process".into()))?;
+        assert_eq!(process.user().uid(), NOBODY);
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let caps = process
+            .capabilities()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no caps".into()))?;
+        assert!(caps.bounding().as_ref().is_some_and(HashSet::is_empty));
+        assert!(caps.effective().as_ref().is_some_and(HashSet::is_empty));
+        assert_eq!(
+            oci.root().as_ref().and_then(|root| root.readonly()),
+            Some(true)
+        );
+
+        let linux = oci
+            .linux()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no linux".into()))?;
+        let types: Vec<_> = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|ns| ns.typ())
+            .collect();
+        assert!(types.contains(&LinuxNamespaceType::Network));
+        assert!(types.contains(&LinuxNamespaceType::Cgroup));
+
+        let mut host = spec();
+        host.network = Network::Host;
+        let oci = oci_spec(&host, &[], Path::new("/hangar/replica-1"))?;
+        let linux = oci
+            .linux()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no linux".into()))?;
+        assert!(!linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|ns| ns.typ() == LinuxNamespaceType::Network));
+        Ok(())
+    }
+
+    #[test]
+    fn mounts_bind_host_dirs_read_only_and_skip_sys() -> Result<(), OciSpecError> {
+        let layout = [
+            ("bin", HostEntry::Symlink(PathBuf::from("usr/bin"))),
+            ("lib32", HostEntry::Dir),
+        ];
+        let mounts = mounts(&spec(), &layout)?;
+        let find = |dest: &str| mounts.iter().find(|m| m.destination() == Path::new(dest));
+        for dir in ["/usr", "/etc", "/lib32"] {
+            let mount = find(dir).ok_or_else(|| OciSpecError::Other(format!("no {dir}")))?;
+            assert!(mount.options().iter().flatten().any(|o| o == "ro"), "{dir}");
+        }
+        assert!(find("/bin").is_none(), "symlinked aliases are not mounts");
+        assert!(find("/proc").is_some());
+        assert!(find("/dev").is_some());
+        assert!(find("/tmp").is_some());
+        assert!(!mounts.iter().any(|m| m.destination().starts_with("/sys")));
+        Ok(())
+    }
+
+    #[test]
+    fn host_layout_mirrors_symlinks_and_dirs() -> io::Result<()> {
+        let root = std::env::temp_dir().join(format!("hangar-layout-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("usr/bin"))?;
+        std::fs::create_dir_all(root.join("lib32"))?;
+        symlink("usr/bin", root.join("bin"))?;
+        let layout = host_layout(&root);
+        std::fs::remove_dir_all(&root)?;
+        assert_eq!(
+            layout?,
+            vec![
+                ("bin", HostEntry::Symlink(PathBuf::from("usr/bin"))),
+                ("lib32", HostEntry::Dir),
+            ]
+        );
+        Ok(())
+    }
+}
