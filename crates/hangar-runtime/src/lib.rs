@@ -14,8 +14,9 @@
 //!   API to create, start, wait for, signal, stop and delete it, with a root
 //!   filesystem built from read-only binds of the host's `/usr` and `/etc`, its
 //!   own pid/mount/uts/ipc/cgroup (and optionally network) namespaces, no
-//!   capabilities, `no_new_privs`, an unprivileged uid, and stdio connected to
-//!   descriptors the caller owns.
+//!   capabilities, `no_new_privs`, an unprivileged uid, CPU, memory and pids
+//!   limits (OOM kills reported as such), and stdio connected to descriptors
+//!   the caller owns.
 //!
 //! What it will grow into (see `ARCHITECTURE.md`, "The sandbox driver"):
 //!
@@ -24,8 +25,7 @@
 //!   that records calls, for controller tests.
 //! * `drivers::sandbox`: the embedded default, built on [`sandbox`]; each replica
 //!   runs under a `hangar shim` process that owns its stdio pipes and exit status
-//!   and survives daemon restarts. Adds CNI networking, resource limits, the
-//!   build artifact at `/app` through an overlay, and exec.
+//!   and survives daemon restarts. Adds CNI networking, the build artifact at `/app` through an overlay, and exec.
 //! * `drivers::docker` (bollard) and `drivers::kubernetes` (kube-rs: a Deployment
 //!   and a Service per instance).
 

@@ -411,3 +411,160 @@ fn timings() {
         );
     }
 }
+
+/// The value of cgroup file `file` of sandbox `id`, from whichever hierarchy
+/// has it.
+fn cgroup_file(fx: &Fixture, id: &str, file: &str) -> Option<String> {
+    let cgroup = fx.sandboxes.cgroup_path(id);
+    let relative = cgroup.strip_prefix("/").expect("absolute");
+    cgroup_roots()
+        .expect("cgroup mounts")
+        .into_iter()
+        .find_map(|root| std::fs::read_to_string(root.join(relative).join(file)).ok())
+}
+
+#[test]
+fn memory_limit_oom_kills_and_says_so() {
+    let Some(fx) = Fixture::new("oom") else {
+        return;
+    };
+
+    // 400 MB of written (not just reserved) memory under a 256 MiB limit,
+    // with no swap to escape to.
+    let mut hog = python("hog", "s = ' ' * (400 << 20)\nprint('survived', len(s))");
+    hog.memory_limit_bytes = Some(256 << 20);
+    let (mut sandbox, mut pipes) = fx.create(&hog);
+    assert_eq!(
+        cgroup_file(&fx, "hog", "memory.limit_in_bytes")
+            .or_else(|| cgroup_file(&fx, "hog", "memory.max"))
+            .map(|limit| limit.trim().to_owned()),
+        Some((256_u64 << 20).to_string())
+    );
+    assert!(!sandbox.oom_killed(), "nothing ran yet");
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+    let mut stdout = String::new();
+    pipes
+        .stdout
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    let exit = sandbox.wait().unwrap_or_else(|err| fail(&err));
+    assert_eq!(exit, ExitStatus::Signaled(Signal::SIGKILL), "{stdout}");
+    assert!(sandbox.oom_killed(), "SIGKILL not reported as an OOM kill");
+    assert_eq!(stdout, "");
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("hog");
+
+    // Under the limit: no OOM.
+    let mut modest = python("modest", "s = ' ' * (64 << 20)\nprint(len(s) >> 20)");
+    modest.memory_limit_bytes = Some(256 << 20);
+    let (sandbox, exit, stdout, stderr) = fx.run(&modest);
+    assert_eq!(exit, ExitStatus::Exited(0), "{stderr}");
+    assert_eq!(stdout, "64\n");
+    assert!(!sandbox.oom_killed());
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("modest");
+
+    // An ordinary SIGKILL is not an OOM kill.
+    let mut sleeper = SandboxSpec::new("sleeper", argv(&["sleep", "60"]));
+    sleeper.memory_limit_bytes = Some(256 << 20);
+    let (mut sandbox, _pipes) = fx.create(&sleeper);
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+    let exit = sandbox
+        .stop(Duration::ZERO)
+        .unwrap_or_else(|err| fail(&err));
+    assert_eq!(exit, ExitStatus::Signaled(Signal::SIGKILL));
+    assert!(!sandbox.oom_killed());
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("sleeper");
+}
+
+/// PID 1 stays up (a SIGTERM-less python) while a shell fork bomb runs
+/// beside it, its error messages sent to `/dev/null` so it never blocks on a
+/// full pipe.
+const FORK_BOMB: &str = r#"
+import os, time
+if os.fork() == 0:
+    os.execv("/bin/sh", ["sh", "-c", "exec 2>/dev/null; f() { f | f & }; f"])
+print("ready", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let Some(fx) = Fixture::new("bomb") else {
+        return;
+    };
+    const LIMIT: i64 = 64;
+    let mut bomb = python("bomb", FORK_BOMB);
+    bomb.pids_limit = LIMIT;
+    // Also checks the CPU settings reach the kernel, and keeps the bomb to
+    // half a CPU.
+    bomb.cpu_millis = 250;
+    bomb.cpu_limit_millis = Some(500);
+    let (mut sandbox, mut pipes) = fx.create(&bomb);
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+    let mut ready = [0_u8; 6];
+    pipes.stdout.read_exact(&mut ready).expect("ready line");
+    assert_eq!(&ready, b"ready\n");
+
+    let read = |file| {
+        cgroup_file(&fx, "bomb", file)
+            .unwrap_or_else(|| panic!("no {file}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read("pids.max"), LIMIT.to_string());
+    if cgroup_file(&fx, "bomb", "cpu.shares").is_some() {
+        // cgroup v1 (or hybrid): the values as given.
+        assert_eq!(read("cpu.shares"), "256");
+        assert_eq!(read("cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu.cfs_period_us"), "100000");
+    } else {
+        // cgroup v2: libcontainer converts shares to a weight.
+        assert_eq!(read("cpu.max"), "50000 100000");
+    }
+
+    // Let it rage for a while; the sandbox never holds more than the limit,
+    // and this process can still start programs.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut peak = 0_i64;
+    while Instant::now() < deadline {
+        let current: i64 = read("pids.current").parse().expect("pids.current");
+        peak = peak.max(current);
+        assert!(current <= LIMIT, "{current} tasks over a limit of {LIMIT}");
+        let started = Instant::now();
+        let status = std::process::Command::new("true")
+            .status()
+            .expect("spawn true on the host");
+        assert!(status.success());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the host is starved: `true` took {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("fork bomb: peak {peak} tasks (limit {LIMIT})");
+    assert!(
+        peak >= LIMIT - 8,
+        "the bomb never got near the limit: {peak}"
+    );
+    // The kernel counts the forks it refused.
+    let refused = cgroup_file(&fx, "bomb", "pids.events")
+        .and_then(|events| {
+            events
+                .lines()
+                .find_map(|line| line.strip_prefix("max ")?.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    assert!(refused > 0, "no fork was refused");
+    assert_eq!(sandbox.try_wait().unwrap_or_else(|err| fail(&err)), None);
+
+    let exit = sandbox
+        .stop(Duration::from_millis(100))
+        .unwrap_or_else(|err| fail(&err));
+    assert_eq!(exit, ExitStatus::Signaled(Signal::SIGKILL));
+    assert!(!sandbox.oom_killed());
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("bomb");
+}

@@ -204,6 +204,38 @@ pub fn cgroup_roots() -> io::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// How many times the kernel's OOM killer killed a process in the cgroup at
+/// `cgroup` (relative to each hierarchy's root) because of the cgroup's
+/// memory limit; `None` when no hierarchy has a memory controller there.
+///
+/// cgroup v2 counts in `memory.events`, v1 in `memory.oom_control` (since
+/// Linux 4.13); both as an `oom_kill N` line. Every root is tried, so hybrid
+/// systems work whichever hierarchy holds the memory controller.
+pub(super) fn oom_kills(cgroup: &Path) -> io::Result<Option<u64>> {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let mut kills = None;
+    for root in cgroup_roots()? {
+        for file in ["memory.events", "memory.oom_control"] {
+            let text = match fs::read_to_string(root.join(relative).join(file)) {
+                Ok(text) => text,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            if let Some(count) = oom_kill_count(&text) {
+                kills = Some(kills.unwrap_or(0).max(count));
+            }
+        }
+    }
+    Ok(kills)
+}
+
+/// The `oom_kill N` line of `memory.events` or `memory.oom_control`.
+fn oom_kill_count(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
 fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
     parse_mountinfo(mountinfo).map(|(mount_point, _)| mount_point)
 }
@@ -273,6 +305,15 @@ mod tests {
         assert_eq!(parse_stat(stat), Some(("youki:[2:INIT]", 4240)));
         let tricky = "7 (a) b (c)) Z 1 7 7 0";
         assert_eq!(parse_stat(tricky), Some(("a) b (c)", 1)));
+    }
+
+    #[test]
+    fn reads_oom_kill_counters() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(oom_kill_count(v1), Some(3));
+        let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v2), Some(1));
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\n"), None);
     }
 
     #[test]

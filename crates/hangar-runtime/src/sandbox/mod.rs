@@ -12,8 +12,19 @@
 //! # What it is not
 //!
 //! It is not the `Driver` (no replicas, health checks, logs or restarts) and it
-//! does not wire networks or set CPU and memory limits yet. It never spawns
-//! threads or touches tokio.
+//! does not wire networks yet. It never spawns threads or touches tokio.
+//!
+//! # Limits
+//!
+//! [`SandboxSpec`] carries the resource limits, written into the OCI spec's
+//! `linux.resources` and applied by libcontainer to the sandbox's cgroup: a
+//! CPU weight from `cpu_millis` (`cpu.shares`), an optional CFS quota from
+//! `cpu_limit_millis`, an optional memory limit with swap capped to the same
+//! value, and a pids limit (default 512) that stops fork bombs. A process
+//! killed for going over the memory limit shows up as
+//! [`ExitStatus::Signaled`]`(SIGKILL)`; [`Sandbox::oom_killed`] tells that
+//! apart from any other kill, from the cgroup's OOM kill counter (read when
+//! the exit is reaped, before [`Sandbox::delete`] removes the cgroup).
 //!
 //! # Where it may run
 //!
@@ -26,6 +37,30 @@
 //! the calling process (its intermediate process uses `CLONE_PARENT`), which is
 //! why [`Sandbox::wait`] can `waitpid` it: the caller must not reap children
 //! wholesale (`waitpid(-1)`, `SIGCHLD` set to `SIG_IGN`).
+//!
+//! # Pitfalls
+//!
+//! Found while building this on libcontainer 0.7:
+//!
+//! * libcontainer's own `tracing` output can land in the sandbox's stdout:
+//!   its init process logs through the caller's subscriber after it has
+//!   switched stdio to the sandbox's descriptors. The shim must not log to
+//!   fd 1 or 2 (log to a file, or keep the subscriber quiet).
+//! * libcontainer marks the *calling* process non-dumpable
+//!   (`PR_SET_DUMPABLE` 0, whenever the spec has namespaces): no core dumps,
+//!   and its `/proc/<pid>` files become root-owned.
+//! * On cgroup v1 the sandbox's cgroup is created at `<cgroup_parent>/<id>`
+//!   below each hierarchy's *root*, not below the caller's own cgroup, so it
+//!   escapes whatever limits the caller (a systemd unit, a container) runs
+//!   under.
+//! * Dropping a [`Sandbox`] without [`Sandbox::delete`] leaks it: the
+//!   processes keep running, the cgroup and the state dir stay.
+//! * A failed create leaves libcontainer's intermediate and init processes
+//!   behind as zombie (or parked) children of the caller; [`Sandboxes::create`]
+//!   kills and reaps them on its error path (`cleanup::reap_failed_create`).
+//! * The sandbox's init is PID 1 of its namespace, which ignores `SIGTERM`
+//!   unless it installed a handler: hence [`Sandbox::stop`] escalates to
+//!   `SIGKILL` after the grace period.
 //!
 //! # On disk
 //!
@@ -61,10 +96,17 @@ use nix::unistd::{pipe2, Pid};
 use oci_spec::OciSpecError;
 
 pub use cleanup::cgroup_roots;
-pub use spec::{Network, SandboxSpec, NOBODY};
+pub use spec::{
+    Network, SandboxSpec, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS, MIN_MEMORY_BYTES,
+    NOBODY,
+};
 
 /// How often [`Sandbox::stop`] checks whether the process has exited.
 const STOP_POLL: Duration = Duration::from_millis(5);
+
+/// How many times (every [`STOP_POLL`]) a sandbox whose init was killed by
+/// `SIGKILL` re-reads its OOM kill counter (see [`Sandbox::oom_killed`]).
+const OOM_COUNT_RETRIES: u32 = 2;
 
 /// Everything that can go wrong with a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -401,6 +443,7 @@ impl Sandboxes {
             container,
             pid,
             exit: None,
+            oom_killed: false,
         })
     }
 
@@ -436,6 +479,9 @@ pub struct Sandbox {
     container: Container,
     pid: Pid,
     exit: Option<ExitStatus>,
+    /// Read from the cgroup when the exit is reaped (the cgroup is gone
+    /// after delete).
+    oom_killed: bool,
 }
 
 impl Sandbox {
@@ -496,7 +542,55 @@ impl Sandbox {
                 }
             };
             self.exit = Some(exit);
+            self.oom_killed = self.read_oom_killed(exit);
             return Ok(Some(exit));
+        }
+    }
+
+    /// Whether the kernel's OOM killer killed a process of this sandbox — its
+    /// init or any other — because the sandbox went over its memory limit
+    /// ([`SandboxSpec::memory_limit_bytes`]).
+    ///
+    /// Settled once [`Sandbox::wait`] or [`Sandbox::try_wait`] has returned
+    /// the exit status: it is read from the sandbox's cgroup then, before
+    /// [`Sandbox::delete`] removes it. An init process killed this way exits
+    /// with [`ExitStatus::Signaled`]`(SIGKILL)`; this tells it apart from
+    /// an ordinary kill. While the sandbox runs, it reads the live counter.
+    pub fn oom_killed(&self) -> bool {
+        match self.exit {
+            Some(_) => self.oom_killed,
+            None => self.oom_kills().is_some_and(|kills| kills > 0),
+        }
+    }
+
+    /// The cgroup's OOM kill counter; `None` when there is none to read
+    /// (no memory controller), or reading failed (logged).
+    fn oom_kills(&self) -> Option<u64> {
+        cleanup::oom_kills(&self.sandboxes.cgroup_path(&self.id))
+            .inspect_err(|err| {
+                tracing::warn!(sandbox = %self.id, error = %err, "cannot read the OOM kill counter");
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn read_oom_killed(&self, exit: ExitStatus) -> bool {
+        // The OOM killer sends SIGKILL before it bumps the counter, so a
+        // victim can in principle be reaped a moment before it is counted.
+        let mut retries = if exit == ExitStatus::Signaled(Signal::SIGKILL) {
+            OOM_COUNT_RETRIES
+        } else {
+            0
+        };
+        loop {
+            if self.oom_kills().is_some_and(|kills| kills > 0) {
+                return true;
+            }
+            if retries == 0 {
+                return false;
+            }
+            retries -= 1;
+            thread::sleep(STOP_POLL);
         }
     }
 

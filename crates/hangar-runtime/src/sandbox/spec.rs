@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
 
@@ -35,6 +35,21 @@ const HOST_BINDS: &[&str] = &["/usr", "/etc"];
 
 /// Longest sandbox id: it is also the hostname, which Linux caps at 64 bytes.
 const MAX_ID_LEN: usize = 64;
+
+/// The CFS period the CPU quota is expressed in: 100 ms, the kernel's default.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The smallest memory limit accepted: below this even the init process and
+/// a shell do not fit, and the failure would look like a crash, not a limit.
+pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
+
+/// The smallest CPU limit accepted: the kernel's minimum CFS quota is 1 ms per
+/// period, that is 10 millicores at [`CPU_PERIOD_US`].
+pub const MIN_CPU_LIMIT_MILLIS: u64 = 10;
+
+/// The largest CPU request accepted: cgroup v1 caps `cpu.shares` at 262144,
+/// which is 256 CPUs at 1024 shares each.
+pub const MAX_CPU_MILLIS: u64 = 256_000;
 
 /// How a sandbox reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +87,22 @@ pub struct SandboxSpec {
     /// Network namespace choice. Defaults to [`Network::Isolated`].
     pub network: Network,
     /// The most tasks (processes and threads) the sandbox may hold at once.
+    /// Defaults to 512; a fork bomb stops here.
     pub pids_limit: i64,
+    /// The CPU request in millicores (1000 = one CPU), turned into a relative
+    /// weight: `cpu.shares = cpu_millis * 1024 / 1000` (at least 2), so under
+    /// contention sandboxes get CPU in proportion to their requests. Defaults
+    /// to 1000, the kernel's default weight. At most [`MAX_CPU_MILLIS`].
+    pub cpu_millis: u64,
+    /// A hard CPU cap in millicores: a CFS quota of `cpu_limit_millis * 100`
+    /// µs per [`CPU_PERIOD_US`] period. `None` (the default) is no cap. At
+    /// least [`MIN_CPU_LIMIT_MILLIS`].
+    pub cpu_limit_millis: Option<u64>,
+    /// A hard memory limit in bytes; swap is limited to the same total, so
+    /// the sandbox cannot swap. Going over it gets a process OOM-killed
+    /// (see [`super::Sandbox::oom_killed`]). `None` (the default) is no
+    /// limit. At least [`MIN_MEMORY_BYTES`].
+    pub memory_limit_bytes: Option<u64>,
     /// Size of the tmpfs mounted at `/tmp`, in MiB.
     pub tmp_size_mib: u32,
 }
@@ -91,9 +121,25 @@ impl SandboxSpec {
             uid: NOBODY,
             gid: NOBODY,
             network: Network::Isolated,
-            pids_limit: 1024,
+            pids_limit: 512,
+            cpu_millis: 1000,
+            cpu_limit_millis: None,
+            memory_limit_bytes: None,
             tmp_size_mib: 64,
         }
+    }
+
+    /// The `cpu.shares` weight for [`SandboxSpec::cpu_millis`].
+    pub fn cpu_shares(&self) -> u64 {
+        (self.cpu_millis.saturating_mul(1024) / 1000).max(2)
+    }
+
+    /// The CFS quota in µs per [`CPU_PERIOD_US`] for
+    /// [`SandboxSpec::cpu_limit_millis`].
+    pub fn cpu_quota_us(&self) -> Option<i64> {
+        self.cpu_limit_millis.map(|millis| {
+            i64::try_from(millis.saturating_mul(CPU_PERIOD_US) / 1000).unwrap_or(i64::MAX)
+        })
     }
 
     /// Checks everything that can be checked before touching the system.
@@ -116,6 +162,26 @@ impl SandboxSpec {
         }
         if self.pids_limit <= 0 {
             return invalid("pids_limit must be positive".to_owned());
+        }
+        if self.cpu_millis == 0 || self.cpu_millis > MAX_CPU_MILLIS {
+            return invalid(format!(
+                "cpu_millis must be between 1 and {MAX_CPU_MILLIS}, got {}",
+                self.cpu_millis
+            ));
+        }
+        if let Some(limit) = self.cpu_limit_millis {
+            if !(MIN_CPU_LIMIT_MILLIS..=i64::MAX as u64 / 100).contains(&limit) {
+                return invalid(format!(
+                    "cpu_limit_millis must be at least {MIN_CPU_LIMIT_MILLIS}, got {limit}"
+                ));
+            }
+        }
+        if let Some(bytes) = self.memory_limit_bytes {
+            if !(MIN_MEMORY_BYTES..=i64::MAX as u64).contains(&bytes) {
+                return invalid(format!(
+                    "memory_limit_bytes must be at least {MIN_MEMORY_BYTES} (4 MiB), got {bytes}"
+                ));
+            }
         }
         if self.tmp_size_mib == 0 {
             return invalid("tmp_size_mib must be positive".to_owned());
@@ -249,6 +315,8 @@ pub(super) fn oci_spec(
             .access("rwm")
             .build()?])
         .pids(LinuxPidsBuilder::default().limit(spec.pids_limit).build()?)
+        .cpu(cpu_resources(spec)?)
+        .memory(memory_resources(spec)?)
         .build()?;
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -271,6 +339,30 @@ pub(super) fn oci_spec(
         .process(process)
         .linux(linux)
         .build()
+}
+
+/// Shares always (the default request is the kernel's default weight), a
+/// quota and its period only when capped.
+fn cpu_resources(spec: &SandboxSpec) -> Result<oci_spec::runtime::LinuxCpu, OciSpecError> {
+    let builder = LinuxCpuBuilder::default().shares(spec.cpu_shares());
+    match spec.cpu_quota_us() {
+        Some(quota) => builder.quota(quota).period(CPU_PERIOD_US).build(),
+        None => builder.build(),
+    }
+}
+
+/// The memory limit, with memory+swap set to the same value so nothing can
+/// be swapped out, and the OOM killer left enabled: over the limit, a process
+/// is killed rather than the whole sandbox hanging.
+fn memory_resources(spec: &SandboxSpec) -> Result<oci_spec::runtime::LinuxMemory, OciSpecError> {
+    let builder = LinuxMemoryBuilder::default().disable_oom_killer(false);
+    match spec.memory_limit_bytes {
+        Some(bytes) => {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            builder.limit(bytes).swap(bytes).build()
+        }
+        None => builder.build(),
+    }
 }
 
 fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, OciSpecError> {
@@ -355,6 +447,80 @@ mod tests {
         let mut relative_cwd = spec();
         relative_cwd.cwd = PathBuf::from("app");
         assert!(relative_cwd.validate().is_err());
+    }
+
+    #[test]
+    fn validation_rejects_unusable_limits() {
+        let check = |change: fn(&mut SandboxSpec)| {
+            let mut spec = spec();
+            change(&mut spec);
+            spec.validate()
+        };
+        assert!(check(|s| s.memory_limit_bytes = Some(MIN_MEMORY_BYTES)).is_ok());
+        assert!(check(|s| s.memory_limit_bytes = Some(MIN_MEMORY_BYTES - 1)).is_err());
+        assert!(check(|s| s.memory_limit_bytes = Some(u64::MAX)).is_err());
+        assert!(check(|s| s.cpu_millis = 0).is_err());
+        assert!(check(|s| s.cpu_millis = MAX_CPU_MILLIS + 1).is_err());
+        assert!(check(|s| s.cpu_limit_millis = Some(MIN_CPU_LIMIT_MILLIS)).is_ok());
+        assert!(check(|s| s.cpu_limit_millis = Some(MIN_CPU_LIMIT_MILLIS - 1)).is_err());
+        assert!(check(|s| s.pids_limit = 0).is_err());
+    }
+
+    #[test]
+    fn cpu_millis_map_to_shares_and_quota() {
+        let mut spec = spec();
+        assert_eq!(spec.cpu_shares(), 1024);
+        assert_eq!(spec.cpu_quota_us(), None);
+        spec.cpu_millis = 250;
+        assert_eq!(spec.cpu_shares(), 256);
+        spec.cpu_millis = 1;
+        assert_eq!(spec.cpu_shares(), 2, "the kernel's minimum");
+        spec.cpu_limit_millis = Some(1500);
+        assert_eq!(spec.cpu_quota_us(), Some(150_000));
+    }
+
+    #[test]
+    fn oci_spec_carries_the_limits() -> Result<(), OciSpecError> {
+        let mut limited = spec();
+        limited.cpu_millis = 500;
+        limited.cpu_limit_millis = Some(2000);
+        limited.memory_limit_bytes = Some(256 << 20);
+        limited.pids_limit = 64;
+        let oci = oci_spec(&limited, &[], Path::new("/hangar/replica-1"))?;
+        let resources = oci
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.resources().as_ref())
+            .ok_or_else(|| OciSpecError::Other("no resources".into()))?;
+        let cpu = resources
+            .cpu()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no cpu".into()))?;
+        assert_eq!(cpu.shares(), Some(512));
+        assert_eq!(cpu.quota(), Some(200_000));
+        assert_eq!(cpu.period(), Some(CPU_PERIOD_US));
+        let memory = resources
+            .memory()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no memory".into()))?;
+        assert_eq!(memory.limit(), Some(256 << 20));
+        assert_eq!(memory.swap(), Some(256 << 20), "no swap beyond the limit");
+        assert_eq!(memory.disable_oom_killer(), Some(false));
+        assert_eq!(resources.pids().as_ref().map(|p| p.limit()), Some(64));
+
+        // Defaults: the default weight, no cap, no memory limit, 512 pids.
+        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"))?;
+        let resources = oci
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.resources().as_ref())
+            .ok_or_else(|| OciSpecError::Other("no resources".into()))?;
+        let cpu = resources.cpu().as_ref();
+        assert_eq!(cpu.and_then(|cpu| cpu.shares()), Some(1024));
+        assert_eq!(cpu.and_then(|cpu| cpu.quota()), None);
+        assert_eq!(resources.memory().as_ref().and_then(|m| m.limit()), None);
+        assert_eq!(resources.pids().as_ref().map(|p| p.limit()), Some(512));
+        Ok(())
     }
 
     #[test]
