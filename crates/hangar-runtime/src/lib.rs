@@ -16,7 +16,8 @@
 //!   own pid/mount/uts/ipc/cgroup (and optionally network) namespaces, no
 //!   capabilities, `no_new_privs`, an unprivileged uid, CPU, memory and pids
 //!   limits (OOM kills reported as such), and stdio connected to descriptors
-//!   the caller owns.
+//!   the caller owns; and exec of a further command in a running sandbox,
+//!   with bounded captured output and a timeout.
 //!
 //! What it will grow into (see `ARCHITECTURE.md`, "The sandbox driver"):
 //!
@@ -25,7 +26,7 @@
 //!   that records calls, for controller tests.
 //! * `drivers::sandbox`: the embedded default, built on [`sandbox`]; each replica
 //!   runs under a `hangar shim` process that owns its stdio pipes and exit status
-//!   and survives daemon restarts. Adds CNI networking, the build artifact at `/app` through an overlay, and exec.
+//!   and survives daemon restarts. Adds CNI networking, the build artifact at `/app` through an overlay.
 //! * `drivers::docker` (bollard) and `drivers::kubernetes` (kube-rs: a Deployment
 //!   and a Service per instance).
 

@@ -17,8 +17,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hangar_runtime::sandbox::{
-    cgroup_roots, error_chain, ExitStatus, Network, Sandbox, SandboxError, SandboxSpec,
-    SandboxStdio, Sandboxes, StdioPipes,
+    cgroup_roots, error_chain, ExecOutput, ExitStatus, Network, Sandbox, SandboxError, SandboxSpec,
+    SandboxStdio, Sandboxes, StdioPipes, EXEC_OUTPUT_LIMIT,
 };
 use nix::sys::signal::Signal;
 
@@ -167,6 +167,7 @@ def attempt(f):
 status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines())
 print("pid=%d" % os.getpid())
 print("uid=%d gid=%d" % (os.getuid(), os.getgid()))
+print("groups=%s" % os.getgroups())
 print("caps=%s" % status["CapEff"].strip())
 print("bounding=%s" % status["CapBnd"].strip())
 print("no_new_privs=%s" % status["NoNewPrivs"].strip())
@@ -204,6 +205,7 @@ fn sandbox_is_isolated_and_unprivileged() {
     for expected in [
         "pid=1",
         "uid=65534 gid=65534",
+        "groups=[65534]",
         "caps=0000000000000000",
         "bounding=0000000000000000",
         "no_new_privs=1",
@@ -567,4 +569,194 @@ fn pids_limit_stops_a_fork_bomb() {
     assert!(!sandbox.oom_killed());
     sandbox.delete().unwrap_or_else(|err| fail(&err));
     fx.assert_gone("bomb");
+}
+
+/// What an exec'd process sees, one `key=value` per line.
+const EXEC_PROBE: &str = r#"
+import os, socket
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print("pid1=%s" % open("/proc/1/cmdline").read().replace("\0", " ").strip())
+print("not_pid1=%s" % (os.getpid() != 1))
+print("uid=%d gid=%d" % (os.getuid(), os.getgid()))
+print("groups=%s" % os.getgroups())
+print("caps=%s" % status["CapEff"].strip())
+print("bounding=%s" % status["CapBnd"].strip())
+print("no_new_privs=%s" % status["NoNewPrivs"].strip())
+print("hostname=%s" % socket.gethostname())
+print("same_cgroup=%s" % (open("/proc/self/cgroup").read() == open("/proc/1/cgroup").read()))
+print("nofile=%s" % open("/proc/self/limits").read().count("Max open files            1024                 1024"))
+print("env=%s,%s" % (os.environ.get("GREETING"), os.environ.get("PATH")))
+print("cwd=%s" % os.getcwd())
+print("interfaces=%s" % sorted(name for _, name in socket.if_nameindex()))
+"#;
+
+/// After an exec: the process is reaped and its files are gone.
+fn assert_exec_left_nothing(fx: &Fixture, id: &str) {
+    assert_eq!(zombie_children(), Vec::<String>::new(), "unreaped children");
+    let dir = fx.sandboxes.sandbox_dir(id);
+    assert!(!dir.join("exec-process.json").exists());
+    let stale: Vec<_> = std::fs::read_dir(dir.join("runtime").join(id))
+        .expect("runtime dir")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("tenant-"))
+        .collect();
+    assert_eq!(stale, Vec::<String>::new(), "per-exec files left");
+}
+
+fn exec(sandbox: &Sandbox, args: &[&str], timeout: Duration) -> ExecOutput {
+    sandbox
+        .exec(&argv(args), &[], timeout)
+        .unwrap_or_else(|err| fail(&err))
+}
+
+#[test]
+fn exec_runs_in_the_sandbox() {
+    let Some(fx) = Fixture::new("exec") else {
+        return;
+    };
+    const LONG: Duration = Duration::from_secs(20);
+    let (mut sandbox, _pipes) = fx.create(&SandboxSpec::new("exec", argv(&["sleep", "60"])));
+
+    // Not started yet: libcontainer refuses, and nothing is left.
+    let err = sandbox
+        .exec(&argv(&["true"]), &[], LONG)
+        .expect_err("exec before start");
+    eprintln!("exec before start: {}", error_chain(&err));
+    assert_exec_left_nothing(&fx, "exec");
+
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+
+    let out = exec(&sandbox, &["python3", "-c", "print(6*7)"], LONG);
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"42\n"[..], &b""[..])
+    );
+    assert_eq!(out.status, ExitStatus::Exited(0));
+    assert!(!out.timed_out && !out.stdout_truncated && !out.stderr_truncated);
+    assert_exec_left_nothing(&fx, "exec");
+
+    // The sandbox's namespaces, cgroup and identity.
+    let out = sandbox
+        .exec(
+            &argv(&["/usr/bin/python3", "-c", EXEC_PROBE]),
+            &[("GREETING".to_owned(), "hi".to_owned())],
+            LONG,
+        )
+        .unwrap_or_else(|err| fail(&err));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("exec probe:\n{stdout}");
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "pid1=sleep 60",
+        "not_pid1=True",
+        "uid=65534 gid=65534",
+        "groups=[65534]",
+        "caps=0000000000000000",
+        "bounding=0000000000000000",
+        "no_new_privs=1",
+        "hostname=exec",
+        "same_cgroup=True",
+        "nofile=1",
+        "env=hi,/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "cwd=/",
+        "interfaces=['lo']",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "expected {expected:?} in:\n{stdout}"
+        );
+    }
+    assert_exec_left_nothing(&fx, "exec");
+
+    // A failing command is an exit code, with its stderr.
+    let out = exec(
+        &sandbox,
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+        LONG,
+    );
+    assert_eq!(out.status, ExitStatus::Exited(7));
+    assert_eq!(
+        (out.stdout, out.stderr),
+        (b"out\n".to_vec(), b"err\n".to_vec())
+    );
+
+    // Too slow: killed, with its process group, at the timeout.
+    let started = Instant::now();
+    let out = exec(
+        &sandbox,
+        &["sh", "-c", "echo started; sleep 30; echo never"],
+        Duration::from_millis(500),
+    );
+    let took = started.elapsed();
+    assert!(out.timed_out);
+    assert_eq!(out.status, ExitStatus::Signaled(Signal::SIGKILL));
+    assert_eq!(out.stdout, b"started\n");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_exec_left_nothing(&fx, "exec");
+
+    // A missing program is an error, not an exit code.
+    let err = sandbox
+        .exec(&argv(&["/nonexistent/program"]), &[], LONG)
+        .expect_err("missing program");
+    eprintln!("exec of a missing program: {}", error_chain(&err));
+    assert!(matches!(err, SandboxError::Container { .. }), "{err}");
+    assert_exec_left_nothing(&fx, "exec");
+
+    // Far more than a pipe buffer on both streams: no deadlock, truncated.
+    let out = exec(
+        &sandbox,
+        &[
+            "python3",
+            "-c",
+            "import sys\n\
+             for _ in range(50):\n\
+             \x20   sys.stdout.write('o' * 100_000); sys.stderr.write('e' * 100_000)",
+        ],
+        LONG,
+    );
+    assert_eq!(out.status, ExitStatus::Exited(0));
+    assert_eq!(out.stdout.len(), EXEC_OUTPUT_LIMIT);
+    assert_eq!(out.stderr.len(), EXEC_OUTPUT_LIMIT);
+    assert!(out.stdout.iter().all(|&b| b == b'o') && out.stderr.iter().all(|&b| b == b'e'));
+    assert!(out.stdout_truncated && out.stderr_truncated && !out.timed_out);
+    assert_exec_left_nothing(&fx, "exec");
+
+    // The sandbox itself was never disturbed.
+    assert_eq!(sandbox.try_wait().unwrap_or_else(|err| fail(&err)), None);
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("exec");
+}
+
+/// Not a benchmark with assertions: the mean exec round trip of `true`.
+#[test]
+fn exec_timing() {
+    let Some(fx) = Fixture::new("exectime") else {
+        return;
+    };
+    const RUNS: u32 = 20;
+    let (mut sandbox, _pipes) = fx.create(&SandboxSpec::new("exectime", argv(&["sleep", "60"])));
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+    let mut total = Duration::ZERO;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let out = exec(&sandbox, &["/usr/bin/true"], Duration::from_secs(10));
+        total += started.elapsed();
+        assert_eq!(out.status, ExitStatus::Exited(0));
+    }
+    eprintln!(
+        "TIMING exec true: mean over {RUNS} runs: {:.1} ms",
+        total.as_secs_f64() * 1000.0 / f64::from(RUNS)
+    );
+    assert_exec_left_nothing(&fx, "exectime");
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("exectime");
 }

@@ -77,10 +77,20 @@ pub(super) fn remove_sandbox(
 /// execs the workload, so after a failed create any child so named is one of
 /// them — given the module's rule that creates do not run concurrently.
 pub(super) fn reap_failed_create(id: &str) {
+    for pid in helper_children() {
+        tracing::debug!(sandbox = id, %pid, "reaping helper of a failed create");
+        kill_and_reap(pid);
+    }
+}
+
+/// This process's children that still carry libcontainer's `youki:[…]` name:
+/// intermediate and init processes that have not exec'd (yet, or ever).
+pub(super) fn helper_children() -> Vec<Pid> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
+    let mut helpers = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -95,18 +105,21 @@ pub(super) fn reap_failed_create(id: &str) {
         let Some((name, ppid)) = parse_stat(&stat) else {
             continue;
         };
-        if ppid != me || !name.starts_with("youki:[") {
-            continue;
+        if ppid == me && name.starts_with("youki:[") {
+            helpers.push(Pid::from_raw(pid));
         }
-        let pid = Pid::from_raw(pid);
-        tracing::debug!(sandbox = id, %pid, name, "reaping helper of a failed create");
-        let _ = signal::kill(pid, Signal::SIGKILL);
-        loop {
-            match waitpid(pid, None) {
-                Err(Errno::EINTR) => continue,
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
-                Ok(_) => continue,
-            }
+    }
+    helpers
+}
+
+/// `SIGKILL`s child `pid` (gone already is fine) and reaps it.
+pub(super) fn kill_and_reap(pid: Pid) {
+    let _ = signal::kill(pid, Signal::SIGKILL);
+    loop {
+        match waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
+            Ok(_) => continue,
         }
     }
 }

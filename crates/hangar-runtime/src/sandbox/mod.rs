@@ -6,6 +6,7 @@
 //!   .create(&spec, stdio) ──► Sandbox (created: init is parked before exec)
 //!      .start()           ──► running `spec.argv`
 //!      .wait() / .try_wait() / .kill(sig) / .stop(grace)
+//!      .exec(argv, env, timeout) ──► ExecOutput (while running)
 //!      .delete()          ──► nothing left: no state dir, no cgroup dir
 //! ```
 //!
@@ -29,14 +30,15 @@
 //! # Where it may run
 //!
 //! Only in a process that is effectively single-threaded while it calls
-//! [`Sandboxes::create`] and [`Sandbox::start`] — the future `hangar shim`, one
+//! [`Sandboxes::create`], [`Sandbox::start`] and [`Sandbox::exec`] — the future `hangar shim`, one
 //! per replica. `libcontainer` forks with a raw `clone3` (bypassing the C
 //! library's fork handlers, so a lock another thread holds stays held in the
 //! child forever), and it `chdir`s the whole process while it binds and
 //! connects its notify socket. The sandbox's init process becomes a child of
 //! the calling process (its intermediate process uses `CLONE_PARENT`), which is
 //! why [`Sandbox::wait`] can `waitpid` it: the caller must not reap children
-//! wholesale (`waitpid(-1)`, `SIGCHLD` set to `SIG_IGN`).
+//! wholesale (`waitpid(-1)`, `SIGCHLD` set to `SIG_IGN`). The same holds for
+//! the processes [`Sandbox::exec`] starts, which it reaps itself.
 //!
 //! # Pitfalls
 //!
@@ -58,6 +60,14 @@
 //! * A failed create leaves libcontainer's intermediate and init processes
 //!   behind as zombie (or parked) children of the caller; [`Sandboxes::create`]
 //!   kills and reaps them on its error path (`cleanup::reap_failed_create`).
+//! * libcontainer's tenant (exec) processes get a `linux` section rebuilt
+//!   from the init's namespaces and cgroup path only: a seccomp filter in
+//!   the spec (none yet) would not apply to them. It also binds a notify
+//!   socket per exec in its state dir and never removes it;
+//!   [`Sandbox::exec`] does.
+//! * An empty `additional_gids` makes libcontainer skip `setgroups`, so the
+//!   process would keep the caller's supplementary groups (root's `0`):
+//!   the spec lists the sandbox's own gid instead.
 //! * The sandbox's init is PID 1 of its namespace, which ignores `SIGTERM`
 //!   unless it installed a handler: hence [`Sandbox::stop`] escalates to
 //!   `SIGKILL` after the grace period.
@@ -68,12 +78,14 @@
 //! <state_dir>/
 //!   .cgroups.lock            flock: shared while creating, exclusive to remove the cgroup parent
 //!   <id>/bundle/config.json  the OCI spec
+//!   <id>/exec-process.json   only while an exec starts: its OCI process
 //!   <id>/bundle/rootfs/      empty dir + bin/lib/... symlinks; mount points appear here
 //!   <id>/runtime/<id>/       libcontainer's state (state.json, notify socket)
 //! /sys/fs/cgroup/<controller>/<cgroup_parent>/<id>   (v1; v2 has one hierarchy)
 //! ```
 
 mod cleanup;
+mod exec;
 mod spec;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -96,6 +108,7 @@ use nix::unistd::{pipe2, Pid};
 use oci_spec::OciSpecError;
 
 pub use cleanup::cgroup_roots;
+pub use exec::{ExecOutput, EXEC_OUTPUT_LIMIT};
 pub use spec::{
     Network, SandboxSpec, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS, MIN_MEMORY_BYTES,
     NOBODY,
@@ -189,6 +202,13 @@ pub enum SandboxError {
         id: String,
         /// The mount point found.
         path: PathBuf,
+    },
+    /// The sandbox's init has exited (and was reaped): there is nothing to
+    /// exec into.
+    #[error("sandbox {id} is not running")]
+    NotRunning {
+        /// The sandbox.
+        id: String,
     },
     /// Creating failed, and so did undoing what had been done.
     #[error("{error}; cleaning up after it also failed: {cleanup}")]
@@ -442,6 +462,7 @@ impl Sandboxes {
             sandboxes: self.clone(),
             container,
             pid,
+            spec: spec.clone(),
             exit: None,
             oom_killed: false,
         })
@@ -478,6 +499,9 @@ pub struct Sandbox {
     sandboxes: Sandboxes,
     container: Container,
     pid: Pid,
+    /// What it was created from: [`Sandbox::exec`] runs its processes the
+    /// same way.
+    spec: SandboxSpec,
     exit: Option<ExitStatus>,
     /// Read from the cgroup when the exit is reaped (the cgroup is gone
     /// after delete).

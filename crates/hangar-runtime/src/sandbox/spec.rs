@@ -14,7 +14,7 @@ use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, LinuxBuilder,
     LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
     LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
@@ -253,13 +253,10 @@ pub(super) fn populate_rootfs(rootfs: &Path, layout: &[(&str, HostEntry)]) -> io
     Ok(())
 }
 
-/// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
-/// (relative to the bundle) and its cgroup at `cgroups_path`.
-pub(super) fn oci_spec(
-    spec: &SandboxSpec,
-    layout: &[(&str, HostEntry)],
-    cgroups_path: &Path,
-) -> Result<Spec, OciSpecError> {
+/// The OCI `process` of `spec`: its argv, env, cwd and identity, no
+/// capabilities, `no_new_privs`, its rlimits. Used for the sandbox's init
+/// and, as `process.json`, for every [`super::Sandbox::exec`].
+pub(super) fn process(spec: &SandboxSpec) -> Result<Process, OciSpecError> {
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(HashSet::new())
         .effective(HashSet::new())
@@ -267,13 +264,15 @@ pub(super) fn oci_spec(
         .permitted(HashSet::new())
         .ambient(HashSet::new())
         .build()?;
-    let process = ProcessBuilder::default()
+    ProcessBuilder::default()
         .terminal(false)
         .user(
             UserBuilder::default()
                 .uid(spec.uid)
                 .gid(spec.gid)
-                .additional_gids(Vec::<u32>::new())
+                // Only its own group: an empty list would leave the caller's
+                // supplementary groups (root's `0`) in place.
+                .additional_gids(vec![spec.gid])
                 .build()?,
         )
         .args(spec.argv.clone())
@@ -291,7 +290,17 @@ pub(super) fn oci_spec(
             .soft(1024_u64)
             .hard(1024_u64)
             .build()?])
-        .build()?;
+        .build()
+}
+
+/// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
+/// (relative to the bundle) and its cgroup at `cgroups_path`.
+pub(super) fn oci_spec(
+    spec: &SandboxSpec,
+    layout: &[(&str, HostEntry)],
+    cgroups_path: &Path,
+) -> Result<Spec, OciSpecError> {
+    let process = process(spec)?;
 
     let mut namespaces = [
         LinuxNamespaceType::Pid,
