@@ -13,7 +13,9 @@
 //! * [`sandbox`]: one sandbox = one youki `libcontainer` container. A synchronous
 //!   API to create, start, wait for, signal, stop and delete it, with a root
 //!   filesystem built from read-only binds of the host's `/usr` and `/etc`, its
-//!   own pid/mount/uts/ipc/cgroup (and optionally network) namespaces, no
+//!   own pid/mount/uts/ipc/cgroup namespaces, a network namespace that is
+//!   empty, the host's, or its own wired to a bridge with CNI (an address
+//!   reachable from the host, egress through masquerade), no
 //!   capabilities, `no_new_privs`, an unprivileged uid, CPU, memory and pids
 //!   limits (OOM kills reported as such), and stdio connected to descriptors
 //!   the caller owns; and exec of a further command in a running sandbox,
@@ -26,7 +28,7 @@
 //!   that records calls, for controller tests.
 //! * `drivers::sandbox`: the embedded default, built on [`sandbox`]; each replica
 //!   runs under a `hangar shim` process that owns its stdio pipes and exit status
-//!   and survives daemon restarts. Adds CNI networking, the build artifact at `/app` through an overlay.
+//!   and survives daemon restarts. Adds the build artifact at `/app` through an overlay.
 //! * `drivers::docker` (bollard) and `drivers::kubernetes` (kube-rs: a Deployment
 //!   and a Service per instance).
 

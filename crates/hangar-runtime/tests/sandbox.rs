@@ -760,3 +760,284 @@ fn exec_timing() {
     sandbox.delete().unwrap_or_else(|err| fail(&err));
     fx.assert_gone("exectime");
 }
+
+// Network::Bridge: CNI-wired sandboxes. They need the CNI reference plugins
+// (Debian: containernetworking-plugins) and iptables; they share the host's
+// `hangar0` bridge and the host-local pool /var/lib/cni/networks/hangar, so
+// ids carry this process's pid.
+
+const HTTP_PORT: u16 = 8080;
+
+fn bridged(id: &str, argv: Vec<String>) -> SandboxSpec {
+    let mut spec = SandboxSpec::new(id, argv);
+    spec.network = Network::Bridge;
+    spec
+}
+
+fn bridged_id(name: &str) -> String {
+    format!("br{}-{name}", std::process::id())
+}
+
+fn http_server(id: &str) -> SandboxSpec {
+    bridged(
+        id,
+        argv(&[
+            "/usr/bin/python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            "/",
+            &HTTP_PORT.to_string(),
+        ]),
+    )
+}
+
+/// `GET /` on `addr`, retried while the server starts; the response's first
+/// line.
+fn http_get(addr: std::net::SocketAddr) -> String {
+    use std::io::Write;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\nHost: sandbox\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })();
+        match attempt {
+            Ok(response) if !response.is_empty() => {
+                return response.lines().next().unwrap_or_default().to_owned()
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no HTTP response from {addr}: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// The host's veth interfaces.
+fn veths() -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir("/sys/class/net")
+        .expect("sysfs")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("veth"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// host-local's reservation files in the default network: `(ip, container id)`.
+fn reservations() -> Vec<(String, String)> {
+    let dir =
+        Path::new("/var/lib/cni/networks").join(hangar_runtime::sandbox::DEFAULT_NETWORK_NAME);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.parse::<std::net::IpAddr>().ok()?;
+            let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            Some((name, owner.lines().next().unwrap_or_default().to_owned()))
+        })
+        .collect()
+}
+
+/// The `net:[inode]` of the network namespace bound at a bridged sandbox's
+/// `netns` file.
+fn netns_inode(fx: &Fixture, id: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(fx.sandboxes.sandbox_dir(id).join("netns"))
+        .expect("netns bind mount")
+        .ino()
+}
+
+/// Whether any process or mount still holds network namespace `inode`.
+fn netns_alive(inode: u64) -> bool {
+    let name = format!("net:[{inode}]");
+    let held_by_process = std::fs::read_dir("/proc")
+        .expect("procfs")
+        .flatten()
+        .any(|entry| {
+            std::fs::read_link(entry.path().join("ns/net"))
+                .is_ok_and(|link| link.to_string_lossy() == name)
+        });
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .contains(&name);
+    held_by_process || mounted
+}
+
+/// Asserts a deleted bridged sandbox left no veth, reservation or namespace.
+fn assert_network_gone(id: &str, ip: std::net::IpAddr, veths_before: &[String], netns: u64) {
+    assert_eq!(veths(), veths_before, "veth left behind");
+    let held: Vec<_> = reservations()
+        .into_iter()
+        .filter(|(addr, owner)| owner == id || *addr == ip.to_string())
+        .collect();
+    assert_eq!(held, Vec::new(), "IPAM reservation left behind");
+    assert!(!netns_alive(netns), "network namespace left behind");
+}
+
+#[test]
+fn bridged_sandbox_serves_http_to_the_host() {
+    let Some(fx) = Fixture::new("bridge-http") else {
+        return;
+    };
+    let veths_before = veths();
+    let id = bridged_id("http");
+    let (mut sandbox, _pipes) = fx.create(&http_server(&id));
+    let ip = sandbox.ip().expect("a bridged sandbox has an address");
+    assert!(ip.is_ipv4(), "{ip}");
+    assert!(
+        reservations().contains(&(ip.to_string(), id.clone())),
+        "host-local holds {ip} for {id}"
+    );
+    let netns = netns_inode(&fx, &id);
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+
+    let status = http_get(std::net::SocketAddr::new(ip, HTTP_PORT));
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+
+    // Inside: lo is up (loopback plugin), eth0 has the address.
+    let inside = exec(
+        &sandbox,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            &format!(
+                "import urllib.request, socket; \
+                 print(urllib.request.urlopen('http://127.0.0.1:{HTTP_PORT}/').status); \
+                 print(sorted(n for _, n in socket.if_nameindex()))"
+            ),
+        ],
+        Duration::from_secs(10),
+    );
+    let stdout = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        inside.status.success(),
+        "{:?}: {}",
+        inside.status,
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    assert_eq!(stdout.trim(), "200\n['eth0', 'lo']");
+
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone(&id);
+    assert_network_gone(&id, ip, &veths_before, netns);
+}
+
+#[test]
+fn bridged_sandboxes_get_their_own_addresses() {
+    let Some(fx) = Fixture::new("bridge-two") else {
+        return;
+    };
+    let veths_before = veths();
+    let (a, b) = (bridged_id("a"), bridged_id("b"));
+    let sleep = argv(&["/usr/bin/sleep", "60"]);
+    let (first, _a_pipes) = fx.create(&bridged(&a, sleep.clone()));
+    let (second, _b_pipes) = fx.create(&bridged(&b, sleep));
+    let (ip_a, ip_b) = (first.ip().expect("ip a"), second.ip().expect("ip b"));
+    assert_ne!(ip_a, ip_b);
+    assert_eq!(veths().len(), veths_before.len() + 2);
+    let (ns_a, ns_b) = (netns_inode(&fx, &a), netns_inode(&fx, &b));
+    assert_ne!(ns_a, ns_b);
+
+    first.delete().unwrap_or_else(|err| fail(&err));
+    assert!(!fx.sandboxes.sandbox_dir(&a).exists());
+    assert!(!netns_alive(ns_a));
+    assert!(
+        !reservations()
+            .iter()
+            .any(|(addr, _)| *addr == ip_a.to_string()),
+        "{ip_a} is released"
+    );
+    second.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone(&b);
+    assert_network_gone(&b, ip_b, &veths_before, ns_b);
+    assert_network_gone(&a, ip_a, &veths_before, ns_a);
+
+    // The other modes have no address.
+    let (isolated, _pipes) = fx.create(&SandboxSpec::new("plain", argv(&["/usr/bin/true"])));
+    assert_eq!(isolated.ip(), None);
+    isolated.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("plain");
+}
+
+#[test]
+fn bridged_network_timing() {
+    let Some(fx) = Fixture::new("bridge-timing") else {
+        return;
+    };
+    const RUNS: u32 = 10;
+    let mut means = Vec::new();
+    for network in [Network::Isolated, Network::Bridge] {
+        let (mut create, mut delete) = (Duration::ZERO, Duration::ZERO);
+        for run in 0..RUNS {
+            let id = bridged_id(&format!("t{run}"));
+            let mut spec = SandboxSpec::new(&id, argv(&["/usr/bin/true"]));
+            spec.network = network;
+            let t0 = Instant::now();
+            let (sandbox, _pipes) = fx.create(&spec);
+            create += t0.elapsed();
+            let t1 = Instant::now();
+            sandbox.delete().unwrap_or_else(|err| fail(&err));
+            delete += t1.elapsed();
+            fx.assert_gone(&id);
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0 / f64::from(RUNS);
+        eprintln!(
+            "TIMING {network:?}: mean over {RUNS} runs: create {:.1} ms, delete {:.1} ms",
+            ms(create),
+            ms(delete)
+        );
+        means.push((ms(create), ms(delete)));
+    }
+    eprintln!(
+        "TIMING bridge network overhead: create +{:.1} ms (netns + CNI loopback/bridge ADD), \
+         delete +{:.1} ms (CNI bridge DEL + netns)",
+        means[1].0 - means[0].0,
+        means[1].1 - means[0].1
+    );
+}
+
+#[test]
+fn failed_bridge_setup_leaves_nothing_behind() {
+    let Some(fx) = Fixture::new("bridge-fail") else {
+        return;
+    };
+    let veths_before = veths();
+    let sandboxes = fx
+        .sandboxes
+        .clone()
+        .with_bridge(hangar_runtime::sandbox::BridgeConfig {
+            plugin_dir: PathBuf::from("/nonexistent/cni"),
+            ..Default::default()
+        });
+    let id = bridged_id("fail");
+    let (_pipes, stdio) = SandboxStdio::pipes().expect("pipes");
+    let err = sandboxes
+        .create(&bridged(&id, argv(&["/usr/bin/true"])), stdio)
+        .expect_err("no plugins, no network");
+    assert!(
+        matches!(err, SandboxError::Network { .. }),
+        "{}",
+        error_chain(&err)
+    );
+    fx.assert_gone(&id);
+    assert_eq!(veths(), veths_before);
+    assert!(!reservations().iter().any(|(_, owner)| *owner == id));
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .contains(&id));
+}

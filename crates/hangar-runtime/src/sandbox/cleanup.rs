@@ -1,5 +1,6 @@
 //! Removing a sandbox's traces: libcontainer's state, the cgroup in every
-//! hierarchy (including the parent libcontainer leaves behind), the bundle.
+//! hierarchy (including the parent libcontainer leaves behind), the network
+//! (CNI `DEL`, the namespace), the bundle.
 //!
 //! Used both by [`super::Sandbox::delete`] and to undo a failed
 //! [`super::Sandboxes::create`], so every step tolerates "already gone".
@@ -49,6 +50,12 @@ pub(super) fn remove_sandbox(
     }
 
     if let Err(err) = remove_cgroups(sandboxes, id) {
+        failures.push(err);
+    }
+
+    // After the container: nothing runs in the namespace any more. A no-op
+    // for sandboxes without a network of their own.
+    if let Err(err) = super::net::teardown(id, &dir) {
         failures.push(err);
     }
 

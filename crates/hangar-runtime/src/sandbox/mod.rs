@@ -12,8 +12,21 @@
 //!
 //! # What it is not
 //!
-//! It is not the `Driver` (no replicas, health checks, logs or restarts) and it
-//! does not wire networks yet. It never spawns threads or touches tokio.
+//! It is not the `Driver` (no replicas, health checks, logs or restarts). It
+//! never spawns threads or touches tokio.
+//!
+//! # Network
+//!
+//! [`SandboxSpec::network`] picks one of three: [`Network::Isolated`] (a new,
+//! empty namespace), [`Network::Host`], or [`Network::Bridge`]: a network
+//! namespace of the sandbox's own, bind-mounted at `<id>/netns` and wired
+//! with the CNI reference plugins (`loopback`, `bridge` with `host-local`
+//! IPAM and masquerade, from Debian's `containernetworking-plugins`; the
+//! masquerade needs `iptables`) to the bridge [`Sandboxes::with_bridge`]
+//! configures ([`BridgeConfig`], default `hangar0` on `10.231.0.0/16`).
+//! [`Sandbox::ip`] is its address, reachable from the host; delete runs CNI
+//! `DEL` (releasing the address) and removes the namespace. The bridge stays,
+//! and the `bridge` plugin turns on `net.ipv4.ip_forward`.
 //!
 //! # Limits
 //!
@@ -56,7 +69,8 @@
 //!   escapes whatever limits the caller (a systemd unit, a container) runs
 //!   under.
 //! * Dropping a [`Sandbox`] without [`Sandbox::delete`] leaks it: the
-//!   processes keep running, the cgroup and the state dir stay.
+//!   processes keep running, the cgroup and the state dir stay (and for
+//!   [`Network::Bridge`] the namespace mount, the veth and the address).
 //! * A failed create leaves libcontainer's intermediate and init processes
 //!   behind as zombie (or parked) children of the caller; [`Sandboxes::create`]
 //!   kills and reaps them on its error path (`cleanup::reap_failed_create`).
@@ -81,15 +95,20 @@
 //!   <id>/exec-process.json   only while an exec starts: its OCI process
 //!   <id>/bundle/rootfs/      empty dir + bin/lib/... symlinks; mount points appear here
 //!   <id>/runtime/<id>/       libcontainer's state (state.json, notify socket)
+//!   <id>/netns               Network::Bridge: bind mount of its network namespace
+//!   <id>/cni.json            Network::Bridge: the CNI config DEL runs with
+//! /var/lib/cni/networks/<name>/<ip>   Network::Bridge: host-local's reservation
 //! /sys/fs/cgroup/<controller>/<cgroup_parent>/<id>   (v1; v2 has one hierarchy)
 //! ```
 
 mod cleanup;
 mod exec;
+mod net;
 mod spec;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
@@ -109,6 +128,7 @@ use oci_spec::OciSpecError;
 
 pub use cleanup::cgroup_roots;
 pub use exec::{ExecOutput, EXEC_OUTPUT_LIMIT};
+pub use net::{BridgeConfig, CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME, DEFAULT_SUBNET};
 pub use spec::{
     Network, SandboxSpec, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS, MIN_MEMORY_BYTES,
     NOBODY,
@@ -209,6 +229,16 @@ pub enum SandboxError {
     NotRunning {
         /// The sandbox.
         id: String,
+    },
+    /// Wiring the sandbox's network (a CNI plugin) failed.
+    #[error("sandbox {id}: failed to {action}: {reason}")]
+    Network {
+        /// The sandbox.
+        id: String,
+        /// What was being done.
+        action: &'static str,
+        /// What the plugin said.
+        reason: String,
     },
     /// Creating failed, and so did undoing what had been done.
     #[error("{error}; cleaning up after it also failed: {cleanup}")]
@@ -324,6 +354,7 @@ impl SandboxStdio {
 pub struct Sandboxes {
     state_dir: PathBuf,
     cgroup_parent: PathBuf,
+    bridge: BridgeConfig,
 }
 
 impl Sandboxes {
@@ -348,7 +379,20 @@ impl Sandboxes {
         Ok(Self {
             state_dir: state_dir.into(),
             cgroup_parent,
+            bridge: BridgeConfig::default(),
         })
+    }
+
+    /// Attaches [`Network::Bridge`] sandboxes to `bridge` instead of the
+    /// default ([`BridgeConfig::default`]).
+    pub fn with_bridge(mut self, bridge: BridgeConfig) -> Self {
+        self.bridge = bridge;
+        self
+    }
+
+    /// The network [`Network::Bridge`] sandboxes are attached to.
+    pub fn bridge(&self) -> &BridgeConfig {
+        &self.bridge
     }
 
     /// The directory holding sandbox `id`'s files.
@@ -411,12 +455,19 @@ impl Sandboxes {
         fs::create_dir_all(&rootfs).map_err(io_error(id, "create", &rootfs))?;
         let layout = spec::host_layout(Path::new("/")).map_err(io_error(id, "inspect", "/"))?;
         spec::populate_rootfs(&rootfs, &layout).map_err(io_error(id, "populate", &rootfs))?;
-        let oci = spec::oci_spec(spec, &layout, &self.cgroup_path(id)).map_err(|source| {
-            SandboxError::Spec {
+        let (ip, netns) = match spec.network {
+            Network::Bridge => (
+                Some(net::setup(id, dir, &self.bridge)?),
+                Some(net::netns_path(dir)),
+            ),
+            Network::Isolated | Network::Host => (None, None),
+        };
+        let oci = spec::oci_spec(spec, &layout, &self.cgroup_path(id), netns.as_deref()).map_err(
+            |source| SandboxError::Spec {
                 id: id.to_owned(),
                 source,
-            }
-        })?;
+            },
+        )?;
         let config = bundle.join("config.json");
         oci.save(&config).map_err(|source| SandboxError::Spec {
             id: id.to_owned(),
@@ -463,6 +514,7 @@ impl Sandboxes {
             container,
             pid,
             spec: spec.clone(),
+            ip,
             exit: None,
             oom_killed: false,
         })
@@ -502,6 +554,8 @@ pub struct Sandbox {
     /// What it was created from: [`Sandbox::exec`] runs its processes the
     /// same way.
     spec: SandboxSpec,
+    /// Its address on the bridge ([`Network::Bridge`] only).
+    ip: Option<IpAddr>,
     exit: Option<ExitStatus>,
     /// Read from the cgroup when the exit is reaped (the cgroup is gone
     /// after delete).
@@ -517,6 +571,12 @@ impl Sandbox {
     /// The init process's pid, as the caller's pid namespace sees it.
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// The sandbox's address on its bridge, reachable from the host: `Some`
+    /// for [`Network::Bridge`], `None` for the other modes.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
     }
 
     /// Lets the init process exec `argv`.
@@ -656,7 +716,8 @@ impl Sandbox {
     }
 
     /// Kills whatever still runs and removes the sandbox: libcontainer's
-    /// state, its cgroup (and the cgroup parent once it is empty), its bundle.
+    /// state, its cgroup (and the cgroup parent once it is empty), its
+    /// network (CNI `DEL`: veth and address; the namespace), its bundle.
     /// Failures are reported together; when the container or its cgroup
     /// could not be removed, the sandbox's directory is kept so the state is
     /// not lost.

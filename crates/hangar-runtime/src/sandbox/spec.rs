@@ -56,9 +56,13 @@ pub const MAX_CPU_MILLIS: u64 = 256_000;
 pub enum Network {
     /// A new, empty network namespace. Nothing is configured in it, so the
     /// loopback interface stays down and there is no route anywhere: the
-    /// process cannot talk to the network at all. The CNI wiring (a veth on a
-    /// bridge, egress via masquerade) will be added to this mode.
+    /// process cannot talk to the network at all.
     Isolated,
+    /// A network namespace of its own, wired with CNI: `lo` up, `eth0` a veth
+    /// on the host's bridge with an address from its subnet
+    /// ([`super::Sandbox::ip`], reachable from the host) and egress through
+    /// masquerade. Needs root, the CNI reference plugins and `iptables`.
+    Bridge,
     /// The host's network namespace: the process sees and binds the host's
     /// interfaces. The fallback when a namespace cannot be wired.
     Host,
@@ -294,11 +298,13 @@ pub(super) fn process(spec: &SandboxSpec) -> Result<Process, OciSpecError> {
 }
 
 /// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
-/// (relative to the bundle) and its cgroup at `cgroups_path`.
+/// (relative to the bundle), its cgroup at `cgroups_path` and, for
+/// [`Network::Bridge`], the network namespace bound at `netns`.
 pub(super) fn oci_spec(
     spec: &SandboxSpec,
     layout: &[(&str, HostEntry)],
     cgroups_path: &Path,
+    netns: Option<&Path>,
 ) -> Result<Spec, OciSpecError> {
     let process = process(spec)?;
 
@@ -312,8 +318,20 @@ pub(super) fn oci_spec(
     .into_iter()
     .map(namespace)
     .collect::<Result<Vec<_>, _>>()?;
-    if spec.network == Network::Isolated {
-        namespaces.push(namespace(LinuxNamespaceType::Network)?);
+    match (spec.network, netns) {
+        (Network::Isolated, _) => namespaces.push(namespace(LinuxNamespaceType::Network)?),
+        (Network::Bridge, Some(path)) => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path.to_path_buf())
+                .build()?,
+        ),
+        (Network::Bridge, None) => {
+            return Err(OciSpecError::Other(
+                "a bridged sandbox needs its network namespace".to_owned(),
+            ))
+        }
+        (Network::Host, _) => {}
     }
 
     let resources = LinuxResourcesBuilder::default()
@@ -495,7 +513,7 @@ mod tests {
         limited.cpu_limit_millis = Some(2000);
         limited.memory_limit_bytes = Some(256 << 20);
         limited.pids_limit = 64;
-        let oci = oci_spec(&limited, &[], Path::new("/hangar/replica-1"))?;
+        let oci = oci_spec(&limited, &[], Path::new("/hangar/replica-1"), None)?;
         let resources = oci
             .linux()
             .as_ref()
@@ -518,7 +536,7 @@ mod tests {
         assert_eq!(resources.pids().as_ref().map(|p| p.limit()), Some(64));
 
         // Defaults: the default weight, no cap, no memory limit, 512 pids.
-        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"))?;
+        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None)?;
         let resources = oci
             .linux()
             .as_ref()
@@ -534,7 +552,7 @@ mod tests {
 
     #[test]
     fn oci_spec_drops_privileges_and_isolates() -> Result<(), OciSpecError> {
-        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"))?;
+        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None)?;
         let process = oci
             .process()
             .as_ref()
@@ -567,7 +585,7 @@ mod tests {
 
         let mut host = spec();
         host.network = Network::Host;
-        let oci = oci_spec(&host, &[], Path::new("/hangar/replica-1"))?;
+        let oci = oci_spec(&host, &[], Path::new("/hangar/replica-1"), None)?;
         let linux = oci
             .linux()
             .as_ref()
@@ -577,6 +595,24 @@ mod tests {
             .iter()
             .flatten()
             .any(|ns| ns.typ() == LinuxNamespaceType::Network));
+
+        let mut bridged = spec();
+        bridged.network = Network::Bridge;
+        let cgroup = Path::new("/hangar/replica-1");
+        assert!(oci_spec(&bridged, &[], cgroup, None).is_err());
+        let netns = Path::new("/state/replica-1/netns");
+        let oci = oci_spec(&bridged, &[], cgroup, Some(netns))?;
+        let linux = oci
+            .linux()
+            .as_ref()
+            .ok_or_else(|| OciSpecError::Other("no linux".into()))?;
+        let network = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+            .ok_or_else(|| OciSpecError::Other("no network namespace".into()))?;
+        assert_eq!(network.path().as_deref(), Some(netns));
         Ok(())
     }
 

@@ -1,0 +1,401 @@
+//! A [`Network::Bridge`](super::Network::Bridge) sandbox's network: a
+//! persistent network namespace of its own, wired by the CNI reference
+//! plugins (Debian's `containernetworking-plugins`), which this module runs
+//! itself — no CNI library, no `ip` binary.
+//!
+//! ```text
+//! setup:    <dir>/netns  ◄── bind mount of a fresh network namespace
+//!           <dir>/cni.json   the plugin dir and bridge config, written before ADD
+//!                            (DEL runs with them)
+//!           loopback ADD (lo up), bridge ADD (eth0, a veth on the bridge,
+//!           an address from host-local, masquerade) ──► the sandbox's IP
+//! teardown: bridge DEL (veth, masquerade rule, IPAM reservation), unmount
+//!           and remove <dir>/netns, remove <dir>/cni.json
+//! ```
+//!
+//! The bridge itself (and `net.ipv4.ip_forward = 1`, which the `bridge`
+//! plugin sets for a gateway) stays on the host: it is shared by every
+//! sandbox on the network.
+//!
+//! The CNI container id is the sandbox id, so ids must be unique among all
+//! the sandboxes on one CNI network ([`BridgeConfig::name`]), not only
+//! within one state dir.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use super::{io_error, SandboxError};
+
+/// Where Debian's `containernetworking-plugins` installs the plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The default bridge sandboxes are attached to.
+pub const DEFAULT_BRIDGE: &str = "hangar0";
+
+/// The default subnet sandboxes get addresses from. Deliberately not
+/// podman's `10.88.0.0/16`, Docker's `172.17.0.0/16` or a common LAN range.
+pub const DEFAULT_SUBNET: &str = "10.231.0.0/16";
+
+/// The default CNI network name: also the `host-local` IPAM directory,
+/// `/var/lib/cni/networks/<name>`.
+pub const DEFAULT_NETWORK_NAME: &str = "hangar";
+
+/// The file (in a sandbox's dir) its network namespace is bind-mounted on.
+const NETNS_FILE: &str = "netns";
+
+/// The file (in a sandbox's dir) holding the bridge config ADD ran with.
+const CNI_CONFIG_FILE: &str = "cni.json";
+
+/// The CNI spec version the configs are written in (plugins ≥ 1.0).
+const CNI_VERSION: &str = "1.0.0";
+
+/// The network [`Network::Bridge`](super::Network::Bridge) sandboxes are
+/// attached to. Host-wide: every [`super::Sandboxes`] using the same
+/// [`BridgeConfig::name`] shares the bridge and the address pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// The CNI network name (`[A-Za-z0-9_.-]`).
+    pub name: String,
+    /// The Linux bridge (at most 15 bytes); created by the plugin if missing.
+    pub bridge: String,
+    /// The IPv4 subnet in CIDR notation; the bridge gets its first address
+    /// and is the sandboxes' gateway.
+    pub subnet: String,
+    /// Where the `bridge`, `host-local` and `loopback` plugins are.
+    pub plugin_dir: PathBuf,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_NETWORK_NAME.to_owned(),
+            bridge: DEFAULT_BRIDGE.to_owned(),
+            subnet: DEFAULT_SUBNET.to_owned(),
+            plugin_dir: PathBuf::from(CNI_PLUGIN_DIR),
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// The `bridge` plugin's config: gateway, masquerade, `host-local` IPAM
+    /// with a default route.
+    fn cni_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": CNI_VERSION,
+            "name": self.name,
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": self.subnet }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+            },
+        })
+    }
+
+    fn loopback_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": CNI_VERSION,
+            "name": format!("{}-lo", self.name),
+            "type": "loopback",
+        })
+    }
+}
+
+/// The path a sandbox's network namespace is bound to.
+pub(super) fn netns_path(dir: &Path) -> PathBuf {
+    dir.join(NETNS_FILE)
+}
+
+/// Creates the sandbox's network namespace at [`netns_path`] and wires it;
+/// returns the sandbox's address. On failure, what was done stays for
+/// [`teardown`] (the create's cleanup) to undo.
+pub(super) fn setup(id: &str, dir: &Path, config: &BridgeConfig) -> Result<IpAddr, SandboxError> {
+    let netns = netns_path(dir);
+    File::create(&netns).map_err(io_error(id, "create", &netns))?;
+    create_netns(&netns).map_err(|source| SandboxError::Os {
+        id: id.to_owned(),
+        action: "create the network namespace",
+        source,
+    })?;
+
+    let plugin = Plugin {
+        id,
+        dir: &config.plugin_dir,
+        netns: &netns,
+    };
+    // Nothing to DEL for loopback: removing the namespace undoes it.
+    plugin
+        .run(
+            "loopback",
+            "ADD",
+            "lo",
+            &config.loopback_config().to_string(),
+        )
+        .map_err(|failure| failure.error)?;
+
+    // Saved before ADD: a failed ADD may have done half its work (a veth, a
+    // reservation), and CNI undoes that with DEL.
+    let cni_config = config.cni_config().to_string();
+    let saved = dir.join(CNI_CONFIG_FILE);
+    let record = serde_json::json!({
+        "pluginDir": config.plugin_dir,
+        "config": config.cni_config(),
+    });
+    fs::write(&saved, record.to_string()).map_err(io_error(id, "write", &saved))?;
+    let result = match plugin.run("bridge", "ADD", "eth0", &cni_config) {
+        Ok(result) => result,
+        Err(failure) => {
+            // A plugin that never ran did nothing, and DEL would not run
+            // either: forget it.
+            if !failure.started {
+                remove_file(id, &saved)?;
+            }
+            return Err(failure.error);
+        }
+    };
+    first_ip(&result).ok_or_else(|| SandboxError::Network {
+        id: id.to_owned(),
+        action: "read the address from the bridge plugin's result",
+        reason: String::from_utf8_lossy(&result).into_owned(),
+    })
+}
+
+/// Undoes [`setup`], as far as it got: bridge DEL with the saved config, then
+/// the namespace. Tolerates every step being already done. When DEL fails the
+/// namespace is kept, so a retry can run DEL again.
+pub(super) fn teardown(id: &str, dir: &Path) -> Result<(), SandboxError> {
+    let netns = netns_path(dir);
+    let saved = dir.join(CNI_CONFIG_FILE);
+    match fs::read_to_string(&saved) {
+        Ok(record) => {
+            let (plugin_dir, cni_config) =
+                parse_record(&record).ok_or_else(|| SandboxError::Network {
+                    id: id.to_owned(),
+                    action: "read the saved CNI config",
+                    reason: format!("{} is malformed", saved.display()),
+                })?;
+            let plugin = Plugin {
+                id,
+                dir: &plugin_dir,
+                netns: &netns,
+            };
+            plugin
+                .run("bridge", "DEL", "eth0", &cni_config)
+                .map_err(|failure| failure.error)?;
+            remove_file(id, &saved)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_error(id, "read", &saved)(err)),
+    }
+    match umount2(&netns, MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point (setup failed before binding it).
+        Ok(()) | Err(Errno::ENOENT | Errno::EINVAL) => {}
+        Err(source) => {
+            return Err(SandboxError::Os {
+                id: id.to_owned(),
+                action: "unmount the network namespace",
+                source,
+            })
+        }
+    }
+    remove_file(id, &netns)
+}
+
+fn remove_file(id: &str, path: &Path) -> Result<(), SandboxError> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_error(id, "remove", path)(err)),
+        _ => Ok(()),
+    }
+}
+
+/// The plugin dir and the bridge config saved by [`setup`].
+fn parse_record(record: &str) -> Option<(PathBuf, String)> {
+    let value: serde_json::Value = serde_json::from_str(record).ok()?;
+    let plugin_dir = PathBuf::from(value.get("pluginDir")?.as_str()?);
+    let config = value.get("config")?;
+    config.is_object().then(|| (plugin_dir, config.to_string()))
+}
+
+/// Binds a new network namespace on `path` (an existing empty file), the way
+/// `ip netns add` does, without leaving it: only the calling thread enters
+/// the new namespace, and it returns to its own before this returns.
+fn create_netns(path: &Path) -> Result<(), Errno> {
+    let own = File::open("/proc/thread-self/ns/net").map_err(|err| errno_of(&err))?;
+    unshare(CloneFlags::CLONE_NEWNET)?;
+    let bound = mount(
+        Some("/proc/thread-self/ns/net"),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    // Returning must not fail silently: the thread would stay in the new
+    // namespace and every later connection would go nowhere.
+    setns(&own, CloneFlags::CLONE_NEWNET).expect("return to the caller's network namespace");
+    bound
+}
+
+fn errno_of(err: &io::Error) -> Errno {
+    err.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+/// A plugin invocation that failed.
+struct Failure {
+    /// Whether the plugin ran at all (it may have done part of its work).
+    started: bool,
+    error: SandboxError,
+}
+
+/// One sandbox's plugin invocations.
+struct Plugin<'a> {
+    id: &'a str,
+    dir: &'a Path,
+    netns: &'a Path,
+}
+
+impl Plugin<'_> {
+    /// Runs plugin `name` with CNI `command`; its stdout (the result) on
+    /// success, the CNI error it printed otherwise.
+    fn run(
+        &self,
+        name: &str,
+        command: &str,
+        ifname: &str,
+        config: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let action = match (name, command) {
+            ("loopback", _) => "bring up the loopback interface (CNI loopback ADD)",
+            (_, "ADD") => "attach the sandbox to the bridge (CNI bridge ADD)",
+            _ => "detach the sandbox from the bridge (CNI bridge DEL)",
+        };
+        let error = |started: bool, reason: String| Failure {
+            started,
+            error: SandboxError::Network {
+                id: self.id.to_owned(),
+                action,
+                reason,
+            },
+        };
+        let binary = self.dir.join(name);
+        let started = std::time::Instant::now();
+        // The plugins find `iptables` (masquerade) on PATH.
+        let path = std::env::var_os("PATH").unwrap_or_else(|| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+        let mut child = Command::new(&binary)
+            .env_clear()
+            .env("PATH", path)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", self.id)
+            .env("CNI_NETNS", self.netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| error(false, format!("cannot run {}: {err}", binary.display())))?;
+        // The config is far smaller than a pipe buffer: writing it all before
+        // reading cannot deadlock.
+        let written = child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(config.as_bytes());
+        let output = child
+            .wait_with_output()
+            .map_err(|err| error(true, format!("cannot wait for {}: {err}", binary.display())))?;
+        tracing::debug!(
+            sandbox = self.id,
+            plugin = name,
+            command,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            success = output.status.success(),
+            "ran a CNI plugin"
+        );
+        if output.status.success() {
+            written.map_err(|err| error(true, format!("cannot write the config: {err}")))?;
+            return Ok(output.stdout);
+        }
+        Err(error(
+            true,
+            plugin_error(&output.stdout, &output.stderr, output.status),
+        ))
+    }
+}
+
+/// The message of a CNI error result (`{"code", "msg", "details"}`), or
+/// whatever the plugin printed.
+fn plugin_error(stdout: &[u8], stderr: &[u8], status: std::process::ExitStatus) -> String {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(stdout) {
+        if let Some(msg) = value.get("msg").and_then(|msg| msg.as_str()) {
+            let details = value.get("details").and_then(|d| d.as_str()).unwrap_or("");
+            return if details.is_empty() {
+                msg.to_owned()
+            } else {
+                format!("{msg}: {details}")
+            };
+        }
+    }
+    let printed = String::from_utf8_lossy(if stdout.is_empty() { stderr } else { stdout });
+    format!("{status}: {}", printed.trim())
+}
+
+/// The first address of a CNI result, without its prefix length.
+fn first_ip(result: &[u8]) -> Option<IpAddr> {
+    let value: serde_json::Value = serde_json::from_slice(result).ok()?;
+    let address = value.get("ips")?.get(0)?.get("address")?.as_str()?;
+    address.split('/').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_first_address_of_a_result() {
+        let result = br#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],
+            "ips":[{"interface":0,"address":"10.231.0.7/16","gateway":"10.231.0.1"}]}"#;
+        assert_eq!(first_ip(result), Some(IpAddr::from([10, 231, 0, 7])));
+        assert_eq!(first_ip(br#"{"ips":[]}"#), None);
+        assert_eq!(first_ip(b"not json"), None);
+    }
+
+    #[test]
+    fn bridge_config_is_a_gateway_with_masquerade() {
+        let config = BridgeConfig {
+            subnet: "10.1.0.0/24".to_owned(),
+            ..BridgeConfig::default()
+        }
+        .cni_config();
+        assert_eq!(config["type"], "bridge");
+        assert_eq!(config["bridge"], DEFAULT_BRIDGE);
+        assert_eq!(config["isGateway"], true);
+        assert_eq!(config["ipMasq"], true);
+        assert_eq!(config["ipam"]["type"], "host-local");
+        assert_eq!(config["ipam"]["ranges"][0][0]["subnet"], "10.1.0.0/24");
+    }
+
+    #[test]
+    fn plugin_errors_show_msg_and_details() {
+        let status = std::process::ExitStatus::default();
+        assert_eq!(
+            plugin_error(
+                br#"{"code":7,"msg":"no IP","details":"pool full"}"#,
+                b"",
+                status
+            ),
+            "no IP: pool full"
+        );
+    }
+}
