@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`id`]: opaque, prefixed, sortable identifiers (`agent_…`, `inst_…`).
+//! - [`logs`]: a level and a message from whatever a replica prints.
 //! - [`quantity`]: Kubernetes-style quantities (`"0.5"`, `"250m"`, `"512Mi"`).
 //! - [`resources`]: one resources type that reads both APIs' spellings.
 //! - [`status`]: lifecycle enums and the one place statuses are derived.
@@ -14,6 +15,7 @@
 //! - [`model`]: the records the store keeps and the API renders.
 
 pub mod id;
+pub mod logs;
 pub mod model;
 pub mod quantity;
 pub mod resources;
