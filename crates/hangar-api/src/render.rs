@@ -122,23 +122,14 @@ pub struct Deployment {
     pub restart_count: u32,
 }
 
-/// `config` of an instance.
+/// `config` of an instance: the runtime configuration and the replicas wanted.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstanceConfig {
     /// Replicas wanted.
     pub replicas: u32,
-    /// Port the agent listens on.
-    pub port: u16,
-    /// Health check path.
-    pub health_path: String,
-    /// Invoke path.
-    pub invoke_path: String,
-    /// Kept running.
-    pub long_running: bool,
-    /// Serves HTTP.
-    pub enable_http: bool,
-    /// Reads stdin.
-    pub stdin_enabled: bool,
+    /// Port, paths and deployment flags.
+    #[serde(flatten)]
+    pub runtime: RuntimeConfig,
 }
 
 /// `metrics` of an instance, from its replicas (zero while none has run).
@@ -189,18 +180,6 @@ pub struct InstanceObject {
     pub metrics: InstanceMetrics,
 }
 
-fn instance_config(c: &RuntimeConfig, replicas: u32) -> InstanceConfig {
-    InstanceConfig {
-        replicas,
-        port: c.port,
-        health_path: c.health_path.clone(),
-        invoke_path: c.invoke_path.clone(),
-        long_running: c.long_running,
-        enable_http: c.enable_http,
-        stdin_enabled: c.stdin_enabled,
-    }
-}
-
 /// An instance in the Instances API's shape.
 #[must_use]
 pub fn instance(i: &Instance, cfg: &ApiConfig) -> InstanceObject {
@@ -222,7 +201,10 @@ pub fn instance(i: &Instance, cfg: &ApiConfig) -> InstanceObject {
             replicas: i.ready_replicas,
             restart_count: i.restart_count,
         },
-        config: instance_config(&i.config, i.replicas),
+        config: InstanceConfig {
+            replicas: i.replicas,
+            runtime: i.config.clone(),
+        },
         resources: i.resources.to_instance_api(),
         env_vars: redact_env(&i.env_vars, "***REDACTED***"),
         metrics: InstanceMetrics {

@@ -149,7 +149,7 @@ async fn create_agent(
 ) -> ApiResult<impl IntoResponse> {
     validate::name("name", &body.name)?;
     validate::object_ref("cloud_id", &body.cloud_id)?;
-    body.source.validate().map_err(|e| e.under("source"))?;
+    let source = check_source(&state, &caller, body.source).await?;
     body.runtime.validate().map_err(|e| e.under("runtime"))?;
     let resources = body
         .resources
@@ -190,7 +190,6 @@ async fn create_agent(
             max: org.max_instances,
         });
     }
-    let source = check_source(&state, &caller, body.source).await?;
     let (view, _build) = state
         .store
         .create_agent(NewAgent {
