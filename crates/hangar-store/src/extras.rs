@@ -232,12 +232,13 @@ impl Store {
     ) -> Result<(SecretMeta, bool)> {
         let sealed = self.sealer.seal(&secret_context(org_id, name), value)?;
         let now = now_ms();
+        let id = new_id(IdKind::Secret);
         let row = sqlx::query(
             "INSERT INTO secrets (id, organization_id, name, sealed_value, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
              ON CONFLICT (organization_id, name) DO UPDATE SET sealed_value = excluded.sealed_value, updated_at = excluded.updated_at \
              RETURNING id, created_at, updated_at",
         )
-        .bind(new_id(IdKind::Secret))
+        .bind(&id)
         .bind(org_id)
         .bind(name)
         .bind(&sealed)
@@ -251,7 +252,8 @@ impl Store {
             created_at: row.time("created_at")?,
             updated_at: row.time("updated_at")?,
         };
-        let created = meta.created_at == from_ms(now);
+        // The row keeps the ID it was inserted with: ours only if it is new.
+        let created = meta.id == id;
         Ok((meta, created))
     }
 
