@@ -1041,3 +1041,37 @@ fn failed_bridge_setup_leaves_nothing_behind() {
         .expect("mountinfo")
         .contains(&id));
 }
+
+#[test]
+fn app_overlay_is_writable_and_leaves_the_artifact_untouched() {
+    let Some(fx) = Fixture::new("app") else {
+        return;
+    };
+    let artifact =
+        std::env::temp_dir().join(format!("hangar-test-artifact-{}", std::process::id()));
+    std::fs::create_dir_all(&artifact).expect("artifact dir");
+    std::fs::write(artifact.join("main.py"), "print('from the artifact')\n").expect("write");
+    let mut spec = python(
+        "app",
+        "import os; print(open('/app/main.py').read().strip()); \
+         open('/app/new.txt', 'w').write('x'); print(sorted(os.listdir('/app')), os.getcwd())\n\
+         try:\n    open('/app/main.py', 'w')\nexcept PermissionError:\n    print('artifact files are read-only')",
+    );
+    spec.app = Some(artifact.clone());
+    spec.cwd = PathBuf::from("/app");
+    let (sandbox, exit, stdout, stderr) = fx.run(&spec);
+    assert_eq!(exit, ExitStatus::Exited(0), "stderr: {stderr}");
+    assert_eq!(
+        stdout,
+        "print('from the artifact')\n['main.py', 'new.txt'] /app\nartifact files are read-only\n",
+        "stderr: {stderr}"
+    );
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone("app");
+    assert_eq!(
+        std::fs::read_to_string(artifact.join("main.py")).expect("read"),
+        "print('from the artifact')\n"
+    );
+    assert!(!artifact.join("new.txt").exists());
+    std::fs::remove_dir_all(&artifact).expect("remove artifact");
+}

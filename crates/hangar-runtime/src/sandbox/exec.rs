@@ -19,13 +19,16 @@ use std::time::{Duration, Instant};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{cleanup, io_error, spec, ExitStatus, Sandbox, SandboxError, SandboxStdio};
+use super::{
+    cleanup, io_error, spec, ExitStatus, Sandbox, SandboxError, SandboxSpec, SandboxStdio,
+    Sandboxes,
+};
 
 /// The most of each of stdout and stderr that [`Sandbox::exec`] keeps.
 pub const EXEC_OUTPUT_LIMIT: usize = 1 << 20;
@@ -36,6 +39,9 @@ const EXEC_POLL: Duration = Duration::from_millis(10);
 
 /// The `process.json` written for each exec, next to the bundle.
 const PROCESS_FILE: &str = "exec-process.json";
+
+/// Held while an exec is set up (see [`Sandboxes::exec`]).
+const EXEC_LOCK_FILE: &str = "exec.lock";
 
 /// What libcontainer names the notify socket it binds for each exec.
 const TENANT_NOTIFY_PREFIX: &str = "tenant-notify-";
@@ -158,7 +164,26 @@ impl Sandbox {
                 id: self.id.clone(),
             });
         }
-        let mut process_spec = self.spec.clone();
+        self.sandboxes.exec(&self.spec, argv, env, timeout)
+    }
+}
+
+impl Sandboxes {
+    /// [`Sandbox::exec`] for a sandbox this process did not create (another
+    /// process, such as its shim, holds the [`Sandbox`]): `spec` is the spec
+    /// it was created from. The sandbox must be running; its init is found
+    /// from libcontainer's state.
+    ///
+    /// Execs into one sandbox may run concurrently from several processes:
+    /// the set-up is serialized with a lock file in the sandbox's directory.
+    pub fn exec(
+        &self,
+        spec: &SandboxSpec,
+        argv: &[String],
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<ExecOutput, SandboxError> {
+        let mut process_spec = spec.clone();
         process_spec.argv = argv.to_vec();
         for (key, value) in env {
             match process_spec.env.iter_mut().find(|(k, _)| k == key) {
@@ -167,12 +192,32 @@ impl Sandbox {
             }
         }
         process_spec.validate()?;
-        let id = self.id.as_str();
-        let dir = self.sandboxes.sandbox_dir(id);
+        let id = spec.id.as_str();
+        let dir = self.sandbox_dir(id);
+        if !dir.join("runtime").join(id).join("state.json").exists() {
+            return Err(SandboxError::NotRunning { id: id.to_owned() });
+        }
         let process_file = dir.join(PROCESS_FILE);
+        // One exec sets up at a time: the process file and libcontainer's
+        // notify sockets are per sandbox, not per exec.
+        let lock_path = dir.join(EXEC_LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_error(id, "open", &lock_path))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, source)| {
+            SandboxError::Os {
+                id: id.to_owned(),
+                action: "lock the exec lock file",
+                source,
+            }
+        })?;
         write_process_file(id, &process_file, &process_spec)?;
 
-        let result = self.spawn_tenant(&dir, &process_file);
+        let result = spawn_tenant(id, &dir, &process_file);
         let mut cleanup_error =
             fs::remove_file(&process_file)
                 .err()
@@ -181,8 +226,9 @@ impl Sandbox {
         if let Err(err) = remove_notify_sockets(&runtime) {
             cleanup_error.get_or_insert(io_error(id, "clean up", &runtime)(err));
         }
+        drop(lock);
         let (pid, pipes) = result?;
-        let output = self.collect(pid, pipes, timeout).inspect_err(|_| {
+        let output = collect(id, pid, pipes, timeout).inspect_err(|_| {
             // Never leave it running or unreaped.
             let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
             cleanup::kill_and_reap(pid);
@@ -192,141 +238,138 @@ impl Sandbox {
             None => Ok(output),
         }
     }
+}
 
-    /// Starts the tenant process; on failure kills and reaps the helpers it
-    /// left behind.
-    fn spawn_tenant(
-        &self,
-        dir: &Path,
-        process_file: &Path,
-    ) -> Result<(Pid, [Capture; 2]), SandboxError> {
-        let id = self.id.as_str();
-        let (pipes, stdio) = SandboxStdio::pipes().map_err(io_error(id, "create", "exec pipes"))?;
-        let stdin =
-            OwnedFd::from(File::open("/dev/null").map_err(io_error(id, "open", "/dev/null"))?);
-        let captures = [
-            Capture::new(pipes.stdout).map_err(io_error(id, "configure", "exec pipes"))?,
-            Capture::new(pipes.stderr).map_err(io_error(id, "configure", "exec pipes"))?,
-        ];
-        let helpers_before = cleanup::helper_children();
-        let built = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
-            .with_root_path(dir.join("runtime"))
-            .and_then(|builder| {
-                builder
-                    .with_stdin(stdin)
-                    .with_stdout(stdio.stdout)
-                    .with_stderr(stdio.stderr)
-                    .as_tenant()
-                    .with_process(Some(process_file))
-                    .with_detach(true)
-                    .build()
-            });
-        match built {
-            Ok(pid) => Ok((pid, captures)),
-            Err(source) => {
-                for pid in cleanup::helper_children() {
-                    if !helpers_before.contains(&pid) {
-                        tracing::debug!(sandbox = id, %pid, "reaping helper of a failed exec");
-                        cleanup::kill_and_reap(pid);
-                    }
+/// Starts the tenant process; on failure kills and reaps the helpers it
+/// left behind.
+fn spawn_tenant(
+    id: &str,
+    dir: &Path,
+    process_file: &Path,
+) -> Result<(Pid, [Capture; 2]), SandboxError> {
+    let (pipes, stdio) = SandboxStdio::pipes().map_err(io_error(id, "create", "exec pipes"))?;
+    let stdin =
+        OwnedFd::from(File::open("/dev/null").map_err(io_error(id, "open", "/dev/null"))?);
+    let captures = [
+        Capture::new(pipes.stdout).map_err(io_error(id, "configure", "exec pipes"))?,
+        Capture::new(pipes.stderr).map_err(io_error(id, "configure", "exec pipes"))?,
+    ];
+    let helpers_before = cleanup::helper_children();
+    let built = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(dir.join("runtime"))
+        .and_then(|builder| {
+            builder
+                .with_stdin(stdin)
+                .with_stdout(stdio.stdout)
+                .with_stderr(stdio.stderr)
+                .as_tenant()
+                .with_process(Some(process_file))
+                .with_detach(true)
+                .build()
+        });
+    match built {
+        Ok(pid) => Ok((pid, captures)),
+        Err(source) => {
+            for pid in cleanup::helper_children() {
+                if !helpers_before.contains(&pid) {
+                    tracing::debug!(sandbox = id, %pid, "reaping helper of a failed exec");
+                    cleanup::kill_and_reap(pid);
                 }
-                Err(SandboxError::Container {
-                    id: id.to_owned(),
-                    action: "exec in the container",
-                    source: Box::new(source),
+            }
+            Err(SandboxError::Container {
+                id: id.to_owned(),
+                action: "exec in the container",
+                source: Box::new(source),
+            })
+        }
+    }
+}
+
+/// Reads both pipes until the process exits or the deadline passes, then
+/// reaps it.
+fn collect(
+    id: &str,
+    pid: Pid,
+    mut captures: [Capture; 2],
+    timeout: Duration,
+) -> Result<ExecOutput, SandboxError> {
+    let deadline = Instant::now() + timeout;
+    let os_error = |action| {
+        let id = id.to_owned();
+        move |source| SandboxError::Os { id, action, source }
+    };
+    let read_error = |source: io::Error| SandboxError::Io {
+        id: id.to_owned(),
+        action: "read the output of",
+        path: "the exec'd process".into(),
+        source,
+    };
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = try_reap(pid).map_err(os_error("wait for the exec'd process"))? {
+            break status;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            // Its process group first, then itself in case it left it.
+            let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+            match signal::kill(pid, Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(source) => {
+                    return Err(os_error("kill the exec'd process")(source));
+                }
+            }
+            break reap(pid).map_err(os_error("wait for the exec'd process"))?;
+        }
+        let wait = (deadline - now).min(EXEC_POLL);
+        let open: Vec<usize> = (0..2).filter(|&i| captures[i].pipe.is_some()).collect();
+        if open.is_empty() {
+            // Both pipes closed: the process is exiting (or closed them).
+            thread::sleep(wait.min(Duration::from_millis(1)));
+            continue;
+        }
+        let ready = {
+            let mut fds: Vec<PollFd> = open
+                .iter()
+                .map(|&i| {
+                    let pipe = captures[i].pipe.as_ref().expect("open pipe");
+                    PollFd::new(pipe.as_fd(), PollFlags::POLLIN)
                 })
+                .collect();
+            let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+            match poll(&mut fds, millis) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(source) => return Err(os_error("poll the exec'd process's output")(source)),
+            }
+            fds.iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                .collect::<Vec<_>>()
+        };
+        for (&i, ready) in open.iter().zip(ready) {
+            if ready {
+                captures[i]
+                    .read_available(EXEC_OUTPUT_LIMIT)
+                    .map_err(read_error)?;
             }
         }
+    };
+    // Whatever the process wrote before it ended is in the pipes now; a
+    // child still writing is cut off after one more limit's worth.
+    for capture in &mut captures {
+        capture
+            .read_available(EXEC_OUTPUT_LIMIT)
+            .map_err(read_error)?;
     }
-
-    /// Reads both pipes until the process exits or the deadline passes, then
-    /// reaps it.
-    fn collect(
-        &self,
-        pid: Pid,
-        mut captures: [Capture; 2],
-        timeout: Duration,
-    ) -> Result<ExecOutput, SandboxError> {
-        let deadline = Instant::now() + timeout;
-        let os_error = |action| {
-            let id = self.id.clone();
-            move |source| SandboxError::Os { id, action, source }
-        };
-        let read_error = |source: io::Error| SandboxError::Io {
-            id: self.id.clone(),
-            action: "read the output of",
-            path: "the exec'd process".into(),
-            source,
-        };
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(status) = try_reap(pid).map_err(os_error("wait for the exec'd process"))? {
-                break status;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                timed_out = true;
-                // Its process group first, then itself in case it left it.
-                let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
-                match signal::kill(pid, Signal::SIGKILL) {
-                    Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(source) => {
-                        return Err(os_error("kill the exec'd process")(source));
-                    }
-                }
-                break reap(pid).map_err(os_error("wait for the exec'd process"))?;
-            }
-            let wait = (deadline - now).min(EXEC_POLL);
-            let open: Vec<usize> = (0..2).filter(|&i| captures[i].pipe.is_some()).collect();
-            if open.is_empty() {
-                // Both pipes closed: the process is exiting (or closed them).
-                thread::sleep(wait.min(Duration::from_millis(1)));
-                continue;
-            }
-            let ready = {
-                let mut fds: Vec<PollFd> = open
-                    .iter()
-                    .map(|&i| {
-                        let pipe = captures[i].pipe.as_ref().expect("open pipe");
-                        PollFd::new(pipe.as_fd(), PollFlags::POLLIN)
-                    })
-                    .collect();
-                let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
-                match poll(&mut fds, millis) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(source) => {
-                        return Err(os_error("poll the exec'd process's output")(source))
-                    }
-                }
-                fds.iter()
-                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-                    .collect::<Vec<_>>()
-            };
-            for (&i, ready) in open.iter().zip(ready) {
-                if ready {
-                    captures[i]
-                        .read_available(EXEC_OUTPUT_LIMIT)
-                        .map_err(read_error)?;
-                }
-            }
-        };
-        // Whatever the process wrote before it ended is in the pipes now; a
-        // child still writing is cut off after one more limit's worth.
-        for capture in &mut captures {
-            capture
-                .read_available(EXEC_OUTPUT_LIMIT)
-                .map_err(read_error)?;
-        }
-        let [stdout, stderr] = captures;
-        Ok(ExecOutput {
-            stdout: stdout.data,
-            stderr: stderr.data,
-            stdout_truncated: stdout.truncated,
-            stderr_truncated: stderr.truncated,
-            status,
-            timed_out,
-        })
-    }
+    let [stdout, stderr] = captures;
+    Ok(ExecOutput {
+        stdout: stdout.data,
+        stderr: stderr.data,
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
+        status,
+        timed_out,
+    })
 }
 
 /// Writes `spec`'s OCI process as `path`, readable by the owner only (it

@@ -130,8 +130,8 @@ pub use cleanup::cgroup_roots;
 pub use exec::{ExecOutput, EXEC_OUTPUT_LIMIT};
 pub use net::{BridgeConfig, CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME, DEFAULT_SUBNET};
 pub use spec::{
-    Network, SandboxSpec, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS, MIN_MEMORY_BYTES,
-    NOBODY,
+    Network, SandboxSpec, APP_DIR, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS,
+    MIN_MEMORY_BYTES, NOBODY,
 };
 
 /// How often [`Sandbox::stop`] checks whether the process has exited.
@@ -462,12 +462,23 @@ impl Sandboxes {
             ),
             Network::Isolated | Network::Host => (None, None),
         };
-        let oci = spec::oci_spec(spec, &layout, &self.cgroup_path(id), netns.as_deref()).map_err(
-            |source| SandboxError::Spec {
-                id: id.to_owned(),
-                source,
-            },
-        )?;
+        let app = match &spec.app {
+            Some(_) => {
+                Some(app_layers(dir, spec).map_err(io_error(id, "create", dir.join("app")))?)
+            }
+            None => None,
+        };
+        let oci = spec::oci_spec(
+            spec,
+            &layout,
+            &self.cgroup_path(id),
+            netns.as_deref(),
+            app.as_ref(),
+        )
+        .map_err(|source| SandboxError::Spec {
+            id: id.to_owned(),
+            source,
+        })?;
         let config = bundle.join("config.json");
         oci.save(&config).map_err(|source| SandboxError::Spec {
             id: id.to_owned(),
@@ -740,6 +751,21 @@ impl Sandbox {
             })
         }
     }
+}
+
+/// Creates the `/app` overlay's upper layer (owned by the sandbox's user:
+/// its root is what `/app` itself looks like) and work dir under `dir`.
+fn app_layers(dir: &Path, spec: &SandboxSpec) -> io::Result<spec::AppLayers> {
+    let base = dir.join("app");
+    private_dir().create(&base)?;
+    let layers = spec::AppLayers {
+        upper: base.join("upper"),
+        work: base.join("work"),
+    };
+    DirBuilder::new().mode(0o755).create(&layers.upper)?;
+    std::os::unix::fs::chown(&layers.upper, Some(spec.uid), Some(spec.gid))?;
+    private_dir().create(&layers.work)?;
+    Ok(layers)
 }
 
 fn private_dir() -> DirBuilder {

@@ -109,7 +109,17 @@ pub struct SandboxSpec {
     pub memory_limit_bytes: Option<u64>,
     /// Size of the tmpfs mounted at `/tmp`, in MiB.
     pub tmp_size_mib: u32,
+    /// A host directory (a build's artifact) shown at `/app`: an overlay
+    /// with the directory as its read-only lower layer and a fresh upper
+    /// layer in the sandbox's state dir, so the sandbox may write there
+    /// while the artifact itself stays untouched and shareable. The
+    /// directory's files must be readable by [`SandboxSpec::uid`]. `None`
+    /// (the default): no `/app`.
+    pub app: Option<PathBuf>,
 }
+
+/// Where [`SandboxSpec::app`] mounts.
+pub const APP_DIR: &str = "/app";
 
 impl SandboxSpec {
     /// A sandbox running `argv` as `nobody` in `/`, with no network.
@@ -130,6 +140,7 @@ impl SandboxSpec {
             cpu_limit_millis: None,
             memory_limit_bytes: None,
             tmp_size_mib: 64,
+            app: None,
         }
     }
 
@@ -184,6 +195,15 @@ impl SandboxSpec {
             if !(MIN_MEMORY_BYTES..=i64::MAX as u64).contains(&bytes) {
                 return invalid(format!(
                     "memory_limit_bytes must be at least {MIN_MEMORY_BYTES} (4 MiB), got {bytes}"
+                ));
+            }
+        }
+        if let Some(app) = &self.app {
+            let text = app.to_string_lossy();
+            if !app.is_absolute() || text.contains([',', ':', '\\', '\0']) {
+                return invalid(format!(
+                    "app must be an absolute path without ',', ':' or '\\', got {}",
+                    app.display()
                 ));
             }
         }
@@ -297,14 +317,26 @@ pub(super) fn process(spec: &SandboxSpec) -> Result<Process, OciSpecError> {
         .build()
 }
 
+/// The upper and work directories of the `/app` overlay
+/// ([`SandboxSpec::app`]), in the sandbox's state dir.
+#[derive(Debug, Clone)]
+pub(super) struct AppLayers {
+    /// Where the sandbox's writes to `/app` land.
+    pub upper: PathBuf,
+    /// overlayfs's scratch directory, on the same file system.
+    pub work: PathBuf,
+}
+
 /// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
-/// (relative to the bundle), its cgroup at `cgroups_path` and, for
-/// [`Network::Bridge`], the network namespace bound at `netns`.
+/// (relative to the bundle), its cgroup at `cgroups_path`, for
+/// [`Network::Bridge`] the network namespace bound at `netns`, and for
+/// [`SandboxSpec::app`] the overlay's own layers.
 pub(super) fn oci_spec(
     spec: &SandboxSpec,
     layout: &[(&str, HostEntry)],
     cgroups_path: &Path,
     netns: Option<&Path>,
+    app: Option<&AppLayers>,
 ) -> Result<Spec, OciSpecError> {
     let process = process(spec)?;
 
@@ -362,7 +394,7 @@ pub(super) fn oci_spec(
                 .build()?,
         )
         .hostname(spec.id.clone())
-        .mounts(mounts(spec, layout)?)
+        .mounts(mounts(spec, layout, app)?)
         .process(process)
         .linux(linux)
         .build()
@@ -399,7 +431,11 @@ fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, OciSpecError> {
 /// `/proc`, a minimal `/dev` (tmpfs with pts, shm and mqueue), the read-only
 /// host binds, and a private `/tmp`. No `/sys`: nothing a replica needs lives
 /// there, and it describes the host.
-fn mounts(spec: &SandboxSpec, layout: &[(&str, HostEntry)]) -> Result<Vec<Mount>, OciSpecError> {
+fn mounts(
+    spec: &SandboxSpec,
+    layout: &[(&str, HostEntry)],
+    app: Option<&AppLayers>,
+) -> Result<Vec<Mount>, OciSpecError> {
     let mut mounts: Vec<Mount> = get_default_mounts()
         .into_iter()
         .filter(|mount| !mount.destination().starts_with("/sys"))
@@ -437,6 +473,28 @@ fn mounts(spec: &SandboxSpec, layout: &[(&str, HostEntry)]) -> Result<Vec<Mount>
             ])
             .build()?,
     );
+    match (&spec.app, app) {
+        (Some(lower), Some(layers)) => mounts.push(
+            MountBuilder::default()
+                .destination(APP_DIR)
+                .typ("overlay")
+                .source("overlay")
+                .options(vec![
+                    "nosuid".to_owned(),
+                    "nodev".to_owned(),
+                    format!("lowerdir={}", lower.display()),
+                    format!("upperdir={}", layers.upper.display()),
+                    format!("workdir={}", layers.work.display()),
+                ])
+                .build()?,
+        ),
+        (None, _) => {}
+        (Some(_), None) => {
+            return Err(OciSpecError::Other(
+                "an /app overlay needs its upper and work layers".to_owned(),
+            ))
+        }
+    }
     Ok(mounts)
 }
 
@@ -513,7 +571,7 @@ mod tests {
         limited.cpu_limit_millis = Some(2000);
         limited.memory_limit_bytes = Some(256 << 20);
         limited.pids_limit = 64;
-        let oci = oci_spec(&limited, &[], Path::new("/hangar/replica-1"), None)?;
+        let oci = oci_spec(&limited, &[], Path::new("/hangar/replica-1"), None, None)?;
         let resources = oci
             .linux()
             .as_ref()
@@ -536,7 +594,7 @@ mod tests {
         assert_eq!(resources.pids().as_ref().map(|p| p.limit()), Some(64));
 
         // Defaults: the default weight, no cap, no memory limit, 512 pids.
-        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None)?;
+        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None, None)?;
         let resources = oci
             .linux()
             .as_ref()
@@ -552,7 +610,7 @@ mod tests {
 
     #[test]
     fn oci_spec_drops_privileges_and_isolates() -> Result<(), OciSpecError> {
-        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None)?;
+        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None, None)?;
         let process = oci
             .process()
             .as_ref()
@@ -585,7 +643,7 @@ mod tests {
 
         let mut host = spec();
         host.network = Network::Host;
-        let oci = oci_spec(&host, &[], Path::new("/hangar/replica-1"), None)?;
+        let oci = oci_spec(&host, &[], Path::new("/hangar/replica-1"), None, None)?;
         let linux = oci
             .linux()
             .as_ref()
@@ -599,9 +657,9 @@ mod tests {
         let mut bridged = spec();
         bridged.network = Network::Bridge;
         let cgroup = Path::new("/hangar/replica-1");
-        assert!(oci_spec(&bridged, &[], cgroup, None).is_err());
+        assert!(oci_spec(&bridged, &[], cgroup, None, None).is_err());
         let netns = Path::new("/state/replica-1/netns");
-        let oci = oci_spec(&bridged, &[], cgroup, Some(netns))?;
+        let oci = oci_spec(&bridged, &[], cgroup, Some(netns), None)?;
         let linux = oci
             .linux()
             .as_ref()
@@ -622,7 +680,7 @@ mod tests {
             ("bin", HostEntry::Symlink(PathBuf::from("usr/bin"))),
             ("lib32", HostEntry::Dir),
         ];
-        let mounts = mounts(&spec(), &layout)?;
+        let mounts = mounts(&spec(), &layout, None)?;
         let find = |dest: &str| mounts.iter().find(|m| m.destination() == Path::new(dest));
         for dir in ["/usr", "/etc", "/lib32"] {
             let mount = find(dir).ok_or_else(|| OciSpecError::Other(format!("no {dir}")))?;
