@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`id`]: opaque, prefixed, sortable identifiers (`agent_…`, `inst_…`).
-//! - [`logs`]: a level and a message from whatever a replica prints.
+//! - [`logs`]: a level and a message from whatever a replica prints; stored log lines.
 //! - [`quantity`]: Kubernetes-style quantities (`"0.5"`, `"250m"`, `"512Mi"`).
 //! - [`resources`]: one resources type that reads both APIs' spellings.
 //! - [`status`]: lifecycle enums and the one place statuses are derived.

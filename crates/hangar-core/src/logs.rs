@@ -1,5 +1,6 @@
 //! Log lines as users read them: a level and a message, parsed from whatever a
-//! replica prints.
+//! replica prints, and the records an instance's log is stored as
+//! ([`NewLogLine`] in, [`InstanceLogLine`] out, numbered by the store).
 //!
 //! Agents log in many styles; Hangar recognises the common ones so that
 //! `?level=warn` filters work without asking anyone to change their logging:
@@ -17,7 +18,7 @@
 //! stderr defaults to WARN rather than ERROR because many programs (Python's
 //! `logging` among them) write all their logs there.
 
-use serde::{Deserialize, Serialize};
+use crate::model::Timestamp;
 
 crate::string_enum! {
     /// Severity of a log line, lowest first.
@@ -60,14 +61,51 @@ impl LogLevel {
     }
 }
 
-/// Which output a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
+crate::string_enum! {
+    /// Which output a line came from.
+    pub enum Stream {
+        /// Standard output.
+        Stdout = "stdout",
+        /// Standard error.
+        Stderr = "stderr",
+    }
+}
+
+/// One line of an instance's log as stored: what a replica printed, parsed, with
+/// its position in the instance's log.
+///
+/// `seq` orders the lines of all of an instance's replicas: it is handed out by the
+/// store when the line is stored, so it is gapless and strictly increasing per
+/// instance, and a reader that remembers the last `seq` it saw can resume exactly
+/// there. `timestamp` is when the replica printed it, which replicas' clocks and
+/// batching can leave slightly out of `seq` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceLogLine {
+    /// Position in the instance's log, from 1.
+    pub seq: i64,
+    /// When the replica printed it.
+    pub timestamp: Timestamp,
+    /// The replica that printed it.
+    pub replica_id: String,
+    /// Which output it came from.
+    pub stream: Stream,
+    /// Its level (see [`parse_line`]).
+    pub level: LogLevel,
+    /// The message without its level marker.
+    pub message: String,
+}
+
+/// A line of a replica's output to store; the store gives it its `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLogLine {
+    /// When the replica printed it.
+    pub timestamp: Timestamp,
+    /// Which output it came from.
+    pub stream: Stream,
+    /// Its level (see [`parse_line`]).
+    pub level: LogLevel,
+    /// The message without its level marker.
+    pub message: String,
 }
 
 /// A line's level and message.
@@ -287,5 +325,22 @@ mod tests {
         assert_eq!(LogLevel::from_name("Warning"), Some(LogLevel::Warn));
         assert_eq!(LogLevel::from_name("crit"), Some(LogLevel::Error));
         assert_eq!(LogLevel::from_name("loud"), None);
+    }
+
+    #[test]
+    fn stored_spellings_read_back() {
+        for level in LogLevel::ALL {
+            assert_eq!(level.as_str().parse::<LogLevel>(), Ok(*level));
+        }
+        for stream in Stream::ALL {
+            assert_eq!(stream.as_str().parse::<Stream>(), Ok(*stream));
+        }
+        assert_eq!(Stream::Stderr.as_str(), "stderr");
+        assert_eq!(
+            serde_json::to_string(&Stream::Stdout).expect("serializes"),
+            r#""stdout""#,
+            "the wire spelling is unchanged"
+        );
+        assert!("warn".parse::<LogLevel>().is_err(), "stored text is exact");
     }
 }

@@ -271,7 +271,10 @@ impl Store {
         Ok(Some(inst))
     }
 
-    /// Records what the runtime observed of an instance.
+    /// Records what the runtime observed of an instance, deleted ones included
+    /// (the controller reports their replicas going away). Only observations
+    /// change: what the instance should be doing (desired state, `force_stop`) and
+    /// whether it is deleted stay as they are.
     pub async fn record_instance_status(
         &self,
         id: &str,

@@ -13,6 +13,8 @@
 //! - `agents`: agents and builds.
 //! - `instances`: instances and the instance quota.
 //! - `extras`: jobs, uploads, secrets, webhooks.
+//! - `runtime`: what the runtime controller reads and records: the instances to
+//!   act on, their replicas' logs and each replica's log cursor.
 //! - [`seal`]: encryption at rest for secret values.
 
 use std::str::FromStr;
@@ -26,6 +28,7 @@ use sqlx::{AnyPool, Row};
 mod agents;
 mod extras;
 mod instances;
+mod runtime;
 pub mod seal;
 mod tenancy;
 pub mod testing;
@@ -33,6 +36,7 @@ pub mod testing;
 pub use agents::NewAgent;
 pub use extras::{NewJob, NewWebhook};
 pub use instances::{InstanceFilter, NewInstance};
+pub use runtime::{ControlledInstance, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 
 /// What can go wrong in the store.
