@@ -1,35 +1,28 @@
 //! Hangar's replica runtime: the code that turns "run this build with these
-//! resources" into a running, isolated process, and tears it down again.
+//! resources" into running, isolated processes, and tears them down again.
 //!
-//! This crate knows nothing of HTTP, the store or the controller; it is driven by
-//! them. It is synchronous where the kernel interface demands it (see
-//! [`sandbox`]): youki's `libcontainer` forks with a raw `clone3`, so it must not
-//! run on a tokio worker thread of the daemon.
+//! This crate knows nothing of HTTP, the store or the controller; it is driven
+//! by them through the [`Driver`] trait.
 //!
-//! # Layout
+//! * [`driver`]: the trait and its types — create, stop, remove, list (for
+//!   re-adoption), exec, stdin, follow output, stats.
+//! * [`sandbox`]: one sandbox = one youki `libcontainer` container, through a
+//!   synchronous API (root filesystem of read-only host binds plus the
+//!   artifact at `/app`, namespaces, CNI bridge network, limits, exec, stats).
+//!   Single-threaded callers only: libcontainer forks with a raw `clone3`.
+//! * [`shim`]: `hangar shim`, the process that owns one sandbox, its stdio and
+//!   its exit status, and outlives the daemon.
+//! * [`SandboxDriver`]: the embedded default [`Driver`], one shim per replica.
+//! * [`fake`]: a [`Driver`] that runs nothing and records calls, for tests of
+//!   the layers above.
 //!
-//! What exists now:
-//!
-//! * [`sandbox`]: one sandbox = one youki `libcontainer` container. A synchronous
-//!   API to create, start, wait for, signal, stop and delete it, with a root
-//!   filesystem built from read-only binds of the host's `/usr` and `/etc`, its
-//!   own pid/mount/uts/ipc/cgroup namespaces, a network namespace that is
-//!   empty, the host's, or its own wired to a bridge with CNI (an address
-//!   reachable from the host, egress through masquerade), no
-//!   capabilities, `no_new_privs`, an unprivileged uid, CPU, memory and pids
-//!   limits (OOM kills reported as such), and stdio connected to descriptors
-//!   the caller owns; and exec of a further command in a running sandbox,
-//!   with bounded captured output and a timeout.
-//!
-//! What it will grow into (see `ARCHITECTURE.md`, "The sandbox driver"):
-//!
-//! * `Driver`: the trait the controller reconciles against: create / start /
-//!   stop / delete a replica, exec in it, read its logs and metrics. One fake
-//!   that records calls, for controller tests.
-//! * `drivers::sandbox`: the embedded default, built on [`sandbox`]; each replica
-//!   runs under a `hangar shim` process that owns its stdio pipes and exit status
-//!   and survives daemon restarts. Adds the build artifact at `/app` through an overlay.
-//! * `drivers::docker` (bollard) and `drivers::kubernetes` (kube-rs: a Deployment
-//!   and a Service per instance).
+//! Still to come: the docker (bollard) and kubernetes (kube-rs) drivers.
 
+pub mod driver;
+pub mod fake;
 pub mod sandbox;
+mod sandbox_driver;
+pub mod shim;
+
+pub use driver::Driver;
+pub use sandbox_driver::{SandboxDriver, SandboxDriverConfig};

@@ -25,6 +25,22 @@ struct Cli {
 enum Command {
     /// Run the Hangar server (API, gateway and instance URLs on one listener).
     Serve(config::ServeArgs),
+    /// Internal: the per-replica process the sandbox driver starts.
+    #[command(hide = true)]
+    Shim {
+        #[command(subcommand)]
+        command: ShimCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShimCommand {
+    /// Create and start the replica described in DIR, then serve its socket.
+    Run { dir: std::path::PathBuf },
+    /// Run one command in the replica of DIR (request on stdin).
+    Exec { dir: std::path::PathBuf },
+    /// Remove the replica of DIR whose shim is gone.
+    Cleanup { dir: std::path::PathBuf },
 }
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
@@ -50,6 +66,17 @@ fn main() -> ExitCode {
     // The one place the process environment is read.
     let env: HashMap<String, String> = std::env::vars().collect();
     match cli.command {
+        Command::Shim { command } => {
+            let code = match command {
+                ShimCommand::Run { dir } => {
+                    shim_log(&dir);
+                    hangar_runtime::shim::run(&dir)
+                }
+                ShimCommand::Exec { dir } => hangar_runtime::shim::exec(&dir),
+                ShimCommand::Cleanup { dir } => hangar_runtime::shim::cleanup(&dir),
+            };
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Command::Serve(args) => {
             let config = match config::Config::resolve(args, &env) {
                 Ok(c) => c,
@@ -77,5 +104,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The shim logs to a file in its directory, never to fd 1 or 2: stdout is
+/// its handshake, and libcontainer's init would write its own log lines
+/// into the replica's output through the same subscriber otherwise.
+fn shim_log(dir: &std::path::Path) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(hangar_runtime::shim::protocol::LOG_FILE));
+    if let Ok(file) = file {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("HANGAR_SHIM_LOG").unwrap_or_else(
+                    |_| tracing_subscriber::EnvFilter::new("info,libcontainer=warn"),
+                ),
+            )
+            .try_init();
     }
 }

@@ -38,6 +38,12 @@ pub(super) fn remove_sandbox(
     // libcontainer: kills what is left (force), removes the cgroup leaf in the
     // hierarchies it manages and its state dir.
     let state = dir.join("runtime").join(id);
+    if container.is_none() {
+        // Nobody holds the init: kill what runs first and wait for the
+        // cgroup to empty (libcontainer's force delete signals but does not
+        // wait, and a busy cgroup cannot be removed).
+        kill_cgroup(&sandboxes.cgroup_path(id));
+    }
     let result = match container {
         Some(container) => container.delete(true).map_err(container_error),
         None if state.join("state.json").exists() => Container::load(state)
@@ -178,6 +184,41 @@ fn remove_cgroups(sandboxes: &Sandboxes, id: &str) -> Result<(), SandboxError> {
         }
     }
     Ok(())
+}
+
+/// `SIGKILL` to every process of the cgroup at `cgroup` (in every
+/// hierarchy), then waits up to 5 s for them to be gone. Best effort: what
+/// is left shows up as a busy cgroup when it is removed.
+fn kill_cgroup(cgroup: &Path) {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let Ok(roots) = cgroup_roots() else {
+        return;
+    };
+    let procs = || {
+        let mut pids = Vec::new();
+        for root in &roots {
+            if let Ok(text) = fs::read_to_string(root.join(relative).join("cgroup.procs")) {
+                pids.extend(
+                    text.lines()
+                        .filter_map(|line| line.trim().parse::<i32>().ok()),
+                );
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let pids = procs();
+        if pids.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// `rmdir` that treats "not there" as done.

@@ -105,6 +105,7 @@ mod cleanup;
 mod exec;
 mod net;
 mod spec;
+mod stats;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -133,6 +134,7 @@ pub use spec::{
     Network, SandboxSpec, APP_DIR, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS,
     MIN_MEMORY_BYTES, NOBODY,
 };
+pub use stats::SandboxStats;
 
 /// How often [`Sandbox::stop`] checks whether the process has exited.
 const STOP_POLL: Duration = Duration::from_millis(5);
@@ -531,6 +533,19 @@ impl Sandboxes {
         })
     }
 
+    /// Removes sandbox `id` when no [`Sandbox`] value is at hand (its
+    /// creator is gone): kills whatever runs in it and removes everything
+    /// [`Sandbox::delete`] would. Not there at all is success. Its init, if
+    /// it was a child of another process, is reaped by that process (or by
+    /// the system's init once that process is gone).
+    pub fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        spec::validate_id(id)?;
+        if !self.sandbox_dir(id).exists() {
+            return Ok(());
+        }
+        cleanup::remove_sandbox(self, id, None)
+    }
+
     /// Takes the state dir's cgroup lock (see the module docs). `None` when a
     /// non-blocking request finds it taken.
     fn cgroups_lock(&self, id: &str, arg: FlockArg) -> Result<Option<Flock<File>>, SandboxError> {
@@ -709,6 +724,15 @@ impl Sandbox {
                 source,
             }),
         }
+    }
+
+    /// Its resource usage counters now ([`SandboxStats`]).
+    pub fn stats(&self) -> Result<SandboxStats, SandboxError> {
+        stats::read(&self.sandboxes.cgroup_path(&self.id), self.pid.as_raw()).map_err(io_error(
+            &self.id,
+            "read the stats of",
+            "its cgroup",
+        ))
     }
 
     /// `SIGTERM`, then `SIGKILL` if the process is still there after `grace`;

@@ -216,7 +216,7 @@ impl SandboxSpec {
 
 /// Sandbox ids become directory names, cgroup names and hostnames, so they are
 /// held to the strictest of the three.
-fn validate_id(id: &str) -> Result<(), SandboxError> {
+pub(super) fn validate_id(id: &str) -> Result<(), SandboxError> {
     let reason = if id.is_empty() {
         "it is empty"
     } else if id.len() > MAX_ID_LEN {

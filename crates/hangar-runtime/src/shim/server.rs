@@ -1,0 +1,526 @@
+//! The shim once its replica runs: output capture, exit watching and the
+//! socket server (see the parent module).
+
+// Errors here are the replies written to the socket, once per request: their
+// size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, watch};
+
+use super::protocol::{ErrorKind, Reply, Request, ShimConfig};
+use super::{Started, BUFFER_BYTES, BUFFER_LINES};
+use crate::driver::{
+    now_ms, Exit, OutputEvent, OutputLine, OutputStream, ReplicaInfo, ReplicaStats, MAX_LINE_BYTES,
+};
+use crate::sandbox::{error_chain, ExitStatus, Sandbox};
+
+/// How long after the init's exit the shim waits for the pipes to drain
+/// before it declares the output complete anyway.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// How long a stop waits for the exit after `SIGKILL` before it gives up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Requests larger than this are refused.
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
+
+struct Shim {
+    dir: PathBuf,
+    info: ReplicaInfo,
+    buffer: Mutex<Buffer>,
+    events: broadcast::Sender<OutputEvent>,
+    exit: watch::Sender<Option<Exit>>,
+    sandbox: Mutex<Option<Sandbox>>,
+    stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    lines: VecDeque<OutputLine>,
+    bytes: usize,
+    last_seq: u64,
+    /// Set once the output is complete.
+    end: Option<Exit>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shim {
+    fn push(&self, stream: OutputStream, text: String) {
+        let mut buffer = lock(&self.buffer);
+        buffer.last_seq += 1;
+        let line = OutputLine {
+            seq: buffer.last_seq,
+            at_ms: now_ms(),
+            stream,
+            text,
+        };
+        buffer.bytes += line.text.len();
+        buffer.lines.push_back(line.clone());
+        while buffer.lines.len() > BUFFER_LINES || buffer.bytes > BUFFER_BYTES {
+            match buffer.lines.pop_front() {
+                Some(old) => buffer.bytes -= old.text.len(),
+                None => break,
+            }
+        }
+        // Sent under the lock, so followers see lines in order.
+        let _ = self.events.send(OutputEvent::Line(line));
+    }
+
+    fn info(&self) -> ReplicaInfo {
+        let mut info = self.info.clone();
+        info.exit = *self.exit.borrow();
+        info.output_seq = lock(&self.buffer).last_seq;
+        info
+    }
+
+    fn with_sandbox<R>(&self, f: impl FnOnce(&mut Sandbox) -> R) -> Option<R> {
+        lock(&self.sandbox).as_mut().map(f)
+    }
+
+    async fn wait_exit(&self, within: Duration) -> Option<Exit> {
+        let mut rx = self.exit.subscribe();
+        let waited = tokio::time::timeout(within, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(exit)) => *exit,
+            _ => *self.exit.borrow(),
+        }
+    }
+
+    async fn stop(&self, grace: Duration) -> Result<Exit, Reply> {
+        if let Some(exit) = *self.exit.borrow() {
+            return Ok(exit);
+        }
+        let signal = if grace.is_zero() {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        self.signal(signal)?;
+        if let Some(exit) = self.wait_exit(grace).await {
+            return Ok(exit);
+        }
+        self.signal(Signal::SIGKILL)?;
+        self.wait_exit(KILL_WAIT).await.ok_or_else(|| {
+            Reply::error(ErrorKind::Failed, "the replica did not exit after SIGKILL")
+        })
+    }
+
+    fn signal(&self, signal: Signal) -> Result<(), Reply> {
+        self.with_sandbox(|sandbox| sandbox.kill(signal))
+            .unwrap_or(Ok(()))
+            .map_err(|err| Reply::error(ErrorKind::Failed, error_chain(&err)))
+    }
+}
+
+/// Runs the shim until it is deleted; returns the process's exit code.
+pub(super) async fn serve(
+    dir: PathBuf,
+    _config: ShimConfig,
+    info: ReplicaInfo,
+    started: Started,
+) -> i32 {
+    let Started {
+        sandbox,
+        pipes,
+        stdin,
+        listener,
+    } = started;
+    let (events, _) = broadcast::channel(1024);
+    let (exit, _) = watch::channel(None);
+    let stdin = stdin.and_then(|file| match pipe::Sender::from_file(file) {
+        Ok(sender) => Some(sender),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot use the stdin pipe");
+            None
+        }
+    });
+    let shim = Arc::new(Shim {
+        dir,
+        info,
+        buffer: Mutex::new(Buffer::default()),
+        events,
+        exit,
+        sandbox: Mutex::new(Some(sandbox)),
+        stdin: tokio::sync::Mutex::new(stdin),
+    });
+
+    let readers = [
+        (pipes.stdout, OutputStream::Stdout),
+        (pipes.stderr, OutputStream::Stderr),
+    ]
+    .map(|(file, stream)| tokio::spawn(read_output(shim.clone(), file, stream)));
+    tokio::spawn(watch_exit(shim.clone(), readers));
+
+    let listener = match UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen; killing the replica");
+            if let Some(sandbox) = lock(&shim.sandbox).take() {
+                let _ = sandbox.delete();
+            }
+            return 1;
+        }
+    };
+    let (done_tx, mut done_rx) = watch::channel(false);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(shim.clone(), stream, done_tx.clone()));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = done_rx.changed() => {
+                if *done_rx.borrow() {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one of the replica's output pipes into numbered lines.
+async fn read_output(shim: Arc<Shim>, file: File, stream: OutputStream) {
+    let mut pipe = match pipe::Receiver::from_file(file) {
+        Ok(pipe) => pipe,
+        Err(err) => {
+            tracing::error!(error = %err, ?stream, "cannot read the output pipe");
+            return;
+        }
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0_u8; 64 << 10];
+    loop {
+        let read = match pipe.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                tracing::warn!(error = %err, ?stream, "output pipe failed");
+                break;
+            }
+        };
+        pending.extend_from_slice(&chunk[..read]);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            emit(&shim, stream, &pending[start..start + end]);
+            start += end + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE_BYTES {
+            emit(&shim, stream, &pending[..MAX_LINE_BYTES]);
+            pending.drain(..MAX_LINE_BYTES);
+        }
+    }
+    if !pending.is_empty() {
+        emit(&shim, stream, &pending);
+    }
+}
+
+fn emit(shim: &Shim, stream: OutputStream, bytes: &[u8]) {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let mut start = 0;
+    while start < bytes.len() || start == 0 {
+        let end = (start + MAX_LINE_BYTES).min(bytes.len());
+        shim.push(
+            stream,
+            String::from_utf8_lossy(&bytes[start..end]).into_owned(),
+        );
+        if end == bytes.len() {
+            break;
+        }
+        start = end;
+    }
+}
+
+/// Reaps the init on `SIGCHLD` (and on a slow tick, in case a signal was
+/// missed), then ends the output once the pipes have drained.
+async fn watch_exit(shim: Arc<Shim>, readers: [tokio::task::JoinHandle<()>; 2]) {
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(stream) => Some(stream),
+        Err(err) => {
+            tracing::warn!(error = %err, "no SIGCHLD stream; polling for the exit");
+            None
+        }
+    };
+    let exit = loop {
+        let reaped = shim.with_sandbox(|sandbox| {
+            sandbox
+                .try_wait()
+                .map(|status| status.map(|status| (status, sandbox.oom_killed())))
+        });
+        match reaped {
+            Some(Ok(Some((status, oom_killed)))) => {
+                let (code, signal) = match status {
+                    ExitStatus::Exited(code) => (Some(code), None),
+                    ExitStatus::Signaled(signal) => (None, Some(signal as i32)),
+                };
+                break Exit {
+                    code,
+                    signal,
+                    oom_killed,
+                    at_ms: now_ms(),
+                };
+            }
+            Some(Ok(None)) => {}
+            Some(Err(err)) => tracing::warn!(error = %error_chain(&err), "wait failed"),
+            None => return,
+        }
+        match sigchld.as_mut() {
+            Some(stream) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.recv()).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    tracing::info!(?exit, "the replica exited");
+    shim.exit.send_replace(Some(exit));
+    let drained = async {
+        for reader in readers {
+            let _ = reader.await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_AFTER_EXIT, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("output pipes still open after the exit; ending the output");
+    }
+    let mut buffer = lock(&shim.buffer);
+    buffer.end = Some(exit);
+    let _ = shim.events.send(OutputEvent::End(exit));
+}
+
+async fn handle(shim: Arc<Shim>, stream: UnixStream, done: watch::Sender<bool>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
+    if let Err(err) = reader.read_line(&mut line).await {
+        tracing::debug!(error = %err, "bad request");
+        return;
+    }
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(err) => {
+            let _ = send(
+                &mut write,
+                &Reply::error(ErrorKind::Invalid, err.to_string()),
+            )
+            .await;
+            return;
+        }
+    };
+    let reply = match request {
+        Request::Status => Reply::Info(shim.info()),
+        Request::Stop { grace_ms } => match shim.stop(Duration::from_millis(grace_ms)).await {
+            Ok(exit) => Reply::Stopped(exit),
+            Err(reply) => reply,
+        },
+        Request::Stats => match shim.with_sandbox(|sandbox| sandbox.stats()) {
+            Some(Ok(stats)) => Reply::Stats(ReplicaStats {
+                cpu_ns: stats.cpu_ns,
+                memory_bytes: stats.memory_bytes,
+                rx_bytes: stats.rx_bytes,
+                tx_bytes: stats.tx_bytes,
+                pids: stats.pids,
+                at_ms: now_ms(),
+            }),
+            Some(Err(err)) => Reply::error(ErrorKind::Failed, error_chain(&err)),
+            None => Reply::error(ErrorKind::NotRunning, "the replica is being deleted"),
+        },
+        Request::Stdin {
+            input,
+            quiet_ms,
+            timeout_ms,
+        } => stdin(
+            &shim,
+            input.as_bytes(),
+            Duration::from_millis(quiet_ms),
+            Duration::from_millis(timeout_ms),
+        )
+        .await
+        .unwrap_or_else(|reply| reply),
+        Request::Follow { after } => {
+            follow(&shim, after, &mut write).await;
+            return;
+        }
+        Request::Delete => match delete(&shim).await {
+            Ok(()) => {
+                let _ = send(&mut write, &Reply::Deleted).await;
+                let _ = write.shutdown().await;
+                done.send_replace(true);
+                return;
+            }
+            Err(reply) => reply,
+        },
+    };
+    let _ = send(&mut write, &reply).await;
+}
+
+async fn send(write: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.flush().await
+}
+
+async fn follow(shim: &Shim, after: u64, write: &mut (impl AsyncWriteExt + Unpin)) {
+    // Lines pushed between subscribing and reading the buffer arrive twice;
+    // `sent` drops the second copy.
+    let mut rx = shim.events.subscribe();
+    let mut sent = after;
+    loop {
+        // Catch up from the buffer (first, and after falling behind).
+        let (backlog, gap, end) = {
+            let buffer = lock(&shim.buffer);
+            let first = buffer.lines.front().map_or(buffer.last_seq + 1, |l| l.seq);
+            let gap = (first > sent + 1).then(|| first - 1);
+            let backlog: Vec<OutputLine> = buffer
+                .lines
+                .iter()
+                .filter(|line| line.seq > sent)
+                .cloned()
+                .collect();
+            (backlog, gap, buffer.end)
+        };
+        if let Some(through) = gap {
+            if send(write, &Reply::Event(OutputEvent::Gap { through }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent = through;
+        }
+        for line in backlog {
+            sent = line.seq;
+            if send(write, &Reply::Event(OutputEvent::Line(line)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(exit) = end {
+            let _ = send(write, &Reply::Event(OutputEvent::End(exit))).await;
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(OutputEvent::Line(line)) if line.seq > sent => {
+                    sent = line.seq;
+                    if send(write, &Reply::Event(OutputEvent::Line(line)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(OutputEvent::Line(_) | OutputEvent::Gap { .. }) => {}
+                Ok(OutputEvent::End(exit)) => {
+                    let _ = send(write, &Reply::Event(OutputEvent::End(exit))).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+async fn stdin(
+    shim: &Shim,
+    input: &[u8],
+    quiet: Duration,
+    timeout: Duration,
+) -> Result<Reply, Reply> {
+    let mut guard = shim.stdin.lock().await;
+    let Some(sender) = guard.as_mut() else {
+        return Err(Reply::error(
+            ErrorKind::NoStdin,
+            "the replica was not started with stdin",
+        ));
+    };
+    if shim.exit.borrow().is_some() {
+        return Err(Reply::error(
+            ErrorKind::NotRunning,
+            "the replica has exited",
+        ));
+    }
+    let mut rx = shim.events.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, sender.write_all(input)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            return Err(Reply::error(
+                ErrorKind::Failed,
+                format!("cannot write to the replica's stdin: {err}"),
+            ))
+        }
+        Err(_) => {
+            return Err(Reply::error(
+                ErrorKind::Failed,
+                "the replica did not read its stdin in time",
+            ))
+        }
+    }
+    let mut output = String::new();
+    let mut got_any = false;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let until = if got_any {
+            (now + quiet).min(deadline)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Ok(OutputEvent::Line(line))) if line.stream == OutputStream::Stdout => {
+                output.push_str(&line.text);
+                output.push('\n');
+                got_any = true;
+            }
+            Ok(Ok(OutputEvent::End(_))) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(Reply::Output(output))
+}
+
+async fn delete(shim: &Shim) -> Result<(), Reply> {
+    shim.stop(Duration::ZERO).await?;
+    let Some(sandbox) = lock(&shim.sandbox).take() else {
+        return Ok(());
+    };
+    // Blocking, but the shim has nothing else to do any more.
+    sandbox
+        .delete()
+        .map_err(|err| Reply::error(ErrorKind::Failed, error_chain(&err)))?;
+    std::fs::remove_dir_all(&shim.dir).map_err(|err| {
+        Reply::error(
+            ErrorKind::Failed,
+            format!("cannot remove {}: {err}", shim.dir.display()),
+        )
+    })
+}
