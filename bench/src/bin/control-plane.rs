@@ -456,6 +456,8 @@ fn main() -> Result<()> {
             upload_ttl: Duration::from_secs(3600),
             signing_key: Sealer::generate_key().to_vec(),
         }),
+        runtime: None,
+        builder: None,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = server_rt.spawn(async move {

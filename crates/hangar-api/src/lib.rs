@@ -74,6 +74,35 @@ pub struct AppState {
     pub store: Store,
     /// How the server is reached.
     pub config: Arc<ApiConfig>,
+    /// The controller running replicas, if this server runs any: exec,
+    /// stdin, live logs and metrics need it; writes wake it.
+    pub runtime: Option<hangar_controller::Controller>,
+    /// The builder, if this server builds: queued builds wake it.
+    pub builder: Option<hangar_build::Builder>,
+}
+
+impl AppState {
+    /// Asks the controller (if any) to reconcile instance `id` now.
+    pub fn wake(&self, instance_id: &str) {
+        if let Some(runtime) = &self.runtime {
+            runtime.wake(instance_id);
+        }
+    }
+
+    /// Tells the builder (if any) a build was queued.
+    pub fn build_queued(&self) {
+        if let Some(builder) = &self.builder {
+            builder.wake();
+        }
+    }
+
+    /// Live figures of instance `id` (zeros without a runtime).
+    pub fn metrics(&self, instance_id: &str) -> hangar_controller::InstanceMetrics {
+        self.runtime
+            .as_ref()
+            .map(|runtime| runtime.metrics(instance_id))
+            .unwrap_or_default()
+    }
 }
 
 /// Encodes a list cursor: opaque to clients, an ID to the store.

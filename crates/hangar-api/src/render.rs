@@ -143,6 +143,25 @@ pub struct InstanceMetrics {
     pub cpu_usage_percent: f64,
     /// Memory use across replicas.
     pub memory_usage_mb: u64,
+    /// Bytes received across replicas.
+    pub network_rx_bytes: u64,
+    /// Bytes sent across replicas.
+    pub network_tx_bytes: u64,
+}
+
+impl InstanceMetrics {
+    /// The controller's live figures in this shape.
+    #[must_use]
+    pub fn live(m: &hangar_controller::InstanceMetrics) -> Self {
+        Self {
+            uptime_seconds: m.uptime_seconds,
+            requests_total: 0,
+            cpu_usage_percent: m.cpu_usage_percent,
+            memory_usage_mb: m.memory_usage_mb.round() as u64,
+            network_rx_bytes: m.network_rx_bytes,
+            network_tx_bytes: m.network_tx_bytes,
+        }
+    }
 }
 
 /// An instance as the Instances API shows it.
@@ -207,12 +226,7 @@ pub fn instance(i: &Instance, cfg: &ApiConfig) -> InstanceObject {
         },
         resources: i.resources.to_instance_api(),
         env_vars: redact_env(&i.env_vars, "***REDACTED***"),
-        metrics: InstanceMetrics {
-            uptime_seconds: 0,
-            requests_total: 0,
-            cpu_usage_percent: 0.0,
-            memory_usage_mb: 0,
-        },
+        metrics: InstanceMetrics::live(&hangar_controller::InstanceMetrics::default()),
     }
 }
 
@@ -268,22 +282,27 @@ pub struct InstanceStatusObject {
 
 /// An instance's status in the status endpoint's shape.
 #[must_use]
-pub fn instance_status(i: &Instance) -> InstanceStatusObject {
+pub fn instance_status(
+    i: &Instance,
+    live: &hangar_controller::InstanceMetrics,
+) -> InstanceStatusObject {
     InstanceStatusObject {
         status: endpoint_status(i.status, i.replicas, i.ready_replicas),
         created_at: i.created_at.timestamp(),
         replicas: i.ready_replicas,
         restart_count: i.restart_count,
         health_checks: HealthChecks {
-            last_check: None,
+            last_check: live
+                .last_check
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             status: health_of(Some(i)).to_owned(),
-            response_time_ms: None,
+            response_time_ms: live.response_time_ms,
         },
         resource_usage: ResourceUsage {
-            cpu_percent: 0.0,
-            memory_mb: 0,
-            network_rx_bytes: 0,
-            network_tx_bytes: 0,
+            cpu_percent: live.cpu_usage_percent,
+            memory_mb: live.memory_usage_mb.round() as u64,
+            network_rx_bytes: live.network_rx_bytes,
+            network_tx_bytes: live.network_tx_bytes,
         },
     }
 }

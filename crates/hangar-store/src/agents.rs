@@ -3,6 +3,13 @@
 //! Creating an agent queues its first build in the same transaction, so an agent
 //! never exists without the build that will deploy it. An agent's status is not
 //! stored: reads return an [`AgentView`] with the facts it is derived from.
+//!
+//! Builders take queued builds with [`Store::claim_queued_build`] — a conditional
+//! `UPDATE … WHERE status = 'queued'`, so of several builders (in one process or
+//! in several Hangar processes on one PostgreSQL) exactly one gets each build —
+//! and hand a ready one to [`Store::deploy_build`], which creates the agent's
+//! default instance or points it at the new build. Transactions that write
+//! several of these rows lock them agent → instance → organization.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +17,7 @@ use hangar_core::id::{new_id, random_suffix, IdKind};
 use hangar_core::model::{Agent, AgentView, Build, BuildLogLine, Instance};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{Runtime, RuntimeConfig, Scaling, Source};
-use hangar_core::status::{BuildStatus, DesiredState};
+use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_core::validate::slug;
 use sqlx::any::AnyRow;
 
@@ -459,6 +466,187 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(Some(build))
+    }
+
+    /// Takes the oldest queued build for a builder: marks it `building` (with
+    /// `started_at`) and returns it as it now is; `None` when nothing is queued.
+    ///
+    /// Safe with any number of builders, in one process or in several Hangar
+    /// processes on one PostgreSQL: the claim is a conditional `UPDATE … WHERE
+    /// status = 'queued'`, which PostgreSQL re-checks on the row once it holds the
+    /// row's lock and SQLite runs under its single write lock, so exactly one
+    /// builder changes the row. A builder that loses the race looks for the next
+    /// queued build. Queued builds of agents deleted meanwhile are not handed out:
+    /// they are marked `failed` on the way.
+    pub async fn claim_queued_build(&self) -> Result<Option<Build>> {
+        loop {
+            let Some(row) = sqlx::query(
+                "SELECT b.id, a.deleted_at FROM builds b JOIN agents a ON a.id = b.agent_id \
+                 WHERE b.status = 'queued' ORDER BY b.id LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let id = row.text("id")?;
+            let now = now_ms();
+            if row.opt_int("deleted_at")?.is_some() {
+                sqlx::query(
+                    "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3 WHERE id = $1 AND status = 'queued'",
+                )
+                .bind(&id)
+                .bind("the agent was deleted before the build started")
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                continue;
+            }
+            let claimed = sqlx::query(&format!(
+                "UPDATE builds SET status = 'building', started_at = $2 WHERE id = $1 AND status = 'queued' \
+                 RETURNING {BUILD_COLUMNS}"
+            ))
+            .bind(&id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = claimed {
+                return build_from_row(&row).map(Some);
+            }
+            // Another builder took it between the read and the update.
+        }
+    }
+
+    /// Deploys a ready build to its agent's default instance, in one transaction,
+    /// and returns that instance.
+    ///
+    /// - The agent has no default instance: one is created, as
+    ///   [`Store::create_instance`] would — a slot of the organization's quota is
+    ///   reserved atomically ([`StoreError::QuotaExceeded`] when none is left, and
+    ///   nothing changes). It takes the agent's name (or, when another instance of
+    ///   the organization has it, the name with a suffix), the agent's resource
+    ///   name when no instance uses it (else one derived from the name), the
+    ///   agent's configuration, resources, environment and desired state, and
+    ///   `max(scaling.min_instances, 1)` replicas, and becomes the agent's default
+    ///   instance.
+    /// - The agent has one: it is pointed at this build (`build_id`,
+    ///   `updated_at`), which the controller sees as a new generation and rolls.
+    ///   Nothing else of the instance changes.
+    ///
+    /// Either way the agent's `deployed_at` becomes now. `None`, changing nothing,
+    /// when the build is not `ready`, its agent is deleted, or it is no longer the
+    /// agent's latest build: a build that finishes after a newer one was queued
+    /// must not roll the agent back. Calling it again for the same build changes
+    /// nothing but the times.
+    pub async fn deploy_build(&self, build_id: &str) -> Result<Option<Instance>> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        // The agent's lock comes first (lock order agent → instance →
+        // organization; on SQLite the write lock before any read), and only when
+        // this ready build is still the agent's latest: on PostgreSQL the
+        // condition is re-checked once the lock is held, so a build queued
+        // meanwhile (which also locks the agent) wins.
+        let Some(row) = sqlx::query(
+            "UPDATE agents SET updated_at = updated_at WHERE latest_build_id = $1 AND deleted_at IS NULL \
+             AND id = (SELECT agent_id FROM builds WHERE id = $1 AND status = 'ready') RETURNING id",
+        )
+        .bind(build_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let agent_id = row.text("id")?;
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents a WHERE a.id = $1"
+        ))
+        .bind(&agent_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let agent = agent_from_row(&row)?;
+        let mut deployed = None;
+        if let Some(current) = &agent.default_instance_id {
+            let row = sqlx::query(&format!(
+                "UPDATE instances SET build_id = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL \
+                 RETURNING {INSTANCE_COLUMNS}"
+            ))
+            .bind(current)
+            .bind(build_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            deployed = row.as_ref().map(instance_from_row).transpose()?;
+        }
+        let instance = match deployed {
+            Some(instance) => instance,
+            None => {
+                let instance = Self::default_instance(&mut tx, &agent, build_id, now).await?;
+                Self::insert_instance(&mut tx, &instance).await?;
+                instance
+            }
+        };
+        sqlx::query("UPDATE agents SET default_instance_id = $2, deployed_at = $3 WHERE id = $1")
+            .bind(&agent.id)
+            .bind(&instance.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(instance))
+    }
+
+    /// The default instance `deploy_build` creates for `agent` (not stored yet).
+    async fn default_instance(
+        tx: &mut Transaction<'static, Any>,
+        agent: &Agent,
+        build_id: &str,
+        now: i64,
+    ) -> Result<Instance> {
+        let id = new_id(IdKind::Instance);
+        let name_used = sqlx::query(
+            "SELECT id FROM instances WHERE organization_id = $1 AND name = $2 AND deleted_at IS NULL",
+        )
+        .bind(&agent.organization_id)
+        .bind(&agent.name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+        let name = if name_used {
+            format!("{}-{}", agent.name, random_suffix(&id, 8))
+        } else {
+            agent.name.clone()
+        };
+        let resource_name_used =
+            sqlx::query("SELECT id FROM instances WHERE resource_name = $1 AND deleted_at IS NULL")
+                .bind(&agent.resource_name)
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some();
+        let resource_name = if resource_name_used {
+            format!("{}-{}", slug(&name, 40), random_suffix(&id, 8))
+        } else {
+            agent.resource_name.clone()
+        };
+        Ok(Instance {
+            id,
+            organization_id: agent.organization_id.clone(),
+            agent_id: agent.id.clone(),
+            build_id: build_id.to_owned(),
+            user_id: agent.user_id.clone(),
+            name,
+            resource_name,
+            config: agent.config.clone(),
+            resources: agent.resources,
+            env_vars: agent.environment.clone(),
+            replicas: agent.scaling.min_instances.max(1),
+            desired_state: agent.desired_state,
+            status: InstanceStatus::Starting,
+            status_reason: None,
+            ready_replicas: 0,
+            restart_count: 0,
+            created_at: from_ms(now),
+            updated_at: from_ms(now),
+        })
     }
 
     /// A build of the organization.

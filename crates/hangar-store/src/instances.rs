@@ -14,10 +14,11 @@ use hangar_core::spec::RuntimeConfig;
 use hangar_core::status::{DesiredState, InstanceStatus};
 use hangar_core::validate::slug;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
 
 use crate::{
-    from_ms, name_taken, now_ms, page_limit, to_json, Conditions, Page, Result, RowExt, Store,
-    StoreError,
+    from_ms, name_taken, now_ms, page_limit, to_json, to_ms, Conditions, Page, Result, RowExt,
+    Store, StoreError,
 };
 
 /// What creating an instance needs.
@@ -130,11 +131,33 @@ impl Store {
                 id: instance.agent_id,
             });
         }
+        Self::insert_instance(&mut tx, &instance).await?;
+        if new.make_default {
+            sqlx::query("UPDATE agents SET default_instance_id = $2 WHERE id = $1")
+                .bind(&instance.agent_id)
+                .bind(&instance.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(instance)
+    }
+
+    /// Reserves a slot of the instance's organization's quota and inserts the
+    /// instance, inside the caller's transaction. The caller has already
+    /// write-locked the agent (and any instance it changes): the organization's
+    /// row is the last lock taken. [`StoreError::QuotaExceeded`] when no slot is
+    /// free, [`StoreError::NameTaken`] when the name (or resource name) is used.
+    pub(crate) async fn insert_instance(
+        tx: &mut Transaction<'static, Any>,
+        instance: &Instance,
+    ) -> Result<()> {
+        let now = to_ms(instance.created_at);
         let reserved = sqlx::query(
             "UPDATE organizations SET instance_count = instance_count + 1 WHERE id = $1 AND instance_count < max_instances",
         )
         .bind(&instance.organization_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if reserved == 0 {
@@ -142,7 +165,7 @@ impl Store {
                 "SELECT instance_count, max_instances FROM organizations WHERE id = $1",
             )
             .bind(&instance.organization_id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
             return Err(StoreError::QuotaExceeded {
                 current: row.count("instance_count")?,
@@ -168,18 +191,10 @@ impl Store {
         .bind(instance.desired_state.as_str())
         .bind(instance.status.as_str())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| name_taken(e, "instance", &instance.name))?;
-        if new.make_default {
-            sqlx::query("UPDATE agents SET default_instance_id = $2 WHERE id = $1")
-                .bind(&instance.agent_id)
-                .bind(&instance.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(instance)
+        Ok(())
     }
 
     /// An instance of the organization.

@@ -200,6 +200,52 @@ impl Store {
         Ok(stored)
     }
 
+    /// Appends one line Hangar itself writes into an instance's log (a replica
+    /// restarted, was OOM-killed, failed to start), attributed to `replica_id`
+    /// without touching that replica's ingestion cursor.
+    pub async fn append_system_log(
+        &self,
+        instance_id: &str,
+        replica_id: &str,
+        line: &NewLogLine,
+    ) -> Result<InstanceLogLine> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "UPDATE instances SET log_seq = log_seq + 1 WHERE id = $1 AND reaped_at IS NULL RETURNING log_seq",
+        )
+        .bind(instance_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(StoreError::NotFound {
+                what: "instance",
+                id: instance_id.to_owned(),
+            });
+        };
+        let stored = InstanceLogLine {
+            seq: row.int("log_seq")?,
+            timestamp: line.timestamp,
+            replica_id: replica_id.to_owned(),
+            stream: line.stream,
+            level: line.level,
+            message: line.message.replace('\0', "\u{FFFD}"),
+        };
+        sqlx::query(
+            "INSERT INTO instance_logs (instance_id, seq, replica_id, ts, stream, level, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(instance_id)
+        .bind(stored.seq)
+        .bind(replica_id)
+        .bind(to_ms(stored.timestamp))
+        .bind(stored.stream.as_str())
+        .bind(stored.level.as_str())
+        .bind(stored.message.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
     /// The last output line number of the replica already stored (where its
     /// ingestion resumes after it), or `None` when nothing of it was stored.
     pub async fn replica_log_cursor(&self, replica_id: &str) -> Result<Option<u64>> {

@@ -130,9 +130,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         upload_ttl: Duration::from_secs(3600),
         signing_key: derive_key(&key, "hangar upload urls v1"),
     };
+    let runtime = start_runtime(&config, &store).await?;
+    let woken = runtime.clone();
+    let builder = hangar_build::Builder::new(store.clone())
+        .with_on_deployed(move |instance| woken.wake(&instance.id));
+    builder.clone().start();
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
+        runtime: Some(runtime),
+        builder: Some(builder),
     });
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
@@ -162,6 +169,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sandbox driver under `<data dir>/runtime` and the controller over it.
+/// Replicas left running by an earlier process are adopted before the
+/// listener opens.
+async fn start_runtime(
+    config: &Config,
+    store: &hangar_store::Store,
+) -> anyhow::Result<hangar_controller::Controller> {
+    let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;
+    let driver = hangar_runtime::SandboxDriver::new(hangar_runtime::SandboxDriverConfig {
+        shim_program,
+        state_dir: config.data_dir.join("runtime"),
+        host_network: false,
+    })
+    .context("preparing the sandbox driver's state dir")?;
+    tracing::info!(bridged = driver.bridged(), "sandbox driver ready");
+    let controller = hangar_controller::Controller::new(
+        store.clone(),
+        Arc::new(driver),
+        hangar_controller::ControllerConfig::default(),
+    );
+    controller
+        .start()
+        .await
+        .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
+    Ok(controller)
 }
 
 async fn wait_for_signal() {

@@ -208,6 +208,7 @@ async fn create_agent(
             metadata: body.metadata,
         })
         .await?;
+    state.build_queued();
     Ok((StatusCode::CREATED, ok(render::agent(&view, &state.config))))
 }
 
@@ -490,6 +491,9 @@ async fn set_desired(
         return Err(ApiError::not_found(Kind::Agent, id));
     }
     let view = find(state, caller, id).await?;
+    if let Some(instance) = &view.default_instance {
+        state.wake(&instance.id);
+    }
     Ok(ok(render::agent(&view, &state.config)))
 }
 
@@ -542,6 +546,7 @@ async fn redeploy(
         .queue_build(caller.org(), &id, source)
         .await?
         .found(Kind::Agent, &id)?;
+    state.build_queued();
     let view = find(&state, &caller, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -652,6 +657,11 @@ async fn metrics(
         .default_instance
         .as_ref()
         .map_or(0, |i| i.ready_replicas);
+    let live = view
+        .default_instance
+        .as_ref()
+        .map(|i| state.metrics(&i.id))
+        .unwrap_or_default();
     Ok(ok(AgentMetrics {
         agent_id: view.agent.id,
         window,
@@ -659,8 +669,8 @@ async fn metrics(
         requests_24h: 0,
         avg_latency_ms: 0.0,
         error_rate_percent: 0.0,
-        cpu_percent: 0.0,
-        memory_mb: 0,
+        cpu_percent: live.cpu_usage_percent,
+        memory_mb: live.memory_usage_mb.round() as u64,
         replicas,
     }))
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
 use hangar_core::model::Instance;
@@ -59,6 +60,13 @@ fn own_org(caller: &Caller, org_id: &str) -> ApiResult<()> {
     }
 }
 
+/// An instance with its live metrics.
+fn object(state: &AppState, inst: &Instance) -> render::InstanceObject {
+    let mut object = render::instance(inst, &state.config);
+    object.metrics = render::InstanceMetrics::live(&state.metrics(&inst.id));
+    object
+}
+
 async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Instance> {
     state
         .store
@@ -104,11 +112,7 @@ async fn list_instances(
         .store
         .list_instances(&org_id, &filter, after.as_deref(), limit)
         .await?;
-    let data = page
-        .items
-        .iter()
-        .map(|i| render::instance(i, &state.config))
-        .collect();
+    let data = page.items.iter().map(|i| object(&state, i)).collect();
     Ok(Json(InstanceList {
         data,
         pagination: Pagination::of(&page, limit),
@@ -125,7 +129,7 @@ async fn get_instance(
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceObject>> {
     let inst = find(&state, &caller, &id).await?;
-    Ok(Json(render::instance(&inst, &state.config)))
+    Ok(Json(object(&state, &inst)))
 }
 
 /// Body of `POST /instances`.
@@ -216,10 +220,8 @@ async fn create_instance(
             make_default: false,
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(render::instance(&inst, &state.config)),
-    ))
+    state.wake(&inst.id);
+    Ok((StatusCode::CREATED, Json(object(&state, &inst))))
 }
 
 /// Body of `PUT /instances/{instance_id}`: only the fields to change.
@@ -275,7 +277,8 @@ async fn update_instance(
         })
         .await?
         .found(Kind::Instance, &id)?;
-    Ok(Json(render::instance(&inst, &state.config)))
+    state.wake(&inst.id);
+    Ok(Json(object(&state, &inst)))
 }
 
 /// Query of `DELETE /instances/{instance_id}`.
@@ -303,6 +306,7 @@ async fn delete_instance(
         .delete_instance(caller.org(), &id, q.force)
         .await?
     {
+        state.wake(&id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(Kind::Instance, id))
@@ -319,7 +323,10 @@ async fn instance_status(
     Path((org_id, id)): Path<(String, String)>,
 ) -> ApiResult<Json<InstanceStatusObject>> {
     let inst = find_in(&state, &caller, &org_id, &id).await?;
-    Ok(Json(render::instance_status(&inst)))
+    Ok(Json(render::instance_status(
+        &inst,
+        &state.metrics(&inst.id),
+    )))
 }
 
 /// Why a request that needs a live replica cannot be served: the instance is not
@@ -328,13 +335,43 @@ fn no_replica(inst: &Instance, action: &str) -> ApiError {
     if inst.status == InstanceStatus::Running {
         ApiError::RuntimeUnavailable("this server has no replica runtime attached")
     } else {
-        ApiError::NotRunning {
-            kind: Kind::Instance,
-            message: format!("Cannot {action} on {} instance", inst.status),
-            current_status: inst.status.to_string(),
-        }
+        not_running(inst, action)
     }
 }
+
+fn not_running(inst: &Instance, action: &str) -> ApiError {
+    // A replica can be gone a moment before the status says so.
+    let status = match inst.status {
+        InstanceStatus::Running => InstanceStatus::Starting,
+        other => other,
+    };
+    ApiError::NotRunning {
+        kind: Kind::Instance,
+        message: format!("Cannot {action} on {status} instance"),
+        current_status: status.to_string(),
+    }
+}
+
+/// The controller's answer as an API error.
+fn control_error(inst: &Instance, action: &str, err: hangar_controller::ControlError) -> ApiError {
+    use hangar_controller::ControlError;
+    match err {
+        ControlError::NotRunning(_) => not_running(inst, action),
+        ControlError::NoStdin(_) => stdin_not_enabled(),
+        ControlError::Invalid(message) => ApiError::invalid("argv", message),
+        ControlError::Driver(message) => ApiError::Internal(message.into()),
+    }
+}
+
+fn stdin_not_enabled() -> ApiError {
+    ApiError::Conflict {
+        code: "STDIN_NOT_ENABLED",
+        message: "this instance does not read stdin (config.stdin_enabled is false)".into(),
+    }
+}
+
+/// How long an exec may run.
+const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Run a command in an instance; the body is the argv array.
 #[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/exec", tag = "instances", request_body = Vec<String>,
@@ -346,7 +383,7 @@ async fn exec(
     caller: Caller,
     Path((org_id, id)): Path<(String, String)>,
     Body(argv): Body<Vec<String>>,
-) -> ApiResult<String> {
+) -> ApiResult<axum::response::Response> {
     if argv.is_empty() || argv.len() > 256 {
         return Err(ApiError::invalid(
             "argv",
@@ -360,7 +397,45 @@ async fn exec(
         ));
     }
     let inst = find_in(&state, &caller, &org_id, &id).await?;
-    Err(no_replica(&inst, "execute command"))
+    let action = "execute command";
+    let Some(runtime) = &state.runtime else {
+        return Err(no_replica(&inst, action));
+    };
+    if inst.status != InstanceStatus::Running {
+        return Err(not_running(&inst, action));
+    }
+    let result = runtime
+        .exec(&inst.id, &argv, EXEC_TIMEOUT)
+        .await
+        .map_err(|err| control_error(&inst, action, err))?;
+    // stdout, then stderr; the exit code (or the signal) in headers.
+    let mut body = result.stdout;
+    body.extend_from_slice(&result.stderr);
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let code = result
+        .code
+        .map_or_else(|| "-1".to_owned(), |c| c.to_string());
+    if let Ok(value) = axum::http::HeaderValue::from_str(&code) {
+        headers.insert("x-exit-code", value);
+    }
+    if result.timed_out {
+        headers.insert(
+            "x-exec-timed-out",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    if result.truncated {
+        headers.insert(
+            "x-output-truncated",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 /// Body of `POST …/stdin`.
@@ -387,13 +462,27 @@ async fn stdin(
     }
     let inst = find_in(&state, &caller, &org_id, &id).await?;
     if !inst.config.stdin_enabled {
-        return Err(ApiError::Conflict {
-            code: "STDIN_NOT_ENABLED",
-            message: "this instance does not read stdin (config.stdin_enabled is false)".into(),
-        });
+        return Err(stdin_not_enabled());
     }
-    Err(no_replica(&inst, "send input to"))
+    let action = "send input to";
+    let Some(runtime) = &state.runtime else {
+        return Err(no_replica(&inst, action));
+    };
+    if inst.status != InstanceStatus::Running {
+        return Err(not_running(&inst, action));
+    }
+    runtime
+        .stdin(&inst.id, body.input.as_bytes(), STDIN_WAIT)
+        .await
+        .map_err(|err| control_error(&inst, action, err))
 }
+
+/// When the output of a stdin write counts as complete: once the replica
+/// has printed something and then been quiet for 300 ms, or after 30 s.
+const STDIN_WAIT: hangar_runtime::driver::StdinWait = hangar_runtime::driver::StdinWait {
+    quiet: std::time::Duration::from_millis(300),
+    timeout: std::time::Duration::from_secs(30),
+};
 
 /// Query of `GET …/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -417,21 +506,88 @@ async fn logs(
     caller: Caller,
     Path((org_id, id)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
-) -> ApiResult<String> {
+) -> ApiResult<axum::response::Response> {
     if q.lines.is_some_and(|l| !(1..=10_000).contains(&l)) {
         return Err(ApiError::invalid("lines", "must be between 1 and 10000"));
     }
-    if let Some(since) = &q.since {
-        chrono::DateTime::parse_from_rfc3339(since)
-            .map_err(|_| ApiError::invalid("since", "must be an RFC 3339 time"))?;
-    }
+    let since = match &q.since {
+        Some(since) => Some(
+            chrono::DateTime::parse_from_rfc3339(since)
+                .map_err(|_| ApiError::invalid("since", "must be an RFC 3339 time"))?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
     let inst = find_in(&state, &caller, &org_id, &id).await?;
-    Err(no_replica(
-        &inst,
-        if q.follow {
-            "follow logs of"
-        } else {
-            "read logs of"
-        },
-    ))
+    let live = match (&state.runtime, q.follow) {
+        (Some(runtime), true) => Some(runtime.subscribe_logs(&inst.id)),
+        (None, true) => return Err(no_replica(&inst, "follow logs of")),
+        (_, false) => None,
+    };
+    let query = hangar_store::LogQuery {
+        tail: Some(q.lines.unwrap_or(100)),
+        since,
+        after_seq: None,
+        limit: 10_000,
+    };
+    let lines = state.store.instance_logs(&inst.id, &query).await?;
+    let Some(mut live) = live else {
+        let logs: Vec<serde_json::Value> = lines.iter().map(log_entry).collect();
+        return Ok(Json(serde_json::json!({ "logs": logs })).into_response());
+    };
+    // Follow: what is stored, then live lines as they come (subscribed before
+    // the read, so nothing falls between; duplicates are dropped by seq).
+    let mut last = lines.last().map_or(0, |line| line.seq);
+    let backlog: Vec<Result<Event, std::convert::Infallible>> =
+        lines.iter().map(|line| Ok(log_event(line))).collect();
+    let stream = async_stream_of(backlog, move |tx| async move {
+        loop {
+            match live.recv().await {
+                Ok(line) if line.seq > last => {
+                    last = line.seq;
+                    if tx.send(Ok(log_event(&line))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A log line as the seed shows it.
+fn log_entry(line: &hangar_core::logs::InstanceLogLine) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp": line.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "level": line.level.as_str(),
+        "message": line.message,
+        "stream": line.stream.as_str(),
+        "replica_id": line.replica_id,
+    })
+}
+
+fn log_event(line: &hangar_core::logs::InstanceLogLine) -> Event {
+    Event::default()
+        .id(line.seq.to_string())
+        .data(log_entry(line).to_string())
+}
+
+/// A stream that yields `first`, then whatever `rest` sends.
+fn async_stream_of<F, Fut>(
+    first: Vec<Result<Event, std::convert::Infallible>>,
+    rest: F,
+) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, std::convert::Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(rest(tx));
+    use tokio_stream::StreamExt as _;
+    tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

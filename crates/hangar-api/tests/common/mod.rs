@@ -89,6 +89,8 @@ impl Harness {
         let app = hangar_api::app(AppState {
             store,
             config: Arc::new(config()),
+            runtime: None,
+            builder: None,
         });
         Harness { db, app, a, b }
     }

@@ -24,7 +24,7 @@ use super::{Started, BUFFER_BYTES, BUFFER_LINES};
 use crate::driver::{
     now_ms, Exit, OutputEvent, OutputLine, OutputStream, ReplicaInfo, ReplicaStats, MAX_LINE_BYTES,
 };
-use crate::sandbox::{error_chain, ExitStatus, Sandbox};
+use crate::sandbox::{error_chain, ExitStatus, Sandbox, Sandboxes};
 
 /// How long after the init's exit the shim waits for the pipes to drain
 /// before it declares the output complete anyway.
@@ -38,6 +38,7 @@ const MAX_REQUEST_BYTES: u64 = 4 << 20;
 
 struct Shim {
     dir: PathBuf,
+    config: ShimConfig,
     info: ReplicaInfo,
     buffer: Mutex<Buffer>,
     events: broadcast::Sender<OutputEvent>,
@@ -130,7 +131,7 @@ impl Shim {
 /// Runs the shim until it is deleted; returns the process's exit code.
 pub(super) async fn serve(
     dir: PathBuf,
-    _config: ShimConfig,
+    config: ShimConfig,
     info: ReplicaInfo,
     started: Started,
 ) -> i32 {
@@ -151,6 +152,7 @@ pub(super) async fn serve(
     });
     let shim = Arc::new(Shim {
         dir,
+        config,
         info,
         buffer: Mutex::new(Buffer::default()),
         events,
@@ -510,13 +512,33 @@ async fn stdin(
 
 async fn delete(shim: &Shim) -> Result<(), Reply> {
     shim.stop(Duration::ZERO).await?;
-    let Some(sandbox) = lock(&shim.sandbox).take() else {
-        return Ok(());
-    };
     // Blocking, but the shim has nothing else to do any more.
-    sandbox
-        .delete()
-        .map_err(|err| Reply::error(ErrorKind::Failed, error_chain(&err)))?;
+    let deleted = match lock(&shim.sandbox).take() {
+        Some(sandbox) => sandbox.delete().map_err(|err| error_chain(&err)),
+        // An earlier delete got this far and failed after.
+        None => Err("deleted before".to_owned()),
+    };
+    if let Err(first) = deleted {
+        // What is left (processes still dying in a busy cgroup, say) goes
+        // the way of a sandbox without its creator: kill what is in the
+        // cgroup, wait for it, remove the rest. A few tries.
+        tracing::warn!(error = %first, "delete left something; removing what is left");
+        let sandboxes = Sandboxes::new(&shim.config.sandboxes_dir, &shim.config.cgroup_parent)
+            .map_err(|err| Reply::error(ErrorKind::Failed, error_chain(&err)))?;
+        let mut attempt = 0;
+        loop {
+            match sandboxes.remove(&shim.config.spec.id) {
+                Ok(()) => break,
+                Err(err) if attempt >= 4 => {
+                    return Err(Reply::error(ErrorKind::Failed, error_chain(&err)));
+                }
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
     std::fs::remove_dir_all(&shim.dir).map_err(|err| {
         Reply::error(
             ErrorKind::Failed,

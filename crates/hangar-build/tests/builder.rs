@@ -1,0 +1,231 @@
+//! The builder against a real (SQLite) store: queued builds become ready or
+//! failed, ready ones are deployed, and the server hears which instance changed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::TempDir;
+use hangar_build::Builder;
+use hangar_core::model::{Build, Instance};
+use hangar_core::resources::Resources;
+use hangar_core::spec::{RuntimeConfig, Scaling, Source};
+use hangar_core::status::BuildStatus;
+use hangar_store::testing::TestDb;
+use hangar_store::{Backend, NewAgent, Store};
+
+struct Org {
+    id: String,
+    user: String,
+    cloud: String,
+}
+
+async fn org(store: &Store) -> Org {
+    let boot = store.bootstrap(None).await.expect("bootstrap");
+    let id = boot.organization.id.clone();
+    let cloud = store
+        .get_cloud(&id, "local")
+        .await
+        .expect("cloud")
+        .expect("local");
+    Org {
+        id,
+        user: boot.admin.id,
+        cloud: cloud.id,
+    }
+}
+
+async fn agent(store: &Store, o: &Org, name: &str, source: Source) -> (String, Build) {
+    let (view, build) = store
+        .create_agent(NewAgent {
+            organization_id: o.id.clone(),
+            user_id: o.user.clone(),
+            cloud_id: o.cloud.clone(),
+            name: name.into(),
+            display_name: None,
+            version: None,
+            runtime: Default::default(),
+            resources: Resources::default(),
+            scaling: Scaling::default(),
+            config: RuntimeConfig::default(),
+            environment: BTreeMap::new(),
+            source,
+            metadata: BTreeMap::new(),
+        })
+        .await
+        .expect("agent");
+    (view.agent.id, build)
+}
+
+fn dir_source(repo: String) -> Source {
+    Source::Github {
+        repo,
+        branch: None,
+        path: None,
+        commit: None,
+    }
+}
+
+/// A builder that records the instances it reports deployed.
+fn recording(store: &Store) -> (Builder, Arc<Mutex<Vec<Instance>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let builder = Builder::new(store.clone())
+        .with_on_deployed(move |i: &Instance| sink.lock().expect("lock").push(i.clone()));
+    (builder, seen)
+}
+
+async fn build_of(store: &Store, o: &Org, id: &str) -> Build {
+    store
+        .get_build(&o.id, id)
+        .await
+        .expect("get")
+        .expect("build")
+}
+
+async fn log_of(store: &Store, id: &str) -> Vec<String> {
+    store
+        .build_log(id, 0, 100)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|l| l.line)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_directory_is_built_deployed_and_redeployed() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store.clone();
+    let o = org(&store).await;
+    let dir = TempDir::new();
+    dir.file("main.py", "print('hi')\n");
+    let (agent_id, build) = agent(&store, &o, "echo", dir_source(dir.url(""))).await;
+    let (builder, seen) = recording(&store);
+
+    assert_eq!(builder.run_pending().await.expect("run"), 1);
+    let built = build_of(&store, &o, &build.id).await;
+    let expected = dir
+        .path()
+        .canonicalize()
+        .expect("canonical")
+        .display()
+        .to_string();
+    assert_eq!(built.status, BuildStatus::Ready);
+    assert_eq!(built.artifact.as_deref(), Some(expected.as_str()));
+    assert!(built.reason.is_none());
+    assert!(built.started_at.is_some() && built.finished_at.is_some());
+    assert_eq!(
+        log_of(&store, &build.id).await,
+        vec![format!("using the directory {expected} as the artifact")]
+    );
+    let view = store
+        .get_agent(&o.id, &agent_id)
+        .await
+        .expect("get")
+        .expect("agent");
+    let instance = view.default_instance.expect("default instance");
+    assert_eq!(instance.build_id, build.id);
+    assert_eq!(instance.name, "echo");
+    assert_eq!(*seen.lock().expect("lock"), vec![instance.clone()]);
+    // Nothing left to do.
+    assert_eq!(builder.run_pending().await.expect("run"), 0);
+
+    // A redeploy rolls the same instance onto the new build.
+    let next = store
+        .queue_build(&o.id, &agent_id, None)
+        .await
+        .expect("queue")
+        .expect("agent");
+    assert_eq!(builder.run_pending().await.expect("run"), 1);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].id, instance.id);
+    assert_eq!(seen[1].build_id, next.id);
+    assert_eq!(store.instance_count(&o.id).await.expect("count"), 1);
+}
+
+#[tokio::test]
+async fn failed_builds_say_why_and_deploy_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store.clone();
+    let o = org(&store).await;
+    let unreadable = TempDir::new();
+    unreadable.file("main.py", "print('hi')\n");
+    let secret = unreadable.file("key.pem", "-----\n");
+    unreadable.chmod("key.pem", 0o600);
+    let empty = TempDir::new();
+    empty.file("notes.txt", "");
+    let cases = [
+        (
+            "docker",
+            Source::Docker {
+                image: "ghcr.io/user/agent:v1".into(),
+                credentials: None,
+            },
+            "building docker sources is not available yet in this version of Hangar".to_owned(),
+        ),
+        (
+            "git",
+            dir_source("https://github.com/user/agent.git".into()),
+            "building git sources is not available yet in this version of Hangar".to_owned(),
+        ),
+        (
+            "missing",
+            dir_source("file:///nonexistent/hangar/agent".into()),
+            "the directory /nonexistent/hangar/agent does not exist".to_owned(),
+        ),
+        (
+            "unreadable",
+            dir_source(unreadable.url("")),
+            secret.display().to_string(),
+        ),
+        (
+            "empty",
+            dir_source(empty.url("")),
+            "nothing to run".to_owned(),
+        ),
+    ];
+    let (builder, seen) = recording(&store);
+    let mut builds = Vec::new();
+    for (name, source, _) in &cases {
+        builds.push(agent(&store, &o, name, source.clone()).await.1);
+    }
+    assert_eq!(builder.run_pending().await.expect("run"), cases.len());
+    for ((name, _, expected), build) in cases.iter().zip(&builds) {
+        let failed = build_of(&store, &o, &build.id).await;
+        assert_eq!(failed.status, BuildStatus::Failed, "{name}");
+        let reason = failed.reason.expect("reason");
+        assert!(reason.contains(expected.as_str()), "{name}: {reason}");
+        assert!(failed.artifact.is_none(), "{name}");
+        assert_eq!(log_of(&store, &build.id).await, vec![reason], "{name}");
+    }
+    assert!(seen.lock().expect("lock").is_empty());
+    assert_eq!(store.instance_count(&o.id).await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn the_running_builder_picks_up_builds_when_woken() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store.clone();
+    let o = org(&store).await;
+    let dir = TempDir::new();
+    dir.file("app.py", "print('hi')\n");
+    let (builder, seen) = recording(&store);
+    let task = builder.clone().start();
+    let (_, build) = agent(&store, &o, "woken", dir_source(dir.url(""))).await;
+    builder.wake();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().expect("lock").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never deployed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.lock().expect("lock")[0].build_id, build.id);
+    assert_eq!(
+        build_of(&store, &o, &build.id).await.status,
+        BuildStatus::Ready
+    );
+    task.abort();
+}

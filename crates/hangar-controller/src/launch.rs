@@ -1,0 +1,222 @@
+//! What a replica of an instance runs: the command found in its artifact,
+//! its environment, its limits — a [`ReplicaSpec`] — and the generation hash
+//! that tells when running replicas no longer match the instance.
+//!
+//! The command, in order of precedence (the agent contract in
+//! `ARCHITECTURE.md`):
+//!
+//! 1. `hangar.toml` in the artifact with `[run] command = ["prog", "arg", …]`
+//!    (or a string, split on whitespace);
+//! 2. `main.py`, else `app.py` → `python3 -u /app/<file>`;
+//! 3. `package.json` with `scripts.start` → `npm start`; else `main` or
+//!    `index.js` → `node /app/<file>`.
+//!
+//! Anything else cannot run, and says what it looked for.
+
+use std::path::Path;
+
+use hangar_core::model::Instance;
+use hangar_core::spec::DeploymentType;
+use hangar_runtime::driver::{labels, ReplicaSpec};
+use sha2::{Digest, Sha256};
+
+/// The smallest memory limit a replica gets.
+const MIN_MEMORY_BYTES: u64 = 16 << 20;
+
+/// Default pids limit of a replica.
+pub const PIDS_LIMIT: i64 = 512;
+
+/// The command an artifact runs, found as the module docs say.
+pub fn command(artifact: &Path) -> Result<Vec<String>, String> {
+    let manifest = artifact.join("hangar.toml");
+    if manifest.is_file() {
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|err| format!("cannot read hangar.toml: {err}"))?;
+        let value: toml::Table =
+            toml::from_str(&text).map_err(|err| format!("hangar.toml is not valid TOML: {err}"))?;
+        if let Some(run) = value.get("run").and_then(|run| run.get("command")) {
+            let argv: Vec<String> = match run {
+                toml::Value::String(line) => line.split_whitespace().map(str::to_owned).collect(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|item| item.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or("hangar.toml: run.command must be a list of strings")?,
+                _ => return Err("hangar.toml: run.command must be a string or a list".to_owned()),
+            };
+            if argv.is_empty() {
+                return Err("hangar.toml: run.command is empty".to_owned());
+            }
+            return Ok(argv);
+        }
+    }
+    for file in ["main.py", "app.py"] {
+        if artifact.join(file).is_file() {
+            return Ok(vec![
+                "python3".to_owned(),
+                "-u".to_owned(),
+                format!("/app/{file}"),
+            ]);
+        }
+    }
+    let package = artifact.join("package.json");
+    if package.is_file() {
+        let text = std::fs::read_to_string(&package)
+            .map_err(|err| format!("cannot read package.json: {err}"))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|err| format!("package.json is not valid JSON: {err}"))?;
+        if json["scripts"]["start"].is_string() {
+            return Ok(vec!["npm".to_owned(), "start".to_owned()]);
+        }
+        let main = json["main"].as_str().unwrap_or("index.js");
+        let main = main.trim_start_matches("./");
+        if !main.contains("..") && artifact.join(main).is_file() {
+            return Ok(vec!["node".to_owned(), format!("/app/{main}")]);
+        }
+    }
+    Err("nothing to run: no hangar.toml [run] command, main.py, app.py or package.json".to_owned())
+}
+
+/// A hash of everything that shapes a replica: replicas made from another
+/// generation are rolled.
+pub fn generation(instance: &Instance, artifact: &str) -> String {
+    let mut hash = Sha256::new();
+    let parts = [
+        serde_json::to_string(&instance.config).unwrap_or_default(),
+        serde_json::to_string(&instance.resources).unwrap_or_default(),
+        serde_json::to_string(&instance.env_vars).unwrap_or_default(),
+        instance.build_id.clone(),
+        artifact.to_owned(),
+    ];
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(&hash.finalize()[..8])
+}
+
+/// The spec of a new replica `replica_id` of `instance` running `artifact`.
+pub fn replica_spec(
+    instance: &Instance,
+    artifact: &str,
+    replica_id: &str,
+    generation: &str,
+) -> Result<ReplicaSpec, String> {
+    let app = Path::new(artifact);
+    let argv = command(app)?;
+    let config = &instance.config;
+    let http = config.deployment_type() != DeploymentType::Stdin;
+    let mut env: Vec<(String, String)> = instance
+        .env_vars
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let mut set = |key: &str, value: String| {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value));
+    };
+    set("PORT", config.port.to_string());
+    set("HANGAR_AGENT_ID", instance.agent_id.clone());
+    set("HANGAR_INSTANCE_ID", instance.id.clone());
+    set("HANGAR_REPLICA_ID", replica_id.to_owned());
+    set("HOME", "/tmp".to_owned());
+    set("PYTHONUNBUFFERED", "1".to_owned());
+    let resources = &instance.resources;
+    Ok(ReplicaSpec {
+        id: replica_id.to_owned(),
+        labels: [
+            (labels::INSTANCE.to_owned(), instance.id.clone()),
+            (labels::GENERATION.to_owned(), generation.to_owned()),
+        ]
+        .into(),
+        argv,
+        env,
+        cwd: "/app".to_owned(),
+        app: Some(app.to_path_buf()),
+        port: http.then_some(config.port),
+        stdin: config.stdin_enabled,
+        cpu_millis: resources.cpu_millis.max(1),
+        cpu_limit_millis: resources.cpu_limit_millis,
+        // No explicit limit: the request is the limit (as on Cloud Run), so
+        // no replica can take the host's memory.
+        memory_limit_bytes: Some(
+            resources
+                .memory_limit_bytes
+                .unwrap_or(resources.memory_bytes)
+                .max(MIN_MEMORY_BYTES),
+        ),
+        pids_limit: PIDS_LIMIT,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(files: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "hangar-launch-{}-{}",
+            std::process::id(),
+            hangar_core::id::new_id(hangar_core::id::IdKind::Build)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn command_follows_the_agent_contract() {
+        type Files<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Files, Result<Vec<&str>, ()>)] = &[
+            (
+                &[("main.py", "")],
+                Ok(vec!["python3", "-u", "/app/main.py"]),
+            ),
+            (&[("app.py", "")], Ok(vec!["python3", "-u", "/app/app.py"])),
+            (
+                &[
+                    ("main.py", ""),
+                    (
+                        "hangar.toml",
+                        "[run]\ncommand = [\"./serve\", \"--fast\"]\n",
+                    ),
+                ],
+                Ok(vec!["./serve", "--fast"]),
+            ),
+            (
+                &[("hangar.toml", "[run]\ncommand = \"bin/run -v\"\n")],
+                Ok(vec!["bin/run", "-v"]),
+            ),
+            (
+                &[("package.json", "{\"scripts\":{\"start\":\"node x\"}}")],
+                Ok(vec!["npm", "start"]),
+            ),
+            (
+                &[("package.json", "{\"main\":\"./srv.js\"}"), ("srv.js", "")],
+                Ok(vec!["node", "/app/srv.js"]),
+            ),
+            (
+                &[("package.json", "{}"), ("index.js", "")],
+                Ok(vec!["node", "/app/index.js"]),
+            ),
+            (&[("package.json", "{\"main\":\"../x.js\"}")], Err(())),
+            (&[("README", "")], Err(())),
+            (&[("hangar.toml", "[run]\ncommand = 3\n")], Err(())),
+        ];
+        for (files, want) in cases {
+            let dir = dir(files);
+            let got = command(&dir);
+            match want {
+                Ok(argv) => assert_eq!(
+                    got.as_deref().ok(),
+                    Some(&argv.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]),
+                    "{files:?}"
+                ),
+                Err(()) => assert!(got.is_err(), "{files:?}: {got:?}"),
+            }
+            std::fs::remove_dir_all(dir).expect("cleanup");
+        }
+    }
+}

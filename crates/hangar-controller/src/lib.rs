@@ -1,0 +1,506 @@
+//! The controller: makes what runs match what the store wants.
+//!
+//! The API only writes desired state (an instance with N replicas, running
+//! or stopped, deleted) and wakes the controller; the controller reconciles
+//! each instance against its replicas in a [`Driver`]:
+//!
+//! ```text
+//! wake(id) / resync tick ──► reconcile(id)   (one at a time per instance)
+//!   store.controlled_instance(id)  want = replicas | 0 (stopped, deleted)
+//!   exited replicas → removed; a crash counts in restart_count and backs off
+//!   fewer than wanted → create (after the backoff); more → stop the extras
+//!   replicas of an older generation (resources, env, build changed) are
+//!   stopped once as many new ones are ready: the new one is healthy first
+//!   status written: starting → running, stopping → stopped, error + reason
+//! per replica: a log task (output → parsed lines in the store + broadcast)
+//!              a health task (GET health_path; response_time_ms)
+//! every few seconds: stats of every replica (CPU %, memory, network)
+//! ```
+//!
+//! On start it lists the driver's replicas and adopts those labelled with an
+//! instance: after a restart of `hangar serve` the same processes keep
+//! running, their logs continue from the stored cursor, and the first
+//! reconcile finishes whatever transition was half done.
+//!
+//! Exec and stdin go to one running replica of the instance; logs are read
+//! from the store, live lines from [`Controller::subscribe_logs`].
+
+mod launch;
+mod reconcile;
+mod tasks;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hangar_core::logs::InstanceLogLine;
+use hangar_runtime::driver::{DriverError, ExecResult, Exit, ReplicaInfo, StdinWait};
+use hangar_runtime::Driver;
+use hangar_store::Store;
+use tokio::sync::{broadcast, mpsc};
+
+pub use launch::{command, PIDS_LIMIT};
+
+/// Timing knobs (defaults suit a real deployment; tests shorten them).
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Every instance is reconciled at least this often.
+    pub resync: Duration,
+    /// Health checks of a ready replica, this often.
+    pub health_interval: Duration,
+    /// Health checks of a replica that has not been ready yet, this often.
+    pub startup_probe_interval: Duration,
+    /// A health check that takes longer fails.
+    pub health_timeout: Duration,
+    /// A ready replica failing this many checks in a row is not ready.
+    pub health_failures: u32,
+    /// A replica not ready this long after it started puts its instance in
+    /// `error` (it keeps being checked).
+    pub startup_deadline: Duration,
+    /// Graceful stops wait this long between `SIGTERM` and `SIGKILL`.
+    pub stop_grace: Duration,
+    /// First restart delay after a crash; doubles with each crash in a row.
+    pub backoff_base: Duration,
+    /// The longest restart delay.
+    pub backoff_max: Duration,
+    /// A replica that ran this long resets the crash streak when it exits.
+    pub backoff_reset: Duration,
+    /// Stats of every replica are read this often.
+    pub stats_interval: Duration,
+    /// Log lines kept per instance.
+    pub log_lines_kept: u32,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(10),
+            health_interval: Duration::from_secs(5),
+            startup_probe_interval: Duration::from_millis(50),
+            health_timeout: Duration::from_secs(2),
+            health_failures: 3,
+            startup_deadline: Duration::from_secs(120),
+            stop_grace: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backoff_reset: Duration::from_secs(60),
+            stats_interval: Duration::from_secs(5),
+            log_lines_kept: 100_000,
+        }
+    }
+}
+
+/// Why a controller call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The instance has no running replica to talk to.
+    #[error("instance {0} has no running replica")]
+    NotRunning(String),
+    /// The instance was not started with stdin.
+    #[error("instance {0} does not take stdin (its config.stdin_enabled is false)")]
+    NoStdin(String),
+    /// The request itself is wrong (say, a program that does not exist).
+    #[error("{0}")]
+    Invalid(String),
+    /// The driver failed.
+    #[error("{0}")]
+    Driver(String),
+}
+
+/// Live figures of one replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaView {
+    /// Its id.
+    pub id: String,
+    /// Passing health checks.
+    pub ready: bool,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Duration of its last health check, in ms.
+    pub response_time_ms: Option<u64>,
+    /// CPU use over the last stats interval, in % of one CPU.
+    pub cpu_percent: f64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Live figures of an instance: its running replicas, summed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InstanceMetrics {
+    /// Seconds since its oldest running replica started (0: none runs).
+    pub uptime_seconds: u64,
+    /// CPU use, % of one CPU, summed over replicas.
+    pub cpu_usage_percent: f64,
+    /// Memory in use, MiB, summed over replicas.
+    pub memory_usage_mb: f64,
+    /// Bytes received, summed.
+    pub network_rx_bytes: u64,
+    /// Bytes sent, summed.
+    pub network_tx_bytes: u64,
+    /// Mean duration of the replicas' last health checks, in ms.
+    pub response_time_ms: Option<u64>,
+    /// When a replica was last health-checked.
+    pub last_check: Option<chrono::DateTime<chrono::Utc>>,
+    /// Replicas running.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub driver: Arc<dyn Driver>,
+    pub config: ControllerConfig,
+    pub http: reqwest::Client,
+    instances: Mutex<HashMap<String, Arc<InstanceState>>>,
+    wake_tx: mpsc::UnboundedSender<String>,
+    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+/// What the controller tracks of one instance.
+pub(crate) struct InstanceState {
+    pub id: String,
+    dirty: AtomicBool,
+    busy: AtomicBool,
+    pub logs: broadcast::Sender<InstanceLogLine>,
+    pub tracked: Mutex<Tracked>,
+}
+
+#[derive(Default)]
+pub(crate) struct Tracked {
+    pub replicas: BTreeMap<String, Replica>,
+    /// Crashes in a row (reset by a replica that ran long enough).
+    pub crash_streak: u32,
+    /// No replica is created before this.
+    pub next_start: Option<Instant>,
+    /// Why the last replica ended or failed to start.
+    pub last_failure: Option<String>,
+    /// What was last written to the store.
+    pub last_status: Option<reconcile::Observed>,
+}
+
+pub(crate) struct Replica {
+    pub info: ReplicaInfo,
+    pub generation: String,
+    pub started: Instant,
+    pub ready: bool,
+    pub ever_ready: bool,
+    pub failures: u32,
+    pub last_check_error: Option<String>,
+    pub response_time_ms: Option<u64>,
+    pub last_check: Option<chrono::DateTime<chrono::Utc>>,
+    pub exit: Option<Exit>,
+    /// Its output has been read to the end (after the exit).
+    pub drained: bool,
+    /// The controller stopped it on purpose: its exit is no crash.
+    pub stopping: bool,
+    pub cpu_percent: f64,
+    pub last_stats: Option<hangar_runtime::driver::ReplicaStats>,
+    pub tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Replica {
+    pub(crate) fn new(info: ReplicaInfo, generation: String) -> Self {
+        let uptime =
+            u64::try_from(hangar_runtime::driver::now_ms().saturating_sub(info.started_at_ms))
+                .unwrap_or(0);
+        Self {
+            exit: info.exit,
+            drained: false,
+            info,
+            generation,
+            started: Instant::now()
+                .checked_sub(Duration::from_millis(uptime))
+                .unwrap_or_else(Instant::now),
+            ready: false,
+            ever_ready: false,
+            failures: 0,
+            last_check_error: None,
+            response_time_ms: None,
+            last_check: None,
+            stopping: false,
+            cpu_percent: 0.0,
+            last_stats: None,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Controller {
+    /// A controller over `store` and `driver`; nothing runs until
+    /// [`Controller::start`].
+    pub fn new(store: Store, driver: Arc<dyn Driver>, config: ControllerConfig) -> Self {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(2)
+            .build()
+            .unwrap_or_default();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                driver,
+                config,
+                http,
+                instances: Mutex::new(HashMap::new()),
+                wake_tx,
+                wake_rx: Mutex::new(Some(wake_rx)),
+            }),
+        }
+    }
+
+    /// The driver's name ("sandbox", "fake", ...).
+    pub fn driver_name(&self) -> &'static str {
+        self.inner.driver.name()
+    }
+
+    /// Adopts the driver's existing replicas, reconciles every instance, and
+    /// keeps reconciling (on [`Controller::wake`] and every resync period)
+    /// in a background task. Call once.
+    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+        let Some(mut wake_rx) = lock(&self.inner.wake_rx).take() else {
+            return Err(ControlError::Invalid(
+                "the controller is already started".to_owned(),
+            ));
+        };
+        self.adopt().await?;
+        let inner = self.inner.clone();
+        inner.resync_all().await;
+        let stats = self.inner.clone();
+        tokio::spawn(async move { tasks::stats_loop(stats).await });
+        Ok(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(inner.config.resync);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    woken = wake_rx.recv() => match woken {
+                        Some(id) => inner.schedule(&id),
+                        None => return,
+                    },
+                    _ = tick.tick() => inner.resync_all().await,
+                }
+            }
+        }))
+    }
+
+    async fn adopt(&self) -> Result<(), ControlError> {
+        let replicas = self
+            .inner
+            .driver
+            .list()
+            .await
+            .map_err(|err| ControlError::Driver(err.to_string()))?;
+        for info in replicas {
+            let Some(instance_id) = info
+                .labels
+                .get(hangar_runtime::driver::labels::INSTANCE)
+                .cloned()
+            else {
+                continue;
+            };
+            let generation = info
+                .labels
+                .get(hangar_runtime::driver::labels::GENERATION)
+                .cloned()
+                .unwrap_or_default();
+            tracing::info!(instance = %instance_id, replica = %info.id, running = info.exit.is_none(), "adopting a replica");
+            let state = self.inner.state(&instance_id);
+            let replica_id = info.id.clone();
+            lock(&state.tracked)
+                .replicas
+                .insert(replica_id.clone(), Replica::new(info, generation));
+            tasks::spawn_replica_tasks(&self.inner, &state, &replica_id);
+        }
+        Ok(())
+    }
+
+    /// Asks for instance `id` to be reconciled soon.
+    pub fn wake(&self, instance_id: &str) {
+        let _ = self.inner.wake_tx.send(instance_id.to_owned());
+    }
+
+    /// Live log lines of instance `id` from now on.
+    pub fn subscribe_logs(&self, instance_id: &str) -> broadcast::Receiver<InstanceLogLine> {
+        self.inner.state(instance_id).logs.subscribe()
+    }
+
+    /// The running replicas of an instance and their figures.
+    pub fn metrics(&self, instance_id: &str) -> InstanceMetrics {
+        let Some(state) = lock(&self.inner.instances).get(instance_id).cloned() else {
+            return InstanceMetrics::default();
+        };
+        let tracked = lock(&state.tracked);
+        let mut metrics = InstanceMetrics::default();
+        let mut times = Vec::new();
+        for replica in tracked.replicas.values().filter(|r| r.exit.is_none()) {
+            let stats = replica.last_stats.unwrap_or_default();
+            let view = ReplicaView {
+                id: replica.info.id.clone(),
+                ready: replica.ready,
+                uptime_seconds: replica.started.elapsed().as_secs(),
+                response_time_ms: replica.response_time_ms,
+                cpu_percent: replica.cpu_percent,
+                memory_bytes: stats.memory_bytes,
+                rx_bytes: stats.rx_bytes,
+                tx_bytes: stats.tx_bytes,
+            };
+            metrics.uptime_seconds = metrics.uptime_seconds.max(view.uptime_seconds);
+            metrics.cpu_usage_percent += view.cpu_percent;
+            metrics.memory_usage_mb += stats.memory_bytes as f64 / (1024.0 * 1024.0);
+            metrics.network_rx_bytes += stats.rx_bytes;
+            metrics.network_tx_bytes += stats.tx_bytes;
+            times.extend(view.response_time_ms);
+            metrics.last_check = metrics.last_check.max(replica.last_check);
+            metrics.replicas.push(view);
+        }
+        if !times.is_empty() {
+            metrics.response_time_ms = Some(times.iter().sum::<u64>() / times.len() as u64);
+        }
+        metrics.cpu_usage_percent = (metrics.cpu_usage_percent * 10.0).round() / 10.0;
+        metrics.memory_usage_mb = (metrics.memory_usage_mb * 10.0).round() / 10.0;
+        metrics
+    }
+
+    /// A running replica of the instance (ready ones first).
+    fn pick(&self, instance_id: &str) -> Result<String, ControlError> {
+        let state = lock(&self.inner.instances).get(instance_id).cloned();
+        let Some(state) = state else {
+            return Err(ControlError::NotRunning(instance_id.to_owned()));
+        };
+        let tracked = lock(&state.tracked);
+        tracked
+            .replicas
+            .values()
+            .filter(|r| r.exit.is_none() && !r.stopping)
+            .max_by_key(|r| (r.ready, std::cmp::Reverse(r.started)))
+            .map(|r| r.info.id.clone())
+            .ok_or_else(|| ControlError::NotRunning(instance_id.to_owned()))
+    }
+
+    /// Runs `argv` in a running replica of the instance.
+    pub async fn exec(
+        &self,
+        instance_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, ControlError> {
+        let replica = self.pick(instance_id)?;
+        self.inner
+            .driver
+            .exec(&replica, argv, &[], timeout)
+            .await
+            .map_err(|err| driver_error(instance_id, err))
+    }
+
+    /// Writes `input` to a running replica's stdin and returns its answer
+    /// (see [`Driver::stdin`]).
+    pub async fn stdin(
+        &self,
+        instance_id: &str,
+        input: &[u8],
+        wait: StdinWait,
+    ) -> Result<String, ControlError> {
+        let replica = self.pick(instance_id)?;
+        self.inner
+            .driver
+            .stdin(&replica, input, wait)
+            .await
+            .map_err(|err| driver_error(instance_id, err))
+    }
+}
+
+fn driver_error(instance_id: &str, err: DriverError) -> ControlError {
+    match err {
+        DriverError::NotFound(_) | DriverError::NotRunning(_) => {
+            ControlError::NotRunning(instance_id.to_owned())
+        }
+        DriverError::NoStdin(_) => ControlError::NoStdin(instance_id.to_owned()),
+        DriverError::Invalid(message) => ControlError::Invalid(message),
+        DriverError::Failed(message) => ControlError::Driver(message),
+    }
+}
+
+impl Inner {
+    pub(crate) fn state(&self, instance_id: &str) -> Arc<InstanceState> {
+        lock(&self.instances)
+            .entry(instance_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(InstanceState {
+                    id: instance_id.to_owned(),
+                    dirty: AtomicBool::new(false),
+                    busy: AtomicBool::new(false),
+                    logs: broadcast::channel(1024).0,
+                    tracked: Mutex::new(Tracked::default()),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn forget(&self, instance_id: &str) {
+        lock(&self.instances).remove(instance_id);
+    }
+
+    pub(crate) fn wake(&self, instance_id: &str) {
+        let _ = self.wake_tx.send(instance_id.to_owned());
+    }
+
+    async fn resync_all(self: &Arc<Self>) {
+        let mut ids: Vec<String> = lock(&self.instances).keys().cloned().collect();
+        match self.store.controlled_instances().await {
+            Ok(instances) => ids.extend(instances.into_iter().map(|c| c.instance.id)),
+            Err(err) => tracing::warn!(error = %err, "cannot list instances to resync"),
+        }
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            self.schedule(&id);
+        }
+    }
+
+    /// Runs a reconcile of `id` unless one is running, in which case that
+    /// one runs again when it is done: one at a time per instance, and no
+    /// wake is lost.
+    fn schedule(self: &Arc<Self>, id: &str) {
+        let state = self.state(id);
+        state.dirty.store(true, Ordering::SeqCst);
+        if state.busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while state.dirty.swap(false, Ordering::SeqCst) {
+                    if let Err(err) = reconcile::reconcile(&inner, &state).await {
+                        tracing::warn!(instance = %state.id, error = %err, "reconcile failed");
+                    }
+                }
+                state.busy.store(false, Ordering::SeqCst);
+                // A wake that came between the last check and clearing busy.
+                if !state.dirty.load(Ordering::SeqCst) || state.busy.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,475 @@
+//! One reconcile of one instance (see the crate docs for the steps).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hangar_core::id::{new_id, IdKind};
+use hangar_core::logs::{LogLevel, NewLogLine, Stream};
+use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
+use hangar_store::ControlledInstance;
+
+use crate::{launch, lock, tasks, Inner, InstanceState, Replica};
+
+/// What the controller last wrote of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Observed {
+    pub status: InstanceStatus,
+    pub reason: Option<String>,
+    pub ready: u32,
+    pub restart_count: u32,
+}
+
+/// How long a stopped replica's remaining output may take to be read.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+
+pub(crate) async fn reconcile(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
+) -> Result<(), String> {
+    let controlled = inner
+        .store
+        .controlled_instance(&state.id)
+        .await
+        .map_err(|err| err.to_string())?;
+    let Some(controlled) = controlled else {
+        // Reaped, or never existed: nothing of it may run.
+        let ids: Vec<String> = lock(&state.tracked).replicas.keys().cloned().collect();
+        for id in ids {
+            remove(inner, state, &id).await;
+        }
+        if lock(&state.tracked).replicas.is_empty() {
+            inner.forget(&state.id);
+        }
+        return Ok(());
+    };
+    let instance = &controlled.instance;
+    let mut restart_count = lock(&state.tracked)
+        .last_status
+        .as_ref()
+        .map_or(instance.restart_count, |o| {
+            o.restart_count.max(instance.restart_count)
+        });
+
+    // 1. Replicas that have ended.
+    let ended: Vec<(String, hangar_runtime::driver::Exit, bool, Duration)> = {
+        let tracked = lock(&state.tracked);
+        tracked
+            .replicas
+            .values()
+            .filter_map(|r| {
+                r.exit
+                    .map(|exit| (r.info.id.clone(), exit, r.stopping, r.started.elapsed()))
+            })
+            .collect()
+    };
+    let want_running = !controlled.deleted && instance.desired_state == DesiredState::Running;
+    for (id, exit, stopping, ran) in ended {
+        wait_drained(state, &id).await;
+        if !stopping {
+            let delay = {
+                let mut tracked = lock(&state.tracked);
+                if ran >= inner.config.backoff_reset {
+                    tracked.crash_streak = 0;
+                }
+                tracked.crash_streak += 1;
+                let shift = tracked.crash_streak.saturating_sub(1).min(16);
+                let delay = inner
+                    .config
+                    .backoff_base
+                    .saturating_mul(1 << shift)
+                    .min(inner.config.backoff_max);
+                tracked.next_start = Some(Instant::now() + delay);
+                tracked.last_failure = Some(format!("replica {id} {}", exit.describe()));
+                delay
+            };
+            restart_count += 1;
+            let message = if want_running {
+                format!(
+                    "[hangar] replica {id} {}; restarting in {:.1}s (restart {restart_count})",
+                    exit.describe(),
+                    delay.as_secs_f64()
+                )
+            } else {
+                format!("[hangar] replica {id} {}", exit.describe())
+            };
+            system_log(inner, state, &id, LogLevel::Error, message).await;
+            if want_running {
+                schedule_wake(inner, &state.id, delay);
+            }
+        }
+        remove(inner, state, &id).await;
+    }
+
+    // 2. Stopped or deleted: nothing runs.
+    if !want_running {
+        let live: Vec<String> = lock(&state.tracked).replicas.keys().cloned().collect();
+        if !live.is_empty() {
+            write_status(
+                inner,
+                state,
+                &controlled,
+                InstanceStatus::Stopping,
+                None,
+                0,
+                restart_count,
+            )
+            .await;
+            let grace = if controlled.force_stop {
+                Duration::ZERO
+            } else {
+                inner.config.stop_grace
+            };
+            stop_all(inner, state, &live, grace).await;
+        }
+        {
+            let mut tracked = lock(&state.tracked);
+            tracked.crash_streak = 0;
+            tracked.next_start = None;
+            tracked.last_failure = None;
+        }
+        write_status(
+            inner,
+            state,
+            &controlled,
+            InstanceStatus::Stopped,
+            None,
+            0,
+            restart_count,
+        )
+        .await;
+        if controlled.deleted {
+            if let Err(err) = inner.store.mark_instance_reaped(&state.id).await {
+                return Err(format!("cannot mark the instance reaped: {err}"));
+            }
+            inner.forget(&state.id);
+        }
+        return Ok(());
+    }
+
+    // 3. Nothing to run yet.
+    let artifact = match (&controlled.build_status, &controlled.artifact) {
+        (BuildStatus::Ready, Some(artifact)) => artifact.clone(),
+        (BuildStatus::Failed, _) => {
+            let reason = format!("build {} failed", instance.build_id);
+            write_status(
+                inner,
+                state,
+                &controlled,
+                InstanceStatus::Error,
+                Some(reason),
+                0,
+                restart_count,
+            )
+            .await;
+            return Ok(());
+        }
+        (status, _) => {
+            let reason = format!("waiting for build {} ({status})", instance.build_id);
+            write_status(
+                inner,
+                state,
+                &controlled,
+                InstanceStatus::Starting,
+                Some(reason),
+                0,
+                restart_count,
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let generation = launch::generation(instance, &artifact);
+    let want = usize::try_from(instance.replicas).unwrap_or(usize::MAX);
+
+    // 4. Scale up (after any backoff).
+    let (current, ready_current) = counts(state, &generation);
+    if current < want {
+        let wait = lock(&state.tracked)
+            .next_start
+            .and_then(|at| at.checked_duration_since(Instant::now()));
+        match wait {
+            Some(wait) => schedule_wake(inner, &state.id, wait),
+            None => {
+                for _ in current..want {
+                    if let Err(err) =
+                        create(inner, state, &controlled, &artifact, &generation).await
+                    {
+                        let delay = {
+                            let mut tracked = lock(&state.tracked);
+                            tracked.crash_streak += 1;
+                            let shift = tracked.crash_streak.saturating_sub(1).min(16);
+                            let delay = inner
+                                .config
+                                .backoff_base
+                                .saturating_mul(1 << shift)
+                                .min(inner.config.backoff_max);
+                            tracked.next_start = Some(Instant::now() + delay);
+                            tracked.last_failure = Some(format!("cannot start a replica: {err}"));
+                            delay
+                        };
+                        system_log(
+                            inner,
+                            state,
+                            "hangar",
+                            LogLevel::Error,
+                            format!("[hangar] cannot start a replica: {err}"),
+                        )
+                        .await;
+                        schedule_wake(inner, &state.id, delay);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    // 5. Scale down: the newest, not-ready ones first.
+    if current > want {
+        let extra: Vec<String> = {
+            let tracked = lock(&state.tracked);
+            let mut mine: Vec<&Replica> = tracked
+                .replicas
+                .values()
+                .filter(|r| r.exit.is_none() && !r.stopping && r.generation == generation)
+                .collect();
+            mine.sort_by_key(|r| (r.ready, std::cmp::Reverse(r.started)));
+            mine.iter()
+                .take(current - want)
+                .map(|r| r.info.id.clone())
+                .collect()
+        };
+        stop_all(inner, state, &extra, inner.config.stop_grace).await;
+    }
+
+    // 6. Roll: older generations go once the new ones are ready.
+    if ready_current >= want {
+        let stale: Vec<String> = lock(&state.tracked)
+            .replicas
+            .values()
+            .filter(|r| r.generation != generation && !r.stopping)
+            .map(|r| r.info.id.clone())
+            .collect();
+        if !stale.is_empty() {
+            stop_all(inner, state, &stale, inner.config.stop_grace).await;
+        }
+    }
+
+    // 7. Status.
+    let (status, reason, ready) = {
+        let tracked = lock(&state.tracked);
+        let live: Vec<&Replica> = tracked
+            .replicas
+            .values()
+            .filter(|r| r.exit.is_none() && !r.stopping)
+            .collect();
+        let ready = u32::try_from(live.iter().filter(|r| r.ready).count()).unwrap_or(u32::MAX);
+        let late = live
+            .iter()
+            .find(|r| !r.ever_ready && r.started.elapsed() > inner.config.startup_deadline);
+        if ready > 0 {
+            (InstanceStatus::Running, None, ready)
+        } else if let Some(late) = late {
+            let why = late
+                .last_check_error
+                .clone()
+                .unwrap_or_else(|| "no answer".to_owned());
+            (
+                InstanceStatus::Error,
+                Some(format!(
+                    "replica {} not healthy after {}s: {why}",
+                    late.info.id,
+                    inner.config.startup_deadline.as_secs()
+                )),
+                0,
+            )
+        } else if tracked.crash_streak > 0 {
+            (InstanceStatus::Error, tracked.last_failure.clone(), 0)
+        } else {
+            (InstanceStatus::Starting, None, 0)
+        }
+    };
+    write_status(
+        inner,
+        state,
+        &controlled,
+        status,
+        reason,
+        ready,
+        restart_count,
+    )
+    .await;
+    Ok(())
+}
+
+fn counts(state: &InstanceState, generation: &str) -> (usize, usize) {
+    let tracked = lock(&state.tracked);
+    let current: Vec<&Replica> = tracked
+        .replicas
+        .values()
+        .filter(|r| r.exit.is_none() && !r.stopping && r.generation == generation)
+        .collect();
+    let ready = current.iter().filter(|r| r.ready).count();
+    (current.len(), ready)
+}
+
+async fn create(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
+    controlled: &ControlledInstance,
+    artifact: &str,
+    generation: &str,
+) -> Result<(), String> {
+    let replica_id = new_id(IdKind::Replica);
+    let spec = launch::replica_spec(&controlled.instance, artifact, &replica_id, generation)?;
+    let info = inner
+        .driver
+        .create(&spec)
+        .await
+        .map_err(|err| err.to_string())?;
+    tracing::info!(instance = %state.id, replica = %replica_id, "replica started");
+    let mut replica = Replica::new(info, generation.to_owned());
+    if spec.port.is_none() {
+        // Nothing to check: a stdin replica is ready once it runs.
+        replica.ready = true;
+        replica.ever_ready = true;
+    }
+    lock(&state.tracked)
+        .replicas
+        .insert(replica_id.clone(), replica);
+    tasks::spawn_replica_tasks(inner, state, &replica_id);
+    Ok(())
+}
+
+async fn stop_all(inner: &Arc<Inner>, state: &Arc<InstanceState>, ids: &[String], grace: Duration) {
+    {
+        let mut tracked = lock(&state.tracked);
+        for id in ids {
+            if let Some(replica) = tracked.replicas.get_mut(id) {
+                replica.stopping = true;
+                replica.ready = false;
+            }
+        }
+    }
+    let mut stops = tokio::task::JoinSet::new();
+    for id in ids {
+        let driver = inner.driver.clone();
+        let id = id.clone();
+        stops.spawn(async move {
+            if let Err(err) = driver.stop(&id, grace).await {
+                tracing::warn!(replica = %id, error = %err, "stop failed; removing anyway");
+            }
+            id
+        });
+    }
+    while let Some(done) = stops.join_next().await {
+        if let Ok(id) = done {
+            wait_drained(state, &id).await;
+            remove(inner, state, &id).await;
+        }
+    }
+}
+
+/// Waits (a little) until the replica's output has been stored to the end.
+async fn wait_drained(state: &InstanceState, id: &str) {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < deadline {
+        let drained = lock(&state.tracked)
+            .replicas
+            .get(id)
+            .is_none_or(|r| r.drained);
+        if drained {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Removes a replica from the driver and from tracking.
+async fn remove(inner: &Arc<Inner>, state: &Arc<InstanceState>, id: &str) {
+    match inner.driver.remove(id).await {
+        Ok(()) => {
+            lock(&state.tracked).replicas.remove(id);
+            if let Err(err) = inner.store.forget_replica_log_cursor(id).await {
+                tracing::warn!(replica = %id, error = %err, "cannot forget the log cursor");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(replica = %id, error = %err, "cannot remove the replica; will retry");
+            schedule_wake(inner, &state.id, Duration::from_secs(5));
+        }
+    }
+}
+
+pub(crate) async fn system_log(
+    inner: &Inner,
+    state: &InstanceState,
+    replica_id: &str,
+    level: LogLevel,
+    message: String,
+) {
+    let line = NewLogLine {
+        timestamp: chrono::Utc::now(),
+        stream: Stream::Stderr,
+        level,
+        message,
+    };
+    match inner
+        .store
+        .append_system_log(&state.id, replica_id, &line)
+        .await
+    {
+        Ok(stored) => {
+            let _ = state.logs.send(stored);
+        }
+        Err(err) => tracing::warn!(instance = %state.id, error = %err, "cannot store a log line"),
+    }
+}
+
+fn schedule_wake(inner: &Arc<Inner>, id: &str, after: Duration) {
+    let inner = inner.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        inner.wake(&id);
+    });
+}
+
+async fn write_status(
+    inner: &Inner,
+    state: &InstanceState,
+    controlled: &ControlledInstance,
+    status: InstanceStatus,
+    reason: Option<String>,
+    ready: u32,
+    restart_count: u32,
+) {
+    let observed = Observed {
+        status,
+        reason,
+        ready,
+        restart_count,
+    };
+    let stored = &controlled.instance;
+    let unchanged_in_store = stored.status == observed.status
+        && stored.status_reason == observed.reason
+        && stored.ready_replicas == observed.ready
+        && stored.restart_count == observed.restart_count;
+    if unchanged_in_store {
+        lock(&state.tracked).last_status = Some(observed);
+        return;
+    }
+    match inner
+        .store
+        .record_instance_status(
+            &state.id,
+            observed.status,
+            observed.reason.as_deref(),
+            observed.ready,
+            observed.restart_count,
+        )
+        .await
+    {
+        Ok(()) => lock(&state.tracked).last_status = Some(observed),
+        Err(err) => tracing::warn!(instance = %state.id, error = %err, "cannot record the status"),
+    }
+}

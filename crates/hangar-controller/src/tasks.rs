@@ -1,0 +1,278 @@
+//! The background work of each replica — reading its output into the store,
+//! checking its health — and the stats sweep over all of them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hangar_core::logs::{parse_line, NewLogLine, Stream};
+use hangar_runtime::driver::{Exit, OutputEvent, OutputStream};
+
+use crate::{lock, Inner, InstanceState};
+
+/// Output events stored in one transaction, at most.
+const BATCH: usize = 500;
+
+/// Starts the log and health tasks of a tracked replica.
+pub(crate) fn spawn_replica_tasks(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
+    replica_id: &str,
+) {
+    let mut handles = Vec::new();
+    let logs = tokio::spawn(ingest(inner.clone(), state.clone(), replica_id.to_owned()));
+    handles.push(logs.abort_handle());
+    let checks_http = lock(&state.tracked)
+        .replicas
+        .get(replica_id)
+        .is_some_and(|r| r.info.address.is_some() && r.exit.is_none());
+    if checks_http {
+        let health = tokio::spawn(health(inner.clone(), state.clone(), replica_id.to_owned()));
+        handles.push(health.abort_handle());
+    }
+    if let Some(replica) = lock(&state.tracked).replicas.get_mut(replica_id) {
+        replica.tasks.extend(handles);
+    }
+}
+
+fn mark_ended(inner: &Inner, state: &InstanceState, replica_id: &str, exit: Exit) {
+    if let Some(replica) = lock(&state.tracked).replicas.get_mut(replica_id) {
+        replica.exit.get_or_insert(exit);
+        replica.ready = false;
+        replica.drained = true;
+    }
+    inner.wake(&state.id);
+}
+
+/// Follows a replica's output from the stored cursor and stores it, parsed,
+/// until the replica ends.
+async fn ingest(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String) {
+    loop {
+        let after = match inner.store.replica_log_cursor(&replica_id).await {
+            Ok(cursor) => cursor.unwrap_or(0),
+            Err(err) => {
+                tracing::warn!(replica = %replica_id, error = %err, "cannot read the log cursor");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut events = match inner.driver.follow(&replica_id, after).await {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::debug!(replica = %replica_id, error = %err, "cannot follow the output");
+                match inner.driver.inspect(&replica_id).await {
+                    Ok(info) if info.exit.is_none() => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Ok(info) => {
+                        let exit = info.exit.unwrap_or_else(lost_exit);
+                        mark_ended(&inner, &state, &replica_id, exit);
+                    }
+                    Err(_) => mark_ended(&inner, &state, &replica_id, lost_exit()),
+                }
+                return;
+            }
+        };
+        loop {
+            let Some(first) = events.recv().await else {
+                break;
+            };
+            let mut batch = Vec::new();
+            let mut through = after;
+            let mut end = None;
+            let mut next = Some(first);
+            while let Some(event) = next.take() {
+                match event {
+                    OutputEvent::Line(line) => {
+                        through = line.seq;
+                        let stream = match line.stream {
+                            OutputStream::Stdout => Stream::Stdout,
+                            OutputStream::Stderr => Stream::Stderr,
+                        };
+                        let parsed = parse_line(&line.text, stream);
+                        batch.push(NewLogLine {
+                            timestamp: chrono::DateTime::from_timestamp_millis(line.at_ms)
+                                .unwrap_or_else(chrono::Utc::now),
+                            stream,
+                            level: parsed.level,
+                            message: parsed.message,
+                        });
+                    }
+                    OutputEvent::Gap { through: lost } => {
+                        through = lost;
+                        batch.push(NewLogLine {
+                            timestamp: chrono::Utc::now(),
+                            stream: Stream::Stderr,
+                            level: hangar_core::logs::LogLevel::Warn,
+                            message: format!(
+                                "[hangar] output lines up to {lost} of replica {replica_id} were lost: \
+                                 they left the shim's buffer before they were stored"
+                            ),
+                        });
+                    }
+                    OutputEvent::End(exit) => end = Some(exit),
+                }
+                if end.is_none() && batch.len() < BATCH {
+                    next = events.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                match inner
+                    .store
+                    .append_instance_logs(&state.id, &replica_id, through, &batch)
+                    .await
+                {
+                    Ok(stored) => {
+                        for line in stored {
+                            let _ = state.logs.send(line);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(replica = %replica_id, error = %err, "cannot store log lines");
+                    }
+                }
+            }
+            if let Some(exit) = end {
+                mark_ended(&inner, &state, &replica_id, exit);
+                return;
+            }
+        }
+        // The stream closed without an end: the shim went away, or hiccuped.
+        match inner.driver.inspect(&replica_id).await {
+            Ok(info) if info.exit.is_none() => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(info) => {
+                mark_ended(
+                    &inner,
+                    &state,
+                    &replica_id,
+                    info.exit.unwrap_or_else(lost_exit),
+                );
+                return;
+            }
+            Err(_) => {
+                mark_ended(&inner, &state, &replica_id, lost_exit());
+                return;
+            }
+        }
+    }
+}
+
+fn lost_exit() -> Exit {
+    Exit {
+        code: None,
+        signal: None,
+        oom_killed: false,
+        at_ms: hangar_runtime::driver::now_ms(),
+    }
+}
+
+/// Checks `GET <health_path>` of an HTTP replica: quickly until it first
+/// answers 2xx, then every health interval.
+async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String) {
+    let path = match inner.store.controlled_instance(&state.id).await {
+        Ok(Some(controlled)) => controlled.instance.config.health_path,
+        _ => "/health".to_owned(),
+    };
+    loop {
+        let (address, ever_ready) = {
+            let tracked = lock(&state.tracked);
+            match tracked.replicas.get(&replica_id) {
+                Some(r) if r.exit.is_none() && !r.stopping => (r.info.address, r.ever_ready),
+                _ => return,
+            }
+        };
+        let Some(address) = address else {
+            return;
+        };
+        let started = Instant::now();
+        let answer = inner
+            .http
+            .get(format!("http://{address}{path}"))
+            .timeout(inner.config.health_timeout)
+            .send()
+            .await;
+        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let error = match answer {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("GET {path} answered {}", response.status())),
+            Err(err) if err.is_timeout() => Some(format!("GET {path} timed out")),
+            Err(err) if err.is_connect() => {
+                Some(format!("nothing listens on port {}", address.port()))
+            }
+            Err(err) => Some(format!("GET {path} failed: {err}")),
+        };
+        let changed = {
+            let mut tracked = lock(&state.tracked);
+            let Some(replica) = tracked.replicas.get_mut(&replica_id) else {
+                return;
+            };
+            let was = replica.ready;
+            replica.last_check = Some(chrono::Utc::now());
+            match &error {
+                None => {
+                    replica.ready = true;
+                    replica.ever_ready = true;
+                    replica.failures = 0;
+                    replica.response_time_ms = Some(took);
+                    replica.last_check_error = None;
+                }
+                Some(why) => {
+                    replica.failures += 1;
+                    replica.last_check_error = Some(why.clone());
+                    if replica.failures >= inner.config.health_failures {
+                        replica.ready = false;
+                    }
+                }
+            }
+            was != replica.ready
+                || (!replica.ever_ready
+                    && replica.started.elapsed() > inner.config.startup_deadline)
+        };
+        if changed {
+            inner.wake(&state.id);
+        }
+        let pause = if ever_ready || error.is_none() {
+            inner.config.health_interval
+        } else {
+            inner.config.startup_probe_interval
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Reads every running replica's counters each stats interval and keeps
+/// CPU % from the difference with the previous reading.
+pub(crate) async fn stats_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(inner.config.stats_interval).await;
+        let states: Vec<Arc<InstanceState>> = lock(&inner.instances).values().cloned().collect();
+        for state in states {
+            let ids: Vec<String> = lock(&state.tracked)
+                .replicas
+                .values()
+                .filter(|r| r.exit.is_none())
+                .map(|r| r.info.id.clone())
+                .collect();
+            for id in ids {
+                let Ok(stats) = inner.driver.stats(&id).await else {
+                    continue;
+                };
+                let mut tracked = lock(&state.tracked);
+                if let Some(replica) = tracked.replicas.get_mut(&id) {
+                    if let Some(previous) = replica.last_stats {
+                        let wall_ns = u64::try_from(stats.at_ms - previous.at_ms)
+                            .unwrap_or(0)
+                            .saturating_mul(1_000_000);
+                        if wall_ns > 0 {
+                            let used = stats.cpu_ns.saturating_sub(previous.cpu_ns);
+                            replica.cpu_percent = used as f64 * 100.0 / wall_ns as f64;
+                        }
+                    }
+                    replica.last_stats = Some(stats);
+                }
+            }
+        }
+    }
+}

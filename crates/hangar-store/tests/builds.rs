@@ -1,0 +1,452 @@
+//! What builders do with the store — claim queued builds, deploy ready ones —
+//! against real databases: SQLite always, PostgreSQL when configured (and always
+//! in CI). Every test runs its body once per backend.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hangar_core::model::Build;
+use hangar_core::resources::Resources;
+use hangar_core::spec::{RuntimeConfig, Scaling, Source};
+use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
+use hangar_store::testing::{backends, TestDb};
+use hangar_store::{NewAgent, NewInstance, Store, StoreError};
+
+async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        f(db.store.clone()).await;
+    }
+}
+
+/// An organization (with `max_instances`), its admin and its `local` cloud.
+struct Org {
+    id: String,
+    user: String,
+    cloud: String,
+}
+
+async fn org(store: &Store, max_instances: u32) -> Org {
+    store.bootstrap(None).await.expect("bootstrap");
+    let created = store
+        .create_organization("builders", max_instances, "b@example.com")
+        .await
+        .expect("org");
+    let id = created.organization.id.clone();
+    let cloud = store
+        .get_cloud(&id, "local")
+        .await
+        .expect("cloud")
+        .expect("local");
+    Org {
+        id,
+        user: created.admin.id,
+        cloud: cloud.id,
+    }
+}
+
+fn new_agent(o: &Org, name: &str) -> NewAgent {
+    NewAgent {
+        organization_id: o.id.clone(),
+        user_id: o.user.clone(),
+        cloud_id: o.cloud.clone(),
+        name: name.into(),
+        display_name: None,
+        version: None,
+        runtime: Default::default(),
+        resources: Resources::default(),
+        scaling: Scaling::default(),
+        config: RuntimeConfig::default(),
+        environment: BTreeMap::new(),
+        source: Source::Github {
+            repo: "file:///srv/agent".into(),
+            branch: None,
+            path: None,
+            commit: None,
+        },
+        metadata: BTreeMap::new(),
+    }
+}
+
+/// Marks a build ready with an artifact, as a builder would.
+async fn ready(store: &Store, build: &str) {
+    store
+        .set_build_status(build, BuildStatus::Ready, None, Some("/srv/agent"))
+        .await
+        .expect("ready");
+}
+
+#[tokio::test]
+async fn a_queued_build_is_claimed_by_exactly_one_builder() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (_, build) = store
+            .create_agent(new_agent(&o, "one"))
+            .await
+            .expect("agent");
+        let (a, b) = tokio::join!(
+            {
+                let s = store.clone();
+                async move { s.claim_queued_build().await }
+            },
+            {
+                let s = store.clone();
+                async move { s.claim_queued_build().await }
+            }
+        );
+        let claims: Vec<Build> = [a, b]
+            .into_iter()
+            .filter_map(|r| r.expect("claim"))
+            .collect();
+        assert_eq!(claims.len(), 1, "{claims:?}");
+        let claimed = &claims[0];
+        assert_eq!(claimed.id, build.id);
+        assert_eq!(claimed.status, BuildStatus::Building);
+        assert!(claimed.started_at.is_some());
+        assert!(claimed.finished_at.is_none());
+        let stored = store
+            .get_build(&o.id, &build.id)
+            .await
+            .expect("get")
+            .expect("build");
+        assert_eq!(stored, *claimed);
+        assert!(store.claim_queued_build().await.expect("claim").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn many_builders_take_every_build_once_oldest_first() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let mut queued = Vec::new();
+        for i in 0..12 {
+            let (_, build) = store
+                .create_agent(new_agent(&o, &format!("agent-{i}")))
+                .await
+                .expect("agent");
+            queued.push(build.id);
+        }
+        // The oldest goes first.
+        let first = store
+            .claim_queued_build()
+            .await
+            .expect("claim")
+            .expect("queued");
+        assert_eq!(first.id, queued[0]);
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let s = store.clone();
+            workers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(b) = s.claim_queued_build().await.expect("claim") {
+                    mine.push(b.id);
+                }
+                mine
+            }));
+        }
+        let mut taken = vec![first.id];
+        for w in workers {
+            taken.extend(w.await.expect("worker"));
+        }
+        assert_eq!(
+            taken.len(),
+            queued.len(),
+            "each build taken once: {taken:?}"
+        );
+        let distinct: BTreeSet<_> = taken.iter().collect();
+        assert_eq!(distinct, queued.iter().collect());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn queued_builds_of_deleted_agents_fail_instead_of_being_claimed() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (gone, gone_build) = store
+            .create_agent(new_agent(&o, "gone"))
+            .await
+            .expect("agent");
+        let (_, live_build) = store
+            .create_agent(new_agent(&o, "live"))
+            .await
+            .expect("agent");
+        assert!(store
+            .delete_agent(&o.id, &gone.agent.id)
+            .await
+            .expect("delete"));
+        let claimed = store
+            .claim_queued_build()
+            .await
+            .expect("claim")
+            .expect("the live agent's build");
+        assert_eq!(claimed.id, live_build.id);
+        let failed = store
+            .get_build(&o.id, &gone_build.id)
+            .await
+            .expect("get")
+            .expect("build");
+        assert_eq!(failed.status, BuildStatus::Failed);
+        assert!(failed.reason.expect("reason").contains("deleted"));
+        assert!(store.claim_queued_build().await.expect("claim").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deploy_creates_the_default_instance_once_then_repoints_it() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let mut new = new_agent(&o, "deployer");
+        new.scaling = Scaling {
+            min_instances: 3,
+            max_instances: 5,
+            target_cpu_percent: 70,
+        };
+        new.environment = BTreeMap::from([("MODE".to_owned(), "prod".to_owned())]);
+        new.config.port = 9000;
+        let (agent, build) = store.create_agent(new).await.expect("agent");
+        // Not ready yet: nothing to deploy.
+        assert!(store
+            .deploy_build(&build.id)
+            .await
+            .expect("deploy")
+            .is_none());
+        store.claim_queued_build().await.expect("claim");
+        assert!(store
+            .deploy_build(&build.id)
+            .await
+            .expect("deploy")
+            .is_none());
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 0);
+
+        ready(&store, &build.id).await;
+        let inst = store
+            .deploy_build(&build.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert_eq!(inst.agent_id, agent.agent.id);
+        assert_eq!(inst.build_id, build.id);
+        assert_eq!(inst.organization_id, o.id);
+        assert_eq!(inst.user_id, o.user);
+        assert_eq!(inst.name, "deployer");
+        assert_eq!(inst.resource_name, agent.agent.resource_name);
+        assert_eq!(inst.replicas, 3);
+        assert_eq!(inst.config.port, 9000);
+        assert_eq!(inst.env_vars.get("MODE").map(String::as_str), Some("prod"));
+        assert_eq!(inst.desired_state, DesiredState::Running);
+        assert_eq!(inst.status, InstanceStatus::Starting);
+        assert_eq!(
+            store
+                .get_instance(&o.id, &inst.id)
+                .await
+                .expect("get")
+                .as_ref(),
+            Some(&inst)
+        );
+        let view = store
+            .get_agent(&o.id, &agent.agent.id)
+            .await
+            .expect("get")
+            .expect("agent");
+        assert_eq!(
+            view.agent.default_instance_id.as_deref(),
+            Some(inst.id.as_str())
+        );
+        assert!(view.agent.deployed_at.is_some());
+        assert_eq!(view.default_instance.as_ref(), Some(&inst));
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 1);
+
+        // Deploying the same build again changes nothing that matters.
+        let again = store
+            .deploy_build(&build.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert_eq!(
+            (again.id.as_str(), again.build_id.as_str()),
+            (inst.id.as_str(), build.id.as_str())
+        );
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 1);
+
+        // A redeploy: the next build rolls the same instance onto it.
+        let next = store
+            .queue_build(&o.id, &agent.agent.id, None)
+            .await
+            .expect("queue")
+            .expect("agent");
+        ready(&store, &next.id).await;
+        let rolled = store
+            .deploy_build(&next.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert_eq!(rolled.id, inst.id);
+        assert_eq!(rolled.build_id, next.id);
+        assert_eq!(rolled.name, inst.name);
+        assert_eq!(rolled.replicas, inst.replicas);
+        assert!(rolled.updated_at >= inst.updated_at);
+        assert_eq!(
+            store
+                .get_instance(&o.id, &inst.id)
+                .await
+                .expect("get")
+                .expect("instance")
+                .build_id,
+            next.id
+        );
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_build_that_finishes_late_does_not_roll_the_agent_back() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (agent, old) = store
+            .create_agent(new_agent(&o, "racer"))
+            .await
+            .expect("agent");
+        let new = store
+            .queue_build(&o.id, &agent.agent.id, None)
+            .await
+            .expect("queue")
+            .expect("agent");
+        // The old build finishing first deploys nothing: a newer one is coming.
+        ready(&store, &old.id).await;
+        assert!(store.deploy_build(&old.id).await.expect("deploy").is_none());
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 0);
+        ready(&store, &new.id).await;
+        let inst = store
+            .deploy_build(&new.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert_eq!(inst.build_id, new.id);
+        // Deploying the old one again, late, leaves the instance where it is.
+        assert!(store.deploy_build(&old.id).await.expect("deploy").is_none());
+        let now = store
+            .get_instance(&o.id, &inst.id)
+            .await
+            .expect("get")
+            .expect("instance");
+        assert_eq!(now.build_id, new.id);
+        // A deleted agent gets nothing.
+        assert!(store
+            .delete_agent(&o.id, &agent.agent.id)
+            .await
+            .expect("delete"));
+        assert!(store.deploy_build(&new.id).await.expect("deploy").is_none());
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deploy_respects_the_quota_and_takes_free_names() {
+    each_backend(|store| async move {
+        let o = org(&store, 1).await;
+        let (other, other_build) = store
+            .create_agent(new_agent(&o, "other"))
+            .await
+            .expect("agent");
+        ready(&store, &other_build.id).await;
+        let (agent, build) = store
+            .create_agent(new_agent(&o, "wanted"))
+            .await
+            .expect("agent");
+        ready(&store, &build.id).await;
+        // The only slot goes to an instance that already has the agent's name and
+        // resource name.
+        let squatter = store
+            .create_instance(NewInstance {
+                organization_id: o.id.clone(),
+                agent_id: other.agent.id.clone(),
+                build_id: other_build.id.clone(),
+                user_id: o.user.clone(),
+                name: "wanted".into(),
+                resource_name: Some(agent.agent.resource_name.clone()),
+                config: RuntimeConfig::default(),
+                resources: Resources::default(),
+                env_vars: BTreeMap::new(),
+                replicas: 1,
+                make_default: false,
+            })
+            .await
+            .expect("instance");
+        let full = store.deploy_build(&build.id).await;
+        assert!(
+            matches!(full, Err(StoreError::QuotaExceeded { current: 1, max: 1 })),
+            "{full:?}"
+        );
+        let view = store
+            .get_agent(&o.id, &agent.agent.id)
+            .await
+            .expect("get")
+            .expect("agent");
+        assert!(view.agent.default_instance_id.is_none());
+        assert!(view.agent.deployed_at.is_none());
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 1);
+
+        // With room, the agent gets an instance; its name and resource name are
+        // taken, so both are derived. A stopped agent's instance is stopped too.
+        store
+            .update_organization(&o.id, None, Some(2))
+            .await
+            .expect("raise quota");
+        assert!(store
+            .set_agent_desired_state(&o.id, &agent.agent.id, DesiredState::Stopped)
+            .await
+            .expect("stop"));
+        let inst = store
+            .deploy_build(&build.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert_ne!(inst.name, squatter.name);
+        assert!(inst.name.starts_with("wanted-"), "{}", inst.name);
+        assert_ne!(inst.resource_name, squatter.resource_name);
+        assert_eq!(inst.desired_state, DesiredState::Stopped);
+        assert_eq!(inst.replicas, 1);
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_deploys_of_one_build_make_one_instance() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (agent, build) = store
+            .create_agent(new_agent(&o, "twice"))
+            .await
+            .expect("agent");
+        ready(&store, &build.id).await;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let s = store.clone();
+            let id = build.id.clone();
+            tasks.push(tokio::spawn(async move { s.deploy_build(&id).await }));
+        }
+        let mut ids = BTreeSet::new();
+        for t in tasks {
+            let inst = t.await.expect("task").expect("deploy").expect("deployed");
+            ids.insert(inst.id);
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert_eq!(store.instance_count(&o.id).await.expect("count"), 1);
+        let view = store
+            .get_agent(&o.id, &agent.agent.id)
+            .await
+            .expect("get")
+            .expect("agent");
+        assert_eq!(view.agent.default_instance_id.as_ref(), ids.iter().next());
+    })
+    .await;
+}

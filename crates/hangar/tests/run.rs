@@ -1,0 +1,594 @@
+//! Agents running for real: `hangar serve` as a process, agents deployed from
+//! directories through the API, replicas in sandboxes. Needs root (CI runs as
+//! root; with `CI=true` and no root these tests fail instead of skipping):
+//! `cargo test -p hangar --test run`.
+//!
+//! The agents are in `tests/agents/`: `http` (standard-library HTTP server),
+//! `echo` (stdin), `crash`, `oom` (allocates 400 MB), `forkbomb`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const KEY: &str = "hgr_runtests0000000000000000000000000000000000";
+
+fn root_or_skip(name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let why = "running agents needs root (sandboxes)";
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why}, and CI=true"
+    );
+    eprintln!("SKIPPED {name}: {why}");
+    false
+}
+
+fn agent_dir(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/agents")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+    keep_dir: bool,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("HANGAR_ADMIN_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            // Kept with the data dir of a failed test, for the post-mortem.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("serve.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .expect("spawn hangar serve");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let url = loop {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).expect("read") > 0,
+                "serve exited"
+            );
+            if let Some(rest) = line.strip_prefix("hangar listening on ") {
+                break rest.split_whitespace().next().expect("url").to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Self {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+            keep_dir: false,
+        }
+    }
+
+    fn kill9(mut self) {
+        self.keep_dir = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap, String) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(60));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, json, headers, text)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body, _, text) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {text}");
+        body
+    }
+
+    async fn org(&self) -> String {
+        let me = self.get("/v1/me").await;
+        me["organization_id"]
+            .as_str()
+            .or_else(|| me["data"]["organization_id"].as_str())
+            .expect("organization_id")
+            .to_owned()
+    }
+
+    /// Deploys an agent from a directory; returns its default instance's id.
+    async fn deploy(&self, name: &str, agent: &str, extra: Value) -> String {
+        let mut body = json!({
+            "name": name,
+            "cloud_id": "local",
+            "source": {"type": "github", "repo": format!("file://{}", agent_dir(agent))},
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+        let (status, created, _, text) = self
+            .call(reqwest::Method::POST, "/v1/agents", Some(body))
+            .await;
+        assert_eq!(status, 201, "{text}");
+        let id = created["data"]["id"].as_str().expect("id").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agent = self.get(&format!("/v1/agents/{id}")).await;
+            if let Some(instance) = agent["data"]["instance_id"].as_str() {
+                return instance.to_owned();
+            }
+            assert!(Instant::now() < deadline, "never deployed: {agent}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn instance(&self, id: &str) -> Value {
+        self.get(&format!("/instances/{id}")).await
+    }
+
+    async fn wait_instance(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let inst = self.instance(id).await;
+            if done(&inst) {
+                return inst;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {inst}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn exec(&self, org: &str, id: &str, argv: &[&str]) -> (u16, String, Option<String>) {
+        let (status, _, headers, text) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/instances/{org}/{id}/exec"),
+                Some(json!(argv)),
+            )
+            .await;
+        let code = headers
+            .get("x-exit-code")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, text, code)
+    }
+
+    async fn logs(&self, org: &str, id: &str) -> Vec<String> {
+        self.get(&format!("/instances/{org}/{id}/logs?lines=1000"))
+            .await["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["level"].as_str().unwrap_or(""),
+                    l["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    async fn wait_log(&self, org: &str, id: &str, want: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs(org, id).await;
+            if logs.iter().any(|l| l.contains(want)) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{want:?} never logged: {logs:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn delete(&self, id: &str, force: bool) {
+        let (status, _, _, text) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/instances/{id}?force={force}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204, "{text}");
+    }
+
+    /// Waits until nothing of this server's replicas is left: no shim or
+    /// sandbox directory, no process of theirs.
+    async fn wait_nothing_left(&self, instance: &str) {
+        let runtime = self.dir.join("hangar-data/runtime");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let dirs: Vec<_> = ["shims", "sandboxes"]
+                .iter()
+                .flat_map(|sub| {
+                    std::fs::read_dir(runtime.join(sub))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .map(|e| e.file_name())
+                .filter(|n| n != ".cgroups.lock")
+                .collect();
+            let procs = replica_pids(instance);
+            if dirs.is_empty() && procs.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "left behind: {dirs:?} {procs:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.keep_dir {
+            // Replicas outlive the server: remove any a failed test left.
+            kill_replicas_under(&self.dir);
+        }
+    }
+}
+
+/// Processes (not zombies) whose environment names this instance: its replicas' processes.
+fn replica_pids(instance: &str) -> Vec<i32> {
+    let needle = format!("HANGAR_INSTANCE_ID={instance}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill_replicas_under(dir: &Path) {
+    let shims = dir.join("hangar-data/runtime/shims");
+    for entry in std::fs::read_dir(&shims).into_iter().flatten().flatten() {
+        let _ = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(["shim", "cleanup"])
+            .arg(entry.path())
+            .status();
+    }
+}
+
+fn temp(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("hangar-run-{tag}-{}", std::process::id()))
+}
+
+#[tokio::test]
+async fn python_agent_runs_isolated_restarts_and_is_deleted() {
+    if !root_or_skip("python_agent") {
+        return;
+    }
+    let server = Server::start(&temp("python"));
+    let org = server.org().await;
+    let a = server.deploy("web", "http", json!({})).await;
+    let b = server.deploy("other", "http", json!({})).await;
+    for id in [&a, &b] {
+        server
+            .wait_instance(id, "running", |i| i["status"] == "running")
+            .await;
+    }
+
+    // exec: output as text, exit code in a header.
+    let (status, out, code) = server
+        .exec(&org, &a, &["python3", "-c", "print(6*7)"])
+        .await;
+    assert_eq!(
+        (status, out.as_str(), code.as_deref()),
+        (200, "42\n", Some("0"))
+    );
+    let (_, _, code) = server.exec(&org, &a, &["sh", "-c", "exit 3"]).await;
+    assert_eq!(code.as_deref(), Some("3"));
+
+    // Its own IP, reachable from the host: /health and /invoke answer there.
+    let (_, ip, _) = server
+        .exec(&org, &a, &["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])"])
+        .await;
+    let ip = ip.trim().to_owned();
+    assert!(ip.starts_with("10.231."), "{ip}");
+    let health = reqwest::get(format!("http://{ip}:8080/health"))
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    let invoked: Value = reqwest::Client::new()
+        .post(format!("http://{ip}:8080/invoke"))
+        .json(&json!({"q": 1}))
+        .send()
+        .await
+        .expect("invoke")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(invoked["output"]["echo"], json!({"q": 1}));
+
+    // Isolation.
+    let data_dir = server.dir.join("hangar-data");
+    let probe = format!(
+        "import os\n\
+         def can(f):\n    try:\n        f(); return 'yes'\n    except OSError:\n        return 'no'\n\
+         print('root', can(lambda: os.listdir('/root')))\n\
+         print('data', can(lambda: os.listdir({:?})))\n\
+         print('usr', can(lambda: open('/usr/x', 'w')))\n\
+         print('uid', os.getuid())\n\
+         print('procs', sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:1])\n\
+         open('/tmp/mine', 'w').write('a')\n",
+        data_dir.to_string_lossy()
+    );
+    let (_, out, _) = server.exec(&org, &a, &["python3", "-c", &probe]).await;
+    assert_eq!(
+        out, "root no\ndata no\nusr no\nuid 65534\nprocs [1]\n",
+        "{out}"
+    );
+    let (_, out, _) = server
+        .exec(&org, &b, &["python3", "-c", "import os; print(os.path.exists('/tmp/mine'), len([p for p in os.listdir('/proc') if p.isdigit()]) < 5)"])
+        .await;
+    assert_eq!(
+        out, "False True\n",
+        "another replica's files or processes are visible"
+    );
+
+    // kill -9 of the agent's process: restarted, counted, back to running.
+    let pids = replica_pids(&a);
+    assert!(!pids.is_empty());
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let inst = server
+        .wait_instance(&a, "restarted", |i| {
+            i["deployment"]["restart_count"] == 1 && i["status"] == "running"
+        })
+        .await;
+    assert_eq!(inst["deployment"]["replicas"], 1);
+    let logs = server
+        .wait_log(&org, &a, "was killed by SIGKILL; restarting")
+        .await;
+    assert!(
+        logs.iter()
+            .filter(|l| l.contains("listening on 8080"))
+            .count()
+            >= 2,
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.starts_with("ERROR [hangar] replica")),
+        "{logs:#?}"
+    );
+
+    // Metrics from the cgroup.
+    let inst = server
+        .wait_instance(&a, "measured", |i| {
+            i["metrics"]["memory_usage_mb"]
+                .as_u64()
+                .is_some_and(|m| m > 0)
+        })
+        .await;
+    assert!(inst["metrics"]["uptime_seconds"].is_u64());
+    let status = server.get(&format!("/instances/status/{org}/{a}")).await;
+    assert!(
+        status["health_checks"]["response_time_ms"].is_u64(),
+        "{status}"
+    );
+    assert_eq!(status["health_checks"]["status"], "healthy");
+
+    // Graceful and forced deletes leave nothing.
+    server.delete(&a, false).await;
+    server.delete(&b, true).await;
+    server.wait_nothing_left(&a).await;
+    server.wait_nothing_left(&b).await;
+    let (status, body, _, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/instances/{org}/{a}/exec"),
+            Some(json!(["true"])),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn limits_stop_memory_hogs_and_fork_bombs() {
+    if !root_or_skip("limits") {
+        return;
+    }
+    let server = Server::start(&temp("limits"));
+    let org = server.org().await;
+    let hog = server
+        .deploy(
+            "hog",
+            "oom",
+            json!({"config": {"enable_http": false}, "resources": {"memory": "128Mi", "memory_limit": "256Mi"}}),
+        )
+        .await;
+    let logs = server.wait_log(&org, &hog, "out of memory").await;
+    assert!(
+        logs.iter().any(|l| l.contains("allocating 400 MB")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("INFO allocated")),
+        "{logs:#?}"
+    );
+    let inst = server
+        .wait_instance(&hog, "restarted after the OOM kill", |i| {
+            i["deployment"]["restart_count"].as_u64() >= Some(1)
+        })
+        .await;
+    let reason_or_status = inst.to_string();
+    assert!(
+        reason_or_status.contains("error")
+            || reason_or_status.contains("starting")
+            || reason_or_status.contains("running")
+    );
+
+    // A CPU cap too: the pids limit stops the forking, the cap keeps the 512
+    // processes that keep trying from starving the machine.
+    let bomb = server
+        .deploy(
+            "bomb",
+            "forkbomb",
+            json!({"config": {"enable_http": false}, "resources": {"cpu": "0.1", "cpu_limit": "0.25"}}),
+        )
+        .await;
+    server.wait_log(&org, &bomb, "forking").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The API keeps answering while the bomb runs against its pids limit.
+    for _ in 0..5 {
+        server.get("/v1/me").await;
+    }
+    let pids = replica_pids(&bomb).len();
+    assert!(pids > 10 && pids <= 512, "{pids} processes");
+
+    server.delete(&hog, true).await;
+    server.delete(&bomb, true).await;
+    server.wait_nothing_left(&hog).await;
+    server.wait_nothing_left(&bomb).await;
+}
+
+#[tokio::test]
+async fn stdin_agent_answers() {
+    if !root_or_skip("stdin") {
+        return;
+    }
+    let server = Server::start(&temp("stdin"));
+    let org = server.org().await;
+    let echo = server
+        .deploy(
+            "echo",
+            "echo",
+            json!({"config": {"enable_http": false, "stdin_enabled": true}}),
+        )
+        .await;
+    server
+        .wait_instance(&echo, "running", |i| i["status"] == "running")
+        .await;
+    server.wait_log(&org, &echo, "ready").await;
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/instances/{org}/{echo}/stdin"),
+            Some(json!({"input": "hello\n"})),
+        )
+        .await;
+    assert_eq!((status, text.as_str()), (200, "echo: hello\n"));
+    server.delete(&echo, true).await;
+    server.wait_nothing_left(&echo).await;
+}
+
+#[tokio::test]
+async fn kill_9_of_the_server_leaves_replicas_running_and_readopted() {
+    if !root_or_skip("readopt") {
+        return;
+    }
+    let dir = temp("readopt");
+    let server = Server::start(&dir);
+    let org = server.org().await;
+    let id = server
+        .deploy(
+            "trio",
+            "http",
+            json!({"scaling": {"min_instances": 3, "max_instances": 3}}),
+        )
+        .await;
+    server
+        .wait_instance(&id, "3 running", |i| {
+            i["status"] == "running" && i["deployment"]["replicas"] == 3
+        })
+        .await;
+    let mut before = replica_pids(&id);
+    before.sort_unstable();
+    assert_eq!(before.len(), 3, "{before:?}");
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut alive = replica_pids(&id);
+    alive.sort_unstable();
+    assert_eq!(alive, before, "replicas died with the server");
+
+    let server = Server::start(&dir);
+    let inst = server
+        .wait_instance(&id, "3 running again", |i| {
+            i["status"] == "running" && i["deployment"]["replicas"] == 3
+        })
+        .await;
+    assert_eq!(inst["deployment"]["restart_count"], 0);
+    let mut after = replica_pids(&id);
+    after.sort_unstable();
+    assert_eq!(after, before, "the same processes are managed");
+    let (_, out, _) = server
+        .exec(&org, &id, &["python3", "-c", "print(6*7)"])
+        .await;
+    assert_eq!(out, "42\n");
+    // Logs continue: each replica prints when invoked; reach one by its IP.
+    let (_, ip, _) = server
+        .exec(&org, &id, &["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])"])
+        .await;
+    reqwest::Client::new()
+        .post(format!("http://{}:8080/invoke", ip.trim()))
+        .json(&json!("after restart"))
+        .send()
+        .await
+        .expect("invoke");
+    server
+        .wait_log(&org, &id, "invoked with \"after restart\"")
+        .await;
+    server.delete(&id, true).await;
+    server.wait_nothing_left(&id).await;
+}
