@@ -161,6 +161,9 @@ pub(crate) struct Inner {
     pub driver: Arc<dyn Driver>,
     pub config: ControllerConfig,
     pub http: reqwest::Client,
+    /// Lines stored since the last trim, per instance: the log is trimmed to
+    /// [`ControllerConfig::log_lines_kept`] every [`TRIM_EVERY`] lines.
+    pub untrimmed: Mutex<HashMap<String, u32>>,
     instances: Mutex<HashMap<String, Arc<InstanceState>>>,
     wake_tx: mpsc::UnboundedSender<String>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -243,6 +246,9 @@ impl Drop for Replica {
     }
 }
 
+/// How many stored lines of an instance trigger a trim of its log.
+pub(crate) const TRIM_EVERY: u32 = 1000;
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -264,6 +270,7 @@ impl Controller {
                 config,
                 http,
                 instances: Mutex::new(HashMap::new()),
+                untrimmed: Mutex::new(HashMap::new()),
                 wake_tx,
                 wake_rx: Mutex::new(Some(wake_rx)),
             }),
@@ -338,6 +345,13 @@ impl Controller {
     /// Asks for instance `id` to be reconciled soon.
     pub fn wake(&self, instance_id: &str) {
         let _ = self.inner.wake_tx.send(instance_id.to_owned());
+    }
+
+    /// Asks for every instance to be reconciled soon (after a change that
+    /// touches several, such as deleting an agent).
+    pub fn resync(&self) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.resync_all().await });
     }
 
     /// Live log lines of instance `id` from now on.

@@ -142,6 +142,7 @@ pub(crate) async fn reconcile(
                 return Err(format!("cannot mark the instance reaped: {err}"));
             }
             inner.forget(&state.id);
+            lock(&inner.untrimmed).remove(&state.id);
         }
         return Ok(());
     }

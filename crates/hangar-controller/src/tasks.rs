@@ -123,9 +123,11 @@ async fn ingest(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
                     .await
                 {
                     Ok(stored) => {
+                        let count = u32::try_from(stored.len()).unwrap_or(u32::MAX);
                         for line in stored {
                             let _ = state.logs.send(line);
                         }
+                        trim_now_and_then(&inner, &state.id, count).await;
                     }
                     Err(err) => {
                         tracing::warn!(replica = %replica_id, error = %err, "cannot store log lines");
@@ -155,6 +157,29 @@ async fn ingest(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
                 mark_ended(&inner, &state, &replica_id, lost_exit());
                 return;
             }
+        }
+    }
+}
+
+/// Trims the instance's log to the configured size once enough lines came.
+async fn trim_now_and_then(inner: &Inner, instance_id: &str, added: u32) {
+    let due = {
+        let mut untrimmed = lock(&inner.untrimmed);
+        let count = untrimmed.entry(instance_id.to_owned()).or_insert(0);
+        *count = count.saturating_add(added);
+        let due = *count >= crate::TRIM_EVERY;
+        if due {
+            *count = 0;
+        }
+        due
+    };
+    if due {
+        if let Err(err) = inner
+            .store
+            .trim_instance_logs(instance_id, inner.config.log_lines_kept)
+            .await
+        {
+            tracing::warn!(instance = %instance_id, error = %err, "cannot trim the log");
         }
     }
 }

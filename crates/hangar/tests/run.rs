@@ -529,6 +529,44 @@ async fn stdin_agent_answers() {
         )
         .await;
     assert_eq!((status, text.as_str()), (200, "echo: hello\n"));
+
+    // The agent's stop and start stop and start its instance.
+    let agent = server.instance(&echo).await["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/stop"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    server
+        .wait_instance(&echo, "stopped", |i| i["status"] == "stopped")
+        .await;
+    assert!(replica_pids(&echo).is_empty());
+    let (status, _, _, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/instances/{org}/{echo}/stdin"),
+            Some(json!({"input": "x\n"})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    server
+        .wait_instance(&echo, "running again", |i| i["status"] == "running")
+        .await;
+    assert_eq!(replica_pids(&echo).len(), 1);
     server.delete(&echo, true).await;
     server.wait_nothing_left(&echo).await;
 }

@@ -383,6 +383,10 @@ async fn delete_agent(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Envelope<Deleted>>> {
     if state.store.delete_agent(caller.org(), &id).await? {
+        if let Some(runtime) = &state.runtime {
+            // Its instances are tombstones now: their replicas go.
+            runtime.resync();
+        }
         Ok(ok(Deleted { id, deleted: true }))
     } else {
         Err(ApiError::not_found(Kind::Agent, id))
