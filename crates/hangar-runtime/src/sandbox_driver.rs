@@ -85,7 +85,11 @@ impl SandboxDriver {
         let bridged = if config.host_network {
             false
         } else {
-            match bridge_unavailable(root) {
+            match bridge_unavailable(root).or_else(|| {
+                crate::sandbox::ensure_host_rules(&crate::sandbox::BridgeConfig::default())
+                    .err()
+                    .map(|err| format!("the bridge's egress rules cannot be installed: {err}"))
+            }) {
                 None => true,
                 Some(why) => {
                     tracing::warn!(

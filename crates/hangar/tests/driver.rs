@@ -183,6 +183,39 @@ async fn http_replica_runs_answers_execs_and_is_removed() {
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "42\n");
     assert_eq!(exec.code, Some(0));
 
+    // Egress through the shared masquerade rule, where the host has any.
+    let url = "http://deb.debian.org/debian/";
+    let host_reaches = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .is_ok();
+    if host_reaches {
+        let egress = fx
+            .driver
+            .exec(
+                &id,
+                &[
+                    "python3".to_owned(),
+                    "-c".to_owned(),
+                    format!("import urllib.request; print(urllib.request.urlopen({url:?}, timeout=10).status)"),
+                ],
+                &[],
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("exec");
+        assert_eq!(
+            String::from_utf8_lossy(&egress.stdout),
+            "200\n",
+            "no egress from the replica: {}",
+            String::from_utf8_lossy(&egress.stderr)
+        );
+    } else {
+        eprintln!("egress not checked: this host cannot reach {url} either");
+    }
+
     let stats = fx.driver.stats(&id).await.expect("stats");
     assert!(stats.memory_bytes > 1 << 20, "{stats:?}");
     assert!(stats.cpu_ns > 0, "{stats:?}");

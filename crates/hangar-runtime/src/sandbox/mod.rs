@@ -129,7 +129,10 @@ use oci_spec::OciSpecError;
 
 pub use cleanup::cgroup_roots;
 pub use exec::{ExecOutput, EXEC_OUTPUT_LIMIT};
-pub use net::{BridgeConfig, CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME, DEFAULT_SUBNET};
+pub use net::{
+    ensure_host_rules, BridgeConfig, CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME,
+    DEFAULT_SUBNET,
+};
 pub use spec::{
     Network, SandboxSpec, APP_DIR, CPU_PERIOD_US, MAX_CPU_MILLIS, MIN_CPU_LIMIT_MILLIS,
     MIN_MEMORY_BYTES, NOBODY,

@@ -8,14 +8,21 @@
 //!           <dir>/cni.json   the plugin dir and bridge config, written before ADD
 //!                            (DEL runs with them)
 //!           loopback ADD (lo up), bridge ADD (eth0, a veth on the bridge,
-//!           an address from host-local, masquerade) ──► the sandbox's IP
-//! teardown: bridge DEL (veth, masquerade rule, IPAM reservation), unmount
-//!           and remove <dir>/netns, remove <dir>/cni.json
+//!           an address from host-local) ──► the sandbox's IP
+//! teardown: bridge DEL (veth, IPAM reservation), unmount and remove
+//!           <dir>/netns, remove <dir>/cni.json
 //! ```
 //!
 //! The bridge itself (and `net.ipv4.ip_forward = 1`, which the `bridge`
 //! plugin sets for a gateway) stays on the host: it is shared by every
-//! sandbox on the network.
+//! sandbox on the network. So are the rules that give sandboxes egress
+//! ([`ensure_host_rules`]): one masquerade rule for the whole subnet, and
+//! `FORWARD` accepts for the bridge (a Docker host's `FORWARD` policy is
+//! `DROP`). The plugin's own `ipMasq` would add and remove a chain per
+//! sandbox instead: measured here, that made ADD 44 → 18 ms and DEL
+//! 100 → 30 ms slower, all of it in `iptables`. The shared rules are
+//! installed once per boot (a marker under `/run`), and re-checked whenever
+//! a driver starts.
 //!
 //! The CNI container id is the sandbox id, so ids must be unique among all
 //! the sandboxes on one CNI network ([`BridgeConfig::name`]), not only
@@ -93,7 +100,8 @@ impl BridgeConfig {
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
-            "ipMasq": true,
+            // Egress goes through the shared rules of `ensure_host_rules`.
+            "ipMasq": false,
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": self.subnet }]],
@@ -111,6 +119,73 @@ impl BridgeConfig {
     }
 }
 
+/// Where [`ensure_host_rules`] notes it has run since boot.
+fn rules_marker(config: &BridgeConfig) -> PathBuf {
+    PathBuf::from(format!("/run/hangar/net-{}.rules", config.name))
+}
+
+/// Makes sure the host has the rules bridged sandboxes need for egress:
+/// masquerade of the subnet's traffic leaving it, and `FORWARD` accepts for
+/// traffic from the bridge and replies to it. Idempotent (each rule is
+/// checked before it is added); needs root and `iptables`.
+pub fn ensure_host_rules(config: &BridgeConfig) -> Result<(), String> {
+    let subnet = config.subnet.as_str();
+    let bridge = config.bridge.as_str();
+    let rules: [(&str, &str, Vec<&str>); 3] = [
+        (
+            "nat",
+            "POSTROUTING",
+            vec!["-s", subnet, "!", "-d", subnet, "-j", "MASQUERADE"],
+        ),
+        ("filter", "FORWARD", vec!["-i", bridge, "-j", "ACCEPT"]),
+        (
+            "filter",
+            "FORWARD",
+            vec![
+                "-o",
+                bridge,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
+        ),
+    ];
+    for (table, chain, rule) in rules {
+        let run = |op: &str| {
+            Command::new("iptables")
+                .args(["-w", "-t", table, op, chain])
+                .args(&rule)
+                .args(["-m", "comment", "--comment", "hangar"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+        };
+        let present = run("-C").map_err(|err| format!("cannot run iptables: {err}"))?;
+        if present.status.success() {
+            continue;
+        }
+        // FORWARD accepts go first, ahead of a DROP a firewall put there.
+        let op = if chain == "FORWARD" { "-I" } else { "-A" };
+        let added = run(op).map_err(|err| format!("cannot run iptables: {err}"))?;
+        if !added.status.success() {
+            return Err(format!(
+                "iptables {op} {chain} failed: {}",
+                String::from_utf8_lossy(&added.stderr).trim()
+            ));
+        }
+    }
+    let marker = rules_marker(config);
+    if let Some(parent) = marker.parent() {
+        let _ = fs::create_dir_all(parent);
+    }
+    let _ = fs::write(&marker, b"");
+    Ok(())
+}
+
 /// The path a sandbox's network namespace is bound to.
 pub(super) fn netns_path(dir: &Path) -> PathBuf {
     dir.join(NETNS_FILE)
@@ -120,6 +195,13 @@ pub(super) fn netns_path(dir: &Path) -> PathBuf {
 /// returns the sandbox's address. On failure, what was done stays for
 /// [`teardown`] (the create's cleanup) to undo.
 pub(super) fn setup(id: &str, dir: &Path, config: &BridgeConfig) -> Result<IpAddr, SandboxError> {
+    if !rules_marker(config).exists() {
+        ensure_host_rules(config).map_err(|reason| SandboxError::Network {
+            id: id.to_owned(),
+            action: "install the bridge's egress rules",
+            reason,
+        })?;
+    }
     let netns = netns_path(dir);
     File::create(&netns).map_err(io_error(id, "create", &netns))?;
     create_netns(&netns).map_err(|source| SandboxError::Os {
@@ -381,7 +463,7 @@ mod tests {
         assert_eq!(config["type"], "bridge");
         assert_eq!(config["bridge"], DEFAULT_BRIDGE);
         assert_eq!(config["isGateway"], true);
-        assert_eq!(config["ipMasq"], true);
+        assert_eq!(config["ipMasq"], false);
         assert_eq!(config["ipam"]["type"], "host-local");
         assert_eq!(config["ipam"]["ranges"][0][0]["subnet"], "10.1.0.0/24");
     }
