@@ -2,7 +2,8 @@
 //! process per replica (see [`crate::shim`]).
 //!
 //! ```text
-//! <state_dir>/shims/<replica id>/      replica.json, shim.sock, shim.log
+//! <state_dir>/shims/<replica id>/      replica.json, shim.log
+//! /run/hangar/<hash of state_dir>/<replica id>.sock   the shim's socket
 //! <state_dir>/sandboxes/<replica id>/  the sandbox (bundle, libcontainer state, netns)
 //! cgroup /hangar-<hash of state_dir>/<replica id>
 //! ```
@@ -37,9 +38,7 @@ use crate::driver::{
     ReplicaStats, StdinWait,
 };
 use crate::sandbox::CNI_PLUGIN_DIR;
-use crate::shim::protocol::{
-    ExecRequest, Reply, Request, ShimConfig, ShimNetwork, CONFIG_FILE, SOCKET_FILE,
-};
+use crate::shim::protocol::{ExecRequest, Reply, Request, ShimConfig, ShimNetwork, CONFIG_FILE};
 
 /// How long a shim may take to create and start its sandbox.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,6 +63,7 @@ pub struct SandboxDriver {
     shim_program: PathBuf,
     shims_dir: PathBuf,
     sandboxes_dir: PathBuf,
+    sockets_dir: PathBuf,
     cgroup_parent: PathBuf,
     bridged: bool,
 }
@@ -81,6 +81,8 @@ impl SandboxDriver {
         let canonical = fs::canonicalize(&config.state_dir)?;
         let hash = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
         let cgroup_parent = PathBuf::from(format!("/hangar-{}", hex::encode(&hash[..6])));
+        let sockets_dir = PathBuf::from(format!("/run/hangar/{}", hex::encode(&hash[..6])));
+        dirs.create(&sockets_dir)?;
         let root = nix::unistd::geteuid().is_root();
         let bridged = if config.host_network {
             false
@@ -111,6 +113,7 @@ impl SandboxDriver {
             shim_program: config.shim_program,
             shims_dir,
             sandboxes_dir,
+            sockets_dir,
             cgroup_parent,
             bridged,
         })
@@ -119,6 +122,11 @@ impl SandboxDriver {
     /// Whether replicas get their own network namespace on the bridge.
     pub fn bridged(&self) -> bool {
         self.bridged
+    }
+
+    /// Replica `id`'s shim socket (a valid id: checked by [`Self::shim_dir`]).
+    fn socket(&self, id: &str) -> PathBuf {
+        self.sockets_dir.join(format!("{id}.sock"))
     }
 
     fn shim_dir(&self, id: &str) -> Result<PathBuf, DriverError> {
@@ -145,7 +153,7 @@ impl SandboxDriver {
             return Err(DriverError::NotFound(id.to_owned()));
         }
         let exchange = async {
-            let mut stream = UnixStream::connect(dir.join(SOCKET_FILE)).await?;
+            let mut stream = UnixStream::connect(self.socket(id)).await?;
             let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
             line.push(b'\n');
             stream.write_all(&line).await?;
@@ -421,11 +429,9 @@ impl Driver for SandboxDriver {
         if !dir.join(CONFIG_FILE).exists() {
             return Err(DriverError::NotFound(id.to_owned()));
         }
-        let mut stream = UnixStream::connect(dir.join(SOCKET_FILE))
-            .await
-            .map_err(|err| {
-                DriverError::Failed(format!("the shim of replica {id} is not answering: {err}"))
-            })?;
+        let mut stream = UnixStream::connect(self.socket(id)).await.map_err(|err| {
+            DriverError::Failed(format!("the shim of replica {id} is not answering: {err}"))
+        })?;
         let mut line = serde_json::to_vec(&Request::Follow { after })
             .map_err(|err| DriverError::Failed(err.to_string()))?;
         line.push(b'\n');
@@ -486,6 +492,7 @@ impl SandboxDriver {
             sandboxes_dir: self.sandboxes_dir.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
             network,
+            socket: self.socket(&spec.id),
         };
         // Checked here, so a bad spec is an error of this call and not a
         // shim that fails to start.

@@ -11,7 +11,7 @@
 //! ```text
 //! hangar shim run <dir>      <dir>/replica.json → sandbox created and started
 //!   stdout: one handshake line (Reply::Info or Reply::Error), then /dev/null
-//!   <dir>/shim.sock          requests (protocol), one per connection
+//!   ShimConfig::socket       requests (protocol), one per connection
 //!   <dir>/shim.log           the shim's own log (never fd 1 or 2)
 //! hangar shim exec <dir>     ExecRequest on stdin → Reply::Exec on stdout
 //! hangar shim cleanup <dir>  removes the sandbox and <dir> when the shim is gone
@@ -48,7 +48,7 @@ use nix::unistd::pipe2;
 
 use crate::driver::{now_ms, DriverError, ExecResult, ReplicaInfo};
 use crate::sandbox::{error_chain, SandboxStdio, Sandboxes, StdioPipes};
-use protocol::{ErrorKind, ExecRequest, Reply, ShimConfig, CONFIG_FILE, SOCKET_FILE};
+use protocol::{ErrorKind, ExecRequest, Reply, ShimConfig, CONFIG_FILE};
 
 /// Output lines a shim keeps for followers that are not there yet.
 pub const BUFFER_LINES: usize = 10_000;
@@ -126,9 +126,9 @@ fn start(dir: &Path) -> Result<(Started, ReplicaInfo, ShimConfig), DriverError> 
         )));
     }
     let config = read_config(dir)?;
-    let socket = dir.join(SOCKET_FILE);
-    let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|err| failed("bind its socket", &err))?;
+    let socket = &config.socket;
+    let _ = fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|err| failed("bind its socket", &err))?;
     listener
         .set_nonblocking(true)
         .map_err(|err| failed("configure its socket", &err))?;
@@ -248,6 +248,7 @@ fn run_exec(dir: &Path) -> Result<ExecResult, DriverError> {
 /// sandbox (killing what still runs) and the shim's directory.
 pub fn cleanup(dir: &Path) -> i32 {
     let result = read_config(dir).and_then(|config| {
+        let _ = fs::remove_file(&config.socket);
         let sandboxes = Sandboxes::new(&config.sandboxes_dir, &config.cgroup_parent)
             .map_err(|err| DriverError::Failed(error_chain(&err)))?;
         sandboxes

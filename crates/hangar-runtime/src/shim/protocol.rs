@@ -25,6 +25,9 @@ pub struct ShimConfig {
     pub cgroup_parent: PathBuf,
     /// Its network.
     pub network: ShimNetwork,
+    /// The shim's socket: in a short directory of its own under `/run`, as
+    /// a socket path must fit in 108 bytes and data dirs can be deep.
+    pub socket: PathBuf,
 }
 
 /// How a replica is networked.
@@ -72,8 +75,6 @@ impl ShimConfig {
 
 /// The configuration file in a shim's directory.
 pub const CONFIG_FILE: &str = "replica.json";
-/// The shim's socket in its directory.
-pub const SOCKET_FILE: &str = "shim.sock";
 /// The shim's own log in its directory.
 pub const LOG_FILE: &str = "shim.log";
 

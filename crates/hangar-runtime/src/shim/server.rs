@@ -539,6 +539,7 @@ async fn delete(shim: &Shim) -> Result<(), Reply> {
             }
         }
     }
+    let _ = std::fs::remove_file(&shim.config.socket);
     std::fs::remove_dir_all(&shim.dir).map_err(|err| {
         Reply::error(
             ErrorKind::Failed,
