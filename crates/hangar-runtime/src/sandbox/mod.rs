@@ -460,30 +460,60 @@ impl Sandboxes {
         fs::create_dir_all(&rootfs).map_err(io_error(id, "create", &rootfs))?;
         let layout = spec::host_layout(Path::new("/")).map_err(io_error(id, "inspect", "/"))?;
         spec::populate_rootfs(&rootfs, &layout).map_err(io_error(id, "populate", &rootfs))?;
-        let (ip, netns) = match spec.network {
+        // The network is wired while the container is created: the plugins
+        // work in the namespace the container joins, and are waited for
+        // before the sandbox can start.
+        let (pending, netns) = match spec.network {
             Network::Bridge => (
-                Some(net::setup(id, dir, &self.bridge)?),
+                Some(net::begin(id, dir, &self.bridge)?),
                 Some(net::netns_path(dir)),
             ),
             Network::Isolated | Network::Host => (None, None),
         };
+        let created = self.create_container(dir, spec, stdio, &layout, netns.as_deref());
+        let ip = match pending {
+            Some(pending) => {
+                // Waited for even when the container failed: the cleanup's
+                // DEL must not race the ADD.
+                Some(pending.finish()?)
+            }
+            None => None,
+        };
+        let (container, pid) = created?;
+        Ok(Sandbox {
+            id: id.to_owned(),
+            sandboxes: self.clone(),
+            container,
+            pid,
+            spec: spec.clone(),
+            ip,
+            exit: None,
+            oom_killed: false,
+        })
+    }
+
+    /// The container of [`Sandboxes::create_in`], its init parked.
+    fn create_container(
+        &self,
+        dir: &Path,
+        spec: &SandboxSpec,
+        stdio: SandboxStdio,
+        layout: &[(&str, spec::HostEntry)],
+        netns: Option<&Path>,
+    ) -> Result<(Container, Pid), SandboxError> {
+        let id = spec.id.as_str();
+        let bundle = dir.join("bundle");
         let app = match &spec.app {
             Some(_) => {
                 Some(app_layers(dir, spec).map_err(io_error(id, "create", dir.join("app")))?)
             }
             None => None,
         };
-        let oci = spec::oci_spec(
-            spec,
-            &layout,
-            &self.cgroup_path(id),
-            netns.as_deref(),
-            app.as_ref(),
-        )
-        .map_err(|source| SandboxError::Spec {
-            id: id.to_owned(),
-            source,
-        })?;
+        let oci = spec::oci_spec(spec, layout, &self.cgroup_path(id), netns, app.as_ref())
+            .map_err(|source| SandboxError::Spec {
+                id: id.to_owned(),
+                source,
+            })?;
         let config = bundle.join("config.json");
         oci.save(&config).map_err(|source| SandboxError::Spec {
             id: id.to_owned(),
@@ -524,16 +554,7 @@ impl Sandboxes {
             action: "learn the init pid from libcontainer",
             source: Errno::ESRCH,
         })?;
-        Ok(Sandbox {
-            id: id.to_owned(),
-            sandboxes: self.clone(),
-            container,
-            pid,
-            spec: spec.clone(),
-            ip,
-            exit: None,
-            oom_killed: false,
-        })
+        Ok((container, pid))
     }
 
     /// Removes sandbox `id` when no [`Sandbox`] value is at hand (its

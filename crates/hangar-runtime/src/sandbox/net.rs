@@ -191,10 +191,48 @@ pub(super) fn netns_path(dir: &Path) -> PathBuf {
     dir.join(NETNS_FILE)
 }
 
-/// Creates the sandbox's network namespace at [`netns_path`] and wires it;
-/// returns the sandbox's address. On failure, what was done stays for
-/// [`teardown`] (the create's cleanup) to undo.
-pub(super) fn setup(id: &str, dir: &Path, config: &BridgeConfig) -> Result<IpAddr, SandboxError> {
+/// The CNI plugins wiring a new namespace, still running: the sandbox's
+/// container is created meanwhile, and [`PendingNetwork::finish`] waits for
+/// them before the sandbox starts.
+pub(super) struct PendingNetwork {
+    id: String,
+    loopback: Result<RunningPlugin, Failure>,
+    bridge: Result<RunningPlugin, Failure>,
+    saved: PathBuf,
+}
+
+impl PendingNetwork {
+    /// Waits for both plugins; returns the sandbox's address. On failure,
+    /// what was done stays for [`teardown`] to undo.
+    pub(super) fn finish(self) -> Result<IpAddr, SandboxError> {
+        // Both are waited for, whatever the first says: teardown must not
+        // race a plugin still at work.
+        let loopback = self.loopback.and_then(RunningPlugin::wait);
+        let bridge = self.bridge.and_then(RunningPlugin::wait);
+        // A bridge plugin that never ran did nothing, and DEL would not run
+        // either: forget it.
+        if bridge.as_ref().is_err_and(|failure| !failure.started) {
+            remove_file(&self.id, &self.saved)?;
+        }
+        loopback.map_err(|failure| failure.error)?;
+        let result = bridge.map_err(|failure| failure.error)?;
+        first_ip(&result).ok_or_else(|| SandboxError::Network {
+            id: self.id.clone(),
+            action: "read the address from the bridge plugin's result",
+            reason: String::from_utf8_lossy(&result).into_owned(),
+        })
+    }
+}
+
+/// Creates the sandbox's network namespace at [`netns_path`] and starts the
+/// plugins that wire it (loopback and bridge at once: they touch different
+/// interfaces). On failure, what was done stays for [`teardown`] (the
+/// create's cleanup) to undo.
+pub(super) fn begin(
+    id: &str,
+    dir: &Path,
+    config: &BridgeConfig,
+) -> Result<PendingNetwork, SandboxError> {
     if !rules_marker(config).exists() {
         ensure_host_rules(config).map_err(|reason| SandboxError::Network {
             id: id.to_owned(),
@@ -209,46 +247,32 @@ pub(super) fn setup(id: &str, dir: &Path, config: &BridgeConfig) -> Result<IpAdd
         action: "create the network namespace",
         source,
     })?;
-
     let plugin = Plugin {
         id,
         dir: &config.plugin_dir,
         netns: &netns,
     };
-    // Nothing to DEL for loopback: removing the namespace undoes it.
-    plugin
-        .run(
-            "loopback",
-            "ADD",
-            "lo",
-            &config.loopback_config().to_string(),
-        )
-        .map_err(|failure| failure.error)?;
-
     // Saved before ADD: a failed ADD may have done half its work (a veth, a
-    // reservation), and CNI undoes that with DEL.
-    let cni_config = config.cni_config().to_string();
+    // reservation), and CNI undoes that with DEL. Nothing to DEL for
+    // loopback: removing the namespace undoes it.
     let saved = dir.join(CNI_CONFIG_FILE);
     let record = serde_json::json!({
         "pluginDir": config.plugin_dir,
         "config": config.cni_config(),
     });
     fs::write(&saved, record.to_string()).map_err(io_error(id, "write", &saved))?;
-    let result = match plugin.run("bridge", "ADD", "eth0", &cni_config) {
-        Ok(result) => result,
-        Err(failure) => {
-            // A plugin that never ran did nothing, and DEL would not run
-            // either: forget it.
-            if !failure.started {
-                remove_file(id, &saved)?;
-            }
-            return Err(failure.error);
-        }
-    };
-    first_ip(&result).ok_or_else(|| SandboxError::Network {
+    let loopback = plugin.spawn(
+        "loopback",
+        "ADD",
+        "lo",
+        &config.loopback_config().to_string(),
+    );
+    let bridge = plugin.spawn("bridge", "ADD", "eth0", &config.cni_config().to_string());
+    Ok(PendingNetwork {
         id: id.to_owned(),
-        action: "read the address from the bridge plugin's result",
-        reason: String::from_utf8_lossy(&result).into_owned(),
+        loopback,
+        bridge,
+        saved,
     })
 }
 
@@ -345,9 +369,57 @@ struct Plugin<'a> {
     netns: &'a Path,
 }
 
+/// A plugin started by [`Plugin::spawn`].
+struct RunningPlugin {
+    child: std::process::Child,
+    id: String,
+    name: String,
+    command: String,
+    action: &'static str,
+    binary: PathBuf,
+    written: io::Result<()>,
+    started: std::time::Instant,
+}
+
+impl RunningPlugin {
+    /// Waits for it: its stdout (the result) on success, the CNI error it
+    /// printed otherwise.
+    fn wait(self) -> Result<Vec<u8>, Failure> {
+        let error = |reason: String| Failure {
+            started: true,
+            error: SandboxError::Network {
+                id: self.id.clone(),
+                action: self.action,
+                reason,
+            },
+        };
+        let output = self
+            .child
+            .wait_with_output()
+            .map_err(|err| error(format!("cannot wait for {}: {err}", self.binary.display())))?;
+        tracing::debug!(
+            sandbox = self.id,
+            plugin = self.name,
+            command = self.command,
+            elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            success = output.status.success(),
+            "ran a CNI plugin"
+        );
+        if output.status.success() {
+            self.written
+                .map_err(|err| error(format!("cannot write the config: {err}")))?;
+            return Ok(output.stdout);
+        }
+        Err(error(plugin_error(
+            &output.stdout,
+            &output.stderr,
+            output.status,
+        )))
+    }
+}
+
 impl Plugin<'_> {
-    /// Runs plugin `name` with CNI `command`; its stdout (the result) on
-    /// success, the CNI error it printed otherwise.
+    /// Runs plugin `name` with CNI `command` and waits for it.
     fn run(
         &self,
         name: &str,
@@ -355,6 +427,17 @@ impl Plugin<'_> {
         ifname: &str,
         config: &str,
     ) -> Result<Vec<u8>, Failure> {
+        self.spawn(name, command, ifname, config)?.wait()
+    }
+
+    /// Starts plugin `name` with CNI `command`, its config written to it.
+    fn spawn(
+        &self,
+        name: &str,
+        command: &str,
+        ifname: &str,
+        config: &str,
+    ) -> Result<RunningPlugin, Failure> {
         let action = match (name, command) {
             ("loopback", _) => "bring up the loopback interface (CNI loopback ADD)",
             (_, "ADD") => "attach the sandbox to the bridge (CNI bridge ADD)",
@@ -394,25 +477,16 @@ impl Plugin<'_> {
             .take()
             .expect("piped stdin")
             .write_all(config.as_bytes());
-        let output = child
-            .wait_with_output()
-            .map_err(|err| error(true, format!("cannot wait for {}: {err}", binary.display())))?;
-        tracing::debug!(
-            sandbox = self.id,
-            plugin = name,
-            command,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            success = output.status.success(),
-            "ran a CNI plugin"
-        );
-        if output.status.success() {
-            written.map_err(|err| error(true, format!("cannot write the config: {err}")))?;
-            return Ok(output.stdout);
-        }
-        Err(error(
-            true,
-            plugin_error(&output.stdout, &output.stderr, output.status),
-        ))
+        Ok(RunningPlugin {
+            child,
+            id: self.id.to_owned(),
+            name: name.to_owned(),
+            command: command.to_owned(),
+            action,
+            binary,
+            written,
+            started,
+        })
     }
 }
 
