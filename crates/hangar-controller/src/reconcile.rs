@@ -66,22 +66,10 @@ pub(crate) async fn reconcile(
     for (id, exit, stopping, ran) in ended {
         wait_drained(state, &id).await;
         if !stopping {
-            let delay = {
-                let mut tracked = lock(&state.tracked);
-                if ran >= inner.config.backoff_reset {
-                    tracked.crash_streak = 0;
-                }
-                tracked.crash_streak += 1;
-                let shift = tracked.crash_streak.saturating_sub(1).min(16);
-                let delay = inner
-                    .config
-                    .backoff_base
-                    .saturating_mul(1 << shift)
-                    .min(inner.config.backoff_max);
-                tracked.next_start = Some(Instant::now() + delay);
-                tracked.last_failure = Some(format!("replica {id} {}", exit.describe()));
-                delay
-            };
+            if ran >= inner.config.backoff_reset {
+                lock(&state.tracked).crash_streak = 0;
+            }
+            let delay = back_off(inner, state, format!("replica {id} {}", exit.describe()));
             restart_count += 1;
             let message = if want_running {
                 format!(
@@ -195,19 +183,8 @@ pub(crate) async fn reconcile(
                     if let Err(err) =
                         create(inner, state, &controlled, &artifact, &generation).await
                     {
-                        let delay = {
-                            let mut tracked = lock(&state.tracked);
-                            tracked.crash_streak += 1;
-                            let shift = tracked.crash_streak.saturating_sub(1).min(16);
-                            let delay = inner
-                                .config
-                                .backoff_base
-                                .saturating_mul(1 << shift)
-                                .min(inner.config.backoff_max);
-                            tracked.next_start = Some(Instant::now() + delay);
-                            tracked.last_failure = Some(format!("cannot start a replica: {err}"));
-                            delay
-                        };
+                        let delay =
+                            back_off(inner, state, format!("cannot start a replica: {err}"));
                         system_log(
                             inner,
                             state,
@@ -300,6 +277,22 @@ pub(crate) async fn reconcile(
     )
     .await;
     Ok(())
+}
+
+/// One more failure in a row: no replica is created for the base delay,
+/// doubled per failure in the streak, capped. Returns the delay.
+fn back_off(inner: &Inner, state: &InstanceState, why: String) -> Duration {
+    let mut tracked = lock(&state.tracked);
+    tracked.crash_streak += 1;
+    let shift = tracked.crash_streak.saturating_sub(1).min(16);
+    let delay = inner
+        .config
+        .backoff_base
+        .saturating_mul(1 << shift)
+        .min(inner.config.backoff_max);
+    tracked.next_start = Some(Instant::now() + delay);
+    tracked.last_failure = Some(why);
+    delay
 }
 
 fn counts(state: &InstanceState, generation: &str) -> (usize, usize) {
