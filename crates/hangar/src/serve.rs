@@ -132,13 +132,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let runtime = start_runtime(&config, &store).await?;
     let woken = runtime.clone();
-    let builder = hangar_build::Builder::new(store.clone())
-        .with_on_deployed(move |instance| woken.wake(&instance.id));
+    let builder = hangar_build::Builder::new(store.clone()).with_on_deployed(move |instance| {
+        if let Some(runtime) = &woken {
+            runtime.wake(&instance.id);
+        }
+    });
     builder.clone().start();
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
-        runtime: Some(runtime),
+        runtime,
         builder: Some(builder),
     });
     println!(
@@ -173,18 +176,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The sandbox driver under `<data dir>/runtime` and the controller over it.
 /// Replicas left running by an earlier process are adopted before the
-/// listener opens.
+/// listener opens. Sandboxes need root: without it the server runs without a
+/// runtime (the API works; nothing runs), and says so.
 async fn start_runtime(
     config: &Config,
     store: &hangar_store::Store,
-) -> anyhow::Result<hangar_controller::Controller> {
+) -> anyhow::Result<Option<hangar_controller::Controller>> {
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "NOT RUNNING AS ROOT: sandboxes need root (namespaces, cgroups, mounts), so this \
+             server runs no replicas; instances stay `starting`"
+        );
+        eprintln!("hangar: not running as root: agents will not run (sandboxes need root)");
+        return Ok(None);
+    }
     let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;
     let driver = hangar_runtime::SandboxDriver::new(hangar_runtime::SandboxDriverConfig {
         shim_program,
         state_dir: config.data_dir.join("runtime"),
         host_network: false,
     })
-    .context("preparing the sandbox driver's state dir")?;
+    .context("preparing the sandbox driver's state dirs")?;
     tracing::info!(bridged = driver.bridged(), "sandbox driver ready");
     let controller = hangar_controller::Controller::new(
         store.clone(),
@@ -195,7 +207,7 @@ async fn start_runtime(
         .start()
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
-    Ok(controller)
+    Ok(Some(controller))
 }
 
 async fn wait_for_signal() {
