@@ -226,6 +226,17 @@ impl Server {
         assert_eq!(status, 204, "{text}");
     }
 
+    /// The ids of this server's replicas now (from the driver's state dir).
+    fn replica_ids(&self) -> Vec<String> {
+        let shims = self.dir.join("hangar-data/runtime/shims");
+        std::fs::read_dir(shims)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Waits until nothing of this server's replicas is left: no shim or
     /// sandbox directory, no process of theirs.
     async fn wait_nothing_left(&self, instance: &str) {
@@ -429,11 +440,37 @@ async fn python_agent_runs_isolated_restarts_and_is_deleted() {
     );
     assert_eq!(status["health_checks"]["status"], "healthy");
 
-    // Graceful and forced deletes leave nothing.
+    // Graceful and forced deletes leave nothing: no process, state dir,
+    // cgroup or mount (the network namespaces are bind mounts).
+    let replicas = server.replica_ids();
+    assert_eq!(replicas.len(), 2);
     server.delete(&a, false).await;
     server.delete(&b, true).await;
     server.wait_nothing_left(&a).await;
     server.wait_nothing_left(&b).await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for id in &replicas {
+        assert!(!mountinfo.contains(id.as_str()), "a mount of {id} is left");
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .expect("cgroups")
+            .flatten()
+        {
+            for parent in std::fs::read_dir(hierarchy.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = parent.file_name();
+                if name.to_string_lossy().starts_with("hangar-") {
+                    assert!(
+                        !parent.path().join(id).exists(),
+                        "cgroup {} of {id} is left",
+                        parent.path().display()
+                    );
+                }
+            }
+        }
+    }
     let (status, body, _, _) = server
         .call(
             reqwest::Method::POST,
