@@ -567,6 +567,34 @@ async fn stdin_agent_answers() {
         .await;
     assert_eq!((status, text.as_str()), (200, "echo: hello\n"));
 
+    // Redeploy: a new build of the same directory; the instance rolls onto it.
+    let before = server.instance(&echo).await;
+    let old_pids = replica_pids(&echo);
+    let agent_id = before["agent_id"].as_str().expect("agent_id").to_owned();
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent_id}/redeploy"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{text}");
+    let rolled = server
+        .wait_instance(&echo, "rolled onto the new build", |i| {
+            i["build_id"] != before["build_id"] && i["status"] == "running"
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica_pids(&echo).iter().any(|pid| old_pids.contains(pid))
+        || replica_pids(&echo).len() != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "old replica still there: {rolled}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The agent's stop and start stop and start its instance.
     let agent = server.instance(&echo).await["agent_id"]
         .as_str()
@@ -664,6 +692,52 @@ async fn kill_9_of_the_server_leaves_replicas_running_and_readopted() {
     server
         .wait_log(&org, &id, "invoked with \"after restart\"")
         .await;
+    server.delete(&id, true).await;
+    server.wait_nothing_left(&id).await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_backs_off() {
+    if !root_or_skip("crash_loop") {
+        return;
+    }
+    let server = Server::start(&temp("crash"));
+    let org = server.org().await;
+    let id = server
+        .deploy(
+            "crasher",
+            "crash",
+            json!({"config": {"enable_http": false}}),
+        )
+        .await;
+    let logs = server.wait_log(&org, &id, "(restart 3)").await;
+    // "… exited with code 3; restarting in 1.0s (restart 1)", 2.0s, 4.0s …
+    let delays: Vec<f64> = logs
+        .iter()
+        .filter(|l| l.contains("exited with code 3; restarting in"))
+        .filter_map(|l| {
+            l.split("restarting in ")
+                .nth(1)?
+                .split('s')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(delays.len() >= 3, "{logs:#?}");
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]),
+        "no backoff: {delays:?}"
+    );
+    let inst = server
+        .wait_instance(&id, "counted 3 restarts", |i| {
+            i["deployment"]["restart_count"].as_u64() >= Some(3)
+        })
+        .await;
+    assert!(
+        inst["status"] == "error" || inst["status"] == "running" || inst["status"] == "starting",
+        "{inst}"
+    );
     server.delete(&id, true).await;
     server.wait_nothing_left(&id).await;
 }
