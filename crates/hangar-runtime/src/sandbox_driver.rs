@@ -74,11 +74,14 @@ impl SandboxDriver {
     pub fn new(config: SandboxDriverConfig) -> io::Result<Self> {
         let mut dirs = fs::DirBuilder::new();
         dirs.recursive(true).mode(0o700);
-        let shims_dir = config.state_dir.join("shims");
-        let sandboxes_dir = config.state_dir.join("sandboxes");
+        dirs.create(&config.state_dir)?;
+        // Absolute: shims run with paths from their config, and libcontainer
+        // changes the working directory of the process that calls it.
+        let canonical = fs::canonicalize(&config.state_dir)?;
+        let shims_dir = canonical.join("shims");
+        let sandboxes_dir = canonical.join("sandboxes");
         dirs.create(&shims_dir)?;
         dirs.create(&sandboxes_dir)?;
-        let canonical = fs::canonicalize(&config.state_dir)?;
         let hash = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
         let cgroup_parent = PathBuf::from(format!("/hangar-{}", hex::encode(&hash[..6])));
         let sockets_dir = PathBuf::from(format!("/run/hangar/{}", hex::encode(&hash[..6])));
