@@ -178,6 +178,20 @@ pub enum ApiError {
         /// Instances it may have.
         max: u32,
     },
+    /// 502 or 504: the agent failed an invocation (`AGENT_ERROR`,
+    /// `AGENT_BAD_RESPONSE`, `AGENT_UNREACHABLE`, `INVOKE_TIMEOUT`), with
+    /// `details` when there are any.
+    #[error("{message}")]
+    Agent {
+        /// 502, or 504 for a timeout.
+        status: StatusCode,
+        /// Machine-readable code.
+        code: &'static str,
+        /// For a person.
+        message: String,
+        /// The agent's status and the start of its answer, for `AGENT_ERROR`.
+        details: Option<Value>,
+    },
     /// 503 `RUNTIME_UNAVAILABLE`: the operation needs a runtime this server lacks.
     #[error("{0}")]
     RuntimeUnavailable(&'static str),
@@ -231,6 +245,7 @@ impl ApiError {
             | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InstanceQuota { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Agent { status, .. } => *status,
             ApiError::RuntimeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -252,6 +267,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (*code).into(),
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE".into(),
             ApiError::InstanceQuota { .. } => "RESOURCE_LIMIT_EXCEEDED".into(),
+            ApiError::Agent { code, .. } => (*code).into(),
             ApiError::RuntimeUnavailable(_) => "RUNTIME_UNAVAILABLE".into(),
             ApiError::Internal(_) => "INTERNAL_ERROR".into(),
         }
@@ -292,6 +308,12 @@ impl ApiError {
             }
             ApiError::Internal(_) => {
                 error.insert("request_id".into(), Value::String(context::request_id()));
+            }
+            ApiError::Agent {
+                details: Some(details),
+                ..
+            } => {
+                error.insert("details".into(), details.clone());
             }
             _ => {}
         }

@@ -79,6 +79,8 @@ pub struct AppState {
     pub runtime: Option<hangar_controller::Controller>,
     /// The builder, if this server builds: queued builds wake it.
     pub builder: Option<hangar_build::Builder>,
+    /// The gateway, if this server runs replicas: invocations go through it.
+    pub gateway: Option<Arc<hangar_gateway::Gateway>>,
 }
 
 impl AppState {

@@ -396,6 +396,21 @@ impl Controller {
         metrics
     }
 
+    /// The ready replicas of an instance and where they answer HTTP: the
+    /// gateway's rotation.
+    pub fn ready_replicas(&self, instance_id: &str) -> Vec<(String, std::net::SocketAddr)> {
+        let Some(state) = lock(&self.inner.instances).get(instance_id).cloned() else {
+            return Vec::new();
+        };
+        let tracked = lock(&state.tracked);
+        tracked
+            .replicas
+            .values()
+            .filter(|r| r.ready && r.exit.is_none() && !r.stopping)
+            .filter_map(|r| r.info.address.map(|address| (r.info.id.clone(), address)))
+            .collect()
+    }
+
     /// A running replica of the instance (ready ones first).
     fn pick(&self, instance_id: &str) -> Result<String, ControlError> {
         let state = lock(&self.inner.instances).get(instance_id).cloned();

@@ -141,6 +141,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
+        gateway: runtime
+            .clone()
+            .map(|runtime| Arc::new(hangar_gateway::Gateway::new(runtime))),
         runtime,
         builder: Some(builder),
     });

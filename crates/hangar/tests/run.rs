@@ -329,7 +329,13 @@ async fn python_agent_runs_isolated_restarts_and_is_deleted() {
     let server = Server::start(&temp("python"));
     let org = server.org().await;
     let a = server.deploy("web", "http", json!({})).await;
-    let b = server.deploy("other", "http", json!({})).await;
+    let b = server
+        .deploy(
+            "other",
+            "http",
+            json!({"config": {"invoke_path": "/missing"}}),
+        )
+        .await;
     for id in [&a, &b] {
         server
             .wait_instance(id, "running", |i| i["status"] == "running")
@@ -367,6 +373,60 @@ async fn python_agent_runs_isolated_restarts_and_is_deleted() {
         .await
         .expect("json");
     assert_eq!(invoked["output"]["echo"], json!({"q": 1}));
+
+    // Invoke through the Agents API: the gateway proxies to a ready replica.
+    let agent_id = server.instance(&a).await["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    let (status, invoked, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent_id}/invoke"),
+            Some(json!({"input": {"text": "hi"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(invoked["success"], true);
+    assert_eq!(invoked["data"]["output"]["echo"], json!({"text": "hi"}));
+    assert_eq!(invoked["meta"]["instance_id"], a.as_str());
+    assert!(invoked["meta"]["latency_ms"].is_u64());
+    assert!(invoked["meta"]["request_id"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("req_")));
+    // Too slow for options.timeout: 504 INVOKE_TIMEOUT.
+    let (status, body, _, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent_id}/invoke"),
+            Some(json!({"input": {"sleep": 3}, "options": {"timeout": 1}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("INVOKE_TIMEOUT")),
+        "{body}"
+    );
+    assert_eq!(body["success"], false);
+
+    // An agent answering an error: 502 AGENT_ERROR with its status.
+    let b_agent = server.instance(&b).await["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    let (status, body, _, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{b_agent}/invoke"),
+            Some(json!({"input": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("AGENT_ERROR")),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"]["agent_status"], 404);
 
     // Isolation.
     let data_dir = server.dir.join("hangar-data");

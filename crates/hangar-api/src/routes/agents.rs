@@ -411,10 +411,6 @@ struct InvokeRequest {
     /// Data passed to the agent as the JSON body of its invoke path.
     #[serde(default)]
     #[schema(value_type = Object)]
-    #[expect(
-        dead_code,
-        reason = "forwarded to the agent by the gateway, which this server does not have yet"
-    )]
     input: serde_json::Value,
     /// Invocation options.
     #[serde(default)]
@@ -453,7 +449,7 @@ async fn invoke(
     caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<InvokeRequest>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<serde_json::Value>> {
     if let Some(t) = body.options.timeout {
         if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
             return Err(ApiError::invalid(
@@ -473,12 +469,52 @@ async fn invoke(
         }
     }
     let view = find(&state, &caller, &id).await?;
-    let action = if body.is_async {
-        "queue a job for"
-    } else {
-        "invoke"
+    if body.is_async {
+        // Async jobs are not built yet (the gateway issue).
+        return Err(not_running(&view, "queue a job for"));
+    }
+    let (Some(gateway), Some(instance)) = (&state.gateway, &view.default_instance) else {
+        return Err(not_running(&view, "invoke"));
     };
-    Err(not_running(&view, action))
+    let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
+    let invoked = gateway
+        .invoke(instance, &body.input, timeout, &body.options.headers)
+        .await
+        .map_err(invoke_error)?;
+    Ok(Json(serde_json::json!({
+        "success": true,
+        "data": {"output": invoked.output, "usage": invoked.usage},
+        "meta": {
+            "request_id": crate::context::request_id(),
+            "latency_ms": u64::try_from(invoked.latency.as_millis()).unwrap_or(u64::MAX),
+            "instance_id": instance.id,
+        },
+    })))
+}
+
+/// An invocation's failure in the envelope.
+fn invoke_error(err: hangar_gateway::InvokeError) -> ApiError {
+    use hangar_gateway::InvokeError;
+    let agent = |status: StatusCode, code: &'static str, details: Option<serde_json::Value>| {
+        ApiError::Agent {
+            status,
+            code,
+            message: err.to_string(),
+            details,
+        }
+    };
+    match &err {
+        // Running, but no replica is ready this moment (restarting, say).
+        InvokeError::NoReplica => agent(StatusCode::SERVICE_UNAVAILABLE, "AGENT_UNAVAILABLE", None),
+        InvokeError::Timeout(_) => agent(StatusCode::GATEWAY_TIMEOUT, "INVOKE_TIMEOUT", None),
+        InvokeError::AgentStatus { status, body } => agent(
+            StatusCode::BAD_GATEWAY,
+            "AGENT_ERROR",
+            Some(serde_json::json!({"agent_status": status, "agent_body": body})),
+        ),
+        InvokeError::BadResponse(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_BAD_RESPONSE", None),
+        InvokeError::Unreachable(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_UNREACHABLE", None),
+    }
 }
 
 async fn set_desired(

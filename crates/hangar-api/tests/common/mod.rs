@@ -91,6 +91,7 @@ impl Harness {
             config: Arc::new(config()),
             runtime: None,
             builder: None,
+            gateway: None,
         });
         Harness { db, app, a, b }
     }

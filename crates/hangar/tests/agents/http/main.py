@@ -1,7 +1,9 @@
-"""A standard-library HTTP agent: GET /health, POST /invoke (echoes its input)."""
+"""A standard-library HTTP agent: GET /health, POST /invoke (echoes its input;
+{"sleep": seconds} answers that much later)."""
 import json
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -24,6 +26,8 @@ class Agent(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"null")
         if self.path == "/invoke":
+            if isinstance(body, dict) and "sleep" in body:
+                time.sleep(float(body["sleep"]))
             print(f"INFO invoked with {json.dumps(body)}", flush=True)
             self._reply(200, {"output": {"echo": body, "replica": os.environ.get("HANGAR_REPLICA_ID")}})
         else:
