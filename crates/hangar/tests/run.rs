@@ -752,6 +752,38 @@ async fn kill_9_of_the_server_leaves_replicas_running_and_readopted() {
     server
         .wait_log(&org, &id, "invoked with \"after restart\"")
         .await;
+
+    // Load balancing over the re-adopted replicas: 200 concurrent invokes
+    // spread within 20% of even.
+    let agent = server.instance(&id).await["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    let client = reqwest::Client::new();
+    let calls = (0..200).map(|i| {
+        let request = client
+            .post(format!("{}/v1/agents/{agent}/invoke", server.url))
+            .bearer_auth(KEY)
+            .json(&json!({"input": {"n": i, "sleep": 0.02}}))
+            .timeout(Duration::from_secs(60))
+            .send();
+        async move {
+            let reply: Value = request.await.expect("invoke").json().await.expect("json");
+            reply["data"]["output"]["replica"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("failed invoke: {reply}"))
+        }
+    });
+    let served = futures_join_all(calls).await;
+    let mut per_replica = std::collections::BTreeMap::<String, u32>::new();
+    for replica in served {
+        *per_replica.entry(replica).or_default() += 1;
+    }
+    assert_eq!(per_replica.len(), 3, "{per_replica:?}");
+    for count in per_replica.values() {
+        assert!((53..=80).contains(count), "uneven: {per_replica:?}");
+    }
     server.delete(&id, true).await;
     server.wait_nothing_left(&id).await;
 }
@@ -800,4 +832,19 @@ async fn a_crash_loop_backs_off() {
     );
     server.delete(&id, true).await;
     server.wait_nothing_left(&id).await;
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
 }
