@@ -483,6 +483,21 @@ async fn python_agent_runs_isolated_restarts_and_is_deleted() {
         logs.iter().any(|l| l.starts_with("ERROR [hangar] replica")),
         "{logs:#?}"
     );
+    // The agent's log is its default instance's; level filters.
+    let agent_logs = server
+        .get(&format!("/v1/agents/{agent_id}/logs?tail=500"))
+        .await;
+    let all = agent_logs["data"].as_array().expect("data");
+    assert!(
+        all.iter().any(|l| l["message"] == "listening on 8080"),
+        "{agent_logs}"
+    );
+    let errors = server
+        .get(&format!("/v1/agents/{agent_id}/logs?tail=500&level=error"))
+        .await;
+    let errors = errors["data"].as_array().expect("data");
+    assert!(!errors.is_empty());
+    assert!(errors.iter().all(|l| l["level"] == "ERROR"), "{errors:?}");
 
     // Metrics from the cgroup.
     let inst = server

@@ -619,11 +619,18 @@ async fn logs(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
-) -> ApiResult<StatusCode> {
-    for (field, v) in [("since", &q.since), ("until", &q.until)] {
+) -> ApiResult<axum::response::Response> {
+    let mut times = [None, None];
+    for (slot, (field, v)) in times
+        .iter_mut()
+        .zip([("since", &q.since), ("until", &q.until)])
+    {
         if let Some(v) = v {
-            chrono::DateTime::parse_from_rfc3339(v)
-                .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 time"))?;
+            *slot = Some(
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 time"))?
+                    .with_timezone(&chrono::Utc),
+            );
         }
     }
     if q.tail.is_some_and(|t| !(1..=10_000).contains(&t)) {
@@ -638,14 +645,30 @@ async fn logs(
         }
     }
     let view = find(&state, &caller, &id).await?;
-    Err(not_running(
-        &view,
-        if q.follow {
-            "follow logs of"
-        } else {
-            "read logs of"
-        },
-    ))
+    // The agent's log is its default instance's.
+    let Some(instance) = &view.default_instance else {
+        return Err(not_running(&view, "read logs of"));
+    };
+    let live = match (&state.runtime, q.follow) {
+        (Some(runtime), true) => Some(runtime.subscribe_logs(&instance.id)),
+        (None, true) => return Err(not_running(&view, "follow logs of")),
+        (_, false) => None,
+    };
+    let level = q
+        .level
+        .as_deref()
+        .and_then(hangar_core::logs::LogLevel::from_name);
+    let request = super::logs::LogRequest {
+        tail: q.tail.unwrap_or(100),
+        since: times[0],
+        until: times[1],
+        level,
+    };
+    let lines = super::logs::stored(&state, &instance.id, &request).await?;
+    match live {
+        Some(live) => Ok(super::logs::follow(lines, live, level)),
+        None => Ok(ok(lines.iter().map(super::logs::entry).collect::<Vec<_>>()).into_response()),
+    }
 }
 
 /// Query of `GET /v1/agents/{id}/metrics`.

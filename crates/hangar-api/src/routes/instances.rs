@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
 use hangar_core::model::Instance;
@@ -524,70 +523,18 @@ async fn logs(
         (None, true) => return Err(no_replica(&inst, "follow logs of")),
         (_, false) => None,
     };
-    let query = hangar_store::LogQuery {
-        tail: Some(q.lines.unwrap_or(100)),
+    let request = super::logs::LogRequest {
+        tail: q.lines.unwrap_or(100),
         since,
-        after_seq: None,
-        limit: 10_000,
+        until: None,
+        level: None,
     };
-    let lines = state.store.instance_logs(&inst.id, &query).await?;
-    let Some(mut live) = live else {
-        let logs: Vec<serde_json::Value> = lines.iter().map(log_entry).collect();
-        return Ok(Json(serde_json::json!({ "logs": logs })).into_response());
-    };
-    // Follow: what is stored, then live lines as they come (subscribed before
-    // the read, so nothing falls between; duplicates are dropped by seq).
-    let mut last = lines.last().map_or(0, |line| line.seq);
-    let backlog: Vec<Result<Event, std::convert::Infallible>> =
-        lines.iter().map(|line| Ok(log_event(line))).collect();
-    let stream = async_stream_of(backlog, move |tx| async move {
-        loop {
-            match live.recv().await {
-                Ok(line) if line.seq > last => {
-                    last = line.seq;
-                    if tx.send(Ok(log_event(&line))).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+    let lines = super::logs::stored(&state, &inst.id, &request).await?;
+    match live {
+        Some(live) => Ok(super::logs::follow(lines, live, None)),
+        None => {
+            let logs: Vec<serde_json::Value> = lines.iter().map(super::logs::entry).collect();
+            Ok(Json(serde_json::json!({ "logs": logs })).into_response())
         }
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
-}
-
-/// A log line as the seed shows it.
-fn log_entry(line: &hangar_core::logs::InstanceLogLine) -> serde_json::Value {
-    serde_json::json!({
-        "timestamp": line.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "level": line.level.as_str(),
-        "message": line.message,
-        "stream": line.stream.as_str(),
-        "replica_id": line.replica_id,
-    })
-}
-
-fn log_event(line: &hangar_core::logs::InstanceLogLine) -> Event {
-    Event::default()
-        .id(line.seq.to_string())
-        .data(log_entry(line).to_string())
-}
-
-/// A stream that yields `first`, then whatever `rest` sends.
-fn async_stream_of<F, Fut>(
-    first: Vec<Result<Event, std::convert::Infallible>>,
-    rest: F,
-) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, std::convert::Infallible>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(rest(tx));
-    use tokio_stream::StreamExt as _;
-    tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
 }

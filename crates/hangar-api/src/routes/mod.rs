@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod extras;
 pub mod instances;
+mod logs;
 pub mod tenancy;
 
 use serde::Deserialize;
