@@ -1,0 +1,832 @@
+//! Gateway overhead and throughput: `POST /v1/agents/{id}/invoke` through a
+//! real `hangar serve` against calling the replica directly and against nginx
+//! `proxy_pass` to the same replica, in one run, with one load tool.
+//!
+//! The target (issue "Gateway"): overhead against calling the replica
+//! directly p50 ≤ 0.5 ms and p99 ≤ 2 ms; throughput ≥ 1.0× nginx
+//! `proxy_pass` to the same upstream with the same load tool.
+//!
+//! What runs (as root; everything is removed at the end, also on errors):
+//! 1. `hangar serve --listen 127.0.0.1:0` (the `hangar` binary next to this
+//!    one, or `--hangar`) in a fresh temporary directory, with
+//!    `HANGAR_ADMIN_KEY` set. It deploys `bench/agents/fast` (a
+//!    single-threaded asyncio HTTP/1.1 keep-alive server, standard library
+//!    only: `POST /invoke` answers `{"output": <body>}`) from its directory,
+//!    waits until the instance runs and finds the replica's IP with an exec.
+//! 2. nginx (`--nginx`, default `nginx` in `PATH`; Debian: `apt-get install
+//!    nginx-light`) with a minimal configuration in a temporary directory:
+//!    `proxy_pass` to the replica's `ip:8080` through an `upstream` block
+//!    with `keepalive`, HTTP/1.1 to the upstream, two workers.
+//! 3. Three paths, all with the same `reqwest` client (keep-alive, no proxy):
+//!    - direct: `POST http://<replica>:8080/invoke` with body `{"q":1}`;
+//!    - Hangar: `POST /v1/agents/{id}/invoke` with `{"input":{"q":1}}` and
+//!      the admin key as Bearer token;
+//!    - nginx: `POST http://127.0.0.1:<port>/invoke` with `{"q":1}`.
+//!
+//!    Two more rows show where Hangar's time goes, without proxying:
+//!    `GET /v1/agents/{id}` (the same API-key authentication and agent view
+//!    lookup the invoke route does) and `GET /healthz` (the same HTTP server
+//!    with no auth and no database).
+//!
+//! Latency: sequential requests on one keep-alive connection per path,
+//! `--warmup` untimed first, then `--requests` timed, split into 10 blocks
+//! taken round-robin over the paths (drift in the machine's load falls on
+//! every path alike). Timed from sending the request to the last body byte.
+//! Every answer is checked off the clock (status 200 and the echoed input;
+//! Hangar's also `"success":true`), so an error never passes as fast.
+//!
+//! Throughput: `--connections` concurrent tasks sending back to back for
+//! `--duration` seconds per path (after a 1 s untimed warm-up), counting
+//! checked answers; any failed answer fails the run.
+//!
+//! The binary exits 0 whether or not the targets are met: it is a
+//! measurement, not a test.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+/// The admin key `hangar serve` is started with.
+const KEY: &str = "hgr_benchgateway00000000000000000000000000000";
+/// The body every direct and nginx request sends; Hangar's `input`.
+const BODY: &str = r#"{"q":1}"#;
+/// What every answer must contain: the echoed input.
+const ECHO: &str = r#""q":1"#;
+/// The port the agent listens on in its sandbox.
+const AGENT_PORT: u16 = 8080;
+/// Target: Hangar − direct, p50, in ms.
+const P50_TARGET_MS: f64 = 0.5;
+/// Target: Hangar − direct, p99, in ms.
+const P99_TARGET_MS: f64 = 2.0;
+/// Target: Hangar's throughput ÷ nginx's, at least.
+const THROUGHPUT_TARGET: f64 = 1.0;
+/// Blocks the timed latency requests of each path are split into.
+const BLOCKS: usize = 10;
+
+/// Measures the gateway's invoke overhead against calling the replica
+/// directly and its throughput against nginx `proxy_pass`. Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "gateway")]
+struct Args {
+    /// Timed sequential requests per path.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Untimed sequential requests per path before timing.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// Seconds of throughput load per path.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent connections for throughput.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// The `hangar` binary (default: `hangar` in the directory of this binary).
+    #[arg(long)]
+    hangar: Option<PathBuf>,
+    /// The nginx binary (default: `nginx` in `PATH`).
+    #[arg(long)]
+    nginx: Option<PathBuf>,
+}
+
+/// A temporary directory (mode 0755), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Short: shim sockets live below it, and socket paths are limited
+        // to 107 bytes.
+        let path = std::env::temp_dir().join(format!(
+            "hb-{tag}-{}-{}",
+            std::process::id(),
+            nanos % 1_000_000
+        ));
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            eprintln!("warning: cannot remove {}: {err}", self.0.display());
+        }
+    }
+}
+
+/// Sends SIGTERM to a child process and waits for it.
+fn terminate(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running `hangar serve`; on drop it is stopped with SIGTERM, the
+/// replicas left (replicas outlive the server) are removed with `hangar shim
+/// cleanup`, and its directory is removed.
+struct Serve {
+    child: Child,
+    url: String,
+    hangar: PathBuf,
+    // Dropped after the cleanup in `Drop` (fields drop after `drop` runs).
+    dir: TempDir,
+}
+
+impl Serve {
+    fn start(hangar: &Path) -> Result<Self> {
+        let dir = TempDir::new("gw")?;
+        let log = fs::File::create(dir.0.join("serve.log"))?;
+        let mut child = Command::new(hangar)
+            .current_dir(&dir.0)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("HANGAR_ADMIN_KEY", KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("spawning {} serve", hangar.display()))?;
+        let stdout = child.stdout.take().context("serve's stdout")?;
+        let mut serve = Self {
+            child,
+            url: String::new(),
+            hangar: hangar.to_path_buf(),
+            dir,
+        };
+        let mut reader = BufReader::new(stdout);
+        serve.url = loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!(
+                    "hangar serve exited before listening: {}",
+                    fs::read_to_string(serve.dir.0.join("serve.log")).unwrap_or_default()
+                );
+            }
+            if let Some(rest) = line.strip_prefix("hangar listening on ") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .context("no URL in the listening line")?
+                    .to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Ok(serve)
+    }
+
+    fn shims(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.dir.0.join("hangar-data/runtime/shims"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    }
+
+    async fn call(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value, String)> {
+        let mut req = client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(60));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = res.status().as_u16();
+        let text = res.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok((status, json, text))
+    }
+
+    async fn get(&self, client: &reqwest::Client, path: &str) -> Result<Value> {
+        let (status, body, text) = self.call(client, reqwest::Method::GET, path, None).await?;
+        ensure!(status == 200, "GET {path}: {status} {text}");
+        Ok(body)
+    }
+
+    /// Deploys the fast agent; returns (agent id, instance id, replica IP).
+    async fn deploy(
+        &self,
+        client: &reqwest::Client,
+        agent_dir: &Path,
+    ) -> Result<(String, String, String)> {
+        let me = self.get(client, "/v1/me").await?;
+        let org = me["organization_id"]
+            .as_str()
+            .or_else(|| me["data"]["organization_id"].as_str())
+            .context("no organization_id in /v1/me")?
+            .to_owned();
+        let body = json!({
+            "name": "bench-fast",
+            "cloud_id": "local",
+            "source": {"type": "github", "repo": format!("file://{}", agent_dir.display())},
+        });
+        let (status, created, text) = self
+            .call(client, reqwest::Method::POST, "/v1/agents", Some(body))
+            .await?;
+        ensure!(status == 201, "deploying: {status} {text}");
+        let agent = created["data"]["id"]
+            .as_str()
+            .context("no agent id")?
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let instance = loop {
+            let view = self.get(client, &format!("/v1/agents/{agent}")).await?;
+            if let Some(instance) = view["data"]["instance_id"].as_str() {
+                break instance.to_owned();
+            }
+            ensure!(Instant::now() < deadline, "never deployed: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        loop {
+            let inst = self.get(client, &format!("/instances/{instance}")).await?;
+            if inst["status"] == "running" {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "never running: {inst}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let probe = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                     s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])";
+        let (status, _, text) = self
+            .call(
+                client,
+                reqwest::Method::POST,
+                &format!("/instances/{org}/{instance}/exec"),
+                Some(json!(["python3", "-c", probe])),
+            )
+            .await?;
+        ensure!(status == 200, "exec for the replica's IP: {status} {text}");
+        let ip = text.trim().to_owned();
+        ensure!(
+            ip.parse::<Ipv4Addr>().is_ok(),
+            "the replica's IP is not an IPv4 address: {ip:?}"
+        );
+        Ok((agent, instance, ip))
+    }
+
+    /// Deletes the instance (forced) and waits until its replicas are gone.
+    async fn delete(&self, client: &reqwest::Client, instance: &str) -> Result<()> {
+        let (status, _, text) = self
+            .call(
+                client,
+                reqwest::Method::DELETE,
+                &format!("/instances/{instance}?force=true"),
+                None,
+            )
+            .await?;
+        ensure!(status == 204, "deleting {instance}: {status} {text}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.shims().is_empty() {
+            ensure!(Instant::now() < deadline, "replicas left after delete");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        for shim in self.shims() {
+            let _ = Command::new(&self.hangar)
+                .args(["shim", "cleanup"])
+                .arg(&shim)
+                .status();
+        }
+    }
+}
+
+/// nginx proxying to the replica, stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    fn start(nginx: &Path, upstream: &str) -> Result<Self> {
+        let dir = TempDir::new("ngx")?;
+        let port = free_port()?;
+        let d = dir.0.display();
+        let conf = format!(
+            "daemon off;\n\
+             worker_processes 2;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+             \x20   access_log off;\n\
+             \x20   client_body_temp_path {d}/body;\n\
+             \x20   proxy_temp_path {d}/proxy;\n\
+             \x20   fastcgi_temp_path {d}/fastcgi;\n\
+             \x20   uwsgi_temp_path {d}/uwsgi;\n\
+             \x20   scgi_temp_path {d}/scgi;\n\
+             \x20   keepalive_requests 1000000;\n\
+             \x20   upstream agent {{\n\
+             \x20       server {upstream};\n\
+             \x20       keepalive 64;\n\
+             \x20       keepalive_requests 1000000;\n\
+             \x20   }}\n\
+             \x20   server {{\n\
+             \x20       listen 127.0.0.1:{port};\n\
+             \x20       location / {{\n\
+             \x20           proxy_pass http://agent/;\n\
+             \x20           proxy_http_version 1.1;\n\
+             \x20           proxy_set_header Connection \"\";\n\
+             \x20       }}\n\
+             \x20   }}\n\
+             }}\n"
+        );
+        let conf_path = dir.0.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawning {}", nginx.display()))?;
+        let mut nginx = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if let Some(status) = nginx.child.try_wait()? {
+                bail!("nginx exited: {status}");
+            }
+            ensure!(Instant::now() < deadline, "nginx never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// A program in `PATH`.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A loopback port free right now.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One path's request: what it is called, where it goes, what it sends
+/// and what its answer must contain.
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    url: String,
+    /// The JSON body of a POST; `None` for a GET.
+    body: Option<&'static str>,
+    auth: bool,
+    /// What a good answer contains (besides status 200).
+    expect: Vec<String>,
+}
+
+impl Target {
+    /// Sends one request; returns how long it took to the last body byte.
+    /// The answer is checked after the clock stops.
+    async fn send(&self, client: &reqwest::Client) -> Result<Duration> {
+        let mut req = match self.body {
+            Some(body) => client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            None => client.get(&self.url),
+        };
+        if self.auth {
+            req = req.bearer_auth(KEY);
+        }
+        let t0 = Instant::now();
+        let res = req.send().await.context("sending")?;
+        let status = res.status();
+        let body = res.bytes().await.context("reading the answer")?;
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&body);
+        ensure!(
+            status == 200 && self.expect.iter().all(|e| text.contains(e.as_str())),
+            "{}: bad answer {status}: {text}",
+            self.url
+        );
+        Ok(took)
+    }
+}
+
+/// Summary statistics of some samples, in ms.
+struct Stats {
+    mean: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[Duration]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        Some(Stats {
+            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+            p50: percentile(&ms, 50.0),
+            p90: percentile(&ms, 90.0),
+            p99: percentile(&ms, 99.0),
+            max: ms[ms.len() - 1],
+        })
+    }
+}
+
+/// Nearest-rank percentile of sorted samples (0 for none).
+fn percentile(sorted: &[f64], pct: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// CPU time counters of the whole machine, from `/proc/stat`: total and
+/// stolen (taken by the hypervisor for other guests), in ticks.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let total = fields.iter().take(8).sum();
+    Some((total, *fields.get(7)?))
+}
+
+/// Share of CPU time stolen between two [`cpu_ticks`] readings, in percent.
+fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, s0), (t1, s1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
+    Some(s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
+}
+
+/// The load averages of `/proc/loadavg` (1, 5 and 15 minutes).
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// A client like the load tool's: keep-alive, no proxy.
+fn client(idle: usize) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(idle)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Sequential latency: warm-up, then the timed requests in [`BLOCKS`]
+/// blocks, round-robin over the paths. One client (one connection) per path.
+async fn latency(targets: &[Target], args: &Args) -> Result<Vec<Vec<Duration>>> {
+    let clients = targets
+        .iter()
+        .map(|_| client(1))
+        .collect::<Result<Vec<_>>>()?;
+    for (target, client) in targets.iter().zip(&clients) {
+        for _ in 0..args.warmup {
+            target.send(client).await?;
+        }
+    }
+    let n = targets.len();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    let per_block = args.requests.div_ceil(BLOCKS);
+    for block in 0..BLOCKS {
+        for offset in 0..n {
+            // Rotate which path goes first in each block.
+            let i = (block + offset) % n;
+            let n = per_block.min(args.requests.saturating_sub(samples[i].len()));
+            for _ in 0..n {
+                let took = targets[i].send(&clients[i]).await?;
+                samples[i].push(took);
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// Requests per second over `duration` with `connections` concurrent senders.
+async fn throughput(target: &Target, connections: usize, duration: Duration) -> Result<f64> {
+    let client = client(connections)?;
+    let done = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, target) = (client.clone(), target.clone());
+        let (done, counting, stop) = (done.clone(), counting.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                target.send(&client).await?;
+                if counting.load(Ordering::Relaxed) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(duration).await;
+    let n = done.load(Ordering::Relaxed);
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.context("a load task panicked")??;
+    }
+    Ok(n as f64 / took.as_secs_f64())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.requests >= 1, "--requests must be at least 1");
+    ensure!(args.connections >= 1, "--connections must be at least 1");
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this benchmark needs root (hangar serve runs replicas in sandboxes)"
+    );
+    let hangar_bin = match &args.hangar {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("finding this binary")?
+            .parent()
+            .context("this binary has no directory")?
+            .join("hangar"),
+    };
+    ensure!(
+        hangar_bin.is_file(),
+        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
+         hangar-bench`, or pass --hangar <path>",
+        hangar_bin.display()
+    );
+    let nginx_bin = match &args.nginx {
+        Some(path) => path.clone(),
+        None => find_program("nginx")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
+            .context("nginx is not installed (Debian: apt-get install nginx-light)")?,
+    };
+    let agent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fast");
+    ensure!(
+        agent_dir.join("main.py").is_file(),
+        "{} has no main.py",
+        agent_dir.display()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let serve = Serve::start(&hangar_bin)?;
+    eprintln!("hangar serve at {} in {}", serve.url, serve.dir.0.display());
+    let setup = client(4)?;
+    let (agent, instance, ip) = rt.block_on(serve.deploy(&setup, &agent_dir))?;
+    let upstream = format!("{ip}:{AGENT_PORT}");
+    eprintln!("agent {agent}, instance {instance}, replica at {upstream}");
+    let nginx = Nginx::start(&nginx_bin, &upstream)?;
+    eprintln!("nginx at 127.0.0.1:{}", nginx.port);
+
+    let echo = vec![ECHO.to_owned()];
+    let targets = vec![
+        Target {
+            name: "direct: `POST <replica>:8080/invoke`",
+            url: format!("http://{upstream}/invoke"),
+            body: Some(BODY),
+            auth: false,
+            expect: echo.clone(),
+        },
+        Target {
+            name: "Hangar: `POST /v1/agents/{id}/invoke`",
+            url: format!("{}/v1/agents/{agent}/invoke", serve.url),
+            body: Some(r#"{"input":{"q":1}}"#),
+            auth: true,
+            expect: vec![ECHO.to_owned(), r#""success":true"#.to_owned()],
+        },
+        Target {
+            name: "nginx `proxy_pass` → replica",
+            url: format!("http://127.0.0.1:{}/invoke", nginx.port),
+            body: Some(BODY),
+            auth: false,
+            expect: echo,
+        },
+        Target {
+            name: "Hangar, no proxying: `GET /v1/agents/{id}` (auth + agent view)",
+            url: format!("{}/v1/agents/{agent}", serve.url),
+            body: None,
+            auth: true,
+            expect: vec![agent.clone()],
+        },
+        Target {
+            name: "Hangar, no auth, no database: `GET /healthz`",
+            url: format!("{}/healthz", serve.url),
+            body: None,
+            auth: false,
+            expect: vec!["ok".to_owned()],
+        },
+    ];
+
+    let load_before = load_average();
+    let ticks = cpu_ticks();
+    eprintln!(
+        "latency: {} warm-up + {} timed sequential requests per path",
+        args.warmup, args.requests
+    );
+    let samples = rt.block_on(latency(&targets, &args))?;
+    let mut rps = Vec::new();
+    for target in &targets {
+        eprintln!(
+            "throughput: {} for {} s with {} connections",
+            target.name, args.duration, args.connections
+        );
+        rps.push(rt.block_on(throughput(
+            target,
+            args.connections,
+            Duration::from_secs(args.duration),
+        ))?);
+    }
+    let steal = steal_percent(ticks, cpu_ticks());
+    let load_after = load_average();
+
+    // Clean up before reporting: the instance, then nginx and serve (drop).
+    if let Err(err) = rt.block_on(serve.delete(&setup, &instance)) {
+        eprintln!("warning: {err:#}");
+    }
+    drop(nginx);
+    drop(serve);
+
+    report(
+        &args,
+        &targets,
+        &samples,
+        &rps,
+        steal,
+        (load_before, load_after),
+    );
+    Ok(())
+}
+
+fn report(
+    args: &Args,
+    targets: &[Target],
+    samples: &[Vec<Duration>],
+    rps: &[f64],
+    steal: Option<f64>,
+    load: (String, String),
+) {
+    let stats: Vec<Option<Stats>> = samples.iter().map(|s| Stats::of(s)).collect();
+    println!();
+    println!(
+        "{} timed sequential requests per path (after {} untimed), one keep-alive connection \
+         each, in {BLOCKS} round-robin blocks; throughput {} s per path with {} connections. \
+         Times in ms.",
+        args.requests, args.warmup, args.duration, args.connections
+    );
+    match steal {
+        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
+        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
+    }
+    println!(
+        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
+        load.0, load.1
+    );
+    println!();
+    println!("| path | mean ms | p50 ms | p90 ms | p99 ms | max ms | throughput req/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (i, target) in targets.iter().enumerate() {
+        match &stats[i] {
+            Some(s) => println!(
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+                target.name, s.mean, s.p50, s.p90, s.p99, s.max, rps[i]
+            ),
+            None => println!("| {} | — | — | — | — | — | {:.0} |", target.name, rps[i]),
+        }
+    }
+    let (Some(direct), Some(hangar), Some(nginx)) = (&stats[0], &stats[1], &stats[2]) else {
+        return;
+    };
+    let (h50, h99) = (hangar.p50 - direct.p50, hangar.p99 - direct.p99);
+    let (n50, n99) = (nginx.p50 - direct.p50, nginx.p99 - direct.p99);
+    let ratio = if rps[2] > 0.0 { rps[1] / rps[2] } else { 0.0 };
+    println!();
+    println!("| overhead vs direct | p50 ms | p99 ms |");
+    println!("|---|---:|---:|");
+    println!("| Hangar − direct | {h50:.3} | {h99:.3} |");
+    println!("| nginx − direct | {n50:.3} | {n99:.3} |");
+    for (i, label) in [(3, "`GET /v1/agents/{id}`"), (4, "`GET /healthz`")] {
+        if let Some(s) = &stats[i] {
+            println!(
+                "| {label} (not an overhead: its whole time, for comparison) | {:.3} | {:.3} |",
+                s.p50, s.p99
+            );
+        }
+    }
+    println!();
+    println!(
+        "Throughput: Hangar ÷ nginx = {ratio:.2}×; Hangar ÷ direct = {:.2}×; nginx ÷ direct = \
+         {:.2}×.",
+        if rps[0] > 0.0 { rps[1] / rps[0] } else { 0.0 },
+        if rps[0] > 0.0 { rps[2] / rps[0] } else { 0.0 },
+    );
+    println!();
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "Target overhead p50 ≤ {P50_TARGET_MS} ms: {} ({h50:.3} ms).",
+        verdict(h50 <= P50_TARGET_MS)
+    );
+    println!(
+        "Target overhead p99 ≤ {P99_TARGET_MS} ms: {} ({h99:.3} ms).",
+        verdict(h99 <= P99_TARGET_MS)
+    );
+    println!(
+        "Target throughput ≥ {THROUGHPUT_TARGET:.1}× nginx: {} ({ratio:.2}×).",
+        verdict(ratio >= THROUGHPUT_TARGET)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&s, 50.0), 50.0);
+        assert_eq!(percentile(&s, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn the_fast_agent_is_there() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fast");
+        assert!(dir.join("main.py").is_file());
+    }
+}
