@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_api::{ApiConfig, AppState};
+use hangar_bench::{cpu_ticks, percentile, sorted_ms, steal_percent};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::BuildStatus;
@@ -211,29 +212,6 @@ async fn seed(url: &str, instances: u32) -> Result<Fixture> {
 /// [`calls_per_op`]) and returns its own timing, so that checks stay off the clock.
 type Op<'a> = Box<dyn FnMut(usize) -> Result<Duration> + 'a>;
 
-/// CPU time counters of the whole machine, from `/proc/stat` (Linux): total and
-/// stolen (taken by the hypervisor for other guests), in ticks.
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    // user nice system idle iowait irq softirq steal [guest guest_nice]
-    let total = fields.iter().take(8).sum();
-    Some((total, *fields.get(7)?))
-}
-
-/// Share of CPU time stolen between two [`cpu_ticks`] readings, in percent.
-fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((t0, s0), (t1, s1)) = (before?, after?);
-    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
-    Some(s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
-}
-
 /// Calls each operation gets in all: warm-up, lead-ins and timed calls.
 fn calls_per_op(n: usize) -> usize {
     WARMUP + BLOCKS * LEAD_IN + n
@@ -377,8 +355,7 @@ struct Row {
 
 impl Row {
     fn new(name: &str, samples: &[Duration], baseline: Option<usize>, http: bool) -> Self {
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        ms.sort_by(f64::total_cmp);
+        let ms = sorted_ms(samples);
         Row {
             name: name.to_owned(),
             ms,
@@ -390,15 +367,6 @@ impl Row {
     fn p(&self, pct: f64) -> f64 {
         percentile(&self.ms, pct)
     }
-}
-
-/// Nearest-rank percentile of sorted samples (0 for none).
-fn percentile(sorted: &[f64], pct: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn main() -> Result<()> {
@@ -794,16 +762,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let s: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&s, 50.0), 50.0);
-        assert_eq!(percentile(&s, 99.0), 99.0);
-        assert_eq!(percentile(&s, 100.0), 100.0);
-        assert_eq!(percentile(&[3.0], 99.0), 3.0);
-        assert_eq!(percentile(&[], 99.0), 0.0);
-    }
 
     #[test]
     fn pages_are_clipped_at_the_end() {

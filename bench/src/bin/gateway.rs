@@ -54,6 +54,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::{
+    cpu_ticks, find_program, free_port, load_average, percentile, sorted_ms, steal_percent,
+};
 use serde_json::{json, Value};
 
 /// The admin key `hangar serve` is started with.
@@ -343,7 +346,7 @@ struct Nginx {
 impl Nginx {
     fn start(nginx: &Path, upstream: &str) -> Result<Self> {
         let dir = TempDir::new("ngx")?;
-        let port = free_port()?;
+        let port = free_port().context("finding a free loopback port")?;
         let d = dir.0.display();
         let conf = format!(
             "daemon off;\n\
@@ -408,21 +411,6 @@ impl Drop for Nginx {
     }
 }
 
-/// A program in `PATH`.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A loopback port free right now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("finding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// One path's request: what it is called, where it goes, what it sends
 /// and what its answer must contain.
 #[derive(Clone)]
@@ -479,8 +467,7 @@ impl Stats {
         if samples.is_empty() {
             return None;
         }
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        ms.sort_by(f64::total_cmp);
+        let ms = sorted_ms(samples);
         Some(Stats {
             mean: ms.iter().sum::<f64>() / ms.len() as f64,
             p50: percentile(&ms, 50.0),
@@ -489,50 +476,6 @@ impl Stats {
             max: ms[ms.len() - 1],
         })
     }
-}
-
-/// Nearest-rank percentile of sorted samples (0 for none).
-fn percentile(sorted: &[f64], pct: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// CPU time counters of the whole machine, from `/proc/stat`: total and
-/// stolen (taken by the hypervisor for other guests), in ticks.
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    // user nice system idle iowait irq softirq steal [guest guest_nice]
-    let total = fields.iter().take(8).sum();
-    Some((total, *fields.get(7)?))
-}
-
-/// Share of CPU time stolen between two [`cpu_ticks`] readings, in percent.
-fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((t0, s0), (t1, s1)) = (before?, after?);
-    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
-    Some(s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
-}
-
-/// The load averages of `/proc/loadavg` (1, 5 and 15 minutes).
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// A client like the load tool's: keep-alive, no proxy.
@@ -814,15 +757,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let s: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&s, 50.0), 50.0);
-        assert_eq!(percentile(&s, 99.0), 99.0);
-        assert_eq!(percentile(&[3.0], 99.0), 3.0);
-        assert_eq!(percentile(&[], 99.0), 0.0);
-    }
 
     #[test]
     fn the_fast_agent_is_there() {

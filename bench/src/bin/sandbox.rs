@@ -75,6 +75,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::{
+    cpu_ticks, find_program, free_port, load_average, percentile, sorted_ms, steal_percent,
+};
 use hangar_runtime::driver::ReplicaSpec;
 use hangar_runtime::sandbox::{
     CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME, DEFAULT_SUBNET,
@@ -421,7 +424,7 @@ impl Oci {
         if self.cni {
             return self.start_cni(id, marker);
         }
-        let port = free_port()?;
+        let port = free_port().context("finding a free loopback port")?;
         let config = self.config(id, &format!("127.0.0.1:{port}"), None);
         fs::write(
             self.bundle.join("config.json"),
@@ -644,7 +647,7 @@ impl Docker {
 
     fn start(&mut self, name: &str, marker: &str) -> Result<(Duration, Duration)> {
         let image = self.image.clone().context("no image")?;
-        let port = free_port()?;
+        let port = free_port().context("finding a free loopback port")?;
         let publish = format!("127.0.0.1:{port}:{CONTAINER_PORT}");
         let memory = MEMORY_LIMIT.to_string();
         let pids = PIDS_LIMIT.to_string();
@@ -822,21 +825,6 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// A program in `PATH`.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A loopback port free right now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("finding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// Polls `address` every [`POLL`] until an HTTP answer's first byte arrives;
 /// returns when that was, counted from `t0`. The whole answer is checked (off
 /// the clock): status 200 and this run's `marker` in the body.
@@ -964,41 +952,6 @@ fn unified_free_namespace() -> Result<Child> {
         );
     }
     Ok(child)
-}
-
-/// CPU time counters of the whole machine, from `/proc/stat`: total and
-/// stolen (taken by the hypervisor for other guests), in ticks.
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    // user nice system idle iowait irq softirq steal [guest guest_nice]
-    let total = fields.iter().take(8).sum();
-    Some((total, *fields.get(7)?))
-}
-
-/// The load averages of `/proc/loadavg` (1, 5 and 15 minutes).
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// Share of CPU time stolen between two [`cpu_ticks`] readings, in percent.
-fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((t0, s0), (t1, s1)) = (before?, after?);
-    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
-    Some(s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
 }
 
 /// Timed samples, by runtime ([`Runtime::index`]).
@@ -1184,8 +1137,7 @@ impl Stats {
         if samples.is_empty() {
             return None;
         }
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        ms.sort_by(f64::total_cmp);
+        let ms = sorted_ms(samples);
         Some(Stats {
             mean: ms.iter().sum::<f64>() / ms.len() as f64,
             p50: percentile(&ms, 50.0),
@@ -1193,15 +1145,6 @@ impl Stats {
             max: ms[ms.len() - 1],
         })
     }
-}
-
-/// Nearest-rank percentile of sorted samples (0 for none).
-fn percentile(sorted: &[f64], pct: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// `a ÷ b` of medians, as a table cell.
@@ -1655,15 +1598,6 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let s: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&s, 50.0), 10.0);
-        assert_eq!(percentile(&s, 95.0), 19.0);
-        assert_eq!(percentile(&[3.0], 95.0), 3.0);
-        assert_eq!(percentile(&[], 95.0), 0.0);
-    }
 
     #[test]
     fn answers_are_checked() {
