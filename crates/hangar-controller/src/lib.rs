@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hangar_core::logs::InstanceLogLine;
-use hangar_runtime::driver::{DriverError, ExecResult, Exit, ReplicaInfo, StdinWait};
+use hangar_runtime::driver::{DriverError, ExecResult, ReplicaInfo, StdinWait};
 use hangar_runtime::Driver;
 use hangar_store::Store;
 use tokio::sync::{broadcast, mpsc};
@@ -201,7 +201,6 @@ pub(crate) struct Replica {
     pub last_check_error: Option<String>,
     pub response_time_ms: Option<u64>,
     pub last_check: Option<chrono::DateTime<chrono::Utc>>,
-    pub exit: Option<Exit>,
     /// Its output has been read to the end (after the exit).
     pub drained: bool,
     /// The controller stopped it on purpose: its exit is no crash.
@@ -217,7 +216,6 @@ impl Replica {
             u64::try_from(hangar_runtime::driver::now_ms().saturating_sub(info.started_at_ms))
                 .unwrap_or(0);
         Self {
-            exit: info.exit,
             drained: false,
             info,
             generation,
@@ -367,7 +365,7 @@ impl Controller {
         let tracked = lock(&state.tracked);
         let mut metrics = InstanceMetrics::default();
         let mut times = Vec::new();
-        for replica in tracked.replicas.values().filter(|r| r.exit.is_none()) {
+        for replica in tracked.replicas.values().filter(|r| r.info.exit.is_none()) {
             let stats = replica.last_stats.unwrap_or_default();
             let view = ReplicaView {
                 id: replica.info.id.clone(),
@@ -406,7 +404,7 @@ impl Controller {
         tracked
             .replicas
             .values()
-            .filter(|r| r.ready && r.exit.is_none() && !r.stopping)
+            .filter(|r| r.ready && r.info.exit.is_none() && !r.stopping)
             .filter_map(|r| r.info.address.map(|address| (r.info.id.clone(), address)))
             .collect()
     }
@@ -421,7 +419,7 @@ impl Controller {
         tracked
             .replicas
             .values()
-            .filter(|r| r.exit.is_none() && !r.stopping)
+            .filter(|r| r.info.exit.is_none() && !r.stopping)
             .max_by_key(|r| (r.ready, std::cmp::Reverse(r.started)))
             .map(|r| r.info.id.clone())
             .ok_or_else(|| ControlError::NotRunning(instance_id.to_owned()))

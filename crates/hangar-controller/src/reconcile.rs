@@ -57,7 +57,8 @@ pub(crate) async fn reconcile(
             .replicas
             .values()
             .filter_map(|r| {
-                r.exit
+                r.info
+                    .exit
                     .map(|exit| (r.info.id.clone(), exit, r.stopping, r.started.elapsed()))
             })
             .collect()
@@ -208,7 +209,7 @@ pub(crate) async fn reconcile(
             let mut mine: Vec<&Replica> = tracked
                 .replicas
                 .values()
-                .filter(|r| r.exit.is_none() && !r.stopping && r.generation == generation)
+                .filter(|r| r.info.exit.is_none() && !r.stopping && r.generation == generation)
                 .collect();
             mine.sort_by_key(|r| (r.ready, std::cmp::Reverse(r.started)));
             mine.iter()
@@ -238,7 +239,7 @@ pub(crate) async fn reconcile(
         let live: Vec<&Replica> = tracked
             .replicas
             .values()
-            .filter(|r| r.exit.is_none() && !r.stopping)
+            .filter(|r| r.info.exit.is_none() && !r.stopping)
             .collect();
         let ready = u32::try_from(live.iter().filter(|r| r.ready).count()).unwrap_or(u32::MAX);
         let late = live
@@ -300,7 +301,7 @@ fn counts(state: &InstanceState, generation: &str) -> (usize, usize) {
     let current: Vec<&Replica> = tracked
         .replicas
         .values()
-        .filter(|r| r.exit.is_none() && !r.stopping && r.generation == generation)
+        .filter(|r| r.info.exit.is_none() && !r.stopping && r.generation == generation)
         .collect();
     let ready = current.iter().filter(|r| r.ready).count();
     (current.len(), ready)

@@ -24,7 +24,7 @@ pub(crate) fn spawn_replica_tasks(
     let checks_http = lock(&state.tracked)
         .replicas
         .get(replica_id)
-        .is_some_and(|r| r.info.address.is_some() && r.exit.is_none());
+        .is_some_and(|r| r.info.address.is_some() && r.info.exit.is_none());
     if checks_http {
         let health = tokio::spawn(health(inner.clone(), state.clone(), replica_id.to_owned()));
         handles.push(health.abort_handle());
@@ -36,7 +36,7 @@ pub(crate) fn spawn_replica_tasks(
 
 fn mark_ended(inner: &Inner, state: &InstanceState, replica_id: &str, exit: Exit) {
     if let Some(replica) = lock(&state.tracked).replicas.get_mut(replica_id) {
-        replica.exit.get_or_insert(exit);
+        replica.info.exit.get_or_insert(exit);
         replica.ready = false;
         replica.drained = true;
     }
@@ -204,7 +204,7 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
         let (address, ever_ready) = {
             let tracked = lock(&state.tracked);
             match tracked.replicas.get(&replica_id) {
-                Some(r) if r.exit.is_none() && !r.stopping => (r.info.address, r.ever_ready),
+                Some(r) if r.info.exit.is_none() && !r.stopping => (r.info.address, r.ever_ready),
                 _ => return,
             }
         };
@@ -277,7 +277,7 @@ pub(crate) async fn stats_loop(inner: Arc<Inner>) {
             let ids: Vec<String> = lock(&state.tracked)
                 .replicas
                 .values()
-                .filter(|r| r.exit.is_none())
+                .filter(|r| r.info.exit.is_none())
                 .map(|r| r.info.id.clone())
                 .collect();
             for id in ids {
