@@ -177,6 +177,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::instances::routes())
         .merge(routes::agents::routes())
+        .merge(routes::invoke::routes())
         .merge(routes::tenancy::routes())
         .merge(routes::extras::routes())
 }

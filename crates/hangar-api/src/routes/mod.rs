@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod extras;
 pub mod instances;
+pub mod invoke;
 mod logs;
 pub mod tenancy;
 

@@ -1,0 +1,131 @@
+//! `POST /v1/agents/{id}/invoke`: the Agents API's door to the gateway.
+//!
+//! One route, three ways to answer: synchronously (the default), as a job to
+//! poll (`"async": true`), or as Server-Sent Events (`Accept:
+//! text/event-stream`). Validation of the request is shared by all three.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::agents::{find, not_running};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Caller, Path};
+use crate::AppState;
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(invoke))
+}
+
+/// `options` of an invocation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InvokeOptions {
+    /// Seconds to wait for the agent (1–3600, default 300).
+    timeout: Option<f64>,
+    /// Extra headers passed to the agent.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+/// Body of `POST /v1/agents/{id}/invoke`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InvokeRequest {
+    /// Data passed to the agent as the JSON body of its invoke path.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    input: serde_json::Value,
+    /// Invocation options.
+    #[serde(default)]
+    options: InvokeOptions,
+    /// Return at once with a job to poll.
+    #[serde(default, rename = "async")]
+    is_async: bool,
+}
+
+/// Invoke an agent (sync, async with `"async": true`, or SSE with
+/// `Accept: text/event-stream`).
+#[utoipa::path(post, path = "/v1/agents/{id}/invoke", tag = "agents", request_body = InvokeRequest,
+    params(("id" = String, Path, description = "Agent ID")),
+    responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}"),
+        (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
+        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING")))]
+async fn invoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<InvokeRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if let Some(t) = body.options.timeout {
+        if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
+            return Err(ApiError::invalid(
+                "options.timeout",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+    }
+    for (k, v) in &body.options.headers {
+        if axum::http::HeaderName::try_from(k.as_str()).is_err()
+            || axum::http::HeaderValue::try_from(v.as_str()).is_err()
+        {
+            return Err(ApiError::invalid(
+                format!("options.headers.{k}"),
+                "is not a valid HTTP header",
+            ));
+        }
+    }
+    let view = find(&state, &caller, &id).await?;
+    if body.is_async {
+        // Async jobs are not built yet (the gateway issue).
+        return Err(not_running(&view, "queue a job for"));
+    }
+    let (Some(gateway), Some(instance)) = (&state.gateway, &view.default_instance) else {
+        return Err(not_running(&view, "invoke"));
+    };
+    let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
+    let invoked = gateway
+        .invoke(instance, &body.input, timeout, &body.options.headers)
+        .await
+        .map_err(invoke_error)?;
+    Ok(Json(serde_json::json!({
+        "success": true,
+        "data": {"output": invoked.output, "usage": invoked.usage},
+        "meta": {
+            "request_id": crate::context::request_id(),
+            "latency_ms": u64::try_from(invoked.latency.as_millis()).unwrap_or(u64::MAX),
+            "instance_id": instance.id,
+        },
+    })))
+}
+
+/// An invocation's failure in the envelope.
+fn invoke_error(err: hangar_gateway::InvokeError) -> ApiError {
+    use hangar_gateway::InvokeError;
+    let agent = |status: StatusCode, code: &'static str, details: Option<serde_json::Value>| {
+        ApiError::Agent {
+            status,
+            code,
+            message: err.to_string(),
+            details,
+        }
+    };
+    match &err {
+        // Running, but no replica is ready this moment (restarting, say).
+        InvokeError::NoReplica => agent(StatusCode::SERVICE_UNAVAILABLE, "AGENT_UNAVAILABLE", None),
+        InvokeError::Timeout(_) => agent(StatusCode::GATEWAY_TIMEOUT, "INVOKE_TIMEOUT", None),
+        InvokeError::AgentStatus { status, body } => agent(
+            StatusCode::BAD_GATEWAY,
+            "AGENT_ERROR",
+            Some(serde_json::json!({"agent_status": status, "agent_body": body})),
+        ),
+        InvokeError::BadResponse(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_BAD_RESPONSE", None),
+        InvokeError::Unreachable(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_UNREACHABLE", None),
+    }
+}
