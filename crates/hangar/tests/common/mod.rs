@@ -1,0 +1,340 @@
+//! The harness of the end-to-end tests: `hangar serve` as a process with a
+//! known admin key, agents deployed from `tests/agents/`, and what the tests
+//! look at from outside (replica processes, the driver's state dir).
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const KEY: &str = "hgr_runtests0000000000000000000000000000000000";
+
+pub fn root_or_skip(name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let why = "running agents needs root (sandboxes)";
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why}, and CI=true"
+    );
+    eprintln!("SKIPPED {name}: {why}");
+    false
+}
+
+pub fn agent_dir(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/agents")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+    pub keep_dir: bool,
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("HANGAR_ADMIN_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            // Kept with the data dir of a failed test, for the post-mortem.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("serve.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .expect("spawn hangar serve");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let url = loop {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).expect("read") > 0,
+                "serve exited"
+            );
+            if let Some(rest) = line.strip_prefix("hangar listening on ") {
+                break rest.split_whitespace().next().expect("url").to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Self {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+            keep_dir: false,
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.keep_dir = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap, String) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(60));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, json, headers, text)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body, _, text) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {text}");
+        body
+    }
+
+    pub async fn org(&self) -> String {
+        let me = self.get("/v1/me").await;
+        me["organization_id"]
+            .as_str()
+            .or_else(|| me["data"]["organization_id"].as_str())
+            .expect("organization_id")
+            .to_owned()
+    }
+
+    /// Deploys an agent from a directory; returns its default instance's id.
+    pub async fn deploy(&self, name: &str, agent: &str, extra: Value) -> String {
+        let mut body = json!({
+            "name": name,
+            "cloud_id": "local",
+            "source": {"type": "github", "repo": format!("file://{}", agent_dir(agent))},
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+        let (status, created, _, text) = self
+            .call(reqwest::Method::POST, "/v1/agents", Some(body))
+            .await;
+        assert_eq!(status, 201, "{text}");
+        let id = created["data"]["id"].as_str().expect("id").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agent = self.get(&format!("/v1/agents/{id}")).await;
+            if let Some(instance) = agent["data"]["instance_id"].as_str() {
+                return instance.to_owned();
+            }
+            assert!(Instant::now() < deadline, "never deployed: {agent}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn instance(&self, id: &str) -> Value {
+        self.get(&format!("/instances/{id}")).await
+    }
+
+    pub async fn wait_instance(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let inst = self.instance(id).await;
+            if done(&inst) {
+                return inst;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {inst}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn exec(&self, org: &str, id: &str, argv: &[&str]) -> (u16, String, Option<String>) {
+        let (status, _, headers, text) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/instances/{org}/{id}/exec"),
+                Some(json!(argv)),
+            )
+            .await;
+        let code = headers
+            .get("x-exit-code")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, text, code)
+    }
+
+    pub async fn logs(&self, org: &str, id: &str) -> Vec<String> {
+        self.get(&format!("/instances/{org}/{id}/logs?lines=1000"))
+            .await["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["level"].as_str().unwrap_or(""),
+                    l["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    pub async fn wait_log(&self, org: &str, id: &str, want: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs(org, id).await;
+            if logs.iter().any(|l| l.contains(want)) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{want:?} never logged: {logs:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) {
+        let (status, _, _, text) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/instances/{id}?force={force}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204, "{text}");
+    }
+
+    /// The ids of this server's replicas now (from the driver's state dir).
+    pub fn replica_ids(&self) -> Vec<String> {
+        let shims = self.dir.join("hangar-data/runtime/shims");
+        std::fs::read_dir(shims)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until nothing of this server's replicas is left: no shim or
+    /// sandbox directory, no process of theirs.
+    pub async fn wait_nothing_left(&self, instance: &str) {
+        let runtime = self.dir.join("hangar-data/runtime");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let dirs: Vec<_> = ["shims", "sandboxes"]
+                .iter()
+                .flat_map(|sub| {
+                    std::fs::read_dir(runtime.join(sub))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .map(|e| e.file_name())
+                .filter(|n| n != ".cgroups.lock")
+                .collect();
+            let procs = replica_pids(instance);
+            if dirs.is_empty() && procs.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "left behind: {dirs:?} {procs:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.keep_dir {
+            // Replicas outlive the server: remove any a failed test left.
+            kill_replicas_under(&self.dir);
+        }
+    }
+}
+
+/// Processes (not zombies) whose environment names this instance: its replicas' processes.
+pub fn replica_pids(instance: &str) -> Vec<i32> {
+    let needle = format!("HANGAR_INSTANCE_ID={instance}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn kill_replicas_under(dir: &Path) {
+    let shims = dir.join("hangar-data/runtime/shims");
+    for entry in std::fs::read_dir(&shims).into_iter().flatten().flatten() {
+        let _ = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(["shim", "cleanup"])
+            .arg(entry.path())
+            .status();
+    }
+}
+
+pub fn temp(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("hangar-run-{tag}-{}", std::process::id()))
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+pub async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
+}
