@@ -18,6 +18,7 @@
 //! - [`seal`]: encryption at rest for secret values.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -133,6 +134,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     sealer: seal::Sealer,
+    /// Keys that authenticated lately (see [`tenancy::KeyCache`]).
+    keys: Arc<tenancy::KeyCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -191,6 +194,7 @@ impl Store {
             pool,
             backend,
             sealer,
+            keys: Arc::default(),
         })
     }
 

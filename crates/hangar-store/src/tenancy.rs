@@ -4,6 +4,10 @@
 //! enough for keys (unlike passwords they have full entropy, so a slow hash buys
 //! nothing) and makes authentication one indexed lookup.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
 use hangar_core::id::{new_id, IdKind};
 use hangar_core::model::{ApiKey, Cloud, DriverKind, Organization, Role, User};
 use rand::RngCore;
@@ -12,6 +16,43 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
 use crate::{from_ms, name_taken, now_ms, to_json, Conditions, Result, RowExt, Store, StoreError};
+
+/// How long a key that authenticated is trusted without asking the database.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// The most keys remembered; past that the cache starts over. Only keys that
+/// authenticated get in, so unknown keys cannot fill it.
+const KEY_CACHE_SIZE: usize = 10_000;
+
+/// Keys that authenticated lately, by hash, with when they were checked.
+#[derive(Debug, Default)]
+pub(crate) struct KeyCache(Mutex<HashMap<String, (Principal, Instant)>>);
+
+impl KeyCache {
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, (Principal, Instant)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, hash: &str) -> Option<Principal> {
+        let entries = self.entries();
+        let (principal, checked) = entries.get(hash)?;
+        (checked.elapsed() < KEY_CACHE_TTL).then(|| principal.clone())
+    }
+
+    fn insert(&self, hash: String, principal: Principal) {
+        let mut entries = self.entries();
+        if entries.len() >= KEY_CACHE_SIZE {
+            entries.clear();
+        }
+        entries.insert(hash, (principal, Instant::now()));
+    }
+
+    /// Forgets every key: after a revocation (or anything else that changes
+    /// who a key is), the next request asks the database.
+    pub(crate) fn clear(&self) {
+        self.entries().clear();
+    }
+}
 
 /// Who a request acts as, once its key is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,13 +401,22 @@ impl Store {
     }
 
     /// Checks a key; `None` for unknown or revoked keys.
+    ///
+    /// A key that authenticated within the last [`KEY_CACHE_TTL`] is answered
+    /// from memory: on the data plane, a lookup per request would cost more
+    /// than the rest of the request. Revoking on this server takes effect at
+    /// once; on another server sharing the database, within the TTL.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
+        let hash = hash_key(secret);
+        if let Some(principal) = self.keys.get(&hash) {
+            return Ok(Some(principal));
+        }
         let row = sqlx::query(
             "SELECT k.id, k.user_id, k.organization_id, k.last_used_at, u.role, o.is_operator \
              FROM api_keys k JOIN users u ON u.id = k.user_id JOIN organizations o ON o.id = k.organization_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
-        .bind(hash_key(secret))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -393,6 +443,7 @@ impl Store {
                 tracing::warn!(key = %principal.key_id, error = %e, "could not record key use");
             }
         }
+        self.keys.insert(hash, principal.clone());
         Ok(Some(principal))
     }
 
@@ -490,6 +541,7 @@ impl Store {
             .bind(now_ms())
             .execute(&self.pool)
             .await?;
+        self.keys.clear();
         self.get_api_key(org_id, id).await
     }
 
