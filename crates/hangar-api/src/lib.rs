@@ -85,9 +85,20 @@ pub struct AppState {
 
 impl AppState {
     /// Asks the controller (if any) to reconcile instance `id` now.
+    /// Also forgets the gateway's routes: the instance (or its agent)
+    /// changed.
     pub fn wake(&self, instance_id: &str) {
+        self.routes_changed();
         if let Some(runtime) = &self.runtime {
             runtime.wake(instance_id);
+        }
+    }
+
+    /// An agent or instance changed: the gateway reads routes from the store
+    /// again.
+    pub fn routes_changed(&self) {
+        if let Some(gateway) = &self.gateway {
+            gateway.forget_routes();
         }
     }
 

@@ -1,12 +1,15 @@
-//! The gateway: Hangar's data plane. So far, synchronous invocations.
+//! The gateway: Hangar's data plane.
 //!
 //! ```text
 //! POST /v1/agents/:id/invoke {input, options}
-//!   → a ready replica of the agent's default instance, the one with the
-//!     fewest requests in flight (ties go round the rotation)
+//!   → the agent's default instance (a route cached for ROUTE_TTL)
+//!   → a ready replica of it, the one with the fewest requests in flight
+//!     (ties go round the rotation)
 //!   → POST http://<replica><invoke_path> with `input` as the JSON body
-//!   ← a JSON object with `output` (and `usage`): taken as such; any other
-//!     JSON: the output; text: the output as a string
+//!   ← sync: a JSON object with `output` (and `usage`): taken as such; any
+//!     other JSON: the output; text: the output as a string ([`invoke`])
+//!   ← streaming: the agent's SSE or chunked text re-framed as
+//!     `start / chunk / done` events ([`stream`])
 //! ```
 //!
 //! Failures are the agent's or the wait's, told apart for the caller
@@ -14,80 +17,73 @@
 //! a replica that closed the connection (crashed mid-request), or the
 //! caller's `options.timeout` running out.
 //!
-//! Not built yet (see the gateway issue): streaming (SSE), async jobs, instance
-//! URLs, cold start, autoscaling, per-replica concurrency limits and request
-//! metrics.
+//! Upstream requests go through one pooled HTTP/1.1 client (hyper's), kept
+//! alive per replica: a request costs no connection setup.
+//!
+//! Not built yet (see the gateway issue): async jobs, instance URLs, cold
+//! start, autoscaling, per-replica concurrency limits and request metrics.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod invoke;
+pub mod stream;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hangar_controller::Controller;
 use hangar_core::model::Instance;
-use serde_json::Value;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
-/// The most of an agent's error answer kept for the caller.
-const ERROR_BODY_LIMIT: usize = 4096;
+pub use invoke::{InvokeError, Invoked};
 
-/// How an invocation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InvokeError {
-    /// No replica of the instance is ready.
-    #[error("no replica is ready")]
-    NoReplica,
-    /// The caller's time limit ran out.
-    #[error("the agent did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The agent answered with a non-2xx status.
-    #[error("the agent answered {status}")]
-    AgentStatus {
-        /// Its HTTP status.
-        status: u16,
-        /// The start of its body.
-        body: String,
-    },
-    /// The agent's answer could not be read.
-    #[error("the agent's answer could not be read: {0}")]
-    BadResponse(String),
-    /// The replica could not be reached or dropped the connection.
-    #[error("the replica could not be reached: {0}")]
-    Unreachable(String),
+/// How long an agent's route (its default instance) is used without asking
+/// the store again. Changes made through this server forget routes at once
+/// ([`Gateway::forget_routes`]); changes on another server sharing the
+/// database are seen within this time.
+pub const ROUTE_TTL: Duration = Duration::from_secs(1);
+
+/// An agent's default instance, as last read from the store.
+struct Route {
+    organization_id: String,
+    instance: Arc<Instance>,
+    read_at: Instant,
 }
 
-/// A successful invocation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Invoked {
-    /// What the agent returned.
-    pub output: Value,
-    /// The agent's `usage`, if it reported one.
-    pub usage: Option<Value>,
-    /// The replica that served it.
-    pub replica_id: String,
-    /// From picking a replica to the end of its answer.
-    pub latency: Duration,
+/// Requests in flight per replica ID.
+type Outstanding = Arc<Mutex<HashMap<String, usize>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// See the module docs. One per server.
 pub struct Gateway {
     controller: Controller,
-    client: reqwest::Client,
-    /// Requests in flight per replica.
-    outstanding: Mutex<HashMap<String, usize>>,
+    client: Client<HttpConnector, axum::body::Body>,
+    /// Agents' routes by agent ID.
+    routes: Mutex<HashMap<String, Route>>,
+    outstanding: Outstanding,
     /// Breaks ties between equally loaded replicas.
     turn: AtomicUsize,
 }
 
-/// Counts a request against a replica while it is in flight.
-struct InFlight<'a> {
-    gateway: &'a Gateway,
-    replica: String,
+/// Counts a request against a replica while it is in flight (for a stream:
+/// until the stream ends or is dropped).
+pub(crate) struct InFlight {
+    outstanding: Outstanding,
+    /// The replica's ID.
+    pub(crate) replica: String,
+    /// Where it listens.
+    pub(crate) address: SocketAddr,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut outstanding = self.gateway.outstanding();
+        let mut outstanding = lock(&self.outstanding);
         if let Some(count) = outstanding.get_mut(&self.replica) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -100,146 +96,73 @@ impl Drop for InFlight<'_> {
 impl Gateway {
     /// A gateway routing to `controller`'s replicas.
     pub fn new(controller: Controller) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(32)
-            .build()
-            .unwrap_or_default();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
         Self {
             controller,
             client,
-            outstanding: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            outstanding: Outstanding::default(),
             turn: AtomicUsize::new(0),
         }
     }
 
-    fn outstanding(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        self.outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The default instance of `organization_id`'s agent `agent_id`, if it
+    /// was read from the store within [`ROUTE_TTL`].
+    pub fn route(&self, organization_id: &str, agent_id: &str) -> Option<Arc<Instance>> {
+        let routes = lock(&self.routes);
+        let route = routes.get(agent_id)?;
+        (route.organization_id == organization_id && route.read_at.elapsed() < ROUTE_TTL)
+            .then(|| route.instance.clone())
+    }
+
+    /// Remembers an agent's default instance, as just read from the store.
+    pub fn remember_route(&self, agent_id: &str, instance: Instance) -> Arc<Instance> {
+        let instance = Arc::new(instance);
+        let mut routes = lock(&self.routes);
+        // Bounded by the number of agents invoked within the TTL: expired
+        // entries go once the map has grown.
+        if routes.len() >= 10_000 {
+            routes.retain(|_, r| r.read_at.elapsed() < ROUTE_TTL);
+        }
+        routes.insert(
+            agent_id.to_owned(),
+            Route {
+                organization_id: instance.organization_id.clone(),
+                instance: instance.clone(),
+                read_at: Instant::now(),
+            },
+        );
+        instance
+    }
+
+    /// Forgets every route: an agent or instance changed through this server.
+    pub fn forget_routes(&self) {
+        lock(&self.routes).clear();
     }
 
     /// The ready replica with the fewest requests in flight, counted as one
     /// more until the returned guard drops.
-    fn pick(&self, instance_id: &str) -> Option<(SocketAddr, InFlight<'_>)> {
+    pub(crate) fn pick(&self, instance_id: &str) -> Option<InFlight> {
         let ready = self.controller.ready_replicas(instance_id);
         if ready.is_empty() {
             return None;
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % ready.len();
-        let mut outstanding = self.outstanding();
+        let mut outstanding = lock(&self.outstanding);
         let (id, address) = (0..ready.len())
             .map(|i| &ready[(start + i) % ready.len()])
             .min_by_key(|(id, _)| outstanding.get(id).copied().unwrap_or(0))?
             .clone();
         *outstanding.entry(id.clone()).or_insert(0) += 1;
-        Some((
+        Some(InFlight {
+            outstanding: self.outstanding.clone(),
+            replica: id,
             address,
-            InFlight {
-                gateway: self,
-                replica: id,
-            },
-        ))
-    }
-
-    /// Invokes `instance` with `input` (see the module docs), giving up
-    /// after `timeout`. `headers` are passed to the agent.
-    pub async fn invoke(
-        &self,
-        instance: &Instance,
-        input: &Value,
-        timeout: Duration,
-        headers: &BTreeMap<String, String>,
-    ) -> Result<Invoked, InvokeError> {
-        let started = Instant::now();
-        let (address, in_flight) = self.pick(&instance.id).ok_or(InvokeError::NoReplica)?;
-        let url = format!("http://{address}{}", instance.config.invoke_path);
-        let mut request = self.client.post(url).json(input).timeout(timeout);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let response = request.send().await.map_err(|err| {
-            if err.is_timeout() {
-                InvokeError::Timeout(timeout)
-            } else {
-                InvokeError::Unreachable(err.to_string())
-            }
-        })?;
-        let status = response.status();
-        let is_json = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
-        let left = timeout.saturating_sub(started.elapsed());
-        let body = tokio::time::timeout(left, response.bytes())
-            .await
-            .map_err(|_| InvokeError::Timeout(timeout))?
-            .map_err(|err| InvokeError::Unreachable(err.to_string()))?;
-        let replica_id = in_flight.replica.clone();
-        drop(in_flight);
-        if !status.is_success() {
-            let mut text = String::from_utf8_lossy(&body).into_owned();
-            if text.len() > ERROR_BODY_LIMIT {
-                let mut cut = ERROR_BODY_LIMIT;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-            }
-            return Err(InvokeError::AgentStatus {
-                status: status.as_u16(),
-                body: text,
-            });
-        }
-        let (output, usage) = read_answer(&body, is_json)?;
-        Ok(Invoked {
-            output,
-            usage,
-            replica_id,
-            latency: started.elapsed(),
         })
-    }
-}
-
-/// The agent contract: a JSON object with `output` (and optional `usage`)
-/// is taken as such; any other JSON is the output; text is the output as a
-/// string.
-fn read_answer(body: &[u8], is_json: bool) -> Result<(Value, Option<Value>), InvokeError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut object)) if object.contains_key("output") => {
-            let output = object.remove("output").unwrap_or(Value::Null);
-            Ok((output, object.remove("usage")))
-        }
-        Ok(other) => Ok((other, None)),
-        Err(err) if is_json => Err(InvokeError::BadResponse(format!(
-            "it says it is JSON but is not: {err}"
-        ))),
-        Err(_) => match std::str::from_utf8(body) {
-            Ok(text) => Ok((Value::String(text.to_owned()), None)),
-            Err(_) => Err(InvokeError::BadResponse(
-                "neither JSON nor UTF-8 text".to_owned(),
-            )),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_follow_the_agent_contract() {
-        let (output, usage) =
-            read_answer(br#"{"output": {"a": 1}, "usage": {"tokens": 3}}"#, true).expect("ok");
-        assert_eq!(output, serde_json::json!({"a": 1}));
-        assert_eq!(usage, Some(serde_json::json!({"tokens": 3})));
-        let (output, usage) = read_answer(br#"{"answer": 42}"#, true).expect("ok");
-        assert_eq!(output, serde_json::json!({"answer": 42}));
-        assert_eq!(usage, None);
-        let (output, _) = read_answer(b"plain words", false).expect("ok");
-        assert_eq!(output, Value::String("plain words".to_owned()));
-        assert!(read_answer(b"{not json", true).is_err());
-        assert!(read_answer(&[0xff, 0xfe], false).is_err());
     }
 }

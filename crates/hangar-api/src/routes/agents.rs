@@ -361,6 +361,10 @@ async fn update_agent(
         .await?;
     changed.found(Kind::Agent, &id)?;
     let view = find(&state, &caller, &id).await?;
+    if let Some(instance) = &view.default_instance {
+        // Its scaling bounds may have changed.
+        state.wake(&instance.id);
+    }
     Ok(ok(render::agent(&view, &state.config)))
 }
 
@@ -382,6 +386,7 @@ async fn delete_agent(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Envelope<Deleted>>> {
     if state.store.delete_agent(caller.org(), &id).await? {
+        state.routes_changed();
         if let Some(runtime) = &state.runtime {
             // Its instances are tombstones now: their replicas go.
             runtime.resync();

@@ -5,10 +5,15 @@
 //! text/event-stream`). Validation of the request is shared by all three.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use hangar_core::model::Instance;
+use hangar_core::status::{agent_status, AgentStatus};
+use hangar_gateway::{Gateway, InvokeError};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -61,8 +66,9 @@ async fn invoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<InvokeRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     if let Some(t) = body.options.timeout {
         if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
             return Err(ApiError::invalid(
@@ -81,19 +87,46 @@ async fn invoke(
             ));
         }
     }
-    let view = find(&state, &caller, &id).await?;
     if body.is_async {
         // Async jobs are not built yet (the gateway issue).
+        let view = find(&state, &caller, &id).await?;
         return Err(not_running(&view, "queue a job for"));
     }
-    let (Some(gateway), Some(instance)) = (&state.gateway, &view.default_instance) else {
-        return Err(not_running(&view, "invoke"));
-    };
+    let (gateway, instance) = route(&state, &caller, &id).await?;
     let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
-    let invoked = gateway
-        .invoke(instance, &body.input, timeout, &body.options.headers)
+    if wants_stream(&headers) {
+        let events = match gateway
+            .invoke_stream(
+                &instance,
+                &body.input,
+                timeout,
+                &body.options.headers,
+                crate::context::request_id(),
+            )
+            .await
+        {
+            Ok(events) => events,
+            Err(err) => return Err(failed(&state, &caller, &id, err).await),
+        };
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+                // Tells a buffering reverse proxy in front (nginx) to pass
+                // events on as they come.
+                (HeaderName::from_static("x-accel-buffering"), "no"),
+            ],
+            axum::body::Body::from_stream(events),
+        )
+            .into_response());
+    }
+    let invoked = match gateway
+        .invoke(&instance, &body.input, timeout, &body.options.headers)
         .await
-        .map_err(invoke_error)?;
+    {
+        Ok(invoked) => invoked,
+        Err(err) => return Err(failed(&state, &caller, &id, err).await),
+    };
     Ok(Json(serde_json::json!({
         "success": true,
         "data": {"output": invoked.output, "usage": invoked.usage},
@@ -102,12 +135,70 @@ async fn invoke(
             "latency_ms": u64::try_from(invoked.latency.as_millis()).unwrap_or(u64::MAX),
             "instance_id": instance.id,
         },
-    })))
+    }))
+    .into_response())
+}
+
+/// Whether the caller asked for Server-Sent Events.
+fn wants_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The gateway and the agent's default instance: from the gateway's route
+/// cache, else from the store. A missing agent is 404, one with no instance
+/// (or a server with no runtime) 409.
+async fn route(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<(Arc<Gateway>, Arc<Instance>)> {
+    if let Some(gateway) = &state.gateway {
+        if let Some(instance) = gateway.route(caller.org(), id) {
+            return Ok((gateway.clone(), instance));
+        }
+    }
+    let view = find(state, caller, id).await?;
+    match (&state.gateway, view.default_instance.clone()) {
+        (Some(gateway), Some(instance)) => {
+            Ok((gateway.clone(), gateway.remember_route(id, instance)))
+        }
+        _ => Err(not_running(&view, "invoke")),
+    }
+}
+
+/// An invocation's failure in the envelope. With no replica to serve it,
+/// a stopped (or failed, or deploying) agent answers 409 with its status.
+async fn failed(state: &AppState, caller: &Caller, id: &str, err: InvokeError) -> ApiError {
+    if matches!(err, InvokeError::NoReplica) {
+        match find(state, caller, id).await {
+            Ok(view) => {
+                let status = agent_status(
+                    view.agent.desired_state,
+                    view.latest_build_status,
+                    view.default_instance.as_ref().map(|i| i.status),
+                );
+                if status != AgentStatus::Running {
+                    return not_running(&view, "invoke");
+                }
+            }
+            Err(err) => return err,
+        }
+    }
+    invoke_error(err)
 }
 
 /// An invocation's failure in the envelope.
-fn invoke_error(err: hangar_gateway::InvokeError) -> ApiError {
-    use hangar_gateway::InvokeError;
+fn invoke_error(err: InvokeError) -> ApiError {
     let agent = |status: StatusCode, code: &'static str, details: Option<serde_json::Value>| {
         ApiError::Agent {
             status,
