@@ -287,7 +287,7 @@ pub fn instance_status(
     live: &hangar_controller::InstanceMetrics,
 ) -> InstanceStatusObject {
     InstanceStatusObject {
-        status: endpoint_status(i.status, i.replicas, i.ready_replicas),
+        status: endpoint_status(i.status, i.ready_replicas),
         created_at: i.created_at.timestamp(),
         replicas: i.ready_replicas,
         restart_count: i.restart_count,

@@ -27,10 +27,11 @@
 
 mod launch;
 mod reconcile;
+pub mod scale;
 mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use hangar_store::Store;
 use tokio::sync::{broadcast, mpsc};
 
 pub use launch::{command, PIDS_LIMIT};
+pub use scale::{Bounds, Traffic};
 
 /// Timing knobs (defaults suit a real deployment; tests shorten them).
 #[derive(Debug, Clone)]
@@ -70,6 +72,18 @@ pub struct ControllerConfig {
     pub stats_interval: Duration,
     /// Log lines kept per instance.
     pub log_lines_kept: u32,
+    /// The autoscaler looks at traffic and CPU this often.
+    pub autoscale_interval: Duration,
+    /// Requests in flight per replica the autoscaler aims for.
+    pub target_concurrency: f64,
+    /// An instance that may scale to zero does after this long without a
+    /// request.
+    pub idle_timeout: Duration,
+    /// Scaling down takes the most replicas wanted within this window.
+    pub scale_down_window: Duration,
+    /// A replica leaving (scale down, roll) gets this long to finish the
+    /// requests in flight on it before it is stopped.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -87,6 +101,11 @@ impl Default for ControllerConfig {
             backoff_reset: Duration::from_secs(60),
             stats_interval: Duration::from_secs(5),
             log_lines_kept: 100_000,
+            autoscale_interval: Duration::from_secs(2),
+            target_concurrency: 70.0,
+            idle_timeout: Duration::from_secs(300),
+            scale_down_window: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -106,6 +125,17 @@ pub enum ControlError {
     /// The driver failed.
     #[error("{0}")]
     Driver(String),
+}
+
+/// A replica in the gateway's rotation.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its ID.
+    pub replica_id: String,
+    /// Where it answers HTTP.
+    pub address: std::net::SocketAddr,
+    /// Requests in flight on it.
+    pub load: Arc<AtomicUsize>,
 }
 
 /// Live figures of one replica.
@@ -165,6 +195,8 @@ pub(crate) struct Inner {
     /// [`ControllerConfig::log_lines_kept`] every [`TRIM_EVERY`] lines.
     pub untrimmed: Mutex<HashMap<String, u32>>,
     instances: Mutex<HashMap<String, Arc<InstanceState>>>,
+    /// Traffic times count from here.
+    epoch: Instant,
     wake_tx: mpsc::UnboundedSender<String>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
@@ -176,6 +208,10 @@ pub(crate) struct InstanceState {
     busy: AtomicBool,
     pub logs: broadcast::Sender<InstanceLogLine>,
     pub tracked: Mutex<Tracked>,
+    /// What the gateway reports of its requests.
+    pub traffic: Arc<Traffic>,
+    /// Notified when a replica becomes ready (cold starts wait on it).
+    pub became_ready: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -189,6 +225,12 @@ pub(crate) struct Tracked {
     pub last_failure: Option<String>,
     /// What was last written to the store.
     pub last_status: Option<reconcile::Observed>,
+    /// Wanted running (not stopped or deleted), as of the last reconcile.
+    pub serving: bool,
+    /// The instance's scaling bounds, as of the last reconcile.
+    pub bounds: Option<Bounds>,
+    /// The autoscaler's count and memory.
+    pub autoscale: scale::Autoscale,
 }
 
 pub(crate) struct Replica {
@@ -208,6 +250,8 @@ pub(crate) struct Replica {
     pub cpu_percent: f64,
     pub last_stats: Option<hangar_runtime::driver::ReplicaStats>,
     pub tasks: Vec<tokio::task::AbortHandle>,
+    /// Requests in flight on it (the gateway counts them).
+    pub load: Arc<AtomicUsize>,
 }
 
 impl Replica {
@@ -232,6 +276,7 @@ impl Replica {
             cpu_percent: 0.0,
             last_stats: None,
             tasks: Vec::new(),
+            load: Arc::default(),
         }
     }
 }
@@ -269,6 +314,7 @@ impl Controller {
                 http,
                 instances: Mutex::new(HashMap::new()),
                 untrimmed: Mutex::new(HashMap::new()),
+                epoch: Instant::now(),
                 wake_tx,
                 wake_rx: Mutex::new(Some(wake_rx)),
             }),
@@ -294,6 +340,8 @@ impl Controller {
         inner.resync_all().await;
         let stats = self.inner.clone();
         tokio::spawn(async move { tasks::stats_loop(stats).await });
+        let autoscaler = self.inner.clone();
+        tokio::spawn(async move { tasks::autoscale_loop(autoscaler).await });
         Ok(tokio::spawn(async move {
             let mut tick = tokio::time::interval(inner.config.resync);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -397,6 +445,15 @@ impl Controller {
     /// The ready replicas of an instance and where they answer HTTP: the
     /// gateway's rotation.
     pub fn ready_replicas(&self, instance_id: &str) -> Vec<(String, std::net::SocketAddr)> {
+        self.targets(instance_id)
+            .into_iter()
+            .map(|t| (t.replica_id, t.address))
+            .collect()
+    }
+
+    /// The gateway's rotation with each replica's count of requests in
+    /// flight (which the gateway keeps, and scale-down waits on).
+    pub fn targets(&self, instance_id: &str) -> Vec<Target> {
         let Some(state) = lock(&self.inner.instances).get(instance_id).cloned() else {
             return Vec::new();
         };
@@ -405,8 +462,63 @@ impl Controller {
             .replicas
             .values()
             .filter(|r| r.ready && r.info.exit.is_none() && !r.stopping)
-            .filter_map(|r| r.info.address.map(|address| (r.info.id.clone(), address)))
+            .filter_map(|r| {
+                r.info.address.map(|address| Target {
+                    replica_id: r.info.id.clone(),
+                    address,
+                    load: r.load.clone(),
+                })
+            })
             .collect()
+    }
+
+    /// The instance's traffic counters, for the gateway to keep.
+    pub fn traffic(&self, instance_id: &str) -> Arc<Traffic> {
+        self.inner.state(instance_id).traffic.clone()
+    }
+
+    /// A request found no ready replica: an instance scaled to zero gets one
+    /// (within its bounds) and is reconciled now. Returns whether a replica
+    /// may come: false for an instance whose bounds allow none.
+    pub fn activate(&self, instance_id: &str) -> bool {
+        let state = self.inner.state(instance_id);
+        let allowed = {
+            let mut tracked = lock(&state.tracked);
+            // Stopped, crash-looping or bounded to nothing: no replica is
+            // coming soon, and the request should hear so now.
+            let allowed = tracked.serving
+                && tracked.crash_streak == 0
+                && tracked.bounds.is_some_and(|b| b.max > 0);
+            if allowed && tracked.autoscale.scale == Some(0) {
+                tracked.autoscale.scale = Some(1);
+                tracked.autoscale.recommendations.clear();
+            }
+            allowed
+        };
+        self.wake(instance_id);
+        allowed
+    }
+
+    /// Waits until the instance has a ready replica, or `deadline`. True if
+    /// it has one.
+    pub async fn wait_ready(&self, instance_id: &str, deadline: tokio::time::Instant) -> bool {
+        let state = self.inner.state(instance_id);
+        loop {
+            let notified = state.became_ready.notified();
+            if !self.targets(instance_id).is_empty() {
+                return true;
+            }
+            // The notification, or a look every 100 ms (a replica may have
+            // become ready between the check and the wait).
+            let next = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(next) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return !self.targets(instance_id).is_empty();
+            }
+        }
     }
 
     /// A running replica of the instance (ready ones first).
@@ -479,6 +591,8 @@ impl Inner {
                     busy: AtomicBool::new(false),
                     logs: broadcast::channel(1024).0,
                     tracked: Mutex::new(Tracked::default()),
+                    traffic: Arc::new(Traffic::new(self.epoch)),
+                    became_ready: tokio::sync::Notify::new(),
                 })
             })
             .clone()

@@ -8,6 +8,7 @@ use hangar_core::logs::{LogLevel, NewLogLine, Stream};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_store::ControlledInstance;
 
+use crate::scale::Bounds;
 use crate::{launch, lock, tasks, Inner, InstanceState, Replica};
 
 /// What the controller last wrote of an instance.
@@ -64,6 +65,7 @@ pub(crate) async fn reconcile(
             .collect()
     };
     let want_running = !controlled.deleted && instance.desired_state == DesiredState::Running;
+    lock(&state.tracked).serving = want_running;
     for (id, exit, stopping, ran) in ended {
         wait_drained(state, &id).await;
         if !stopping {
@@ -169,7 +171,29 @@ pub(crate) async fn reconcile(
         }
     };
     let generation = launch::generation(instance, &artifact);
-    let want = usize::try_from(instance.replicas).unwrap_or(usize::MAX);
+    let want = {
+        let bounds = Bounds::of(&controlled);
+        let mut tracked = lock(&state.tracked);
+        tracked.bounds = Some(bounds);
+        let live = u32::try_from(
+            tracked
+                .replicas
+                .values()
+                .filter(|r| r.info.exit.is_none() && !r.stopping)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        // First look (or after a restart of the server): what runs, within
+        // the bounds; nothing running: the initial count.
+        let scale = *tracked.autoscale.scale.get_or_insert(if live > 0 {
+            live.clamp(bounds.min, bounds.max)
+        } else {
+            bounds.initial
+        });
+        let scale = scale.clamp(bounds.min, bounds.max);
+        tracked.autoscale.scale = Some(scale);
+        usize::try_from(scale).unwrap_or(usize::MAX)
+    };
 
     // 4. Scale up (after any backoff).
     let (current, ready_current) = counts(state, &generation);
@@ -247,6 +271,14 @@ pub(crate) async fn reconcile(
             .find(|r| !r.ever_ready && r.started.elapsed() > inner.config.startup_deadline);
         if ready > 0 {
             (InstanceStatus::Running, None, ready)
+        } else if want == 0 && live.is_empty() {
+            // Scaled to zero: serving, by starting a replica on the next
+            // request (`READY_TO_COLD_START`).
+            (
+                InstanceStatus::Running,
+                Some("scaled to zero; the next request starts a replica".to_owned()),
+                0,
+            )
         } else if let Some(late) = late {
             let why = late
                 .last_check_error
@@ -345,6 +377,9 @@ async fn stop_all(inner: &Arc<Inner>, state: &Arc<InstanceState>, ids: &[String]
             }
         }
     }
+    if !grace.is_zero() {
+        drain(inner, state, ids).await;
+    }
     let mut stops = tokio::task::JoinSet::new();
     for id in ids {
         let driver = inner.driver.clone();
@@ -361,6 +396,27 @@ async fn stop_all(inner: &Arc<Inner>, state: &Arc<InstanceState>, ids: &[String]
             wait_drained(state, &id).await;
             remove(inner, state, &id).await;
         }
+    }
+}
+
+/// Waits until the gateway has no request in flight on these replicas (out
+/// of the rotation already), or the drain timeout.
+async fn drain(inner: &Inner, state: &InstanceState, ids: &[String]) {
+    let loads: Vec<_> = {
+        let tracked = lock(&state.tracked);
+        ids.iter()
+            .filter_map(|id| tracked.replicas.get(id))
+            .filter(|r| r.info.exit.is_none())
+            .map(|r| r.load.clone())
+            .collect()
+    };
+    let deadline = Instant::now() + inner.config.drain_timeout;
+    while loads
+        .iter()
+        .any(|l| l.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,13 +1,14 @@
 //! The background work of each replica — reading its output into the store,
-//! checking its health — and the stats sweep over all of them.
+//! checking its health — and the sweeps over all of them: stats, autoscaling.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hangar_core::logs::{parse_line, NewLogLine, Stream};
+use hangar_core::logs::{parse_line, LogLevel, NewLogLine, Stream};
 use hangar_runtime::driver::{Exit, OutputEvent, OutputStream};
 
-use crate::{lock, Inner, InstanceState};
+use crate::{lock, reconcile, scale, Inner, InstanceState};
 
 /// Output events stored in one transaction, at most.
 const BATCH: usize = 500;
@@ -256,6 +257,9 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
                     && replica.started.elapsed() > inner.config.startup_deadline)
         };
         if changed {
+            if error.is_none() {
+                state.became_ready.notify_waiters();
+            }
             inner.wake(&state.id);
         }
         let pause = if ever_ready || error.is_none() {
@@ -297,6 +301,86 @@ pub(crate) async fn stats_loop(inner: Arc<Inner>) {
                     }
                     replica.last_stats = Some(stats);
                 }
+            }
+        }
+    }
+}
+
+/// Every autoscale interval, turns each instance's traffic and CPU use into
+/// a replica count (see [`crate::scale`]) and reconciles the instances whose
+/// count changed. A change is logged in the instance's log.
+pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
+    let targets = scale::Targets {
+        concurrency: inner.config.target_concurrency,
+        idle_timeout: inner.config.idle_timeout,
+    };
+    loop {
+        tokio::time::sleep(inner.config.autoscale_interval).await;
+        let states: Vec<Arc<InstanceState>> = lock(&inner.instances).values().cloned().collect();
+        for state in states {
+            let now = Instant::now();
+            let busy_us = state.traffic.busy_us.load(Ordering::Relaxed);
+            let in_flight = state.traffic.in_flight.load(Ordering::Relaxed);
+            let idle_for = state.traffic.idle_for();
+            let change = {
+                let mut tracked = lock(&state.tracked);
+                let (Some(bounds), Some(current)) = (tracked.bounds, tracked.autoscale.scale)
+                else {
+                    continue;
+                };
+                let live: Vec<f64> = tracked
+                    .replicas
+                    .values()
+                    .filter(|r| r.info.exit.is_none() && !r.stopping)
+                    .map(|r| r.cpu_percent)
+                    .collect();
+                let cpu = (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64);
+                let autoscale = &mut tracked.autoscale;
+                let window_us = autoscale.last_tick.map_or(0, |t| {
+                    u64::try_from(now.duration_since(t).as_micros()).unwrap_or(0)
+                });
+                let busy = busy_us.saturating_sub(autoscale.last_busy_us);
+                autoscale.last_busy_us = busy_us;
+                autoscale.last_tick = Some(now);
+                let concurrency = if window_us > 0 {
+                    (busy as f64 / window_us as f64).max(in_flight as f64)
+                } else {
+                    in_flight as f64
+                };
+                let recommended = scale::recommend(
+                    &bounds,
+                    targets,
+                    u32::try_from(live.len()).unwrap_or(u32::MAX),
+                    concurrency,
+                    cpu,
+                    in_flight,
+                    idle_for,
+                );
+                let want =
+                    scale::stabilize(autoscale, now, inner.config.scale_down_window, recommended);
+                (want != current).then(|| {
+                    autoscale.scale = Some(want);
+                    (current, want, concurrency, cpu)
+                })
+            };
+            if let Some((from, to, concurrency, cpu)) = change {
+                let why = if to == 0 {
+                    format!("no request for {}s", idle_for.as_secs())
+                } else {
+                    let cpu =
+                        cpu.map_or_else(String::new, |c| format!(", CPU {c:.0}% per replica"));
+                    format!("{concurrency:.1} requests in flight{cpu}")
+                };
+                tracing::info!(instance = %state.id, from, to, %why, "agent.scaled");
+                reconcile::system_log(
+                    &inner,
+                    &state,
+                    "hangar",
+                    LogLevel::Info,
+                    format!("[hangar] scaled from {from} to {to} replicas: {why}"),
+                )
+                .await;
+                inner.wake(&state.id);
             }
         }
     }

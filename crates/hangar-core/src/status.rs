@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | `starting` | none ready | `DNS_PENDING` |
 //! | `starting` | some ready | `READY_TO_RECEIVE_REQUESTS` |
-//! | `running` | desired 0 (scaled to zero, may cold start) | `READY_TO_COLD_START` |
+//! | `running` | none up (scaled to zero, may cold start) | `READY_TO_COLD_START` |
 //! | `running` | some ready | `RUNNING` |
 //! | `error` | any | `ERROR` |
 //! | `stopping`, `stopped` | any | `STOPPED` (an addition: the seed has no value for it) |
@@ -170,19 +170,15 @@ pub fn agent_status(
 
 /// Derives the status endpoint's value (see the module table).
 #[must_use]
-pub fn endpoint_status(
-    status: InstanceStatus,
-    desired_replicas: u32,
-    ready_replicas: u32,
-) -> EndpointStatus {
+pub fn endpoint_status(status: InstanceStatus, ready_replicas: u32) -> EndpointStatus {
     match status {
         InstanceStatus::Error => EndpointStatus::Error,
         InstanceStatus::Stopping | InstanceStatus::Stopped => EndpointStatus::Stopped,
         InstanceStatus::Starting if ready_replicas == 0 => EndpointStatus::DnsPending,
         InstanceStatus::Starting => EndpointStatus::ReadyToReceiveRequests,
-        InstanceStatus::Running if desired_replicas == 0 && ready_replicas == 0 => {
-            EndpointStatus::ReadyToColdStart
-        }
+        // Running with no replica up: scaled to zero (or, for `replicas: 0`,
+        // idle by request); the next request starts one.
+        InstanceStatus::Running if ready_replicas == 0 => EndpointStatus::ReadyToColdStart,
         InstanceStatus::Running => EndpointStatus::Running,
     }
 }
@@ -242,15 +238,12 @@ mod tests {
     #[test]
     fn endpoint_status_table() {
         use EndpointStatus as E;
-        assert_eq!(endpoint_status(I::Starting, 2, 0), E::DnsPending);
-        assert_eq!(
-            endpoint_status(I::Starting, 2, 1),
-            E::ReadyToReceiveRequests
-        );
-        assert_eq!(endpoint_status(I::Running, 2, 2), E::Running);
-        assert_eq!(endpoint_status(I::Running, 0, 0), E::ReadyToColdStart);
-        assert_eq!(endpoint_status(I::Error, 1, 0), E::Error);
-        assert_eq!(endpoint_status(I::Stopped, 0, 0), E::Stopped);
+        assert_eq!(endpoint_status(I::Starting, 0), E::DnsPending);
+        assert_eq!(endpoint_status(I::Starting, 1), E::ReadyToReceiveRequests);
+        assert_eq!(endpoint_status(I::Running, 2), E::Running);
+        assert_eq!(endpoint_status(I::Running, 0), E::ReadyToColdStart);
+        assert_eq!(endpoint_status(I::Error, 0), E::Error);
+        assert_eq!(endpoint_status(I::Stopped, 0), E::Stopped);
     }
 
     #[test]

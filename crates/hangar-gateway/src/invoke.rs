@@ -43,6 +43,9 @@ pub enum InvokeError {
     /// The replica could not be reached or dropped the connection.
     #[error("the replica could not be reached: {0}")]
     Unreachable(String),
+    /// Every replica is at its concurrency limit and the queue is full.
+    #[error("every replica is busy and the queue is full")]
+    Overloaded,
 }
 
 /// A successful invocation.
@@ -85,8 +88,10 @@ impl Gateway {
         input: &Value,
         headers: &BTreeMap<String, String>,
         accept: &'static str,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
     ) -> Result<Answer, InvokeError> {
-        let in_flight = self.pick(&instance.id).ok_or(InvokeError::NoReplica)?;
+        let in_flight = self.acquire(&instance.id, deadline, timeout).await?;
         let body = serde_json::to_vec(input)
             .map_err(|err| InvokeError::BadResponse(format!("input: {err}")))?;
         let mut request = Request::builder()
@@ -142,9 +147,17 @@ impl Gateway {
         headers: &BTreeMap<String, String>,
     ) -> Result<Invoked, InvokeError> {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
         let read = async {
             let answer = self
-                .post_input(instance, input, headers, "application/json")
+                .post_input(
+                    instance,
+                    input,
+                    headers,
+                    "application/json",
+                    deadline,
+                    timeout,
+                )
                 .await?;
             let is_json = answer.is("json");
             let Answer {

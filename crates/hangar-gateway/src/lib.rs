@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hangar_controller::Controller;
+use hangar_controller::{Controller, Target, Traffic};
 use hangar_core::model::Instance;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -53,9 +53,6 @@ struct Route {
     read_at: Instant,
 }
 
-/// Requests in flight per replica ID.
-type Outstanding = Arc<Mutex<HashMap<String, usize>>>;
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -66,36 +63,82 @@ pub struct Gateway {
     client: Client<HttpConnector, axum::body::Body>,
     /// Agents' routes by agent ID.
     routes: Mutex<HashMap<String, Route>>,
-    outstanding: Outstanding,
+    limits: Limits,
     /// Breaks ties between equally loaded replicas.
     turn: AtomicUsize,
 }
 
-/// Counts a request against a replica while it is in flight (for a stream:
-/// until the stream ends or is dropped).
+/// How much the gateway lets through.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests in flight per replica; more wait for a slot.
+    pub replica_concurrency: usize,
+    /// Requests waiting for a slot per instance; more are refused (503).
+    pub queue_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            replica_concurrency: 100,
+            queue_depth: 1000,
+        }
+    }
+}
+
+/// A request holding a slot on a replica, counted in its instance's
+/// traffic until it drops (for a stream: until the stream ends or is
+/// dropped).
 pub(crate) struct InFlight {
-    outstanding: Outstanding,
     /// The replica's ID.
     pub(crate) replica: String,
     /// Where it listens.
     pub(crate) address: SocketAddr,
+    load: Arc<AtomicUsize>,
+    /// Released first: the slot is free before waiters are told so.
+    _arrival: Arrival,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut outstanding = lock(&self.outstanding);
-        if let Some(count) = outstanding.get_mut(&self.replica) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                outstanding.remove(&self.replica);
-            }
+        self.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request counted in its instance's traffic from arrival to end.
+struct Arrival {
+    traffic: Arc<Traffic>,
+    at: Instant,
+}
+
+impl Arrival {
+    fn new(traffic: Arc<Traffic>) -> Self {
+        traffic.arrived();
+        Self {
+            traffic,
+            at: Instant::now(),
         }
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.traffic.finished(self.at.elapsed());
+    }
+}
+
+/// A request waiting for a slot, counted in the instance's queue.
+struct Queued<'a>(&'a Traffic);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Gateway {
     /// A gateway routing to `controller`'s replicas.
-    pub fn new(controller: Controller) -> Self {
+    pub fn new(controller: Controller, limits: Limits) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -106,7 +149,7 @@ impl Gateway {
             controller,
             client,
             routes: Mutex::new(HashMap::new()),
-            outstanding: Outstanding::default(),
+            limits,
             turn: AtomicUsize::new(0),
         }
     }
@@ -145,24 +188,73 @@ impl Gateway {
         lock(&self.routes).clear();
     }
 
-    /// The ready replica with the fewest requests in flight, counted as one
-    /// more until the returned guard drops.
-    pub(crate) fn pick(&self, instance_id: &str) -> Option<InFlight> {
-        let ready = self.controller.ready_replicas(instance_id);
-        if ready.is_empty() {
-            return None;
+    /// A slot on the ready replica with the fewest requests in flight
+    /// (under the per-replica limit). With no replica ready, the instance is
+    /// activated (a cold start) and the request waits for one; with every
+    /// replica at its limit, it waits in the instance's bounded queue. Both
+    /// waits end at `deadline`.
+    pub(crate) async fn acquire(
+        &self,
+        instance_id: &str,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<InFlight, InvokeError> {
+        let traffic = self.controller.traffic(instance_id);
+        let arrival = Arrival::new(traffic.clone());
+        let mut queued = None;
+        loop {
+            let targets = self.controller.targets(instance_id);
+            if targets.is_empty() {
+                if !self.controller.activate(instance_id) {
+                    return Err(InvokeError::NoReplica);
+                }
+                if !self.controller.wait_ready(instance_id, deadline).await {
+                    return Err(InvokeError::Timeout(timeout));
+                }
+                continue;
+            }
+            // A permit first, so a slot freed from now on is not missed.
+            let freed = traffic.freed.notified();
+            if let Some(target) = self.least_loaded(&targets) {
+                return Ok(InFlight {
+                    replica: target.replica_id.clone(),
+                    address: target.address,
+                    load: target.load.clone(),
+                    _arrival: arrival,
+                });
+            }
+            if queued.is_none() {
+                let depth = traffic.queued.fetch_add(1, Ordering::Relaxed);
+                queued = Some(Queued(&traffic));
+                if depth >= self.limits.queue_depth {
+                    return Err(InvokeError::Overloaded);
+                }
+            }
+            tokio::select! {
+                () = freed => {}
+                // Replicas come and go: look again now and then.
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(InvokeError::Timeout(timeout));
+                }
+            }
         }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % ready.len();
-        let mut outstanding = lock(&self.outstanding);
-        let (id, address) = (0..ready.len())
-            .map(|i| &ready[(start + i) % ready.len()])
-            .min_by_key(|(id, _)| outstanding.get(id).copied().unwrap_or(0))?
-            .clone();
-        *outstanding.entry(id.clone()).or_insert(0) += 1;
-        Some(InFlight {
-            outstanding: self.outstanding.clone(),
-            replica: id,
-            address,
+    }
+
+    /// Takes a slot on the least loaded target under the limit (ties go
+    /// round the rotation).
+    fn least_loaded<'t>(&self, targets: &'t [Target]) -> Option<&'t Target> {
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % targets.len();
+        let mut order: Vec<&Target> = (0..targets.len())
+            .map(|i| &targets[(start + i) % targets.len()])
+            .collect();
+        order.sort_by_key(|t| t.load.load(Ordering::Relaxed));
+        order.into_iter().find(|t| {
+            t.load
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |l| {
+                    (l < self.limits.replica_concurrency).then_some(l + 1)
+                })
+                .is_ok()
         })
     }
 }

@@ -230,6 +230,7 @@ fn error_event(err: &InvokeError) -> Value {
         InvokeError::AgentStatus { .. } => "AGENT_ERROR",
         InvokeError::BadResponse(_) => "AGENT_BAD_RESPONSE",
         InvokeError::Unreachable(_) => "AGENT_UNREACHABLE",
+        InvokeError::Overloaded => "AGENT_OVERLOADED",
     };
     json!({"type": "error", "error": {"code": code, "message": err.to_string()}})
 }
@@ -269,6 +270,8 @@ impl Gateway {
                 input,
                 headers,
                 "text/event-stream, text/plain;q=0.9, application/json;q=0.8",
+                deadline,
+                timeout,
             ),
         )
         .await

@@ -14,6 +14,7 @@
 
 use hangar_core::logs::{InstanceLogLine, NewLogLine};
 use hangar_core::model::{Instance, Timestamp};
+use hangar_core::spec::Scaling;
 use hangar_core::status::{BuildStatus, DesiredState};
 use sqlx::any::AnyRow;
 
@@ -50,6 +51,9 @@ pub struct ControlledInstance {
     pub artifact: Option<String>,
     /// Status of the instance's build.
     pub build_status: BuildStatus,
+    /// The agent's scaling bounds, when this is an agent's default instance
+    /// (an instance of the Instances API runs its `replicas`).
+    pub agent_scaling: Option<Scaling>,
 }
 
 /// The instance's columns, its controller flags and its build's artifact and
@@ -58,8 +62,10 @@ pub struct ControlledInstance {
 /// tables).
 fn controlled_select() -> String {
     format!(
-        "SELECT {INSTANCE_COLUMNS}, deleted_at, force_stop, b.artifact, b.build_status FROM instances \
-         JOIN (SELECT id AS build_ref, artifact, status AS build_status FROM builds) b ON b.build_ref = instances.build_id"
+        "SELECT {INSTANCE_COLUMNS}, deleted_at, force_stop, b.artifact, b.build_status, s.agent_scaling FROM instances \
+         JOIN (SELECT id AS build_ref, artifact, status AS build_status FROM builds) b ON b.build_ref = instances.build_id \
+         LEFT JOIN (SELECT default_instance_id AS scaled_ref, scaling AS agent_scaling FROM agents WHERE deleted_at IS NULL) s \
+         ON s.scaled_ref = instances.id"
     )
 }
 
@@ -70,6 +76,14 @@ fn controlled_from_row(r: &AnyRow) -> Result<ControlledInstance> {
         force_stop: r.flag("force_stop")?,
         artifact: r.opt_text("artifact")?,
         build_status: r.parsed("build_status")?,
+        agent_scaling: r
+            .opt_text("agent_scaling")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                what: "agent_scaling",
+                detail: e.to_string(),
+            })?,
     })
 }
 

@@ -32,6 +32,14 @@ pub struct ServeArgs {
     /// [env: HANGAR_PUBLIC_URL] [default: http://<listen address>]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Seconds without a request after which an instance that may scale to
+    /// zero does [env: HANGAR_SCALE_TO_ZERO_AFTER] [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub scale_to_zero_after: Option<u64>,
+    /// Requests in flight per replica; more wait in a bounded queue
+    /// [env: HANGAR_REPLICA_CONCURRENCY] [default: 100]
+    #[arg(long, value_name = "N")]
+    pub replica_concurrency: Option<usize>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -47,6 +55,8 @@ struct FileServer {
     base_domain: Option<String>,
     admin_key: Option<String>,
     public_url: Option<String>,
+    scale_to_zero_after: Option<u64>,
+    replica_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +80,10 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// Public URL of this server (no trailing slash), when configured.
     pub public_url: Option<String>,
+    /// Idle time before an instance that may scale to zero does.
+    pub scale_to_zero_after: std::time::Duration,
+    /// Requests in flight per replica.
+    pub replica_concurrency: usize,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -167,6 +181,37 @@ impl Config {
                 return Err(ConfigError(format!("public URL '{u}' must be http(s)://host[:port][/path] without a trailing slash")));
             }
         }
+        let number = |name: &str, flag: Option<u64>, file: Option<u64>, default: u64, max: u64| {
+            let value = match flag {
+                Some(v) => v,
+                None => match env_get(name) {
+                    Some(v) => v
+                        .parse()
+                        .map_err(|_| ConfigError(format!("{name} '{v}' is not a whole number")))?,
+                    None => file.unwrap_or(default),
+                },
+            };
+            if value == 0 || value > max {
+                return Err(ConfigError(format!(
+                    "{name} must be between 1 and {max} (got {value})"
+                )));
+            }
+            Ok(value)
+        };
+        let scale_to_zero_after = number(
+            "HANGAR_SCALE_TO_ZERO_AFTER",
+            args.scale_to_zero_after,
+            file.scale_to_zero_after,
+            300,
+            30 * 24 * 3600,
+        )?;
+        let replica_concurrency = number(
+            "HANGAR_REPLICA_CONCURRENCY",
+            args.replica_concurrency.map(|v| v as u64),
+            file.replica_concurrency.map(|v| v as u64),
+            100,
+            100_000,
+        )?;
         Ok(Config {
             listen,
             data_dir,
@@ -174,6 +219,8 @@ impl Config {
             base_domain,
             admin_key,
             public_url,
+            scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
+            replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
         })
     }
 }

@@ -141,9 +141,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
-        gateway: runtime
-            .clone()
-            .map(|runtime| Arc::new(hangar_gateway::Gateway::new(runtime))),
+        gateway: runtime.clone().map(|runtime| {
+            Arc::new(hangar_gateway::Gateway::new(
+                runtime,
+                hangar_gateway::Limits {
+                    replica_concurrency: config.replica_concurrency,
+                    queue_depth: config.replica_concurrency.saturating_mul(10),
+                },
+            ))
+        }),
         runtime,
         builder: Some(builder),
     });
@@ -204,7 +210,12 @@ async fn start_runtime(
     let controller = hangar_controller::Controller::new(
         store.clone(),
         Arc::new(driver),
-        hangar_controller::ControllerConfig::default(),
+        hangar_controller::ControllerConfig {
+            idle_timeout: config.scale_to_zero_after,
+            // The autoscaler aims at 70% of the limit, as Knative does.
+            target_concurrency: config.replica_concurrency as f64 * 0.7,
+            ..hangar_controller::ControllerConfig::default()
+        },
     );
     controller
         .start()

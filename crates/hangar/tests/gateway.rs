@@ -164,3 +164,194 @@ async fn streaming_invokes_reframe_sse_text_and_json_and_stop_when_the_caller_le
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
+
+async fn invoke(server: &Server, agent: &str, input: Value) -> (u16, Value, String) {
+    let (status, body, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/invoke"),
+            Some(json!({ "input": input })),
+        )
+        .await;
+    (status, body, text)
+}
+
+async fn endpoint_status(server: &Server, org: &str, instance: &str) -> String {
+    server
+        .get(&format!("/instances/status/{org}/{instance}"))
+        .await["status"]
+        .as_str()
+        .expect("status")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_idle_agent_scales_to_zero_and_the_next_request_cold_starts_it() {
+    if !root_or_skip("cold start") {
+        return;
+    }
+    let dir = temp("cold");
+    let server = Server::start_with(&dir, &["--scale-to-zero-after", "2"]);
+    let org = server.org().await;
+    let instance = server
+        .deploy(
+            "sleepy",
+            "http",
+            json!({"scaling": {"min_instances": 0, "max_instances": 2}}),
+        )
+        .await;
+    server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let agent = agent_id(&server, &instance).await;
+    let (status, _, text) = invoke(&server, &agent, json!({"warm": true})).await;
+    assert_eq!(status, 200, "{text}");
+
+    // Idle for 2 s: no replica is left, and the status endpoint says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while endpoint_status(&server, &org, &instance).await != "READY_TO_COLD_START" {
+        assert!(Instant::now() < deadline, "never scaled to zero");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.wait_nothing_left(&instance).await;
+    server
+        .wait_log(&org, &instance, "scaled from 1 to 0 replicas")
+        .await;
+    let agent_view = server.get(&format!("/v1/agents/{agent}")).await;
+    assert_eq!(agent_view["data"]["status"], "running", "{agent_view}");
+
+    // The next request is held while a replica starts, then served.
+    let started = Instant::now();
+    let (status, body, text) = invoke(&server, &agent, json!({"cold": true})).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(body["data"]["output"]["echo"], json!({"cold": true}));
+    eprintln!("cold start answered in {:?}", started.elapsed());
+    // The store hears of the new replica right after the gateway does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while endpoint_status(&server, &org, &instance).await != "RUNNING" {
+        assert!(Instant::now() < deadline, "never RUNNING again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}
+
+#[tokio::test]
+async fn a_full_replica_queues_requests_and_sheds_past_the_queue() {
+    if !root_or_skip("load shedding") {
+        return;
+    }
+    let dir = temp("shed");
+    // One request at a time per replica; ten may wait.
+    let server = Server::start_with(&dir, &["--replica-concurrency", "1"]);
+    let instance = server
+        .deploy(
+            "narrow",
+            "http",
+            json!({"scaling": {"min_instances": 1, "max_instances": 1}}),
+        )
+        .await;
+    server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let agent = agent_id(&server, &instance).await;
+
+    let url = server.url.clone();
+    let call = move |input: Value| {
+        let url = url.clone();
+        let agent = agent.clone();
+        async move {
+            let res = reqwest::Client::new()
+                .post(format!("{url}/v1/agents/{agent}/invoke"))
+                .bearer_auth(KEY)
+                .json(&json!({ "input": input }))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .expect("request");
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    // The slot is taken for 2 s; then twelve more arrive.
+    let first = tokio::spawn(call(json!({"sleep": 2})));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rest = futures_join_all((0..12).map(|i| call(json!({ "n": i })))).await;
+    let (status, _) = first.await.expect("first");
+    assert_eq!(status, 200);
+    let served = rest.iter().filter(|(s, _)| *s == 200).count();
+    let shed: Vec<&Value> = rest
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(served, 10, "{rest:?}");
+    assert_eq!(shed.len(), 2, "{rest:?}");
+    for body in shed {
+        assert_eq!(body["error"]["code"], "AGENT_OVERLOADED", "{body}");
+    }
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}
+
+#[tokio::test]
+async fn a_roll_drains_requests_in_flight_before_stopping_a_replica() {
+    if !root_or_skip("drain") {
+        return;
+    }
+    let dir = temp("drain");
+    let server = Server::start(&dir);
+    let instance = server.deploy("drainer", "http", json!({})).await;
+    server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let agent = agent_id(&server, &instance).await;
+    let old_replicas = server.replica_ids();
+
+    // A 3 s request on the only replica; meanwhile a change rolls the
+    // instance onto a new replica.
+    let url = server.url.clone();
+    let slow = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let res = reqwest::Client::new()
+                .post(format!("{url}/v1/agents/{agent}/invoke"))
+                .bearer_auth(KEY)
+                .json(&json!({"input": {"sleep": 3}}))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .expect("request");
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/instances/{instance}"),
+            Some(json!({"env_vars": {"ROLLED": "1"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = slow.await.expect("slow");
+    assert_eq!(status, 200, "the request in flight was cut: {text}");
+    // The roll finished: the old replica is gone, a new one serves.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = server.replica_ids();
+        if !now.is_empty() && now.iter().all(|r| !old_replicas.contains(r)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never rolled: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _, text) = invoke(&server, &agent, json!({"after": 1})).await;
+    assert_eq!(status, 200, "{text}");
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}

@@ -218,5 +218,6 @@ fn invoke_error(err: InvokeError) -> ApiError {
         ),
         InvokeError::BadResponse(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_BAD_RESPONSE", None),
         InvokeError::Unreachable(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_UNREACHABLE", None),
+        InvokeError::Overloaded => agent(StatusCode::SERVICE_UNAVAILABLE, "AGENT_OVERLOADED", None),
     }
 }

@@ -1,0 +1,290 @@
+//! Scaling: how many replicas an instance runs from moment to moment.
+//!
+//! An instance has bounds ([`Bounds`]): an agent's default instance scales
+//! between its agent's `min_instances` and `max_instances`; an instance of
+//! the Instances API runs its `replicas`. Either may go to zero when it is
+//! `HTTP_COLD_START` (`long_running: false`) or its `min_instances` is 0.
+//!
+//! The gateway tells the controller about traffic ([`Traffic`]): requests in
+//! flight (waiting ones included), the time they took, the last one's time.
+//! Every [`crate::ControllerConfig::autoscale_interval`] the controller
+//! turns that, and the replicas' CPU use, into a replica count:
+//!
+//! ```text
+//! concurrency = max(busy time / interval, in flight now)
+//! by traffic  = ⌈concurrency / target concurrency per replica⌉
+//! by CPU      = ⌈replicas × CPU use of the request / target_cpu_percent⌉
+//! want        = max(by traffic, by CPU) within [max(min, 1), max]
+//!               — or 0 when it may go to zero, nothing is in flight and
+//!                 the last request is older than the idle timeout
+//! ```
+//!
+//! Scaling up happens at once; scaling down takes the highest count wanted
+//! within the stabilization window (a burst's lull does not stop replicas
+//! that the next burst needs). A request for an instance at zero activates
+//! it ([`crate::Controller::activate`]): one replica starts while the
+//! gateway holds the request.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hangar_store::ControlledInstance;
+
+/// What an instance may scale between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Fewest replicas while serving (0: may scale to zero).
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Replicas to start with.
+    pub initial: u32,
+    /// CPU use per replica aimed for, % of its CPU request (agents only).
+    pub target_cpu_percent: Option<u32>,
+    /// Each replica's CPU request, millicores.
+    pub cpu_millis: u64,
+}
+
+impl Bounds {
+    /// The bounds of a controlled instance (see the module docs).
+    #[must_use]
+    pub fn of(controlled: &ControlledInstance) -> Self {
+        let instance = &controlled.instance;
+        let (min, max, target_cpu_percent) = match &controlled.agent_scaling {
+            Some(s) => (s.min_instances, s.max_instances, Some(s.target_cpu_percent)),
+            None => (instance.replicas, instance.replicas, None),
+        };
+        let min = if instance.config.long_running { min } else { 0 };
+        Self {
+            min,
+            max,
+            initial: instance.replicas.clamp(min, max),
+            target_cpu_percent,
+            cpu_millis: instance.resources.cpu_millis,
+        }
+    }
+}
+
+/// Traffic of one instance, as the gateway sees it. Shared, lock-free.
+#[derive(Debug)]
+pub struct Traffic {
+    /// Requests in flight or waiting for a replica.
+    pub in_flight: AtomicUsize,
+    /// Microseconds spent by finished requests, summed.
+    pub busy_us: AtomicU64,
+    /// Requests waiting for a replica's slot (every replica at its limit).
+    pub queued: AtomicUsize,
+    /// Notified when a request ends: a slot is free.
+    pub freed: tokio::sync::Notify,
+    /// When the last request arrived, ms since the controller started.
+    last_request_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Traffic {
+    pub(crate) fn new(epoch: Instant) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            busy_us: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+            last_request_ms: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    /// A request arrived.
+    pub fn arrived(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_request_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// A request that arrived is over, after `took`.
+    pub fn finished(&self, took: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.busy_us.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.freed.notify_one();
+    }
+
+    /// How long since the last request arrived (since the controller started,
+    /// if none did).
+    pub(crate) fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// The autoscaler's memory of one instance.
+#[derive(Debug, Default)]
+pub(crate) struct Autoscale {
+    /// Replicas wanted now (`None` until the first reconcile).
+    pub scale: Option<u32>,
+    /// What each tick wanted, for the stabilization window.
+    pub recommendations: VecDeque<(Instant, u32)>,
+    /// `Traffic::busy_us` at the last tick, and when.
+    pub last_busy_us: u64,
+    pub last_tick: Option<Instant>,
+}
+
+/// The knobs of one decision.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Targets {
+    pub concurrency: f64,
+    pub idle_timeout: Duration,
+}
+
+/// What one tick wants (before stabilization), from the figures measured.
+pub(crate) fn recommend(
+    bounds: &Bounds,
+    targets: Targets,
+    replicas: u32,
+    concurrency: f64,
+    cpu_percent_per_replica: Option<f64>,
+    in_flight: usize,
+    idle_for: Duration,
+) -> u32 {
+    if bounds.max == 0 {
+        return 0;
+    }
+    if bounds.min == 0 && in_flight == 0 && idle_for >= targets.idle_timeout {
+        return 0;
+    }
+    let by_traffic = (concurrency / targets.concurrency.max(0.1)).ceil();
+    let by_cpu = match (bounds.target_cpu_percent, cpu_percent_per_replica) {
+        (Some(target), Some(used)) if bounds.cpu_millis > 0 && target > 0 => {
+            // `used` is % of one CPU; the target is % of the request.
+            let of_request = used / (bounds.cpu_millis as f64 / 10.0);
+            (f64::from(replicas) * of_request / f64::from(target)).ceil()
+        }
+        _ => 0.0,
+    };
+    let want = by_traffic.max(by_cpu).min(f64::from(bounds.max));
+    // In [0, max] as a float: the cast keeps the value.
+    let want = want as u32;
+    want.clamp(bounds.min.max(1), bounds.max)
+}
+
+/// Applies the stabilization window: up at once, down to the highest count
+/// recommended within `window` (to zero at once: the idle timeout is its
+/// window).
+pub(crate) fn stabilize(
+    autoscale: &mut Autoscale,
+    now: Instant,
+    window: Duration,
+    recommended: u32,
+) -> u32 {
+    autoscale.recommendations.push_back((now, recommended));
+    while autoscale
+        .recommendations
+        .front()
+        .is_some_and(|(at, _)| now.duration_since(*at) > window)
+    {
+        autoscale.recommendations.pop_front();
+    }
+    let current = autoscale.scale.unwrap_or(recommended);
+    if recommended == 0 || recommended >= current {
+        return recommended;
+    }
+    autoscale
+        .recommendations
+        .iter()
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(recommended)
+        .min(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(min: u32, max: u32) -> Bounds {
+        Bounds {
+            min,
+            max,
+            initial: min.max(1),
+            target_cpu_percent: Some(70),
+            cpu_millis: 1000,
+        }
+    }
+
+    const TARGETS: Targets = Targets {
+        concurrency: 10.0,
+        idle_timeout: Duration::from_secs(300),
+    };
+
+    #[test]
+    fn traffic_and_cpu_both_ask_for_replicas_within_bounds() {
+        let b = bounds(1, 5);
+        let quiet = Duration::from_secs(1);
+        assert_eq!(recommend(&b, TARGETS, 1, 0.0, None, 0, quiet), 1);
+        assert_eq!(recommend(&b, TARGETS, 1, 25.0, None, 25, quiet), 3);
+        assert_eq!(recommend(&b, TARGETS, 1, 500.0, None, 500, quiet), 5);
+        // Two replicas at 140% of one CPU each against 70% of 1 CPU: 4.
+        assert_eq!(recommend(&b, TARGETS, 2, 1.0, Some(140.0), 1, quiet), 4);
+        // Half a CPU requested: 35% of one CPU is 70% of the request.
+        let half = Bounds {
+            cpu_millis: 500,
+            ..b
+        };
+        assert_eq!(recommend(&half, TARGETS, 2, 0.0, Some(35.0), 0, quiet), 2);
+    }
+
+    #[test]
+    fn only_an_idle_instance_that_may_goes_to_zero() {
+        let idle = Duration::from_secs(301);
+        assert_eq!(recommend(&bounds(0, 3), TARGETS, 1, 0.0, None, 0, idle), 0);
+        // Not idle long enough, or a request in flight, or min 1: stays up.
+        assert_eq!(
+            recommend(
+                &bounds(0, 3),
+                TARGETS,
+                1,
+                0.0,
+                None,
+                0,
+                Duration::from_secs(5)
+            ),
+            1
+        );
+        assert_eq!(recommend(&bounds(0, 3), TARGETS, 1, 0.0, None, 1, idle), 1);
+        assert_eq!(recommend(&bounds(1, 3), TARGETS, 1, 0.0, None, 0, idle), 1);
+        assert_eq!(recommend(&bounds(0, 0), TARGETS, 0, 9.0, None, 9, idle), 0);
+    }
+
+    #[test]
+    fn scaling_down_waits_for_the_window_and_up_does_not() {
+        let mut a = Autoscale {
+            scale: Some(1),
+            ..Autoscale::default()
+        };
+        let t0 = Instant::now();
+        let window = Duration::from_secs(60);
+        assert_eq!(stabilize(&mut a, t0, window, 4), 4);
+        a.scale = Some(4);
+        // A lull within the window keeps 4.
+        assert_eq!(
+            stabilize(&mut a, t0 + Duration::from_secs(10), window, 1),
+            4
+        );
+        assert_eq!(
+            stabilize(&mut a, t0 + Duration::from_secs(50), window, 2),
+            4
+        );
+        // Once the 4 is older than the window, the highest since (2) holds.
+        assert_eq!(
+            stabilize(&mut a, t0 + Duration::from_secs(65), window, 1),
+            2
+        );
+        // Zero at once.
+        assert_eq!(
+            stabilize(&mut a, t0 + Duration::from_secs(66), window, 0),
+            0
+        );
+    }
+}
