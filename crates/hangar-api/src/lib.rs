@@ -109,6 +109,19 @@ impl AppState {
         }
     }
 
+    /// Invocations of instance `id` within `window` (zeros without a
+    /// runtime, or before the first).
+    pub fn requests(
+        &self,
+        instance_id: &str,
+        window: std::time::Duration,
+    ) -> hangar_controller::scale::RequestStats {
+        self.runtime
+            .as_ref()
+            .map(|runtime| runtime.request_stats(instance_id, window))
+            .unwrap_or_default()
+    }
+
     /// Live figures of instance `id` (zeros without a runtime).
     pub fn metrics(&self, instance_id: &str) -> hangar_controller::InstanceMetrics {
         self.runtime

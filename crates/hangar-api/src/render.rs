@@ -155,7 +155,7 @@ impl InstanceMetrics {
     pub fn live(m: &hangar_controller::InstanceMetrics) -> Self {
         Self {
             uptime_seconds: m.uptime_seconds,
-            requests_total: 0,
+            requests_total: m.requests_total,
             cpu_usage_percent: m.cpu_usage_percent,
             memory_usage_mb: m.memory_usage_mb.round() as u64,
             network_rx_bytes: m.network_rx_bytes,

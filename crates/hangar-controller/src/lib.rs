@@ -178,6 +178,8 @@ pub struct InstanceMetrics {
     pub last_check: Option<chrono::DateTime<chrono::Utc>>,
     /// Replicas running.
     pub replicas: Vec<ReplicaView>,
+    /// Invocations answered since the server started.
+    pub requests_total: u64,
 }
 
 /// See the module docs. Cheap to clone.
@@ -411,7 +413,10 @@ impl Controller {
             return InstanceMetrics::default();
         };
         let tracked = lock(&state.tracked);
-        let mut metrics = InstanceMetrics::default();
+        let mut metrics = InstanceMetrics {
+            requests_total: state.traffic.requests_total.load(Ordering::Relaxed),
+            ..InstanceMetrics::default()
+        };
         let mut times = Vec::new();
         for replica in tracked.replicas.values().filter(|r| r.info.exit.is_none()) {
             let stats = replica.last_stats.unwrap_or_default();
@@ -470,6 +475,15 @@ impl Controller {
                 })
             })
             .collect()
+    }
+
+    /// Invocations of the instance within `window` (zeros for one this
+    /// controller has not seen).
+    pub fn request_stats(&self, instance_id: &str, window: Duration) -> scale::RequestStats {
+        lock(&self.inner.instances)
+            .get(instance_id)
+            .map(|state| state.traffic.stats(window))
+            .unwrap_or_default()
     }
 
     /// The instance's traffic counters, for the gateway to keep.

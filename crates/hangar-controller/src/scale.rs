@@ -27,6 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hangar_store::ControlledInstance;
@@ -80,6 +81,46 @@ pub struct Traffic {
     /// When the last request arrived, ms since the controller started.
     last_request_ms: AtomicU64,
     epoch: Instant,
+    /// Invocations answered since the server started.
+    pub requests_total: AtomicU64,
+    /// Per minute with traffic, the last [`STATS_KEPT`] of invocations.
+    minutes: Mutex<VecDeque<Minute>>,
+}
+
+/// How far back request figures reach.
+pub const STATS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Invocations of one minute.
+#[derive(Debug, Clone, Copy, Default)]
+struct Minute {
+    /// Minutes since the controller started.
+    at: u64,
+    requests: u64,
+    errors: u64,
+    latency_us: u64,
+}
+
+/// Invocations within a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestStats {
+    /// Invocations answered.
+    pub requests: u64,
+    /// Of which failed (the agent's error, a timeout, no replica, shed).
+    pub errors: u64,
+    /// Mean time to the answer (for a stream: to its start), ms.
+    pub avg_latency_ms: f64,
+}
+
+impl RequestStats {
+    /// Failed invocations, % of all (0 with none).
+    #[must_use]
+    pub fn error_rate_percent(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            (self.errors as f64 * 10_000.0 / self.requests as f64).round() / 100.0
+        }
+    }
 }
 
 impl Traffic {
@@ -91,6 +132,8 @@ impl Traffic {
             freed: tokio::sync::Notify::new(),
             last_request_ms: AtomicU64::new(0),
             epoch,
+            requests_total: AtomicU64::new(0),
+            minutes: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -109,6 +152,51 @@ impl Traffic {
             Ordering::Relaxed,
         );
         self.freed.notify_one();
+    }
+
+    /// An invocation was answered (or failed) after `latency`.
+    pub fn record(&self, ok: bool, latency: Duration) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_secs() / 60;
+        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
+        if minutes.back().is_none_or(|m| m.at != now) {
+            minutes.push_back(Minute {
+                at: now,
+                ..Minute::default()
+            });
+            let kept = STATS_KEPT.as_secs() / 60;
+            while minutes.front().is_some_and(|m| now - m.at >= kept) {
+                minutes.pop_front();
+            }
+        }
+        if let Some(minute) = minutes.back_mut() {
+            minute.requests += 1;
+            minute.errors += u64::from(!ok);
+            minute.latency_us += u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        }
+    }
+
+    /// Invocations within the last `window` (whole minutes).
+    pub fn stats(&self, window: Duration) -> RequestStats {
+        let now = self.epoch.elapsed().as_secs() / 60;
+        let span = window.as_secs().div_ceil(60);
+        let minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut requests, mut errors, mut latency_us) = (0u64, 0u64, 0u64);
+        for minute in minutes.iter().rev().take_while(|m| now - m.at < span) {
+            requests += minute.requests;
+            errors += minute.errors;
+            latency_us = latency_us.saturating_add(minute.latency_us);
+        }
+        let avg_latency_ms = if requests == 0 {
+            0.0
+        } else {
+            (latency_us as f64 / requests as f64 / 100.0).round() / 10.0
+        };
+        RequestStats {
+            requests,
+            errors,
+            avg_latency_ms,
+        }
     }
 
     /// How long since the last request arrived (since the controller started,
@@ -158,7 +246,7 @@ pub(crate) fn recommend(
     let by_cpu = match (bounds.target_cpu_percent, cpu_percent_per_replica) {
         (Some(target), Some(used)) if bounds.cpu_millis > 0 && target > 0 => {
             // `used` is % of one CPU; the target is % of the request.
-            let of_request = used / (bounds.cpu_millis as f64 / 10.0);
+            let of_request = used * 1000.0 / bounds.cpu_millis as f64;
             (f64::from(replicas) * of_request / f64::from(target)).ceil()
         }
         _ => 0.0,
@@ -202,6 +290,23 @@ pub(crate) fn stabilize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_figures_cover_their_window() {
+        let traffic = Traffic::new(Instant::now());
+        assert_eq!(
+            traffic.stats(Duration::from_secs(3600)),
+            RequestStats::default()
+        );
+        traffic.record(true, Duration::from_millis(10));
+        traffic.record(true, Duration::from_millis(30));
+        traffic.record(false, Duration::from_millis(20));
+        let stats = traffic.stats(Duration::from_secs(24 * 3600));
+        assert_eq!((stats.requests, stats.errors), (3, 1));
+        assert!((stats.avg_latency_ms - 20.0).abs() < 0.01, "{stats:?}");
+        assert!((stats.error_rate_percent() - 33.33).abs() < 0.01);
+        assert_eq!(traffic.requests_total.load(Ordering::Relaxed), 3);
+    }
 
     fn bounds(min: u32, max: u32) -> Bounds {
         Bounds {

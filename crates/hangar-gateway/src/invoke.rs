@@ -171,16 +171,21 @@ impl Gateway {
                 .to_bytes();
             Ok::<_, InvokeError>((body, is_json, in_flight.replica.clone()))
         };
-        let (body, is_json, replica_id) = tokio::time::timeout(timeout, read)
-            .await
-            .map_err(|_| InvokeError::Timeout(timeout))??;
-        let (output, usage) = read_answer(&body, is_json)?;
-        Ok(Invoked {
-            output,
-            usage,
-            replica_id,
-            latency: started.elapsed(),
-        })
+        let answered = async {
+            let (body, is_json, replica_id) = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| InvokeError::Timeout(timeout))??;
+            let (output, usage) = read_answer(&body, is_json)?;
+            Ok(Invoked {
+                output,
+                usage,
+                replica_id,
+                latency: started.elapsed(),
+            })
+        }
+        .await;
+        self.record(&instance.id, answered.is_ok(), started.elapsed());
+        answered
     }
 }
 

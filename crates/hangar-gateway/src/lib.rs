@@ -241,6 +241,11 @@ impl Gateway {
         }
     }
 
+    /// Counts an invocation of the instance in its request figures.
+    pub(crate) fn record(&self, instance_id: &str, ok: bool, latency: Duration) {
+        self.controller.traffic(instance_id).record(ok, latency);
+    }
+
     /// Takes a slot on the least loaded target under the limit (ties go
     /// round the rotation).
     fn least_loaded<'t>(&self, targets: &'t [Target]) -> Option<&'t Target> {

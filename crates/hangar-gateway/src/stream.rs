@@ -262,6 +262,7 @@ impl Gateway {
         impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
         InvokeError,
     > {
+        let started = std::time::Instant::now();
         let deadline = Instant::now() + timeout;
         let answer = tokio::time::timeout_at(
             deadline,
@@ -275,7 +276,11 @@ impl Gateway {
             ),
         )
         .await
-        .map_err(|_| InvokeError::Timeout(timeout))??;
+        .map_err(|_| InvokeError::Timeout(timeout))
+        .and_then(|answer| answer);
+        // Counted when the stream starts: its latency is the time to start.
+        self.record(&instance.id, answer.is_ok(), started.elapsed());
+        let answer = answer?;
         let framing = if answer.is("text/event-stream") {
             Framing::Sse
         } else if answer.is("json") {

@@ -161,6 +161,19 @@ async fn streaming_invokes_reframe_sse_text_and_json_and_stop_when_the_caller_le
     assert_eq!(body["data"]["output"], "a b ");
     assert_eq!(body["data"]["usage"], json!({"words": 2}));
 
+    // Request figures: six invocations, one of them failed.
+    let metrics = server.get(&format!("/v1/agents/{agent}/metrics")).await;
+    assert_eq!(metrics["data"]["requests_24h"], 6, "{metrics}");
+    assert_eq!(metrics["data"]["requests"], 6, "{metrics}");
+    assert_eq!(metrics["data"]["error_rate_percent"], 16.67, "{metrics}");
+    assert!(metrics["data"]["avg_latency_ms"]
+        .as_f64()
+        .is_some_and(|l| l > 0.0));
+    let view = server.get(&format!("/v1/agents/{agent}")).await;
+    assert_eq!(view["data"]["metrics"]["requests_24h"], 6, "{view}");
+    let inst = server.instance(&instance).await;
+    assert_eq!(inst["metrics"]["requests_total"], 6, "{inst}");
+
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }

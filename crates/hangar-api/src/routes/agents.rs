@@ -3,6 +3,7 @@
 //! `{success, data, meta}` envelope.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -34,6 +35,19 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(redeploy))
         .routes(routes!(logs))
         .routes(routes!(metrics))
+}
+
+/// An agent as the Agents API shows it, with its request figures of the
+/// last 24 hours.
+fn agent_object(state: &AppState, view: &AgentView) -> AgentObject {
+    let mut object = render::agent(view, &state.config);
+    if let Some(instance) = &view.default_instance {
+        let day = state.requests(&instance.id, Duration::from_secs(24 * 3600));
+        object.metrics.requests_24h = day.requests;
+        object.metrics.avg_latency_ms = day.avg_latency_ms;
+        object.metrics.error_rate_percent = day.error_rate_percent();
+    }
+    object
 }
 
 pub(crate) async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<AgentView> {
@@ -84,11 +98,7 @@ async fn list_agents(
         .store
         .list_agents(caller.org(), cloud_id.as_deref(), after.as_deref(), limit)
         .await?;
-    let data = page
-        .items
-        .iter()
-        .map(|v| render::agent(v, &state.config))
-        .collect();
+    let data = page.items.iter().map(|v| agent_object(&state, v)).collect();
     Ok(ok_list(data, Pagination::of(&page, limit)))
 }
 
@@ -208,7 +218,7 @@ async fn create_agent(
         })
         .await?;
     state.build_queued();
-    Ok((StatusCode::CREATED, ok(render::agent(&view, &state.config))))
+    Ok((StatusCode::CREATED, ok(agent_object(&state, &view))))
 }
 
 /// Get an agent.
@@ -220,7 +230,7 @@ async fn get_agent(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Envelope<AgentObject>>> {
     let view = find(&state, &caller, &id).await?;
-    Ok(ok(render::agent(&view, &state.config)))
+    Ok(ok(agent_object(&state, &view)))
 }
 
 /// Validates a source and ties it to the caller: an upload must be one of the
@@ -365,7 +375,7 @@ async fn update_agent(
         // Its scaling bounds may have changed.
         state.wake(&instance.id);
     }
-    Ok(ok(render::agent(&view, &state.config)))
+    Ok(ok(agent_object(&state, &view)))
 }
 
 /// What `DELETE /v1/agents/{id}` answers.
@@ -431,7 +441,7 @@ async fn set_desired(
     if let Some(instance) = &view.default_instance {
         state.wake(&instance.id);
     }
-    Ok(ok(render::agent(&view, &state.config)))
+    Ok(ok(agent_object(state, &view)))
 }
 
 /// Start a stopped agent.
@@ -485,10 +495,7 @@ async fn redeploy(
         .found(Kind::Agent, &id)?;
     state.build_queued();
     let view = find(&state, &caller, &id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        ok(render::agent(&view, &state.config)),
-    ))
+    Ok((StatusCode::ACCEPTED, ok(agent_object(&state, &view))))
 }
 
 /// Query of `GET /v1/agents/{id}/logs`.
@@ -613,6 +620,20 @@ async fn metrics(
         return Err(ApiError::invalid("window", "must be one of 1h, 24h, 7d"));
     }
     let view = find(&state, &caller, &id).await?;
+    let span = Duration::from_secs(match window.as_str() {
+        "1h" => 3600,
+        "24h" => 24 * 3600,
+        _ => 7 * 24 * 3600,
+    });
+    let (requests, day) = view
+        .default_instance
+        .as_ref()
+        .map_or_else(Default::default, |i| {
+            (
+                state.requests(&i.id, span),
+                state.requests(&i.id, Duration::from_secs(24 * 3600)),
+            )
+        });
     let replicas = view
         .default_instance
         .as_ref()
@@ -625,10 +646,10 @@ async fn metrics(
     Ok(ok(AgentMetrics {
         agent_id: view.agent.id,
         window,
-        requests: 0,
-        requests_24h: 0,
-        avg_latency_ms: 0.0,
-        error_rate_percent: 0.0,
+        requests: requests.requests,
+        requests_24h: day.requests,
+        avg_latency_ms: requests.avg_latency_ms,
+        error_rate_percent: requests.error_rate_percent(),
         cpu_percent: live.cpu_usage_percent,
         memory_mb: live.memory_usage_mb.round() as u64,
         replicas,
