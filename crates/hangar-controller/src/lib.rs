@@ -291,6 +291,9 @@ impl Drop for Replica {
     }
 }
 
+/// How long exec and stdin wait for an instance at zero to start a replica.
+pub const ACTIVATION_WAIT: Duration = Duration::from_secs(60);
+
 /// How many stored lines of an instance trigger a trim of its log.
 pub(crate) const TRIM_EVERY: u32 = 1000;
 
@@ -551,6 +554,19 @@ impl Controller {
             .ok_or_else(|| ControlError::NotRunning(instance_id.to_owned()))
     }
 
+    /// A running replica of the instance; one scaled to zero is started
+    /// first (a cold start, waited for up to [`ACTIVATION_WAIT`]).
+    async fn pick_or_activate(&self, instance_id: &str) -> Result<String, ControlError> {
+        match self.pick(instance_id) {
+            Err(ControlError::NotRunning(_)) if self.activate(instance_id) => {
+                let deadline = tokio::time::Instant::now() + ACTIVATION_WAIT;
+                self.wait_ready(instance_id, deadline).await;
+                self.pick(instance_id)
+            }
+            picked => picked,
+        }
+    }
+
     /// Runs `argv` in a running replica of the instance.
     pub async fn exec(
         &self,
@@ -558,7 +574,7 @@ impl Controller {
         argv: &[String],
         timeout: Duration,
     ) -> Result<ExecResult, ControlError> {
-        let replica = self.pick(instance_id)?;
+        let replica = self.pick_or_activate(instance_id).await?;
         self.inner
             .driver
             .exec(&replica, argv, &[], timeout)
@@ -574,7 +590,7 @@ impl Controller {
         input: &[u8],
         wait: StdinWait,
     ) -> Result<String, ControlError> {
-        let replica = self.pick(instance_id)?;
+        let replica = self.pick_or_activate(instance_id).await?;
         self.inner
             .driver
             .stdin(&replica, input, wait)

@@ -246,6 +246,18 @@ async fn an_idle_agent_scales_to_zero_and_the_next_request_cold_starts_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // At zero again, an exec starts a replica too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while endpoint_status(&server, &org, &instance).await != "READY_TO_COLD_START" {
+        assert!(Instant::now() < deadline, "never scaled to zero again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, out, code) = server.exec(&org, &instance, &["echo", "awake"]).await;
+    assert_eq!(
+        (status, out.trim(), code.as_deref()),
+        (200, "awake", Some("0"))
+    );
+
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
