@@ -278,12 +278,15 @@ impl Store {
     pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrap> {
         // Two servers starting on one empty PostgreSQL: the unique index on the
         // operator flag lets one create it; the other finds it on its second try.
-        match self.try_bootstrap(admin_key).await {
+        let booted = match self.try_bootstrap(admin_key).await {
             Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
                 self.try_bootstrap(admin_key).await
             }
             other => other,
-        }
+        };
+        // A newly configured admin key revokes the previous one.
+        self.keys.clear();
+        booted
     }
 
     async fn try_bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrap> {
