@@ -69,3 +69,21 @@ pub async fn with_context(request: Request, next: Next) -> Response {
     }
     response
 }
+
+/// Runs `handle` in a fresh request context (for traffic that bypasses the
+/// API's layers, such as instance URLs), and returns the id in
+/// `x-request-id` unless the response already carries one.
+pub async fn with_request_id(handle: impl std::future::Future<Output = Response>) -> Response {
+    let ctx = RequestContext {
+        id: new_id(IdKind::Request),
+        status_endpoint: false,
+    };
+    let id = ctx.id.clone();
+    let mut response = CONTEXT.scope(ctx, handle).await;
+    if !response.headers().contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+    }
+    response
+}

@@ -227,10 +227,13 @@ async fn method_not_allowed(request: Request) -> impl IntoResponse {
 }
 
 /// The HTTP application. Layers, outermost first:
+/// 0. instance hosts — `<name>.<base domain>` is an instance URL, proxied
+///    to a replica ([`routes::proxy`]); nothing below sees it;
 /// 1. request context (id) — so everything below, panics included, can cite it;
 /// 2. panic catcher — a bug answers 500 in the envelope and the server lives on;
 /// 3. body limit — oversized bodies are refused before they are buffered.
 pub fn app(state: AppState) -> Router {
+    let hosts = state.clone();
     let (router, doc) = api_routes().split_for_parts();
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
@@ -257,4 +260,8 @@ pub fn app(state: AppState) -> Router {
             },
         ))
         .layer(axum::middleware::from_fn(context::with_context))
+        .layer(axum::middleware::from_fn_with_state(
+            hosts,
+            routes::proxy::instance_hosts,
+        ))
 }

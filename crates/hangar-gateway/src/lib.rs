@@ -24,6 +24,7 @@
 //! start, autoscaling, per-replica concurrency limits and request metrics.
 
 pub mod invoke;
+pub mod proxy;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -46,9 +47,9 @@ pub use invoke::{InvokeError, Invoked};
 /// database are seen within this time.
 pub const ROUTE_TTL: Duration = Duration::from_secs(1);
 
-/// An agent's default instance, as last read from the store.
+/// Where requests for a key go (an agent's ID: its default instance; an
+/// instance URL's host label: that instance), as last read from the store.
 struct Route {
-    organization_id: String,
     instance: Arc<Instance>,
     read_at: Instant,
 }
@@ -57,12 +58,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a route is looked up by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteKey {
+    /// An agent's ID: its default instance.
+    Agent(String),
+    /// The first DNS label of an instance URL's host.
+    Host(String),
+}
+
 /// See the module docs. One per server.
 pub struct Gateway {
     controller: Controller,
     client: Client<HttpConnector, axum::body::Body>,
-    /// Agents' routes by agent ID.
-    routes: Mutex<HashMap<String, Route>>,
+    /// Routes by agent ID or by host label.
+    routes: Mutex<HashMap<RouteKey, Route>>,
     limits: Limits,
     /// Breaks ties between equally loaded replicas.
     turn: AtomicUsize,
@@ -154,17 +164,16 @@ impl Gateway {
         }
     }
 
-    /// The default instance of `organization_id`'s agent `agent_id`, if it
-    /// was read from the store within [`ROUTE_TTL`].
-    pub fn route(&self, organization_id: &str, agent_id: &str) -> Option<Arc<Instance>> {
+    /// The instance `key` leads to, if it was read from the store within
+    /// [`ROUTE_TTL`]. Callers check that it is theirs to reach.
+    pub fn route(&self, key: &RouteKey) -> Option<Arc<Instance>> {
         let routes = lock(&self.routes);
-        let route = routes.get(agent_id)?;
-        (route.organization_id == organization_id && route.read_at.elapsed() < ROUTE_TTL)
-            .then(|| route.instance.clone())
+        let route = routes.get(key)?;
+        (route.read_at.elapsed() < ROUTE_TTL).then(|| route.instance.clone())
     }
 
-    /// Remembers an agent's default instance, as just read from the store.
-    pub fn remember_route(&self, agent_id: &str, instance: Instance) -> Arc<Instance> {
+    /// Remembers where `key` leads, as just read from the store.
+    pub fn remember_route(&self, key: RouteKey, instance: Instance) -> Arc<Instance> {
         let instance = Arc::new(instance);
         let mut routes = lock(&self.routes);
         // Bounded by the number of agents invoked within the TTL: expired
@@ -173,9 +182,8 @@ impl Gateway {
             routes.retain(|_, r| r.read_at.elapsed() < ROUTE_TTL);
         }
         routes.insert(
-            agent_id.to_owned(),
+            key,
             Route {
-                organization_id: instance.organization_id.clone(),
                 instance: instance.clone(),
                 read_at: Instant::now(),
             },

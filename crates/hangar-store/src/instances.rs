@@ -209,6 +209,32 @@ impl Store {
         row.as_ref().map(instance_from_row).transpose()
     }
 
+    /// The live instance whose URL has `label` as its first DNS label: the
+    /// instance with that resource name, else the default instance of the
+    /// agent with that resource name. Any organization's: instance URLs are
+    /// public.
+    pub async fn instance_at_host(&self, label: &str) -> Result<Option<Instance>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE resource_name = $1 AND deleted_at IS NULL"
+        ))
+        .bind(label)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = match row {
+            Some(row) => Some(row),
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {INSTANCE_COLUMNS} FROM instances WHERE deleted_at IS NULL AND id = \
+                     (SELECT default_instance_id FROM agents WHERE resource_name = $1 AND deleted_at IS NULL)"
+                ))
+                .bind(label)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
     /// A page of the organization's instances, newest first, after the cursor ID.
     pub async fn list_instances(
         &self,

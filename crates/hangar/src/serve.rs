@@ -171,12 +171,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         std::process::exit(1);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = drain_rx.await;
-        })
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = drain_rx.await;
+    })
+    .await
+    .context("serving")?;
     signals.abort();
     store.close().await;
     tracing::info!("stopped");

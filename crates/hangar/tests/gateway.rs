@@ -380,3 +380,141 @@ async fn a_roll_drains_requests_in_flight_before_stopping_a_replica() {
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
+
+/// The host of a URL the API handed out (`http://host:port`).
+fn host_of(url: &Value) -> String {
+    url.as_str()
+        .expect("url")
+        .strip_prefix("http://")
+        .expect("http URL")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+#[tokio::test]
+async fn instance_urls_proxy_any_request_and_websockets() {
+    if !root_or_skip("instance URLs") {
+        return;
+    }
+    let dir = temp("urls");
+    let server = Server::start(&dir);
+    let instance = server.deploy("site", "web", json!({})).await;
+    let inst = server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let agent = agent_id(&server, &instance).await;
+    let host = host_of(&inst["deployment"]["url"]);
+    let agent_view = server.get(&format!("/v1/agents/{agent}")).await;
+    let agent_host = host_of(&agent_view["data"]["endpoints"]["base_url"]);
+    let http = reqwest::Client::new();
+
+    // Any method, path, query and header; no API key; the agent's headers back.
+    let res = http
+        .get(format!("{}/some/path?x=1&y=two", server.url))
+        .header("host", &host)
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-app"], "web");
+    let seen: Value = res.json().await.expect("json");
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/some/path");
+    assert_eq!(seen["query"], "x=1&y=two");
+    assert_eq!(seen["headers"]["x-custom"], "kept");
+    assert_eq!(seen["headers"]["x-forwarded-host"], host.as_str());
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    // A 3 MiB body arrives whole, through the agent's URL as well.
+    let body: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    for h in [&host, &agent_host] {
+        let res = http
+            .put(format!("{}/upload", server.url))
+            .header("host", h)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200);
+        let seen: Value = res.json().await.expect("json");
+        assert_eq!(seen["method"], "PUT");
+        assert_eq!(seen["body_bytes"], 3 << 20);
+        assert_eq!(seen["body_sha256"], digest.as_str());
+    }
+
+    // An unknown name under the base domain: 404; the API's own host: the API.
+    let port = server.url.rsplit(':').next().expect("port");
+    let res = http
+        .get(format!("{}/", server.url))
+        .header("host", format!("nobody-here.localhost:{port}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 404);
+    let error: Value = res.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "INSTANCE_NOT_FOUND");
+    server.get("/v1/me").await;
+
+    // A websocket through the instance URL.
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let address = server.url.strip_prefix("http://").expect("addr");
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("handshake");
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.expect("line");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for message in ["hello", "again"] {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | message.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        stream.get_mut().write_all(&frame).await.expect("frame");
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await.expect("answer header");
+        assert_eq!(header[0], 0x81);
+        let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
+        stream.read_exact(&mut payload).await.expect("payload");
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            format!("echo: {message}")
+        );
+    }
+    drop(stream);
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hangar_core::model::Instance;
 use hangar_core::status::{agent_status, AgentStatus};
-use hangar_gateway::{Gateway, InvokeError};
+use hangar_gateway::{Gateway, InvokeError, RouteKey};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -163,14 +163,17 @@ async fn route(
     id: &str,
 ) -> ApiResult<(Arc<Gateway>, Arc<Instance>)> {
     if let Some(gateway) = &state.gateway {
-        if let Some(instance) = gateway.route(caller.org(), id) {
-            return Ok((gateway.clone(), instance));
+        if let Some(instance) = gateway.route(&RouteKey::Agent(id.to_owned())) {
+            if instance.organization_id == caller.org() {
+                return Ok((gateway.clone(), instance));
+            }
         }
     }
     let view = find(state, caller, id).await?;
     match (&state.gateway, view.default_instance.clone()) {
         (Some(gateway), Some(instance)) => {
-            Ok((gateway.clone(), gateway.remember_route(id, instance)))
+            let key = RouteKey::Agent(id.to_owned());
+            Ok((gateway.clone(), gateway.remember_route(key, instance)))
         }
         _ => Err(not_running(&view, "invoke")),
     }
@@ -198,7 +201,7 @@ async fn failed(state: &AppState, caller: &Caller, id: &str, err: InvokeError) -
 }
 
 /// An invocation's failure in the envelope.
-fn invoke_error(err: InvokeError) -> ApiError {
+pub(crate) fn invoke_error(err: InvokeError) -> ApiError {
     let agent = |status: StatusCode, code: &'static str, details: Option<serde_json::Value>| {
         ApiError::Agent {
             status,

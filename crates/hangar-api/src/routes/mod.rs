@@ -5,6 +5,7 @@ pub mod extras;
 pub mod instances;
 pub mod invoke;
 mod logs;
+pub(crate) mod proxy;
 pub mod tenancy;
 
 use serde::Deserialize;

@@ -1,0 +1,241 @@
+//! Instance URLs: `http://<resource_name>.<base domain>[:port]/…` reaches a
+//! replica of the instance as is — any method and path, headers, streaming
+//! bodies both ways, and protocol upgrades (websockets).
+//!
+//! The request goes through the same rotation as invocations (least
+//! outstanding requests, the per-replica limit and queue, a cold start for
+//! an instance at zero), and counts in the instance's traffic and request
+//! figures. The slot on the replica is held until the response body ends
+//! (or, for an upgraded connection, until the tunnel closes), so a replica
+//! that is leaving drains streams and websockets too.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; `X-Forwarded-For`,
+//! `-Host` and `-Proto` are added.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use bytes::Bytes;
+use hangar_controller::ACTIVATION_WAIT;
+use hangar_core::model::Instance;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+
+use crate::invoke::InvokeError;
+use crate::{Gateway, InFlight};
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+/// `Upgrade` is kept when `upgrading`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        if !(upgrading && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !upgrading {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// A replica's response body, holding its slot until it ends or drops.
+struct Held {
+    body: Pin<Box<Incoming>>,
+    _slot: InFlight,
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.get_mut().body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Gateway {
+    /// Forwards `request` (whose path and query are kept) to a replica of
+    /// `instance`. `client` is the caller's address, for
+    /// `X-Forwarded-For`. Errors before the replica answers come back as
+    /// `Err` for the caller to render.
+    pub async fn proxy(
+        &self,
+        instance: &Instance,
+        mut request: Request<axum::body::Body>,
+        client: Option<SocketAddr>,
+    ) -> Result<Response<axum::body::Body>, InvokeError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + ACTIVATION_WAIT;
+        let slot = self
+            .acquire(&instance.id, deadline, ACTIVATION_WAIT)
+            .await
+            .inspect_err(|_| self.record(&instance.id, false, started.elapsed()))?;
+        let upgrading = is_upgrade(request.headers());
+        let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        let host = parts.headers.get(header::HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers, upgrading);
+        if upgrading {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if let Some(client) = client {
+            let forwarded = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) => format!("{earlier}, {}", client.ip()),
+                None => client.ip().to_string(),
+            };
+            if let Ok(value) = HeaderValue::try_from(forwarded) {
+                parts.headers.insert("x-forwarded-for", value);
+            }
+        }
+        if let Some(host) = host {
+            parts.headers.insert("x-forwarded-host", host);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = format!("http://{}{path}", slot.address)
+            .parse()
+            .map_err(|err| InvokeError::Unreachable(format!("{err}")))?;
+        let upstream = Request::from_parts(parts, body);
+
+        let mut response = match self.client.request(upstream).await {
+            Ok(response) => response,
+            Err(err) => {
+                self.record(&instance.id, false, started.elapsed());
+                return Err(InvokeError::Unreachable(err.to_string()));
+            }
+        };
+        self.record(
+            &instance.id,
+            !response.status().is_server_error(),
+            started.elapsed(),
+        );
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    // The slot is held while the tunnel is open.
+                    let _slot = slot;
+                    match tokio::try_join!(downstream, upstream) {
+                        Ok((down, up)) => {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(down),
+                                &mut TokioIo::new(up),
+                            )
+                            .await;
+                        }
+                        Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+                    }
+                });
+                let (parts, _) = response.into_parts();
+                return Ok(Response::from_parts(parts, axum::body::Body::empty()));
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let held = Held {
+            body: Box::pin(body),
+            _slot: slot,
+        };
+        Ok(Response::from_parts(parts, axum::body::Body::new(held)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ] {
+            headers.insert(k, HeaderValue::from_static(v));
+        }
+        let mut plain = headers.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain["x-kept"], "yes");
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn upgrades_need_both_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(!is_upgrade(&headers));
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(is_upgrade(&headers));
+    }
+}
