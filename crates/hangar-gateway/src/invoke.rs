@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::{Gateway, InFlight};
 
+/// Replicas tried for one invocation when connections are refused.
+const CONNECT_ATTEMPTS: usize = 3;
+
 /// The most of an agent's error answer kept for the caller.
 const ERROR_BODY_LIMIT: usize = 4096;
 
@@ -91,34 +94,47 @@ impl Gateway {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Answer, InvokeError> {
-        let in_flight = self.acquire(&instance.id, deadline, timeout).await?;
-        let body = serde_json::to_vec(input)
-            .map_err(|err| InvokeError::BadResponse(format!("input: {err}")))?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(format!(
-                "http://{}{}",
-                in_flight.address, instance.config.invoke_path
-            ))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, accept);
-        for (name, value) in headers {
-            // Checked by the API; anything else is skipped, not sent.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::try_from(value.as_str()),
-            ) {
-                request = request.header(name, value);
+        let body = Bytes::from(
+            serde_json::to_vec(input)
+                .map_err(|err| InvokeError::BadResponse(format!("input: {err}")))?,
+        );
+        // A replica that refuses the connection never saw the request: it
+        // goes to another (a replica killed a moment ago is still in the
+        // rotation until its exit is noticed).
+        let mut refused = Vec::new();
+        let (response, in_flight) = loop {
+            let in_flight = self
+                .acquire(&instance.id, deadline, timeout, &refused)
+                .await?;
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(format!(
+                    "http://{}{}",
+                    in_flight.address, instance.config.invoke_path
+                ))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, accept);
+            for (name, value) in headers {
+                // Checked by the API; anything else is skipped, not sent.
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    request = request.header(name, value);
+                }
             }
-        }
-        let request = request
-            .body(axum::body::Body::from(body))
-            .map_err(|err| InvokeError::Unreachable(err.to_string()))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|err| InvokeError::Unreachable(err.to_string()))?;
+            let request = request
+                .body(axum::body::Body::from(body.clone()))
+                .map_err(|err| InvokeError::Unreachable(err.to_string()))?;
+            match self.client.request(request).await {
+                Ok(response) => break (response, in_flight),
+                Err(err) if err.is_connect() && refused.len() < CONNECT_ATTEMPTS => {
+                    tracing::debug!(replica = %in_flight.replica, error = %err, "connection refused; trying another replica");
+                    refused.push(in_flight.replica.clone());
+                }
+                Err(err) => return Err(InvokeError::Unreachable(err.to_string())),
+            }
+        };
         let status = response.status();
         if !status.is_success() {
             let body = Limited::new(response.into_body(), ERROR_BODY_LIMIT)

@@ -201,17 +201,23 @@ impl Gateway {
     /// activated (a cold start) and the request waits for one; with every
     /// replica at its limit, it waits in the instance's bounded queue. Both
     /// waits end at `deadline`.
+    /// Replicas in `avoid` (they refused a connection just now) are passed
+    /// over while there is another.
     pub(crate) async fn acquire(
         &self,
         instance_id: &str,
         deadline: tokio::time::Instant,
         timeout: Duration,
+        avoid: &[String],
     ) -> Result<InFlight, InvokeError> {
         let traffic = self.controller.traffic(instance_id);
         let arrival = Arrival::new(traffic.clone());
         let mut queued = None;
         loop {
-            let targets = self.controller.targets(instance_id);
+            let mut targets = self.controller.targets(instance_id);
+            if targets.iter().any(|t| !avoid.contains(&t.replica_id)) {
+                targets.retain(|t| !avoid.contains(&t.replica_id));
+            }
             if targets.is_empty() {
                 if !self.controller.activate(instance_id) {
                     return Err(InvokeError::NoReplica);

@@ -114,7 +114,7 @@ impl Gateway {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + ACTIVATION_WAIT;
         let slot = self
-            .acquire(&instance.id, deadline, ACTIVATION_WAIT)
+            .acquire(&instance.id, deadline, ACTIVATION_WAIT, &[])
             .await
             .inspect_err(|_| self.record(&instance.id, false, started.elapsed()))?;
         let upgrading = is_upgrade(request.headers());

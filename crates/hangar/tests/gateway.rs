@@ -518,3 +518,84 @@ async fn instance_urls_proxy_any_request_and_websockets() {
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
+
+#[tokio::test]
+async fn a_replica_killed_under_load_fails_only_what_was_in_flight_on_it() {
+    if !root_or_skip("kill under load") {
+        return;
+    }
+    let dir = temp("killload");
+    let server = Server::start(&dir);
+    let instance = server
+        .deploy(
+            "sturdy",
+            "http",
+            json!({"scaling": {"min_instances": 3, "max_instances": 3}}),
+        )
+        .await;
+    server
+        .wait_instance(&instance, "3 ready", |i| {
+            i["status"] == "running" && i["deployment"]["replicas"] == 3
+        })
+        .await;
+    let agent = agent_id(&server, &instance).await;
+
+    // 30 callers, each sending 0.3 s requests back to back: with least
+    // outstanding balancing, 10 are in flight on each replica.
+    const CALLERS: usize = 30;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (url, agent, stop) = (server.url.clone(), agent.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let res = client
+                        .post(format!("{url}/v1/agents/{agent}/invoke"))
+                        .bearer_auth(KEY)
+                        .json(&json!({"input": {"sleep": 0.3}}))
+                        .timeout(Duration::from_secs(60))
+                        .send()
+                        .await
+                        .expect("request");
+                    if res.status() == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(res.text().await.unwrap_or_default());
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = *replica_pids(&instance).first().expect("a replica process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    // Load goes on while the replica is replaced.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for caller in callers {
+        let (o, f) = caller.await.expect("caller");
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!("{ok} answered, {} failed", failed.len());
+    assert!(ok > 200, "{ok} answered");
+    assert!(
+        failed.len() <= CALLERS / 3,
+        "more failed than were in flight on the killed replica: {failed:#?}"
+    );
+    for body in &failed {
+        let error: Value = serde_json::from_str(body).expect("envelope");
+        assert_eq!(error["error"]["code"], "AGENT_UNREACHABLE", "{body}");
+    }
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}
