@@ -41,6 +41,11 @@ async fn read_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
 
 /// Parses JSON, naming the path of the first offending field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The plain parser first: tracking the path costs an allocation per key,
+    // and only a body that fails needs it (then it is parsed again).
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -133,7 +133,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    sealer: seal::Sealer,
+    /// Shared: the store is cloned into every request's state, and the
+    /// cipher wipes its key on drop.
+    sealer: Arc<seal::Sealer>,
     /// Keys that authenticated lately (see [`tenancy::KeyCache`]).
     keys: Arc<tenancy::KeyCache>,
 }
@@ -193,7 +195,7 @@ impl Store {
         Ok(Self {
             pool,
             backend,
-            sealer,
+            sealer: Arc::new(sealer),
             keys: Arc::default(),
         })
     }

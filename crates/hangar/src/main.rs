@@ -46,6 +46,12 @@ enum ShimCommand {
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 const EX_USAGE: u8 = 64;
 
+/// mimalloc instead of glibc's allocator: the data plane allocates small,
+/// short-lived buffers on every request, and glibc's malloc and free were a
+/// tenth of the gateway's CPU time under load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
