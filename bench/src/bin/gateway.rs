@@ -99,6 +99,84 @@ struct Args {
     /// The nginx binary (default: `nginx` in `PATH`).
     #[arg(long)]
     nginx: Option<PathBuf>,
+    /// The throughput load tool: `wrk` (default when in `PATH`; one thread)
+    /// or `builtin` (this binary's own reqwest client).
+    #[arg(long)]
+    load: Option<LoadTool>,
+    /// Throughput rounds: every path once per round, round-robin; each
+    /// path's figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// What generates the throughput load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoadTool {
+    Wrk,
+    Builtin,
+}
+
+/// Requests per second of `target` with wrk (one thread, `connections`
+/// connections), checking that every answer was 2xx.
+fn wrk_throughput(
+    wrk: &Path,
+    scripts: &Path,
+    target: &Target,
+    connections: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let mut script = String::new();
+    if let Some(body) = target.body {
+        script.push_str(&format!(
+            "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        ));
+    }
+    if target.auth {
+        script.push_str(&format!(
+            "wrk.headers[\"Authorization\"] = \"Bearer {KEY}\"\n"
+        ));
+    }
+    let path = scripts.join("request.lua");
+    fs::write(&path, script)?;
+    // One untimed second first, like the builtin load.
+    for (seconds, timed) in [(1, false), (duration.as_secs().max(1), true)] {
+        let out = Command::new(wrk)
+            .arg("-t1")
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{seconds}s"))
+            .arg("-s")
+            .arg(&path)
+            .arg(&target.url)
+            .output()
+            .context("running wrk")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "wrk failed: {text}");
+        ensure!(
+            !text.contains("Non-2xx") && !text.contains("Socket errors"),
+            "{}: bad answers under load: {text}",
+            target.url
+        );
+        if timed {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no Requests/sec in wrk's output: {text}"));
+        }
+    }
+    bail!("unreachable: the timed run returns")
+}
+
+/// The median of some figures (the mean of the middle two for an even
+/// count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// A temporary directory (mode 0755), removed on drop.
@@ -578,6 +656,13 @@ fn main() -> Result<()> {
             .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
             .context("nginx is not installed (Debian: apt-get install nginx-light)")?,
     };
+    let wrk = match args.load {
+        Some(LoadTool::Builtin) => None,
+        Some(LoadTool::Wrk) => Some(
+            find_program("wrk").context("wrk is not installed (Debian: apt-get install wrk)")?,
+        ),
+        None => find_program("wrk"),
+    };
     let agent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fast");
     ensure!(
         agent_dir.join("main.py").is_file(),
@@ -643,18 +728,25 @@ fn main() -> Result<()> {
         args.warmup, args.requests
     );
     let samples = rt.block_on(latency(&targets, &args))?;
-    let mut rps = Vec::new();
-    for target in &targets {
-        eprintln!(
-            "throughput: {} for {} s with {} connections",
-            target.name, args.duration, args.connections
-        );
-        rps.push(rt.block_on(throughput(
-            target,
-            args.connections,
-            Duration::from_secs(args.duration),
-        ))?);
+    let scripts = TempDir::new("wrk")?;
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 1..=args.rounds.max(1) {
+        for (i, target) in targets.iter().enumerate() {
+            eprintln!(
+                "throughput, round {round}: {} for {} s with {} connections ({})",
+                target.name,
+                args.duration,
+                args.connections,
+                if wrk.is_some() { "wrk" } else { "builtin" }
+            );
+            let duration = Duration::from_secs(args.duration);
+            rounds[i].push(match &wrk {
+                Some(wrk) => wrk_throughput(wrk, &scripts.0, target, args.connections, duration)?,
+                None => rt.block_on(throughput(target, args.connections, duration))?,
+            });
+        }
     }
+    let rps: Vec<f64> = rounds.iter().map(|r| median(r)).collect();
     let steal = steal_percent(ticks, cpu_ticks());
     let load_after = load_average();
 
@@ -665,6 +757,20 @@ fn main() -> Result<()> {
     drop(nginx);
     drop(serve);
 
+    println!();
+    println!(
+        "Throughput load tool: {}; {} round(s), the median of each path's rounds.",
+        if wrk.is_some() {
+            "wrk, one thread"
+        } else {
+            "this binary's reqwest client"
+        },
+        args.rounds.max(1)
+    );
+    for (target, r) in targets.iter().zip(&rounds) {
+        let shown: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
+        println!("- {}: {} req/s", target.name, shown.join(", "));
+    }
     report(
         &args,
         &targets,
@@ -757,6 +863,13 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 
     #[test]
     fn the_fast_agent_is_there() {
