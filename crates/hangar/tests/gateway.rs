@@ -599,3 +599,72 @@ async fn a_replica_killed_under_load_fails_only_what_was_in_flight_on_it() {
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
+
+#[tokio::test]
+async fn load_scales_an_agent_up_within_its_bounds() {
+    if !root_or_skip("autoscaling") {
+        return;
+    }
+    let dir = temp("autoscale");
+    // Two requests per replica at most: the autoscaler aims at 1.4.
+    let server = Server::start_with(&dir, &["--replica-concurrency", "2"]);
+    let org = server.org().await;
+    let instance = server
+        .deploy(
+            "elastic",
+            "http",
+            json!({"scaling": {"min_instances": 1, "max_instances": 3}}),
+        )
+        .await;
+    server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let agent = agent_id(&server, &instance).await;
+
+    // Six callers with 0.5 s requests: about six in flight, far over one
+    // replica's target; three replicas is the most the agent may have.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, agent, stop) = (server.url.clone(), agent.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let res = client
+                        .post(format!("{url}/v1/agents/{agent}/invoke"))
+                        .bearer_auth(KEY)
+                        .json(&json!({"input": {"sleep": 0.5}}))
+                        .timeout(Duration::from_secs(60))
+                        .send()
+                        .await
+                        .expect("request");
+                    statuses.push(res.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let scaled = server
+        .wait_instance(&instance, "scaled to 3", |i| {
+            i["deployment"]["replicas"] == 3
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        let statuses = caller.await.expect("caller");
+        // Queued while replicas started, never shed: the queue holds 20.
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(scaled["status"], "running");
+    let logs = server.wait_log(&org, &instance, "to 3 replicas").await;
+    assert!(
+        logs.iter().any(|l| l.contains("scaled from 1 to")),
+        "{logs:#?}"
+    );
+    let view = server.get(&format!("/v1/agents/{agent}")).await;
+    assert_eq!(view["data"]["scaling"]["current_instances"], 3, "{view}");
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}
