@@ -91,7 +91,7 @@ impl Default for ControllerConfig {
         Self {
             resync: Duration::from_secs(10),
             health_interval: Duration::from_secs(5),
-            startup_probe_interval: Duration::from_millis(50),
+            startup_probe_interval: Duration::from_millis(10),
             health_timeout: Duration::from_secs(2),
             health_failures: 3,
             startup_deadline: Duration::from_secs(120),
