@@ -14,6 +14,7 @@
 //! - [`validate`]: names, environment maps, metadata, secret references, redaction.
 //! - [`model`]: the records the store keeps and the API renders.
 
+pub mod events;
 pub mod id;
 pub mod logs;
 pub mod model;

@@ -407,13 +407,23 @@ impl Store {
     }
 
     /// Deletes a webhook endpoint; `false` when there is none.
+    /// Its deliveries go with it.
     pub async fn delete_webhook(&self, org_id: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE organization_id = $1 AND webhook_id = $2",
+        )
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let n = sqlx::query("DELETE FROM webhooks WHERE organization_id = $1 AND id = $2")
             .bind(org_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
         Ok(n > 0)
     }
 }

@@ -27,6 +27,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 mod agents;
+mod events;
 mod extras;
 mod instances;
 mod runtime;
@@ -35,6 +36,7 @@ mod tenancy;
 pub mod testing;
 
 pub use agents::NewAgent;
+pub use events::{Attempt, DueDelivery};
 pub use extras::{NewJob, NewWebhook};
 pub use instances::{InstanceFilter, NewInstance};
 pub use runtime::{ControlledInstance, LogQuery};
