@@ -39,6 +39,8 @@ pub enum Kind {
     Secret,
     /// A webhook endpoint.
     Webhook,
+    /// A webhook delivery.
+    Delivery,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Upload => "UPLOAD",
             Kind::Secret => "SECRET",
             Kind::Webhook => "WEBHOOK",
+            Kind::Delivery => "DELIVERY",
         }
     }
 
@@ -71,6 +74,7 @@ impl Kind {
             Kind::Upload => "Upload",
             Kind::Secret => "Secret",
             Kind::Webhook => "Webhook",
+            Kind::Delivery => "Delivery",
         }
     }
 

@@ -81,6 +81,8 @@ pub struct AppState {
     pub builder: Option<hangar_build::Builder>,
     /// The gateway, if this server runs replicas: invocations go through it.
     pub gateway: Option<Arc<hangar_gateway::Gateway>>,
+    /// The webhook deliverer, if this server delivers: redeliveries wake it.
+    pub deliverer: Option<hangar_webhooks::Deliverer>,
 }
 
 impl AppState {
@@ -204,6 +206,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::invoke::routes())
         .merge(routes::tenancy::routes())
         .merge(routes::extras::routes())
+        .merge(routes::events::routes())
 }
 
 /// The OpenAPI 3.1 document of every route.

@@ -229,6 +229,8 @@ pub(crate) struct Tracked {
     pub last_status: Option<reconcile::Observed>,
     /// Wanted running (not stopped or deleted), as of the last reconcile.
     pub serving: bool,
+    /// Whose events this instance's are, as of the last reconcile.
+    pub owner: Option<reconcile::Owner>,
     /// The instance's scaling bounds, as of the last reconcile.
     pub bounds: Option<Bounds>,
     /// The autoscaler's count and memory.
@@ -499,20 +501,43 @@ impl Controller {
     /// may come: false for an instance whose bounds allow none.
     pub fn activate(&self, instance_id: &str) -> bool {
         let state = self.inner.state(instance_id);
-        let allowed = {
+        let (allowed, woken) = {
             let mut tracked = lock(&state.tracked);
             // Stopped, crash-looping or bounded to nothing: no replica is
             // coming soon, and the request should hear so now.
             let allowed = tracked.serving
                 && tracked.crash_streak == 0
                 && tracked.bounds.is_some_and(|b| b.max > 0);
-            if allowed && tracked.autoscale.scale == Some(0) {
+            let woken = allowed && tracked.autoscale.scale == Some(0);
+            if woken {
                 tracked.autoscale.scale = Some(1);
                 tracked.autoscale.recommendations.clear();
             }
-            allowed
+            (allowed, woken.then(|| tracked.owner.clone()).flatten())
         };
         self.wake(instance_id);
+        if let Some(owner) = woken {
+            // Told like any other scale event, off the request's path.
+            let (inner, state) = (self.inner.clone(), state.clone());
+            tokio::spawn(async move {
+                let why = "a request arrived";
+                reconcile::system_log(
+                    &inner,
+                    &state,
+                    "hangar",
+                    hangar_core::logs::LogLevel::Info,
+                    format!("[hangar] scaled from 0 to 1 replicas: {why}"),
+                )
+                .await;
+                reconcile::emit(
+                    &inner,
+                    &owner,
+                    "agent.scaled",
+                    serde_json::json!({"from": 0, "to": 1, "reason": why}),
+                )
+                .await;
+            });
+        }
         allowed
     }
 

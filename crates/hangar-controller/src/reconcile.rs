@@ -73,6 +73,20 @@ pub(crate) async fn reconcile(
                 lock(&state.tracked).crash_streak = 0;
             }
             let delay = back_off(inner, state, format!("replica {id} {}", exit.describe()));
+            emit(
+                inner,
+                &Owner::of(&controlled),
+                "instance.crashed",
+                serde_json::json!({
+                    "replica_id": id,
+                    "exit_code": exit.code,
+                    "signal": exit.signal,
+                    "oom_killed": exit.oom_killed,
+                    "reason": exit.describe(),
+                    "restarting": want_running,
+                }),
+            )
+            .await;
             restart_count += 1;
             let message = if want_running {
                 format!(
@@ -175,6 +189,7 @@ pub(crate) async fn reconcile(
         let bounds = Bounds::of(&controlled);
         let mut tracked = lock(&state.tracked);
         tracked.bounds = Some(bounds);
+        tracked.owner = Some(Owner::of(&controlled));
         let live = u32::try_from(
             tracked
                 .replicas
@@ -520,7 +535,86 @@ async fn write_status(
         )
         .await
     {
-        Ok(()) => lock(&state.tracked).last_status = Some(observed),
+        Ok(()) => {
+            let changed = stored.status != observed.status;
+            let (status, reason) = (observed.status, observed.reason.clone());
+            lock(&state.tracked).last_status = Some(observed);
+            if changed {
+                status_event(inner, controlled, status, reason).await;
+            }
+        }
         Err(err) => tracing::warn!(instance = %state.id, error = %err, "cannot record the status"),
+    }
+}
+
+/// Who an instance's events are about: its organization, and the agent
+/// when it is the agent's default instance (`agent.*` events), else the
+/// instance.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub organization_id: String,
+    pub agent_id: String,
+    pub instance_id: String,
+    pub is_default: bool,
+}
+
+impl Owner {
+    pub(crate) fn of(controlled: &ControlledInstance) -> Self {
+        Self {
+            organization_id: controlled.instance.organization_id.clone(),
+            agent_id: controlled.instance.agent_id.clone(),
+            instance_id: controlled.instance.id.clone(),
+            is_default: controlled.agent_scaling.is_some(),
+        }
+    }
+
+    /// The subject of an `agent.*` event: the agent for its default
+    /// instance, else the instance.
+    fn agent_subject(&self) -> &str {
+        if self.is_default {
+            &self.agent_id
+        } else {
+            &self.instance_id
+        }
+    }
+}
+
+/// Records an event (the store queues its webhook deliveries); a failure is
+/// logged, never fatal to reconciling.
+pub(crate) async fn emit(inner: &Inner, owner: &Owner, kind: &str, mut data: serde_json::Value) {
+    let subject = if kind.starts_with("agent.") {
+        owner.agent_subject().to_owned()
+    } else {
+        owner.instance_id.clone()
+    };
+    if let Some(object) = data.as_object_mut() {
+        object.insert("agent_id".to_owned(), owner.agent_id.clone().into());
+        object.insert("instance_id".to_owned(), owner.instance_id.clone().into());
+    }
+    if let Err(err) = inner
+        .store
+        .record_event(&owner.organization_id, kind, &subject, data)
+        .await
+    {
+        tracing::warn!(instance = %owner.instance_id, kind, error = %err, "cannot record an event");
+    }
+}
+
+/// The events of a status change: `instance.started` (running),
+/// `instance.stopped`, `agent.failed` (error, with the reason).
+async fn status_event(
+    inner: &Inner,
+    controlled: &ControlledInstance,
+    status: InstanceStatus,
+    reason: Option<String>,
+) {
+    let owner = Owner::of(controlled);
+    let previous = controlled.instance.status.to_string();
+    let data = serde_json::json!({"status": status, "previous_status": previous, "reason": reason});
+    match status {
+        InstanceStatus::Running => emit(inner, &owner, "instance.started", data).await,
+        InstanceStatus::Stopped => emit(inner, &owner, "instance.stopped", data).await,
+        InstanceStatus::Error => emit(inner, &owner, "agent.failed", data).await,
+        InstanceStatus::Starting | InstanceStatus::Stopping => {}
     }
 }

@@ -358,12 +358,14 @@ pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
                 );
                 let want =
                     scale::stabilize(autoscale, now, inner.config.scale_down_window, recommended);
+                let owner = tracked.owner.clone();
+                let autoscale = &mut tracked.autoscale;
                 (want != current).then(|| {
                     autoscale.scale = Some(want);
-                    (current, want, concurrency, cpu)
+                    (current, want, concurrency, cpu, owner)
                 })
             };
-            if let Some((from, to, concurrency, cpu)) = change {
+            if let Some((from, to, concurrency, cpu, owner)) = change {
                 let why = if to == 0 {
                     format!("no request for {}s", idle_for.as_secs())
                 } else {
@@ -380,6 +382,15 @@ pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
                     format!("[hangar] scaled from {from} to {to} replicas: {why}"),
                 )
                 .await;
+                if let Some(owner) = &owner {
+                    reconcile::emit(
+                        &inner,
+                        owner,
+                        "agent.scaled",
+                        serde_json::json!({"from": from, "to": to, "reason": why}),
+                    )
+                    .await;
+                }
                 inner.wake(&state.id);
             }
         }

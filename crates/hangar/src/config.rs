@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// [env: HANGAR_REPLICA_CONCURRENCY] [default: 100]
     #[arg(long, value_name = "N")]
     pub replica_concurrency: Option<usize>,
+    /// Delays between webhook attempts, e.g. "5s,5m,30m,2h,5h,10h,10h"
+    /// [env: HANGAR_WEBHOOK_RETRY_SCHEDULE] [default: that, about 28 h]
+    #[arg(long, value_name = "DELAYS")]
+    pub webhook_retry_schedule: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -57,6 +61,7 @@ struct FileServer {
     public_url: Option<String>,
     scale_to_zero_after: Option<u64>,
     replica_concurrency: Option<usize>,
+    webhook_retry_schedule: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +89,8 @@ pub struct Config {
     pub scale_to_zero_after: std::time::Duration,
     /// Requests in flight per replica.
     pub replica_concurrency: usize,
+    /// Delays between webhook attempts.
+    pub webhook_retry_schedule: Vec<std::time::Duration>,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -212,6 +219,14 @@ impl Config {
             100,
             100_000,
         )?;
+        let schedule = args
+            .webhook_retry_schedule
+            .or_else(|| env_get("HANGAR_WEBHOOK_RETRY_SCHEDULE"))
+            .or(file.webhook_retry_schedule);
+        let webhook_retry_schedule = match schedule {
+            Some(text) => parse_schedule(&text)?,
+            None => hangar_webhooks::DEFAULT_SCHEDULE.to_vec(),
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -221,8 +236,45 @@ impl Config {
             public_url,
             scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
+            webhook_retry_schedule,
         })
     }
+}
+
+/// A retry schedule: comma-separated delays, each a whole number with `ms`,
+/// `s`, `m` or `h` (1 to 20 delays, each at most 7 days).
+fn parse_schedule(text: &str) -> Result<Vec<std::time::Duration>, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError(format!(
+            "webhook retry schedule '{text}': {why} (e.g. \"5s,5m,30m,2h\")"
+        ))
+    };
+    let delays = text
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            let split = d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len());
+            let (n, unit) = d.split_at(split);
+            let n: u64 = n
+                .parse()
+                .map_err(|_| bad("each delay is a number and a unit"))?;
+            let ms = match unit {
+                "ms" => n,
+                "s" => n.saturating_mul(1000),
+                "m" => n.saturating_mul(60_000),
+                "h" => n.saturating_mul(3_600_000),
+                _ => return Err(bad("units are ms, s, m or h")),
+            };
+            if ms == 0 || ms > 7 * 24 * 3_600_000 {
+                return Err(bad("each delay is between 1 ms and 7 days"));
+            }
+            Ok(std::time::Duration::from_millis(ms))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > 20 {
+        return Err(bad("at most 20 delays"));
+    }
+    Ok(delays)
 }
 
 fn read_file(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
@@ -269,6 +321,23 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_schedules_read_units_and_refuse_nonsense() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_schedule("500ms, 5s,2m,1h").expect("schedule"),
+            vec![
+                Duration::from_millis(500),
+                Duration::from_secs(5),
+                Duration::from_secs(120),
+                Duration::from_secs(3600)
+            ]
+        );
+        for bad in ["", "5", "5x", "0s", "-1s", "9999h", "1s,,2s"] {
+            assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -138,6 +138,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     builder.clone().start();
+    let deliverer =
+        hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
+    deliverer.clone().start();
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
@@ -152,6 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         runtime,
         builder: Some(builder),
+        deliverer: Some(deliverer),
     });
     println!(
         "hangar listening on http://{local} (organization {}, database {})",

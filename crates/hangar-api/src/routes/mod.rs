@@ -1,6 +1,7 @@
 //! Handlers, one module per API family.
 
 pub mod agents;
+pub mod events;
 pub mod extras;
 pub mod instances;
 pub mod invoke;

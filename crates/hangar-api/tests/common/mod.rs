@@ -92,6 +92,7 @@ impl Harness {
             runtime: None,
             builder: None,
             gateway: None,
+            deliverer: None,
         });
         Harness { db, app, a, b }
     }

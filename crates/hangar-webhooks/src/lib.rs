@@ -1,0 +1,230 @@
+//! Webhook deliveries: the store's outbox ([`hangar_store::DueDelivery`])
+//! sent to receivers, signed per the Standard Webhooks specification.
+//!
+//! ```text
+//! POST <endpoint url>
+//! content-type: application/json
+//! webhook-id: dlv_…              (the same on every attempt: receivers dedupe)
+//! webhook-timestamp: <unix seconds of this attempt>
+//! webhook-signature: v1,<base64 HMAC-SHA256 over "id.timestamp.body">
+//!
+//! {"type": "agent.scaled", "timestamp": "…", "data": {…, "event_id": "evt_…", "subject": "…"}}
+//! ```
+//!
+//! The key is the endpoint's `whsec_` secret, base64-decoded. A 2xx answer
+//! within [`ATTEMPT_TIMEOUT`] delivers; anything else is retried after the
+//! next delay of the schedule ([`DEFAULT_SCHEDULE`]: 5 s, 5 min, 30 min,
+//! 2 h, 5 h, 10 h, 10 h — about 28 hours), then given up. Attempts run a few
+//! at a time; deliveries of one subject to one endpoint go one after the
+//! other (the store's order), so a receiver never sees an agent's events out
+//! of order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use hangar_store::{Attempt, DueDelivery, Store};
+use hmac::{Hmac, Mac};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::Sha256;
+use tokio::sync::Notify;
+
+/// The delays between attempts (after the first, which is at once).
+pub const DEFAULT_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// How long a receiver has to answer one attempt.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Deliveries taken per round.
+const BATCH: u32 = 32;
+
+/// The Standard Webhooks signature of `body`: `v1,<base64 HMAC-SHA256>` over
+/// `"{id}.{timestamp}.{body}"` with the secret's key. `None` when the secret
+/// is not `whsec_` + base64 (the API accepts no other).
+#[must_use]
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_")?)
+        .ok()?;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).ok()?;
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    Some(format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// The body of a delivery.
+#[must_use]
+pub fn payload(delivery: &DueDelivery) -> Vec<u8> {
+    let event = &delivery.event;
+    let mut data = event.data.clone();
+    if let Some(object) = data.as_object_mut() {
+        object.insert("event_id".to_owned(), event.id.clone().into());
+        object.insert("subject".to_owned(), event.subject.clone().into());
+    }
+    serde_json::json!({
+        "type": event.kind,
+        "timestamp": event.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": data,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Sends the outbox's due deliveries. Cheap to clone.
+#[derive(Clone)]
+pub struct Deliverer {
+    store: Store,
+    client: Client<HttpConnector, axum::body::Body>,
+    schedule: Arc<Vec<Duration>>,
+    wake: Arc<Notify>,
+    poll: Duration,
+}
+
+impl Deliverer {
+    /// A deliverer over `store` retrying after each delay of `schedule`.
+    #[must_use]
+    pub fn new(store: Store, schedule: Vec<Duration>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self {
+            store,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            schedule: Arc::new(schedule),
+            wake: Arc::new(Notify::new()),
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Looks at the outbox now (an event was just recorded).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Delivers until the process ends: every half second, or when woken.
+    pub fn start(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let sent = match self.round().await {
+                    Ok(sent) => sent,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the webhook outbox");
+                        0
+                    }
+                };
+                if sent < BATCH as usize {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.poll) => {}
+                    }
+                }
+            }
+        })
+    }
+
+    /// One round: takes due deliveries and attempts them, concurrently.
+    /// Returns how many were attempted.
+    pub async fn round(&self) -> Result<usize, hangar_store::StoreError> {
+        let lease = ATTEMPT_TIMEOUT + Duration::from_secs(15);
+        let due = self
+            .store
+            .take_due_deliveries(BATCH, i64::try_from(lease.as_millis()).unwrap_or(60_000))
+            .await?;
+        let count = due.len();
+        let mut attempts = tokio::task::JoinSet::new();
+        for delivery in due {
+            let this = self.clone();
+            attempts.spawn(async move {
+                let outcome = this.attempt(&delivery).await;
+                if let Err(err) = this.store.record_attempt(&delivery.delivery.id, &outcome).await {
+                    tracing::warn!(delivery = %delivery.delivery.id, error = %err, "cannot record a webhook attempt");
+                }
+            });
+        }
+        while attempts.join_next().await.is_some() {}
+        Ok(count)
+    }
+
+    async fn attempt(&self, delivery: &DueDelivery) -> Attempt {
+        let body = payload(delivery);
+        let timestamp = chrono::Utc::now().timestamp();
+        let id = &delivery.delivery.id;
+        let failed = |status: Option<u16>, error: String| {
+            let made = delivery.delivery.attempts as usize + 1;
+            let retry_at = self.schedule.get(made - 1).map(|delay| {
+                chrono::Utc::now().timestamp_millis()
+                    + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4)
+            });
+            tracing::info!(delivery = %id, url = %delivery.url, attempt = made, %error, "webhook attempt failed");
+            Attempt::Failed {
+                status,
+                error,
+                retry_at,
+            }
+        };
+        let Some(signature) = sign(&delivery.secret, id, timestamp, &body) else {
+            return failed(None, "the endpoint's secret is not a whsec_ key".to_owned());
+        };
+        let request = axum::http::Request::post(delivery.url.as_str())
+            .header("content-type", "application/json")
+            .header("user-agent", "hangar-webhooks")
+            .header("webhook-id", id.as_str())
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(axum::body::Body::from(body));
+        let request = match request {
+            Ok(request) => request,
+            Err(err) => return failed(None, format!("bad endpoint URL: {err}")),
+        };
+        let sent = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            // Read (and drop) the answer so the connection can be reused.
+            let _ = response.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(status)
+        })
+        .await;
+        match sent {
+            Ok(Ok(status)) if status.is_success() => Attempt::Delivered(status.as_u16()),
+            Ok(Ok(status)) => failed(
+                Some(status.as_u16()),
+                format!("the receiver answered {status}"),
+            ),
+            Ok(Err(err)) => failed(None, format!("cannot reach the receiver: {err}")),
+            Err(_) => failed(
+                None,
+                format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_follow_standard_webhooks() {
+        // The example of the Standard Webhooks reference implementations.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, body).as_deref(),
+            Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        );
+        assert_eq!(sign("not-a-secret", "x", 1, b""), None);
+    }
+}

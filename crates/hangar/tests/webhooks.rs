@@ -1,0 +1,229 @@
+//! Events and signed webhooks for real: `hangar serve` as a process, a
+//! receiver that verifies every delivery with the `standardwebhooks` Python
+//! package (installed into a virtualenv by the test; needs `python3-venv`
+//! and the package index), down while events happen and while the server is
+//! killed and restarted. Needs root like `run.rs`:
+//! `cargo test -p hangar --test webhooks`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+
+use common::*;
+
+/// A virtualenv with `standardwebhooks`, under `dir`.
+fn receiver_python(dir: &Path) -> PathBuf {
+    let venv = dir.join("venv");
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(
+        made.success(),
+        "python3 -m venv failed (Debian: python3-venv)"
+    );
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "standardwebhooks"])
+        .status()
+        .expect("pip");
+    assert!(installed.success(), "pip install standardwebhooks failed");
+    venv.join("bin/python")
+}
+
+struct Receiver(Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn received(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("receiver line"))
+        .collect()
+}
+
+const FLAGS: [&str; 4] = [
+    "--webhook-retry-schedule",
+    "300ms,300ms,500ms,500ms,1s,1s,1s,2s,2s,2s,2s,3s,3s,3s,3s,3s,3s,3s",
+    "--scale-to-zero-after",
+    "1",
+];
+
+#[tokio::test]
+async fn webhooks_are_signed_in_order_and_outlive_a_down_receiver_and_a_restart() {
+    if !root_or_skip("webhooks") {
+        return;
+    }
+    let dir = temp("hooks");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let python = receiver_python(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+
+    let server = Server::start_with(&dir, &FLAGS);
+    let (status, hook, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": format!("http://127.0.0.1:{port}/hook"), "events": []})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let hook_id = hook["data"]["id"].as_str().expect("id").to_owned();
+    let secret = hook["data"]["secret"].as_str().expect("secret").to_owned();
+
+    // Events while nobody listens: started, scaled to zero, scaled up by a
+    // request, stopped.
+    let instance = server
+        .deploy(
+            "notifier",
+            "http",
+            json!({"scaling": {"min_instances": 0, "max_instances": 1}}),
+        )
+        .await;
+    let agent = server.instance(&instance).await["agent_id"]
+        .as_str()
+        .expect("agent")
+        .to_owned();
+    let org = server.org().await;
+    server
+        .wait_log(&org, &instance, "scaled from 1 to 0 replicas")
+        .await;
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/invoke"),
+            Some(json!({"input": {"wake": 1}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    server.wait_log(&org, &instance, "scaled from 0 to 1").await;
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/stop"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    server
+        .wait_instance(&instance, "stopped", |i| i["status"] == "stopped")
+        .await;
+
+    // The server dies hard and comes back; then the receiver comes up.
+    server.kill9();
+    let server = Server::start_with(&dir, &FLAGS);
+    let out = dir.join("received.jsonl");
+    let _receiver = Receiver(
+        Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks/receiver.py"))
+            .arg(port.to_string())
+            .arg(&secret)
+            .arg(&out)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("receiver"),
+    );
+
+    let events = server.get("/v1/events?limit=100").await["data"]
+        .as_array()
+        .expect("events")
+        .clone();
+    let kinds: BTreeSet<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    for kind in ["instance.started", "agent.scaled", "instance.stopped"] {
+        assert!(kinds.contains(kind), "no {kind} in {events:#?}");
+    }
+    let scaled: Vec<(i64, i64)> = events
+        .iter()
+        .rev()
+        .filter(|e| e["type"] == "agent.scaled")
+        .map(|e| {
+            (
+                e["data"]["from"].as_i64().expect("from"),
+                e["data"]["to"].as_i64().expect("to"),
+            )
+        })
+        .collect();
+    assert_eq!(&scaled[..2], &[(1, 0), (0, 1)], "{events:#?}");
+    let ids: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+
+    // Every event arrives, verified, each subject's in the order they happened.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let got = loop {
+        let got = received(&out);
+        let have: BTreeSet<String> = got
+            .iter()
+            .filter_map(|g| g["event_id"].as_str().map(str::to_owned))
+            .collect();
+        if ids.is_subset(&have) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {:?}",
+            ids.difference(&have).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(got.iter().all(|g| g["verified"] == true), "{got:#?}");
+    let mut first_seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for g in &got {
+        let (subject, event) = (
+            g["subject"].as_str().expect("subject").to_owned(),
+            g["event_id"].as_str().expect("event").to_owned(),
+        );
+        let seen = first_seen.entry(subject).or_default();
+        if !seen.contains(&event) {
+            seen.push(event);
+        }
+    }
+    for (subject, seen) in &first_seen {
+        let mut in_order = seen.clone();
+        in_order.sort(); // event IDs sort by creation
+        assert_eq!(seen, &in_order, "{subject}'s events out of order");
+    }
+
+    // The outbox says so too: delivered, the early ones after retries.
+    let deliveries = server
+        .get(&format!("/v1/webhooks/{hook_id}/deliveries?limit=100"))
+        .await["data"]
+        .as_array()
+        .expect("deliveries")
+        .clone();
+    assert!(
+        deliveries.iter().all(|d| d["status"] == "delivered"),
+        "{deliveries:#?}"
+    );
+    assert!(deliveries.iter().any(|d| d["attempts"].as_u64() > Some(1)));
+    let (status, again, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/v1/webhooks/{hook_id}/deliveries/{}/redeliver",
+                deliveries[0]["id"].as_str().expect("id")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(again["data"]["status"], "pending");
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}
