@@ -14,7 +14,9 @@
 //! a replica that closed the connection (crashed mid-request), or the
 //! caller's `options.timeout` running out.
 //!
-//! Not built yet (see the gateway issue): streaming (SSE), async jobs, instance
+//! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
+//!
+//! Not built yet (see the gateway issue): streaming (SSE), instance
 //! URLs, cold start, autoscaling, per-replica concurrency limits and request
 //! metrics.
 
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 use hangar_controller::Controller;
 use hangar_core::model::Instance;
 use serde_json::Value;
+
+pub mod jobs;
 
 /// The most of an agent's error answer kept for the caller.
 const ERROR_BODY_LIMIT: usize = 4096;
