@@ -427,6 +427,7 @@ fn main() -> Result<()> {
         runtime: None,
         builder: None,
         gateway: None,
+        jobs: None,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = server_rt.spawn(async move {

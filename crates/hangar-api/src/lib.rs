@@ -12,7 +12,7 @@
 //! - [`extract`]: JSON/query/auth extractors that reject in the API's envelope.
 //! - `context`: request ids.
 //! - `render`: response shapes of both APIs.
-//! - `routes::{instances, agents, tenancy, extras}`: the handlers.
+//! - `routes::{instances, agents, invoke, jobs, tenancy, extras}`: the handlers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,9 @@ pub struct AppState {
     pub builder: Option<hangar_build::Builder>,
     /// The gateway, if this server runs replicas: invocations go through it.
     pub gateway: Option<Arc<hangar_gateway::Gateway>>,
+    /// The job runner, if this server runs jobs: accepted jobs wake it,
+    /// cancels abort its requests.
+    pub jobs: Option<hangar_gateway::jobs::JobRunner>,
 }
 
 impl AppState {
@@ -95,6 +98,21 @@ impl AppState {
     pub fn build_queued(&self) {
         if let Some(builder) = &self.builder {
             builder.wake();
+        }
+    }
+
+    /// Tells the job runner (if any) a job was accepted.
+    pub fn job_accepted(&self) {
+        if let Some(jobs) = &self.jobs {
+            jobs.wake();
+        }
+    }
+
+    /// Tells the job runner (if any) a job was cancelled, so a request of
+    /// it running here is aborted now.
+    pub fn job_cancelled(&self, job_id: &str) {
+        if let Some(jobs) = &self.jobs {
+            jobs.cancel(job_id);
         }
     }
 
@@ -178,6 +196,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::instances::routes())
         .merge(routes::agents::routes())
         .merge(routes::invoke::routes())
+        .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())
         .merge(routes::extras::routes())
 }

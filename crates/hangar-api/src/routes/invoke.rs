@@ -3,11 +3,14 @@
 //! One route, three ways to answer: synchronously (the default), as a job to
 //! poll (`"async": true`), or as Server-Sent Events (`Accept:
 //! text/event-stream`). Validation of the request is shared by all three.
+//! Async invocations and synchronous ones with an `Idempotency-Key` are jobs
+//! (`routes::jobs`).
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -51,18 +54,21 @@ struct InvokeRequest {
 }
 
 /// Invoke an agent (sync, async with `"async": true`, or SSE with
-/// `Accept: text/event-stream`).
+/// `Accept: text/event-stream`). With an `Idempotency-Key` header, a repeat
+/// returns the same job (async) or the same result (sync).
 #[utoipa::path(post, path = "/v1/agents/{id}/invoke", tag = "agents", request_body = InvokeRequest,
     params(("id" = String, Path, description = "Agent ID")),
     responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}"),
         (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
-        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING")))]
+        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING, JOB_IN_PROGRESS (a repeated Idempotency-Key still running)")))]
 async fn invoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<InvokeRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
+    let key = super::jobs::idempotency_key(&headers)?;
     if let Some(t) = body.options.timeout {
         if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
             return Err(ApiError::invalid(
@@ -82,14 +88,34 @@ async fn invoke(
         }
     }
     let view = find(&state, &caller, &id).await?;
-    if body.is_async {
-        // Async jobs are not built yet (the gateway issue).
-        return Err(not_running(&view, "queue a job for"));
+    let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
+    if body.is_async || key.is_some() {
+        // Jobs: durable async invocations, and sync ones a repeated key answers.
+        if !is_running(&view) {
+            return Err(not_running(
+                &view,
+                if body.is_async {
+                    "queue a job for"
+                } else {
+                    "invoke"
+                },
+            ));
+        }
+        let invocation = super::jobs::Invocation {
+            input: body.input,
+            timeout,
+            headers: body.options.headers,
+            key,
+        };
+        return if body.is_async {
+            super::jobs::accept(&state, caller.org(), &view, invocation).await
+        } else {
+            super::jobs::invoke_keyed(&state, caller.org(), &view, invocation).await
+        };
     }
     let (Some(gateway), Some(instance)) = (&state.gateway, &view.default_instance) else {
         return Err(not_running(&view, "invoke"));
     };
-    let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
     let invoked = gateway
         .invoke(instance, &body.input, timeout, &body.options.headers)
         .await
@@ -102,7 +128,18 @@ async fn invoke(
             "latency_ms": u64::try_from(invoked.latency.as_millis()).unwrap_or(u64::MAX),
             "instance_id": instance.id,
         },
-    })))
+    }))
+    .into_response())
+}
+
+/// Whether the agent is running (jobs are only accepted for running agents,
+/// like invocations).
+fn is_running(view: &hangar_core::model::AgentView) -> bool {
+    hangar_core::status::agent_status(
+        view.agent.desired_state,
+        view.latest_build_status,
+        view.default_instance.as_ref().map(|i| i.status),
+    ) == hangar_core::status::AgentStatus::Running
 }
 
 /// An invocation's failure in the envelope.

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod extras;
 pub mod instances;
 pub mod invoke;
+pub mod jobs;
 mod logs;
 pub mod tenancy;
 

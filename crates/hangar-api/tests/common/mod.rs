@@ -92,6 +92,7 @@ impl Harness {
             runtime: None,
             builder: None,
             gateway: None,
+            jobs: None,
         });
         Harness { db, app, a, b }
     }
