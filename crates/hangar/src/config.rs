@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// [env: HANGAR_PUBLIC_URL] [default: http://<listen address>]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Most async jobs of one agent running at once, across every server
+    /// sharing the database [env: HANGAR_JOB_CONCURRENCY] [default: 32]
+    #[arg(long, value_name = "N")]
+    pub job_concurrency: Option<u32>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -47,6 +51,7 @@ struct FileServer {
     base_domain: Option<String>,
     admin_key: Option<String>,
     public_url: Option<String>,
+    job_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +75,8 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// Public URL of this server (no trailing slash), when configured.
     pub public_url: Option<String>,
+    /// Per-agent cap on running async jobs (1–10000).
+    pub job_concurrency: u32,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -167,6 +174,20 @@ impl Config {
                 return Err(ConfigError(format!("public URL '{u}' must be http(s)://host[:port][/path] without a trailing slash")));
             }
         }
+        let job_concurrency = match args.job_concurrency {
+            Some(n) => n,
+            None => match env_get("HANGAR_JOB_CONCURRENCY") {
+                Some(v) => v.parse().map_err(|_| {
+                    ConfigError(format!("HANGAR_JOB_CONCURRENCY '{v}' is not a number"))
+                })?,
+                None => file.job_concurrency.unwrap_or(32),
+            },
+        };
+        if !(1..=10_000).contains(&job_concurrency) {
+            return Err(ConfigError(format!(
+                "job concurrency {job_concurrency} must be between 1 and 10000"
+            )));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -174,6 +195,7 @@ impl Config {
             base_domain,
             admin_key,
             public_url,
+            job_concurrency,
         })
     }
 }
@@ -297,6 +319,10 @@ mod tests {
             },
             ServeArgs {
                 admin_key: Some("short".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                job_concurrency: Some(0),
                 ..Default::default()
             },
         ];

@@ -138,14 +138,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     builder.clone().start();
+    let gateway = runtime
+        .clone()
+        .map(|runtime| Arc::new(hangar_gateway::Gateway::new(runtime)));
+    // Jobs run where replicas run; a server without a runtime still accepts them.
+    let jobs = gateway
+        .clone()
+        .map(|g| {
+            crate::jobs::Jobs::start(&config.data_dir, store.clone(), g, config.job_concurrency)
+        })
+        .transpose()?;
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
-        gateway: runtime
-            .clone()
-            .map(|runtime| Arc::new(hangar_gateway::Gateway::new(runtime))),
+        gateway,
         runtime,
         builder: Some(builder),
+        jobs: jobs.as_ref().map(|j| j.runner.clone()),
     });
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
@@ -171,6 +180,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .await
         .context("serving")?;
+    if let Some(jobs) = jobs {
+        jobs.stop().await;
+    }
     signals.abort();
     store.close().await;
     tracing::info!("stopped");
