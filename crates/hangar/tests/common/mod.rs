@@ -43,10 +43,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// Starts `hangar serve` with extra environment variables.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).expect("dir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
             .current_dir(dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .env("HANGAR_ADMIN_KEY", KEY)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
