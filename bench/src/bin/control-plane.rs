@@ -428,6 +428,7 @@ fn main() -> Result<()> {
         builder: None,
         gateway: None,
         deliverer: None,
+        jobs: None,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = server_rt.spawn(async move {

@@ -12,7 +12,7 @@
 //! - [`extract`]: JSON/query/auth extractors that reject in the API's envelope.
 //! - `context`: request ids.
 //! - `render`: response shapes of both APIs.
-//! - `routes::{instances, agents, tenancy, extras}`: the handlers.
+//! - `routes::{instances, agents, invoke, jobs, tenancy, extras}`: the handlers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +83,9 @@ pub struct AppState {
     pub gateway: Option<Arc<hangar_gateway::Gateway>>,
     /// The webhook deliverer, if this server delivers: redeliveries wake it.
     pub deliverer: Option<hangar_webhooks::Deliverer>,
+    /// The job runner, if this server runs jobs: accepted jobs wake it,
+    /// cancels abort its requests.
+    pub jobs: Option<hangar_gateway::jobs::JobRunner>,
 }
 
 impl AppState {
@@ -122,6 +125,21 @@ impl AppState {
             .as_ref()
             .map(|runtime| runtime.request_stats(instance_id, window))
             .unwrap_or_default()
+    }
+
+    /// Tells the job runner (if any) a job was accepted.
+    pub fn job_accepted(&self) {
+        if let Some(jobs) = &self.jobs {
+            jobs.wake();
+        }
+    }
+
+    /// Tells the job runner (if any) a job was cancelled, so a request of
+    /// it running here is aborted now.
+    pub fn job_cancelled(&self, job_id: &str) {
+        if let Some(jobs) = &self.jobs {
+            jobs.cancel(job_id);
+        }
     }
 
     /// Live figures of instance `id` (zeros without a runtime).
@@ -204,6 +222,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::instances::routes())
         .merge(routes::agents::routes())
         .merge(routes::invoke::routes())
+        .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())
         .merge(routes::extras::routes())
         .merge(routes::events::routes())

@@ -507,40 +507,64 @@ pub struct JobObject {
     pub job_id: String,
     /// Agent invoked.
     pub agent_id: String,
-    /// Lifecycle.
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
     pub status: hangar_core::status::JobStatus,
-    /// The agent's output, once succeeded.
+    /// `async`, or `sync` for a synchronous invocation recorded because it
+    /// carried an `Idempotency-Key`.
+    pub mode: &'static str,
+    /// The agent's output, once completed.
     #[schema(value_type = Option<Object>)]
     pub output: Option<serde_json::Value>,
-    /// The error, once failed.
+    /// The agent's `usage`, if it reported one.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<serde_json::Value>,
+    /// `{code, message, details?}` once failed (while pending again after a
+    /// failed attempt: that attempt's error).
     #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
-    /// Runs so far.
+    /// Attempts started so far (infrastructure failures are retried).
     pub attempts: u32,
+    /// The caller's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// The instance that served the last attempt.
+    pub instance_id: Option<String>,
     /// When accepted.
     pub created_at: String,
-    /// When started.
+    /// When the latest attempt started.
     pub started_at: Option<String>,
-    /// When finished.
-    pub completed_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// How long the agent took on the attempt that completed it, in ms.
+    pub latency_ms: Option<u64>,
+    /// From acceptance to the end, queueing and retries included, in ms.
+    pub duration_ms: Option<u64>,
     /// Where to poll.
     pub poll_url: String,
 }
 
-/// A job in its response shape.
+/// A job in its response shape (times to the millisecond: jobs are short).
 #[must_use]
 pub fn job(j: &Job) -> JobObject {
+    let ms = |t: Timestamp| t.to_rfc3339_opts(SecondsFormat::Millis, true);
     JobObject {
         id: j.id.clone(),
         job_id: j.id.clone(),
         agent_id: j.agent_id.clone(),
         status: j.status,
+        mode: if j.sync { "sync" } else { "async" },
         output: j.output.clone(),
+        usage: j.usage.clone(),
         error: j.error.clone(),
         attempts: j.attempts,
-        created_at: ts(j.created_at),
-        started_at: j.started_at.map(ts),
-        completed_at: j.finished_at.map(ts),
+        idempotency_key: j.idempotency_key.clone(),
+        instance_id: j.instance_id.clone(),
+        created_at: ms(j.created_at),
+        started_at: j.started_at.map(ms),
+        finished_at: j.finished_at.map(ms),
+        latency_ms: j.latency_ms,
+        duration_ms: j
+            .finished_at
+            .and_then(|f| u64::try_from((f - j.created_at).num_milliseconds()).ok()),
         poll_url: format!("/v1/jobs/{}", j.id),
     }
 }

@@ -54,7 +54,7 @@ async fn jobs_poll_and_cancel() {
                     organization_id: h.a.org.clone(),
                     agent_id: agent,
                     input: json!({"document": "..."}),
-                    idempotency_key: None,
+                    ..NewJob::default()
                 })
                 .await
                 .expect("job");

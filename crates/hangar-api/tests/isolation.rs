@@ -17,7 +17,7 @@ async fn another_orgs_objects_are_not_found_on_every_route() {
         let (job, _) = h
             .db
             .store
-            .create_job(NewJob { organization_id: h.a.org.clone(), agent_id: agent.clone(), input: json!({}), idempotency_key: None })
+            .create_job(NewJob { organization_id: h.a.org.clone(), agent_id: agent.clone(), input: json!({}), ..NewJob::default() })
             .await
             .expect("job");
         let hook = h.post("/v1/webhooks", &h.a.key, json!({"url": "https://example.com/hook"})).await.body["data"]["id"].as_str().expect("hook").to_owned();

@@ -246,7 +246,10 @@ pub struct Instance {
     pub updated_at: Timestamp,
 }
 
-/// An async invocation.
+/// An invocation recorded in the store: every async invocation, and every
+/// synchronous one made with an `Idempotency-Key` (so a repeat can be
+/// answered from it). The queue's own bookkeeping (leases, backoff) stays in
+/// the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     /// `job_…`
@@ -259,15 +262,32 @@ pub struct Job {
     pub status: JobStatus,
     /// The invocation's `input`.
     pub input: serde_json::Value,
-    /// The agent's output, once succeeded.
+    /// Extra headers passed to the agent (`options.headers`).
+    pub headers: BTreeMap<String, String>,
+    /// How long one attempt may wait for the agent, in milliseconds.
+    pub timeout_ms: u64,
+    /// The caller's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// Whether a synchronous invocation recorded it (else it is async).
+    pub sync: bool,
+    /// The agent's output, once completed.
     pub output: Option<serde_json::Value>,
-    /// The error, once failed.
+    /// The agent's `usage`, if it reported one.
+    pub usage: Option<serde_json::Value>,
+    /// The error (`{code, message, details?}`), once failed; while pending
+    /// again after a failed attempt, that attempt's error.
     pub error: Option<serde_json::Value>,
-    /// Runs so far (infrastructure failures are retried).
+    /// Attempts started so far (infrastructure failures are retried).
     pub attempts: u32,
+    /// The instance that served the last attempt.
+    pub instance_id: Option<String>,
+    /// The replica that served the last attempt.
+    pub replica_id: Option<String>,
+    /// How long the agent took on the attempt that completed it, in ms.
+    pub latency_ms: Option<u64>,
     /// When accepted.
     pub created_at: Timestamp,
-    /// When a worker started it.
+    /// When the latest attempt started.
     pub started_at: Option<Timestamp>,
     /// When it finished.
     pub finished_at: Option<Timestamp>,

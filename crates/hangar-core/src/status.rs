@@ -110,8 +110,8 @@ crate::string_enum! {
         Pending = "pending",
         /// A worker is running it.
         Running = "running",
-        /// Finished with output.
-        Succeeded = "succeeded",
+        /// Finished with the agent's output.
+        Completed = "completed",
         /// Finished with an error.
         Failed = "failed",
         /// Cancelled before it finished.
@@ -123,7 +123,7 @@ impl JobStatus {
     /// Whether the job has finished one way or another.
     #[must_use]
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
     /// Whether `cancel` still changes anything.

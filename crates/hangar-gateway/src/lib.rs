@@ -20,10 +20,10 @@
 //! Upstream requests go through one pooled HTTP/1.1 client (hyper's), kept
 //! alive per replica: a request costs no connection setup.
 //!
-//! Not built yet (see the gateway issue): async jobs, instance URLs, cold
-//! start, autoscaling, per-replica concurrency limits and request metrics.
+//! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
 
 pub mod invoke;
+pub mod jobs;
 pub mod proxy;
 pub mod stream;
 

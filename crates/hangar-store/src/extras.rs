@@ -1,27 +1,13 @@
-//! Jobs, uploads, secrets and webhook endpoints: the records behind the `/v1`
+//! Uploads, secrets and webhook endpoints: the records behind the `/v1`
 //! extras. Secret values and webhook signing secrets are sealed ([`crate::seal`])
 //! before they reach the database and are only opened for the server's own use.
 
 use hangar_core::id::{new_id, IdKind};
-use hangar_core::model::{Job, SecretMeta, Timestamp, Upload, WebhookEndpoint};
-use hangar_core::status::JobStatus;
+use hangar_core::model::{SecretMeta, Timestamp, Upload, WebhookEndpoint};
 use rand::RngCore;
 use sqlx::any::AnyRow;
 
 use crate::{from_ms, now_ms, to_json, to_ms, Result, RowExt, Store};
-
-/// An async invocation to accept.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    /// Owning organization.
-    pub organization_id: String,
-    /// The agent invoked.
-    pub agent_id: String,
-    /// The invocation's input.
-    pub input: serde_json::Value,
-    /// Client-chosen key that makes a repeated request return the same job.
-    pub idempotency_key: Option<String>,
-}
 
 /// A webhook endpoint to create.
 #[derive(Debug, Clone)]
@@ -38,33 +24,8 @@ pub struct NewWebhook {
     pub secret: Option<String>,
 }
 
-const JOB_COLUMNS: &str = "id, organization_id, agent_id, status, input, output, error, attempts, created_at, started_at, finished_at";
 const WEBHOOK_COLUMNS: &str =
     "id, organization_id, url, events, description, enabled, created_at, updated_at";
-
-fn job_from_row(r: &AnyRow) -> Result<Job> {
-    Ok(Job {
-        id: r.text("id")?,
-        organization_id: r.text("organization_id")?,
-        agent_id: r.text("agent_id")?,
-        status: r.parsed("status")?,
-        input: r.json("input")?,
-        output: r
-            .opt_text("output")?
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .unwrap_or(None),
-        error: r
-            .opt_text("error")?
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .unwrap_or(None),
-        attempts: r.count("attempts")?,
-        created_at: r.time("created_at")?,
-        started_at: r.opt_time("started_at")?,
-        finished_at: r.opt_time("finished_at")?,
-    })
-}
 
 fn webhook_from_row(r: &AnyRow) -> Result<WebhookEndpoint> {
     Ok(WebhookEndpoint {
@@ -99,98 +60,6 @@ fn webhook_context(org_id: &str, id: &str) -> String {
 }
 
 impl Store {
-    /// Accepts a job; with an idempotency key already used for this agent, returns
-    /// the existing job instead (`false` in the second field).
-    pub async fn create_job(&self, new: NewJob) -> Result<(Job, bool)> {
-        if let Some(key) = &new.idempotency_key {
-            if let Some(job) = self
-                .job_by_idempotency_key(&new.organization_id, &new.agent_id, key)
-                .await?
-            {
-                return Ok((job, false));
-            }
-        }
-        let now = now_ms();
-        let job = Job {
-            id: new_id(IdKind::Job),
-            organization_id: new.organization_id,
-            agent_id: new.agent_id,
-            status: JobStatus::Pending,
-            input: new.input,
-            output: None,
-            error: None,
-            attempts: 0,
-            created_at: from_ms(now),
-            started_at: None,
-            finished_at: None,
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, organization_id, agent_id, status, input, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&job.id)
-        .bind(&job.organization_id)
-        .bind(&job.agent_id)
-        .bind(job.status.as_str())
-        .bind(to_json(&job.input))
-        .bind(new.idempotency_key.as_deref())
-        .bind(now)
-        .execute(&self.pool)
-        .await;
-        match (inserted, &new.idempotency_key) {
-            (Ok(_), _) => Ok((job, true)),
-            // A concurrent request with the same key won the race: answer with its job.
-            (Err(sqlx::Error::Database(e)), Some(key)) if e.is_unique_violation() => {
-                let existing = self
-                    .job_by_idempotency_key(&job.organization_id, &job.agent_id, key)
-                    .await?;
-                Ok((existing.unwrap_or(job), false))
-            }
-            (Err(e), _) => Err(e.into()),
-        }
-    }
-
-    async fn job_by_idempotency_key(
-        &self,
-        org_id: &str,
-        agent_id: &str,
-        key: &str,
-    ) -> Result<Option<Job>> {
-        let row = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE organization_id = $1 AND agent_id = $2 AND idempotency_key = $3"
-        ))
-        .bind(org_id)
-        .bind(agent_id)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(job_from_row).transpose()
-    }
-
-    /// A job of the organization.
-    pub async fn get_job(&self, org_id: &str, id: &str) -> Result<Option<Job>> {
-        let row = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE organization_id = $1 AND id = $2"
-        ))
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(job_from_row).transpose()
-    }
-
-    /// Cancels a job that has not finished; a finished job is returned unchanged.
-    pub async fn cancel_job(&self, org_id: &str, id: &str) -> Result<Option<Job>> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', finished_at = $3 WHERE organization_id = $1 AND id = $2 AND status IN ('pending', 'running')",
-        )
-        .bind(org_id)
-        .bind(id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        self.get_job(org_id, id).await
-    }
-
     /// Opens an upload slot valid until `expires_at`.
     pub async fn create_upload(&self, org_id: &str, expires_at: Timestamp) -> Result<Upload> {
         let now = now_ms();

@@ -12,7 +12,9 @@
 //! - `tenancy`: organizations, users, API keys, clouds.
 //! - `agents`: agents and builds.
 //! - `instances`: instances and the instance quota.
-//! - `extras`: jobs, uploads, secrets, webhooks.
+//! - `jobs`: the durable job queue (accept, claim under a lease, renew,
+//!   finish, reclaim, cancel).
+//! - `extras`: uploads, secrets, webhooks.
 //! - `runtime`: what the runtime controller reads and records: the instances to
 //!   act on, their replicas' logs and each replica's log cursor.
 //! - [`seal`]: encryption at rest for secret values.
@@ -30,6 +32,7 @@ mod agents;
 mod events;
 mod extras;
 mod instances;
+mod jobs;
 mod runtime;
 pub mod seal;
 mod tenancy;
@@ -37,8 +40,9 @@ pub mod testing;
 
 pub use agents::NewAgent;
 pub use events::{Attempt, DueDelivery};
-pub use extras::{NewJob, NewWebhook};
+pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
+pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
 pub use runtime::{ControlledInstance, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 

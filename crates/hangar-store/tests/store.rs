@@ -384,6 +384,7 @@ async fn secrets_are_sealed_and_jobs_are_idempotent() {
             agent_id: agent.agent.id.clone(),
             input: serde_json::json!({"q": 1}),
             idempotency_key: Some("k1".into()),
+            ..NewJob::default()
         };
         let (a, fresh_a) = store.create_job(nj.clone()).await.expect("job");
         let (b, fresh_b) = store.create_job(nj).await.expect("job again");

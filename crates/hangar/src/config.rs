@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// [env: HANGAR_WEBHOOK_RETRY_SCHEDULE] [default: that, about 28 h]
     #[arg(long, value_name = "DELAYS")]
     pub webhook_retry_schedule: Option<String>,
+    /// Most async jobs of one agent running at once, across every server
+    /// sharing the database [env: HANGAR_JOB_CONCURRENCY] [default: 32]
+    #[arg(long, value_name = "N")]
+    pub job_concurrency: Option<u32>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -62,6 +66,7 @@ struct FileServer {
     scale_to_zero_after: Option<u64>,
     replica_concurrency: Option<usize>,
     webhook_retry_schedule: Option<String>,
+    job_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +96,8 @@ pub struct Config {
     pub replica_concurrency: usize,
     /// Delays between webhook attempts.
     pub webhook_retry_schedule: Vec<std::time::Duration>,
+    /// Per-agent cap on running async jobs (1–10000).
+    pub job_concurrency: u32,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -227,6 +234,20 @@ impl Config {
             Some(text) => parse_schedule(&text)?,
             None => hangar_webhooks::DEFAULT_SCHEDULE.to_vec(),
         };
+        let job_concurrency = match args.job_concurrency {
+            Some(n) => n,
+            None => match env_get("HANGAR_JOB_CONCURRENCY") {
+                Some(v) => v.parse().map_err(|_| {
+                    ConfigError(format!("HANGAR_JOB_CONCURRENCY '{v}' is not a number"))
+                })?,
+                None => file.job_concurrency.unwrap_or(32),
+            },
+        };
+        if !(1..=10_000).contains(&job_concurrency) {
+            return Err(ConfigError(format!(
+                "job concurrency {job_concurrency} must be between 1 and 10000"
+            )));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -237,6 +258,7 @@ impl Config {
             scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
             webhook_retry_schedule,
+            job_concurrency,
         })
     }
 }
@@ -413,6 +435,10 @@ mod tests {
             },
             ServeArgs {
                 admin_key: Some("short".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                job_concurrency: Some(0),
                 ..Default::default()
             },
         ];

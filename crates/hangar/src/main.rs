@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod jobs;
 mod serve;
 
 #[derive(Debug, Parser)]

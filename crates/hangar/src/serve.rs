@@ -141,21 +141,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let deliverer =
         hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
     deliverer.clone().start();
+    let gateway = runtime.clone().map(|runtime| {
+        Arc::new(hangar_gateway::Gateway::new(
+            runtime,
+            hangar_gateway::Limits {
+                replica_concurrency: config.replica_concurrency,
+                queue_depth: config.replica_concurrency.saturating_mul(10),
+            },
+        ))
+    });
+    // Jobs run where replicas run; a server without a runtime still accepts them.
+    let jobs = gateway
+        .clone()
+        .map(|g| {
+            crate::jobs::Jobs::start(&config.data_dir, store.clone(), g, config.job_concurrency)
+        })
+        .transpose()?;
     let app = hangar_api::app(AppState {
         store: store.clone(),
         config: Arc::new(api_config),
-        gateway: runtime.clone().map(|runtime| {
-            Arc::new(hangar_gateway::Gateway::new(
-                runtime,
-                hangar_gateway::Limits {
-                    replica_concurrency: config.replica_concurrency,
-                    queue_depth: config.replica_concurrency.saturating_mul(10),
-                },
-            ))
-        }),
+        gateway,
         runtime,
         builder: Some(builder),
         deliverer: Some(deliverer),
+        jobs: jobs.as_ref().map(|j| j.runner.clone()),
     });
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
@@ -184,6 +193,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await
     .context("serving")?;
+    if let Some(jobs) = jobs {
+        jobs.stop().await;
+    }
     signals.abort();
     store.close().await;
     tracing::info!("stopped");

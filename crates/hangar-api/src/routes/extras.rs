@@ -1,7 +1,7 @@
-//! Hangar's `/v1` additions in the Agents API's style: builds, jobs, uploads,
-//! secrets and webhook endpoints. Here the records and their routes; building,
-//! running jobs, receiving archives and delivering events belong to the builds,
-//! gateway and observability parts.
+//! Hangar's `/v1` additions in the Agents API's style: builds, uploads,
+//! secrets and webhook endpoints (jobs have `routes::jobs`). Here the records
+//! and their routes; building, receiving archives and delivering events belong
+//! to the builds and observability parts.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,8 +21,8 @@ use super::{page_size, PageQuery};
 use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, OptionalBody, Path, Query};
 use crate::render::{
-    self, ok, ok_list, ts, BuildObject, Envelope, JobObject, ListEnvelope, Pagination,
-    SecretObject, WebhookObject,
+    self, ok, ok_list, ts, BuildObject, Envelope, ListEnvelope, Pagination, SecretObject,
+    WebhookObject,
 };
 use crate::{decode_cursor, AppState};
 
@@ -31,8 +31,6 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_builds))
         .routes(routes!(get_build))
         .routes(routes!(build_logs))
-        .routes(routes!(get_job))
-        .routes(routes!(cancel_job))
         .routes(routes!(create_upload))
         .routes(routes!(list_secrets, put_secret))
         .routes(routes!(delete_secret))
@@ -149,46 +147,6 @@ async fn build_logs(
         build_id: b.id,
         logs,
     }))
-}
-
-/// An async invocation's status and result.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job ID")),
-    responses((status = 200, body = Envelope<JobObject>), (status = 404, description = "JOB_NOT_FOUND")))]
-async fn get_job(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Envelope<JobObject>>> {
-    let j = state
-        .store
-        .get_job(caller.org(), &id)
-        .await?
-        .found(Kind::Job, &id)?;
-    Ok(ok(render::job(&j)))
-}
-
-/// Cancel a job that has not finished (cancelling a cancelled job is a no-op).
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job ID")),
-    responses((status = 200, body = Envelope<JobObject>), (status = 404, description = "JOB_NOT_FOUND"), (status = 409, description = "JOB_ALREADY_FINISHED")))]
-async fn cancel_job(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Envelope<JobObject>>> {
-    let j = state
-        .store
-        .cancel_job(caller.org(), &id)
-        .await?
-        .found(Kind::Job, &id)?;
-    match j.status {
-        hangar_core::status::JobStatus::Succeeded | hangar_core::status::JobStatus::Failed => {
-            Err(ApiError::Conflict {
-                code: "JOB_ALREADY_FINISHED",
-                message: format!("job {} already {}", j.id, j.status),
-            })
-        }
-        _ => Ok(ok(render::job(&j))),
-    }
 }
 
 /// Body of `POST /v1/uploads` (optional).

@@ -3,6 +3,8 @@
 //! One route, three ways to answer: synchronously (the default), as a job to
 //! poll (`"async": true`), or as Server-Sent Events (`Accept:
 //! text/event-stream`). Validation of the request is shared by all three.
+//! Async invocations and synchronous ones with an `Idempotency-Key` are jobs
+//! (`routes::jobs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,12 +58,13 @@ struct InvokeRequest {
 }
 
 /// Invoke an agent (sync, async with `"async": true`, or SSE with
-/// `Accept: text/event-stream`).
+/// `Accept: text/event-stream`). With an `Idempotency-Key` header, a repeat
+/// returns the same job (async) or the same result (sync).
 #[utoipa::path(post, path = "/v1/agents/{id}/invoke", tag = "agents", request_body = InvokeRequest,
     params(("id" = String, Path, description = "Agent ID")),
     responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}"),
         (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
-        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING")))]
+        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING, JOB_IN_PROGRESS (a repeated Idempotency-Key still running)")))]
 async fn invoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -69,6 +72,7 @@ async fn invoke(
     headers: HeaderMap,
     Body(body): Body<InvokeRequest>,
 ) -> ApiResult<Response> {
+    let key = super::jobs::idempotency_key(&headers)?;
     if let Some(t) = body.options.timeout {
         if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
             return Err(ApiError::invalid(
@@ -87,13 +91,33 @@ async fn invoke(
             ));
         }
     }
-    if body.is_async {
-        // Async jobs are not built yet (the gateway issue).
+    let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
+    if body.is_async || key.is_some() {
+        // Jobs: durable async invocations, and sync ones a repeated key answers.
         let view = find(&state, &caller, &id).await?;
-        return Err(not_running(&view, "queue a job for"));
+        if !is_running(&view) {
+            return Err(not_running(
+                &view,
+                if body.is_async {
+                    "queue a job for"
+                } else {
+                    "invoke"
+                },
+            ));
+        }
+        let invocation = super::jobs::Invocation {
+            input: body.input,
+            timeout,
+            headers: body.options.headers,
+            key,
+        };
+        return if body.is_async {
+            super::jobs::accept(&state, caller.org(), &view, invocation).await
+        } else {
+            super::jobs::invoke_keyed(&state, caller.org(), &view, invocation).await
+        };
     }
     let (gateway, instance) = route(&state, &caller, &id).await?;
-    let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
     if wants_stream(&headers) {
         let events = match gateway
             .invoke_stream(
@@ -198,6 +222,16 @@ async fn failed(state: &AppState, caller: &Caller, id: &str, err: InvokeError) -
         }
     }
     invoke_error(err)
+}
+
+/// Whether the agent is running (jobs are only accepted for running agents,
+/// like invocations).
+fn is_running(view: &hangar_core::model::AgentView) -> bool {
+    hangar_core::status::agent_status(
+        view.agent.desired_state,
+        view.latest_build_status,
+        view.default_instance.as_ref().map(|i| i.status),
+    ) == hangar_core::status::AgentStatus::Running
 }
 
 /// An invocation's failure in the envelope.

@@ -5,6 +5,7 @@ pub mod events;
 pub mod extras;
 pub mod instances;
 pub mod invoke;
+pub mod jobs;
 mod logs;
 pub(crate) mod proxy;
 pub mod tenancy;

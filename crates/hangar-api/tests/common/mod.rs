@@ -93,6 +93,7 @@ impl Harness {
             builder: None,
             gateway: None,
             deliverer: None,
+            jobs: None,
         });
         Harness { db, app, a, b }
     }

@@ -43,16 +43,27 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[])
+        Self::start_full(dir, &[], &[])
     }
 
     /// Like [`Server::start`], with more flags for `hangar serve`.
     pub fn start_with(dir: &Path, flags: &[&str]) -> Self {
+        Self::start_full(dir, flags, &[])
+    }
+
+    /// Starts `hangar serve` with extra environment variables.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_full(dir, &[], env)
+    }
+
+    /// Starts `hangar serve` with extra flags and environment variables.
+    pub fn start_full(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).expect("dir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
             .current_dir(dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(flags)
+            .envs(env.iter().copied())
             .env("HANGAR_ADMIN_KEY", KEY)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
