@@ -14,6 +14,7 @@ use hangar_core::events::{Delivery, DeliveryStatus, Event};
 use hangar_core::id::{new_id, IdKind};
 use serde_json::Value;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
 
 use crate::{from_ms, now_ms, Result, RowExt, Store};
 
@@ -91,6 +92,21 @@ impl Store {
         subject: &str,
         data: Value,
     ) -> Result<Event> {
+        let mut tx = self.pool.begin().await?;
+        let event = Self::record_event_in(&mut tx, organization_id, kind, subject, data).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// [`Store::record_event`] inside the caller's transaction: the event
+    /// exists exactly when what it tells of was written.
+    pub(crate) async fn record_event_in(
+        tx: &mut Transaction<'static, Any>,
+        organization_id: &str,
+        kind: &str,
+        subject: &str,
+        data: Value,
+    ) -> Result<Event> {
         let now = now_ms();
         let event = Event {
             id: new_id(IdKind::Event),
@@ -100,7 +116,6 @@ impl Store {
             data,
             created_at: from_ms(now),
         };
-        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO events (id, organization_id, kind, subject, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -110,13 +125,13 @@ impl Store {
         .bind(&event.subject)
         .bind(event.data.to_string())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let hooks = sqlx::query(
             "SELECT id, events FROM webhooks WHERE organization_id = $1 AND enabled = 1 ORDER BY id",
         )
         .bind(organization_id)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         for hook in hooks {
             let kinds: Vec<String> = hook.json("events")?;
@@ -134,10 +149,9 @@ impl Store {
             .bind(kind)
             .bind(subject)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(event)
     }
 

@@ -31,6 +31,7 @@ use hangar_core::model::Job;
 use hangar_core::status::JobStatus;
 use serde_json::Value;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
 
 use crate::{from_ms, now_ms, to_json, Backend, Result, RowExt, Store, StoreError};
 
@@ -497,10 +498,51 @@ impl Store {
                 .bind(to_json(error))
                 .bind(now.saturating_add(ms(*after))),
             };
-            applied.push(query.execute(&mut *tx).await?.rows_affected() > 0);
+            let done = query.execute(&mut *tx).await?.rows_affected() > 0;
+            if done {
+                Self::job_event(&mut tx, result).await?;
+            }
+            applied.push(done);
         }
         tx.commit().await?;
         Ok(applied)
+    }
+
+    /// `job.completed` or `job.failed` for a job that just ended (nothing for
+    /// a retry), in the transaction that ended it.
+    async fn job_event(tx: &mut Transaction<'static, Any>, result: &JobResult) -> Result<()> {
+        let (kind, mut data) = match &result.outcome {
+            JobOutcome::Completed {
+                instance_id,
+                latency,
+                ..
+            } => (
+                "job.completed",
+                serde_json::json!({"instance_id": instance_id, "latency_ms": ms(*latency)}),
+            ),
+            JobOutcome::Failed { error, instance_id } => (
+                "job.failed",
+                serde_json::json!({"instance_id": instance_id, "error": error}),
+            ),
+            JobOutcome::Retry { .. } => return Ok(()),
+        };
+        let row = sqlx::query("SELECT organization_id, agent_id FROM jobs WHERE id = $1")
+            .bind(&result.job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        if let Some(object) = data.as_object_mut() {
+            object.insert("job_id".to_owned(), result.job_id.clone().into());
+            object.insert("agent_id".to_owned(), row.text("agent_id")?.into());
+        }
+        Self::record_event_in(
+            tx,
+            &row.text("organization_id")?,
+            kind,
+            &result.job_id,
+            data,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Puts running jobs whose lease ran out back to pending (their server

@@ -141,6 +141,15 @@ async fn a_job_is_accepted_claimed_and_completed() {
         assert_eq!(job.instance_id.as_deref(), Some("inst_x"));
         assert_eq!(job.latency_ms, Some(7));
         assert!(job.finished_at.is_some());
+        // The end is an event, written with it.
+        let events = store
+            .list_events(&org, None, Some("job.completed"), 10)
+            .await
+            .expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].subject, id);
+        assert_eq!(events[0].data["agent_id"], agents[0].as_str());
+        assert_eq!(events[0].data["latency_ms"], 7);
         // Another organization cannot see it.
         assert!(store
             .get_job("org_other", &id)
