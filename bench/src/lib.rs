@@ -1,11 +1,19 @@
-//! What the benchmark binaries share: nearest-rank percentiles, and readings
+//! What the benchmark binaries share: nearest-rank percentiles, readings
 //! of the machine (CPU steal, load average, free ports, programs in `PATH`)
 //! that every report prints next to its figures, because on a shared VM the
-//! figures mean little without them.
+//! figures mean little without them, and what it takes to run crun (the
+//! baseline of the start targets) on a hybrid cgroup host.
 
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Where a hybrid cgroup host mounts its v2 hierarchy.
+pub const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 /// Samples in ms, sorted, for [`percentile`].
 #[must_use]
@@ -76,6 +84,71 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 pub fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Whether this host mounts a cgroup v2 hierarchy with controllers next to
+/// v1 ones, which crun 1.8 refuses to run on ("cgroups in hybrid mode not
+/// supported").
+#[must_use]
+pub fn hybrid_with_controllers() -> bool {
+    std::fs::read_to_string(Path::new(UNIFIED).join("cgroup.controllers"))
+        .is_ok_and(|controllers| !controllers.trim().is_empty())
+}
+
+/// Starts a process holding a private mount namespace in which
+/// `/sys/fs/cgroup/unified` is unmounted; returns it once it is ready. crun
+/// run through `nsenter -t <its pid> -m --` then uses the v1 hierarchies, as
+/// libcontainer does. The caller kills it when done.
+pub fn unified_free_namespace() -> Result<Child> {
+    let unshare = find_program("unshare").context("`unshare` (util-linux) is not installed")?;
+    let mut child = Command::new(unshare)
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!(
+            "umount {UNIFIED} && echo ready && exec sleep infinity"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting unshare")?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        BufReader::new(stdout).read_line(&mut line)?;
+    }
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        bail!(
+            "cannot make a mount namespace without {UNIFIED}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(child)
+}
+
+/// A cgroup parent (a path below every hierarchy's root, like
+/// `hangar-bench-<pid>`) that containers go under; removed from every
+/// hierarchy on drop.
+pub struct CgroupParent(pub String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let mut hierarchies: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        hierarchies.push(PathBuf::from("/sys/fs/cgroup"));
+        for hierarchy in hierarchies {
+            let dir = hierarchy.join(&self.0);
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                // Not a cgroup hierarchy (a symlink like cpu,cpuacct) or not a dir.
+                Err(err) if err.raw_os_error() == Some(nix::libc::ENOTDIR) => {}
+                Err(err) => eprintln!("warning: cannot remove cgroup {}: {err}", dir.display()),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

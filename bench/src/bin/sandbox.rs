@@ -66,7 +66,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -76,7 +76,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, load_average, percentile, sorted_ms, steal_percent,
+    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
+    sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
 };
 use hangar_runtime::driver::ReplicaSpec;
 use hangar_runtime::sandbox::{
@@ -105,8 +106,6 @@ const DOCKER_TARGET: f64 = 0.2;
 const EXEC_TARGET_MS: f64 = 30.0;
 /// The request every poll sends.
 const REQUEST: &[u8] = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n";
-/// Where a hybrid cgroup host mounts its v2 hierarchy.
-const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 /// Measures sandbox start (to the first HTTP byte) and exec latency of Hangar
 /// against crun, runc and Docker. Needs root.
@@ -204,30 +203,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         if let Err(err) = fs::remove_dir_all(&self.0) {
             eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// The cgroup parent the crun and runc containers go under; removed (from
-/// every hierarchy) on drop.
-struct CgroupParent(String);
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        let mut hierarchies: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        hierarchies.push(PathBuf::from("/sys/fs/cgroup"));
-        for hierarchy in hierarchies {
-            let dir = hierarchy.join(&self.0);
-            match fs::remove_dir(&dir) {
-                Ok(()) => {}
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                // Not a cgroup hierarchy (a symlink like cpu,cpuacct) or not a dir.
-                Err(err) if err.raw_os_error() == Some(nix::libc::ENOTDIR) => {}
-                Err(err) => eprintln!("warning: cannot remove cgroup {}: {err}", dir.display()),
-            }
         }
     }
 }
@@ -916,42 +891,6 @@ fn version(program: &Path, args: &[&str]) -> String {
         }
         Err(err) => format!("unknown ({err:#})"),
     }
-}
-
-/// Whether this host mounts a cgroup v2 hierarchy with controllers next to
-/// v1 ones, which crun 1.8 refuses to run on.
-fn hybrid_with_controllers() -> bool {
-    fs::read_to_string(Path::new(UNIFIED).join("cgroup.controllers"))
-        .is_ok_and(|controllers| !controllers.trim().is_empty())
-}
-
-/// Starts a process holding a private mount namespace in which
-/// `/sys/fs/cgroup/unified` is unmounted; returns it once it is ready.
-fn unified_free_namespace() -> Result<Child> {
-    let unshare = find_program("unshare").context("`unshare` (util-linux) is not installed")?;
-    let mut child = Command::new(unshare)
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(format!(
-            "umount {UNIFIED} && echo ready && exec sleep infinity"
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting unshare")?;
-    let mut line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        BufReader::new(stdout).read_line(&mut line)?;
-    }
-    if line.trim() != "ready" {
-        let _ = child.kill();
-        let out = child.wait_with_output()?;
-        bail!(
-            "cannot make a mount namespace without {UNIFIED}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(child)
 }
 
 /// Timed samples, by runtime ([`Runtime::index`]).
