@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// [env: HANGAR_REPLICA_CONCURRENCY] [default: 100]
     #[arg(long, value_name = "N")]
     pub replica_concurrency: Option<usize>,
+    /// Largest archive an upload URL takes, in MiB
+    /// [env: HANGAR_MAX_UPLOAD_MB] [default: 512]
+    #[arg(long, value_name = "MIB")]
+    pub max_upload_mb: Option<u64>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -57,6 +61,7 @@ struct FileServer {
     public_url: Option<String>,
     scale_to_zero_after: Option<u64>,
     replica_concurrency: Option<usize>,
+    max_upload_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +89,8 @@ pub struct Config {
     pub scale_to_zero_after: std::time::Duration,
     /// Requests in flight per replica.
     pub replica_concurrency: usize,
+    /// Largest archive an upload URL takes, in bytes.
+    pub max_upload_bytes: u64,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -212,6 +219,13 @@ impl Config {
             100,
             100_000,
         )?;
+        let max_upload_mb = number(
+            "HANGAR_MAX_UPLOAD_MB",
+            args.max_upload_mb,
+            file.max_upload_mb,
+            512,
+            1 << 20,
+        )?;
         Ok(Config {
             listen,
             data_dir,
@@ -221,6 +235,7 @@ impl Config {
             public_url,
             scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
+            max_upload_bytes: max_upload_mb << 20,
         })
     }
 }
