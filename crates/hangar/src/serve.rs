@@ -119,7 +119,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         local.ip().to_string()
     };
-    let build_config = hangar_build::BuildConfig::new(&config.data_dir);
+    // Absolute: build steps' sandboxes bind paths under it.
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
+    let build_config = hangar_build::BuildConfig::new(data_dir);
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
