@@ -417,6 +417,8 @@ fn main() -> Result<()> {
     let app = hangar_api::app(AppState {
         store: fx.store.clone(),
         config: Arc::new(ApiConfig {
+            uploads_dir: None,
+            max_upload_bytes: 0,
             base_domain: "localhost".into(),
             public_port: addr.port(),
             public_url: format!("http://{addr}"),

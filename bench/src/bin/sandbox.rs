@@ -244,6 +244,7 @@ impl Hangar {
             env: vec![("PORT".to_owned(), CONTAINER_PORT.to_string())],
             cwd: "/app".to_owned(),
             app: Some(self.rootfs.clone()),
+            app_writable: false,
             port: Some(CONTAINER_PORT),
             stdin: false,
             cpu_millis: 1000,

@@ -50,6 +50,11 @@ pub struct ApiConfig {
     pub upload_ttl: Duration,
     /// Key that signs upload URLs.
     pub signing_key: Vec<u8>,
+    /// Where archives PUT to upload URLs are stored (the builder reads them
+    /// there); `None`: this server takes no archives.
+    pub uploads_dir: Option<std::path::PathBuf>,
+    /// Largest archive an upload URL takes.
+    pub max_upload_bytes: u64,
 }
 
 impl ApiConfig {

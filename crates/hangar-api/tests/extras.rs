@@ -133,3 +133,104 @@ async fn uploads_secrets_webhooks() {
     })
     .await;
 }
+
+/// PUT `body` to an upload URL's path (no API key: the URL is signed).
+async fn put_upload(h: &common::Harness, path: &str, body: Vec<u8>) -> common::Reply {
+    let req = axum::http::Request::builder()
+        .method(Method::PUT)
+        .uri(path)
+        .header("content-length", body.len())
+        .body(axum::body::Body::from(body))
+        .expect("request");
+    h.send(req).await
+}
+
+fn signed_path(id: &str, expires: i64) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&common::config().signing_key).expect("key");
+    mac.update(format!("{id}:{expires}").as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    format!("/v1/uploads/{id}/content?expires={expires}&signature={signature}")
+}
+
+#[tokio::test]
+async fn upload_urls_take_one_archive_within_the_limit() {
+    each_backend(|h| async move {
+        let open = || async {
+            let r = h
+                .raw(Method::POST, "/v1/uploads", Some(&h.a.key), None)
+                .await;
+            let url = r.body["data"]["upload_url"]
+                .as_str()
+                .expect("url")
+                .to_owned();
+            let id = r.body["data"]["id"].as_str().expect("id").to_owned();
+            (
+                url.trim_start_matches("http://127.0.0.1:7070").to_owned(),
+                id,
+            )
+        };
+        // The smallest thing that starts like a tar archive.
+        let mut tar = vec![0u8; 1024];
+        tar[257..262].copy_from_slice(b"ustar");
+
+        let (path, id) = open().await;
+        let r = put_upload(&h, &path, b"just some text".to_vec()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        let tampered = path.replace("signature=", "signature=00");
+        let r = put_upload(&h, &tampered, tar.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        let r = put_upload(
+            &h,
+            &signed_path(&id, chrono::Utc::now().timestamp() - 1),
+            tar.clone(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "expired: {}", r.text);
+        let r = put_upload(
+            &h,
+            &signed_path("upl_..%2F..%2Fetc", 4_000_000_000),
+            tar.clone(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        let r = put_upload(
+            &h,
+            &signed_path("upl_01nonexistent", 4_000_000_000),
+            tar.clone(),
+        )
+        .await;
+        assert_eq!(r.code(), "UPLOAD_NOT_FOUND", "{}", r.text);
+
+        let r = put_upload(&h, &path, tar.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.body["data"]["size_bytes"], 1024);
+        let stored = common::config().uploads_dir.expect("dir").join(&id);
+        assert_eq!(std::fs::read(&stored).expect("stored"), tar);
+        let upload =
+            h.db.store
+                .get_upload(&h.a.org, &id)
+                .await
+                .expect("get")
+                .expect("upload");
+        assert_eq!(upload.size_bytes, Some(1024));
+        assert!(upload.completed_at.is_some());
+        let r = put_upload(&h, &path, tar.clone()).await;
+        assert_eq!(r.code(), "UPLOAD_ALREADY_COMPLETE", "{}", r.text);
+        std::fs::remove_file(stored).expect("rm");
+
+        // Over the limit (1 MiB in tests): refused, nothing kept.
+        let (path, id) = open().await;
+        let mut big = vec![0u8; (1 << 20) + 1];
+        big[257..262].copy_from_slice(b"ustar");
+        let r = put_upload(&h, &path, big).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text);
+        assert!(!common::config()
+            .uploads_dir
+            .expect("dir")
+            .join(&id)
+            .exists());
+    })
+    .await;
+}

@@ -7,44 +7,128 @@
 //! instance ([`hangar_store::Store::deploy_build`]), telling the server which
 //! instance changed so it can wake its controller.
 //!
-//! What it builds, for now ([`source`] has the details): a `github` source whose
-//! `repo` is a `file://` URL naming a plain directory on this server (not a git
-//! repository; such URLs are for the operator organization's admins only, which
-//! the API enforces). The artifact is that directory itself, used in place.
+//! What happens to a build, in order:
 //!
-//! What is absent, and fails a build with "building <kind> sources is not
-//! available yet in this version of Hangar" instead of pretending:
+//! 1. **Fetch** ([`source`]): an upload's archive is unpacked
+//!    ([`archive`], which refuses anything that would escape the build dir),
+//!    a git repository is cloned at its branch head or pinned commit
+//!    ([`git`], credentials from `${secrets.NAME}` in the URL), into a fresh
+//!    directory of the build's own under `<data dir>/builds`. A plain
+//!    `file://` directory with nothing to build is used in place.
+//! 2. **Address** ([`artifact`]): the tree and the build step ([`recipe`])
+//!    are hashed; when `<data dir>/artifacts/<key>` exists, this source was
+//!    built the same way before and that artifact is reused (the log says so).
+//! 3. **Build step**: `requirements.txt` / `pyproject.toml` → a virtualenv at
+//!    `/app/.venv`, or `hangar.toml`'s `[build] command` — run as a one-shot
+//!    replica of the runtime [`Driver`] (a sandbox: unprivileged user, egress,
+//!    the agent's resource limits, a timeout) with the build's directory
+//!    writable at `/app`; its output lines go to the build's log as they come;
+//!    its exit code decides the build. Never run on the host, never as root.
+//! 4. **Publish**: the tree is taken back for root, made readable, and renamed
+//!    to `<data dir>/artifacts/<key>`; the build is `ready` and deployed.
 //!
-//! - git sources — remote repositories, and `file://` URLs of git repositories:
-//!   no clone, no branch or commit checkout;
-//! - `docker` sources (OCI images): no pull, no unpacking;
-//! - `upload` sources (archives from `/v1/uploads`): no extraction;
-//! - any language build step (`pip install`, `npm ci`, a `hangar.toml` build
-//!   command) run inside a sandbox, and content-addressed artifacts: a directory
-//!   artifact is named by its path, not by a hash of its contents.
+//! Statuses: `queued → building → ready | failed` (with a reason, also the
+//! last log line). A builder touches its build's heartbeat while it works;
+//! builds whose builder went silent (the process died mid-way) are failed
+//! by [`Builder::start`], so none stays `building` forever.
 //!
-//! A build whose builder dies midway (the process is killed) stays `building`;
-//! nothing re-queues it yet.
+//! Not built by this version: `docker` sources (OCI images), and Node
+//! dependencies (`package.json` sources run as they are).
+//!
+//! # Layout
+//! - [`Builder`]: the loop over queued builds, the sandboxed build step, logs.
+//! - [`source`]: a source → a directory tree (and the error type, [`BuildError`]).
+//! - [`archive`]: unpacking uploads without escaping the build dir.
+//! - [`git`]: the `git` command as a subprocess.
+//! - [`recipe`]: which build step a tree asks for.
+//! - [`artifact`]: content hashes, ownership around the step, publishing.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::model::{Build, Instance};
+use hangar_core::resources::Resources;
+use hangar_core::spec::Source;
 use hangar_core::status::BuildStatus;
+use hangar_runtime::driver::{Driver, OutputEvent, OutputStream, ReplicaSpec};
 use hangar_store::{Store, StoreError};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub mod archive;
+pub mod artifact;
+pub mod git;
+pub mod recipe;
 pub mod source;
 
-pub use source::{Artifact, BuildError};
+pub use source::{Artifact, BuildError, Fetched};
 
 /// How often the builder looks for queued builds when nobody wakes it (another
 /// Hangar process on the same database may have queued them).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often a builder touches the heartbeat of the build it works on.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A build whose heartbeat is older than this has lost its builder.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+
+/// The uid build steps run as (the sandbox's unprivileged user).
+pub const BUILD_UID: u32 = 65_534;
+
+/// The label that marks a runtime replica as a build step (its value: the
+/// build's id), so the controller leaves it alone.
+pub const BUILD_LABEL: &str = "hangar.build";
+
 /// What the builder calls with the instance a build was deployed to.
 pub type OnDeployed = Arc<dyn Fn(&Instance) + Send + Sync>;
+
+/// Where builds work and what bounds them.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// `builds/` (each build's scratch dir), `artifacts/` and `uploads/` live here.
+    pub data_dir: PathBuf,
+    /// Bounds on uploaded archives.
+    pub limits: archive::Limits,
+    /// How long fetching a git repository may take.
+    pub git_timeout: Duration,
+    /// How long a build step may run.
+    pub step_timeout: Duration,
+    /// The least memory a build step gets, whatever the agent's limit
+    /// (package installers need some).
+    pub min_step_memory_bytes: u64,
+}
+
+impl BuildConfig {
+    /// Defaults under `data_dir`.
+    #[must_use]
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            limits: archive::Limits::default(),
+            git_timeout: Duration::from_secs(300),
+            step_timeout: Duration::from_secs(900),
+            min_step_memory_bytes: 512 << 20,
+        }
+    }
+
+    /// Where uploaded archives are kept (named by upload id).
+    #[must_use]
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+
+    /// Where content-addressed artifacts are kept.
+    #[must_use]
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
+    }
+
+    fn work_dir(&self, build_id: &str) -> PathBuf {
+        self.data_dir.join("builds").join(build_id)
+    }
+}
 
 /// Takes queued builds, builds them and deploys the ready ones.
 ///
@@ -55,28 +139,64 @@ pub struct Builder {
     store: Store,
     wake: Arc<Notify>,
     on_deployed: Option<OnDeployed>,
+    config: Arc<BuildConfig>,
+    driver: Option<Arc<dyn Driver>>,
 }
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builder")
             .field("store", &self.store)
+            .field("config", &self.config)
             .field("on_deployed", &self.on_deployed.is_some())
+            .field("driver", &self.driver.as_ref().map(|d| d.name()))
             .finish_non_exhaustive()
     }
 }
 
+/// Aborts the heartbeat task when the build is over, however it ends.
+struct Heartbeat(JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Builder {
-    /// A builder over `store`.
+    /// A builder over `store`, working under the system's temp dir and running
+    /// no build steps (see [`Builder::with_config`], [`Builder::with_driver`]).
     #[must_use]
     pub fn new(store: Store) -> Self {
         Self {
             store,
             wake: Arc::new(Notify::new()),
             on_deployed: None,
+            config: Arc::new(BuildConfig::new(std::env::temp_dir().join("hangar-build"))),
+            driver: None,
         }
     }
 
+    /// Works under `config.data_dir`, within its bounds.
+    #[must_use]
+    pub fn with_config(mut self, config: BuildConfig) -> Self {
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// Runs build steps as one-shot replicas of `driver`. Without one, a
+    /// source that needs a build step fails its build and says why.
+    #[must_use]
+    pub fn with_driver(mut self, driver: Arc<dyn Driver>) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    /// Where this builder works.
+    #[must_use]
+    pub fn config(&self) -> &BuildConfig {
+        &self.config
+    }
     /// Calls `on_deployed` with the instance each ready build was deployed to
     /// (created, or pointed at the new build), for the server to wake its
     /// controller. It runs on the builder's task: it must not block.
@@ -95,12 +215,16 @@ impl Builder {
         self.wake.notify_one();
     }
 
-    /// Runs the builder until the task is aborted: builds whatever is queued,
-    /// then waits for [`Builder::wake`] or [`POLL_INTERVAL`], and again. Store
+    /// Runs the builder until the task is aborted: fails abandoned builds
+    /// (whose builder died), builds whatever is queued, then waits for [`Builder::wake`] or [`POLL_INTERVAL`], and again. Store
     /// errors are logged and retried at the next round.
     pub fn start(self) -> JoinHandle<()> {
         tokio::spawn(async move {
+            self.forget_leftover_steps().await;
             loop {
+                if let Err(err) = self.fail_abandoned().await {
+                    tracing::warn!(error = %err, "builder: cannot look for abandoned builds; retrying");
+                }
                 if let Err(err) = self.run_pending().await {
                     tracing::warn!(error = %err, "builder: cannot take or record builds; retrying");
                 }
@@ -123,14 +247,62 @@ impl Builder {
         Ok(taken)
     }
 
+    /// Fails the builds whose builder went silent (see the crate docs).
+    pub async fn fail_abandoned(&self) -> Result<usize, StoreError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX);
+        let failed = self.store.fail_abandoned_builds(cutoff).await?;
+        for build in &failed {
+            tracing::warn!(build = %build.id, agent = %build.agent_id, "build abandoned by its builder: failed");
+        }
+        Ok(failed.len())
+    }
+
+    /// Removes build-step replicas an earlier process left behind (their
+    /// builds are failed as abandoned).
+    async fn forget_leftover_steps(&self) {
+        let Some(driver) = &self.driver else { return };
+        let Ok(replicas) = driver.list().await else {
+            return;
+        };
+        for replica in replicas {
+            if replica.labels.contains_key(BUILD_LABEL) {
+                tracing::info!(replica = %replica.id, "removing a build step left by an earlier process");
+                if let Err(err) = driver.remove(&replica.id).await {
+                    tracing::warn!(replica = %replica.id, error = %err, "cannot remove a leftover build step");
+                }
+            }
+        }
+    }
+
+    async fn log(&self, build_id: &str, stream: &str, lines: &[String]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        self.store.append_build_log(build_id, stream, &lines).await
+    }
+
     /// Builds one claimed build and records the outcome; deploys it when ready.
     async fn run(&self, build: &Build) -> Result<(), StoreError> {
-        let source = build.source.clone();
-        let outcome = tokio::task::spawn_blocking(move || source::build(&source))
-            .await
-            .unwrap_or_else(|err| Err(BuildError::Crashed(err.to_string())));
+        let store = self.store.clone();
+        let id = build.id.clone();
+        let _heartbeat = Heartbeat(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(err) = store.build_heartbeat(&id).await {
+                    tracing::warn!(build = %id, error = %err, "cannot record the build's heartbeat");
+                }
+            }
+        }));
+        let work = self.config.work_dir(&build.id);
+        let outcome = self.produce(build, &work).await;
+        let work_gone = work.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_work_dir(&work_gone)).await;
         let artifact = match outcome {
             Ok(artifact) => artifact,
+            Err(BuildError::Store(err)) => return Err(err),
             Err(err) => {
                 let reason = err.to_string();
                 tracing::info!(build = %build.id, agent = %build.agent_id, %reason, "build failed");
@@ -143,10 +315,7 @@ impl Builder {
                 return Ok(());
             }
         };
-        let lines: Vec<&str> = artifact.log.iter().map(String::as_str).collect();
-        self.store
-            .append_build_log(&build.id, "stdout", &lines)
-            .await?;
+        self.log(&build.id, "stdout", &artifact.log).await?;
         self.store
             .set_build_status(&build.id, BuildStatus::Ready, None, Some(&artifact.path))
             .await?;
@@ -173,4 +342,343 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+fn remove_work_dir(work: &Path) {
+    if work.exists() {
+        if let Err(err) = std::fs::remove_dir_all(work) {
+            tracing::warn!(dir = %work.display(), error = %err, "cannot remove a build's scratch dir");
+        }
+    }
+}
+
+/// Runs blocking work on a blocking thread; a panic there fails the build.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
+) -> Result<T, BuildError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(BuildError::Crashed(err.to_string())))
+}
+
+/// `${secrets.NAME}` references in `text`.
+fn secret_refs(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${secrets.") {
+        let after = &rest[start + "${secrets.".len()..];
+        let Some(end) = after.find('}') else { break };
+        names.push(after[..end].to_owned());
+        rest = &after[end + 1..];
+    }
+    names
+}
+
+impl Builder {
+    /// Fetches, addresses, builds and publishes `build`'s source (see the
+    /// crate docs), its scratch dir at `work`.
+    async fn produce(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
+        // `${secrets.NAME}` in a repository URL: credentials, resolved now and
+        // masked wherever the URL is shown.
+        let mut repo_url = None;
+        let mut masked = Vec::new();
+        if let Source::Github { repo, .. } = &build.source {
+            let names = secret_refs(repo);
+            if !names.is_empty() {
+                let mut url = git::repository_url(repo);
+                for name in names {
+                    let value = self
+                        .store
+                        .reveal_secret(&build.organization_id, &name)
+                        .await
+                        .map_err(BuildError::Store)?
+                        .ok_or_else(|| {
+                            BuildError::Git(format!(
+                                "the repository URL names the secret {name}, which this organization does not have"
+                            ))
+                        })?;
+                    url = url.replace(&format!("${{secrets.{name}}}"), &value);
+                    masked.push(value);
+                }
+                repo_url = Some(url);
+            }
+        }
+        let config = self.config.clone();
+        let source = build.source.clone();
+        let scratch = work.to_path_buf();
+        let fetched = blocking(move || {
+            remove_work_dir(&scratch);
+            std::fs::create_dir_all(&scratch).map_err(|err| BuildError::Io {
+                path: scratch.display().to_string(),
+                source: err,
+            })?;
+            let uploads = config.uploads_dir();
+            let fetched = source::fetch(
+                &source,
+                &source::Fetch {
+                    work: &scratch,
+                    uploads: &uploads,
+                    limits: config.limits,
+                    git_timeout: config.git_timeout,
+                    repo: repo_url.as_deref().map(|url| (url, masked.as_slice())),
+                },
+            )?;
+            let Fetched::Tree { dir, log } = fetched else {
+                return Ok((fetched, None));
+            };
+            artifact::check_top_level(&dir)?;
+            let recipe = recipe::recipe(&dir)?;
+            let key = artifact::key(
+                &artifact::tree_hash(&dir)?,
+                &recipe
+                    .as_ref()
+                    .map(recipe::Recipe::describe)
+                    .unwrap_or_default(),
+            );
+            Ok((Fetched::Tree { dir, log }, Some((recipe, key))))
+        })
+        .await?;
+        let (dir, mut log, recipe, key) = match fetched {
+            (Fetched::InPlace(artifact), _) => return Ok(artifact),
+            (Fetched::Tree { dir, log }, Some((recipe, key))) => (dir, log, recipe, key),
+            (Fetched::Tree { .. }, None) => {
+                return Err(BuildError::Crashed("a fetched tree without a key".into()))
+            }
+        };
+        let existing = self.config.artifacts_dir().join(&key);
+        if existing.is_dir() {
+            log.push(format!(
+                "reusing artifact {key}: this source was built the same way before"
+            ));
+            return Ok(Artifact {
+                path: path_text(&existing)?,
+                log,
+            });
+        }
+        self.log(&build.id, "stdout", &log)
+            .await
+            .map_err(BuildError::Store)?;
+        let mut log = Vec::new();
+        if let Some(recipe) = &recipe {
+            self.log(
+                &build.id,
+                "stdout",
+                &[format!(
+                    "build step ({}): {}",
+                    recipe.origin,
+                    recipe.describe()
+                )],
+            )
+            .await
+            .map_err(BuildError::Store)?;
+            self.run_step(build, &dir, recipe).await?;
+        }
+        let artifacts = self.config.artifacts_dir();
+        let published_key = key.clone();
+        let published = blocking(move || {
+            let tmp = dir.join(STEP_TMP);
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|err| BuildError::Io {
+                    path: tmp.display().to_string(),
+                    source: err,
+                })?;
+            }
+            artifact::take_back(&dir)?;
+            artifact::check_top_level(&dir)?;
+            artifact::publish(&dir, &artifacts, &published_key)
+        })
+        .await?;
+        log.push(format!("artifact {key} ready"));
+        Ok(Artifact {
+            path: path_text(&published)?,
+            log,
+        })
+    }
+
+    /// Runs `recipe` in a one-shot sandbox with `dir` writable at `/app`; its
+    /// output goes to the build's log as it comes.
+    async fn run_step(
+        &self,
+        build: &Build,
+        dir: &Path,
+        recipe: &recipe::Recipe,
+    ) -> Result<(), BuildError> {
+        let driver = self.driver.clone().ok_or_else(|| {
+            BuildError::Sandbox(
+                "this server runs no sandboxes (it is not running as root)".to_owned(),
+            )
+        })?;
+        let resources = match self
+            .store
+            .get_agent(&build.organization_id, &build.agent_id)
+            .await
+            .map_err(BuildError::Store)?
+        {
+            Some(view) => view.agent.resources,
+            None => Resources::default(),
+        };
+        let owned = dir.to_path_buf();
+        blocking(move || {
+            let tmp = owned.join(STEP_TMP);
+            std::fs::create_dir(&tmp).map_err(|err| BuildError::Io {
+                path: tmp.display().to_string(),
+                source: err,
+            })?;
+            artifact::give_to(&owned, BUILD_UID)
+        })
+        .await?;
+        let replica = format!("build-{}", build.id.trim_start_matches("build_"));
+        let mut env = vec![
+            ("HOME".to_owned(), format!("/app/{STEP_TMP}")),
+            ("TMPDIR".to_owned(), format!("/app/{STEP_TMP}")),
+            ("PIP_NO_CACHE_DIR".to_owned(), "1".to_owned()),
+            ("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned()),
+            ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+            ("HANGAR_AGENT_ID".to_owned(), build.agent_id.clone()),
+            ("HANGAR_BUILD_ID".to_owned(), build.id.clone()),
+        ];
+        // The operator's package index settings reach the step (pip.conf in
+        // /etc is visible in the sandbox already).
+        for key in [
+            "PIP_INDEX_URL",
+            "PIP_EXTRA_INDEX_URL",
+            "PIP_TRUSTED_HOST",
+            "PIP_CERT",
+            "PIP_DEFAULT_TIMEOUT",
+            "NPM_CONFIG_REGISTRY",
+        ] {
+            if let Ok(value) = std::env::var(key) {
+                env.push((key.to_owned(), value));
+            }
+        }
+        let spec = ReplicaSpec {
+            id: replica.clone(),
+            labels: [(BUILD_LABEL.to_owned(), build.id.clone())].into(),
+            argv: recipe.argv.clone(),
+            env,
+            cwd: "/app".to_owned(),
+            app: Some(dir.to_path_buf()),
+            app_writable: true,
+            port: None,
+            stdin: false,
+            cpu_millis: resources.cpu_millis.max(1),
+            cpu_limit_millis: resources.cpu_limit_millis,
+            memory_limit_bytes: Some(
+                resources
+                    .memory_limit_bytes
+                    .unwrap_or(resources.memory_bytes)
+                    .max(self.config.min_step_memory_bytes),
+            ),
+            pids_limit: 512,
+        };
+        let _ = driver.remove(&replica).await;
+        driver
+            .create(&spec)
+            .await
+            .map_err(|err| BuildError::Sandbox(err.to_string()))?;
+        let outcome = self.follow_step(build, driver.as_ref(), &replica).await;
+        if let Err(err) = driver.remove(&replica).await {
+            tracing::warn!(build = %build.id, replica = %replica, error = %err, "cannot remove a build step's sandbox");
+        }
+        let step = recipe.describe();
+        match outcome? {
+            Some(exit) if exit.success() => Ok(()),
+            Some(exit) => Err(BuildError::StepFailed {
+                step,
+                outcome: exit.describe(),
+            }),
+            None => Err(BuildError::StepFailed {
+                step,
+                outcome: format!("timed out after {} s", self.config.step_timeout.as_secs()),
+            }),
+        }
+    }
+
+    /// Copies the step's output to the build's log until it exits (its exit)
+    /// or times out (`None`, once it is stopped).
+    async fn follow_step(
+        &self,
+        build: &Build,
+        driver: &dyn Driver,
+        replica: &str,
+    ) -> Result<Option<hangar_runtime::driver::Exit>, BuildError> {
+        let mut output = driver
+            .follow(replica, 0)
+            .await
+            .map_err(|err| BuildError::Sandbox(err.to_string()))?;
+        let deadline = tokio::time::Instant::now() + self.config.step_timeout;
+        let mut out: Vec<String> = Vec::new();
+        let mut err: Vec<String> = Vec::new();
+        loop {
+            let event = tokio::select! {
+                event = output.recv() => event,
+                () = tokio::time::sleep_until(deadline) => {
+                    let _ = driver.stop(replica, Duration::ZERO).await;
+                    self.log(&build.id, "stdout", &out).await.map_err(BuildError::Store)?;
+                    self.log(&build.id, "stderr", &err).await.map_err(BuildError::Store)?;
+                    return Ok(None);
+                }
+            };
+            match event {
+                Some(OutputEvent::Line(line)) => {
+                    // Lines are flushed per stream when the stream changes or
+                    // nothing else is waiting, so the log keeps their order.
+                    let (mine, other) = match line.stream {
+                        OutputStream::Stdout => (&mut out, &mut err),
+                        OutputStream::Stderr => (&mut err, &mut out),
+                    };
+                    if !other.is_empty() {
+                        let stream = match line.stream {
+                            OutputStream::Stdout => "stderr",
+                            OutputStream::Stderr => "stdout",
+                        };
+                        self.log(&build.id, stream, other)
+                            .await
+                            .map_err(BuildError::Store)?;
+                        other.clear();
+                    }
+                    mine.push(line.text);
+                    if output.is_empty() || mine.len() >= 200 {
+                        let stream = match line.stream {
+                            OutputStream::Stdout => "stdout",
+                            OutputStream::Stderr => "stderr",
+                        };
+                        self.log(&build.id, stream, mine)
+                            .await
+                            .map_err(BuildError::Store)?;
+                        mine.clear();
+                    }
+                }
+                Some(OutputEvent::Gap { through }) => {
+                    out.push(format!("[build output up to line {through} was lost]"));
+                }
+                Some(OutputEvent::End(exit)) => {
+                    self.log(&build.id, "stdout", &out)
+                        .await
+                        .map_err(BuildError::Store)?;
+                    self.log(&build.id, "stderr", &err)
+                        .await
+                        .map_err(BuildError::Store)?;
+                    return Ok(Some(exit));
+                }
+                None => {
+                    return Err(BuildError::Sandbox(
+                        "lost the build step's sandbox before it exited".to_owned(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// The build step's scratch dir (its `HOME` and `TMPDIR`) inside `/app`;
+/// removed before the artifact is published.
+const STEP_TMP: &str = ".hangar-build-tmp";
+
+fn path_text(path: &Path) -> Result<String, BuildError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| BuildError::NotUtf8 {
+            path: path.display().to_string(),
+        })
 }

@@ -1,8 +1,14 @@
-//! What a source becomes: for now, only a plain local directory becomes an
-//! artifact; every other kind of source fails its build and says so.
+//! What a source becomes before its build step: a directory tree.
 //!
-//! A `github` source whose `repo` is a `file://` URL naming a directory on this
-//! server that is not a git repository is used as it is: the artifact is that
+//! - `upload`: the archive PUT to the upload's URL, unpacked ([`crate::archive`]).
+//! - `github`: the repository at the branch head or pinned commit, `path`
+//!   selecting a subdirectory ([`crate::git`]); `owner/name` is GitHub's, any
+//!   git URL works, `file://` ones included.
+//! - `docker`: not built by this version; the build fails and says so.
+//!
+//! One case is used in place, not copied: a `file://` URL naming a directory
+//! on this server that is not a git repository, when it has nothing to build.
+//! (With a build step it is copied to the build's directory first.) The artifact is that
 //! directory (or its `path` subdirectory), by its canonical absolute path. The
 //! sandbox shows it read-only at `/app` (writes land in an overlay), so it is
 //! neither copied nor changed — an operator's edits to it reach replicas started
@@ -127,6 +133,63 @@ pub enum BuildError {
     /// The build step itself crashed (a bug).
     #[error("the builder crashed: {0}")]
     Crashed(String),
+    /// The upload is not an archive this builder unpacks, or is corrupt.
+    #[error("{0}")]
+    Archive(String),
+    /// An archive entry that would escape the build dir or is not allowed.
+    #[error("refused archive entry '{entry}': {why}")]
+    UnsafeEntry {
+        /// The entry's name in the archive.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An archive with too many entries.
+    #[error("the archive has more than {limit} entries")]
+    ArchiveTooManyEntries {
+        /// The limit.
+        limit: usize,
+    },
+    /// An archive whose files unpack to too many bytes.
+    #[error("the archive unpacks to more than {limit} bytes (at entry '{entry}')")]
+    ArchiveTooLarge {
+        /// The entry being unpacked when the limit was reached.
+        entry: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The upload has no archive yet, or is gone.
+    #[error("upload {id} has no archive: PUT the archive to its upload_url before deploying")]
+    UploadMissing {
+        /// The upload.
+        id: String,
+    },
+    /// Cloning or checking out failed.
+    #[error("{0}")]
+    Git(String),
+    /// `hangar.toml` is not usable.
+    #[error("{0}")]
+    Manifest(String),
+    /// A file the server reads from an artifact is a symlink.
+    #[error("{name} is a symlink: the files that say how to run an agent must be plain files")]
+    TopLevelSymlink {
+        /// The file.
+        name: String,
+    },
+    /// The build step ran and failed.
+    #[error("the build step ({step}) {outcome}")]
+    StepFailed {
+        /// The step.
+        step: String,
+        /// How it ended: "exited with code 1", "timed out after 900 s".
+        outcome: String,
+    },
+    /// The build step could not be run.
+    #[error("cannot run the build step: {0}")]
+    Sandbox(String),
+    /// The store failed (the build is retried, not failed).
+    #[error(transparent)]
+    Store(hangar_store::StoreError),
 }
 
 /// A built artifact: where it is and what the build log should say about it.
@@ -150,22 +213,155 @@ fn io_error(path: &Path, source: std::io::Error) -> BuildError {
     }
 }
 
-/// Builds `source` into an artifact (blocking file-system work: run it on a
-/// blocking thread).
-pub fn build(source: &Source) -> Result<Artifact, BuildError> {
+/// What [`fetch`] needs besides the source.
+#[derive(Debug, Clone)]
+pub struct Fetch<'a> {
+    /// An empty directory of this build's own; the source goes to `src` in it.
+    pub work: &'a Path,
+    /// Where uploaded archives are, by upload id.
+    pub uploads: &'a Path,
+    /// Bounds on archives.
+    pub limits: crate::archive::Limits,
+    /// How long a git fetch may take.
+    pub git_timeout: std::time::Duration,
+    /// The `github` source's repository URL with `${secrets.NAME}` resolved,
+    /// and the secret values to mask in messages; `None`: `repo` as it is.
+    pub repo: Option<(&'a str, &'a [String])>,
+}
+
+/// A source, fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// A plain directory on this server with nothing to build: the artifact
+    /// is the directory itself, used in place.
+    InPlace(Artifact),
+    /// The source, in the build's own directory (`work/src`), to be built and
+    /// published as a content-addressed artifact.
+    Tree {
+        /// Where it is.
+        dir: PathBuf,
+        /// Lines for the build's log.
+        log: Vec<String>,
+    },
+}
+
+/// Fetches `source` (blocking file-system and process work: run it on a
+/// blocking thread). See the crate docs for what each kind becomes.
+pub fn fetch(source: &Source, ctx: &Fetch<'_>) -> Result<Fetched, BuildError> {
+    let src = ctx.work.join("src");
     match source {
         Source::Github {
             repo,
             branch,
             path,
             commit,
-        } if repo.starts_with("file://") => {
-            directory(repo, branch.as_deref(), path.as_deref(), commit.as_deref())
+        } => {
+            let plain_dir =
+                repo.starts_with("file://") && !is_git_repository(&file_url_path(repo)?);
+            if plain_dir {
+                let artifact =
+                    directory(repo, branch.as_deref(), path.as_deref(), commit.as_deref())?;
+                let root = PathBuf::from(&artifact.path);
+                if crate::recipe::recipe(&root)?.is_none() {
+                    return Ok(Fetched::InPlace(artifact));
+                }
+                copy_tree(&root, &src)?;
+                let mut log = artifact.log;
+                log.pop();
+                log.push(format!(
+                    "copied the directory {} to build it",
+                    artifact.path
+                ));
+                return Ok(Fetched::Tree { dir: src, log });
+            }
+            let url = crate::git::repository_url(repo);
+            let (url, secrets) = ctx.repo.unwrap_or((url.as_str(), &[]));
+            let checkout = ctx.work.join("checkout");
+            let log = crate::git::fetch(
+                &crate::git::Checkout {
+                    url,
+                    secrets,
+                    branch: branch.as_deref(),
+                    commit: commit.as_deref(),
+                    timeout: ctx.git_timeout,
+                },
+                &checkout,
+            )?;
+            let chosen = match path {
+                None => checkout.clone(),
+                Some(sub) => subdirectory(&checkout, sub)?,
+            };
+            std::fs::rename(&chosen, &src).map_err(|err| io_error(&src, err))?;
+            let _ = std::fs::remove_dir_all(&checkout);
+            crate::archive::check_links(&src, ctx.limits.max_entries)?;
+            crate::artifact::normalize_modes(&src)?;
+            Ok(Fetched::Tree { dir: src, log })
         }
-        Source::Github { .. } => Err(BuildError::Unsupported { kind: "git" }),
         Source::Docker { .. } => Err(BuildError::Unsupported { kind: "docker" }),
-        Source::Upload { .. } => Err(BuildError::Unsupported { kind: "upload" }),
+        Source::Upload {
+            upload_id,
+            archive_url,
+        } => {
+            let id = upload_id
+                .clone()
+                .or_else(|| archive_url.as_deref().and_then(upload_id_from_url))
+                .filter(|id| {
+                    id.starts_with("upl_")
+                        && id.len() < 64
+                        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+                .ok_or_else(|| BuildError::UploadMissing {
+                    id: upload_id.clone().unwrap_or_default(),
+                })?;
+            let archive = ctx.uploads.join(&id);
+            if !archive.is_file() {
+                return Err(BuildError::UploadMissing { id });
+            }
+            std::fs::create_dir(&src).map_err(|err| io_error(&src, err))?;
+            crate::archive::unpack(&archive, &src, ctx.limits)?;
+            Ok(Fetched::Tree {
+                dir: src,
+                log: vec![format!("unpacked upload {id}")],
+            })
+        }
     }
+}
+
+/// The upload id in an `upload_url` (`…/v1/uploads/{id}/content?…`).
+fn upload_id_from_url(url: &str) -> Option<String> {
+    let rest = &url[url.find("/v1/uploads/")? + "/v1/uploads/".len()..];
+    Some(rest.split(['/', '?']).next()?.to_owned())
+}
+
+/// Copies the tree at `from` to `to` (which must not exist): directories,
+/// files and symlinks (as links); anything else fails.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
+    std::fs::create_dir(to).map_err(|err| io_error(to, err))?;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let here = from.join(&rel);
+        for entry in std::fs::read_dir(&here).map_err(|err| io_error(&here, err))? {
+            let entry = entry.map_err(|err| io_error(&here, err))?;
+            let rel = rel.join(entry.file_name());
+            let (src, dst) = (from.join(&rel), to.join(&rel));
+            let kind = src
+                .symlink_metadata()
+                .map_err(|err| io_error(&src, err))?
+                .file_type();
+            if kind.is_dir() {
+                std::fs::create_dir(&dst).map_err(|err| io_error(&dst, err))?;
+                pending.push(rel);
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&src).map_err(|err| io_error(&src, err))?;
+                std::os::unix::fs::symlink(target, &dst).map_err(|err| io_error(&dst, err))?;
+            } else if kind.is_file() {
+                std::fs::copy(&src, &dst).map_err(|err| io_error(&dst, err))?;
+            } else {
+                return Err(BuildError::SpecialFile { path: shown(&src) });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The local path a `file://` URL names: `file:///abs` or `file://localhost/abs`,
@@ -204,7 +400,7 @@ fn file_url_path(repo: &str) -> Result<PathBuf, BuildError> {
 
 /// Whether `dir` is a git repository: a work tree (`.git` inside) or a bare one
 /// (`HEAD`, `objects/` and `refs/`).
-fn is_git_repository(dir: &Path) -> bool {
+pub(crate) fn is_git_repository(dir: &Path) -> bool {
     dir.join(".git").symlink_metadata().is_ok()
         || (dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir())
 }

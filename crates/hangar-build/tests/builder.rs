@@ -169,8 +169,8 @@ async fn failed_builds_say_why_and_deploy_nothing() {
         ),
         (
             "git",
-            dir_source("https://github.com/user/agent.git".into()),
-            "building git sources is not available yet in this version of Hangar".to_owned(),
+            dir_source("file:///nonexistent/hangar/repo.git/".into()),
+            "does not exist".to_owned(),
         ),
         (
             "missing",

@@ -7,7 +7,8 @@
 //!
 //! 1. `hangar.toml` in the artifact with `[run] command = ["prog", "arg", …]`
 //!    (or a string, split on whitespace);
-//! 2. `main.py`, else `app.py` → `python3 -u /app/<file>`;
+//! 2. `main.py`, else `app.py` → `python3 -u /app/<file>` (the build's
+//!    virtualenv's `/app/.venv/bin/python` when there is one);
 //! 3. `package.json` with `scripts.start` → `npm start`; else `main` or
 //!    `index.js` → `node /app/<file>`.
 //!
@@ -50,10 +51,17 @@ pub fn command(artifact: &Path) -> Result<Vec<String>, String> {
             return Ok(argv);
         }
     }
+    // A build that installed dependencies left a virtualenv; its python sees
+    // them (the link itself points into the sandbox's /usr: not followed here).
+    let python = if artifact.join(".venv/bin/python").symlink_metadata().is_ok() {
+        "/app/.venv/bin/python"
+    } else {
+        "python3"
+    };
     for file in ["main.py", "app.py"] {
         if artifact.join(file).is_file() {
             return Ok(vec![
-                "python3".to_owned(),
+                python.to_owned(),
                 "-u".to_owned(),
                 format!("/app/{file}"),
             ]);
@@ -133,6 +141,7 @@ pub fn replica_spec(
         env,
         cwd: "/app".to_owned(),
         app: Some(app.to_path_buf()),
+        app_writable: false,
         port: http.then_some(config.port),
         stdin: config.stdin_enabled,
         cpu_millis: resources.cpu_millis.max(1),

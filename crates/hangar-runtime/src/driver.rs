@@ -43,6 +43,11 @@ pub struct ReplicaSpec {
     pub cwd: String,
     /// The artifact shown at `/app`, if any: a directory on the host.
     pub app: Option<PathBuf>,
+    /// Show [`ReplicaSpec::app`] read-write, itself, instead of behind a
+    /// throwaway overlay: a build writes its artifact there. Its files must
+    /// be writable by the sandbox's user.
+    #[serde(default)]
+    pub app_writable: bool,
     /// The port an HTTP replica listens on, if it serves HTTP. A driver that
     /// cannot give the replica an address of its own picks another port and
     /// sets `PORT` to it; [`ReplicaInfo::address`] has the one to use.

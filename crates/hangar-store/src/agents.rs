@@ -503,7 +503,7 @@ impl Store {
                 continue;
             }
             let claimed = sqlx::query(&format!(
-                "UPDATE builds SET status = 'building', started_at = $2 WHERE id = $1 AND status = 'queued' \
+                "UPDATE builds SET status = 'building', started_at = $2, heartbeat_at = $2 WHERE id = $1 AND status = 'queued' \
                  RETURNING {BUILD_COLUMNS}"
             ))
             .bind(&id)
@@ -683,6 +683,49 @@ impl Store {
             .map(build_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_overfetch(builds, limit.clamp(1, 100), |b| &b.id))
+    }
+
+    /// A builder's sign of life for a build it is building (see
+    /// [`Store::fail_abandoned_builds`]).
+    pub async fn build_heartbeat(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET heartbeat_at = $2 WHERE id = $1 AND status = 'building'")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Fails every `building` build whose builder has given no sign of life
+    /// ([`Store::build_heartbeat`]) since `silent_since`: its builder died
+    /// midway (the process was killed or the machine restarted), and nothing
+    /// else would ever finish it. Returns the builds failed, as they now are.
+    /// The reason and a log line say what happened; a redeploy builds again.
+    pub async fn fail_abandoned_builds(
+        &self,
+        silent_since: hangar_core::model::Timestamp,
+    ) -> Result<Vec<Build>> {
+        const REASON: &str =
+            "the builder stopped while building (the server was restarted or killed); redeploy to build again";
+        let cutoff = to_ms(silent_since);
+        let rows = sqlx::query(&format!(
+            "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3 \
+             WHERE status = 'building' AND COALESCE(heartbeat_at, started_at, 0) < $1 RETURNING {BUILD_COLUMNS}"
+        ))
+        .bind(cutoff)
+        .bind(REASON)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        let builds = rows
+            .iter()
+            .map(build_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        for build in &builds {
+            self.append_build_log(&build.id, "stderr", &[REASON])
+                .await?;
+        }
+        Ok(builds)
     }
 
     /// Records a build's progress (used by builders, and by tests).

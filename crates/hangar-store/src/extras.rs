@@ -81,6 +81,31 @@ impl Store {
         Ok(upload)
     }
 
+    /// An upload by id alone, for the signed upload URL (which names no
+    /// organization: its signature is the authority).
+    pub async fn find_upload(&self, id: &str) -> Result<Option<Upload>> {
+        let row = sqlx::query("SELECT id, organization_id, size_bytes, created_at, expires_at, completed_at FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(upload_from_row).transpose()
+    }
+
+    /// Records that an upload's archive arrived (`size` bytes). `false` when
+    /// it had arrived before (an upload takes one archive) or does not exist.
+    pub async fn complete_upload(&self, id: &str, size: u64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET completed_at = $2, size_bytes = $3 WHERE id = $1 AND completed_at IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
     /// An upload of the organization.
     pub async fn get_upload(&self, org_id: &str, id: &str) -> Result<Option<Upload>> {
         let row = sqlx::query("SELECT id, organization_id, size_bytes, created_at, expires_at, completed_at FROM uploads WHERE organization_id = $1 AND id = $2")

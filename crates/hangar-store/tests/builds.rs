@@ -450,3 +450,84 @@ async fn concurrent_deploys_of_one_build_make_one_instance() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn builds_whose_builder_went_silent_are_failed_and_live_ones_are_not() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (_, silent) = store
+            .create_agent(new_agent(&o, "silent"))
+            .await
+            .expect("a");
+        let (_, alive) = store.create_agent(new_agent(&o, "alive")).await.expect("b");
+        let (_, queued) = store
+            .create_agent(new_agent(&o, "queued"))
+            .await
+            .expect("c");
+        let first = store
+            .claim_queued_build()
+            .await
+            .expect("claim")
+            .expect("one");
+        let second = store
+            .claim_queued_build()
+            .await
+            .expect("claim")
+            .expect("two");
+        assert_eq!(
+            (first.id.as_str(), second.id.as_str()),
+            (silent.id.as_str(), alive.id.as_str())
+        );
+        // Nothing is silent yet.
+        let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        assert!(store
+            .fail_abandoned_builds(long_ago)
+            .await
+            .expect("none")
+            .is_empty());
+        // Silent since `cutoff` (taken after both claims, by a clock in ms):
+        // the one whose heart beats after it is alive.
+        let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let cutoff = chrono::Utc::now();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        store.build_heartbeat(&alive.id).await.expect("beat");
+        let failed = store.fail_abandoned_builds(cutoff).await.expect("fail");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].id, silent.id);
+        assert_eq!(failed[0].status, BuildStatus::Failed);
+        assert!(failed[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("builder stopped"));
+        assert!(failed[0].finished_at.is_some());
+        let log = store.build_log(&silent.id, 0, 10).await.expect("log");
+        assert_eq!(log.len(), 1);
+        // The live one and the queued one are untouched, until they go silent too.
+        assert_eq!(
+            store
+                .get_build(&o.id, &alive.id)
+                .await
+                .expect("get")
+                .expect("b")
+                .status,
+            BuildStatus::Building
+        );
+        assert_eq!(
+            store
+                .get_build(&o.id, &queued.id)
+                .await
+                .expect("get")
+                .expect("c")
+                .status,
+            BuildStatus::Queued
+        );
+        let failed = store.fail_abandoned_builds(later).await.expect("fail");
+        assert_eq!(
+            failed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            vec![alive.id.as_str()]
+        );
+    })
+    .await;
+}

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// sharing the database [env: HANGAR_JOB_CONCURRENCY] [default: 32]
     #[arg(long, value_name = "N")]
     pub job_concurrency: Option<u32>,
+    /// Largest archive an upload URL takes, in MiB
+    /// [env: HANGAR_MAX_UPLOAD_MB] [default: 512]
+    #[arg(long, value_name = "MIB")]
+    pub max_upload_mb: Option<u64>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -67,6 +71,7 @@ struct FileServer {
     replica_concurrency: Option<usize>,
     webhook_retry_schedule: Option<String>,
     job_concurrency: Option<u32>,
+    max_upload_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +103,8 @@ pub struct Config {
     pub webhook_retry_schedule: Vec<std::time::Duration>,
     /// Per-agent cap on running async jobs (1–10000).
     pub job_concurrency: u32,
+    /// Largest archive an upload URL takes, in bytes.
+    pub max_upload_bytes: u64,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -248,6 +255,13 @@ impl Config {
                 "job concurrency {job_concurrency} must be between 1 and 10000"
             )));
         }
+        let max_upload_mb = number(
+            "HANGAR_MAX_UPLOAD_MB",
+            args.max_upload_mb,
+            file.max_upload_mb,
+            512,
+            1 << 20,
+        )?;
         Ok(Config {
             listen,
             data_dir,
@@ -259,6 +273,7 @@ impl Config {
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
             webhook_retry_schedule,
             job_concurrency,
+            max_upload_bytes: max_upload_mb << 20,
         })
     }
 }

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the Hangar server (API, gateway and instance URLs on one listener).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Internal: the per-replica process the sandbox driver starts.
     #[command(hide = true)]
     Shim {
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Command::Serve(args) => {
-            let config = match config::Config::resolve(args, &env) {
+            let config = match config::Config::resolve(*args, &env) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("hangar: {e}");

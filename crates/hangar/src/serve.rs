@@ -119,6 +119,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         local.ip().to_string()
     };
+    // Absolute: build steps' sandboxes bind paths under it.
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
+    let build_config = hangar_build::BuildConfig::new(data_dir);
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
@@ -129,14 +135,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body_bytes: 2 << 20,
         upload_ttl: Duration::from_secs(3600),
         signing_key: derive_key(&key, "hangar upload urls v1"),
+        uploads_dir: Some(build_config.uploads_dir()),
+        max_upload_bytes: config.max_upload_bytes,
     };
-    let runtime = start_runtime(&config, &store).await?;
+    let (runtime, driver) = start_runtime(&config, &store).await?;
     let woken = runtime.clone();
-    let builder = hangar_build::Builder::new(store.clone()).with_on_deployed(move |instance| {
-        if let Some(runtime) = &woken {
-            runtime.wake(&instance.id);
-        }
-    });
+    let mut builder = hangar_build::Builder::new(store.clone())
+        .with_config(build_config)
+        .with_on_deployed(move |instance| {
+            if let Some(runtime) = &woken {
+                runtime.wake(&instance.id);
+            }
+        });
+    if let Some(driver) = driver {
+        builder = builder.with_driver(driver);
+    }
     builder.clone().start();
     let deliverer =
         hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
@@ -206,17 +219,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Replicas left running by an earlier process are adopted before the
 /// listener opens. Sandboxes need root: without it the server runs without a
 /// runtime (the API works; nothing runs), and says so.
-async fn start_runtime(
-    config: &Config,
-    store: &hangar_store::Store,
-) -> anyhow::Result<Option<hangar_controller::Controller>> {
+/// The driver is returned too: the builder runs build steps on it.
+type Runtime = (
+    Option<hangar_controller::Controller>,
+    Option<Arc<dyn hangar_runtime::Driver>>,
+);
+
+async fn start_runtime(config: &Config, store: &hangar_store::Store) -> anyhow::Result<Runtime> {
     if !nix::unistd::geteuid().is_root() {
         tracing::warn!(
             "NOT RUNNING AS ROOT: sandboxes need root (namespaces, cgroups, mounts), so this \
              server runs no replicas; instances stay `starting`"
         );
         eprintln!("hangar: not running as root: agents will not run (sandboxes need root)");
-        return Ok(None);
+        return Ok((None, None));
     }
     let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;
     let driver = hangar_runtime::SandboxDriver::new(hangar_runtime::SandboxDriverConfig {
@@ -226,9 +242,10 @@ async fn start_runtime(
     })
     .context("preparing the sandbox driver's state dirs")?;
     tracing::info!(bridged = driver.bridged(), "sandbox driver ready");
+    let driver: Arc<dyn hangar_runtime::Driver> = Arc::new(driver);
     let controller = hangar_controller::Controller::new(
         store.clone(),
-        Arc::new(driver),
+        driver.clone(),
         hangar_controller::ControllerConfig {
             idle_timeout: config.scale_to_zero_after,
             // The autoscaler aims at 70% of the limit, as Knative does.
@@ -240,7 +257,7 @@ async fn start_runtime(
         .start()
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
-    Ok(Some(controller))
+    Ok((Some(controller), Some(driver)))
 }
 
 async fn wait_for_signal() {

@@ -84,6 +84,7 @@ fn spec(id: &str, agent_name: &str) -> ReplicaSpec {
         ],
         cwd: "/app".to_owned(),
         app: Some(agent(agent_name)),
+        app_writable: false,
         port: Some(8080),
         stdin: false,
         cpu_millis: 500,

@@ -53,6 +53,10 @@ pub fn config() -> ApiConfig {
         max_body_bytes: 64 * 1024,
         upload_ttl: Duration::from_secs(600),
         signing_key: b"test signing key".to_vec(),
+        uploads_dir: Some(
+            std::env::temp_dir().join(format!("hangar-api-uploads-{}", std::process::id())),
+        ),
+        max_upload_bytes: 1 << 20,
     }
 }
 

@@ -504,10 +504,10 @@ impl Sandboxes {
         let id = spec.id.as_str();
         let bundle = dir.join("bundle");
         let app = match &spec.app {
-            Some(_) => {
+            Some(_) if !spec.app_writable => {
                 Some(app_layers(dir, spec).map_err(io_error(id, "create", dir.join("app")))?)
             }
-            None => None,
+            _ => None,
         };
         let oci = spec::oci_spec(spec, layout, &self.cgroup_path(id), netns, app.as_ref())
             .map_err(|source| SandboxError::Spec {

@@ -116,6 +116,10 @@ pub struct SandboxSpec {
     /// directory's files must be readable by [`SandboxSpec::uid`]. `None`
     /// (the default): no `/app`.
     pub app: Option<PathBuf>,
+    /// Bind [`SandboxSpec::app`] itself read-write instead of the overlay,
+    /// so what the sandbox writes there stays: how a build fills in its
+    /// artifact. Defaults to `false`.
+    pub app_writable: bool,
 }
 
 /// Where [`SandboxSpec::app`] mounts.
@@ -141,6 +145,7 @@ impl SandboxSpec {
             memory_limit_bytes: None,
             tmp_size_mib: 64,
             app: None,
+            app_writable: false,
         }
     }
 
@@ -474,6 +479,14 @@ fn mounts(
             .build()?,
     );
     match (&spec.app, app) {
+        (Some(dir), _) if spec.app_writable => mounts.push(
+            MountBuilder::default()
+                .destination(APP_DIR)
+                .typ("bind")
+                .source(dir)
+                .options(strings(&["bind", "nosuid", "nodev"]))
+                .build()?,
+        ),
         (Some(lower), Some(layers)) => mounts.push(
             MountBuilder::default()
                 .destination(APP_DIR)

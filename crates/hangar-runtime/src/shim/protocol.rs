@@ -65,6 +65,7 @@ impl ShimConfig {
         };
         sandbox.cwd = PathBuf::from(&spec.cwd);
         sandbox.app.clone_from(&spec.app);
+        sandbox.app_writable = spec.app_writable;
         sandbox.cpu_millis = spec.cpu_millis;
         sandbox.cpu_limit_millis = spec.cpu_limit_millis;
         sandbox.memory_limit_bytes = spec.memory_limit_bytes;

@@ -1,0 +1,199 @@
+//! Content-addressed artifacts: a built source lives in the data dir under
+//! `artifacts/<key>`, where the key hashes the source tree and the build
+//! step. A deploy of a source already built the same way finds its key taken
+//! and reuses that artifact instead of building again; two builds of one
+//! source racing each other both end with the same directory (the second
+//! rename loses and its copy is dropped).
+//!
+//! The tree hash covers each entry's relative path, kind, execute bit, and
+//! its content (files) or target (symlinks), in name order; not owners or
+//! times, which archives and clones do not carry faithfully.
+//!
+//! Ownership around the sandboxed build step: the step runs as the sandbox's
+//! unprivileged user, so the tree is handed to that user before
+//! ([`give_to`]) and taken back afterwards ([`take_back`]), with every file
+//! made readable and no setuid bits, so the artifact is root's and immutable
+//! to every replica that shows it.
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::source::BuildError;
+
+/// Bumped whenever the same source and recipe would build differently.
+const BUILDER_VERSION: &str = "hangar-build 1";
+
+fn io(path: &Path, source: std::io::Error) -> BuildError {
+    BuildError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Every entry under `dir` (not following symlinks), in name order, with
+/// its path relative to `dir`.
+pub(crate) fn walk(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, BuildError> {
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let here = dir.join(&rel);
+        let mut names = std::fs::read_dir(&here)
+            .map_err(|err| io(&here, err))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| io(&here, err))?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let rel = rel.join(name);
+            let path = dir.join(&rel);
+            let meta = path.symlink_metadata().map_err(|err| io(&path, err))?;
+            if meta.is_dir() {
+                subdirs.push(rel.clone());
+            }
+            out.push((rel, meta));
+        }
+        pending.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+/// The content hash of the tree at `dir` (hex).
+pub fn tree_hash(dir: &Path) -> Result<String, BuildError> {
+    let mut hash = Sha256::new();
+    for (rel, meta) in walk(dir)? {
+        hash.update(rel.as_os_str().as_bytes());
+        hash.update([0]);
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            hash.update(b"d");
+        } else if kind.is_symlink() {
+            hash.update(b"l");
+            let target = std::fs::read_link(dir.join(&rel)).map_err(|err| io(&rel, err))?;
+            hash.update(target.as_os_str().as_bytes());
+        } else if kind.is_file() {
+            hash.update(if meta.mode() & 0o111 != 0 { b"x" } else { b"f" });
+            let path = dir.join(&rel);
+            let mut file = std::fs::File::open(&path).map_err(|err| io(&path, err))?;
+            let mut content = Sha256::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = file.read(&mut buf).map_err(|err| io(&path, err))?;
+                if n == 0 {
+                    break;
+                }
+                content.update(&buf[..n]);
+            }
+            hash.update(content.finalize());
+        } else {
+            return Err(BuildError::SpecialFile {
+                path: rel.display().to_string(),
+            });
+        }
+        hash.update([0]);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// The artifact key of a tree with hash `tree` built by `recipe` (its
+/// description; empty for none).
+#[must_use]
+pub fn key(tree: &str, recipe: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [BUILDER_VERSION, tree, recipe] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// Hands the tree at `dir` to `uid` (symlinks themselves, not their targets).
+pub fn give_to(dir: &Path, uid: u32) -> Result<(), BuildError> {
+    chown_tree(dir, uid)
+}
+
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), BuildError> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).map_err(|err| io(dir, err))?;
+    for (rel, _) in walk(dir)? {
+        let path = dir.join(rel);
+        std::os::unix::fs::lchown(&path, Some(uid), Some(uid)).map_err(|err| io(&path, err))?;
+    }
+    Ok(())
+}
+
+/// Takes the tree back for root after a build step: root owns everything;
+/// files are readable by all (executable ones executable by all), dirs
+/// listable by all, nothing setuid, setgid or writable by others.
+pub fn take_back(dir: &Path) -> Result<(), BuildError> {
+    chown_tree(dir, 0)?;
+    normalize_modes(dir)
+}
+
+/// Makes every file readable and every directory listable by the sandbox's
+/// user, without special bits or write access for others.
+pub fn normalize_modes(dir: &Path) -> Result<(), BuildError> {
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|err| io(path, err))
+    };
+    set(dir, 0o755)?;
+    for (rel, meta) in walk(dir)? {
+        let path = dir.join(rel);
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            set(&path, 0o755)?;
+        } else if kind.is_file() {
+            set(
+                &path,
+                if meta.mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                },
+            )?;
+        } else if !kind.is_symlink() {
+            return Err(BuildError::SpecialFile {
+                path: path.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Moves the built tree `dir` to `artifacts/<key>`; when that exists already
+/// (a concurrent build of the same source won), `dir` is dropped and the
+/// existing one is used. Returns the artifact's path.
+pub fn publish(dir: &Path, artifacts: &Path, key: &str) -> Result<PathBuf, BuildError> {
+    std::fs::create_dir_all(artifacts).map_err(|err| io(artifacts, err))?;
+    let target = artifacts.join(key);
+    match std::fs::rename(dir, &target) {
+        Ok(()) => Ok(target),
+        Err(_) if target.is_dir() => {
+            let _ = std::fs::remove_dir_all(dir);
+            Ok(target)
+        }
+        Err(err) => Err(io(&target, err)),
+    }
+}
+
+/// The files the server itself reads from an artifact (to choose the run
+/// command) must be files, not symlinks that could show it something else
+/// of the host.
+pub fn check_top_level(dir: &Path) -> Result<(), BuildError> {
+    for name in ["hangar.toml", "main.py", "app.py", "package.json"] {
+        if dir
+            .join(name)
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(BuildError::TopLevelSymlink {
+                name: name.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
