@@ -91,6 +91,8 @@ pub struct AppState {
     /// The job runner, if this server runs jobs: accepted jobs wake it,
     /// cancels abort its requests.
     pub jobs: Option<hangar_gateway::jobs::JobRunner>,
+    /// Stores accepted async jobs, a transaction per batch of requests.
+    pub intake: hangar_store::JobIntake,
 }
 
 impl AppState {

@@ -33,7 +33,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
-use crate::{Gateway, InvokeError};
+use crate::{Gateway, InvokeError, RouteKey};
 
 /// Header that carries the job's ID to the agent, for dedupe.
 pub const JOB_ID_HEADER: &str = "x-hangar-job-id";
@@ -113,6 +113,10 @@ impl std::fmt::Debug for JobRunner {
             .finish_non_exhaustive()
     }
 }
+
+/// Where a job goes: its agent's default instance (none yet: retried), or
+/// why it cannot run at all.
+type Target = Result<Option<Arc<Instance>>, String>;
 
 /// What a job's task reports: its ID and, unless it was aborted, how it ended.
 type Finished = (String, Option<JobOutcome>);
@@ -253,22 +257,36 @@ impl JobRunner {
     }
 
     /// Starts a task per claimed job, looking each agent's default instance
-    /// up once per batch.
+    /// up once per batch (in the gateway's route cache first, as invokes do).
     async fn start_jobs(
         &self,
         jobs: Vec<Job>,
         tasks: &mut JoinSet<()>,
         done: &mpsc::UnboundedSender<Finished>,
     ) {
-        let mut instances: HashMap<String, Result<Option<Instance>, String>> = HashMap::new();
+        let mut instances: HashMap<String, Target> = HashMap::new();
         for job in jobs {
             if !instances.contains_key(&job.agent_id) {
-                let found = self
+                let key = RouteKey::Agent(job.agent_id.clone());
+                let cached = self
                     .shared
-                    .store
-                    .get_agent(&job.organization_id, &job.agent_id)
-                    .await
-                    .map(|view| view.map(|v| v.default_instance));
+                    .gateway
+                    .route(&key)
+                    .filter(|instance| instance.organization_id == job.organization_id);
+                let found = match cached {
+                    Some(instance) => Ok(Some(Some(instance))),
+                    None => self
+                        .shared
+                        .store
+                        .get_agent(&job.organization_id, &job.agent_id)
+                        .await
+                        .map(|view| {
+                            view.map(|v| {
+                                v.default_instance
+                                    .map(|i| self.shared.gateway.remember_route(key, i))
+                            })
+                        }),
+                };
                 let entry = match found {
                     Ok(Some(instance)) => Ok(instance),
                     Ok(None) => Err("the agent was deleted".to_owned()),
@@ -297,7 +315,7 @@ impl JobRunner {
     async fn run_job(
         &self,
         job: Job,
-        target: Result<Option<Instance>, String>,
+        target: Target,
         abort: oneshot::Receiver<()>,
     ) -> Option<JobOutcome> {
         let config = &self.shared.config;
@@ -337,18 +355,18 @@ impl JobRunner {
             Ok(done) => JobOutcome::Completed {
                 output: done.output,
                 usage: done.usage,
-                instance_id: instance.id,
+                instance_id: instance.id.clone(),
                 replica_id: done.replica_id,
                 latency: done.latency,
             },
             Err(err) => {
                 let (error, retry) = invoke_failure(&err);
                 if retry {
-                    self.retry_or_fail(&job, error, Some(instance.id))
+                    self.retry_or_fail(&job, error, Some(instance.id.clone()))
                 } else {
                     JobOutcome::Failed {
                         error,
-                        instance_id: Some(instance.id),
+                        instance_id: Some(instance.id.clone()),
                     }
                 }
             }

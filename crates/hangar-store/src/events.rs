@@ -10,13 +10,23 @@
 //! delivery of the same subject to the same endpoint is still pending: the
 //! receiver sees an agent's events in the order they happened.
 
+use std::collections::BTreeMap;
+
 use hangar_core::events::{Delivery, DeliveryStatus, Event};
 use hangar_core::id::{new_id, IdKind};
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
-use crate::{from_ms, now_ms, Result, RowExt, Store};
+use crate::{from_ms, now_ms, value_rows, Result, RowExt, Store, StoreError, INSERT_CHUNK};
+
+/// An event to record: what [`Store::record_events_in`] is given.
+pub(crate) struct PendingEvent {
+    pub(crate) organization_id: String,
+    pub(crate) kind: String,
+    pub(crate) subject: String,
+    pub(crate) data: Value,
+}
 
 const EVENT_COLUMNS: &str = "id, organization_id, kind, subject, data, created_at";
 const DELIVERY_COLUMNS: &str =
@@ -107,52 +117,125 @@ impl Store {
         subject: &str,
         data: Value,
     ) -> Result<Event> {
-        let now = now_ms();
-        let event = Event {
-            id: new_id(IdKind::Event),
+        let event = PendingEvent {
             organization_id: organization_id.to_owned(),
             kind: kind.to_owned(),
             subject: subject.to_owned(),
             data,
-            created_at: from_ms(now),
         };
-        sqlx::query(
-            "INSERT INTO events (id, organization_id, kind, subject, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&event.id)
-        .bind(&event.organization_id)
-        .bind(&event.kind)
-        .bind(&event.subject)
-        .bind(event.data.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        let hooks = sqlx::query(
-            "SELECT id, events FROM webhooks WHERE organization_id = $1 AND enabled = 1 ORDER BY id",
-        )
-        .bind(organization_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        for hook in hooks {
-            let kinds: Vec<String> = hook.json("events")?;
-            if !kinds.is_empty() && !kinds.iter().any(|k| k == kind) {
+        let mut events = Self::record_events_in(tx, vec![event]).await?;
+        events.pop().ok_or(StoreError::Corrupt {
+            what: "event",
+            detail: "recording one event returned none".into(),
+        })
+    }
+
+    /// Several events in the caller's transaction, in order: each
+    /// organization's webhook subscriptions are read once, and rows go in
+    /// as multi-row `INSERT`s (a finished batch of jobs records its events
+    /// in a few statements, not a few per job).
+    pub(crate) async fn record_events_in(
+        tx: &mut Transaction<'static, Any>,
+        pending: Vec<PendingEvent>,
+    ) -> Result<Vec<Event>> {
+        let now = now_ms();
+        let events: Vec<Event> = pending
+            .into_iter()
+            .map(|p| Event {
+                id: new_id(IdKind::Event),
+                organization_id: p.organization_id,
+                kind: p.kind,
+                subject: p.subject,
+                data: p.data,
+                created_at: from_ms(now),
+            })
+            .collect();
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO events (id, organization_id, kind, subject, data, created_at) VALUES {}",
+                value_rows(chunk.len(), 6)
+            );
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(&event.id)
+                    .bind(&event.organization_id)
+                    .bind(&event.kind)
+                    .bind(&event.subject)
+                    .bind(event.data.to_string())
+                    .bind(now);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        // Each organization's enabled endpoints: (id, the types it takes;
+        // none listed means every type).
+        let mut hooks: BTreeMap<&str, Vec<(String, Vec<String>)>> = BTreeMap::new();
+        for event in &events {
+            if hooks.contains_key(event.organization_id.as_str()) {
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (id, organization_id, webhook_id, event_id, kind, subject, status, \
-                 attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)",
+            let rows = sqlx::query(
+                "SELECT id, events FROM webhooks WHERE organization_id = $1 AND enabled = 1 ORDER BY id",
             )
-            .bind(new_id(IdKind::Delivery))
-            .bind(organization_id)
-            .bind(hook.text("id")?)
-            .bind(&event.id)
-            .bind(kind)
-            .bind(subject)
-            .bind(now)
-            .execute(&mut **tx)
+            .bind(&event.organization_id)
+            .fetch_all(&mut **tx)
             .await?;
+            let endpoints = rows
+                .iter()
+                .map(|hook| Ok((hook.text("id")?, hook.json::<Vec<String>>("events")?)))
+                .collect::<Result<Vec<_>>>()?;
+            hooks.insert(&event.organization_id, endpoints);
         }
-        Ok(event)
+        let deliveries: Vec<(&Event, &str)> = events
+            .iter()
+            .flat_map(|event| {
+                hooks
+                    .get(event.organization_id.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, kinds)| kinds.is_empty() || kinds.contains(&event.kind))
+                    .map(move |(hook, _)| (event, hook.as_str()))
+            })
+            .collect();
+        for chunk in deliveries.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (id, organization_id, webhook_id, event_id, kind, subject, status, \
+                 attempts, next_attempt_at, created_at) VALUES {}",
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| {
+                        let b = i * 8;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6,
+                            b + 7,
+                            b + 8
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (event, hook) in chunk {
+                query = query
+                    .bind(new_id(IdKind::Delivery))
+                    .bind(&event.organization_id)
+                    .bind(*hook)
+                    .bind(&event.id)
+                    .bind(&event.kind)
+                    .bind(&event.subject)
+                    .bind(now)
+                    .bind(now);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(events)
     }
 
     /// The organization's events, newest first, before the cursor ID, of

@@ -31,9 +31,12 @@ use hangar_core::model::Job;
 use hangar_core::status::JobStatus;
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Transaction};
+use sqlx::Any;
 
-use crate::{from_ms, now_ms, to_json, Backend, Result, RowExt, Store, StoreError};
+use crate::events::PendingEvent;
+use crate::{
+    from_ms, now_ms, to_json, value_rows, Backend, Result, RowExt, Store, StoreError, INSERT_CHUNK,
+};
 
 /// An invocation to accept.
 #[derive(Debug, Clone, Default)]
@@ -163,6 +166,37 @@ pub(crate) fn job_from_row(r: &AnyRow) -> Result<Job> {
     })
 }
 
+/// The event a finished attempt records (`job.completed` or `job.failed`;
+/// none for a retry), from its outcome and the job's row (`organization_id`,
+/// `agent_id`, as the finishing `UPDATE` returned them).
+fn job_event(row: &AnyRow, result: &JobResult) -> Result<Option<PendingEvent>> {
+    let (kind, mut data) = match &result.outcome {
+        JobOutcome::Completed {
+            instance_id,
+            latency,
+            ..
+        } => (
+            "job.completed",
+            serde_json::json!({"instance_id": instance_id, "latency_ms": ms(*latency)}),
+        ),
+        JobOutcome::Failed { error, instance_id } => (
+            "job.failed",
+            serde_json::json!({"instance_id": instance_id, "error": error}),
+        ),
+        JobOutcome::Retry { .. } => return Ok(None),
+    };
+    if let Some(object) = data.as_object_mut() {
+        object.insert("job_id".to_owned(), result.job_id.clone().into());
+        object.insert("agent_id".to_owned(), row.text("agent_id")?.into());
+    }
+    Ok(Some(PendingEvent {
+        organization_id: row.text("organization_id")?,
+        kind: kind.to_owned(),
+        subject: result.job_id.clone(),
+        data,
+    }))
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -175,20 +209,23 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-impl Store {
-    /// Accepts a job; with an idempotency key already used for this agent,
-    /// returns the existing job instead (`false` in the second field).
-    /// Concurrent requests with one key get one job: the unique index decides,
-    /// and the losers read the winner's row.
-    pub async fn create_job(&self, new: NewJob) -> Result<(Job, bool)> {
-        if let Some(key) = &new.idempotency_key {
-            if let Some(job) = self
-                .job_by_idempotency_key(&new.organization_id, &new.agent_id, key)
-                .await?
-            {
-                return Ok((job, false));
-            }
-        }
+/// The columns a new job's row sets (14 values per row).
+const INSERT_JOB: &str =
+    "INSERT INTO jobs (id, organization_id, agent_id, status, input, headers, timeout_ms, \
+     idempotency_key, sync, attempts, created_at, started_at, lease_owner, lease_until)";
+type JobQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// A job about to be inserted: its row, and what the row holds beyond it.
+struct PreparedJob {
+    job: Job,
+    timeout: Duration,
+    run_by: Option<String>,
+    lease_until: Option<i64>,
+    now: i64,
+}
+
+impl PreparedJob {
+    fn new(new: NewJob) -> Self {
         let now = now_ms();
         let timeout = if new.timeout.is_zero() {
             DEFAULT_JOB_TIMEOUT
@@ -222,27 +259,54 @@ impl Store {
             finished_at: None,
         };
         let lease_until = running.then(|| now.saturating_add(ms(timeout + SYNC_LEASE_MARGIN)));
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, organization_id, agent_id, status, input, headers, timeout_ms, idempotency_key, sync, \
-             attempts, created_at, started_at, lease_owner, lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&job.id)
-        .bind(&job.organization_id)
-        .bind(&job.agent_id)
-        .bind(job.status.as_str())
-        .bind(to_json(&job.input))
-        .bind(to_json(&job.headers))
-        .bind(ms(timeout))
-        .bind(job.idempotency_key.as_deref())
-        .bind(i64::from(running))
-        .bind(i64::from(job.attempts))
-        .bind(now)
-        .bind(running.then_some(now))
-        .bind(new.run_by.as_deref())
-        .bind(lease_until)
-        .execute(&self.pool)
-        .await;
+        Self {
+            job,
+            timeout,
+            run_by: new.run_by,
+            lease_until,
+            now,
+        }
+    }
+
+    /// Binds this job's 14 values (in [`INSERT_JOB`]'s column order).
+    fn bind<'q>(&'q self, query: JobQuery<'q>) -> JobQuery<'q> {
+        let job = &self.job;
+        query
+            .bind(&job.id)
+            .bind(&job.organization_id)
+            .bind(&job.agent_id)
+            .bind(job.status.as_str())
+            .bind(to_json(&job.input))
+            .bind(to_json(&job.headers))
+            .bind(ms(self.timeout))
+            .bind(job.idempotency_key.as_deref())
+            .bind(i64::from(job.sync))
+            .bind(i64::from(job.attempts))
+            .bind(self.now)
+            .bind(job.sync.then_some(self.now))
+            .bind(self.run_by.as_deref())
+            .bind(self.lease_until)
+    }
+}
+
+impl Store {
+    /// Accepts a job; with an idempotency key already used for this agent,
+    /// returns the existing job instead (`false` in the second field).
+    /// Concurrent requests with one key get one job: the unique index decides,
+    /// and the losers read the winner's row.
+    pub async fn create_job(&self, new: NewJob) -> Result<(Job, bool)> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(job) = self
+                .job_by_idempotency_key(&new.organization_id, &new.agent_id, key)
+                .await?
+            {
+                return Ok((job, false));
+            }
+        }
+        let prepared = PreparedJob::new(new);
+        let sql = format!("{INSERT_JOB} VALUES {}", value_rows(1, 14));
+        let inserted = prepared.bind(sqlx::query(&sql)).execute(&self.pool).await;
+        let job = prepared.job;
         match (inserted, &job.idempotency_key) {
             (Ok(_), _) => Ok((job, true)),
             // A concurrent request with the same key won the race: answer with its job.
@@ -257,6 +321,26 @@ impl Store {
             }
             (Err(e), _) => Err(e.into()),
         }
+    }
+
+    /// Accepts several jobs without idempotency keys in one transaction: one
+    /// commit (on SQLite, one turn of the single write lock) for the lot.
+    /// All are stored or none is: one idempotency key used before fails the
+    /// lot, so keyed jobs belong to [`Store::create_job`], which resolves
+    /// key races.
+    pub async fn create_jobs(&self, news: Vec<NewJob>) -> Result<Vec<Job>> {
+        let prepared: Vec<PreparedJob> = news.into_iter().map(PreparedJob::new).collect();
+        let mut tx = self.pool.begin().await?;
+        for chunk in prepared.chunks(INSERT_CHUNK) {
+            let sql = format!("{INSERT_JOB} VALUES {}", value_rows(chunk.len(), 14));
+            let mut query = sqlx::query(&sql);
+            for p in chunk {
+                query = p.bind(query);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(prepared.into_iter().map(|p| p.job).collect())
     }
 
     async fn job_by_idempotency_key(
@@ -455,6 +539,7 @@ impl Store {
         }
         let now = now_ms();
         let mut applied = Vec::with_capacity(results.len());
+        let mut events = Vec::new();
         let mut tx = self.pool.begin().await?;
         for result in results {
             let query = match &result.outcome {
@@ -468,7 +553,8 @@ impl Store {
                     "UPDATE jobs SET status = 'completed', output = $3, usage = $4, error = NULL, \
                      instance_id = $5, replica_id = $6, latency_ms = $7, finished_at = $8, \
                      lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running' \
+                     RETURNING organization_id, agent_id",
                 )
                 .bind(&result.job_id)
                 .bind(owner)
@@ -481,7 +567,8 @@ impl Store {
                 JobOutcome::Failed { error, instance_id } => sqlx::query(
                     "UPDATE jobs SET status = 'failed', error = $3, instance_id = COALESCE($4, instance_id), \
                      finished_at = $5, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running' \
+                     RETURNING organization_id, agent_id",
                 )
                 .bind(&result.job_id)
                 .bind(owner)
@@ -491,60 +578,27 @@ impl Store {
                 JobOutcome::Retry { error, after } => sqlx::query(
                     "UPDATE jobs SET status = 'pending', error = $3, not_before = $4, \
                      lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running' \
+                     RETURNING organization_id, agent_id",
                 )
                 .bind(&result.job_id)
                 .bind(owner)
                 .bind(to_json(error))
                 .bind(now.saturating_add(ms(*after))),
             };
-            let done = query.execute(&mut *tx).await?.rows_affected() > 0;
-            if done {
-                Self::job_event(&mut tx, result).await?;
+            let row = query.fetch_optional(&mut *tx).await?;
+            if let Some(row) = &row {
+                events.extend(job_event(row, result)?);
             }
-            applied.push(done);
+            applied.push(row.is_some());
         }
+        Self::record_events_in(&mut tx, events).await?;
         tx.commit().await?;
         Ok(applied)
     }
 
     /// `job.completed` or `job.failed` for a job that just ended (nothing for
     /// a retry), in the transaction that ended it.
-    async fn job_event(tx: &mut Transaction<'static, Any>, result: &JobResult) -> Result<()> {
-        let (kind, mut data) = match &result.outcome {
-            JobOutcome::Completed {
-                instance_id,
-                latency,
-                ..
-            } => (
-                "job.completed",
-                serde_json::json!({"instance_id": instance_id, "latency_ms": ms(*latency)}),
-            ),
-            JobOutcome::Failed { error, instance_id } => (
-                "job.failed",
-                serde_json::json!({"instance_id": instance_id, "error": error}),
-            ),
-            JobOutcome::Retry { .. } => return Ok(()),
-        };
-        let row = sqlx::query("SELECT organization_id, agent_id FROM jobs WHERE id = $1")
-            .bind(&result.job_id)
-            .fetch_one(&mut **tx)
-            .await?;
-        if let Some(object) = data.as_object_mut() {
-            object.insert("job_id".to_owned(), result.job_id.clone().into());
-            object.insert("agent_id".to_owned(), row.text("agent_id")?.into());
-        }
-        Self::record_event_in(
-            tx,
-            &row.text("organization_id")?,
-            kind,
-            &result.job_id,
-            data,
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Puts running jobs whose lease ran out back to pending (their server
     /// died or lost the database); returns how many.
     pub async fn reclaim_expired_jobs(&self) -> Result<u64> {

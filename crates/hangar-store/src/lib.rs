@@ -14,6 +14,7 @@
 //! - `instances`: instances and the instance quota.
 //! - `jobs`: the durable job queue (accept, claim under a lease, renew,
 //!   finish, reclaim, cancel).
+//! - [`JobIntake`]: group commit of accepted jobs (one transaction per batch).
 //! - `extras`: uploads, secrets, webhooks.
 //! - `runtime`: what the runtime controller reads and records: the instances to
 //!   act on, their replicas' logs and each replica's log cursor.
@@ -32,6 +33,7 @@ mod agents;
 mod events;
 mod extras;
 mod instances;
+mod intake;
 mod jobs;
 mod runtime;
 pub mod seal;
@@ -42,6 +44,7 @@ pub use agents::NewAgent;
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
+pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
 pub use runtime::{ControlledInstance, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
@@ -132,6 +135,24 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL.
     Postgres,
+}
+
+/// Most rows in one multi-row `INSERT` (PostgreSQL takes at most 65,535
+/// parameters per statement, SQLite 32,766).
+pub(crate) const INSERT_CHUNK: usize = 256;
+
+/// `($1, …, $cols), ($cols+1, …), …` for `rows` rows of a multi-row `INSERT`.
+pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row = (1..=cols)
+                .map(|c| format!("${}", r * cols + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The store: a connection pool and the key that seals secrets.

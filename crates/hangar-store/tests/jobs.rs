@@ -592,3 +592,55 @@ async fn a_sync_invocation_with_a_key_is_recorded_running_under_its_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_intake_stores_concurrent_accepts_in_batches_and_one_bad_job_fails_alone() {
+    each_backend(|store, _| async move {
+        let (org, agents) = fixture(&store, 1).await;
+        let intake = hangar_store::JobIntake::start(store.clone());
+        let accept = |agent: String, i: usize| {
+            let (intake, org) = (intake.clone(), org.clone());
+            tokio::spawn(async move {
+                intake
+                    .accept(NewJob {
+                        organization_id: org,
+                        agent_id: agent,
+                        input: json!({ "i": i }),
+                        ..NewJob::default()
+                    })
+                    .await
+            })
+        };
+        // 200 at once, and among them one for an agent that does not exist
+        // (its row breaks a foreign key, so its batch cannot commit).
+        let mut tasks: Vec<_> = (0..200).map(|i| accept(agents[0].clone(), i)).collect();
+        tasks.insert(100, accept("agt_missing".into(), 999));
+        let mut stored = BTreeSet::new();
+        let mut failed = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok((job, created)) => {
+                    assert!(created);
+                    assert_eq!(job.status, JobStatus::Pending);
+                    let read = store
+                        .get_job(&org, &job.id)
+                        .await
+                        .expect("read")
+                        .expect("stored before the answer");
+                    assert_eq!(read.input, job.input);
+                    stored.insert(job.input["i"].as_u64().expect("i"));
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        assert_eq!(failed, 1, "only the bad job fails");
+        assert_eq!(stored, (0..200).collect::<BTreeSet<u64>>());
+        // Every stored job is claimable exactly once.
+        let claimed = store
+            .claim_jobs("srv-a", 500, 500, LEASE)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 200);
+    })
+    .await;
+}

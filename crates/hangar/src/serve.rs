@@ -178,6 +178,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         builder: Some(builder),
         deliverer: Some(deliverer),
         jobs: jobs.as_ref().map(|j| j.runner.clone()),
+        intake: hangar_store::JobIntake::start(store.clone()),
     });
     println!(
         "hangar listening on http://{local} (organization {}, database {})",

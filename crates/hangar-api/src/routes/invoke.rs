@@ -92,6 +92,15 @@ async fn invoke(
         }
     }
     let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
+    if body.is_async && key.is_none() && running_route(&state, &caller, &id) {
+        let invocation = super::jobs::Invocation {
+            input: body.input,
+            timeout,
+            headers: body.options.headers,
+            key,
+        };
+        return super::jobs::accept(&state, caller.org(), &id, invocation).await;
+    }
     if body.is_async || key.is_some() {
         // Jobs: durable async invocations, and sync ones a repeated key answers.
         let view = find(&state, &caller, &id).await?;
@@ -105,6 +114,9 @@ async fn invoke(
                 },
             ));
         }
+        if let (Some(gateway), Some(instance)) = (&state.gateway, &view.default_instance) {
+            gateway.remember_route(RouteKey::Agent(id.clone()), instance.clone());
+        }
         let invocation = super::jobs::Invocation {
             input: body.input,
             timeout,
@@ -112,7 +124,7 @@ async fn invoke(
             key,
         };
         return if body.is_async {
-            super::jobs::accept(&state, caller.org(), &view, invocation).await
+            super::jobs::accept(&state, caller.org(), &view.agent.id, invocation).await
         } else {
             super::jobs::invoke_keyed(&state, caller.org(), &view, invocation).await
         };
@@ -222,6 +234,21 @@ async fn failed(state: &AppState, caller: &Caller, id: &str, err: InvokeError) -
         }
     }
     invoke_error(err)
+}
+
+/// Whether the gateway's route cache (at most a second old, cleared on every
+/// change made through the API) has the agent's default instance running: an
+/// async invoke is then accepted without reading the agent from the store.
+/// Otherwise the store decides ([`is_running`]).
+fn running_route(state: &AppState, caller: &Caller, id: &str) -> bool {
+    state
+        .gateway
+        .as_ref()
+        .and_then(|gateway| gateway.route(&RouteKey::Agent(id.to_owned())))
+        .is_some_and(|instance| {
+            instance.organization_id == caller.org()
+                && instance.status == hangar_core::status::InstanceStatus::Running
+        })
 }
 
 /// Whether the agent is running (jobs are only accepted for running agents,

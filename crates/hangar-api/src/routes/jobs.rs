@@ -75,10 +75,10 @@ pub(crate) struct Invocation {
 }
 
 impl Invocation {
-    fn new_job(self, org: &str, view: &AgentView, run_by: Option<String>) -> NewJob {
+    fn new_job(self, org: &str, agent_id: &str, run_by: Option<String>) -> NewJob {
         NewJob {
             organization_id: org.to_owned(),
-            agent_id: view.agent.id.clone(),
+            agent_id: agent_id.to_owned(),
             input: self.input,
             headers: self.headers,
             timeout: self.timeout,
@@ -93,12 +93,12 @@ impl Invocation {
 pub(crate) async fn accept(
     state: &AppState,
     org: &str,
-    view: &AgentView,
+    agent_id: &str,
     invocation: Invocation,
 ) -> ApiResult<Response> {
     let (job, created) = state
-        .store
-        .create_job(invocation.new_job(org, view, None))
+        .intake
+        .accept(invocation.new_job(org, agent_id, None))
         .await?;
     if created {
         state.job_accepted();
@@ -133,7 +133,7 @@ pub(crate) async fn invoke_keyed(
     let owner = format!("sync/{}", crate::context::request_id());
     let (mut job, created) = state
         .store
-        .create_job(invocation.new_job(org, view, here.is_some().then(|| owner.clone())))
+        .create_job(invocation.new_job(org, &view.agent.id, here.is_some().then(|| owner.clone())))
         .await?;
     match (created, here) {
         (true, Some((gateway, instance))) => {

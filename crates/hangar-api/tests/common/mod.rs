@@ -91,6 +91,7 @@ impl Harness {
             key: other.key.secret,
         };
         let app = hangar_api::app(AppState {
+            intake: hangar_store::JobIntake::start(store.clone()),
             store,
             config: Arc::new(config()),
             runtime: None,

@@ -1,0 +1,85 @@
+//! Group commit for accepted jobs.
+//!
+//! An async invoke is answered `202` only once its job is stored: that is the
+//! promise that an accepted job is never lost. Stored one by one, every accept
+//! is a write transaction of its own, and on SQLite every one takes the single
+//! write lock in turn — the ceiling of the accept rate. [`JobIntake`] keeps the
+//! promise with one transaction per *batch*: one task takes whatever accepts
+//! are waiting, stores them in one transaction ([`Store::create_jobs`]), then
+//! answers each. Under no load a batch is one job and nothing waits for a
+//! timer; under load a batch grows with the time the previous commit took.
+//!
+//! Jobs with an idempotency key skip the batch ([`Store::create_job`]): a
+//! repeated key must find the first job, and a batch fails as a whole. When a
+//! batch fails, its jobs are retried one by one, so one bad job fails only its
+//! own request.
+
+use hangar_core::model::Job;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{NewJob, Result, Store, StoreError};
+
+/// Most jobs stored in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// A job waiting for its batch, and where its answer goes.
+type Pending = (NewJob, oneshot::Sender<Result<Job>>);
+
+/// The handle that accepts jobs through the batching task. Cheap to clone;
+/// the task ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct JobIntake {
+    store: Store,
+    tx: mpsc::Sender<Pending>,
+}
+
+impl JobIntake {
+    /// Starts the batching task (on the current tokio runtime).
+    #[must_use]
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run(store.clone(), rx));
+        Self { store, tx }
+    }
+
+    /// Stores a job; `false` in the second field when its idempotency key
+    /// was used before and this is that earlier job. Returns once the job is
+    /// committed.
+    pub async fn accept(&self, new: NewJob) -> Result<(Job, bool)> {
+        if new.idempotency_key.is_some() || new.run_by.is_some() {
+            return self.store.create_job(new).await;
+        }
+        let (answer, answered) = oneshot::channel();
+        if let Err(mpsc::error::SendError((new, _))) = self.tx.send((new, answer)).await {
+            // The task is gone (the runtime is shutting down): store it here.
+            return self.store.create_job(new).await;
+        }
+        match answered.await {
+            Ok(result) => result.map(|job| (job, true)),
+            Err(_) => Err(StoreError::Corrupt {
+                what: "job intake",
+                detail: "the batching task stopped before answering".into(),
+            }),
+        }
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let news: Vec<NewJob> = batch.iter().map(|(new, _)| new.clone()).collect();
+        match store.create_jobs(news).await {
+            Ok(jobs) => {
+                for ((_, answer), job) in batch.drain(..).zip(jobs) {
+                    let _ = answer.send(Ok(job));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = batch.len(), "storing a batch of jobs failed; storing them one by one");
+                for (new, answer) in batch.drain(..) {
+                    let _ = answer.send(store.create_job(new).await.map(|(job, _)| job));
+                }
+            }
+        }
+    }
+}
