@@ -421,6 +421,7 @@ fn main() -> Result<()> {
         config: Arc::new(ApiConfig {
             uploads_dir: None,
             max_upload_bytes: 0,
+            cors_origins: Vec::new(),
             base_domain: "localhost".into(),
             public_port: addr.port(),
             public_url: format!("http://{addr}"),

@@ -12,7 +12,9 @@
 //! - [`extract`]: JSON/query/auth extractors that reject in the API's envelope.
 //! - `context`: request ids.
 //! - `render`: response shapes of both APIs.
-//! - `routes::{instances, agents, invoke, jobs, tenancy, extras}`: the handlers.
+//! - `routes::{instances, agents, invoke, jobs, tenancy, extras, events, tokens}`:
+//!   the handlers (`tokens`: stream tokens for clients that cannot send
+//!   `Authorization`, such as a browser's `EventSource`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,10 @@ pub struct ApiConfig {
     pub uploads_dir: Option<std::path::PathBuf>,
     /// Largest archive an upload URL takes.
     pub max_upload_bytes: u64,
+    /// Origins whose pages may call the API from a browser (CORS): exact
+    /// origins such as `https://console.example.com`, or `*` for any. Empty:
+    /// no CORS headers, so browsers allow only same-origin calls.
+    pub cors_origins: Vec<String>,
 }
 
 impl ApiConfig {
@@ -233,6 +239,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::tenancy::routes())
         .merge(routes::extras::routes())
         .merge(routes::events::routes())
+        .merge(routes::tokens::routes())
 }
 
 /// The OpenAPI 3.1 document of every route.
@@ -255,17 +262,61 @@ async fn method_not_allowed(request: Request) -> impl IntoResponse {
     }
 }
 
+/// CORS for the configured origins (`None` when there are none). Bearer
+/// keys and stream tokens are not cookies, so credentials stay off; a
+/// preflight is answered here, before auth, as browsers send it without one.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("x-exit-code"),
+                HeaderName::from_static("x-exec-timed-out"),
+                HeaderName::from_static("x-output-truncated"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 /// The HTTP application. Layers, outermost first:
 /// 0. instance hosts — `<name>.<base domain>` is an instance URL, proxied
-///    to a replica ([`routes::proxy`]); nothing below sees it;
-/// 1. request context (id) — so everything below, panics included, can cite it;
-/// 2. panic catcher — a bug answers 500 in the envelope and the server lives on;
-/// 3. body limit — oversized bodies are refused before they are buffered.
+///    to a replica ([`routes::proxy`]); nothing below sees it (an agent
+///    answers its own CORS);
+/// 1. CORS, when origins are configured — preflights end here;
+/// 2. request context (id) — so everything below, panics included, can cite it;
+/// 3. panic catcher — a bug answers 500 in the envelope and the server lives on;
+/// 4. body limit — oversized bodies are refused before they are buffered.
 pub fn app(state: AppState) -> Router {
     let hosts = state.clone();
     let (router, doc) = api_routes().split_for_parts();
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
+    let cors_origins = state.config.cors_origins.clone();
     router
         .route(
             "/openapi.json",
@@ -289,6 +340,7 @@ pub fn app(state: AppState) -> Router {
             },
         ))
         .layer(axum::middleware::from_fn(context::with_context))
+        .layer(tower::util::option_layer(cors(&cors_origins)))
         .layer(axum::middleware::from_fn_with_state(
             hosts,
             routes::proxy::instance_hosts,

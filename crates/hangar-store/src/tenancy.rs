@@ -450,6 +450,29 @@ impl Store {
         Ok(Some(principal))
     }
 
+    /// The principal of a live key, by the key's ID (`None` once revoked):
+    /// what a credential derived from a key, such as a stream token, acts as.
+    pub async fn principal_of_key(&self, key_id: &str) -> Result<Option<Principal>> {
+        let row = sqlx::query(
+            "SELECT k.id, k.user_id, k.organization_id, u.role, o.is_operator \
+             FROM api_keys k JOIN users u ON u.id = k.user_id JOIN organizations o ON o.id = k.organization_id \
+             WHERE k.id = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Principal {
+                key_id: row.text("id")?,
+                user_id: row.text("user_id")?,
+                organization_id: row.text("organization_id")?,
+                role: row.parsed("role")?,
+                is_operator: row.flag("is_operator")?,
+            })
+        })
+        .transpose()
+    }
+
     /// Adds a user to an organization.
     pub async fn create_user(
         &self,

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// [env: HANGAR_MAX_UPLOAD_MB] [default: 512]
     #[arg(long, value_name = "MIB")]
     pub max_upload_mb: Option<u64>,
+    /// Origins whose pages may call the API from a browser, comma-separated
+    /// (`https://console.example.com,http://localhost:3000`), or `*`
+    /// [env: HANGAR_CORS_ORIGINS] [default: none]
+    #[arg(long, value_name = "ORIGINS")]
+    pub cors_origins: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -72,6 +77,7 @@ struct FileServer {
     webhook_retry_schedule: Option<String>,
     job_concurrency: Option<u32>,
     max_upload_mb: Option<u64>,
+    cors_origins: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +111,8 @@ pub struct Config {
     pub job_concurrency: u32,
     /// Largest archive an upload URL takes, in bytes.
     pub max_upload_bytes: u64,
+    /// Browser origins allowed by CORS (`*` for any); empty for none.
+    pub cors_origins: Vec<String>,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -262,7 +270,15 @@ impl Config {
             512,
             1 << 20,
         )?;
+        let cors_origins = args
+            .cors_origins
+            .or_else(|| env_get("HANGAR_CORS_ORIGINS"))
+            .or(file.cors_origins)
+            .map(|text| parse_origins(&text))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Config {
+            cors_origins,
             listen,
             data_dir,
             database_url,
@@ -276,6 +292,35 @@ impl Config {
             max_upload_bytes: max_upload_mb << 20,
         })
     }
+}
+
+/// CORS origins: comma-separated `scheme://host[:port]` (no path), or `*`.
+fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
+    let origins: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for origin in &origins {
+        let rest = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let ok = origin == "*"
+            || rest.is_some_and(|host| {
+                !host.is_empty()
+                    && host.len() <= 253
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+            });
+        if !ok {
+            return Err(ConfigError(format!(
+                "CORS origin '{origin}' must be * or scheme://host[:port] without a path (e.g. https://console.example.com)"
+            )));
+        }
+    }
+    Ok(origins)
 }
 
 /// A retry schedule: comma-separated delays, each a whole number with `ms`,
@@ -373,6 +418,24 @@ mod tests {
         );
         for bad in ["", "5", "5x", "0s", "-1s", "9999h", "1s,,2s"] {
             assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_origins_or_a_star() {
+        assert_eq!(
+            parse_origins("https://a.example, http://localhost:3000").expect("origins"),
+            vec!["https://a.example", "http://localhost:3000"]
+        );
+        assert_eq!(parse_origins("*").expect("any"), vec!["*"]);
+        for bad in [
+            "a.example",
+            "https://a.example/",
+            "https://a.example/app",
+            "ftp://a",
+            "http://",
+        ] {
+            assert!(parse_origins(bad).is_err(), "{bad}");
         }
     }
 

@@ -137,6 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         signing_key: derive_key(&key, "hangar upload urls v1"),
         uploads_dir: Some(build_config.uploads_dir()),
         max_upload_bytes: config.max_upload_bytes,
+        cors_origins: config.cors_origins.clone(),
     };
     let (runtime, driver) = start_runtime(&config, &store).await?;
     let woken = runtime.clone();

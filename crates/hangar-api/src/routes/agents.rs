@@ -512,6 +512,11 @@ struct LogsQuery {
     follow: bool,
     /// `debug`, `info`, `warn` or `error`: that level and above.
     level: Option<String>,
+    /// With `follow`: resume after this line (what `Last-Event-ID` says).
+    last_event_id: Option<String>,
+    /// A stream token (`POST /v1/tokens`) instead of `Authorization`.
+    #[allow(dead_code)] // read by the `Reader` extractor; named here for the OpenAPI document
+    access_token: Option<String>,
 }
 
 /// Retrieve or stream an agent's logs.
@@ -520,10 +525,14 @@ struct LogsQuery {
         (status = 409, description = "AGENT_NOT_RUNNING")))]
 async fn logs(
     State(state): State<AppState>,
-    caller: Caller,
+    reader: super::tokens::Reader,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<axum::response::Response> {
+    reader.check(Kind::Agent, &id)?;
+    let caller = &reader.caller;
+    let resume = super::logs::resume_after(&headers, q.last_event_id.as_deref())?;
     let mut times = [None, None];
     for (slot, (field, v)) in times
         .iter_mut()
@@ -548,7 +557,7 @@ async fn logs(
             ));
         }
     }
-    let view = find(&state, &caller, &id).await?;
+    let view = find(&state, caller, &id).await?;
     // The agent's log is its default instance's.
     let Some(instance) = &view.default_instance else {
         return Err(not_running(&view, "read logs of"));
@@ -568,9 +577,25 @@ async fn logs(
         until: times[1],
         level,
     };
-    let lines = super::logs::stored(&state, &instance.id, &request).await?;
+    let lines = match (resume, &live) {
+        (Some(after), Some(_)) => {
+            super::logs::stored_after(&state, &instance.id, after, level).await?
+        }
+        _ => super::logs::stored(&state, &instance.id, &request).await?,
+    };
     match live {
-        Some(live) => Ok(super::logs::follow(lines, live, level)),
+        Some(live) => {
+            // Lines the level filter passed over count as seen, too: resume
+            // after the later of the last line sent and the resume point.
+            let last = lines.last().map(|l| l.seq).max(resume);
+            let start = super::logs::Follow {
+                instance_id: instance.id.clone(),
+                backlog: lines,
+                last,
+                level,
+            };
+            Ok(super::logs::follow(&state, start, live))
+        }
         None => Ok(ok(lines.iter().map(super::logs::entry).collect::<Vec<_>>()).into_response()),
     }
 }

@@ -493,6 +493,11 @@ struct LogsQuery {
     /// Stream live lines (SSE).
     #[serde(default)]
     follow: bool,
+    /// With `follow`: resume after this line (what `Last-Event-ID` says).
+    last_event_id: Option<String>,
+    /// A stream token (`POST /v1/tokens`) instead of `Authorization`.
+    #[allow(dead_code)] // read by the `Reader` extractor; named here for the OpenAPI document
+    access_token: Option<String>,
 }
 
 /// An instance's logs.
@@ -502,10 +507,14 @@ struct LogsQuery {
         (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
 async fn logs(
     State(state): State<AppState>,
-    caller: Caller,
+    reader: super::tokens::Reader,
     Path((org_id, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<axum::response::Response> {
+    reader.check(Kind::Instance, &id)?;
+    let caller = &reader.caller;
+    let resume = super::logs::resume_after(&headers, q.last_event_id.as_deref())?;
     if q.lines.is_some_and(|l| !(1..=10_000).contains(&l)) {
         return Err(ApiError::invalid("lines", "must be between 1 and 10000"));
     }
@@ -517,7 +526,7 @@ async fn logs(
         ),
         None => None,
     };
-    let inst = find_in(&state, &caller, &org_id, &id).await?;
+    let inst = find_in(&state, caller, &org_id, &id).await?;
     let live = match (&state.runtime, q.follow) {
         (Some(runtime), true) => Some(runtime.subscribe_logs(&inst.id)),
         (None, true) => return Err(no_replica(&inst, "follow logs of")),
@@ -529,9 +538,21 @@ async fn logs(
         until: None,
         level: None,
     };
-    let lines = super::logs::stored(&state, &inst.id, &request).await?;
+    let lines = match (resume, &live) {
+        (Some(after), Some(_)) => super::logs::stored_after(&state, &inst.id, after, None).await?,
+        _ => super::logs::stored(&state, &inst.id, &request).await?,
+    };
     match live {
-        Some(live) => Ok(super::logs::follow(lines, live, None)),
+        Some(live) => {
+            let last = lines.last().map(|l| l.seq).or(resume);
+            let start = super::logs::Follow {
+                instance_id: inst.id.clone(),
+                backlog: lines,
+                last,
+                level: None,
+            };
+            Ok(super::logs::follow(&state, start, live))
+        }
         None => {
             let logs: Vec<serde_json::Value> = lines.iter().map(super::logs::entry).collect();
             Ok(Json(serde_json::json!({ "logs": logs })).into_response())

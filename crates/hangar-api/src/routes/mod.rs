@@ -9,6 +9,7 @@ pub mod jobs;
 mod logs;
 pub(crate) mod proxy;
 pub mod tenancy;
+pub(crate) mod tokens;
 
 use serde::Deserialize;
 

@@ -57,6 +57,7 @@ pub fn config() -> ApiConfig {
             std::env::temp_dir().join(format!("hangar-api-uploads-{}", std::process::id())),
         ),
         max_upload_bytes: 1 << 20,
+        cors_origins: vec!["http://console.test".into()],
     }
 }
 
