@@ -72,6 +72,11 @@ pub struct ControllerConfig {
     pub stats_interval: Duration,
     /// Log lines kept per instance.
     pub log_lines_kept: u32,
+    /// Log lines older than this are deleted (`None`: kept until trimmed by
+    /// count).
+    pub log_max_age: Option<Duration>,
+    /// How often lines past `log_max_age` are looked for.
+    pub log_expiry_interval: Duration,
     /// The autoscaler looks at traffic and CPU this often.
     pub autoscale_interval: Duration,
     /// Requests in flight per replica the autoscaler aims for.
@@ -101,6 +106,8 @@ impl Default for ControllerConfig {
             backoff_reset: Duration::from_secs(60),
             stats_interval: Duration::from_secs(5),
             log_lines_kept: 100_000,
+            log_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            log_expiry_interval: Duration::from_secs(600),
             autoscale_interval: Duration::from_secs(2),
             target_concurrency: 70.0,
             idle_timeout: Duration::from_secs(300),
@@ -296,6 +303,28 @@ impl Drop for Replica {
 /// How long exec and stdin wait for an instance at zero to start a replica.
 pub const ACTIVATION_WAIT: Duration = Duration::from_secs(60);
 
+/// Deletes log lines older than `max_age` every `every`: retention by age,
+/// beside the trim by count that follows each instance's writes (an idle
+/// instance's old lines go too).
+async fn expire_logs_loop(store: hangar_store::Store, max_age: Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cutoff) = chrono::Duration::from_std(max_age)
+            .ok()
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+        else {
+            return;
+        };
+        match store.expire_instance_logs(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(lines = n, "deleted log lines past their retention"),
+            Err(err) => tracing::warn!(error = %err, "cannot delete old log lines"),
+        }
+    }
+}
+
 /// How many stored lines of an instance trigger a trim of its log.
 pub(crate) const TRIM_EVERY: u32 = 1000;
 
@@ -349,6 +378,11 @@ impl Controller {
         tokio::spawn(async move { tasks::stats_loop(stats).await });
         let autoscaler = self.inner.clone();
         tokio::spawn(async move { tasks::autoscale_loop(autoscaler).await });
+        if let Some(max_age) = self.inner.config.log_max_age {
+            let store = self.inner.store.clone();
+            let every = self.inner.config.log_expiry_interval;
+            tokio::spawn(async move { expire_logs_loop(store, max_age, every).await });
+        }
         Ok(tokio::spawn(async move {
             let mut tick = tokio::time::interval(inner.config.resync);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

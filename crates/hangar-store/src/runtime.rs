@@ -359,6 +359,31 @@ impl Store {
         Ok(deleted)
     }
 
+    /// Deletes the log lines printed before `cutoff`, of every instance;
+    /// returns how many went. Per instance the cut is the newest such line's
+    /// `seq`, so each log stays one range of seqs (see
+    /// [`Store::trim_instance_logs`]); the rare line printed earlier but
+    /// numbered later than one past the cutoff waits for the next sweep.
+    pub async fn expire_instance_logs(&self, cutoff: Timestamp) -> Result<u64> {
+        let cuts = sqlx::query(
+            "SELECT instance_id, MAX(seq) AS cut FROM instance_logs WHERE ts < $1 GROUP BY instance_id",
+        )
+        .bind(to_ms(cutoff))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut deleted = 0;
+        for cut in cuts {
+            deleted +=
+                sqlx::query("DELETE FROM instance_logs WHERE instance_id = $1 AND seq <= $2")
+                    .bind(cut.text("instance_id")?)
+                    .bind(cut.int("cut")?)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+        }
+        Ok(deleted)
+    }
+
     /// An instance the controller must look at, by ID alone (the controller acts
     /// for every organization): live, or deleted but not yet reaped. `None` for an
     /// unknown or reaped instance.

@@ -664,3 +664,35 @@ async fn stop_and_start_an_instance() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn lines_past_their_age_go_for_every_instance_and_numbering_stays_one_range() {
+    each_backend(|store, _| async move {
+        let f = fixture(&store).await;
+        let old = instance(&store, &f, &f.build, "aged").await;
+        let fresh = instance(&store, &f, &f.build, "fresh").await;
+        // Lines 1..=10 at t0+1s … t0+10s.
+        for (inst, replica) in [(&old, "rep_a"), (&fresh, "rep_b")] {
+            store
+                .append_instance_logs(&inst.id, replica, 10, &lines(1, 10))
+                .await
+                .expect("append");
+        }
+        // Before t0+6.5s: lines 1..=6 of both instances.
+        let cutoff = t0() + Duration::milliseconds(6_500);
+        assert_eq!(
+            store.expire_instance_logs(cutoff).await.expect("expire"),
+            12
+        );
+        for inst in [&old, &fresh] {
+            let kept = store.instance_logs(&inst.id, &all()).await.expect("read");
+            assert_eq!(seqs(&kept), [7, 8, 9, 10]);
+        }
+        assert_eq!(store.expire_instance_logs(cutoff).await.expect("again"), 0);
+        // A trim by count after an expiry still cuts at the right line.
+        assert_eq!(store.trim_instance_logs(&old.id, 2).await.expect("trim"), 2);
+        let kept = store.instance_logs(&old.id, &all()).await.expect("read");
+        assert_eq!(seqs(&kept), [9, 10]);
+    })
+    .await;
+}

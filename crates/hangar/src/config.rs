@@ -52,6 +52,14 @@ pub struct ServeArgs {
     /// [env: HANGAR_MAX_UPLOAD_MB] [default: 512]
     #[arg(long, value_name = "MIB")]
     pub max_upload_mb: Option<u64>,
+    /// Log lines kept per instance (the newest)
+    /// [env: HANGAR_LOG_RETENTION_LINES] [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub log_retention_lines: Option<u32>,
+    /// Hours log lines are kept
+    /// [env: HANGAR_LOG_RETENTION_HOURS] [default: 168, a week]
+    #[arg(long, value_name = "HOURS")]
+    pub log_retention_hours: Option<u64>,
     /// Origins whose pages may call the API from a browser, comma-separated
     /// (`https://console.example.com,http://localhost:3000`), or `*`
     /// [env: HANGAR_CORS_ORIGINS] [default: none]
@@ -77,6 +85,8 @@ struct FileServer {
     webhook_retry_schedule: Option<String>,
     job_concurrency: Option<u32>,
     max_upload_mb: Option<u64>,
+    log_retention_lines: Option<u32>,
+    log_retention_hours: Option<u64>,
     cors_origins: Option<String>,
 }
 
@@ -113,6 +123,10 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Browser origins allowed by CORS (`*` for any); empty for none.
     pub cors_origins: Vec<String>,
+    /// Log lines kept per instance.
+    pub log_retention_lines: u32,
+    /// How long log lines are kept.
+    pub log_retention: std::time::Duration,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -270,6 +284,20 @@ impl Config {
             512,
             1 << 20,
         )?;
+        let log_retention_lines = number(
+            "HANGAR_LOG_RETENTION_LINES",
+            args.log_retention_lines.map(u64::from),
+            file.log_retention_lines.map(u64::from),
+            100_000,
+            10_000_000,
+        )?;
+        let log_retention_hours = number(
+            "HANGAR_LOG_RETENTION_HOURS",
+            args.log_retention_hours,
+            file.log_retention_hours,
+            168,
+            24 * 3650,
+        )?;
         let cors_origins = args
             .cors_origins
             .or_else(|| env_get("HANGAR_CORS_ORIGINS"))
@@ -279,6 +307,8 @@ impl Config {
             .unwrap_or_default();
         Ok(Config {
             cors_origins,
+            log_retention_lines: u32::try_from(log_retention_lines).unwrap_or(u32::MAX),
+            log_retention: std::time::Duration::from_secs(log_retention_hours * 3600),
             listen,
             data_dir,
             database_url,

@@ -252,6 +252,8 @@ async fn start_runtime(config: &Config, store: &hangar_store::Store) -> anyhow::
             idle_timeout: config.scale_to_zero_after,
             // The autoscaler aims at 70% of the limit, as Knative does.
             target_concurrency: config.replica_concurrency as f64 * 0.7,
+            log_lines_kept: config.log_retention_lines,
+            log_max_age: Some(config.log_retention),
             ..hangar_controller::ControllerConfig::default()
         },
     );
