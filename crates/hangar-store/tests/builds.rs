@@ -683,3 +683,98 @@ async fn builds_failed_as_abandoned_or_for_a_deleted_agent_record_build_failed()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_deployment_is_announced_once_per_build_of_the_default_instance() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (agent, first) = store
+            .create_agent(new_agent(&o, "announced"))
+            .await
+            .expect("agent");
+        let agent_id = agent.agent.id.clone();
+        ready(&store, &first.id).await;
+        let inst = store
+            .deploy_build(&first.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+
+        let event = store
+            .record_deployed(&inst.id, &first.id)
+            .await
+            .expect("record")
+            .expect("announced");
+        assert_eq!(event.kind, "agent.deployed");
+        assert_eq!(event.subject, agent_id);
+        assert_eq!(event.data["agent_id"], agent_id.as_str());
+        assert_eq!(event.data["instance_id"], inst.id.as_str());
+        assert_eq!(event.data["build_id"], first.id.as_str());
+        // Seen running again (a restart, another server): not again.
+        assert!(store
+            .record_deployed(&inst.id, &first.id)
+            .await
+            .expect("record")
+            .is_none());
+
+        // A redeploy: the old build is no longer the instance's; the new one
+        // is announced once.
+        let next = store
+            .queue_build(&o.id, &agent_id, None)
+            .await
+            .expect("queue")
+            .expect("agent");
+        ready(&store, &next.id).await;
+        store
+            .deploy_build(&next.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert!(store
+            .record_deployed(&inst.id, &first.id)
+            .await
+            .expect("record")
+            .is_none());
+        let (a, b) = tokio::join!(
+            store.record_deployed(&inst.id, &next.id),
+            store.record_deployed(&inst.id, &next.id)
+        );
+        let announced = [a.expect("a"), b.expect("b")];
+        assert_eq!(
+            announced.iter().filter(|e| e.is_some()).count(),
+            1,
+            "{announced:?}"
+        );
+
+        // An Instances-API instance of the same build is no agent's deployment.
+        let other = store
+            .create_instance(NewInstance {
+                organization_id: o.id.clone(),
+                agent_id: agent_id.clone(),
+                build_id: next.id.clone(),
+                user_id: o.user.clone(),
+                name: "side".into(),
+                resource_name: None,
+                config: RuntimeConfig::default(),
+                resources: Resources::default(),
+                env_vars: BTreeMap::new(),
+                replicas: 1,
+                make_default: false,
+            })
+            .await
+            .expect("instance");
+        assert!(store
+            .record_deployed(&other.id, &next.id)
+            .await
+            .expect("record")
+            .is_none());
+
+        let told: Vec<String> = events_of(&store, &o.id, "agent.deployed")
+            .await
+            .iter()
+            .map(|e| e.data["build_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(told, [first.id.clone(), next.id.clone()]);
+    })
+    .await;
+}
