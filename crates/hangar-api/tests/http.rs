@@ -112,6 +112,27 @@ async fn openapi_covers_both_seeds() {
     }
 }
 
+#[test]
+fn openapi_names_every_event_type() {
+    let doc = serde_json::to_value(hangar_api::openapi()).expect("serializes");
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("CreateWebhook", "events"),
+        ("UpdateWebhook", "events"),
+        ("EventObject", "type"),
+    ] {
+        let description = schemas[schema]["properties"][field]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("OpenAPI lacks {schema}.{field}'s description"));
+        for kind in hangar_core::model::EVENT_TYPES {
+            assert!(
+                description.contains(&format!("`{kind}`")),
+                "{schema}.{field} does not name {kind}: {description}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn docs_and_spec_are_served() {
     each_backend(|h| async move {

@@ -30,7 +30,10 @@
 //! Statuses: `queued → building → ready | failed` (with a reason, also the
 //! last log line). A builder touches its build's heartbeat while it works;
 //! builds whose builder went silent (the process died mid-way) are failed
-//! by [`Builder::start`], so none stays `building` forever.
+//! by [`Builder::start`], so none stays `building` forever. A finished build
+//! is final, and its outcome is an event (`build.succeeded`, `build.failed`)
+//! recorded by the store in the transaction that finishes it, so a webhook
+//! hears of every build exactly once, whichever way it ended.
 //!
 //! Not built by this version: `docker` sources (OCI images), and Node
 //! dependencies (`package.json` sources run as they are).
@@ -316,9 +319,17 @@ impl Builder {
             }
         };
         self.log(&build.id, "stdout", &artifact.log).await?;
-        self.store
+        let finished = self
+            .store
             .set_build_status(&build.id, BuildStatus::Ready, None, Some(&artifact.path))
             .await?;
+        if !finished {
+            // Failed as abandoned while this builder was still at work: that
+            // outcome was announced and stands.
+            tracing::warn!(build = %build.id, agent = %build.agent_id,
+                "build finished after it was failed as abandoned; not deployed");
+            return Ok(());
+        }
         tracing::info!(build = %build.id, agent = %build.agent_id, artifact = %artifact.path, "build ready");
         match self.store.deploy_build(&build.id).await {
             Ok(Some(instance)) => {

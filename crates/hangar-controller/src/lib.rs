@@ -12,6 +12,9 @@
 //!   replicas of an older generation (resources, env, build changed) are
 //!   stopped once as many new ones are ready: the new one is healthy first
 //!   status written: starting → running, stopping → stopped, error + reason
+//!   announced: agent.deployed once the default instance runs its build,
+//!              agent.health_changed when the last healthy replica fails its
+//!              checks (and when one passes again)
 //! per replica: a log task (output → parsed lines in the store + broadcast)
 //!              a health task (GET health_path; response_time_ms)
 //! every few seconds: stats of every replica (CPU %, memory, network)
@@ -242,6 +245,12 @@ pub(crate) struct Tracked {
     pub bounds: Option<Bounds>,
     /// The autoscaler's count and memory.
     pub autoscale: scale::Autoscale,
+    /// The build this controller knows `agent.deployed` was recorded for
+    /// (spares the store a write on every reconcile; the store decides).
+    pub announced_build: Option<String>,
+    /// Why the instance lost its last healthy replica, once
+    /// `agent.health_changed` said so; cleared when it says healthy again.
+    pub unhealthy: Option<String>,
 }
 
 pub(crate) struct Replica {

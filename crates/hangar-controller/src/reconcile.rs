@@ -131,6 +131,9 @@ pub(crate) async fn reconcile(
             tracked.crash_streak = 0;
             tracked.next_start = None;
             tracked.last_failure = None;
+            // A stopped instance is neither healthy nor not: its next start
+            // is `instance.started`, not a recovery.
+            tracked.unhealthy = None;
         }
         write_status(
             inner,
@@ -324,7 +327,142 @@ pub(crate) async fn reconcile(
         restart_count,
     )
     .await;
+
+    // 8. Announcements (after the status: `instance.started` comes first).
+    announce_deployed(inner, state, &controlled, &generation, want).await;
+    announce_health(inner, state, &controlled, ready).await;
     Ok(())
+}
+
+/// `agent.deployed` once the agent's default instance runs its build: as
+/// many replicas of the current generation ready as wanted (at least one),
+/// and none of an older generation left. The store records it once per
+/// build ([`hangar_store::Store::record_deployed`]), so restarts of the
+/// server, re-adoption and other servers do not repeat it; a roll that only
+/// changes resources or environment keeps the build and announces nothing.
+async fn announce_deployed(
+    inner: &Inner,
+    state: &InstanceState,
+    controlled: &ControlledInstance,
+    generation: &str,
+    want: usize,
+) {
+    if controlled.agent_scaling.is_none() {
+        return;
+    }
+    let build_id = &controlled.instance.build_id;
+    let rolled_out = {
+        let tracked = lock(&state.tracked);
+        if tracked.announced_build.as_ref() == Some(build_id) {
+            return;
+        }
+        let live: Vec<&Replica> = tracked
+            .replicas
+            .values()
+            .filter(|r| r.info.exit.is_none() && !r.stopping)
+            .collect();
+        let ready = live
+            .iter()
+            .filter(|r| r.generation == generation && r.ready)
+            .count();
+        live.iter().all(|r| r.generation == generation) && ready > 0 && ready >= want
+    };
+    if !rolled_out {
+        return;
+    }
+    match inner
+        .store
+        .record_deployed(&controlled.instance.id, build_id)
+        .await
+    {
+        Ok(event) => {
+            if event.is_some() {
+                tracing::info!(instance = %state.id, build = %build_id, "agent.deployed");
+            }
+            lock(&state.tracked).announced_build = Some(build_id.clone());
+        }
+        Err(err) => {
+            tracing::warn!(instance = %state.id, error = %err, "cannot record agent.deployed");
+        }
+    }
+}
+
+/// `agent.health_changed`: `healthy: false` when the instance has no ready
+/// replica because one that was ready failed its health checks
+/// ([`crate::ControllerConfig::health_failures`] in a row), `healthy: true`
+/// when one is ready again after that. A replica that was never ready (a
+/// first start, a restart after a crash) does not count as lost health: a
+/// start is `instance.started`, a crash `instance.crashed`.
+async fn announce_health(
+    inner: &Inner,
+    state: &InstanceState,
+    controlled: &ControlledInstance,
+    ready: u32,
+) {
+    let change = {
+        let mut tracked = lock(&state.tracked);
+        if ready > 0 {
+            let healthy = tracked
+                .replicas
+                .values()
+                .find(|r| r.ready && r.info.exit.is_none() && !r.stopping)
+                .map(|r| r.info.id.clone());
+            tracked.unhealthy.take().map(|_| {
+                let why = match healthy {
+                    Some(id) => format!("replica {id} passes its health checks"),
+                    None => "a replica passes its health checks".to_owned(),
+                };
+                (true, why)
+            })
+        } else if tracked.unhealthy.is_none() {
+            let failing = tracked
+                .replicas
+                .values()
+                .find(|r| r.info.exit.is_none() && !r.stopping && r.ever_ready && !r.ready)
+                .map(|r| {
+                    format!(
+                        "replica {} failed {} health checks in a row: {}",
+                        r.info.id,
+                        r.failures,
+                        r.last_check_error.as_deref().unwrap_or("no answer")
+                    )
+                });
+            tracked.unhealthy.clone_from(&failing);
+            failing.map(|why| (false, why))
+        } else {
+            None
+        }
+    };
+    let Some((healthy, reason)) = change else {
+        return;
+    };
+    let level = if healthy {
+        LogLevel::Info
+    } else {
+        LogLevel::Warn
+    };
+    system_log(
+        inner,
+        state,
+        "hangar",
+        level,
+        format!(
+            "[hangar] {}: {reason}",
+            if healthy {
+                "healthy again"
+            } else {
+                "unhealthy"
+            }
+        ),
+    )
+    .await;
+    emit(
+        inner,
+        &Owner::of(controlled),
+        "agent.health_changed",
+        serde_json::json!({"healthy": healthy, "reason": reason}),
+    )
+    .await;
 }
 
 /// One more failure in a row: no replica is created for the base delay,

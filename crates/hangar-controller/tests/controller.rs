@@ -446,3 +446,267 @@ async fn a_new_controller_adopts_running_replicas() {
         assert_eq!(out.stdout, b"echo hi\n");
     }
 }
+
+/// A stand-in for an HTTP agent's health endpoint (the fake driver runs
+/// nothing: its HTTP replicas answer at `127.0.0.1:<config.port>`, so this
+/// answers for all of them): 200 while `healthy`, 503 otherwise.
+struct HealthEndpoint {
+    port: u16,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HealthEndpoint {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let answer = healthy.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let status = if answer.load(std::sync::atomic::Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Self { port, healthy }
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy
+            .store(healthy, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl World {
+    /// An agent with an HTTP health check on `port`, its build ready and
+    /// deployed to its default instance (as a builder would).
+    async fn http_agent(&self, port: u16) -> (String, String, Instance) {
+        let cloud = self
+            .store
+            .get_cloud(&self.org, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let (agent, build) = self
+            .store
+            .create_agent(NewAgent {
+                organization_id: self.org.clone(),
+                user_id: self.user.clone(),
+                cloud_id: cloud.id,
+                name: format!(
+                    "agent-{}",
+                    hangar_core::id::new_id(hangar_core::id::IdKind::Agent)
+                ),
+                display_name: None,
+                version: None,
+                runtime: Default::default(),
+                resources: Resources::default(),
+                scaling: Scaling::default(),
+                config: RuntimeConfig {
+                    port,
+                    ..RuntimeConfig::default()
+                },
+                environment: BTreeMap::new(),
+                source: Source::Github {
+                    repo: "a/b".into(),
+                    branch: None,
+                    path: None,
+                    commit: None,
+                },
+                metadata: BTreeMap::new(),
+            })
+            .await
+            .expect("agent");
+        let inst = self.ready_and_deployed(&build.id).await;
+        (agent.agent.id, build.id, inst)
+    }
+
+    /// Marks a build ready and deploys it to its agent's default instance
+    /// (waking the controller, as the builder does).
+    async fn ready_and_deployed(&self, build_id: &str) -> Instance {
+        let artifact = self.artifact.to_string_lossy().into_owned();
+        self.store
+            .set_build_status(build_id, BuildStatus::Ready, None, Some(&artifact))
+            .await
+            .expect("ready");
+        let inst = self
+            .store
+            .deploy_build(build_id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        self.controller.wake(&inst.id);
+        inst
+    }
+
+    /// The events of one type, oldest first.
+    async fn events(&self, kind: &str) -> Vec<hangar_core::events::Event> {
+        let mut events = self
+            .store
+            .list_events(&self.org, None, Some(kind), 100)
+            .await
+            .expect("events");
+        events.reverse();
+        events
+    }
+
+    /// Waits (bounded) until there are `n` events of `kind`.
+    async fn until_events(&self, kind: &str, n: usize) -> Vec<hangar_core::events::Event> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(kind).await;
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never {n} {kind}: {events:?} {:?}",
+                self.fake.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn quick_health() -> ControllerConfig {
+    ControllerConfig {
+        health_interval: Duration::from_millis(30),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn losing_and_regaining_health_is_announced_once_each() {
+    for backend in backends() {
+        let mut w = world(TestDb::new(backend).await).await;
+        w.controller = Controller::new(w.store.clone(), w.fake.clone(), quick_health());
+        let endpoint = HealthEndpoint::start();
+        let (agent, _, inst) = w.http_agent(endpoint.port).await;
+        w.controller.start().await.expect("start");
+        w.controller.wake(&inst.id);
+        w.until(
+            "running",
+            |i, _| i.status == InstanceStatus::Running && i.ready_replicas == 1,
+            &inst.id,
+        )
+        .await;
+        // Starting is no change of health.
+        w.until_events("instance.started", 1).await;
+        assert!(w.events("agent.health_changed").await.is_empty());
+
+        endpoint.set_healthy(false);
+        let lost = w.until_events("agent.health_changed", 1).await;
+        assert_eq!(lost[0].subject, agent);
+        assert_eq!(lost[0].data["healthy"], false);
+        assert_eq!(lost[0].data["instance_id"], inst.id.as_str());
+        let reason = lost[0].data["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("failed 3 health checks in a row") && reason.contains("503"),
+            "{reason}"
+        );
+        w.until("not ready", |i, _| i.ready_replicas == 0, &inst.id)
+            .await;
+
+        endpoint.set_healthy(true);
+        let events = w.until_events("agent.health_changed", 2).await;
+        assert_eq!(events[1].subject, agent);
+        assert_eq!(events[1].data["healthy"], true);
+        assert_eq!(events[1].data["instance_id"], inst.id.as_str());
+        w.until("ready again", |i, _| i.ready_replicas == 1, &inst.id)
+            .await;
+        assert_eq!(w.events("agent.health_changed").await.len(), 2);
+        // The replica was never replaced: health is not a crash.
+        assert_eq!(creates(&w.fake.calls()), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_is_announced_once_the_instance_runs_the_new_build() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let endpoint = HealthEndpoint::start();
+        let (agent, first, inst) = w.http_agent(endpoint.port).await;
+        w.controller.start().await.expect("start");
+        w.controller.wake(&inst.id);
+        let deployed = w.until_events("agent.deployed", 1).await;
+        assert_eq!(deployed[0].subject, agent);
+        assert_eq!(deployed[0].data["agent_id"], agent.as_str());
+        assert_eq!(deployed[0].data["instance_id"], inst.id.as_str());
+        assert_eq!(deployed[0].data["build_id"], first.as_str());
+        assert_eq!(
+            w.get(&inst.id).await.status,
+            InstanceStatus::Running,
+            "announced once running"
+        );
+
+        // A redeploy rolls the instance; the new build is announced once
+        // its replica is ready and the old one is gone.
+        let next = w
+            .store
+            .queue_build(&w.org, &agent, None)
+            .await
+            .expect("queue")
+            .expect("agent");
+        w.ready_and_deployed(&next.id).await;
+        let deployed = w.until_events("agent.deployed", 2).await;
+        assert_eq!(deployed[1].data["build_id"], next.id.as_str());
+        let live: Vec<_> = w
+            .fake
+            .replicas()
+            .into_iter()
+            .filter(|r| r.exit.is_none())
+            .collect();
+        assert_eq!(live.len(), 1, "the old replica is gone: {live:?}");
+        assert_eq!(creates(&w.fake.calls()), 2);
+
+        // A restart of the server re-adopts the replica running the same
+        // build: nothing new to announce. A third build shows the controller
+        // is past any reconcile that would have repeated the second.
+        let again = Controller::new(w.store.clone(), w.fake.clone(), config());
+        again.start().await.expect("start again");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while again.ready_replicas(&inst.id).is_empty() {
+            assert!(Instant::now() < deadline, "never re-adopted as ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A few resync periods of the new controller with the replica ready.
+        for _ in 0..5 {
+            again.wake(&inst.id);
+            tokio::time::sleep(config().resync).await;
+            assert_eq!(w.events("agent.deployed").await.len(), 2);
+        }
+        let third = w
+            .store
+            .queue_build(&w.org, &agent, None)
+            .await
+            .expect("queue")
+            .expect("agent");
+        w.ready_and_deployed(&third.id).await;
+        again.wake(&inst.id);
+        let deployed = w.until_events("agent.deployed", 3).await;
+        let builds: Vec<&str> = deployed
+            .iter()
+            .map(|e| e.data["build_id"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            builds,
+            [first.as_str(), next.id.as_str(), third.id.as_str()]
+        );
+    }
+}

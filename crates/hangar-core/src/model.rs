@@ -346,7 +346,23 @@ pub struct WebhookEndpoint {
     pub updated_at: Timestamp,
 }
 
-/// Event types an organization can subscribe a webhook to.
+/// Event types an organization can subscribe a webhook to (and filter
+/// `GET /v1/events` by). Each event's subject is what it is about:
+///
+/// | type | subject | when |
+/// |---|---|---|
+/// | `agent.deployed` | agent | its default instance runs a new build (once per build) |
+/// | `agent.failed` | agent¹ | an instance goes to `error` |
+/// | `agent.scaled` | agent¹ | the replica count changes |
+/// | `agent.health_changed` | agent¹ | the last ready replica fails its health checks, or one passes again |
+/// | `instance.started` / `stopped` / `crashed` | instance | status `running`, `stopped`; a replica exits unasked |
+/// | `build.succeeded` / `build.failed` | build | a build is `ready` / `failed` |
+/// | `job.completed` / `job.failed` | job | an async job ends |
+///
+/// ¹ The instance, for instances that are not an agent's default one.
+///
+/// The OpenAPI descriptions of webhook `events` and `GET /v1/events?type=`
+/// list these names too: keep them in step.
 pub const EVENT_TYPES: &[&str] = &[
     "agent.deployed",
     "agent.failed",

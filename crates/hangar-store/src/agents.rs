@@ -10,6 +10,11 @@
 //! and hand a ready one to [`Store::deploy_build`], which creates the agent's
 //! default instance or points it at the new build. Transactions that write
 //! several of these rows lock them agent → instance → organization.
+//!
+//! A build that reaches `ready` or `failed` — through its builder, as
+//! abandoned, or because its agent was deleted first — records
+//! `build.succeeded` or `build.failed` in the transaction that finishes it,
+//! and a finished build is never changed again: one outcome, one event.
 
 use std::collections::BTreeMap;
 
@@ -492,14 +497,20 @@ impl Store {
             let id = row.text("id")?;
             let now = now_ms();
             if row.opt_int("deleted_at")?.is_some() {
-                sqlx::query(
-                    "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3 WHERE id = $1 AND status = 'queued'",
-                )
+                let mut tx = self.pool.begin().await?;
+                let failed = sqlx::query(&format!(
+                    "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3 WHERE id = $1 AND status = 'queued' \
+                     RETURNING {BUILD_COLUMNS}"
+                ))
                 .bind(&id)
                 .bind("the agent was deleted before the build started")
                 .bind(now)
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
+                if let Some(row) = failed {
+                    Self::build_finished_in(&mut tx, &build_from_row(&row)?).await?;
+                }
+                tx.commit().await?;
                 continue;
             }
             let claimed = sqlx::query(&format!(
@@ -700,7 +711,8 @@ impl Store {
     /// ([`Store::build_heartbeat`]) since `silent_since`: its builder died
     /// midway (the process was killed or the machine restarted), and nothing
     /// else would ever finish it. Returns the builds failed, as they now are.
-    /// The reason and a log line say what happened; a redeploy builds again.
+    /// The reason, a log line and a `build.failed` event say what happened,
+    /// all in one transaction; a redeploy builds again.
     pub async fn fail_abandoned_builds(
         &self,
         silent_since: hangar_core::model::Timestamp,
@@ -708,6 +720,7 @@ impl Store {
         const REASON: &str =
             "the builder stopped while building (the server was restarted or killed); redeploy to build again";
         let cutoff = to_ms(silent_since);
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3 \
              WHERE status = 'building' AND COALESCE(heartbeat_at, started_at, 0) < $1 RETURNING {BUILD_COLUMNS}"
@@ -715,40 +728,79 @@ impl Store {
         .bind(cutoff)
         .bind(REASON)
         .bind(now_ms())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let builds = rows
             .iter()
             .map(build_from_row)
             .collect::<Result<Vec<_>>>()?;
         for build in &builds {
-            self.append_build_log(&build.id, "stderr", &[REASON])
-                .await?;
+            Self::append_build_log_in(&mut tx, &build.id, "stderr", &[REASON]).await?;
+            Self::build_finished_in(&mut tx, build).await?;
         }
+        tx.commit().await?;
         Ok(builds)
     }
 
-    /// Records a build's progress (used by builders, and by tests).
+    /// Records a build's progress (used by builders, and by tests). A build
+    /// that reaches `ready` or `failed` records `build.succeeded` or
+    /// `build.failed` in the same transaction, so the event exists exactly
+    /// when the outcome does.
+    ///
+    /// A finished build is final: returns `false`, changing nothing, when the
+    /// build is already `ready` or `failed` (say, failed as abandoned while a
+    /// slow builder was still at work), or does not exist.
     pub async fn set_build_status(
         &self,
         id: &str,
         status: BuildStatus,
         reason: Option<&str>,
         artifact: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let now = now_ms();
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
             "UPDATE builds SET status = $2, reason = $3, artifact = COALESCE($4, artifact), \
              started_at = CASE WHEN $2 = 'building' THEN $5 ELSE started_at END, \
-             finished_at = CASE WHEN $2 IN ('ready', 'failed') THEN $5 ELSE finished_at END WHERE id = $1",
-        )
+             finished_at = CASE WHEN $2 IN ('ready', 'failed') THEN $5 ELSE finished_at END \
+             WHERE id = $1 AND status NOT IN ('ready', 'failed') RETURNING {BUILD_COLUMNS}"
+        ))
         .bind(id)
         .bind(status.as_str())
         .bind(reason)
         .bind(artifact)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        Self::build_finished_in(&mut tx, &build_from_row(&row)?).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// `build.succeeded` or `build.failed` for a build that has just reached
+    /// `ready` or `failed` (nothing for other statuses), in the transaction
+    /// that finished it. The subject is the build.
+    async fn build_finished_in(tx: &mut Transaction<'static, Any>, build: &Build) -> Result<()> {
+        let mut data = serde_json::json!({
+            "build_id": build.id,
+            "agent_id": build.agent_id,
+            "status": build.status,
+        });
+        let kind = match build.status {
+            BuildStatus::Ready => "build.succeeded",
+            BuildStatus::Failed => {
+                data["reason"] = build.reason.clone().into();
+                "build.failed"
+            }
+            BuildStatus::Queued | BuildStatus::Building => return Ok(()),
+        };
+        if let (Some(started), Some(finished)) = (build.started_at, build.finished_at) {
+            data["duration_ms"] = (finished - started).num_milliseconds().max(0).into();
+        }
+        Self::record_event_in(tx, &build.organization_id, kind, &build.id, data).await?;
         Ok(())
     }
 
@@ -760,6 +812,18 @@ impl Store {
         lines: &[&str],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        Self::append_build_log_in(&mut tx, build_id, stream, lines).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::append_build_log`] inside the caller's transaction.
+    async fn append_build_log_in(
+        tx: &mut Transaction<'static, Any>,
+        build_id: &str,
+        stream: &str,
+        lines: &[&str],
+    ) -> Result<()> {
         let now = now_ms();
         for line in lines {
             // One statement computes the next position and writes it, so the
@@ -772,10 +836,9 @@ impl Store {
             .bind(now)
             .bind(stream)
             .bind(*line)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 

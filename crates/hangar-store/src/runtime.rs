@@ -11,7 +11,13 @@
 //!
 //! Deleted instances stay visible to the controller until it has removed their
 //! replicas and marked them reaped, which also drops their logs and cursors.
+//!
+//! The controller also announces deployments here ([`Store::record_deployed`]):
+//! the instance row remembers the last build announced, so the event is
+//! recorded once per build however many times (and by however many servers)
+//! the running instance is observed.
 
+use hangar_core::events::Event;
 use hangar_core::logs::{InstanceLogLine, NewLogLine};
 use hangar_core::model::{Instance, Timestamp};
 use hangar_core::spec::Scaling;
@@ -445,6 +451,49 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Announces that an agent's default instance runs on `build_id`:
+    /// records `agent.deployed` (subject: the agent) and notes the build as
+    /// announced, in one transaction. Once per build and instance, however
+    /// often it is called and by however many controllers: `None` when this
+    /// build was announced already, is no longer the instance's build, or the
+    /// instance is not (or no longer) an agent's default instance.
+    pub async fn record_deployed(
+        &self,
+        instance_id: &str,
+        build_id: &str,
+    ) -> Result<Option<Event>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "UPDATE instances SET deployed_build_id = $2 WHERE id = $1 AND build_id = $2 AND deleted_at IS NULL \
+             AND (deployed_build_id IS NULL OR deployed_build_id <> $2) \
+             AND id IN (SELECT default_instance_id FROM agents WHERE deleted_at IS NULL AND default_instance_id IS NOT NULL) \
+             RETURNING organization_id, agent_id",
+        )
+        .bind(instance_id)
+        .bind(build_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let agent_id = row.text("agent_id")?;
+        let data = serde_json::json!({
+            "agent_id": agent_id,
+            "instance_id": instance_id,
+            "build_id": build_id,
+        });
+        let event = Self::record_event_in(
+            &mut tx,
+            &row.text("organization_id")?,
+            "agent.deployed",
+            &agent_id,
+            data,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(event))
     }
 
     /// Stops or starts an instance of the organization. Starting it also clears

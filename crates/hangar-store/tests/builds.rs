@@ -531,3 +531,250 @@ async fn builds_whose_builder_went_silent_are_failed_and_live_ones_are_not() {
     })
     .await;
 }
+
+/// The organization's events of one type, oldest first.
+async fn events_of(store: &Store, org: &str, kind: &str) -> Vec<hangar_core::events::Event> {
+    let mut events = store
+        .list_events(org, None, Some(kind), 100)
+        .await
+        .expect("events");
+    events.reverse();
+    events
+}
+
+#[tokio::test]
+async fn a_finished_build_records_one_event_and_queues_its_deliveries() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (hook, _) = store
+            .create_webhook(hangar_store::NewWebhook {
+                organization_id: o.id.clone(),
+                url: "http://127.0.0.1:9/hook".into(),
+                events: vec!["build.succeeded".into(), "build.failed".into()],
+                description: None,
+                secret: None,
+            })
+            .await
+            .expect("webhook");
+        let (good, good_build) = store.create_agent(new_agent(&o, "good")).await.expect("a");
+        let (bad, bad_build) = store.create_agent(new_agent(&o, "bad")).await.expect("b");
+        for _ in 0..2 {
+            store
+                .claim_queued_build()
+                .await
+                .expect("claim")
+                .expect("one");
+        }
+        // Building is no outcome: nothing is told yet.
+        assert!(events_of(&store, &o.id, "build.succeeded").await.is_empty());
+
+        assert!(store
+            .set_build_status(&good_build.id, BuildStatus::Ready, None, Some("/srv/agent"))
+            .await
+            .expect("ready"));
+        assert!(store
+            .set_build_status(
+                &bad_build.id,
+                BuildStatus::Failed,
+                Some("pip said no"),
+                None
+            )
+            .await
+            .expect("failed"));
+        // A finished build is final: telling it again changes nothing.
+        assert!(!store
+            .set_build_status(&good_build.id, BuildStatus::Ready, None, Some("/srv/other"))
+            .await
+            .expect("again"));
+        assert!(!store
+            .set_build_status(&bad_build.id, BuildStatus::Ready, None, Some("/srv/agent"))
+            .await
+            .expect("late"));
+        let bad_now = store
+            .get_build(&o.id, &bad_build.id)
+            .await
+            .expect("get")
+            .expect("bad");
+        assert_eq!(bad_now.status, BuildStatus::Failed);
+        assert_eq!(bad_now.reason.as_deref(), Some("pip said no"));
+
+        let succeeded = events_of(&store, &o.id, "build.succeeded").await;
+        assert_eq!(succeeded.len(), 1, "{succeeded:?}");
+        assert_eq!(succeeded[0].subject, good_build.id);
+        assert_eq!(succeeded[0].data["build_id"], good_build.id.as_str());
+        assert_eq!(succeeded[0].data["agent_id"], good.agent.id.as_str());
+        assert_eq!(succeeded[0].data["status"], "ready");
+        let failed = events_of(&store, &o.id, "build.failed").await;
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].subject, bad_build.id);
+        assert_eq!(failed[0].data["agent_id"], bad.agent.id.as_str());
+        assert_eq!(failed[0].data["reason"], "pip said no");
+
+        // Each is on its way to the endpoint, queued with it.
+        let deliveries = store
+            .list_deliveries(&o.id, &hook.id, None, 10)
+            .await
+            .expect("deliveries");
+        let mut kinds: Vec<&str> = deliveries.iter().map(|d| d.kind.as_str()).collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, ["build.failed", "build.succeeded"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn builds_failed_as_abandoned_or_for_a_deleted_agent_record_build_failed() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (silent_agent, silent) = store
+            .create_agent(new_agent(&o, "silent"))
+            .await
+            .expect("a");
+        store
+            .claim_queued_build()
+            .await
+            .expect("claim")
+            .expect("one");
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let failed = store
+            .fail_abandoned_builds(chrono::Utc::now())
+            .await
+            .expect("fail");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        // The builder that was thought dead finishes after all: too late.
+        assert!(!store
+            .set_build_status(&silent.id, BuildStatus::Ready, None, Some("/srv/agent"))
+            .await
+            .expect("late"));
+
+        let (gone_agent, gone) = store.create_agent(new_agent(&o, "gone")).await.expect("b");
+        assert!(store
+            .delete_agent(&o.id, &gone_agent.agent.id)
+            .await
+            .expect("delete"));
+        assert!(store.claim_queued_build().await.expect("claim").is_none());
+
+        let events = events_of(&store, &o.id, "build.failed").await;
+        let told: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.subject.as_str(),
+                    e.data["agent_id"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            told,
+            [
+                (silent.id.as_str(), silent_agent.agent.id.as_str()),
+                (gone.id.as_str(), gone_agent.agent.id.as_str()),
+            ]
+        );
+        assert!(events[0].data["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("builder stopped"));
+        assert!(events[1].data["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deleted"));
+        assert!(events_of(&store, &o.id, "build.succeeded").await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deployment_is_announced_once_per_build_of_the_default_instance() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (agent, first) = store
+            .create_agent(new_agent(&o, "announced"))
+            .await
+            .expect("agent");
+        let agent_id = agent.agent.id.clone();
+        ready(&store, &first.id).await;
+        let inst = store
+            .deploy_build(&first.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+
+        let event = store
+            .record_deployed(&inst.id, &first.id)
+            .await
+            .expect("record")
+            .expect("announced");
+        assert_eq!(event.kind, "agent.deployed");
+        assert_eq!(event.subject, agent_id);
+        assert_eq!(event.data["agent_id"], agent_id.as_str());
+        assert_eq!(event.data["instance_id"], inst.id.as_str());
+        assert_eq!(event.data["build_id"], first.id.as_str());
+        // Seen running again (a restart, another server): not again.
+        assert!(store
+            .record_deployed(&inst.id, &first.id)
+            .await
+            .expect("record")
+            .is_none());
+
+        // A redeploy: the old build is no longer the instance's; the new one
+        // is announced once.
+        let next = store
+            .queue_build(&o.id, &agent_id, None)
+            .await
+            .expect("queue")
+            .expect("agent");
+        ready(&store, &next.id).await;
+        store
+            .deploy_build(&next.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        assert!(store
+            .record_deployed(&inst.id, &first.id)
+            .await
+            .expect("record")
+            .is_none());
+        let (a, b) = tokio::join!(
+            store.record_deployed(&inst.id, &next.id),
+            store.record_deployed(&inst.id, &next.id)
+        );
+        let announced = [a.expect("a"), b.expect("b")];
+        assert_eq!(
+            announced.iter().filter(|e| e.is_some()).count(),
+            1,
+            "{announced:?}"
+        );
+
+        // An Instances-API instance of the same build is no agent's deployment.
+        let other = store
+            .create_instance(NewInstance {
+                organization_id: o.id.clone(),
+                agent_id: agent_id.clone(),
+                build_id: next.id.clone(),
+                user_id: o.user.clone(),
+                name: "side".into(),
+                resource_name: None,
+                config: RuntimeConfig::default(),
+                resources: Resources::default(),
+                env_vars: BTreeMap::new(),
+                replicas: 1,
+                make_default: false,
+            })
+            .await
+            .expect("instance");
+        assert!(store
+            .record_deployed(&other.id, &next.id)
+            .await
+            .expect("record")
+            .is_none());
+
+        let told: Vec<String> = events_of(&store, &o.id, "agent.deployed")
+            .await
+            .iter()
+            .map(|e| e.data["build_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(told, [first.id.clone(), next.id.clone()]);
+    })
+    .await;
+}

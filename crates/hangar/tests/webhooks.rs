@@ -1,4 +1,5 @@
-//! Events and signed webhooks for real: `hangar serve` as a process, a
+//! Events and signed webhooks for real: `hangar serve` as a process, agents
+//! that build, deploy, scale and stop (and one whose build fails), a
 //! receiver that verifies every delivery with the `standardwebhooks` Python
 //! package (installed into a virtualenv by the test; needs `python3-venv`
 //! and the package index), down while events happen and while the server is
@@ -85,8 +86,8 @@ async fn webhooks_are_signed_in_order_and_outlive_a_down_receiver_and_a_restart(
     let hook_id = hook["data"]["id"].as_str().expect("id").to_owned();
     let secret = hook["data"]["secret"].as_str().expect("secret").to_owned();
 
-    // Events while nobody listens: started, scaled to zero, scaled up by a
-    // request, stopped.
+    // Events while nobody listens: built, deployed, started, scaled to
+    // zero, scaled up by a request, stopped; and another agent's build fails.
     let instance = server
         .deploy(
             "notifier",
@@ -122,6 +123,42 @@ async fn webhooks_are_signed_in_order_and_outlive_a_down_receiver_and_a_restart(
     server
         .wait_instance(&instance, "stopped", |i| i["status"] == "stopped")
         .await;
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).expect("broken agent dir");
+    std::fs::write(broken.join("main.py"), "print('never runs')\n").expect("main.py");
+    std::fs::write(
+        broken.join("hangar.toml"),
+        "[build]\ncommand = \"echo no compiler here >&2; exit 3\"\n",
+    )
+    .expect("hangar.toml");
+    let (status, created, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({
+                "name": "broken",
+                "cloud_id": "local",
+                "source": {"type": "github", "repo": format!("file://{}", broken.display())},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let broken_agent = created["data"]["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let broken_build = loop {
+        let builds = server
+            .get(&format!("/v1/agents/{broken_agent}/builds"))
+            .await;
+        let build = builds["data"][0].clone();
+        if build["status"] == "failed" {
+            break build["id"].as_str().expect("build").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never failed: {builds}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     // The server dies hard and comes back; then the receiver comes up.
     server.kill9();
@@ -143,9 +180,37 @@ async fn webhooks_are_signed_in_order_and_outlive_a_down_receiver_and_a_restart(
         .expect("events")
         .clone();
     let kinds: BTreeSet<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
-    for kind in ["instance.started", "agent.scaled", "instance.stopped"] {
+    for kind in [
+        "build.succeeded",
+        "agent.deployed",
+        "instance.started",
+        "agent.scaled",
+        "instance.stopped",
+        "build.failed",
+    ] {
         assert!(kinds.contains(kind), "no {kind} in {events:#?}");
     }
+    let of = |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+    let built = of("build.succeeded");
+    assert_eq!(built.len(), 1, "{built:#?}");
+    assert_eq!(built[0]["data"]["agent_id"], agent.as_str());
+    let build = built[0]["subject"].as_str().expect("build").to_owned();
+    assert_eq!(built[0]["data"]["build_id"], build.as_str());
+    let deployed = of("agent.deployed");
+    assert_eq!(
+        deployed.len(),
+        1,
+        "once, though it scaled and restarted: {deployed:#?}"
+    );
+    assert_eq!(deployed[0]["subject"], agent.as_str());
+    assert_eq!(deployed[0]["data"]["instance_id"], instance.as_str());
+    assert_eq!(deployed[0]["data"]["build_id"], build.as_str());
+    let failed = of("build.failed");
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["subject"], broken_build.as_str());
+    assert_eq!(failed[0]["data"]["agent_id"], broken_agent.as_str());
+    let reason = failed[0]["data"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("build step"), "{reason}");
     let scaled: Vec<(i64, i64)> = events
         .iter()
         .rev()
@@ -182,6 +247,10 @@ async fn webhooks_are_signed_in_order_and_outlive_a_down_receiver_and_a_restart(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(got.iter().all(|g| g["verified"] == true), "{got:#?}");
+    let delivered: BTreeSet<&str> = got.iter().filter_map(|g| g["type"].as_str()).collect();
+    for kind in ["build.succeeded", "agent.deployed", "build.failed"] {
+        assert!(delivered.contains(kind), "no {kind} delivered: {got:#?}");
+    }
     let mut first_seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for g in &got {
         let (subject, event) = (

@@ -583,7 +583,7 @@ async fn list_webhooks(
 struct CreateWebhook {
     /// Receiver URL (http or https).
     url: String,
-    /// Event types to deliver (default: all).
+    /// Event types to deliver (default: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     #[serde(default)]
     events: Vec<String>,
     /// Free text.
@@ -662,7 +662,7 @@ async fn get_webhook(
 struct UpdateWebhook {
     /// Receiver URL.
     url: Option<String>,
-    /// Event types (empty: all).
+    /// Event types (empty: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     events: Option<Vec<String>>,
     /// Free text.
     description: Option<String>,
