@@ -240,6 +240,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::extras::routes())
         .merge(routes::events::routes())
         .merge(routes::tokens::routes())
+        .routes(utoipa_axum::routes!(routes::metrics::scrape))
 }
 
 /// The OpenAPI 3.1 document of every route.
@@ -309,14 +310,16 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 ///    answers its own CORS);
 /// 1. CORS, when origins are configured — preflights end here;
 /// 2. request context (id) — so everything below, panics included, can cite it;
-/// 3. panic catcher — a bug answers 500 in the envelope and the server lives on;
-/// 4. body limit — oversized bodies are refused before they are buffered.
+/// 3. request metrics — outside the panic catcher, so a bug's 500 is counted;
+/// 4. panic catcher — a bug answers 500 in the envelope and the server lives on;
+/// 5. body limit — oversized bodies are refused before they are buffered.
 pub fn app(state: AppState) -> Router {
     let hosts = state.clone();
     let (router, doc) = api_routes().split_for_parts();
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     let cors_origins = state.config.cors_origins.clone();
+    let metrics = Arc::new(routes::metrics::ApiMetrics::new());
     router
         .route(
             "/openapi.json",
@@ -334,10 +337,15 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::Extension(metrics.clone()))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 ApiError::Internal("handler panicked".into()).into_response()
             },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            routes::metrics::record,
         ))
         .layer(axum::middleware::from_fn(context::with_context))
         .layer(tower::util::option_layer(cors(&cors_origins)))

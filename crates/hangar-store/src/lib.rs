@@ -18,6 +18,7 @@
 //! - `extras`: uploads, secrets, webhooks.
 //! - `runtime`: what the runtime controller reads and records: the instances to
 //!   act on, their replicas' logs and each replica's log cursor.
+//! - [`Backlog`]: counts of work waiting, for metrics.
 //! - [`seal`]: encryption at rest for secret values.
 
 use std::str::FromStr;
@@ -30,6 +31,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 mod agents;
+mod backlog;
 mod events;
 mod extras;
 mod instances;
@@ -41,6 +43,7 @@ mod tenancy;
 pub mod testing;
 
 pub use agents::NewAgent;
+pub use backlog::Backlog;
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};

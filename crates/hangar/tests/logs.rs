@@ -252,6 +252,30 @@ async fn a_follower_that_comes_back_with_last_event_id_sees_every_line_once() {
         serde_json::from_str::<Value>(&done.data).expect("json")["status"],
         "ready"
     );
+
+    // The operator's Prometheus scrape sees the replica and the invokes.
+    let (status, _, _, text) = server.call(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    let series = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("instance_id=\"{instance}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        series("hangar_instance_replicas_ready{"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        series("hangar_instance_invocations_total{") >= Some(5.0),
+        "{text}"
+    );
+    // Read from the cgroup every 5 s: present, though maybe not read yet.
+    assert!(series("hangar_instance_memory_bytes{").is_some(), "{text}");
+    assert!(
+        text.contains("hangar_runtime_info{driver=\"sandbox\"} 1"),
+        "{text}"
+    );
     server.delete(&instance, true).await;
 }
 

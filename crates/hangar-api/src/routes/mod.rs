@@ -7,6 +7,7 @@ pub mod instances;
 pub mod invoke;
 pub mod jobs;
 mod logs;
+pub(crate) mod metrics;
 pub(crate) mod proxy;
 pub mod tenancy;
 pub(crate) mod tokens;
