@@ -85,6 +85,32 @@ pub fn command(artifact: &Path) -> Result<Vec<String>, String> {
     Err("nothing to run: no hangar.toml [run] command, main.py, app.py or package.json".to_owned())
 }
 
+/// `value` with each `${secrets.NAME}` replaced by that secret's value from
+/// `secrets`; a name `secrets` lacks is the error, naming it.
+pub fn resolve_secrets(
+    value: &str,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Result<String, String> {
+    const OPEN: &str = "${secrets.";
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let Some(end) = after.find('}') else { break };
+        let name = &after[..end];
+        let secret = secrets.get(name).ok_or_else(|| {
+            format!(
+                "the environment names the secret {name}, which this organization does not have"
+            )
+        })?;
+        out.push_str(&rest[..start]);
+        out.push_str(secret);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// A hash of everything that shapes a replica: replicas made from another
 /// generation are rolled.
 pub fn generation(instance: &Instance, artifact: &str) -> String {
@@ -161,6 +187,25 @@ pub fn replica_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_put_in_place_and_a_missing_one_is_named() {
+        let secrets: std::collections::BTreeMap<String, String> = [
+            ("A".to_owned(), "1".to_owned()),
+            ("B_2".to_owned(), "two".to_owned()),
+        ]
+        .into();
+        assert_eq!(
+            resolve_secrets("x-${secrets.A}-${secrets.B_2}${secrets.A}", &secrets).as_deref(),
+            Ok("x-1-two1")
+        );
+        assert_eq!(
+            resolve_secrets("plain $HOME {}", &secrets).as_deref(),
+            Ok("plain $HOME {}")
+        );
+        let err = resolve_secrets("${secrets.MISSING}", &secrets).expect_err("missing");
+        assert!(err.contains("MISSING"), "{err}");
+    }
 
     fn dir(files: &[(&str, &str)]) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(

@@ -500,7 +500,8 @@ async fn create(
     generation: &str,
 ) -> Result<(), String> {
     let replica_id = new_id(IdKind::Replica);
-    let spec = launch::replica_spec(&controlled.instance, artifact, &replica_id, generation)?;
+    let instance = with_secrets(inner, &controlled.instance).await?;
+    let spec = launch::replica_spec(&instance, artifact, &replica_id, generation)?;
     let info = inner
         .driver
         .create(&spec)
@@ -518,6 +519,46 @@ async fn create(
         .insert(replica_id.clone(), replica);
     tasks::spawn_replica_tasks(inner, state, &replica_id);
     Ok(())
+}
+
+/// `instance` with `${secrets.NAME}` in its environment resolved from its
+/// organization's secrets, each read once. The values exist only in the
+/// replica's spec: the stored instance keeps the references, and the API
+/// shows them masked. A secret that does not exist fails the start, naming
+/// it (the instance then backs off and says why, as after a crash).
+async fn with_secrets(
+    inner: &Inner,
+    instance: &hangar_core::model::Instance,
+) -> Result<hangar_core::model::Instance, String> {
+    let mut names: Vec<&str> = instance
+        .env_vars
+        .values()
+        .flat_map(|v| hangar_core::validate::secret_refs(v).unwrap_or_default())
+        .collect();
+    if names.is_empty() {
+        return Ok(instance.clone());
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut secrets = std::collections::BTreeMap::new();
+    for name in names {
+        let value = inner
+            .store
+            .reveal_secret(&instance.organization_id, name)
+            .await
+            .map_err(|err| {
+                tracing::warn!(instance = %instance.id, secret = %name, error = %err, "cannot read a secret");
+                format!("cannot read the secret {name} (the store failed; the server's log says why)")
+            })?;
+        if let Some(value) = value {
+            secrets.insert(name.to_owned(), value);
+        }
+    }
+    let mut resolved = instance.clone();
+    for value in resolved.env_vars.values_mut() {
+        *value = launch::resolve_secrets(value, &secrets)?;
+    }
+    Ok(resolved)
 }
 
 async fn stop_all(inner: &Arc<Inner>, state: &Arc<InstanceState>, ids: &[String], grace: Duration) {

@@ -71,6 +71,15 @@ async fn world(db: TestDb) -> World {
 impl World {
     /// A stdin instance (ready as soon as it runs: no HTTP to check).
     async fn instance(&self, replicas: u32) -> Instance {
+        self.instance_with_env(replicas, BTreeMap::new()).await
+    }
+
+    /// [`World::instance`] with an environment.
+    async fn instance_with_env(
+        &self,
+        replicas: u32,
+        env_vars: BTreeMap<String, String>,
+    ) -> Instance {
         let org = &self.org;
         let cloud = self
             .store
@@ -128,7 +137,7 @@ impl World {
                 resource_name: None,
                 config,
                 resources: Resources::default(),
-                env_vars: BTreeMap::new(),
+                env_vars,
                 replicas,
                 make_default: false,
             })
@@ -708,5 +717,91 @@ async fn a_deployment_is_announced_once_the_instance_runs_the_new_build() {
             builds,
             [first.as_str(), next.id.as_str(), third.id.as_str()]
         );
+    }
+}
+
+#[tokio::test]
+async fn secrets_in_the_environment_reach_the_replica_and_a_missing_one_is_named() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        w.store
+            .put_secret(&w.org, "API_TOKEN", "s3cr3t")
+            .await
+            .expect("secret");
+        let env: BTreeMap<String, String> = [
+            ("TOKEN".to_owned(), "${secrets.API_TOKEN}".to_owned()),
+            (
+                "URL".to_owned(),
+                "https://x:${secrets.API_TOKEN}@git.test/r".to_owned(),
+            ),
+            ("PLAIN".to_owned(), "as is".to_owned()),
+        ]
+        .into();
+        let inst = w.instance_with_env(1, env.clone()).await;
+        let broken = w
+            .instance_with_env(1, [("K".to_owned(), "${secrets.NOPE}".to_owned())].into())
+            .await;
+        w.controller.start().await.expect("start");
+        w.controller.wake(&inst.id);
+        w.controller.wake(&broken.id);
+        w.until(
+            "running",
+            |i, r| i.status == InstanceStatus::Running && live(r) == 1,
+            &inst.id,
+        )
+        .await;
+        let specs: Vec<_> = w
+            .fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Create(spec) => Some(spec),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            specs.len(),
+            1,
+            "only the instance whose secrets exist starts: {specs:?}"
+        );
+        let value = |k: &str| {
+            specs[0]
+                .env
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value("TOKEN").as_deref(), Some("s3cr3t"));
+        assert_eq!(value("URL").as_deref(), Some("https://x:s3cr3t@git.test/r"));
+        assert_eq!(value("PLAIN").as_deref(), Some("as is"));
+        // The stored instance keeps the reference, never the value.
+        assert_eq!(w.get(&inst.id).await.env_vars, env);
+
+        // The other one says which secret it lacks, in its log.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = w
+                .store
+                .instance_logs(
+                    &broken.id,
+                    &LogQuery {
+                        tail: None,
+                        since: None,
+                        after_seq: None,
+                        limit: 100,
+                    },
+                )
+                .await
+                .expect("logs");
+            if logs.iter().any(|l| l.message.contains("secret NOPE")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line naming the secret: {logs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(w.get(&broken.id).await.ready_replicas, 0);
     }
 }

@@ -541,3 +541,49 @@ async fn a_crash_loop_backs_off() {
     server.delete(&id, true).await;
     server.wait_nothing_left(&id).await;
 }
+
+#[tokio::test]
+async fn secrets_reach_the_agent_and_never_the_api() {
+    if !root_or_skip("secrets") {
+        return;
+    }
+    let dir = temp("secrets");
+    let server = Server::start(&dir);
+    let org = server.org().await;
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/secrets",
+            Some(json!({"name": "GREETING", "value": "hello from a secret"})),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{text}");
+    let instance = server
+        .deploy(
+            "secretive",
+            "http",
+            json!({"environment": {"GREETING": "${secrets.GREETING}", "PLAIN": "visible"}}),
+        )
+        .await;
+    server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let (code, out, _) = server
+        .exec(
+            &org,
+            &instance,
+            &["python3", "-c", "import os; print(os.environ['GREETING'])"],
+        )
+        .await;
+    assert_eq!((code, out.trim()), (200, "hello from a secret"));
+    // The API shows the reference masked, never the value.
+    let agent = server.instance(&instance).await["agent_id"]
+        .as_str()
+        .expect("agent")
+        .to_owned();
+    let shown = server.get(&format!("/v1/agents/{agent}")).await.to_string();
+    assert!(!shown.contains("hello from a secret"), "{shown}");
+    let shown = server.instance(&instance).await.to_string();
+    assert!(!shown.contains("hello from a secret"), "{shown}");
+    server.delete(&instance, true).await;
+}
