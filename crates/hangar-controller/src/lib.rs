@@ -190,6 +190,9 @@ pub struct InstanceMetrics {
     pub replicas: Vec<ReplicaView>,
     /// Invocations answered since the server started.
     pub requests_total: u64,
+    /// Share of health checks that passed (of replicas that had been ready),
+    /// since the server started; `None` before the first.
+    pub uptime_percent: Option<f64>,
 }
 
 /// See the module docs. Cheap to clone.
@@ -251,6 +254,11 @@ pub(crate) struct Tracked {
     /// Why the instance lost its last healthy replica, once
     /// `agent.health_changed` said so; cleared when it says healthy again.
     pub unhealthy: Option<String>,
+    /// Health checks of replicas once they had been ready (startup probes
+    /// are not counted: a replica coming up is not down), and how many
+    /// passed: `health.uptime_percent`, since this server started.
+    pub health_checks: u64,
+    pub health_passes: u64,
 }
 
 pub(crate) struct Replica {
@@ -489,6 +497,10 @@ impl Controller {
         }
         if !times.is_empty() {
             metrics.response_time_ms = Some(times.iter().sum::<u64>() / times.len() as u64);
+        }
+        if tracked.health_checks > 0 {
+            let share = tracked.health_passes as f64 * 100.0 / tracked.health_checks as f64;
+            metrics.uptime_percent = Some((share * 100.0).round() / 100.0);
         }
         metrics.cpu_usage_percent = (metrics.cpu_usage_percent * 10.0).round() / 10.0;
         metrics.memory_usage_mb = (metrics.memory_usage_mb * 10.0).round() / 10.0;

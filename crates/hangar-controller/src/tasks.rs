@@ -236,6 +236,7 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
             };
             let was = replica.ready;
             replica.last_check = Some(chrono::Utc::now());
+            let counted = replica.ever_ready || error.is_none();
             match &error {
                 None => {
                     replica.ready = true;
@@ -252,9 +253,14 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
                     }
                 }
             }
-            was != replica.ready
+            let changed = was != replica.ready
                 || (!replica.ever_ready
-                    && replica.started.elapsed() > inner.config.startup_deadline)
+                    && replica.started.elapsed() > inner.config.startup_deadline);
+            if counted {
+                tracked.health_checks += 1;
+                tracked.health_passes += u64::from(error.is_none());
+            }
+            changed
         };
         if changed {
             if error.is_none() {

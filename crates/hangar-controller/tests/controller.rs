@@ -615,9 +615,10 @@ async fn losing_and_regaining_health_is_announced_once_each() {
             &inst.id,
         )
         .await;
-        // Starting is no change of health.
+        // Starting is no change of health, and no downtime.
         w.until_events("instance.started", 1).await;
         assert!(w.events("agent.health_changed").await.is_empty());
+        assert_eq!(w.controller.metrics(&inst.id).uptime_percent, Some(100.0));
 
         endpoint.set_healthy(false);
         let lost = w.until_events("agent.health_changed", 1).await;
@@ -640,6 +641,13 @@ async fn losing_and_regaining_health_is_announced_once_each() {
         w.until("ready again", |i, _| i.ready_replicas == 1, &inst.id)
             .await;
         assert_eq!(w.events("agent.health_changed").await.len(), 2);
+        // The failed checks count against uptime.
+        let uptime = w
+            .controller
+            .metrics(&inst.id)
+            .uptime_percent
+            .expect("checked");
+        assert!(uptime > 0.0 && uptime < 100.0, "{uptime}");
         // The replica was never replaced: health is not a crash.
         assert_eq!(creates(&w.fake.calls()), 1);
     }

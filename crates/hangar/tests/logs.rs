@@ -253,6 +253,11 @@ async fn a_follower_that_comes_back_with_last_event_id_sees_every_line_once() {
         "ready"
     );
 
+    // Health as the agent object shows it: checked, and never down.
+    let health = server.get(&format!("/v1/agents/{agent}")).await["data"]["health"].clone();
+    assert!(health["last_check"].is_string(), "{health}");
+    assert_eq!(health["uptime_percent"], 100.0, "{health}");
+
     // The operator's Prometheus scrape sees the replica and the invokes.
     let (status, _, _, text) = server.call(reqwest::Method::GET, "/metrics", None).await;
     assert_eq!(status, 200, "{text}");

@@ -42,6 +42,9 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 fn agent_object(state: &AppState, view: &AgentView) -> AgentObject {
     let mut object = render::agent(view, &state.config);
     if let Some(instance) = &view.default_instance {
+        let live = state.metrics(&instance.id);
+        object.health.last_check = live.last_check.map(render::ts);
+        object.health.uptime_percent = live.uptime_percent;
         let day = state.requests(&instance.id, Duration::from_secs(24 * 3600));
         object.metrics.requests_24h = day.requests;
         object.metrics.avg_latency_ms = day.avg_latency_ms;
@@ -628,6 +631,9 @@ struct AgentMetrics {
     memory_mb: u64,
     /// Replicas running now.
     replicas: u32,
+    /// Share of health checks that passed since this server started (of
+    /// replicas once they had been ready); `null` before the first.
+    uptime_percent: Option<f64>,
 }
 
 /// Get an agent's metrics. Request figures come from the gateway and resource
@@ -678,5 +684,6 @@ async fn metrics(
         cpu_percent: live.cpu_usage_percent,
         memory_mb: live.memory_usage_mb.round() as u64,
         replicas,
+        uptime_percent: live.uptime_percent,
     }))
 }
