@@ -19,7 +19,8 @@
 //!    are hashed; when `<data dir>/artifacts/<key>` exists, this source was
 //!    built the same way before and that artifact is reused (the log says so).
 //! 3. **Build step**: `requirements.txt` / `pyproject.toml` → a virtualenv at
-//!    `/app/.venv`, or `hangar.toml`'s `[build] command` — run as a one-shot
+//!    `/app/.venv`, `package.json` with dependencies → `npm ci` (or `npm
+//!    install` without a lock file), or `hangar.toml`'s `[build] command` — run as a one-shot
 //!    replica of the runtime [`Driver`] (a sandbox: unprivileged user, egress,
 //!    the agent's resource limits, a timeout) with the build's directory
 //!    writable at `/app`; its output lines go to the build's log as they come;
@@ -35,8 +36,7 @@
 //! recorded by the store in the transaction that finishes it, so a webhook
 //! hears of every build exactly once, whichever way it ended.
 //!
-//! Not built by this version: `docker` sources (OCI images), and Node
-//! dependencies (`package.json` sources run as they are).
+//! Not built by this version: `docker` sources (OCI images).
 //!
 //! # Layout
 //! - [`Builder`]: the loop over queued builds, the sandboxed build step, logs.

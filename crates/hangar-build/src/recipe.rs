@@ -5,7 +5,11 @@
 //! 2. `requirements.txt`: a virtualenv at `/app/.venv` and
 //!    `pip install -r requirements.txt` into it;
 //! 3. `pyproject.toml`: a virtualenv at `/app/.venv` and `pip install /app`;
-//! 4. anything else: no build step — the source is the artifact.
+//! 4. `package.json` declaring dependencies: `npm ci` with a lock file
+//!    (`package-lock.json` or `npm-shrinkwrap.json`: exactly the locked
+//!    versions), else `npm install`; production dependencies only, into
+//!    `/app/node_modules`;
+//! 5. anything else: no build step — the source is the artifact.
 //!
 //! The step runs inside a sandbox with `/app` (the build's copy of the
 //! source) writable; see the crate docs. The recipe's text is part of the
@@ -93,5 +97,98 @@ pub fn recipe(dir: &Path) -> Result<Option<Recipe>, BuildError> {
             "pyproject.toml",
         )));
     }
+    if is_file("package.json") && declares_dependencies(dir)? {
+        let locked = is_file("package-lock.json") || is_file("npm-shrinkwrap.json");
+        let (command, origin) = if locked {
+            ("ci", "package.json and its lock file")
+        } else {
+            ("install", "package.json")
+        };
+        return Ok(Some(Recipe {
+            argv: [
+                "npm",
+                command,
+                "--omit=dev",
+                "--no-audit",
+                "--no-fund",
+                "--no-update-notifier",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            origin,
+        }));
+    }
     Ok(None)
+}
+
+/// Whether `package.json` names any (non-dev) dependencies: without any,
+/// a Node source runs as it is and skips npm altogether.
+fn declares_dependencies(dir: &Path) -> Result<bool, BuildError> {
+    let text = std::fs::read_to_string(dir.join("package.json")).map_err(|err| BuildError::Io {
+        path: "package.json".to_owned(),
+        source: err,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|err| BuildError::Manifest(format!("package.json is not valid JSON: {err}")))?;
+    Ok(
+        ["dependencies", "optionalDependencies", "bundleDependencies"]
+            .iter()
+            .any(|key| match &json[key] {
+                serde_json::Value::Object(map) => !map.is_empty(),
+                serde_json::Value::Array(list) => !list.is_empty(),
+                _ => false,
+            }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(files: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "hangar-recipe-{}-{}",
+            std::process::id(),
+            hangar_core::id::new_id(hangar_core::id::IdKind::Build)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn node_sources_install_their_dependencies_locked_when_they_can() {
+        let deps = r#"{"dependencies": {"is-number": "7.0.0"}}"#;
+        let plain = recipe(&dir(&[("package.json", deps)]))
+            .expect("ok")
+            .expect("a step");
+        assert_eq!(plain.argv[..2], ["npm", "install"]);
+        assert!(plain.argv.contains(&"--omit=dev".to_owned()));
+        let locked = recipe(&dir(&[("package.json", deps), ("package-lock.json", "{}")]))
+            .expect("ok")
+            .expect("a step");
+        assert_eq!(locked.argv[..2], ["npm", "ci"]);
+        // Nothing to install: no step at all.
+        for none in [
+            r#"{"name": "x"}"#,
+            r#"{"dependencies": {}, "devDependencies": {"a": "1"}}"#,
+        ] {
+            assert_eq!(
+                recipe(&dir(&[("package.json", none)])).expect("ok"),
+                None,
+                "{none}"
+            );
+        }
+        assert!(matches!(
+            recipe(&dir(&[("package.json", "{nope")])),
+            Err(BuildError::Manifest(_))
+        ));
+        // Python first, as before.
+        let both = recipe(&dir(&[("package.json", deps), ("requirements.txt", "x\n")]))
+            .expect("ok")
+            .expect("a step");
+        assert_eq!(both.origin, "requirements.txt");
+    }
 }

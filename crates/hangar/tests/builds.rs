@@ -330,3 +330,33 @@ async fn a_malicious_archive_fails_its_build_and_writes_nothing_outside() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_node_agent_installs_its_dependencies_and_answers() {
+    if !root_or_skip("node build") {
+        return;
+    }
+    let dir = temp("builds-node");
+    let server = Server::start(&dir);
+    let url = upload(&server, tar_gz("node")).await;
+    let (agent, build) = create(
+        &server,
+        "node-agent",
+        json!({"type": "upload", "archive_url": url}),
+    )
+    .await;
+    let b = finished(&server, &build).await;
+    let log = log_text(&server, &build).await;
+    assert_eq!(b["status"], "ready", "{b}\n{log}");
+    assert!(log.contains("npm install"), "the step is in the log: {log}");
+    // The dependency came from the registry; the dev dependency did not.
+    let output = invoke_when_running(&server, &agent, &build, json!({"value": "42"})).await;
+    assert_eq!(output, json!({"is_number": true, "dev": false}));
+    let output = invoke_when_running(&server, &agent, &build, json!({"value": "x"})).await;
+    assert_eq!(output["is_number"], false);
+    let instance = server.get(&format!("/v1/agents/{agent}")).await["data"]["instance_id"]
+        .as_str()
+        .expect("instance")
+        .to_owned();
+    server.delete(&instance, true).await;
+}
