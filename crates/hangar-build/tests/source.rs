@@ -60,9 +60,9 @@ fn a_plain_directory_is_the_artifact() {
         .iter()
         .any(|l| l == &format!("using the directory {} as the artifact", artifact.path)));
     // Any of the runnable files will do; `localhost` URLs too.
-    for file in ["hangar.toml", "app.py", "package.json"] {
+    for (file, text) in [("hangar.toml", ""), ("app.py", ""), ("package.json", "{}")] {
         let d = TempDir::new();
-        d.file(file, "");
+        d.file(file, text);
         let url = d.url("").replacen("file://", "file://localhost", 1);
         assert!(build(&dir_source(url, None)).is_ok(), "{file}");
     }
