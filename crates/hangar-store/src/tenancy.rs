@@ -423,13 +423,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let principal = Principal {
-            key_id: row.text("id")?,
-            user_id: row.text("user_id")?,
-            organization_id: row.text("organization_id")?,
-            role: row.parsed("role")?,
-            is_operator: row.flag("is_operator")?,
-        };
+        let principal = principal_from_row(&row)?;
         // Recorded to the minute, so authentication is not a write on every request.
         let now = now_ms();
         if row
@@ -461,16 +455,7 @@ impl Store {
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(Principal {
-                key_id: row.text("id")?,
-                user_id: row.text("user_id")?,
-                organization_id: row.text("organization_id")?,
-                role: row.parsed("role")?,
-                is_operator: row.flag("is_operator")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(principal_from_row).transpose()
     }
 
     /// Adds a user to an organization.
@@ -622,4 +607,16 @@ impl Store {
         .await?;
         rows.iter().map(cloud_from_row).collect()
     }
+}
+
+/// A principal from a row of `api_keys` joined with its user and organization
+/// (`id`, `user_id`, `organization_id`, `role`, `is_operator`).
+fn principal_from_row(row: &AnyRow) -> Result<Principal> {
+    Ok(Principal {
+        key_id: row.text("id")?,
+        user_id: row.text("user_id")?,
+        organization_id: row.text("organization_id")?,
+        role: row.parsed("role")?,
+        is_operator: row.flag("is_operator")?,
+    })
 }

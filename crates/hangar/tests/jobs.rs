@@ -84,15 +84,7 @@ fn counts(lines: &[String], verb: &str) -> BTreeMap<String, usize> {
 }
 
 async fn deploy_jobs_agent(server: &Server, name: &str) -> (String, String) {
-    let instance = server.deploy(name, "jobs", json!({})).await;
-    server
-        .wait_instance(&instance, "running", |i| i["status"] == "running")
-        .await;
-    let agent = server.instance(&instance).await["agent_id"]
-        .as_str()
-        .expect("agent_id")
-        .to_owned();
-    (agent, instance)
+    server.deploy_running(name, "jobs", json!({})).await
 }
 
 #[tokio::test]

@@ -135,15 +135,9 @@ fn ids(events: &[SseEvent]) -> Vec<i64> {
         .collect()
 }
 
+/// An `http` test agent, running: (instance, agent).
 async fn running_agent(server: &Server, name: &str) -> (String, String) {
-    let instance = server.deploy(name, "http", json!({})).await;
-    server
-        .wait_instance(&instance, "running", |i| i["status"] == "running")
-        .await;
-    let agent = server.instance(&instance).await["agent_id"]
-        .as_str()
-        .expect("agent_id")
-        .to_owned();
+    let (agent, instance) = server.deploy_running(name, "http", json!({})).await;
     (instance, agent)
 }
 

@@ -168,6 +168,19 @@ impl Server {
         }
     }
 
+    /// Deploys an agent and waits for its default instance to run; returns
+    /// the agent's id and the instance's.
+    pub async fn deploy_running(&self, name: &str, agent: &str, extra: Value) -> (String, String) {
+        let instance = self.deploy(name, agent, extra).await;
+        self.wait_instance(&instance, "running", |i| i["status"] == "running")
+            .await;
+        let agent = self.instance(&instance).await["agent_id"]
+            .as_str()
+            .expect("agent_id")
+            .to_owned();
+        (agent, instance)
+    }
+
     pub async fn instance(&self, id: &str) -> Value {
         self.get(&format!("/instances/{id}")).await
     }
@@ -333,7 +346,11 @@ pub fn kill_replicas_under(dir: &Path) {
     // they would linger with nothing left to watch.
     let needle = shims.to_string_lossy().into_owned();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
