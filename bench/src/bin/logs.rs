@@ -676,7 +676,7 @@ struct Burst {
     /// First write → newest stored line is the last, s.
     stored_s: f64,
     /// First write → every follower has the last line, s (NaN when one
-    /// never got it).
+    /// never got it, or none was attached).
     delivered_s: f64,
     /// The agent's own writing time, s.
     written_s: f64,
@@ -771,7 +771,8 @@ impl Bench<'_> {
             bench_cpu_s: (cpu1.2 - cpu0.2).as_secs_f64(),
             ..Burst::default()
         };
-        let mut delivered = Some(first);
+        // No follower, no delivery time.
+        let mut delivered = (!followed.is_empty()).then_some(first);
         for (n, f) in followed.iter().enumerate() {
             let tally = f
                 .tally
