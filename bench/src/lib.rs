@@ -2,7 +2,8 @@
 //! of the machine (CPU steal, load average, free ports, programs in `PATH`)
 //! that every report prints next to its figures, because on a shared VM the
 //! figures mean little without them, and what it takes to run crun (the
-//! baseline of the start targets) on a hybrid cgroup host.
+//! baseline of the start targets) on a hybrid cgroup host; and, in
+//! [`serve`], a real `hangar serve` with an agent deployed on it.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -11,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+pub mod serve;
 
 /// Where a hybrid cgroup host mounts its v2 hierarchy.
 pub const UNIFIED: &str = "/sys/fs/cgroup/unified";
@@ -31,6 +34,19 @@ pub fn percentile(sorted: &[f64], pct: f64) -> f64 {
     }
     let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The median of some figures (the mean of the middle two for an even
+/// count; 0 for none).
+#[must_use]
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// CPU time counters of the whole machine, from `/proc/stat` (Linux): total
@@ -56,6 +72,32 @@ pub fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> O
     let ((t0, s0), (t1, s1)) = (before?, after?);
     let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
     Some(s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far,
+/// from `/proc/<pid>/stat` (Linux); `None` when it is gone.
+#[must_use]
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = stat_cpu_ticks(&stat)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in clock ticks. The command
+/// name (field 2) is in parentheses and may hold spaces, so fields are
+/// counted after its closing parenthesis: state is field 3, utime 14 and
+/// stime 15.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The load averages of `/proc/loadavg` (1, 5 and 15 minutes).
@@ -162,6 +204,22 @@ mod tests {
         assert_eq!(percentile(&s, 99.0), 99.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn process_cpu_is_utime_plus_stime() {
+        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 70 0 0 20 0 \
+                    9 0 1234 5678 90";
+        assert_eq!(stat_cpu_ticks(stat), Some(320));
+        assert_eq!(stat_cpu_ticks("42 (x) S 1"), None);
+        assert!(process_cpu(std::process::id()).is_some());
     }
 
     #[test]

@@ -43,21 +43,19 @@
 //! measurement, not a test.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::serve::{hangar_binary, terminate, Serve, TempDir};
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, load_average, percentile, sorted_ms, steal_percent,
+    cpu_ticks, find_program, free_port, load_average, median, percentile, sorted_ms, steal_percent,
 };
-use serde_json::{json, Value};
 
 /// The admin key `hangar serve` is started with.
 const KEY: &str = "hgr_benchgateway00000000000000000000000000000";
@@ -165,253 +163,6 @@ fn wrk_throughput(
         }
     }
     bail!("unreachable: the timed run returns")
-}
-
-/// The median of some figures (the mean of the middle two for an even
-/// count).
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// A temporary directory (mode 0755), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it, and socket paths are limited
-        // to 107 bytes.
-        let path = std::env::temp_dir().join(format!(
-            "hb-{tag}-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// Sends SIGTERM to a child process and waits for it.
-fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A running `hangar serve`; on drop it is stopped with SIGTERM, the
-/// replicas left (replicas outlive the server) are removed with `hangar shim
-/// cleanup`, and its directory is removed.
-struct Serve {
-    child: Child,
-    url: String,
-    hangar: PathBuf,
-    // Dropped after the cleanup in `Drop` (fields drop after `drop` runs).
-    dir: TempDir,
-}
-
-impl Serve {
-    fn start(hangar: &Path) -> Result<Self> {
-        let dir = TempDir::new("gw")?;
-        let log = fs::File::create(dir.0.join("serve.log"))?;
-        let mut child = Command::new(hangar)
-            .current_dir(&dir.0)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("HANGAR_ADMIN_KEY", KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawning {} serve", hangar.display()))?;
-        let stdout = child.stdout.take().context("serve's stdout")?;
-        let mut serve = Self {
-            child,
-            url: String::new(),
-            hangar: hangar.to_path_buf(),
-            dir,
-        };
-        let mut reader = BufReader::new(stdout);
-        serve.url = loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                bail!(
-                    "hangar serve exited before listening: {}",
-                    fs::read_to_string(serve.dir.0.join("serve.log")).unwrap_or_default()
-                );
-            }
-            if let Some(rest) = line.strip_prefix("hangar listening on ") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .context("no URL in the listening line")?
-                    .to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(serve)
-    }
-
-    fn shims(&self) -> Vec<PathBuf> {
-        fs::read_dir(self.dir.0.join("hangar-data/runtime/shims"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    }
-
-    async fn call(
-        &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value, String)> {
-        let mut req = client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(KEY)
-            .timeout(Duration::from_secs(60));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("calling {path}"))?;
-        let status = res.status().as_u16();
-        let text = res.text().await?;
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok((status, json, text))
-    }
-
-    async fn get(&self, client: &reqwest::Client, path: &str) -> Result<Value> {
-        let (status, body, text) = self.call(client, reqwest::Method::GET, path, None).await?;
-        ensure!(status == 200, "GET {path}: {status} {text}");
-        Ok(body)
-    }
-
-    /// Deploys the fast agent; returns (agent id, instance id, replica IP).
-    async fn deploy(
-        &self,
-        client: &reqwest::Client,
-        agent_dir: &Path,
-    ) -> Result<(String, String, String)> {
-        let me = self.get(client, "/v1/me").await?;
-        let org = me["organization_id"]
-            .as_str()
-            .or_else(|| me["data"]["organization_id"].as_str())
-            .context("no organization_id in /v1/me")?
-            .to_owned();
-        let body = json!({
-            "name": "bench-fast",
-            "cloud_id": "local",
-            "source": {"type": "github", "repo": format!("file://{}", agent_dir.display())},
-        });
-        let (status, created, text) = self
-            .call(client, reqwest::Method::POST, "/v1/agents", Some(body))
-            .await?;
-        ensure!(status == 201, "deploying: {status} {text}");
-        let agent = created["data"]["id"]
-            .as_str()
-            .context("no agent id")?
-            .to_owned();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let instance = loop {
-            let view = self.get(client, &format!("/v1/agents/{agent}")).await?;
-            if let Some(instance) = view["data"]["instance_id"].as_str() {
-                break instance.to_owned();
-            }
-            ensure!(Instant::now() < deadline, "never deployed: {view}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        loop {
-            let inst = self.get(client, &format!("/instances/{instance}")).await?;
-            if inst["status"] == "running" {
-                break;
-            }
-            ensure!(Instant::now() < deadline, "never running: {inst}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let probe = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
-                     s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])";
-        let (status, _, text) = self
-            .call(
-                client,
-                reqwest::Method::POST,
-                &format!("/instances/{org}/{instance}/exec"),
-                Some(json!(["python3", "-c", probe])),
-            )
-            .await?;
-        ensure!(status == 200, "exec for the replica's IP: {status} {text}");
-        let ip = text.trim().to_owned();
-        ensure!(
-            ip.parse::<Ipv4Addr>().is_ok(),
-            "the replica's IP is not an IPv4 address: {ip:?}"
-        );
-        Ok((agent, instance, ip))
-    }
-
-    /// Deletes the instance (forced) and waits until its replicas are gone.
-    async fn delete(&self, client: &reqwest::Client, instance: &str) -> Result<()> {
-        let (status, _, text) = self
-            .call(
-                client,
-                reqwest::Method::DELETE,
-                &format!("/instances/{instance}?force=true"),
-                None,
-            )
-            .await?;
-        ensure!(status == 204, "deleting {instance}: {status} {text}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.shims().is_empty() {
-            ensure!(Instant::now() < deadline, "replicas left after delete");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        for shim in self.shims() {
-            let _ = Command::new(&self.hangar)
-                .args(["shim", "cleanup"])
-                .arg(&shim)
-                .status();
-        }
-    }
 }
 
 /// nginx proxying to the replica, stopped on drop.
@@ -636,20 +387,7 @@ fn main() -> Result<()> {
         nix::unistd::geteuid().is_root(),
         "this benchmark needs root (hangar serve runs replicas in sandboxes)"
     );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let nginx_bin = match &args.nginx {
         Some(path) => path.clone(),
         None => find_program("nginx")
@@ -673,10 +411,11 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let serve = Serve::start(&hangar_bin)?;
+    let serve = Serve::start(&hangar_bin, "gw", KEY, &[])?;
     eprintln!("hangar serve at {} in {}", serve.url, serve.dir.0.display());
     let setup = client(4)?;
-    let (agent, instance, ip) = rt.block_on(serve.deploy(&setup, &agent_dir))?;
+    let deployed = rt.block_on(serve.deploy(&setup, "bench-fast", &agent_dir))?;
+    let (agent, instance, ip) = (deployed.agent, deployed.instance, deployed.ip);
     let upstream = format!("{ip}:{AGENT_PORT}");
     eprintln!("agent {agent}, instance {instance}, replica at {upstream}");
     let nginx = Nginx::start(&nginx_bin, &upstream)?;
@@ -863,13 +602,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), 0.0);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-    }
 
     #[test]
     fn the_fast_agent_is_there() {

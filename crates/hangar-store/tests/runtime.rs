@@ -372,6 +372,31 @@ async fn log_queries_tail_since_and_after_seq() {
 }
 
 #[tokio::test]
+async fn a_batch_larger_than_one_insert_is_stored_whole_and_in_order() {
+    each_backend(|store, _| async move {
+        let f = fixture(&store).await;
+        let inst = instance(&store, &f, &f.build, "burst").await;
+        // Several INSERTs and a partial last one, then a replay that overlaps.
+        let stored = store
+            .append_instance_logs(&inst.id, "rep_a", 1234, &lines(1, 1234))
+            .await
+            .expect("append");
+        assert_eq!(seqs(&stored), (1..=1234).collect::<Vec<i64>>());
+        let stored = store
+            .append_instance_logs(&inst.id, "rep_a", 1300, &lines(1001, 1300))
+            .await
+            .expect("append");
+        assert_eq!(seqs(&stored), (1235..=1300).collect::<Vec<i64>>());
+        let read = store.instance_logs(&inst.id, &all()).await.expect("read");
+        assert_eq!(seqs(&read), (1..=1300).collect::<Vec<i64>>());
+        let messages: Vec<String> = read.into_iter().map(|l| l.message).collect();
+        let expected: Vec<String> = (1..=1300).map(|i| format!("line {i}")).collect();
+        assert_eq!(messages, expected);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn trim_keeps_the_newest_lines_and_nul_is_stored_safely() {
     each_backend(|store, _| async move {
         let f = fixture(&store).await;

@@ -1,0 +1,319 @@
+//! A real `hangar serve` for the benchmarks that measure through it (the
+//! gateway and logs benchmarks): started in a fresh temporary directory on
+//! SQLite with a known admin key, an agent deployed from a directory of the
+//! repository (a `file://` source) and waited for until it runs, its replica
+//! found on the bridge, and everything removed again — also when the
+//! benchmark fails halfway, because replicas outlive the server and a run
+//! that leaves sandboxes behind spoils the next one.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+/// A temporary directory (mode 0755, so sandboxed agents can read below
+/// it), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new directory `hb-<tag>-<pid>-<n>` in the system's temporary
+    /// directory. Kept short: shim sockets live below it, and socket paths
+    /// are limited to 107 bytes.
+    pub fn new(tag: &str) -> Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "hb-{tag}-{}-{}",
+            std::process::id(),
+            nanos % 1_000_000
+        ));
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            eprintln!("warning: cannot remove {}: {err}", self.0.display());
+        }
+    }
+}
+
+/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
+pub fn terminate(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The `hangar` binary a benchmark runs: `explicit` (its `--hangar`), else
+/// `hangar` next to the benchmark's own binary, where `cargo build --release
+/// -p hangar -p hangar-bench` puts it.
+pub fn hangar_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .context("finding this binary")?
+            .parent()
+            .context("this binary has no directory")?
+            .join("hangar"),
+    };
+    ensure!(
+        path.is_file(),
+        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
+         hangar-bench`, or pass --hangar <path>",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// An agent deployed by [`Serve::deploy`], running.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The organization (of the admin key).
+    pub org: String,
+    /// The agent's id.
+    pub agent: String,
+    /// Its default instance's id.
+    pub instance: String,
+    /// The replica's IPv4 address on the `hangar0` bridge.
+    pub ip: String,
+}
+
+/// A running `hangar serve`; on drop it is stopped with SIGTERM, the
+/// replicas left (replicas outlive the server) are removed with `hangar shim
+/// cleanup`, and its directory is removed.
+pub struct Serve {
+    /// The server's process.
+    pub child: Child,
+    /// Its base URL (`http://127.0.0.1:<port>`).
+    pub url: String,
+    /// The admin key it was started with.
+    pub key: String,
+    hangar: PathBuf,
+    /// Its working directory (`hangar-data` is below it). Dropped after the
+    /// cleanup in `Drop` (fields drop after `drop` runs).
+    pub dir: TempDir,
+}
+
+impl Serve {
+    /// Starts `hangar serve --listen 127.0.0.1:0` plus `args` in a fresh
+    /// directory `hb-<tag>-…` with `HANGAR_ADMIN_KEY=key` and `RUST_LOG=warn`
+    /// (its log is `serve.log` there); returns once it listens.
+    pub fn start(hangar: &Path, tag: &str, key: &str, args: &[&str]) -> Result<Self> {
+        let dir = TempDir::new(tag)?;
+        let log = fs::File::create(dir.0.join("serve.log"))?;
+        let mut child = Command::new(hangar)
+            .current_dir(&dir.0)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("HANGAR_ADMIN_KEY", key)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("spawning {} serve", hangar.display()))?;
+        let stdout = child.stdout.take().context("serve's stdout")?;
+        let mut serve = Self {
+            child,
+            url: String::new(),
+            key: key.to_owned(),
+            hangar: hangar.to_path_buf(),
+            dir,
+        };
+        let mut reader = BufReader::new(stdout);
+        serve.url = loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!(
+                    "hangar serve exited before listening: {}",
+                    fs::read_to_string(serve.dir.0.join("serve.log")).unwrap_or_default()
+                );
+            }
+            if let Some(rest) = line.strip_prefix("hangar listening on ") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .context("no URL in the listening line")?
+                    .to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Ok(serve)
+    }
+
+    /// The data directory of the server.
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("hangar-data")
+    }
+
+    /// The directories of the replicas' shims (one per replica alive).
+    #[must_use]
+    pub fn shims(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.data_dir().join("runtime/shims"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// One API call with the admin key (60 s limit): status, JSON body
+    /// (`null` when not JSON) and the body as text.
+    pub async fn call(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value, String)> {
+        let mut req = client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+            .timeout(Duration::from_secs(60));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = res.status().as_u16();
+        let text = res.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok((status, json, text))
+    }
+
+    /// `GET path`, which must answer 200.
+    pub async fn get(&self, client: &reqwest::Client, path: &str) -> Result<Value> {
+        let (status, body, text) = self.call(client, reqwest::Method::GET, path, None).await?;
+        ensure!(status == 200, "GET {path}: {status} {text}");
+        Ok(body)
+    }
+
+    /// Deploys the agent in `agent_dir` (a `file://` source) as `name`,
+    /// waits (up to 60 s) until its instance runs, and finds the replica's
+    /// IP on the bridge with an exec.
+    pub async fn deploy(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        agent_dir: &Path,
+    ) -> Result<Deployed> {
+        let me = self.get(client, "/v1/me").await?;
+        let org = me["organization_id"]
+            .as_str()
+            .or_else(|| me["data"]["organization_id"].as_str())
+            .context("no organization_id in /v1/me")?
+            .to_owned();
+        let body = json!({
+            "name": name,
+            "cloud_id": "local",
+            "source": {"type": "github", "repo": format!("file://{}", agent_dir.display())},
+        });
+        let (status, created, text) = self
+            .call(client, reqwest::Method::POST, "/v1/agents", Some(body))
+            .await?;
+        ensure!(status == 201, "deploying: {status} {text}");
+        let agent = created["data"]["id"]
+            .as_str()
+            .context("no agent id")?
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let instance = loop {
+            let view = self.get(client, &format!("/v1/agents/{agent}")).await?;
+            if let Some(instance) = view["data"]["instance_id"].as_str() {
+                break instance.to_owned();
+            }
+            ensure!(Instant::now() < deadline, "never deployed: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        loop {
+            let inst = self.get(client, &format!("/instances/{instance}")).await?;
+            if inst["status"] == "running" {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "never running: {inst}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let probe = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                     s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])";
+        let (status, _, text) = self
+            .call(
+                client,
+                reqwest::Method::POST,
+                &format!("/instances/{org}/{instance}/exec"),
+                Some(json!(["python3", "-c", probe])),
+            )
+            .await?;
+        ensure!(status == 200, "exec for the replica's IP: {status} {text}");
+        let ip = text.trim().to_owned();
+        ensure!(
+            ip.parse::<Ipv4Addr>().is_ok(),
+            "the replica's IP is not an IPv4 address: {ip:?}"
+        );
+        Ok(Deployed {
+            org,
+            agent,
+            instance,
+            ip,
+        })
+    }
+
+    /// Deletes the instance (forced) and waits (up to 60 s) until its
+    /// replicas are gone.
+    pub async fn delete(&self, client: &reqwest::Client, instance: &str) -> Result<()> {
+        let (status, _, text) = self
+            .call(
+                client,
+                reqwest::Method::DELETE,
+                &format!("/instances/{instance}?force=true"),
+                None,
+            )
+            .await?;
+        ensure!(status == 204, "deleting {instance}: {status} {text}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.shims().is_empty() {
+            ensure!(Instant::now() < deadline, "replicas left after delete");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        for shim in self.shims() {
+            let _ = Command::new(&self.hangar)
+                .args(["shim", "cleanup"])
+                .arg(&shim)
+                .status();
+        }
+    }
+}
