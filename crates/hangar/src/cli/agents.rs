@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::bail;
 use serde_json::Value;
 
-use super::client::Client;
+use super::client::{ApiError, Client};
 use super::settings::{self, Connection};
 use super::UsageError;
 
@@ -54,7 +54,12 @@ pub async fn find(client: &Client, name_or_id: &str) -> anyhow::Result<Value> {
     }
     let mut found = named(client, name_or_id, None).await?;
     match found.len() {
-        0 => bail!(UsageError(format!("no agent is named {name_or_id:?}"))),
+        0 => Err(ApiError {
+            status: 404,
+            code: "AGENT_NOT_FOUND".to_owned(),
+            message: format!("no agent is named {name_or_id:?}"),
+        }
+        .into()),
         1 => Ok(found.remove(0)),
         _ => {
             let ids: Vec<&str> = found.iter().filter_map(|a| a["id"].as_str()).collect();

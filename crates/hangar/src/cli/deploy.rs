@@ -84,8 +84,9 @@ pub async fn run(args: DeployArgs, env: &HashMap<String, String>) -> anyhow::Res
         )));
     }
     progress.line(&format!(
-        "Packed {} files ({} KiB)",
+        "Packed {} file{} ({} KiB)",
         packed.files.len(),
+        if packed.files.len() == 1 { "" } else { "s" },
         packed.archive.len().div_ceil(1024)
     ));
 
@@ -113,6 +114,7 @@ pub async fn run(args: DeployArgs, env: &HashMap<String, String>) -> anyhow::Res
     let source = json!({"type": "upload", "archive_url": upload_url});
 
     let existing = agents::named(&client, &name, Some(&args.cloud)).await?;
+    let updating = !existing.is_empty();
     let agent = match existing.first() {
         Some(agent) => {
             let id = agents::id(agent)?;
@@ -152,8 +154,13 @@ pub async fn run(args: DeployArgs, env: &HashMap<String, String>) -> anyhow::Res
     if status != "ready" {
         progress.clear();
         bail!(
-            "build {build} {status}: {}",
-            reason.as_deref().unwrap_or("no reason given")
+            "build {build} {status}: {}{}",
+            reason.as_deref().unwrap_or("no reason given"),
+            if updating {
+                " (the agent keeps running its previous build)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -235,7 +242,7 @@ async fn follow_build(
         };
         retries += 1;
         if retries > STREAM_RETRIES {
-            bail!("{broke}; gave up following build {build} (`hangar` can be run again, or see GET /v1/builds/{build})");
+            bail!("{broke}; gave up following build {build} (GET /v1/builds/{build} tells how it ends)");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
