@@ -27,7 +27,7 @@ use super::UsageError;
 /// Flags of `hangar deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The agent's directory [default: the current directory]
+    /// The agent's directory
     #[arg(value_name = "DIR", default_value = ".")]
     dir: PathBuf,
     /// The agent's name [default: the directory's name]
