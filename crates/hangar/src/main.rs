@@ -1,12 +1,14 @@
-//! The `hangar` binary: `hangar serve` runs the platform; later subcommands are the
-//! client CLI. This file only parses the command line and maps failures to exit
-//! codes (64 for bad configuration, 1 for anything else).
+//! The `hangar` binary: `hangar serve` runs the platform; `login`, `deploy`,
+//! `agents`, `invoke` and `logs` are its client (in [`cli`]). This file only
+//! parses the command line and maps failures to exit codes (64 for bad
+//! configuration or usage, 1 for anything else).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
 mod config;
 mod jobs;
 mod serve;
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the Hangar server (API, gateway and instance URLs on one listener).
     Serve(Box<config::ServeArgs>),
+    #[command(flatten)]
+    Client(cli::Command),
     /// Internal: the per-replica process the sandbox driver starts.
     #[command(hide = true)]
     Shim {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
     // The one place the process environment is read.
     let env: HashMap<String, String> = std::env::vars().collect();
     match cli.command {
+        Command::Client(command) => cli::run(command, &env),
         Command::Shim { command } => {
             let code = match command {
                 ShimCommand::Run { dir } => {
