@@ -26,6 +26,7 @@ use base64::Engine;
 use hangar_store::{Attempt, DueDelivery, Store};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -88,7 +89,7 @@ pub fn payload(delivery: &DueDelivery) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Deliverer {
     store: Store,
-    client: Client<HttpConnector, axum::body::Body>,
+    client: Client<HttpsConnector<HttpConnector>, axum::body::Body>,
     schedule: Arc<Vec<Duration>>,
     wake: Arc<Notify>,
     poll: Duration,
@@ -100,9 +101,24 @@ impl Deliverer {
     pub fn new(store: Store, schedule: Vec<Duration>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.enforce_http(false);
+        // Receivers are usually HTTPS: the system's trusted roots (and
+        // SSL_CERT_FILE / SSL_CERT_DIR, for a private CA) decide whom to
+        // trust; a system without any falls back to Mozilla's. Plain
+        // http:// endpoints keep working.
+        let roots = HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "no system root certificates; trusting Mozilla's for webhook deliveries");
+                HttpsConnectorBuilder::new().with_webpki_roots()
+            });
+        let https = roots
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         Self {
             store,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(https),
             schedule: Arc::new(schedule),
             wake: Arc::new(Notify::new()),
             poll: Duration::from_millis(500),

@@ -296,3 +296,163 @@ async fn webhooks_are_signed_in_order_and_outlive_a_down_receiver_and_a_restart(
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the
+/// `openssl` command in `dir`: (CA certificate, server certificate, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hangar test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "hook.key",
+        "-out",
+        "hook.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "hook.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "hook.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("hook.pem"),
+        dir.join("hook.key"),
+    )
+}
+
+/// An HTTPS receiver (Python's standard library) that appends each request's
+/// headers and body to `out` as a JSON line and answers 204.
+fn https_receiver(port: u16, cert: &Path, key: &Path, out: &Path) -> Receiver {
+    let script = r#"
+import http.server, json, ssl, sys
+port, cert, key, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        with open(out, "a") as f:
+            f.write(json.dumps({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}) + "\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Hook)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+    Receiver(
+        Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .args([cert, key, out])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("https receiver"),
+    )
+}
+
+#[tokio::test]
+async fn webhooks_reach_https_receivers_that_the_server_trusts() {
+    if !root_or_skip("https webhooks") {
+        return;
+    }
+    let dir = temp("hooks-https");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (ca, cert, key) = certificates(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let out = dir.join("received.jsonl");
+    let _receiver = https_receiver(port, &cert, &key, &out);
+
+    // The receiver's CA is trusted through SSL_CERT_FILE, as an operator
+    // with a private CA would configure it.
+    let ca = ca.to_string_lossy().into_owned();
+    let server = Server::start_full(&dir, &FLAGS, &[("SSL_CERT_FILE", ca.as_str())]);
+    let (status, hook, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": format!("https://127.0.0.1:{port}/hook"), "events": ["build.succeeded"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let secret = hook["data"]["secret"].as_str().expect("secret").to_owned();
+    let instance = server.deploy("tls-notifier", "http", json!({})).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivery = loop {
+        if let Some(d) = received(&out).into_iter().next() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "nothing arrived over HTTPS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body: Value = serde_json::from_str(delivery["body"].as_str().expect("body")).expect("json");
+    assert_eq!(body["type"], "build.succeeded", "{body}");
+    // Signed as over plain HTTP: HMAC-SHA256 of "id.timestamp.body".
+    let headers = &delivery["headers"];
+    let signed = format!(
+        "{}.{}.{}",
+        headers["webhook-id"].as_str().expect("id"),
+        headers["webhook-timestamp"].as_str().expect("timestamp"),
+        delivery["body"].as_str().expect("body")
+    );
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let key_bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .expect("secret is base64");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key_bytes).expect("key");
+    mac.update(signed.as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    assert_eq!(
+        headers["webhook-signature"].as_str(),
+        Some(expected.as_str())
+    );
+    server.delete(&instance, true).await;
+}

@@ -129,14 +129,12 @@ pub fn resolve(
 /// Checks a server URL and drops a trailing slash.
 pub fn normalize_server(server: &str) -> Result<String, UsageError> {
     let trimmed = server.trim().trim_end_matches('/');
-    if trimmed.starts_with("https://") {
+    let host = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
+    if host.is_none_or(str::is_empty) {
         return Err(UsageError(format!(
-            "{trimmed}: this build of hangar speaks plain HTTP only; put a TLS proxy's plain side or an SSH tunnel in front"
-        )));
-    }
-    if !trimmed.starts_with("http://") || trimmed.len() <= "http://".len() {
-        return Err(UsageError(format!(
-            "{server:?} is not a server URL (http://host:port)"
+            "{server:?} is not a server URL (http://host:port or https://host)"
         )));
     }
     Ok(trimmed.to_owned())
@@ -247,7 +245,13 @@ mod tests {
         .expect_err("empty key");
         assert!(err.0.contains("no API key"), "{err}");
         assert!(normalize_server("localhost:7070").is_err());
-        assert!(normalize_server("https://h").is_err());
+        assert!(normalize_server("https://").is_err());
+        assert_eq!(
+            normalize_server("https://hangar.example.com/")
+                .as_deref()
+                .ok(),
+            Some("https://hangar.example.com")
+        );
     }
 
     #[test]
