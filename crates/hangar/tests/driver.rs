@@ -371,3 +371,49 @@ async fn a_replica_whose_shim_died_is_reported_and_cleaned_up() {
         "the replica's process survived: {state:?}"
     );
 }
+
+#[tokio::test]
+async fn a_follower_slower_than_the_replica_gets_every_line() {
+    let Some(fx) = Fixture::new("flood") else {
+        return;
+    };
+    let id = replica_id("flood");
+    // 60,000 lines (six times the shim's buffer) written as fast as the pipe
+    // takes them, then a last line.
+    let mut flood = spec(&id, "http");
+    flood.argv = vec![
+        "python3".to_owned(),
+        "-c".to_owned(),
+        "import sys\nsys.stdout.write(''.join(f'line {i}\\n' for i in range(1, 60001)))\nsys.stdout.flush()\nprint('done', flush=True)\n"
+            .to_owned(),
+    ];
+    flood.port = None;
+    fx.driver.create(&flood).await.expect("create");
+    let mut output = fx.driver.follow(&id, 0).await.expect("follow");
+    let mut lines = Vec::new();
+    let mut gaps = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(30), output.recv()).await {
+        match event {
+            OutputEvent::Line(line) => {
+                lines.push(line.text);
+                // A slow reader: the replica must wait for it, not lose lines.
+                if lines.len() % 2_000 == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            OutputEvent::Gap { through } => gaps.push(through),
+            OutputEvent::End(_) => break,
+        }
+        assert!(Instant::now() < deadline, "the flood never ended");
+    }
+    assert!(gaps.is_empty(), "lines were dropped through {gaps:?}");
+    assert_eq!(lines.len(), 60_001, "last: {:?}", lines.last());
+    assert!(lines[..60_000]
+        .iter()
+        .enumerate()
+        .all(|(i, l)| *l == format!("line {}", i + 1)));
+    assert_eq!(lines[60_000], "done");
+    fx.driver.remove(&id).await.expect("remove");
+    fx.assert_empty();
+}

@@ -27,7 +27,10 @@
 //! process on `SIGCHLD` and records its exit and whether the OOM killer
 //! ended it. The buffer is what carries output across a daemon restart: a
 //! daemon that was away for longer than the buffer lasts gets a
-//! [`OutputEvent::Gap`]. A shim exits only after [`Request::Delete`].
+//! [`OutputEvent::Gap`]. While a daemon follows, the shim reads the pipes no
+//! faster than it takes the lines (a replica that logs faster than they are
+//! stored waits on its writes instead of losing lines), unless the follower
+//! takes nothing for seconds. A shim exits only after [`Request::Delete`].
 //!
 //! Exec runs in a process of its own too (`hangar shim exec`, started by the
 //! driver), so a long exec never holds up the shim's pipes and a shim never

@@ -36,6 +36,19 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Requests larger than this are refused.
 const MAX_REQUEST_BYTES: u64 = 4 << 20;
 
+/// While a follower is attached, the replica's output is read only as fast
+/// as the follower takes it: once this many lines (or half the buffer's
+/// bytes) wait for it, the shim stops reading the pipes, they fill, and
+/// the agent's writes block — as `docker logs`' default blocking mode does.
+/// Without a follower (the daemon is away) nothing blocks: the buffer keeps
+/// the newest lines and the daemon learns of the rest as a gap.
+const FOLLOWER_LAG_LINES: u64 = (BUFFER_LINES / 2) as u64;
+
+/// A follower that takes nothing for this long no longer holds the agent
+/// back (a hung daemon must not freeze its replicas): reading goes on, and
+/// the oldest lines it has not taken may be dropped.
+const FOLLOWER_STALL: Duration = Duration::from_secs(5);
+
 struct Shim {
     dir: PathBuf,
     config: ShimConfig,
@@ -45,11 +58,61 @@ struct Shim {
     exit: watch::Sender<Option<Exit>>,
     sandbox: Mutex<Option<Sandbox>>,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    /// Followers attached now, and the highest line any of them was sent:
+    /// what the readers wait on (see [`FOLLOWER_LAG_LINES`]).
+    followers: std::sync::atomic::AtomicUsize,
+    delivered: watch::Sender<u64>,
+}
+
+/// Counts a follower while it is attached.
+struct Attached<'a>(&'a Shim);
+
+impl<'a> Attached<'a> {
+    /// Attaches a follower that has lines through `after`. The first one
+    /// attached (a daemon back after a restart) sets how far output was
+    /// taken; later ones only ever move it forward.
+    fn new(shim: &'a Shim, after: u64) -> Self {
+        let before = shim
+            .followers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if before == 0 {
+            shim.delivered.send_replace(after);
+        }
+        Self(shim)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0
+            .followers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        // A reader waiting on this follower looks again.
+        self.0.delivered.send_modify(|_| {});
+    }
+}
+
+/// How much output waits for the attached followers.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lag {
+    lines: u64,
+    bytes: usize,
+}
+
+impl Lag {
+    fn too_far(self) -> bool {
+        self.lines >= FOLLOWER_LAG_LINES || self.bytes >= BUFFER_BYTES / 2
+    }
 }
 
 #[derive(Default)]
 struct Buffer {
     lines: VecDeque<OutputLine>,
+    /// Beside each line of `lines`: the bytes of all output pushed through
+    /// it, so the bytes after any buffered line are one subtraction.
+    pushed_through: VecDeque<u64>,
+    /// Bytes of all output pushed so far.
+    pushed: u64,
     bytes: usize,
     last_seq: u64,
     /// Set once the output is complete.
@@ -61,7 +124,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shim {
-    fn push(&self, stream: OutputStream, text: String) {
+    /// Buffers and broadcasts a line; returns how far ahead of the attached
+    /// followers the output is (nothing with none attached).
+    fn push(&self, stream: OutputStream, text: String) -> Lag {
         let mut buffer = lock(&self.buffer);
         buffer.last_seq += 1;
         let line = OutputLine {
@@ -71,15 +136,70 @@ impl Shim {
             text,
         };
         buffer.bytes += line.text.len();
+        buffer.pushed += line.text.len() as u64;
+        let pushed = buffer.pushed;
+        buffer.pushed_through.push_back(pushed);
         buffer.lines.push_back(line.clone());
         while buffer.lines.len() > BUFFER_LINES || buffer.bytes > BUFFER_BYTES {
             match buffer.lines.pop_front() {
-                Some(old) => buffer.bytes -= old.text.len(),
+                Some(old) => {
+                    buffer.bytes -= old.text.len();
+                    buffer.pushed_through.pop_front();
+                }
                 None => break,
             }
         }
         // Sent under the lock, so followers see lines in order.
         let _ = self.events.send(OutputEvent::Line(line));
+        self.lag(&buffer)
+    }
+
+    fn lag(&self, buffer: &Buffer) -> Lag {
+        if self.followers.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Lag::default();
+        }
+        let delivered = *self.delivered.borrow();
+        let first = buffer.lines.front().map_or(buffer.last_seq + 1, |l| l.seq);
+        // Bytes after line `delivered`: all buffered ones when it is older
+        // than the buffer.
+        let bytes = match delivered.checked_sub(first) {
+            Some(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| buffer.pushed_through.get(i))
+                .map_or(0, |through| buffer.pushed.saturating_sub(*through)),
+            None => buffer.bytes as u64,
+        };
+        Lag {
+            lines: buffer.last_seq.saturating_sub(delivered),
+            bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Waits until the attached followers are within [`FOLLOWER_LAG_LINES`]
+    /// of the output (or gone, or stalled for [`FOLLOWER_STALL`]).
+    async fn wait_for_followers(&self) {
+        let mut rx = self.delivered.subscribe();
+        let mut progress = tokio::time::Instant::now();
+        let mut through = *rx.borrow_and_update();
+        loop {
+            let lag = self.lag(&lock(&self.buffer));
+            if !lag.too_far() {
+                return;
+            }
+            if progress.elapsed() >= FOLLOWER_STALL {
+                tracing::warn!(
+                    lines = lag.lines,
+                    "a follower took nothing for {FOLLOWER_STALL:?}; reading on without it"
+                );
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+            let now = *rx.borrow_and_update();
+            if now != through {
+                through = now;
+                progress = tokio::time::Instant::now();
+            }
+        }
     }
 
     fn info(&self) -> ReplicaInfo {
@@ -159,6 +279,8 @@ pub(super) async fn serve(
         exit,
         sandbox: Mutex::new(Some(sandbox)),
         stdin: tokio::sync::Mutex::new(stdin),
+        followers: std::sync::atomic::AtomicUsize::new(0),
+        delivered: watch::channel(0).0,
     });
 
     let readers = [
@@ -223,12 +345,16 @@ async fn read_output(shim: Arc<Shim>, file: File, stream: OutputStream) {
         pending.extend_from_slice(&chunk[..read]);
         let mut start = 0;
         while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-            emit(&shim, stream, &pending[start..start + end]);
+            if emit(&shim, stream, &pending[start..start + end]).too_far() {
+                shim.wait_for_followers().await;
+            }
             start += end + 1;
         }
         pending.drain(..start);
         while pending.len() >= MAX_LINE_BYTES {
-            emit(&shim, stream, &pending[..MAX_LINE_BYTES]);
+            if emit(&shim, stream, &pending[..MAX_LINE_BYTES]).too_far() {
+                shim.wait_for_followers().await;
+            }
             pending.drain(..MAX_LINE_BYTES);
         }
     }
@@ -237,12 +363,13 @@ async fn read_output(shim: Arc<Shim>, file: File, stream: OutputStream) {
     }
 }
 
-fn emit(shim: &Shim, stream: OutputStream, bytes: &[u8]) {
+fn emit(shim: &Shim, stream: OutputStream, bytes: &[u8]) -> Lag {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let mut start = 0;
+    let mut lag = Lag::default();
     while start < bytes.len() || start == 0 {
         let end = (start + MAX_LINE_BYTES).min(bytes.len());
-        shim.push(
+        lag = shim.push(
             stream,
             String::from_utf8_lossy(&bytes[start..end]).into_owned(),
         );
@@ -251,6 +378,7 @@ fn emit(shim: &Shim, stream: OutputStream, bytes: &[u8]) {
         }
         start = end;
     }
+    lag
 }
 
 /// Reaps the init on `SIGCHLD` (and on a slow tick, in case a signal was
@@ -388,7 +516,17 @@ async fn follow(shim: &Shim, after: u64, write: &mut (impl AsyncWriteExt + Unpin
     // Lines pushed between subscribing and reading the buffer arrive twice;
     // `sent` drops the second copy.
     let mut rx = shim.events.subscribe();
+    let _attached = Attached::new(shim, after);
     let mut sent = after;
+    let delivered = |seq: u64| {
+        shim.delivered.send_if_modified(|through| {
+            let ahead = seq > *through;
+            if ahead {
+                *through = seq;
+            }
+            ahead
+        });
+    };
     loop {
         // Catch up from the buffer (first, and after falling behind).
         let (backlog, gap, end) = {
@@ -420,6 +558,7 @@ async fn follow(shim: &Shim, after: u64, write: &mut (impl AsyncWriteExt + Unpin
             {
                 return;
             }
+            delivered(sent);
         }
         if let Some(exit) = end {
             let _ = send(write, &Reply::Event(OutputEvent::End(exit))).await;
@@ -435,6 +574,7 @@ async fn follow(shim: &Shim, after: u64, write: &mut (impl AsyncWriteExt + Unpin
                     {
                         return;
                     }
+                    delivered(sent);
                 }
                 Ok(OutputEvent::Line(_) | OutputEvent::Gap { .. }) => {}
                 Ok(OutputEvent::End(exit)) => {
