@@ -554,7 +554,7 @@ async fn logs(
             Ok(super::logs::follow(&state, start, live))
         }
         None => {
-            let logs: Vec<serde_json::Value> = lines.iter().map(super::logs::entry).collect();
+            let logs: Vec<super::logs::Entry<'_>> = lines.iter().map(super::logs::entry).collect();
             Ok(Json(serde_json::json!({ "logs": logs })).into_response())
         }
     }
