@@ -229,3 +229,114 @@ async fn the_running_builder_picks_up_builds_when_woken() {
     );
     task.abort();
 }
+
+/// The git smart-HTTP server of `tests/support/git_http.py`, killed on drop.
+struct GitHttp(std::process::Child);
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+#[tokio::test]
+async fn a_git_repository_over_http_is_cloned_with_credentials_from_a_secret() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store.clone();
+    let o = org(&store).await;
+    // A repository with an agent, served as `agent.git` behind Basic auth.
+    let work = TempDir::new();
+    work.file("main.py", "print('from http')\n");
+    run_git(work.path(), &["init", "-q", "-b", "main"]);
+    run_git(work.path(), &["add", "."]);
+    run_git(work.path(), &["commit", "-q", "-m", "agent"]);
+    let served = TempDir::new();
+    run_git(
+        served.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.path().display().to_string(),
+            "agent.git",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/git_http.py");
+    let _server = GitHttp(
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(served.path())
+            .args([&port.to_string(), "hangar", "s3cret-token"])
+            .spawn()
+            .expect("git http server"),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    store
+        .put_secret(&o.id, "GIT_TOKEN", "s3cret-token")
+        .await
+        .expect("secret");
+    store
+        .put_secret(&o.id, "OLD_TOKEN", "expired-token")
+        .await
+        .expect("secret");
+    let url =
+        |secret: &str| format!("http://hangar:${{secrets.{secret}}}@127.0.0.1:{port}/agent.git");
+    let (_, good) = agent(&store, &o, "over-http", dir_source(url("GIT_TOKEN"))).await;
+    let (_, bad) = agent(&store, &o, "wrong-token", dir_source(url("OLD_TOKEN"))).await;
+    let (_, missing) = agent(&store, &o, "no-secret", dir_source(url("NOPE"))).await;
+    let builder = Builder::new(store.clone());
+    assert_eq!(builder.run_pending().await.expect("run"), 3);
+
+    let built = build_of(&store, &o, &good.id).await;
+    let log = log_of(&store, &good.id).await.join("\n");
+    assert_eq!(
+        built.status,
+        BuildStatus::Ready,
+        "{:?}\n{log}",
+        built.reason
+    );
+    let artifact = built.artifact.expect("artifact");
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&artifact).join("main.py")).expect("main.py"),
+        "print('from http')\n"
+    );
+    assert!(!log.contains("s3cret-token"), "the token is masked: {log}");
+
+    let failed = build_of(&store, &o, &bad.id).await;
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert_eq!(failed.status, BuildStatus::Failed, "{reason}");
+    let log = log_of(&store, &bad.id).await.join("\n");
+    assert!(
+        !reason.contains("expired-token") && !log.contains("expired-token"),
+        "{reason}\n{log}"
+    );
+
+    let failed = build_of(&store, &o, &missing.id).await;
+    assert_eq!(failed.status, BuildStatus::Failed);
+    assert!(failed.reason.unwrap_or_default().contains("NOPE"));
+}
