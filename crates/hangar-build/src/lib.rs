@@ -726,6 +726,8 @@ impl Builder {
                     .max(self.config.min_step_memory_bytes),
             ),
             pids_limit: 512,
+            rootfs: None,
+            user: None,
         };
         let _ = driver.remove(&replica).await;
         driver
