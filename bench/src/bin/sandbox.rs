@@ -251,6 +251,8 @@ impl Hangar {
             cpu_limit_millis: None,
             memory_limit_bytes: Some(MEMORY_LIMIT),
             pids_limit: PIDS_LIMIT,
+            rootfs: None,
+            user: None,
         }
     }
 

@@ -22,6 +22,23 @@
 //! no setuid bits, and everything readable by the sandbox's user. Owners and
 //! times are not restored. The format is sniffed from the file's first bytes,
 //! not from a name.
+//!
+//! # Image layers
+//!
+//! [`unpack_layers`] lays an OCI image's layers (gzip or plain tar) one over
+//! the other into a root filesystem with the same distrust of entry paths,
+//! links through directories and devices, plus what layers need:
+//!
+//! - whiteouts: `.wh.NAME` removes `NAME` as the layers below left it, and
+//!   `.wh..wh..opq` empties its directory of what the layers below put
+//!   there (entries of the same layer stay, whatever their order);
+//! - a later layer replaces what an earlier one left at a path, a
+//!   directory included (a directory entry over a directory keeps it);
+//! - owners (numeric uid and gid) and permission bits are kept, as the
+//!   image's processes expect them, but never setuid or setgid bits;
+//! - symlinks may be absolute or climb: a root filesystem's links resolve
+//!   inside the sandbox's root, where it is `/`. Nothing is ever written
+//!   through one, and Hangar never follows one on the host.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, Write};
@@ -44,6 +61,18 @@ impl Default for Limits {
         Self {
             max_entries: crate::source::MAX_ENTRIES,
             max_unpacked_bytes: 2 << 30,
+        }
+    }
+}
+
+impl Limits {
+    /// Bounds on an OCI image's layers, all together: a distribution's root
+    /// filesystem has tens of thousands of files.
+    #[must_use]
+    pub fn image() -> Self {
+        Self {
+            max_entries: 500_000,
+            max_unpacked_bytes: 8 << 30,
         }
     }
 }
@@ -75,6 +104,10 @@ fn sniff(file: &mut File) -> Result<Format, BuildError> {
         Ok(Format::Zip)
     } else if head.get(257..262) == Some(b"ustar") {
         Ok(Format::Tar)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Err(archive_error(
+            "the archive is zstd-compressed: only gzip and plain tar are taken".to_owned(),
+        ))
     } else {
         Err(archive_error(
             "the upload is not a .tar.gz, .tar or .zip archive".to_owned(),
@@ -101,19 +134,46 @@ pub fn unpack(archive: &Path, root: &Path, limits: Limits) -> Result<(), BuildEr
         path: archive.display().to_string(),
         source: err,
     })?;
-    let mut out = Unpacker {
-        root: root.to_path_buf(),
-        limits,
-        entries: 0,
-        bytes: 0,
-        symlinks: Vec::new(),
-    };
+    let mut out = Unpacker::new(root, limits, Mode::Upload);
     match sniff(&mut file)? {
         Format::TarGz => out.tar(flate2::read::GzDecoder::new(BufReader::new(file)))?,
         Format::Tar => out.tar(BufReader::new(file))?,
         Format::Zip => out.zip(file)?,
     }
     out.check_symlinks()
+}
+
+/// Unpacks the image layers at `layers`, lowest first, into `root` (an
+/// empty directory) as one root filesystem, within `limits` for all of them
+/// together (see the module docs). On error `root` may hold part of the
+/// image; nothing outside it was touched.
+pub fn unpack_layers(layers: &[PathBuf], root: &Path, limits: Limits) -> Result<(), BuildError> {
+    let mut out = Unpacker::new(root, limits, Mode::Layer);
+    for (index, layer) in layers.iter().enumerate() {
+        let mut file = File::open(layer).map_err(|err| BuildError::Io {
+            path: layer.display().to_string(),
+            source: err,
+        })?;
+        let in_layer = |err: BuildError| match err {
+            BuildError::Archive(message) => {
+                BuildError::Archive(format!("layer {}: {message}", index + 1))
+            }
+            other => other,
+        };
+        match sniff(&mut file).map_err(in_layer)? {
+            Format::TarGz => out
+                .tar(flate2::read::GzDecoder::new(BufReader::new(file)))
+                .map_err(in_layer)?,
+            Format::Tar => out.tar(BufReader::new(file)).map_err(in_layer)?,
+            Format::Zip => {
+                return Err(in_layer(archive_error(
+                    "a zip archive is not an image layer (gzip or plain tar)".to_owned(),
+                )))
+            }
+        }
+        out.end_layer()?;
+    }
+    Ok(())
 }
 
 /// What one entry is.
@@ -124,15 +184,162 @@ enum Kind<'a> {
     HardLink(PathBuf),
 }
 
+/// What an archive is unpacked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// An upload: a source tree, links kept inside it, modes normalized.
+    Upload,
+    /// An image layer over the layers before it (see the module docs).
+    Layer,
+}
+
+/// A layer entry's owner and permission bits, as its header gives them.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+/// What a layer's whiteout entry asks for.
+enum Whiteout {
+    /// `.wh.NAME`: remove `NAME`.
+    Remove(PathBuf),
+    /// `.wh..wh..opq`: empty this directory of the lower layers' entries.
+    Opaque(PathBuf),
+}
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+
 struct Unpacker {
     root: PathBuf,
     limits: Limits,
+    mode: Mode,
     entries: usize,
     bytes: u64,
     symlinks: Vec<PathBuf>,
+    /// [`Mode::Layer`]: the paths the current layer wrote, which its own
+    /// whiteouts leave alone.
+    layer_paths: std::collections::HashSet<PathBuf>,
+    /// [`Mode::Layer`]: directories' modes, set once the layer is written
+    /// (a read-only directory must still take its entries).
+    dir_modes: Vec<(PathBuf, u32)>,
+    /// Whether owners can be set (only root may give files away).
+    chown: bool,
 }
 
 impl Unpacker {
+    fn new(root: &Path, limits: Limits, mode: Mode) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            limits,
+            mode,
+            entries: 0,
+            bytes: 0,
+            symlinks: Vec::new(),
+            layer_paths: std::collections::HashSet::new(),
+            dir_modes: Vec::new(),
+            chown: nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    /// Ends a layer: its directories get their modes.
+    fn end_layer(&mut self) -> Result<(), BuildError> {
+        for (rel, mode) in self.dir_modes.drain(..).rev() {
+            let path = self.root.join(&rel);
+            if path.symlink_metadata().is_ok_and(|meta| meta.is_dir()) {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|err| io(&rel, &err))?;
+            }
+        }
+        self.layer_paths.clear();
+        Ok(())
+    }
+
+    /// A layer entry's whiteout, if it is one.
+    fn whiteout(&self, name: &Path) -> Result<Option<Whiteout>, BuildError> {
+        if self.mode != Mode::Layer {
+            return Ok(None);
+        }
+        let Some(file) = name.file_name().and_then(|f| f.to_str()) else {
+            return Ok(None);
+        };
+        let Some(hidden) = file.strip_prefix(WHITEOUT_PREFIX) else {
+            return Ok(None);
+        };
+        let dir = relative(name)?
+            .and_then(|rel| rel.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        if file == OPAQUE_WHITEOUT {
+            return Ok(Some(Whiteout::Opaque(dir)));
+        }
+        if hidden.is_empty() || hidden == "." || hidden == ".." {
+            return Err(refuse(name, "a whiteout naming no entry"));
+        }
+        Ok(Some(Whiteout::Remove(dir.join(hidden))))
+    }
+
+    /// Carries out a whiteout on what the lower layers left.
+    fn apply_whiteout(&mut self, name: &Path, whiteout: Whiteout) -> Result<(), BuildError> {
+        self.count()?;
+        let (Whiteout::Remove(rel) | Whiteout::Opaque(rel)) = &whiteout;
+        // Nothing beyond a symlink is touched: it would be the host's.
+        if !self.real_dirs_to(rel) {
+            return Ok(());
+        }
+        match whiteout {
+            Whiteout::Remove(rel) => {
+                if !self.layer_paths.contains(&rel) {
+                    remove_any(&self.root.join(&rel)).map_err(|err| io(name, &err))?;
+                }
+            }
+            Whiteout::Opaque(dir) => {
+                let path = self.root.join(&dir);
+                if path.symlink_metadata().is_ok_and(|meta| meta.is_dir()) {
+                    self.prune(&dir).map_err(|err| io(name, &err))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything under `dir` that the current layer did not write.
+    fn prune(&self, dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(self.root.join(dir))? {
+            let rel = dir.join(entry?.file_name());
+            if !self.layer_paths.contains(&rel) {
+                remove_any(&self.root.join(&rel))?;
+            } else if self.root.join(&rel).symlink_metadata()?.is_dir() {
+                self.prune(&rel)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every parent of `rel` is a real directory (or missing).
+    fn real_dirs_to(&self, rel: &Path) -> bool {
+        let mut dir = self.root.clone();
+        for part in rel.parent().into_iter().flat_map(Path::components) {
+            dir.push(part);
+            match dir.symlink_metadata() {
+                Ok(meta) if meta.is_dir() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn count(&mut self) -> Result<(), BuildError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(BuildError::ArchiveTooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
+    }
+
     fn tar(&mut self, reader: impl Read) -> Result<(), BuildError> {
         let mut archive = tar::Archive::new(reader);
         let entries = archive
@@ -145,9 +352,27 @@ impl Unpacker {
                 .path()
                 .map_err(|err| archive_error(format!("a tar entry's name is unreadable: {err}")))?
                 .into_owned();
+            if let Some(whiteout) = self.whiteout(&name)? {
+                self.apply_whiteout(&name, whiteout)?;
+                continue;
+            }
             let header = entry.header();
             let kind = header.entry_type();
-            let executable = header.mode().unwrap_or(0o644) & 0o111 != 0;
+            let mode = header.mode().unwrap_or(0o644);
+            let executable = mode & 0o111 != 0;
+            let owner = (self.mode == Mode::Layer).then(|| Owner {
+                uid: header
+                    .uid()
+                    .ok()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .unwrap_or(0),
+                gid: header
+                    .gid()
+                    .ok()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .unwrap_or(0),
+                mode,
+            });
             let link = entry
                 .link_name()
                 .map_err(|err| refuse(&name, format!("its link target is unreadable: {err}")))?
@@ -155,17 +380,17 @@ impl Unpacker {
             use tar::EntryType as T;
             match kind {
                 T::Regular | T::Continuous => {
-                    self.entry(&name, Kind::File(&mut entry, executable))?;
+                    self.entry(&name, Kind::File(&mut entry, executable), owner)?;
                 }
-                T::Directory => self.entry(&name, Kind::Dir)?,
+                T::Directory => self.entry(&name, Kind::Dir, owner)?,
                 T::Symlink => {
                     let target = link.ok_or_else(|| refuse(&name, "a symlink without a target"))?;
-                    self.entry(&name, Kind::Symlink(target))?;
+                    self.entry(&name, Kind::Symlink(target), owner)?;
                 }
                 T::Link => {
                     let target =
                         link.ok_or_else(|| refuse(&name, "a hard link without a target"))?;
-                    self.entry(&name, Kind::HardLink(target))?;
+                    self.entry(&name, Kind::HardLink(target), owner)?;
                 }
                 // Metadata for the entries that follow; nothing to unpack.
                 T::XGlobalHeader | T::XHeader => {}
@@ -208,7 +433,7 @@ impl Unpacker {
                         .map_err(|err| {
                             refuse(&name, format!("unreadable symlink target: {err}"))
                         })?;
-                    self.entry(&name, Kind::Symlink(PathBuf::from(target)))?;
+                    self.entry(&name, Kind::Symlink(PathBuf::from(target)), None)?;
                 }
                 0o020_000 | 0o060_000 => {
                     return Err(refuse(&name, "device files cannot be part of an agent"))
@@ -219,23 +444,23 @@ impl Unpacker {
                         "FIFOs and sockets cannot be part of an agent",
                     ))
                 }
-                _ if entry.is_dir() => self.entry(&name, Kind::Dir)?,
+                _ if entry.is_dir() => self.entry(&name, Kind::Dir, None)?,
                 _ => {
                     let executable = mode & 0o111 != 0;
-                    self.entry(&name, Kind::File(&mut entry, executable))?;
+                    self.entry(&name, Kind::File(&mut entry, executable), None)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn entry(&mut self, name: &Path, kind: Kind<'_>) -> Result<(), BuildError> {
-        self.entries += 1;
-        if self.entries > self.limits.max_entries {
-            return Err(BuildError::ArchiveTooManyEntries {
-                limit: self.limits.max_entries,
-            });
-        }
+    fn entry(
+        &mut self,
+        name: &Path,
+        kind: Kind<'_>,
+        owner: Option<Owner>,
+    ) -> Result<(), BuildError> {
+        self.count()?;
         let Some(rel) = relative(name)? else {
             // The root itself ("./").
             return Ok(());
@@ -243,19 +468,62 @@ impl Unpacker {
         let path = self.root.join(&rel);
         self.make_parents(name, &rel)?;
         let existing = path.symlink_metadata().ok();
+        let is_dir = matches!(kind, Kind::Dir);
+        self.write(name, &rel, &path, kind, existing.as_ref())?;
+        if self.mode == Mode::Layer {
+            // A layer's parents count as its own too: its opaque whiteout
+            // must not take them away from under its entries.
+            for ancestor in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+                if !self.layer_paths.insert(ancestor.to_path_buf()) {
+                    break;
+                }
+            }
+        }
+        if let Some(owner) = owner {
+            if self.chown {
+                std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid))
+                    .map_err(|err| io(name, &err))?;
+            }
+            // Never setuid or setgid; the sticky bit only matters on
+            // directories (`/tmp`).
+            if is_dir {
+                self.dir_modes.push((rel, owner.mode & 0o1777));
+            } else if path.symlink_metadata().is_ok_and(|meta| meta.is_file()) {
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(owner.mode & 0o777),
+                )
+                .map_err(|err| io(name, &err))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        name: &Path,
+        rel: &Path,
+        path: &Path,
+        kind: Kind<'_>,
+        existing: Option<&std::fs::Metadata>,
+    ) -> Result<(), BuildError> {
         match kind {
             Kind::Dir => match existing {
                 Some(meta) if meta.is_dir() => Ok(()),
+                Some(_) if self.mode == Mode::Layer => {
+                    remove_any(path).map_err(|err| io(name, &err))?;
+                    make_dir(path).map_err(|err| io(name, &err))
+                }
                 Some(_) => Err(refuse(name, "a directory where another entry already is")),
-                None => make_dir(&path).map_err(|err| io(name, &err)),
+                None => make_dir(path).map_err(|err| io(name, &err)),
             },
             Kind::File(reader, executable) => {
-                self.clear(name, &path, existing.as_ref())?;
+                self.clear(name, path, existing)?;
                 let mut file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(if executable { 0o755 } else { 0o644 })
-                    .open(&path)
+                    .open(path)
                     .map_err(|err| io(name, &err))?;
                 let room = self.limits.max_unpacked_bytes.saturating_sub(self.bytes);
                 let copied = std::io::copy(&mut reader.take(room.saturating_add(1)), &mut file)
@@ -270,14 +538,22 @@ impl Unpacker {
                 file.flush().map_err(|err| io(name, &err))?;
                 // The umask may have taken bits off.
                 let mode = if executable { 0o755 } else { 0o644 };
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                     .map_err(|err| io(name, &err))
             }
             Kind::Symlink(target) => {
-                check_symlink_target(name, &rel, &target)?;
-                self.clear(name, &path, existing.as_ref())?;
-                std::os::unix::fs::symlink(&target, &path).map_err(|err| io(name, &err))?;
-                self.symlinks.push(rel);
+                if self.mode == Mode::Layer {
+                    if target.as_os_str().is_empty() {
+                        return Err(refuse(name, "a symlink with an empty target"));
+                    }
+                } else {
+                    check_symlink_target(name, rel, &target)?;
+                }
+                self.clear(name, path, existing)?;
+                std::os::unix::fs::symlink(&target, path).map_err(|err| io(name, &err))?;
+                if self.mode == Mode::Upload {
+                    self.symlinks.push(rel.to_path_buf());
+                }
                 Ok(())
             }
             Kind::HardLink(target) => {
@@ -305,8 +581,8 @@ impl Unpacker {
                         ))
                     }
                 }
-                self.clear(name, &path, existing.as_ref())?;
-                std::fs::hard_link(&source, &path).map_err(|err| io(name, &err))
+                self.clear(name, path, existing)?;
+                std::fs::hard_link(&source, path).map_err(|err| io(name, &err))
             }
         }
     }
@@ -321,6 +597,9 @@ impl Unpacker {
     ) -> Result<(), BuildError> {
         match existing {
             None => Ok(()),
+            Some(meta) if meta.is_dir() && self.mode == Mode::Layer => {
+                std::fs::remove_dir_all(path).map_err(|err| io(name, &err))
+            }
             Some(meta) if meta.is_dir() => Err(refuse(name, "replaces a directory")),
             Some(_) => std::fs::remove_file(path).map_err(|err| io(name, &err)),
         }
@@ -387,6 +666,17 @@ impl Unpacker {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes whatever is at `path` (a directory with all it holds; a symlink
+/// itself, not its target); nothing there is success.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match path.symlink_metadata() {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
     }
 }
 

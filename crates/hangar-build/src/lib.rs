@@ -14,7 +14,11 @@
 //!    a git repository is cloned at its branch head or pinned commit
 //!    ([`git`], credentials from `${secrets.NAME}` in the URL), into a fresh
 //!    directory of the build's own under `<data dir>/builds`. A plain
-//!    `file://` directory with nothing to build is used in place.
+//!    `file://` directory with nothing to build is used in place. A
+//!    `docker` source takes its own path ([`image`]): the image's manifest
+//!    is resolved, its digest is the artifact's address, and its layers are
+//!    pulled and unpacked as a root filesystem only when that artifact does
+//!    not exist yet; there is no build step.
 //! 2. **Address** ([`artifact`]): the tree and the build step ([`recipe`])
 //!    are hashed; when `<data dir>/artifacts/<key>` exists, this source was
 //!    built the same way before and that artifact is reused (the log says so).
@@ -36,13 +40,12 @@
 //! recorded by the store in the transaction that finishes it, so a webhook
 //! hears of every build exactly once, whichever way it ended.
 //!
-//! Not built by this version: `docker` sources (OCI images).
-//!
 //! # Layout
 //! - [`Builder`]: the loop over queued builds, the sandboxed build step, logs.
 //! - [`source`]: a source → a directory tree (and the error type, [`BuildError`]).
 //! - [`archive`]: unpacking uploads without escaping the build dir.
 //! - [`git`]: the `git` command as a subprocess.
+//! - [`image`]: OCI images: resolve, pull, unpack as a root filesystem.
 //! - [`recipe`]: which build step a tree asks for.
 //! - [`artifact`]: content hashes, ownership around the step, publishing.
 
@@ -62,6 +65,7 @@ use tokio::task::JoinHandle;
 pub mod archive;
 pub mod artifact;
 pub mod git;
+pub mod image;
 pub mod recipe;
 pub mod source;
 
@@ -101,6 +105,11 @@ pub struct BuildConfig {
     /// The least memory a build step gets, whatever the agent's limit
     /// (package installers need some).
     pub min_step_memory_bytes: u64,
+    /// Bounds on an OCI image's layers, all together.
+    pub image_limits: archive::Limits,
+    /// Registries (`host:port`) spoken to over plain HTTP besides those on
+    /// loopback, which always are.
+    pub insecure_registries: Vec<String>,
 }
 
 impl BuildConfig {
@@ -113,6 +122,8 @@ impl BuildConfig {
             git_timeout: Duration::from_secs(300),
             step_timeout: Duration::from_secs(900),
             min_step_memory_bytes: 512 << 20,
+            image_limits: archive::Limits::image(),
+            insecure_registries: Vec::new(),
         }
     }
 
@@ -389,6 +400,11 @@ impl Builder {
     /// Fetches, addresses, builds and publishes `build`'s source (see the
     /// crate docs), its scratch dir at `work`.
     async fn produce(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
+        if let Source::Docker { image, credentials } = &build.source {
+            return self
+                .produce_image(build, work, image, credentials.as_ref())
+                .await;
+        }
         // `${secrets.NAME}` in a repository URL: credentials, resolved now and
         // masked wherever the URL is shown.
         let mut repo_url = None;
@@ -506,6 +522,135 @@ impl Builder {
         })
     }
 
+    /// `value` with each `${secrets.NAME}` resolved from the build's
+    /// organization; the values are added to `masked`. `what` names the
+    /// field for the error when a secret is missing.
+    async fn reveal(
+        &self,
+        build: &Build,
+        value: &str,
+        what: &str,
+        masked: &mut Vec<String>,
+    ) -> Result<String, BuildError> {
+        let mut out = value.to_owned();
+        for name in secret_refs(value) {
+            let secret = self
+                .store
+                .reveal_secret(&build.organization_id, &name)
+                .await
+                .map_err(BuildError::Store)?
+                .ok_or_else(|| {
+                    BuildError::Image(format!(
+                        "{what} names the secret {name}, which this organization does not have"
+                    ))
+                })?;
+            out = out.replace(&format!("${{secrets.{name}}}"), &secret);
+            masked.push(secret);
+        }
+        Ok(out)
+    }
+
+    /// Pulls a `docker` source's image and publishes it as an image artifact
+    /// (see [`image`]), or reuses the artifact of the same manifest.
+    async fn produce_image(
+        &self,
+        build: &Build,
+        work: &Path,
+        reference: &str,
+        credentials: Option<&hangar_core::spec::RegistryCredentials>,
+    ) -> Result<Artifact, BuildError> {
+        let mut masked = Vec::new();
+        let credentials = match credentials {
+            Some(c) => Some(image::Credentials {
+                username: self
+                    .reveal(build, &c.username, "credentials.username", &mut masked)
+                    .await?,
+                password: self
+                    .reveal(build, &c.password, "credentials.password", &mut masked)
+                    .await?,
+            }),
+            None => None,
+        };
+        let pull = image::Pull {
+            image: reference,
+            credentials,
+            masked: &masked,
+            insecure_registries: &self.config.insecure_registries,
+        };
+        let (resolved, digest) = image::resolve(&pull).await?;
+        let key = hangar_core::image::artifact_name(&digest).ok_or_else(|| {
+            BuildError::Image(format!(
+                "image {reference}: its manifest digest {digest} is not one this builder can address"
+            ))
+        })?;
+        let mut log = vec![format!(
+            "image {reference}: manifest {digest}, {} layer(s)",
+            resolved.layers.len()
+        )];
+        let existing = self.config.artifacts_dir().join(&key);
+        if existing.is_dir() {
+            log.push(format!(
+                "reusing artifact {key}: this image was pulled before"
+            ));
+            return Ok(Artifact {
+                path: path_text(&existing)?,
+                log,
+            });
+        }
+        self.log(&build.id, "stdout", &log)
+            .await
+            .map_err(BuildError::Store)?;
+        let scratch = work.to_path_buf();
+        blocking(move || {
+            remove_work_dir(&scratch);
+            std::fs::create_dir_all(&scratch).map_err(|err| BuildError::Io {
+                path: scratch.display().to_string(),
+                source: err,
+            })
+        })
+        .await?;
+        let layers = image::pull_layers(
+            &pull,
+            &resolved,
+            &work.join("layers"),
+            self.config.image_limits.max_unpacked_bytes,
+        )
+        .await?;
+        let total: u64 = resolved
+            .layers
+            .iter()
+            .map(|layer| u64::try_from(layer.size).unwrap_or(0))
+            .sum();
+        self.log(
+            &build.id,
+            "stdout",
+            &[format!("pulled {} layer(s), {total} bytes", layers.len())],
+        )
+        .await
+        .map_err(BuildError::Store)?;
+        let dir = work.join("image");
+        let run = resolved.run;
+        let limits = self.config.image_limits;
+        let artifacts = self.config.artifacts_dir();
+        let published_key = key.clone();
+        let published = blocking(move || {
+            let rootfs = image::rootfs_dir(&dir);
+            std::fs::create_dir_all(&rootfs).map_err(|err| BuildError::Io {
+                path: rootfs.display().to_string(),
+                source: err,
+            })?;
+            archive::unpack_layers(&layers, &rootfs, limits)?;
+            image::finish_rootfs(&rootfs, &run)?;
+            image::write_run(&dir, &run)?;
+            artifact::publish(&dir, &artifacts, &published_key)
+        })
+        .await?;
+        Ok(Artifact {
+            path: path_text(&published)?,
+            log: vec![format!("artifact {key} ready")],
+        })
+    }
+
     /// Runs `recipe` in a one-shot sandbox with `dir` writable at `/app`; its
     /// output goes to the build's log as it comes.
     async fn run_step(
@@ -581,6 +726,8 @@ impl Builder {
                     .max(self.config.min_step_memory_bytes),
             ),
             pids_limit: 512,
+            rootfs: None,
+            user: None,
         };
         let _ = driver.remove(&replica).await;
         driver

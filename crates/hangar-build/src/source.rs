@@ -4,7 +4,7 @@
 //! - `github`: the repository at the branch head or pinned commit, `path`
 //!   selecting a subdirectory ([`crate::git`]); `owner/name` is GitHub's, any
 //!   git URL works, `file://` ones included.
-//! - `docker`: not built by this version; the build fails and says so.
+//! - `docker`: not a tree: the builder pulls the image ([`crate::image`]).
 //!
 //! One case is used in place, not copied: a `file://` URL naming a directory
 //! on this server that is not a git repository, when it has nothing to build.
@@ -187,6 +187,9 @@ pub enum BuildError {
     /// The build step could not be run.
     #[error("cannot run the build step: {0}")]
     Sandbox(String),
+    /// An OCI image could not be pulled or is not one this builder runs.
+    #[error("{0}")]
+    Image(String),
     /// The store failed (the build is retried, not failed).
     #[error(transparent)]
     Store(hangar_store::StoreError),
@@ -297,7 +300,10 @@ pub fn fetch(source: &Source, ctx: &Fetch<'_>) -> Result<Fetched, BuildError> {
             crate::artifact::normalize_modes(&src)?;
             Ok(Fetched::Tree { dir: src, log })
         }
-        Source::Docker { .. } => Err(BuildError::Unsupported { kind: "docker" }),
+        // Already built: the builder pulls it (crate::image), no tree to fetch.
+        Source::Docker { image, .. } => Err(BuildError::Image(format!(
+            "image {image} is pulled by the builder, not fetched as a source tree"
+        ))),
         Source::Upload {
             upload_id,
             archive_url,

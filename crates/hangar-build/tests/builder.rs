@@ -161,11 +161,23 @@ async fn failed_builds_say_why_and_deploy_nothing() {
     let cases = [
         (
             "docker",
+            // Nothing listens on port 1: the pull fails at once, saying so.
             Source::Docker {
-                image: "ghcr.io/user/agent:v1".into(),
+                image: "127.0.0.1:1/user/agent:v1".into(),
                 credentials: None,
             },
-            "building docker sources is not available yet in this version of Hangar".to_owned(),
+            "cannot pull image 127.0.0.1:1/user/agent:v1".to_owned(),
+        ),
+        (
+            "docker-secret",
+            Source::Docker {
+                image: "127.0.0.1:1/user/agent:v1".into(),
+                credentials: Some(hangar_core::spec::RegistryCredentials {
+                    username: "bot".into(),
+                    password: "${secrets.NO_SUCH_TOKEN}".into(),
+                }),
+            },
+            "credentials.password names the secret NO_SUCH_TOKEN".to_owned(),
         ),
         (
             "git",

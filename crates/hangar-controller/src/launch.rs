@@ -13,12 +13,20 @@
 //!    `index.js` → `node /app/<file>`.
 //!
 //! Anything else cannot run, and says what it looked for.
+//!
+//! An image artifact (`artifacts/oci-<digest>/`, from a `docker` source) is
+//! not looked into: its `image.json` ([`hangar_core::image::ImageRun`]) says
+//! how it runs. The replica's root is the image's `rootfs/`; its command is
+//! the entrypoint and cmd; its environment the image's, then the user's, then
+//! Hangar's (`PORT`, `HANGAR_*`); its working directory the image's; its user
+//! the image's when numeric and not root, else 65534.
 
 use std::path::Path;
 
+use hangar_core::image::{ImageRun, IMAGE_CONFIG_FILE, ROOTFS_DIR};
 use hangar_core::model::Instance;
 use hangar_core::spec::DeploymentType;
-use hangar_runtime::driver::{labels, ReplicaSpec};
+use hangar_runtime::driver::{labels, ReplicaSpec, ReplicaUser};
 use sha2::{Digest, Sha256};
 
 /// The smallest memory limit a replica gets.
@@ -85,6 +93,30 @@ pub fn command(artifact: &Path) -> Result<Vec<String>, String> {
     Err("nothing to run: no hangar.toml [run] command, main.py, app.py or package.json".to_owned())
 }
 
+/// How the image artifact at `artifact` runs, when it is one (see the
+/// module docs); `Ok(None)` for any other artifact.
+pub fn image_run(artifact: &Path) -> Result<Option<ImageRun>, String> {
+    let is_image = artifact
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(hangar_core::image::is_image_artifact_name);
+    let config = artifact.join(IMAGE_CONFIG_FILE);
+    if !is_image || !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config)
+        .map_err(|err| format!("cannot read the image artifact's {IMAGE_CONFIG_FILE}: {err}"))?;
+    let run: ImageRun = serde_json::from_str(&text)
+        .map_err(|err| format!("the image artifact's {IMAGE_CONFIG_FILE} is not valid: {err}"))?;
+    if run.argv().is_empty() {
+        return Err(format!(
+            "image {} names nothing to run (no Entrypoint, no Cmd)",
+            run.image
+        ));
+    }
+    Ok(Some(run))
+}
+
 /// `value` with each `${secrets.NAME}` replaced by that secret's value from
 /// `secrets`; a name `secrets` lacks is the error, naming it.
 pub fn resolve_secrets(
@@ -137,24 +169,45 @@ pub fn replica_spec(
     generation: &str,
 ) -> Result<ReplicaSpec, String> {
     let app = Path::new(artifact);
-    let argv = command(app)?;
+    let image = image_run(app)?;
+    let argv = match &image {
+        Some(run) => run.argv(),
+        None => command(app)?,
+    };
     let config = &instance.config;
     let http = config.deployment_type() != DeploymentType::Stdin;
-    let mut env: Vec<(String, String)> = instance
-        .env_vars
-        .iter()
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
+    // The image's environment first: the user's and Hangar's win.
+    let mut env: Vec<(String, String)> =
+        image.as_ref().map(ImageRun::env_pairs).unwrap_or_default();
     let mut set = |key: &str, value: String| {
         env.retain(|(k, _)| k != key);
         env.push((key.to_owned(), value));
     };
+    for (key, value) in &instance.env_vars {
+        set(key, value.clone());
+    }
     set("PORT", config.port.to_string());
     set("HANGAR_AGENT_ID", instance.agent_id.clone());
     set("HANGAR_INSTANCE_ID", instance.id.clone());
     set("HANGAR_REPLICA_ID", replica_id.to_owned());
-    set("HOME", "/tmp".to_owned());
-    set("PYTHONUNBUFFERED", "1".to_owned());
+    if image.is_none() {
+        set("HOME", "/tmp".to_owned());
+        set("PYTHONUNBUFFERED", "1".to_owned());
+    } else if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".to_owned(), "/".to_owned()));
+    }
+    let (cwd, app, rootfs, user) = match &image {
+        Some(run) => {
+            let (uid, gid) = run.uid_gid();
+            (
+                run.cwd(),
+                None,
+                Some(app.join(ROOTFS_DIR)),
+                Some(ReplicaUser { uid, gid }),
+            )
+        }
+        None => ("/app".to_owned(), Some(app.to_path_buf()), None, None),
+    };
     let resources = &instance.resources;
     Ok(ReplicaSpec {
         id: replica_id.to_owned(),
@@ -165,8 +218,8 @@ pub fn replica_spec(
         .into(),
         argv,
         env,
-        cwd: "/app".to_owned(),
-        app: Some(app.to_path_buf()),
+        cwd,
+        app,
         app_writable: false,
         port: http.then_some(config.port),
         stdin: config.stdin_enabled,
@@ -181,6 +234,8 @@ pub fn replica_spec(
                 .max(MIN_MEMORY_BYTES),
         ),
         pids_limit: PIDS_LIMIT,
+        rootfs,
+        user,
     })
 }
 
@@ -272,5 +327,91 @@ mod tests {
             }
             std::fs::remove_dir_all(dir).expect("cleanup");
         }
+    }
+
+    fn instance(env: &[(&str, &str)]) -> Instance {
+        Instance {
+            id: "inst_1".into(),
+            organization_id: "org_1".into(),
+            agent_id: "agent_1".into(),
+            build_id: "build_1".into(),
+            user_id: "user_1".into(),
+            name: "web".into(),
+            resource_name: "web".into(),
+            config: hangar_core::spec::RuntimeConfig::default(),
+            resources: hangar_core::resources::Resources::default(),
+            env_vars: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            replicas: 1,
+            desired_state: hangar_core::status::DesiredState::Running,
+            status: hangar_core::status::InstanceStatus::Starting,
+            status_reason: None,
+            ready_replicas: 0,
+            restart_count: 0,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn image_artifacts_run_their_image_config() {
+        let parent = dir(&[]);
+        let artifact = parent.join("oci-sha256-ab12");
+        std::fs::create_dir_all(artifact.join(ROOTFS_DIR)).expect("rootfs");
+        let run = ImageRun {
+            image: "127.0.0.1:5000/agent:1".into(),
+            digest: "sha256:ab12".into(),
+            entrypoint: vec!["/bin/busybox".into(), "httpd".into()],
+            cmd: vec!["-f".into()],
+            env: vec!["PATH=/bin".into(), "PORT=1".into(), "MODE=image".into()],
+            working_dir: "/www".into(),
+            user: "1000:1000".into(),
+            exposed_port: Some(8080),
+        };
+        std::fs::write(
+            artifact.join(IMAGE_CONFIG_FILE),
+            serde_json::to_vec(&run).expect("json"),
+        )
+        .expect("write");
+        let path = artifact.to_str().expect("utf-8");
+        let spec = replica_spec(&instance(&[("MODE", "user")]), path, "r1", "g1").expect("spec");
+        assert_eq!(spec.argv, ["/bin/busybox", "httpd", "-f"]);
+        assert_eq!(spec.cwd, "/www");
+        assert_eq!(spec.app, None);
+        assert_eq!(spec.rootfs, Some(artifact.join(ROOTFS_DIR)));
+        assert_eq!(
+            spec.user,
+            Some(ReplicaUser {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        let get = |key: &str| {
+            spec.env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("PATH"), Some("/bin"), "the image's environment");
+        assert_eq!(get("MODE"), Some("user"), "the user's beats the image's");
+        assert_eq!(get("PORT"), Some("8080"), "Hangar's beats both");
+        assert_eq!(get("HANGAR_REPLICA_ID"), Some("r1"));
+        // The image's variables come first, Hangar's last.
+        assert_eq!(spec.env.first().map(|(k, _)| k.as_str()), Some("PATH"));
+
+        // The same files in a directory not named as an image artifact are a
+        // source tree like any other (here: one with nothing to run).
+        let tree = parent.join("0123abcd");
+        std::fs::create_dir_all(&tree).expect("tree");
+        std::fs::copy(
+            artifact.join(IMAGE_CONFIG_FILE),
+            tree.join(IMAGE_CONFIG_FILE),
+        )
+        .expect("copy");
+        assert_eq!(image_run(&tree), Ok(None));
+        assert!(replica_spec(&instance(&[]), tree.to_str().expect("utf-8"), "r1", "g1").is_err());
+        std::fs::remove_dir_all(parent).expect("cleanup");
     }
 }

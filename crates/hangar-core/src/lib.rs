@@ -13,9 +13,11 @@
 //! - [`spec`]: the parts of an agent blueprint: runtime, scaling, config, source.
 //! - [`validate`]: names, environment maps, metadata, secret references, redaction.
 //! - [`model`]: the records the store keeps and the API renders.
+//! - [`image`]: how a replica of an OCI image artifact runs (its `image.json`).
 
 pub mod events;
 pub mod id;
+pub mod image;
 pub mod logs;
 pub mod model;
 pub mod quantity;

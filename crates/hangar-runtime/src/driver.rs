@@ -63,6 +63,24 @@ pub struct ReplicaSpec {
     pub memory_limit_bytes: Option<u64>,
     /// The most processes and threads the replica may hold.
     pub pids_limit: i64,
+    /// An OCI image's unpacked root filesystem (a directory on the host) to
+    /// run in instead of the host's `/usr` and `/etc`: read-only, with the
+    /// replica's writes in a layer of its own. [`ReplicaSpec::app`] is then
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
+    /// Who the process runs as; `None`: the sandbox's unprivileged user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<ReplicaUser>,
+}
+
+/// A numeric user and group a replica runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaUser {
+    /// The uid.
+    pub uid: u32,
+    /// The gid.
+    pub gid: u32,
 }
 
 /// How a replica ended.

@@ -91,6 +91,8 @@ fn spec(id: &str, agent_name: &str) -> ReplicaSpec {
         cpu_limit_millis: None,
         memory_limit_bytes: Some(256 << 20),
         pids_limit: 128,
+        rootfs: None,
+        user: None,
     }
 }
 

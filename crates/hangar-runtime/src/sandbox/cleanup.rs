@@ -65,6 +65,11 @@ pub(super) fn remove_sandbox(
         failures.push(err);
     }
 
+    // An image root's overlay, mounted by create in this mount namespace.
+    if let Err(err) = unmount_root(id, &dir) {
+        failures.push(err);
+    }
+
     // Keep libcontainer's state and the bundle while anything else is left:
     // they are what a retry (or a later `Container::load`) needs.
     if failures.is_empty() {
@@ -232,6 +237,32 @@ fn remove_empty_dir(path: &Path) -> io::Result<()> {
 /// EBUSY and ENOTEMPTY: what `rmdir` on a cgroup with children says.
 fn is_busy(errno: i32) -> bool {
     errno == nix::errno::Errno::EBUSY as i32 || errno == nix::errno::Errno::ENOTEMPTY as i32
+}
+
+/// Unmounts the overlay an image sandbox's root is (lazily: a process of
+/// the host still looking into it does not keep the sandbox's files).
+/// Nothing mounted there is success.
+fn unmount_root(id: &str, dir: &Path) -> Result<(), SandboxError> {
+    let rootfs = dir.join("bundle").join("rootfs");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(io_error(
+        id,
+        "read",
+        "/proc/self/mountinfo",
+    ))?;
+    // Mounted more than once (a retry after a crash): unmount each.
+    for _ in mount_points(&mountinfo).filter(|mount| *mount == rootfs) {
+        match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+            Err(source) => {
+                return Err(SandboxError::Os {
+                    id: id.to_owned(),
+                    action: "unmount the image's root overlay",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the sandbox's directory, after making sure nothing is mounted

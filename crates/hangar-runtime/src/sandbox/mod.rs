@@ -94,6 +94,8 @@
 //!   <id>/bundle/config.json  the OCI spec
 //!   <id>/exec-process.json   only while an exec starts: its OCI process
 //!   <id>/bundle/rootfs/      empty dir + bin/lib/... symlinks; mount points appear here
+//!                            (an image's: the overlay of the image and <id>/root/upper)
+//!   <id>/root/{upper,work}   SandboxSpec::rootfs: the sandbox's writes to its root
 //!   <id>/runtime/<id>/       libcontainer's state (state.json, notify socket)
 //!   <id>/netns               Network::Bridge: bind mount of its network namespace
 //!   <id>/cni.json            Network::Bridge: the CNI config DEL runs with
@@ -458,8 +460,34 @@ impl Sandboxes {
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
         fs::create_dir_all(&rootfs).map_err(io_error(id, "create", &rootfs))?;
-        let layout = spec::host_layout(Path::new("/")).map_err(io_error(id, "inspect", "/"))?;
-        spec::populate_rootfs(&rootfs, &layout).map_err(io_error(id, "populate", &rootfs))?;
+        let layout = match &spec.rootfs {
+            // The image's own root, through an overlay mounted here, in the
+            // caller's mount namespace: the sandbox's is cloned from it.
+            // Deleting the sandbox unmounts it (`cleanup::unmount_root`).
+            Some(image) => {
+                let layers = root_layers(dir).map_err(io_error(id, "create", dir.join("root")))?;
+                nix::mount::mount(
+                    Some("overlay"),
+                    &rootfs,
+                    Some("overlay"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                    Some(layers.options(image).as_str()),
+                )
+                .map_err(|source| SandboxError::Os {
+                    id: id.to_owned(),
+                    action: "mount the image's root overlay",
+                    source,
+                })?;
+                Vec::new()
+            }
+            None => {
+                let layout =
+                    spec::host_layout(Path::new("/")).map_err(io_error(id, "inspect", "/"))?;
+                spec::populate_rootfs(&rootfs, &layout)
+                    .map_err(io_error(id, "populate", &rootfs))?;
+                layout
+            }
+        };
         // The network is wired while the container is created: the plugins
         // work in the namespace the container joins, and are waited for
         // before the sandbox can start.
@@ -812,6 +840,20 @@ fn app_layers(dir: &Path, spec: &SandboxSpec) -> io::Result<spec::AppLayers> {
     };
     DirBuilder::new().mode(0o755).create(&layers.upper)?;
     std::os::unix::fs::chown(&layers.upper, Some(spec.uid), Some(spec.gid))?;
+    private_dir().create(&layers.work)?;
+    Ok(layers)
+}
+
+/// Creates the image root overlay's upper layer (root's, 0755: what `/`
+/// itself looks like) and work dir under `dir`.
+fn root_layers(dir: &Path) -> io::Result<spec::RootLayers> {
+    let base = dir.join("root");
+    private_dir().create(&base)?;
+    let layers = spec::RootLayers {
+        upper: base.join("upper"),
+        work: base.join("work"),
+    };
+    DirBuilder::new().mode(0o755).create(&layers.upper)?;
     private_dir().create(&layers.work)?;
     Ok(layers)
 }

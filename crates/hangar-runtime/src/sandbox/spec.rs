@@ -120,6 +120,13 @@ pub struct SandboxSpec {
     /// so what the sandbox writes there stays: how a build fills in its
     /// artifact. Defaults to `false`.
     pub app_writable: bool,
+    /// An OCI image's unpacked root filesystem (a host directory) as the
+    /// sandbox's root, instead of the host's `/usr` and `/etc`: the
+    /// read-only lower layer of an overlay whose upper layer is in the
+    /// sandbox's state dir, so the sandbox may write anywhere in it while the
+    /// image stays untouched and shared. `/proc`, `/dev` and `/tmp` are
+    /// mounted fresh as always. `None` (the default): the host's.
+    pub rootfs: Option<PathBuf>,
 }
 
 /// Where [`SandboxSpec::app`] mounts.
@@ -146,6 +153,7 @@ impl SandboxSpec {
             tmp_size_mib: 64,
             app: None,
             app_writable: false,
+            rootfs: None,
         }
     }
 
@@ -210,6 +218,18 @@ impl SandboxSpec {
                     "app must be an absolute path without ',', ':' or '\\', got {}",
                     app.display()
                 ));
+            }
+        }
+        if let Some(rootfs) = &self.rootfs {
+            let text = rootfs.to_string_lossy();
+            if !rootfs.is_absolute() || text.contains([',', ':', '\\', '\0']) {
+                return invalid(format!(
+                    "rootfs must be an absolute path without ',', ':' or '\\', got {}",
+                    rootfs.display()
+                ));
+            }
+            if self.app.is_some() {
+                return invalid("an image rootfs has no /app artifact".to_owned());
             }
         }
         if self.tmp_size_mib == 0 {
@@ -332,6 +352,28 @@ pub(super) struct AppLayers {
     pub work: PathBuf,
 }
 
+/// The upper and work directories of an image root's overlay
+/// ([`SandboxSpec::rootfs`]), in the sandbox's state dir.
+#[derive(Debug, Clone)]
+pub(super) struct RootLayers {
+    /// Where the sandbox's writes to its root land.
+    pub upper: PathBuf,
+    /// overlayfs's scratch directory, on the same file system.
+    pub work: PathBuf,
+}
+
+impl RootLayers {
+    /// The overlay's mount options over the image at `lower`.
+    pub fn options(&self, lower: &Path) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            self.upper.display(),
+            self.work.display()
+        )
+    }
+}
+
 /// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
 /// (relative to the bundle), its cgroup at `cgroups_path`, for
 /// [`Network::Bridge`] the network namespace bound at `netns`, and for
@@ -395,7 +437,9 @@ pub(super) fn oci_spec(
         .root(
             RootBuilder::default()
                 .path("rootfs")
-                .readonly(true)
+                // An image's root is an overlay with the sandbox's own upper
+                // layer: writable, as images expect; the host's is not.
+                .readonly(spec.rootfs.is_none())
                 .build()?,
         )
         .hostname(spec.id.clone())
@@ -445,11 +489,18 @@ fn mounts(
         .into_iter()
         .filter(|mount| !mount.destination().starts_with("/sys"))
         .collect();
+    // An image brings its own /usr and /etc: nothing of the host's.
+    let layout = if spec.rootfs.is_some() { &[] } else { layout };
+    let host_binds: &[&str] = if spec.rootfs.is_some() {
+        &[]
+    } else {
+        HOST_BINDS
+    };
     let real_dirs = layout
         .iter()
         .filter(|(_, entry)| *entry == HostEntry::Dir)
         .map(|(name, _)| format!("/{name}"));
-    for dir in HOST_BINDS
+    for dir in host_binds
         .iter()
         .map(|dir| (*dir).to_owned())
         .chain(real_dirs)
@@ -704,6 +755,37 @@ mod tests {
         assert!(find("/dev").is_some());
         assert!(find("/tmp").is_some());
         assert!(!mounts.iter().any(|m| m.destination().starts_with("/sys")));
+        Ok(())
+    }
+
+    #[test]
+    fn an_image_root_has_nothing_of_the_host() -> Result<(), OciSpecError> {
+        let mut image = spec();
+        image.rootfs = Some(PathBuf::from("/data/artifacts/oci-sha256-ab/rootfs"));
+        assert!(image.validate().is_ok());
+        let layout = [("lib32", HostEntry::Dir)];
+        let mounts = mounts(&image, &layout, None)?;
+        for host in ["/usr", "/etc", "/lib32", "/app"] {
+            assert!(
+                !mounts.iter().any(|m| m.destination() == Path::new(host)),
+                "{host} is not the host's in an image sandbox"
+            );
+        }
+        for fresh in ["/proc", "/dev", "/tmp"] {
+            assert!(mounts.iter().any(|m| m.destination() == Path::new(fresh)));
+        }
+        let oci = oci_spec(&image, &layout, Path::new("/hangar/replica-1"), None, None)?;
+        assert_eq!(
+            oci.root().as_ref().and_then(|root| root.readonly()),
+            Some(false),
+            "its writes land in the sandbox's own upper layer"
+        );
+        let mut with_app = image.clone();
+        with_app.app = Some(PathBuf::from("/data/app"));
+        assert!(with_app.validate().is_err());
+        let mut relative = image;
+        relative.rootfs = Some(PathBuf::from("rootfs"));
+        assert!(relative.validate().is_err());
         Ok(())
     }
 

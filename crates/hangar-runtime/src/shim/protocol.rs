@@ -66,6 +66,11 @@ impl ShimConfig {
         sandbox.cwd = PathBuf::from(&spec.cwd);
         sandbox.app.clone_from(&spec.app);
         sandbox.app_writable = spec.app_writable;
+        sandbox.rootfs.clone_from(&spec.rootfs);
+        if let Some(user) = spec.user {
+            sandbox.uid = user.uid;
+            sandbox.gid = user.gid;
+        }
         sandbox.cpu_millis = spec.cpu_millis;
         sandbox.cpu_limit_millis = spec.cpu_limit_millis;
         sandbox.memory_limit_bytes = spec.memory_limit_bytes;
