@@ -221,7 +221,8 @@ pub(crate) struct InstanceState {
     pub id: String,
     dirty: AtomicBool,
     busy: AtomicBool,
-    pub logs: broadcast::Sender<InstanceLogLine>,
+    /// Live lines, shared: every follower gets the same allocation.
+    pub logs: broadcast::Sender<Arc<InstanceLogLine>>,
     pub tracked: Mutex<Tracked>,
     /// What the gateway reports of its requests.
     pub traffic: Arc<Traffic>,
@@ -459,7 +460,7 @@ impl Controller {
     }
 
     /// Live log lines of instance `id` from now on.
-    pub fn subscribe_logs(&self, instance_id: &str) -> broadcast::Receiver<InstanceLogLine> {
+    pub fn subscribe_logs(&self, instance_id: &str) -> broadcast::Receiver<Arc<InstanceLogLine>> {
         self.inner.state(instance_id).logs.subscribe()
     }
 

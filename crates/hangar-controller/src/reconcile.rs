@@ -664,7 +664,7 @@ pub(crate) async fn system_log(
         .await
     {
         Ok(stored) => {
-            let _ = state.logs.send(stored);
+            let _ = state.logs.send(Arc::new(stored));
         }
         Err(err) => tracing::warn!(instance = %state.id, error = %err, "cannot store a log line"),
     }

@@ -126,7 +126,7 @@ async fn ingest(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
                     Ok(stored) => {
                         let count = u32::try_from(stored.len()).unwrap_or(u32::MAX);
                         for line in stored {
-                            let _ = state.logs.send(line);
+                            let _ = state.logs.send(std::sync::Arc::new(line));
                         }
                         trim_now_and_then(&inner, &state.id, count).await;
                     }

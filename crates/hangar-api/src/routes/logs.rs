@@ -168,7 +168,7 @@ pub(crate) struct Follow {
 pub(crate) fn follow(
     state: &AppState,
     start: Follow,
-    mut live: broadcast::Receiver<InstanceLogLine>,
+    mut live: broadcast::Receiver<std::sync::Arc<InstanceLogLine>>,
 ) -> Response {
     let Follow {
         instance_id,
