@@ -26,8 +26,16 @@ async fn the_operator_scrapes_requests_backlog_instances_and_the_process() {
         let r = h.post(&format!("/v1/agents/{agent}/invoke"), &h.a.key, json!({"input": 1, "async": true})).await;
         assert!(r.status.is_client_error() || r.status.is_success(), "{}", r.text);
 
+        // An invented method is counted, but not as a label of its own.
+        let r = h
+            .raw(axum::http::Method::from_bytes(b"BREW").expect("method"), "/v1/me", Some(&h.a.key), None)
+            .await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+
         let r = h.get("/metrics", &h.a.key).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(!r.text.contains("BREW"), "{}", r.text);
+        assert!(r.text.contains(r#"method="other""#), "{}", r.text);
         assert!(r.headers["content-type"].to_str().expect("ascii").starts_with("text/plain; version=0.0.4"));
         let text = &r.text;
         // Requests by route template, not by path: IDs never become labels.
