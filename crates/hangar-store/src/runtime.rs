@@ -25,7 +25,7 @@ use hangar_core::status::{BuildStatus, DesiredState};
 use sqlx::any::AnyRow;
 
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
-use crate::{now_ms, to_ms, Result, RowExt, Store, StoreError};
+use crate::{now_ms, to_ms, Backend, Result, RowExt, Store, StoreError};
 
 /// Which lines of an instance's log to read. Lines always come back oldest first
 /// (ascending `seq`).
@@ -104,15 +104,6 @@ fn log_line_from_row(r: &AnyRow) -> Result<InstanceLogLine> {
     })
 }
 
-/// Lines per `INSERT`: 5 parameters each, far below SQLite's and PostgreSQL's
-/// parameter limits, few round trips for a large batch. Not more: binding a
-/// statement's arguments costs sqlx's SQLite driver time quadratic in its
-/// parameter count (it looks up each `$N`'s name, and SQLite finds a name by
-/// walking the list of all of them). At 500 lines (2,502 parameters) that
-/// lookup was the largest single cost of storing a replica's output (see
-/// the logs benchmark); at 100 it is 25 times smaller per statement.
-const INSERT_CHUNK: usize = 100;
-
 impl Store {
     /// Stores a batch of a replica's output lines in the instance's log and
     /// returns them as stored (with their `seq`s), for the caller to broadcast.
@@ -184,33 +175,46 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        for chunk in stored.chunks(INSERT_CHUNK) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 3 + i * 5;
-                    format!(
-                        "($1, ${p}, $2, ${}, ${}, ${}, ${})",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4
+        if !stored.is_empty() {
+            // The whole batch is one parameter, a JSON array of
+            // `[ts, stream, level, message]`, unpacked by the database: sqlx's
+            // SQLite driver looks up every parameter's name when binding,
+            // which is quadratic in their number, and a statement per few
+            // lines costs a hand-off to its worker thread each.
+            let rows: Vec<(i64, &str, &str, &str)> = stored
+                .iter()
+                .map(|line| {
+                    (
+                        to_ms(line.timestamp),
+                        line.stream.as_str(),
+                        line.level.as_str(),
+                        line.message.as_str(),
                     )
                 })
                 .collect();
-            let sql = format!(
-                "INSERT INTO instance_logs (instance_id, seq, replica_id, ts, stream, level, message) VALUES {}",
-                rows.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(instance_id).bind(replica_id);
-            for line in chunk {
-                q = q
-                    .bind(line.seq)
-                    .bind(to_ms(line.timestamp))
-                    .bind(line.stream.as_str())
-                    .bind(line.level.as_str())
-                    .bind(line.message.as_str());
-            }
-            q.execute(&mut *tx).await?;
+            let rows = serde_json::to_string(&rows).map_err(|err| StoreError::Corrupt {
+                what: "log lines",
+                detail: err.to_string(),
+            })?;
+            let sql = match self.backend {
+                Backend::Sqlite => {
+                    "INSERT INTO instance_logs (instance_id, seq, replica_id, ts, stream, level, message) \
+                     SELECT $1, $3 + j.key + 1, $2, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), \
+                     json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]') FROM json_each($4) AS j"
+                }
+                Backend::Postgres => {
+                    "INSERT INTO instance_logs (instance_id, seq, replica_id, ts, stream, level, message) \
+                     SELECT $1, $3 + e.ord, $2, (e.v->>0)::BIGINT, e.v->>1, e.v->>2, e.v->>3 \
+                     FROM jsonb_array_elements($4::jsonb) WITH ORDINALITY AS e(v, ord)"
+                }
+            };
+            sqlx::query(sql)
+                .bind(instance_id)
+                .bind(replica_id)
+                .bind(last_seq)
+                .bind(rows)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query(
             "INSERT INTO replica_log_cursors (replica_id, instance_id, seq) VALUES ($1, $2, $3) \
