@@ -343,6 +343,12 @@ async fn expire_logs_loop(store: hangar_store::Store, max_age: Duration, every: 
     }
 }
 
+/// Live log lines a follower may fall behind by before it reads the rest from
+/// the store: a burst of output outruns followers for a moment, and reading
+/// it back costs far more than keeping a pointer per line (the lines are
+/// shared).
+const LIVE_LOG_LINES: usize = 16_384;
+
 /// How many stored lines of an instance trigger a trim of its log.
 pub(crate) const TRIM_EVERY: u32 = 1000;
 
@@ -700,7 +706,7 @@ impl Inner {
                     id: instance_id.to_owned(),
                     dirty: AtomicBool::new(false),
                     busy: AtomicBool::new(false),
-                    logs: broadcast::channel(1024).0,
+                    logs: broadcast::channel(LIVE_LOG_LINES).0,
                     tracked: Mutex::new(Tracked::default()),
                     traffic: Arc::new(Traffic::new(self.epoch)),
                     became_ready: tokio::sync::Notify::new(),
