@@ -419,3 +419,42 @@ async fn a_follower_slower_than_the_replica_gets_every_line() {
     fx.driver.remove(&id).await.expect("remove");
     fx.assert_empty();
 }
+
+#[tokio::test]
+async fn a_follower_that_stops_reading_holds_the_replica_back_only_once() {
+    let Some(fx) = Fixture::new("stall") else {
+        return;
+    };
+    let id = replica_id("stall");
+    let mut flood = spec(&id, "http");
+    flood.argv = vec![
+        "python3".to_owned(),
+        "-c".to_owned(),
+        "import sys\nsys.stdout.write(''.join(f'line {i}\\n' for i in range(1, 60001)))\nsys.stdout.flush()\n"
+            .to_owned(),
+    ];
+    flood.port = None;
+    fx.driver.create(&flood).await.expect("create");
+    // Attached, and never read: the shim pauses once for it, then reads on.
+    let _stalled = fx.driver.follow(&id, 0).await.expect("follow");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if fx
+            .driver
+            .inspect(&id)
+            .await
+            .expect("inspect")
+            .exit
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a stalled follower kept the replica from finishing its output"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fx.driver.remove(&id).await.expect("remove");
+    fx.assert_empty();
+}

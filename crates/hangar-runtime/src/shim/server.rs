@@ -62,6 +62,11 @@ struct Shim {
     /// what the readers wait on (see [`FOLLOWER_LAG_LINES`]).
     followers: std::sync::atomic::AtomicUsize,
     delivered: watch::Sender<u64>,
+    /// Where the brake was last released for a stalled follower: (lines
+    /// delivered, followers attached) then. Until either changes, output is
+    /// read without waiting, so a stalled follower costs one pause, not one
+    /// per line.
+    released: Mutex<Option<(u64, usize)>>,
 }
 
 /// Counts a follower while it is attached.
@@ -77,6 +82,11 @@ impl<'a> Attached<'a> {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if before == 0 {
             shim.delivered.send_replace(after);
+        } else {
+            // Another follower (a daemon's old connection, not yet noticed
+            // gone) may be ahead: this one's progress must count too.
+            shim.delivered
+                .send_modify(|through| *through = (*through).min(after));
         }
         Self(shim)
     }
@@ -181,16 +191,28 @@ impl Shim {
         let mut rx = self.delivered.subscribe();
         let mut progress = tokio::time::Instant::now();
         let mut through = *rx.borrow_and_update();
+        let followers = || self.followers.load(std::sync::atomic::Ordering::SeqCst);
+        // The replica has exited: what is left in the pipes is read at once,
+        // so the exit's drain gets it (a crash's last lines matter most).
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        if *lock(&self.released) == Some((through, followers())) {
+            return;
+        }
         loop {
             let lag = self.lag(&lock(&self.buffer));
             if !lag.too_far() {
                 return;
             }
-            if progress.elapsed() >= FOLLOWER_STALL {
-                tracing::warn!(
-                    lines = lag.lines,
-                    "a follower took nothing for {FOLLOWER_STALL:?}; reading on without it"
-                );
+            if progress.elapsed() >= FOLLOWER_STALL || self.exit.borrow().is_some() {
+                if self.exit.borrow().is_none() {
+                    tracing::warn!(
+                        lines = lag.lines,
+                        "a follower took nothing for {FOLLOWER_STALL:?}; reading on without it"
+                    );
+                }
+                *lock(&self.released) = Some((through, followers()));
                 return;
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
@@ -281,6 +303,7 @@ pub(super) async fn serve(
         stdin: tokio::sync::Mutex::new(stdin),
         followers: std::sync::atomic::AtomicUsize::new(0),
         delivered: watch::channel(0).0,
+        released: Mutex::new(None),
     });
 
     let readers = [
