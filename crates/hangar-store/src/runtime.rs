@@ -354,6 +354,16 @@ impl Store {
         Ok(lines)
     }
 
+    /// The number of the newest line of an instance's log (0 before the
+    /// first): where a follower that starts now starts counting.
+    pub async fn instance_log_seq(&self, instance_id: &str) -> Result<i64> {
+        sqlx::query("SELECT log_seq FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map_or(Ok(0), |row| row.int("log_seq"))
+    }
+
     /// Deletes all but the newest `keep` lines of an instance's log; returns how
     /// many went.
     ///
@@ -377,8 +387,10 @@ impl Store {
     /// Deletes the log lines printed before `cutoff`, of every instance;
     /// returns how many went. Per instance the cut is the newest such line's
     /// `seq`, so each log stays one range of seqs (see
-    /// [`Store::trim_instance_logs`]); the rare line printed earlier but
-    /// numbered later than one past the cutoff waits for the next sweep.
+    /// [`Store::trim_instance_logs`]). Lines are numbered as they are stored,
+    /// so a line stored late (its replica's output waited in the shim while
+    /// the server was away) can carry an old time and a high number: lines
+    /// numbered before it go with it, up to that delay before their time.
     pub async fn expire_instance_logs(&self, cutoff: Timestamp) -> Result<u64> {
         let cuts = sqlx::query(
             "SELECT instance_id, MAX(seq) AS cut FROM instance_logs WHERE ts < $1 GROUP BY instance_id",

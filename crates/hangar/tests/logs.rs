@@ -416,3 +416,49 @@ async fn a_browser_follows_live_lines_with_a_stream_token() {
     page_server.abort();
     server.delete(&instance, true).await;
 }
+
+#[tokio::test]
+async fn a_stream_opened_with_a_token_ends_when_the_token_expires() {
+    if !root_or_skip("token expiry") {
+        return;
+    }
+    let dir = temp("logs-expiry");
+    let server = Server::start(&dir);
+    let (instance, agent) = running_agent(&server, "expiring").await;
+    let (status, token, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"agent_id": agent, "ttl_seconds": 10})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let token = token["data"]["token"].as_str().expect("token").to_owned();
+    let res = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/agents/{agent}/logs?follow=true&access_token={token}",
+            server.url
+        ))
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(res.status(), 200);
+    let mut sse = Sse {
+        res,
+        buf: String::new(),
+    };
+    // Live lines flow while the token is valid…
+    invoke(&server, &agent, 1).await;
+    sse.until("invoked with {\"n\": 1}", Duration::from_secs(20))
+        .await;
+    // …and the stream ends by itself once it expires.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while sse
+        .next(deadline.saturating_duration_since(Instant::now()))
+        .await
+        .is_some()
+    {}
+    // `next` gives up at the deadline too: the stream must have ended before.
+    assert!(Instant::now() < deadline, "the stream outlived its token");
+    server.delete(&instance, true).await;
+}

@@ -580,6 +580,13 @@ async fn logs(
         until: times[1],
         level,
     };
+    // Where a follow without a resume point starts counting: read before
+    // the backlog, so nothing between the two is missed (and lines the level
+    // filter passed over count as seen).
+    let newest = match (resume, &live) {
+        (None, Some(_)) => state.store.instance_log_seq(&instance.id).await?,
+        _ => 0,
+    };
     let lines = match (resume, &live) {
         (Some(after), Some(_)) => {
             super::logs::stored_after(&state, &instance.id, after, level).await?
@@ -588,14 +595,12 @@ async fn logs(
     };
     match live {
         Some(live) => {
-            // Lines the level filter passed over count as seen, too: resume
-            // after the later of the last line sent and the resume point.
-            let last = lines.last().map(|l| l.seq).max(resume);
             let start = super::logs::Follow {
                 instance_id: instance.id.clone(),
                 backlog: lines,
-                last,
+                last: resume.unwrap_or(newest),
                 level,
+                limit: reader.limit(),
             };
             Ok(super::logs::follow(&state, start, live))
         }

@@ -538,18 +538,24 @@ async fn logs(
         until: None,
         level: None,
     };
+    // Where a follow without a resume point starts counting: read before
+    // the backlog, so nothing between the two is missed.
+    let newest = match (resume, &live) {
+        (None, Some(_)) => state.store.instance_log_seq(&inst.id).await?,
+        _ => 0,
+    };
     let lines = match (resume, &live) {
         (Some(after), Some(_)) => super::logs::stored_after(&state, &inst.id, after, None).await?,
         _ => super::logs::stored(&state, &inst.id, &request).await?,
     };
     match live {
         Some(live) => {
-            let last = lines.last().map(|l| l.seq).or(resume);
             let start = super::logs::Follow {
                 instance_id: inst.id.clone(),
                 backlog: lines,
-                last,
+                last: resume.unwrap_or(newest),
                 level: None,
+                limit: reader.limit(),
             };
             Ok(super::logs::follow(&state, start, live))
         }

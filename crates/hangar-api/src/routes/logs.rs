@@ -150,21 +150,81 @@ pub(crate) struct Follow {
     /// Stored lines sent first, oldest first.
     pub backlog: Vec<InstanceLogLine>,
     /// The highest line number already accounted for (sent, or passed over by
-    /// the level filter): live lines up to it are duplicates, and a live line
-    /// beyond the next one means lines were missed and are read from the
-    /// store. `None`: nothing read yet, the first live line starts the count.
-    pub last: Option<i64>,
+    /// the level filter): live lines up to it are duplicates, and anything
+    /// after it not yet sent is read from the store.
+    pub last: i64,
     /// Only lines at this level or above.
     pub level: Option<LogLevel>,
+    /// For a stream token: when it expires and the key that made it; the
+    /// stream ends at the expiry or soon after the key is revoked.
+    pub limit: Option<super::tokens::StreamLimit>,
+}
+
+/// How often a token's stream checks that its key is still live.
+const KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a follower's task sends into: the SSE body, and where it reads from.
+struct Follower {
+    store: hangar_store::Store,
+    instance_id: String,
+    level: Option<LogLevel>,
+    tx: tokio::sync::mpsc::Sender<Result<Event, Infallible>>,
+    last: i64,
+}
+
+impl Follower {
+    /// Sends the stored lines after `last` and below `below` (all of them
+    /// with `None`), a page at a time. `false`: the client left.
+    async fn catch_up(&mut self, below: Option<i64>) -> bool {
+        loop {
+            let query = hangar_store::LogQuery {
+                tail: None,
+                since: None,
+                after_seq: Some(self.last),
+                limit: GAP_PAGE,
+            };
+            let page = match self.store.instance_logs(&self.instance_id, &query).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(instance = %self.instance_id, error = %err, "cannot read missed log lines");
+                    return true;
+                }
+            };
+            let full = page.len() == GAP_PAGE as usize;
+            for line in page {
+                if below.is_some_and(|below| line.seq >= below) {
+                    return true;
+                }
+                if !self.send(&line).await {
+                    return false;
+                }
+            }
+            if !full {
+                return true;
+            }
+        }
+    }
+
+    /// Sends `line` unless it was already accounted for. `false`: the
+    /// client left.
+    async fn send(&mut self, line: &InstanceLogLine) -> bool {
+        if line.seq <= self.last {
+            return true;
+        }
+        self.last = line.seq;
+        !passes(line, self.level) || self.tx.send(Ok(event(line))).await.is_ok()
+    }
 }
 
 /// SSE of the backlog, then of the live lines `live` receives (subscribed
 /// before the backlog was read), every event's `id` its line number.
 ///
 /// Lines are numbered without gaps per instance, so a follower knows when it
-/// missed some — it fell behind the broadcast (`Lagged`), or lines came
-/// between the backlog read and the first live line — and reads those from
-/// the store before the live line: a follower sees every line once, in order.
+/// missed some — it fell behind the broadcast, the backlog was one page of a
+/// longer resume, or lines came between the backlog read and the first live
+/// line — and reads those from the store first: a follower sees every line
+/// once, in order. The task ends when the client leaves (even while nothing
+/// is logged), or when its stream token expires or loses its key.
 pub(crate) fn follow(
     state: &AppState,
     start: Follow,
@@ -173,48 +233,58 @@ pub(crate) fn follow(
     let Follow {
         instance_id,
         backlog,
-        mut last,
+        last,
         level,
+        limit,
     } = start;
-    let store = state.store.clone();
     let first: Vec<Result<Event, Infallible>> = backlog.iter().map(|l| Ok(event(l))).collect();
+    let last = backlog.last().map_or(last, |l| l.seq.max(last));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
+    let mut follower = Follower {
+        store: state.store.clone(),
+        instance_id,
+        level,
+        tx,
+        last,
+    };
     tokio::spawn(async move {
+        let expiry = limit.as_ref().map_or_else(
+            || tokio::time::Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400),
+            super::tokens::StreamLimit::deadline,
+        );
+        let mut recheck = tokio::time::interval(KEY_RECHECK);
+        recheck.tick().await;
+        if !follower.catch_up(None).await {
+            return;
+        }
         loop {
-            let line = match live.recv().await {
-                Ok(line) => line,
-                // Missed lines are found by the next line's number.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if last.is_some_and(|last| line.seq <= last) {
-                continue;
-            }
-            while let Some(after) = last.filter(|last| line.seq > last + 1) {
-                let query = hangar_store::LogQuery {
-                    tail: None,
-                    since: None,
-                    after_seq: Some(after),
-                    limit: GAP_PAGE.min(u32::try_from(line.seq - after - 1).unwrap_or(GAP_PAGE)),
-                };
-                let missed = match store.instance_logs(&instance_id, &query).await {
-                    Ok(missed) if !missed.is_empty() => missed,
-                    // Trimmed away, or the store is unreachable: go on live.
-                    Ok(_) => break,
-                    Err(err) => {
-                        tracing::warn!(instance = %instance_id, error = %err, "cannot read missed log lines");
-                        break;
+            let line = tokio::select! {
+                received = live.recv() => match received {
+                    Ok(line) => line,
+                    // Missed lines are read from the store.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !follower.catch_up(None).await {
+                            return;
+                        }
+                        continue;
                     }
-                };
-                for missed in missed {
-                    last = Some(missed.seq);
-                    if passes(&missed, level) && tx.send(Ok(event(&missed))).await.is_err() {
-                        return;
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = follower.tx.closed() => return,
+                () = tokio::time::sleep_until(expiry) => return,
+                _ = recheck.tick() => {
+                    if let Some(limit) = &limit {
+                        if !limit.key_is_live(&follower.store).await {
+                            return;
+                        }
                     }
+                    continue;
                 }
+            };
+            if line.seq > follower.last + 1 && !follower.catch_up(Some(line.seq)).await {
+                return;
             }
-            last = Some(line.seq);
-            if passes(&line, level) && tx.send(Ok(event(&line))).await.is_err() {
+            if !follower.send(&line).await {
                 return;
             }
         }

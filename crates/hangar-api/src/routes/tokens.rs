@@ -8,7 +8,8 @@
 //! API key. It is stateless (HMAC-SHA256 with the server's signing key over
 //! the minting key's ID, the organization, the object and the expiry), and it
 //! dies with the key that minted it: every use checks that key is still live,
-//! so revoking the key revokes its tokens at once.
+//! so revoking the key revokes its tokens at once, and a stream opened with
+//! one ends when the token expires or within 30 s of the key's revocation.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -184,9 +185,40 @@ pub(crate) struct Reader {
     pub caller: Caller,
     /// With a stream token, the one object it reads.
     only: Option<String>,
+    /// With a stream token, how long a stream it opens may last.
+    limit: Option<StreamLimit>,
+}
+
+/// How long a stream opened with a token may last: until the token expires,
+/// and while the key that made it is live (streams check it every 30 s, so
+/// revoking the key ends them within that).
+#[derive(Debug, Clone)]
+pub(crate) struct StreamLimit {
+    expires: i64,
+    key_id: String,
+}
+
+impl StreamLimit {
+    /// When the token expires, on the runtime's clock.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let left = self.expires - chrono::Utc::now().timestamp();
+        tokio::time::Instant::now()
+            + std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// Whether the key that made the token is still live (a store that
+    /// cannot answer does not end the stream).
+    pub async fn key_is_live(&self, store: &hangar_store::Store) -> bool {
+        !matches!(store.principal_of_key(&self.key_id).await, Ok(None))
+    }
 }
 
 impl Reader {
+    /// With a stream token, how long its streams may last.
+    pub fn limit(&self) -> Option<StreamLimit> {
+        self.limit.clone()
+    }
+
     /// Fails with the object's 404 unless this reader may read `id`: a token
     /// for another object finds nothing, exactly like an ID of another
     /// organization.
@@ -219,7 +251,11 @@ impl FromRequestParts<AppState> for Reader {
                 .contains_key(axum::http::header::AUTHORIZATION)
         }) else {
             let caller = Caller::from_request_parts(parts, state).await?;
-            return Ok(Reader { caller, only: None });
+            return Ok(Reader {
+                caller,
+                only: None,
+                limit: None,
+            });
         };
         let claims = verify(
             &state.config.signing_key,
@@ -238,6 +274,10 @@ impl FromRequestParts<AppState> for Reader {
         Ok(Reader {
             caller: Caller(principal),
             only: Some(claims.r),
+            limit: Some(StreamLimit {
+                expires: claims.e,
+                key_id: claims.k,
+            }),
         })
     }
 }
