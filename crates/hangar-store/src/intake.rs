@@ -5,7 +5,7 @@
 //! is a write transaction of its own, and on SQLite every one takes the single
 //! write lock in turn — the ceiling of the accept rate. [`JobIntake`] keeps the
 //! promise with one transaction per *batch*: one task takes whatever accepts
-//! are waiting, stores them in one transaction ([`Store::create_jobs`]), then
+//! are waiting, stores them in one transaction, then
 //! answers each. Under no load a batch is one job and nothing waits for a
 //! timer; under load a batch grows with the time the previous commit took.
 //!
@@ -17,13 +17,15 @@
 use hangar_core::model::Job;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::jobs::PreparedJob;
 use crate::{NewJob, Result, Store, StoreError};
 
 /// Most jobs stored in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// A job waiting for its batch, and where its answer goes.
-type Pending = (NewJob, oneshot::Sender<Result<Job>>);
+/// A job waiting for its batch (its ID already fixed), and where its
+/// answer goes.
+type Pending = (PreparedJob, oneshot::Sender<Result<Job>>);
 
 /// The handle that accepts jobs through the batching task. Cheap to clone;
 /// the task ends when the last handle is dropped.
@@ -50,9 +52,15 @@ impl JobIntake {
             return self.store.create_job(new).await;
         }
         let (answer, answered) = oneshot::channel();
-        if let Err(mpsc::error::SendError((new, _))) = self.tx.send((new, answer)).await {
+        if let Err(mpsc::error::SendError((prepared, _))) =
+            self.tx.send((PreparedJob::new(new), answer)).await
+        {
             // The task is gone (the runtime is shutting down): store it here.
-            return self.store.create_job(new).await;
+            return self
+                .store
+                .insert_prepared_one(&prepared)
+                .await
+                .map(|job| (job, true));
         }
         match answered.await {
             Ok(result) => result.map(|job| (job, true)),
@@ -67,17 +75,17 @@ impl JobIntake {
 async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let news: Vec<NewJob> = batch.iter().map(|(new, _)| new.clone()).collect();
-        match store.create_jobs(news).await {
-            Ok(jobs) => {
-                for ((_, answer), job) in batch.drain(..).zip(jobs) {
-                    let _ = answer.send(Ok(job));
+        let (prepared, answers): (Vec<PreparedJob>, Vec<_>) = batch.drain(..).unzip();
+        match store.insert_prepared(&prepared).await {
+            Ok(()) => {
+                for (p, answer) in prepared.into_iter().zip(answers) {
+                    let _ = answer.send(Ok(p.job));
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, jobs = batch.len(), "storing a batch of jobs failed; storing them one by one");
-                for (new, answer) in batch.drain(..) {
-                    let _ = answer.send(store.create_job(new).await.map(|(job, _)| job));
+                tracing::warn!(error = %e, jobs = prepared.len(), "storing a batch of jobs failed; storing them one by one");
+                for (p, answer) in prepared.iter().zip(answers) {
+                    let _ = answer.send(store.insert_prepared_one(p).await);
                 }
             }
         }

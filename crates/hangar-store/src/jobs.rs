@@ -216,8 +216,10 @@ const INSERT_JOB: &str =
 type JobQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
 
 /// A job about to be inserted: its row, and what the row holds beyond it.
-struct PreparedJob {
-    job: Job,
+/// Its ID is fixed here, so storing it again after a failure cannot make a
+/// second job.
+pub(crate) struct PreparedJob {
+    pub(crate) job: Job,
     timeout: Duration,
     run_by: Option<String>,
     lease_until: Option<i64>,
@@ -225,7 +227,7 @@ struct PreparedJob {
 }
 
 impl PreparedJob {
-    fn new(new: NewJob) -> Self {
+    pub(crate) fn new(new: NewJob) -> Self {
         let now = now_ms();
         let timeout = if new.timeout.is_zero() {
             DEFAULT_JOB_TIMEOUT
@@ -323,13 +325,11 @@ impl Store {
         }
     }
 
-    /// Accepts several jobs without idempotency keys in one transaction: one
-    /// commit (on SQLite, one turn of the single write lock) for the lot.
-    /// All are stored or none is: one idempotency key used before fails the
-    /// lot, so keyed jobs belong to [`Store::create_job`], which resolves
-    /// key races.
-    pub async fn create_jobs(&self, news: Vec<NewJob>) -> Result<Vec<Job>> {
-        let prepared: Vec<PreparedJob> = news.into_iter().map(PreparedJob::new).collect();
+    /// Inserts prepared jobs (without idempotency keys) in one transaction:
+    /// one commit (on SQLite, one turn of the single write lock) for the lot,
+    /// all stored or none. Keyed jobs belong to [`Store::create_job`], which
+    /// resolves key races.
+    pub(crate) async fn insert_prepared(&self, prepared: &[PreparedJob]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for chunk in prepared.chunks(INSERT_CHUNK) {
             let sql = format!("{INSERT_JOB} VALUES {}", value_rows(chunk.len(), 14));
@@ -340,7 +340,26 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(prepared.into_iter().map(|p| p.job).collect())
+        Ok(())
+    }
+
+    /// Inserts one prepared job (without an idempotency key), after its
+    /// batch failed: its ID already stored means that batch's commit went
+    /// through after all (a connection lost while committing), and that job
+    /// is the answer — never a second one.
+    pub(crate) async fn insert_prepared_one(&self, prepared: &PreparedJob) -> Result<Job> {
+        let sql = format!("{INSERT_JOB} VALUES {}", value_rows(1, 14));
+        match prepared.bind(sqlx::query(&sql)).execute(&self.pool).await {
+            Ok(_) => Ok(prepared.job.clone()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => self
+                .get_job(&prepared.job.organization_id, &prepared.job.id)
+                .await?
+                .ok_or(StoreError::NotFound {
+                    what: "job",
+                    id: prepared.job.id.clone(),
+                }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn job_by_idempotency_key(

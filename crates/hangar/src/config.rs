@@ -326,11 +326,20 @@ impl Config {
 
 /// CORS origins: comma-separated `scheme://host[:port]` (no path), or `*`.
 fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
+    // Browsers send origins lower-cased and without a default port, and CORS
+    // compares them byte for byte: configured ones are written the same way.
     let origins: Vec<String> = text
         .split(',')
         .map(str::trim)
         .filter(|o| !o.is_empty())
-        .map(str::to_owned)
+        .map(|o| {
+            let o = o.to_ascii_lowercase();
+            match (o.strip_suffix(":443"), o.strip_suffix(":80")) {
+                (Some(bare), _) if o.starts_with("https://") => bare.to_owned(),
+                (_, Some(bare)) if o.starts_with("http://") => bare.to_owned(),
+                _ => o,
+            }
+        })
         .collect();
     for origin in &origins {
         let rest = origin
@@ -458,6 +467,15 @@ mod tests {
             vec!["https://a.example", "http://localhost:3000"]
         );
         assert_eq!(parse_origins("*").expect("any"), vec!["*"]);
+        assert_eq!(
+            parse_origins("https://Console.Example.com:443,http://a.test:80,http://a.test:8080")
+                .expect("normalized"),
+            vec![
+                "https://console.example.com",
+                "http://a.test",
+                "http://a.test:8080"
+            ]
+        );
         for bad in [
             "a.example",
             "https://a.example/",
