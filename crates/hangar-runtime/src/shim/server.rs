@@ -192,11 +192,6 @@ impl Shim {
         let mut progress = tokio::time::Instant::now();
         let mut through = *rx.borrow_and_update();
         let followers = || self.followers.load(std::sync::atomic::Ordering::SeqCst);
-        // The replica has exited: what is left in the pipes is read at once,
-        // so the exit's drain gets it (a crash's last lines matter most).
-        if self.exit.borrow().is_some() {
-            return;
-        }
         if *lock(&self.released) == Some((through, followers())) {
             return;
         }
@@ -205,13 +200,11 @@ impl Shim {
             if !lag.too_far() {
                 return;
             }
-            if progress.elapsed() >= FOLLOWER_STALL || self.exit.borrow().is_some() {
-                if self.exit.borrow().is_none() {
-                    tracing::warn!(
-                        lines = lag.lines,
-                        "a follower took nothing for {FOLLOWER_STALL:?}; reading on without it"
-                    );
-                }
+            if progress.elapsed() >= FOLLOWER_STALL {
+                tracing::warn!(
+                    lines = lag.lines,
+                    "a follower took nothing for {FOLLOWER_STALL:?}; reading on without it"
+                );
                 *lock(&self.released) = Some((through, followers()));
                 return;
             }
@@ -446,16 +439,32 @@ async fn watch_exit(shim: Arc<Shim>, readers: [tokio::task::JoinHandle<()>; 2]) 
     };
     tracing::info!(?exit, "the replica exited");
     shim.exit.send_replace(Some(exit));
-    let drained = async {
+    // The pipes drain at the followers' pace (backpressure holds while they
+    // take lines): the output ends once they are drained, or once neither
+    // the pipes nor the followers moved for a while (a child holding the
+    // pipes open, a stalled follower).
+    let mut drained = std::pin::pin!(async {
         for reader in readers {
             let _ = reader.await;
         }
-    };
-    if tokio::time::timeout(DRAIN_AFTER_EXIT, drained)
-        .await
-        .is_err()
-    {
-        tracing::warn!("output pipes still open after the exit; ending the output");
+    });
+    loop {
+        let before = (lock(&shim.buffer).last_seq, *shim.delivered.borrow());
+        // With a follower attached a reader may be pausing for it: wait past
+        // that pause before calling the pipes stuck.
+        let window = if shim.followers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            FOLLOWER_STALL + Duration::from_secs(1)
+        } else {
+            DRAIN_AFTER_EXIT
+        };
+        if tokio::time::timeout(window, drained.as_mut()).await.is_ok() {
+            break;
+        }
+        let after = (lock(&shim.buffer).last_seq, *shim.delivered.borrow());
+        if after == before {
+            tracing::warn!("output pipes still open after the exit; ending the output");
+            break;
+        }
     }
     let mut buffer = lock(&shim.buffer);
     buffer.end = Some(exit);
