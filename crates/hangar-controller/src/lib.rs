@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hangar_core::logs::InstanceLogLine;
+use hangar_core::logs::LiveLine;
 use hangar_runtime::driver::{DriverError, ExecResult, ReplicaInfo, StdinWait};
 use hangar_runtime::Driver;
 use hangar_store::Store;
@@ -222,7 +222,7 @@ pub(crate) struct InstanceState {
     dirty: AtomicBool,
     busy: AtomicBool,
     /// Live lines, shared: every follower gets the same allocation.
-    pub logs: broadcast::Sender<Arc<InstanceLogLine>>,
+    pub logs: broadcast::Sender<Arc<LiveLine>>,
     pub tracked: Mutex<Tracked>,
     /// What the gateway reports of its requests.
     pub traffic: Arc<Traffic>,
@@ -466,7 +466,7 @@ impl Controller {
     }
 
     /// Live log lines of instance `id` from now on.
-    pub fn subscribe_logs(&self, instance_id: &str) -> broadcast::Receiver<Arc<InstanceLogLine>> {
+    pub fn subscribe_logs(&self, instance_id: &str) -> broadcast::Receiver<Arc<LiveLine>> {
         self.inner.state(instance_id).logs.subscribe()
     }
 

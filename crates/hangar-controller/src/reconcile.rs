@@ -664,7 +664,9 @@ pub(crate) async fn system_log(
         .await
     {
         Ok(stored) => {
-            let _ = state.logs.send(Arc::new(stored));
+            let _ = state
+                .logs
+                .send(Arc::new(hangar_core::logs::LiveLine::new(stored)));
         }
         Err(err) => tracing::warn!(instance = %state.id, error = %err, "cannot store a log line"),
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hangar_core::logs::{parse_line, LogLevel, NewLogLine, Stream};
+use hangar_core::logs::{parse_line, LiveLine, LogLevel, NewLogLine, Stream};
 use hangar_runtime::driver::{Exit, OutputEvent, OutputStream};
 
 use crate::{lock, reconcile, scale, Inner, InstanceState};
@@ -126,7 +126,7 @@ async fn ingest(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
                     Ok(stored) => {
                         let count = u32::try_from(stored.len()).unwrap_or(u32::MAX);
                         for line in stored {
-                            let _ = state.logs.send(std::sync::Arc::new(line));
+                            let _ = state.logs.send(std::sync::Arc::new(LiveLine::new(line)));
                         }
                         trim_now_and_then(&inner, &state.id, count).await;
                     }

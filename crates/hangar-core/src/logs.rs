@@ -95,6 +95,29 @@ pub struct InstanceLogLine {
     pub message: String,
 }
 
+/// A stored line as it goes out live to an instance's followers: shared by
+/// all of them, with room for its wire form, which the first follower to
+/// send it renders and the rest reuse (each line is rendered once, however
+/// many follow).
+#[derive(Debug)]
+pub struct LiveLine {
+    /// The line.
+    pub line: InstanceLogLine,
+    /// Its rendering for followers, once one has made it.
+    pub rendered: std::sync::OnceLock<String>,
+}
+
+impl LiveLine {
+    /// A line not rendered yet.
+    #[must_use]
+    pub fn new(line: InstanceLogLine) -> Self {
+        Self {
+            line,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+}
+
 /// A line of a replica's output to store; the store gives it its `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLogLine {

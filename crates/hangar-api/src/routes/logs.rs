@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use hangar_core::logs::{InstanceLogLine, LogLevel};
+use hangar_core::logs::{InstanceLogLine, LiveLine, LogLevel};
 use hangar_core::model::Timestamp;
 use tokio::sync::broadcast;
 
@@ -78,10 +78,13 @@ pub(crate) fn entry(line: &InstanceLogLine) -> Entry<'_> {
     }
 }
 
+/// A line's SSE data: its [`entry`] as JSON.
+fn render(line: &InstanceLogLine) -> String {
+    serde_json::to_string(&entry(line)).unwrap_or_default()
+}
+
 fn event(line: &InstanceLogLine) -> Event {
-    Event::default()
-        .id(line.seq.to_string())
-        .data(serde_json::to_string(&entry(line)).unwrap_or_default())
+    Event::default().id(line.seq.to_string()).data(render(line))
 }
 
 /// How often an idle stream gets a comment line, so proxies and browsers
@@ -214,6 +217,21 @@ impl Follower {
         self.last = line.seq;
         !passes(line, self.level) || self.tx.send(Ok(event(line))).await.is_ok()
     }
+
+    /// [`Follower::send`] of a live line, rendered once for all followers.
+    async fn send_live(&mut self, live: &LiveLine) -> bool {
+        let line = &live.line;
+        if line.seq <= self.last {
+            return true;
+        }
+        self.last = line.seq;
+        if !passes(line, self.level) {
+            return true;
+        }
+        let data = live.rendered.get_or_init(|| render(line));
+        let event = Event::default().id(line.seq.to_string()).data(data);
+        self.tx.send(Ok(event)).await.is_ok()
+    }
 }
 
 /// SSE of the backlog, then of the live lines `live` receives (subscribed
@@ -228,7 +246,7 @@ impl Follower {
 pub(crate) fn follow(
     state: &AppState,
     start: Follow,
-    mut live: broadcast::Receiver<std::sync::Arc<InstanceLogLine>>,
+    mut live: broadcast::Receiver<std::sync::Arc<LiveLine>>,
 ) -> Response {
     let Follow {
         instance_id,
@@ -281,10 +299,10 @@ pub(crate) fn follow(
                     continue;
                 }
             };
-            if line.seq > follower.last + 1 && !follower.catch_up(Some(line.seq)).await {
+            if line.line.seq > follower.last + 1 && !follower.catch_up(Some(line.line.seq)).await {
                 return;
             }
-            if !follower.send(&line).await {
+            if !follower.send_live(&line).await {
                 return;
             }
         }
