@@ -26,18 +26,14 @@
 //! The binary exits 0 whether or not the target is met: it is a measurement,
 //! not a test.
 
-use std::fs;
-use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::serve::{hangar_binary, Deployed, Serve};
 use hangar_bench::{cpu_ticks, load_average, steal_percent};
 use serde_json::{json, Value};
 
@@ -65,201 +61,6 @@ struct Args {
     /// The `hangar` binary (default: `hangar` in the directory of this binary).
     #[arg(long)]
     hangar: Option<PathBuf>,
-}
-
-/// A temporary directory (mode 0755), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it (socket paths are limited).
-        let path = std::env::temp_dir().join(format!(
-            "hb-{tag}-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// A running `hangar serve`; on drop: SIGTERM, its replicas removed with
-/// `hangar shim cleanup`, its directory removed.
-struct Serve {
-    child: Child,
-    url: String,
-    hangar: PathBuf,
-    dir: TempDir,
-}
-
-impl Serve {
-    fn start(hangar: &Path, job_concurrency: u32) -> Result<Self> {
-        let dir = TempDir::new("jobs")?;
-        let log = fs::File::create(dir.0.join("serve.log"))?;
-        let mut child = Command::new(hangar)
-            .current_dir(&dir.0)
-            .args(["serve", "--listen", "127.0.0.1:0", "--job-concurrency"])
-            .arg(job_concurrency.to_string())
-            .env("HANGAR_ADMIN_KEY", KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawning {} serve", hangar.display()))?;
-        let stdout = child.stdout.take().context("serve's stdout")?;
-        let mut serve = Self {
-            child,
-            url: String::new(),
-            hangar: hangar.to_path_buf(),
-            dir,
-        };
-        let mut reader = BufReader::new(stdout);
-        serve.url = loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                bail!(
-                    "hangar serve exited before listening: {}",
-                    fs::read_to_string(serve.dir.0.join("serve.log")).unwrap_or_default()
-                );
-            }
-            if let Some(rest) = line.strip_prefix("hangar listening on ") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .context("no URL in the listening line")?
-                    .to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(serve)
-    }
-
-    fn shims(&self) -> Vec<PathBuf> {
-        fs::read_dir(self.dir.0.join("hangar-data/runtime/shims"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    }
-
-    async fn call(
-        &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(KEY);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("calling {path}"))?;
-        let status = res.status().as_u16();
-        let text = res.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    /// Deploys the fast agent; returns (agent id, replica IP).
-    async fn deploy(&self, client: &reqwest::Client, agent_dir: &Path) -> Result<(String, String)> {
-        let (_, me) = self
-            .call(client, reqwest::Method::GET, "/v1/me", None)
-            .await?;
-        let org = me["organization_id"]
-            .as_str()
-            .or_else(|| me["data"]["organization_id"].as_str())
-            .context("no organization_id in /v1/me")?
-            .to_owned();
-        let body = json!({
-            "name": "bench-jobs",
-            "cloud_id": "local",
-            "source": {"type": "github", "repo": format!("file://{}", agent_dir.display())},
-        });
-        let (status, created) = self
-            .call(client, reqwest::Method::POST, "/v1/agents", Some(body))
-            .await?;
-        ensure!(status == 201, "deploying: {status} {created}");
-        let agent = created["data"]["id"]
-            .as_str()
-            .context("no agent id")?
-            .to_owned();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, view) = self
-                .call(
-                    client,
-                    reqwest::Method::GET,
-                    &format!("/v1/agents/{agent}"),
-                    None,
-                )
-                .await?;
-            if view["data"]["status"] == "running" {
-                let instance = view["data"]["instance_id"]
-                    .as_str()
-                    .context("no instance id")?
-                    .to_owned();
-                let probe = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
-                             s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])";
-                let res = client
-                    .post(format!("{}/instances/{org}/{instance}/exec", self.url))
-                    .bearer_auth(KEY)
-                    .json(&json!(["python3", "-c", probe]))
-                    .send()
-                    .await?;
-                let ip = res.text().await?.trim().to_owned();
-                ensure!(ip.parse::<Ipv4Addr>().is_ok(), "the replica's IP: {ip:?}");
-                return Ok((agent, ip));
-            }
-            ensure!(Instant::now() < deadline, "never running: {view}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for shim in self.shims() {
-            let _ = Command::new(&self.hangar)
-                .args(["shim", "cleanup"])
-                .arg(&shim)
-                .status();
-        }
-    }
 }
 
 /// Sends `count` requests from `connections` tasks; `send(i)` sends the
@@ -395,25 +196,18 @@ fn main() -> Result<()> {
         nix::unistd::geteuid().is_root(),
         "this benchmark needs root (hangar serve runs replicas in sandboxes)"
     );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let agent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fast");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let serve = Serve::start(&hangar_bin, args.job_concurrency)?;
+    let concurrency = args.job_concurrency.to_string();
+    let serve = Serve::start(
+        &hangar_bin,
+        "jobs",
+        KEY,
+        &["--job-concurrency", concurrency.as_str()],
+    )?;
     eprintln!("hangar serve at {} in {}", serve.url, serve.dir.0.display());
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -421,7 +215,7 @@ fn main() -> Result<()> {
         .timeout(Duration::from_secs(60))
         .build()?;
     rt.block_on(async {
-        let (agent, ip) = serve.deploy(&client, &agent_dir).await?;
+        let Deployed { agent, ip, .. } = serve.deploy(&client, "bench-jobs", &agent_dir).await?;
         eprintln!("agent {agent}, replica at {ip}:8080");
         let invoke_url = format!("{}/v1/agents/{agent}/invoke", serve.url);
 
