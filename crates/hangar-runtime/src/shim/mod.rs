@@ -247,9 +247,12 @@ fn run_exec(dir: &Path) -> Result<ExecResult, DriverError> {
     })
 }
 
-/// `hangar shim cleanup <dir>`: for a replica whose shim is gone, removes its
-/// sandbox (killing what still runs) and the shim's directory.
+/// `hangar shim cleanup <dir>`: removes a replica's sandbox (killing what
+/// still runs) and the shim's directory. Meant for a replica whose shim is
+/// gone; a shim of `dir` still running is killed first, or it would linger
+/// with nothing left to watch.
 pub fn cleanup(dir: &Path) -> i32 {
+    kill_shims_of(dir);
     let result = read_config(dir).and_then(|config| {
         let _ = fs::remove_file(&config.socket);
         let sandboxes = Sandboxes::new(&config.sandboxes_dir, &config.cgroup_parent)
@@ -267,6 +270,37 @@ pub fn cleanup(dir: &Path) -> i32 {
         Err(err) => {
             eprintln!("{err}");
             1
+        }
+    }
+}
+
+/// SIGKILLs the `hangar shim run <dir>` processes of `dir`, found by their
+/// command lines.
+fn kill_shims_of(dir: &Path) {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let runs_dir = args.windows(3).any(|w| {
+            w[0] == b"shim"
+                && w[1] == b"run"
+                && std::str::from_utf8(w[2]).is_ok_and(|arg| {
+                    let arg = Path::new(arg);
+                    arg == dir || arg.canonicalize().is_ok_and(|a| a == dir)
+                })
+        });
+        if runs_dir && pid != std::process::id() as i32 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -342,29 +342,7 @@ pub fn replica_pids(instance: &str) -> Vec<i32> {
 
 pub fn kill_replicas_under(dir: &Path) {
     let shims = dir.join("hangar-data/runtime/shims");
-    // `shim cleanup` is for shims that are gone: the live ones go first, or
-    // they would linger with nothing left to watch.
-    let needle = shims.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "shim") && args.iter().any(|a| a.starts_with(&needle)) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    // `shim cleanup` also kills the shims still running.
     for entry in std::fs::read_dir(&shims).into_iter().flatten().flatten() {
         let _ = Command::new(env!("CARGO_BIN_EXE_hangar"))
             .args(["shim", "cleanup"])
