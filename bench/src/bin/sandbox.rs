@@ -253,6 +253,7 @@ impl Hangar {
             pids_limit: PIDS_LIMIT,
             rootfs: None,
             user: None,
+            image: None,
         }
     }
 

@@ -728,6 +728,7 @@ impl Builder {
             pids_limit: 512,
             rootfs: None,
             user: None,
+            image: None,
         };
         let _ = driver.remove(&replica).await;
         driver

@@ -236,6 +236,7 @@ pub fn replica_spec(
         pids_limit: PIDS_LIMIT,
         rootfs,
         user,
+        image: None,
     })
 }
 

@@ -25,6 +25,12 @@ pub mod labels {
     /// A hash of the instance spec the replica was made from: a replica whose
     /// hash differs from the instance's current one is rolled.
     pub const GENERATION: &str = "hangar.generation";
+    /// The cloud the replica runs in: drivers that run several clouds keep
+    /// them apart by it (the docker driver: one bridge network per cloud).
+    pub const CLOUD: &str = "hangar.cloud";
+    /// Which driver runs the replica ("sandbox", "docker"), for a
+    /// [`crate::DriverSet`] to route by; absent: the set's default.
+    pub const DRIVER: &str = "hangar.driver";
 }
 
 /// Everything a driver needs to make one replica.
@@ -72,6 +78,12 @@ pub struct ReplicaSpec {
     /// Who the process runs as; `None`: the sandbox's unprivileged user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<ReplicaUser>,
+    /// A container image to run, for drivers that run images (docker): its
+    /// entrypoint and cmd run when [`ReplicaSpec::argv`] is empty, its
+    /// working directory when [`ReplicaSpec::cwd`] is. The sandbox driver
+    /// refuses it (it runs [`ReplicaSpec::rootfs`] instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// A numeric user and group a replica runs as.

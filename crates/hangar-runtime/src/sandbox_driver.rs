@@ -500,6 +500,12 @@ impl SandboxDriver {
         // Checked here, so a bad spec is an error of this call and not a
         // shim that fails to start.
         let sandbox_spec = config.sandbox_spec();
+        if let Some(image) = &spec.image {
+            return Err(DriverError::Invalid(format!(
+                "the sandbox driver does not run container images ({image}); \
+                 it runs an image's unpacked root filesystem"
+            )));
+        }
         if sandbox_spec.argv.first().is_none_or(String::is_empty) {
             return Err(DriverError::Invalid("argv must name a program".to_owned()));
         }

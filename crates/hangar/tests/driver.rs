@@ -93,6 +93,7 @@ fn spec(id: &str, agent_name: &str) -> ReplicaSpec {
         pids_limit: 128,
         rootfs: None,
         user: None,
+        image: None,
     }
 }
 
