@@ -19,10 +19,12 @@
 //! Still to come: the docker (bollard) and kubernetes (kube-rs) drivers.
 
 pub mod driver;
+mod driver_set;
 pub mod fake;
 pub mod sandbox;
 mod sandbox_driver;
 pub mod shim;
 
 pub use driver::Driver;
+pub use driver_set::DriverSet;
 pub use sandbox_driver::{SandboxDriver, SandboxDriverConfig};
