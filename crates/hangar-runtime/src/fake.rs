@@ -15,6 +15,8 @@ use crate::driver::{
 };
 
 /// One call the fake received.
+// A record for tests to compare: its size does not matter, plain specs read best.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     /// [`Driver::create`] of this spec.

@@ -13,16 +13,19 @@
 //! * [`shim`]: `hangar shim`, the process that owns one sandbox, its stdio and
 //!   its exit status, and outlives the daemon.
 //! * [`SandboxDriver`]: the embedded default [`Driver`], one shim per replica.
+//! * [`DockerDriver`]: replicas as containers on a Docker engine (bollard).
 //! * [`fake`]: a [`Driver`] that runs nothing and records calls, for tests of
 //!   the layers above.
 //!
-//! Still to come: the docker (bollard) and kubernetes (kube-rs) drivers.
+//! Still to come: the kubernetes (kube-rs) driver.
 
+pub mod docker;
 pub mod driver;
 pub mod fake;
 pub mod sandbox;
 mod sandbox_driver;
 pub mod shim;
 
+pub use docker::{DockerDriver, DockerDriverConfig};
 pub use driver::Driver;
 pub use sandbox_driver::{SandboxDriver, SandboxDriverConfig};
