@@ -586,6 +586,54 @@ async fn bad_specs_and_unknown_replicas(s: Subject) {
     s.assert_nothing_left().await;
 }
 
+/// The pids and CPU limits hold: forks past the pids limit fail, and a
+/// busy loop under a 0.2-CPU cap gets about that.
+async fn limits_hold(s: Subject) {
+    let forks = s.id("forks");
+    let mut limited = spec(&forks, "http");
+    limited.argv = argv(&[
+        "python3",
+        "-c",
+        "import os, time\nn = 0\nfor _ in range(60):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n    n += 1\nprint(f'forked {n}', flush=True)\ntime.sleep(60)\n",
+    ]);
+    limited.port = None;
+    limited.pids_limit = 16;
+    s.driver.create(&limited).await.expect("create");
+    let mut output = s.driver.follow(&forks, 0).await.expect("follow");
+    let seen = read_until(&mut output, "forked").await;
+    let Some(OutputEvent::Line(line)) = seen.last() else {
+        panic!("{seen:?}")
+    };
+    let forked: u64 = line.text["forked ".len()..].parse().expect("a count");
+    assert!(
+        (4..16).contains(&forked),
+        "{forked} forks under a pids limit of 16"
+    );
+    let stats = s.driver.stats(&forks).await.expect("stats");
+    assert!(stats.pids <= 16, "{stats:?}");
+
+    let busy = s.id("busy");
+    let mut capped = spec(&busy, "http");
+    capped.argv = argv(&["python3", "-c", "while True: pass"]);
+    capped.port = None;
+    capped.cpu_limit_millis = Some(200);
+    s.driver.create(&capped).await.expect("create");
+    let before = s.driver.stats(&busy).await.expect("stats");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = s.driver.stats(&busy).await.expect("stats");
+    let used = after.cpu_ns.saturating_sub(before.cpu_ns);
+    let wall = u64::try_from(after.at_ms - before.at_ms).expect("later") * 1_000_000;
+    assert!(
+        used * 10 < wall * 4,
+        "a busy loop under a 0.2-CPU cap used {used} ns of CPU in {wall} ns"
+    );
+    assert!(used > 0);
+    for id in [forks, busy] {
+        s.driver.remove(&id).await.expect("remove");
+    }
+    s.assert_nothing_left().await;
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sandbox {
@@ -619,4 +667,5 @@ conformance!(
     stdin_answers_and_a_new_driver_adopts_the_replica,
     a_slow_follower_gets_every_line,
     bad_specs_and_unknown_replicas,
+    limits_hold,
 );
