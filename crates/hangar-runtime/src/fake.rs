@@ -15,8 +15,7 @@ use crate::driver::{
 };
 
 /// One call the fake received.
-// A test double's record: a boxed spec would only make every match on it
-// clumsier, and nobody keeps enough calls for the size to matter.
+// A record for tests to compare: its size does not matter, plain specs read best.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {

@@ -13,11 +13,13 @@
 //! * [`shim`]: `hangar shim`, the process that owns one sandbox, its stdio and
 //!   its exit status, and outlives the daemon.
 //! * [`SandboxDriver`]: the embedded default [`Driver`], one shim per replica.
+//! * [`DockerDriver`]: replicas as containers on a Docker engine (bollard).
 //! * [`fake`]: a [`Driver`] that runs nothing and records calls, for tests of
 //!   the layers above.
 //!
-//! Still to come: the docker (bollard) and kubernetes (kube-rs) drivers.
+//! Still to come: the kubernetes (kube-rs) driver.
 
+pub mod docker;
 pub mod driver;
 mod driver_set;
 pub mod fake;
@@ -25,6 +27,7 @@ pub mod sandbox;
 mod sandbox_driver;
 pub mod shim;
 
+pub use docker::{DockerDriver, DockerDriverConfig};
 pub use driver::Driver;
 pub use driver_set::DriverSet;
 pub use sandbox_driver::{SandboxDriver, SandboxDriverConfig};

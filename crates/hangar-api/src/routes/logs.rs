@@ -3,14 +3,22 @@
 //! same followed by live lines as SSE events whose `id` is the line's seq — so
 //! a client that reconnects with `Last-Event-ID` resumes after the last line
 //! it saw, and a follower that fell behind reads what it missed from the store.
+//!
+//! A follow's body is written here rather than with axum's `Sse`: each live
+//! line's whole SSE event is rendered once for every follower of the
+//! instance, and a follower sends the lines that are waiting as one chunk,
+//! not one body frame (and task hand-off) per line.
 
 use std::convert::Infallible;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::Body;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
 use hangar_core::logs::{InstanceLogLine, LiveLine, LogLevel};
 use hangar_core::model::Timestamp;
 use tokio::sync::broadcast;
+use tokio_stream::StreamExt as _;
 
 use crate::error::ApiResult;
 use crate::AppState;
@@ -78,14 +86,15 @@ pub(crate) fn entry(line: &InstanceLogLine) -> Entry<'_> {
     }
 }
 
-/// A line's SSE data: its [`entry`] as JSON.
-fn render(line: &InstanceLogLine) -> String {
-    serde_json::to_string(&entry(line)).unwrap_or_default()
+/// A line's SSE event: `id` its seq, `data` its [`entry`] as JSON (one
+/// line: JSON text has no raw newlines).
+fn event(line: &InstanceLogLine) -> String {
+    let data = serde_json::to_string(&entry(line)).unwrap_or_default();
+    format!("id: {}\ndata: {data}\n\n", line.seq)
 }
 
-fn event(line: &InstanceLogLine) -> Event {
-    Event::default().id(line.seq.to_string()).data(render(line))
-}
+/// Lines a follower gathers into one chunk of its body, at most.
+const CHUNK_LINES: usize = 256;
 
 /// How often an idle stream gets a comment line, so proxies and browsers
 /// keep it open.
@@ -171,8 +180,11 @@ struct Follower {
     store: hangar_store::Store,
     instance_id: String,
     level: Option<LogLevel>,
-    tx: tokio::sync::mpsc::Sender<Result<Event, Infallible>>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
     last: i64,
+    /// Events not sent yet.
+    chunk: BytesMut,
+    lines_in_chunk: usize,
 }
 
 impl Follower {
@@ -196,11 +208,12 @@ impl Follower {
             let full = page.len() == GAP_PAGE as usize;
             for line in page {
                 if below.is_some_and(|below| line.seq >= below) {
-                    return true;
+                    return self.flush().await;
                 }
-                if !self.send(&line).await {
-                    return false;
-                }
+                self.add(&line);
+            }
+            if !self.flush().await {
+                return false;
             }
             if !full {
                 return true;
@@ -208,29 +221,40 @@ impl Follower {
         }
     }
 
-    /// Sends `line` unless it was already accounted for. `false`: the
-    /// client left.
-    async fn send(&mut self, line: &InstanceLogLine) -> bool {
+    /// Adds `line` to the chunk unless it was already accounted for.
+    fn add(&mut self, line: &InstanceLogLine) {
         if line.seq <= self.last {
-            return true;
+            return;
         }
         self.last = line.seq;
-        !passes(line, self.level) || self.tx.send(Ok(event(line))).await.is_ok()
+        if passes(line, self.level) {
+            self.chunk.extend_from_slice(event(line).as_bytes());
+            self.lines_in_chunk += 1;
+        }
     }
 
-    /// [`Follower::send`] of a live line, rendered once for all followers.
-    async fn send_live(&mut self, live: &LiveLine) -> bool {
+    /// [`Follower::add`] of a live line, rendered once for all followers.
+    fn add_live(&mut self, live: &LiveLine) {
         let line = &live.line;
         if line.seq <= self.last {
-            return true;
+            return;
         }
         self.last = line.seq;
-        if !passes(line, self.level) {
+        if passes(line, self.level) {
+            let event = live.rendered.get_or_init(|| event(line));
+            self.chunk.extend_from_slice(event.as_bytes());
+            self.lines_in_chunk += 1;
+        }
+    }
+
+    /// Sends the chunk, if anything is in it. `false`: the client left.
+    async fn flush(&mut self) -> bool {
+        if self.chunk.is_empty() {
             return true;
         }
-        let data = live.rendered.get_or_init(|| render(line));
-        let event = Event::default().id(line.seq.to_string()).data(data);
-        self.tx.send(Ok(event)).await.is_ok()
+        self.lines_in_chunk = 0;
+        let chunk = self.chunk.split().freeze();
+        self.tx.send(chunk).await.is_ok()
     }
 }
 
@@ -255,16 +279,21 @@ pub(crate) fn follow(
         level,
         limit,
     } = start;
-    let first: Vec<Result<Event, Infallible>> = backlog.iter().map(|l| Ok(event(l))).collect();
-    let last = backlog.last().map_or(last, |l| l.seq.max(last));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let mut follower = Follower {
         store: state.store.clone(),
         instance_id,
         level,
         tx,
         last,
+        chunk: BytesMut::new(),
+        lines_in_chunk: 0,
     };
+    // The backlog is sent as it is (it was read with the request's filters).
+    for line in &backlog {
+        follower.chunk.extend_from_slice(event(line).as_bytes());
+    }
+    follower.last = backlog.last().map_or(last, |l| l.seq.max(last));
     tokio::spawn(async move {
         let expiry = limit.as_ref().map_or_else(
             || tokio::time::Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400),
@@ -272,24 +301,23 @@ pub(crate) fn follow(
         );
         let mut recheck = tokio::time::interval(KEY_RECHECK);
         recheck.tick().await;
-        if !follower.catch_up(None).await {
+        if !follower.flush().await || !follower.catch_up(None).await {
             return;
         }
+        let mut heartbeat = tokio::time::Instant::now() + HEARTBEAT;
         loop {
-            let line = tokio::select! {
-                received = live.recv() => match received {
-                    Ok(line) => line,
-                    // Missed lines are read from the store.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if !follower.catch_up(None).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
+            let first = tokio::select! {
+                received = live.recv() => received,
                 () = follower.tx.closed() => return,
                 () = tokio::time::sleep_until(expiry) => return,
+                () = tokio::time::sleep_until(heartbeat) => {
+                    // A comment line, so proxies and browsers keep it open.
+                    if follower.tx.send(Bytes::from_static(b":\n\n")).await.is_err() {
+                        return;
+                    }
+                    heartbeat = tokio::time::Instant::now() + HEARTBEAT;
+                    continue;
+                }
                 _ = recheck.tick() => {
                     if let Some(limit) = &limit {
                         if !limit.key_is_live(&follower.store).await {
@@ -299,17 +327,58 @@ pub(crate) fn follow(
                     continue;
                 }
             };
-            if line.line.seq > follower.last + 1 && !follower.catch_up(Some(line.line.seq)).await {
+            // This line and those already waiting behind it, as one chunk.
+            let mut received = first;
+            loop {
+                match received {
+                    Ok(line) => {
+                        if line.line.seq > follower.last + 1
+                            && (!follower.flush().await
+                                || !follower.catch_up(Some(line.line.seq)).await)
+                        {
+                            return;
+                        }
+                        follower.add_live(&line);
+                    }
+                    // Missed lines are read from the store.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !follower.flush().await || !follower.catch_up(None).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        follower.flush().await;
+                        return;
+                    }
+                }
+                if follower.lines_in_chunk >= CHUNK_LINES {
+                    break;
+                }
+                received = match live.try_recv() {
+                    Ok(line) => Ok(line),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                };
+            }
+            if !follower.flush().await {
                 return;
             }
-            if !follower.send_live(&line).await {
-                return;
-            }
+            heartbeat = tokio::time::Instant::now() + HEARTBEAT;
         }
     });
-    use tokio_stream::StreamExt as _;
-    let stream = tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+    let body =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
         .into_response()
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod docker;
+
 pub const KEY: &str = "hgr_runtests0000000000000000000000000000000000";
 
 pub fn root_or_skip(name: &str) -> bool {
