@@ -20,11 +20,22 @@
 //! the entrypoint and cmd; its environment the image's, then the user's, then
 //! Hangar's (`PORT`, `HANGAR_*`); its working directory the image's; its user
 //! the image's when numeric and not root, else 65534.
+//!
+//! On a docker cloud ([`hangar_core::docker`]) the replica runs its build's
+//! image ([`hangar_core::docker::image_tag`]) through the docker driver
+//! (labelled [`labels::DRIVER`]` = docker`), with no host directory: the
+//! `hangar.toml` `[run] command` when there is one; else, for an image built
+//! from the tree's own Dockerfile (or pulled), the image's entrypoint, cmd
+//! and working directory; else (a generated Dockerfile, the tree at `/app`)
+//! the command above, in `/app`. Its user is the driver's choice (the
+//! image's when not root). Every replica carries its cloud
+//! ([`labels::CLOUD`]).
 
 use std::path::Path;
 
+use hangar_core::docker::{image_tag, DOCKERFILE};
 use hangar_core::image::{ImageRun, IMAGE_CONFIG_FILE, ROOTFS_DIR};
-use hangar_core::model::Instance;
+use hangar_core::model::{DriverKind, Instance};
 use hangar_core::spec::DeploymentType;
 use hangar_runtime::driver::{labels, ReplicaSpec, ReplicaUser};
 use sha2::{Digest, Sha256};
@@ -35,29 +46,38 @@ const MIN_MEMORY_BYTES: u64 = 16 << 20;
 /// Default pids limit of a replica.
 pub const PIDS_LIMIT: i64 = 512;
 
+/// `hangar.toml`'s `[run] command` in `artifact`, if it has one.
+pub fn run_command(artifact: &Path) -> Result<Option<Vec<String>>, String> {
+    let manifest = artifact.join("hangar.toml");
+    if !manifest.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|err| format!("cannot read hangar.toml: {err}"))?;
+    let value: toml::Table =
+        toml::from_str(&text).map_err(|err| format!("hangar.toml is not valid TOML: {err}"))?;
+    let Some(run) = value.get("run").and_then(|run| run.get("command")) else {
+        return Ok(None);
+    };
+    let argv: Vec<String> = match run {
+        toml::Value::String(line) => line.split_whitespace().map(str::to_owned).collect(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or("hangar.toml: run.command must be a list of strings")?,
+        _ => return Err("hangar.toml: run.command must be a string or a list".to_owned()),
+    };
+    if argv.is_empty() {
+        return Err("hangar.toml: run.command is empty".to_owned());
+    }
+    Ok(Some(argv))
+}
+
 /// The command an artifact runs, found as the module docs say.
 pub fn command(artifact: &Path) -> Result<Vec<String>, String> {
-    let manifest = artifact.join("hangar.toml");
-    if manifest.is_file() {
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|err| format!("cannot read hangar.toml: {err}"))?;
-        let value: toml::Table =
-            toml::from_str(&text).map_err(|err| format!("hangar.toml is not valid TOML: {err}"))?;
-        if let Some(run) = value.get("run").and_then(|run| run.get("command")) {
-            let argv: Vec<String> = match run {
-                toml::Value::String(line) => line.split_whitespace().map(str::to_owned).collect(),
-                toml::Value::Array(items) => items
-                    .iter()
-                    .map(|item| item.as_str().map(str::to_owned))
-                    .collect::<Option<_>>()
-                    .ok_or("hangar.toml: run.command must be a list of strings")?,
-                _ => return Err("hangar.toml: run.command must be a string or a list".to_owned()),
-            };
-            if argv.is_empty() {
-                return Err("hangar.toml: run.command is empty".to_owned());
-            }
-            return Ok(argv);
-        }
+    if let Some(argv) = run_command(artifact)? {
+        return Ok(argv);
     }
     // A build that installed dependencies left a virtualenv; its python sees
     // them (the link itself points into the sandbox's /usr: not followed here).
@@ -161,24 +181,35 @@ pub fn generation(instance: &Instance, artifact: &str) -> String {
     hex::encode(&hash.finalize()[..8])
 }
 
-/// The spec of a new replica `replica_id` of `instance` running `artifact`.
+/// The spec of a new replica `replica_id` of `instance` running `artifact`
+/// in `cloud` (its id and driver; `None`: unknown, run as on the sandbox).
 pub fn replica_spec(
     instance: &Instance,
     artifact: &str,
     replica_id: &str,
     generation: &str,
+    cloud: Option<(&str, DriverKind)>,
 ) -> Result<ReplicaSpec, String> {
     let app = Path::new(artifact);
-    let image = image_run(app)?;
-    let argv = match &image {
-        Some(run) => run.argv(),
-        None => command(app)?,
+    let mut spec = match cloud {
+        Some((_, DriverKind::Docker)) => docker_spec(instance, app, replica_id, generation)?,
+        _ => sandbox_spec(instance, app, replica_id, generation)?,
     };
-    let config = &instance.config;
-    let http = config.deployment_type() != DeploymentType::Stdin;
-    // The image's environment first: the user's and Hangar's win.
-    let mut env: Vec<(String, String)> =
-        image.as_ref().map(ImageRun::env_pairs).unwrap_or_default();
+    if let Some((cloud_id, _)) = cloud {
+        spec.labels
+            .insert(labels::CLOUD.to_owned(), cloud_id.to_owned());
+    }
+    Ok(spec)
+}
+
+/// The variables Hangar sets on every replica, after the user's (which
+/// come after `base`, the image's own), each name once.
+fn environment(
+    instance: &Instance,
+    replica_id: &str,
+    base: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut env = base;
     let mut set = |key: &str, value: String| {
         env.retain(|(k, _)| k != key);
         env.push((key.to_owned(), value));
@@ -186,13 +217,79 @@ pub fn replica_spec(
     for (key, value) in &instance.env_vars {
         set(key, value.clone());
     }
-    set("PORT", config.port.to_string());
+    set("PORT", instance.config.port.to_string());
     set("HANGAR_AGENT_ID", instance.agent_id.clone());
     set("HANGAR_INSTANCE_ID", instance.id.clone());
     set("HANGAR_REPLICA_ID", replica_id.to_owned());
+    env
+}
+
+/// A source tree's replica gets a writable home (`/tmp`) and unbuffered
+/// Python output, whatever the user set.
+fn set_tree_defaults(env: &mut Vec<(String, String)>) {
+    for (key, value) in [("HOME", "/tmp"), ("PYTHONUNBUFFERED", "1")] {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+    }
+}
+
+/// A replica of a docker cloud's build image (see the module docs).
+fn docker_spec(
+    instance: &Instance,
+    app: &Path,
+    replica_id: &str,
+    generation: &str,
+) -> Result<ReplicaSpec, String> {
+    let own_image = app.join(DOCKERFILE).is_file();
+    let (argv, cwd) = match run_command(app)? {
+        Some(argv) => (
+            argv,
+            if own_image {
+                String::new()
+            } else {
+                "/app".to_owned()
+            },
+        ),
+        None if own_image => (Vec::new(), String::new()),
+        None => (command(app)?, "/app".to_owned()),
+    };
+    let mut env = environment(instance, replica_id, Vec::new());
+    if own_image {
+        // The image's own HOME stands; its Python's output is not buffered.
+        if !env.iter().any(|(k, _)| k == "PYTHONUNBUFFERED") {
+            env.push(("PYTHONUNBUFFERED".to_owned(), "1".to_owned()));
+        }
+    } else {
+        // The tree at /app, as on a sandbox.
+        set_tree_defaults(&mut env);
+    }
+    let mut spec = common_spec(instance, replica_id, generation, argv, env, cwd);
+    spec.labels
+        .insert(labels::DRIVER.to_owned(), DriverKind::Docker.to_string());
+    spec.image = Some(image_tag(&instance.build_id));
+    Ok(spec)
+}
+
+/// A sandbox replica of a source tree or an unpacked image artifact.
+fn sandbox_spec(
+    instance: &Instance,
+    app: &Path,
+    replica_id: &str,
+    generation: &str,
+) -> Result<ReplicaSpec, String> {
+    let image = image_run(app)?;
+    let argv = match &image {
+        Some(run) => run.argv(),
+        None => command(app)?,
+    };
+    // The image's environment first: the user's and Hangar's win.
+    let mut env = environment(
+        instance,
+        replica_id,
+        image.as_ref().map(ImageRun::env_pairs).unwrap_or_default(),
+    );
     if image.is_none() {
-        set("HOME", "/tmp".to_owned());
-        set("PYTHONUNBUFFERED", "1".to_owned());
+        set_tree_defaults(&mut env);
     } else if !env.iter().any(|(k, _)| k == "HOME") {
         env.push(("HOME".to_owned(), "/".to_owned()));
     }
@@ -208,8 +305,28 @@ pub fn replica_spec(
         }
         None => ("/app".to_owned(), Some(app.to_path_buf()), None, None),
     };
-    let resources = &instance.resources;
     Ok(ReplicaSpec {
+        app,
+        rootfs,
+        user,
+        ..common_spec(instance, replica_id, generation, argv, env, cwd)
+    })
+}
+
+/// What every replica of `instance` shares, whatever runs it: labels,
+/// port, stdin, limits. No artifact, root filesystem, user or image.
+fn common_spec(
+    instance: &Instance,
+    replica_id: &str,
+    generation: &str,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: String,
+) -> ReplicaSpec {
+    let config = &instance.config;
+    let http = config.deployment_type() != DeploymentType::Stdin;
+    let resources = &instance.resources;
+    ReplicaSpec {
         id: replica_id.to_owned(),
         labels: [
             (labels::INSTANCE.to_owned(), instance.id.clone()),
@@ -219,7 +336,7 @@ pub fn replica_spec(
         argv,
         env,
         cwd,
-        app,
+        app: None,
         app_writable: false,
         port: http.then_some(config.port),
         stdin: config.stdin_enabled,
@@ -234,10 +351,10 @@ pub fn replica_spec(
                 .max(MIN_MEMORY_BYTES),
         ),
         pids_limit: PIDS_LIMIT,
-        rootfs,
-        user,
+        rootfs: None,
+        user: None,
         image: None,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -377,7 +494,8 @@ mod tests {
         )
         .expect("write");
         let path = artifact.to_str().expect("utf-8");
-        let spec = replica_spec(&instance(&[("MODE", "user")]), path, "r1", "g1").expect("spec");
+        let spec =
+            replica_spec(&instance(&[("MODE", "user")]), path, "r1", "g1", None).expect("spec");
         assert_eq!(spec.argv, ["/bin/busybox", "httpd", "-f"]);
         assert_eq!(spec.cwd, "/www");
         assert_eq!(spec.app, None);
@@ -412,7 +530,119 @@ mod tests {
         )
         .expect("copy");
         assert_eq!(image_run(&tree), Ok(None));
-        assert!(replica_spec(&instance(&[]), tree.to_str().expect("utf-8"), "r1", "g1").is_err());
+        assert!(replica_spec(
+            &instance(&[]),
+            tree.to_str().expect("utf-8"),
+            "r1",
+            "g1",
+            None
+        )
+        .is_err());
         std::fs::remove_dir_all(parent).expect("cleanup");
+    }
+
+    fn get<'a>(spec: &'a ReplicaSpec, key: &str) -> Option<&'a str> {
+        spec.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn sandbox_clouds_run_the_tree_as_before_and_name_their_cloud() {
+        let tree = dir(&[("main.py", "")]);
+        let path = tree.to_str().expect("utf-8");
+        let bare = replica_spec(&instance(&[]), path, "r1", "g1", None).expect("spec");
+        let spec = replica_spec(
+            &instance(&[]),
+            path,
+            "r1",
+            "g1",
+            Some(("cloud_1", DriverKind::Sandbox)),
+        )
+        .expect("spec");
+        assert_eq!(
+            spec.labels.get(labels::CLOUD).map(String::as_str),
+            Some("cloud_1")
+        );
+        assert_eq!(spec.labels.get(labels::DRIVER), None, "the set's default");
+        let mut unlabelled = spec.clone();
+        unlabelled.labels.remove(labels::CLOUD);
+        assert_eq!(unlabelled, bare, "nothing else differs");
+        assert_eq!(spec.app.as_deref(), Some(tree.as_path()));
+        assert_eq!(spec.image, None);
+        assert_eq!(spec.argv, ["python3", "-u", "/app/main.py"]);
+        std::fs::remove_dir_all(tree).expect("cleanup");
+    }
+
+    fn docker(files: &[(&str, &str)], env: &[(&str, &str)]) -> ReplicaSpec {
+        let tree = dir(files);
+        let spec = replica_spec(
+            &instance(env),
+            tree.to_str().expect("utf-8"),
+            "r1",
+            "g1",
+            Some(("cloud_d", DriverKind::Docker)),
+        );
+        std::fs::remove_dir_all(tree).expect("cleanup");
+        spec.expect("spec")
+    }
+
+    #[test]
+    fn docker_clouds_run_the_builds_image() {
+        // A generated Dockerfile: the tree at /app, its command as on a sandbox.
+        let spec = docker(&[("main.py", "")], &[("HOME", "/home/x")]);
+        assert_eq!(spec.image.as_deref(), Some("hangar-build:build_1"));
+        assert_eq!(
+            spec.labels.get(labels::DRIVER).map(String::as_str),
+            Some("docker")
+        );
+        assert_eq!(
+            spec.labels.get(labels::CLOUD).map(String::as_str),
+            Some("cloud_d")
+        );
+        assert_eq!(
+            spec.labels.get(labels::INSTANCE).map(String::as_str),
+            Some("inst_1")
+        );
+        assert_eq!(spec.argv, ["python3", "-u", "/app/main.py"]);
+        assert_eq!(spec.cwd, "/app");
+        assert_eq!((&spec.app, &spec.rootfs, &spec.user), (&None, &None, &None));
+        assert_eq!(get(&spec, "PORT"), Some("8080"));
+        assert_eq!(get(&spec, "HANGAR_REPLICA_ID"), Some("r1"));
+        assert_eq!(get(&spec, "HOME"), Some("/tmp"), "as on a sandbox");
+        assert_eq!(spec.port, Some(8080));
+
+        // The tree's own Dockerfile: the image's entrypoint, cmd and workdir.
+        let spec = docker(
+            &[("Dockerfile", "FROM x\n"), ("main.py", "")],
+            &[("HOME", "/home/x")],
+        );
+        assert!(spec.argv.is_empty(), "{:?}", spec.argv);
+        assert_eq!(spec.cwd, "");
+        assert_eq!(get(&spec, "HOME"), Some("/home/x"), "the user's stands");
+        assert_eq!(get(&spec, "PYTHONUNBUFFERED"), Some("1"));
+
+        // hangar.toml's run command wins either way.
+        let toml = ("hangar.toml", "[run]\ncommand = \"/srv/run --port 1\"\n");
+        let spec = docker(&[("Dockerfile", "FROM x\n"), toml], &[]);
+        assert_eq!(spec.argv, ["/srv/run", "--port", "1"]);
+        assert_eq!(spec.cwd, "", "the image's workdir");
+        let spec = docker(&[toml], &[]);
+        assert_eq!(spec.argv, ["/srv/run", "--port", "1"]);
+        assert_eq!(spec.cwd, "/app");
+
+        // A generated Dockerfile needs something to run.
+        let tree = dir(&[("README", "")]);
+        let err = replica_spec(
+            &instance(&[]),
+            tree.to_str().expect("utf-8"),
+            "r1",
+            "g1",
+            Some(("cloud_d", DriverKind::Docker)),
+        )
+        .expect_err("nothing to run");
+        assert!(err.contains("nothing to run"), "{err}");
+        std::fs::remove_dir_all(tree).expect("cleanup");
     }
 }

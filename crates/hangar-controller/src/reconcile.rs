@@ -501,7 +501,11 @@ async fn create(
 ) -> Result<(), String> {
     let replica_id = new_id(IdKind::Replica);
     let instance = with_secrets(inner, &controlled.instance).await?;
-    let spec = launch::replica_spec(&instance, artifact, &replica_id, generation)?;
+    let cloud = controlled
+        .cloud
+        .as_ref()
+        .map(|(id, driver)| (id.as_str(), *driver));
+    let spec = launch::replica_spec(&instance, artifact, &replica_id, generation, cloud)?;
     let info = inner
         .driver
         .create(&spec)

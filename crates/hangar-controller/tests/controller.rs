@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use hangar_controller::{Controller, ControllerConfig};
 use hangar_core::logs::LogLevel;
-use hangar_core::model::Instance;
+use hangar_core::model::{DriverKind, Instance};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, InstanceStatus};
 use hangar_runtime::driver::{labels, Exit, OutputStream};
 use hangar_runtime::fake::{Call, FakeDriver};
+use hangar_runtime::DriverSet;
 use hangar_store::testing::{backends, TestDb};
 use hangar_store::{LogQuery, NewAgent, NewInstance, Store};
 
@@ -80,13 +81,23 @@ impl World {
         replicas: u32,
         env_vars: BTreeMap<String, String>,
     ) -> Instance {
+        self.instance_in("local", replicas, env_vars).await
+    }
+
+    /// [`World::instance_with_env`] of an agent on the cloud named `cloud`.
+    async fn instance_in(
+        &self,
+        cloud: &str,
+        replicas: u32,
+        env_vars: BTreeMap<String, String>,
+    ) -> Instance {
         let org = &self.org;
         let cloud = self
             .store
-            .get_cloud(org, "local")
+            .get_cloud(org, cloud)
             .await
             .expect("cloud")
-            .expect("local");
+            .expect("the cloud exists");
         let config = RuntimeConfig {
             enable_http: false,
             stdin_enabled: true,
@@ -811,5 +822,111 @@ async fn secrets_in_the_environment_reach_the_replica_and_a_missing_one_is_named
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(w.get(&broken.id).await.ready_replicas, 0);
+    }
+}
+
+/// The specs the fake `driver` was asked to create.
+fn created(driver: &FakeDriver) -> Vec<hangar_runtime::driver::ReplicaSpec> {
+    driver
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Create(spec) => Some(spec),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn replicas_of_a_docker_cloud_run_its_build_image_on_the_docker_driver() {
+    for backend in backends() {
+        let mut w = world(TestDb::new(backend).await).await;
+        let docker = Arc::new(FakeDriver::new());
+        let set = DriverSet::new(w.fake.clone()).with("docker", docker.clone());
+        w.controller = Controller::new(w.store.clone(), Arc::new(set), config());
+        let dock = w
+            .store
+            .create_cloud(&w.org, "dock", DriverKind::Docker, &serde_json::json!({}))
+            .await
+            .expect("cloud");
+        let local = w
+            .store
+            .get_cloud(&w.org, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let on_docker = w.instance_in("dock", 1, BTreeMap::new()).await;
+        let on_sandbox = w.instance(1).await;
+        w.controller.start().await.expect("start");
+        w.controller.wake(&on_docker.id);
+        w.controller.wake(&on_sandbox.id);
+        for id in [&on_docker.id, &on_sandbox.id] {
+            w.until("running", |i, _| i.status == InstanceStatus::Running, id)
+                .await;
+        }
+        let specs = created(&docker);
+        assert_eq!(specs.len(), 1, "{specs:?}");
+        let spec = &specs[0];
+        assert_eq!(spec.labels[labels::INSTANCE], on_docker.id);
+        assert_eq!(spec.labels[labels::DRIVER], "docker");
+        assert_eq!(spec.labels[labels::CLOUD], dock.id);
+        assert_eq!(
+            spec.image.as_deref(),
+            Some(hangar_core::docker::image_tag(&on_docker.build_id).as_str())
+        );
+        assert_eq!(spec.app, None, "nothing of the host's");
+        assert_eq!(spec.argv, ["python3", "-u", "/app/main.py"]);
+
+        let specs = created(&w.fake);
+        assert_eq!(specs.len(), 1, "{specs:?}");
+        assert_eq!(specs[0].labels[labels::INSTANCE], on_sandbox.id);
+        assert_eq!(specs[0].labels[labels::CLOUD], local.id);
+        assert!(!specs[0].labels.contains_key(labels::DRIVER));
+        assert_eq!(specs[0].image, None);
+    }
+}
+
+#[tokio::test]
+async fn a_docker_cloud_without_an_engine_says_why_its_replicas_do_not_start() {
+    for backend in backends() {
+        let mut w = world(TestDb::new(backend).await).await;
+        let set = DriverSet::new(w.fake.clone()).without(
+            "docker",
+            "no Docker engine answered at start (connection refused)",
+        );
+        w.controller = Controller::new(w.store.clone(), Arc::new(set), config());
+        w.store
+            .create_cloud(&w.org, "dock", DriverKind::Docker, &serde_json::json!({}))
+            .await
+            .expect("cloud");
+        let inst = w.instance_in("dock", 1, BTreeMap::new()).await;
+        w.controller.start().await.expect("start");
+        w.controller.wake(&inst.id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = w
+                .store
+                .instance_logs(
+                    &inst.id,
+                    &LogQuery {
+                        tail: None,
+                        since: None,
+                        after_seq: None,
+                        limit: 100,
+                    },
+                )
+                .await
+                .expect("logs");
+            if let Some(line) = logs
+                .iter()
+                .find(|l| l.message.contains("this Hangar has no docker driver"))
+            {
+                assert!(line.message.contains("connection refused"), "{line:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never said why: {logs:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(created(&w.fake).is_empty(), "nothing ran on the sandbox");
     }
 }

@@ -14,7 +14,9 @@
 //! - [`validate`]: names, environment maps, metadata, secret references, redaction.
 //! - [`model`]: the records the store keeps and the API renders.
 //! - [`image`]: how a replica of an OCI image artifact runs (its `image.json`).
+//! - [`docker`]: docker clouds: the image a build makes, how it runs, the cloud's config.
 
+pub mod docker;
 pub mod events;
 pub mod id;
 pub mod image;

@@ -19,7 +19,7 @@
 
 use hangar_core::events::Event;
 use hangar_core::logs::{InstanceLogLine, NewLogLine};
-use hangar_core::model::{Instance, Timestamp};
+use hangar_core::model::{DriverKind, Instance, Timestamp};
 use hangar_core::spec::Scaling;
 use hangar_core::status::{BuildStatus, DesiredState};
 use sqlx::any::AnyRow;
@@ -60,18 +60,25 @@ pub struct ControlledInstance {
     /// The agent's scaling bounds, when this is an agent's default instance
     /// (an instance of the Instances API runs its `replicas`).
     pub agent_scaling: Option<Scaling>,
+    /// The cloud the instance's agent runs in, and the driver that cloud
+    /// asks for: where its replicas go. `None` only if the agent's row or
+    /// its cloud is gone (neither is ever deleted).
+    pub cloud: Option<(String, DriverKind)>,
 }
 
-/// The instance's columns, its controller flags and its build's artifact and
-/// status. The build's columns come through a derived table under names of their
-/// own, so the instance columns need no qualifier (`id`, `status`, … exist in both
-/// tables).
+/// The instance's columns, its controller flags, its build's artifact and
+/// status, and its agent's cloud. The other tables' columns come through derived
+/// tables under names of their own, so the instance columns need no qualifier
+/// (`id`, `status`, … exist in several tables).
 fn controlled_select() -> String {
     format!(
-        "SELECT {INSTANCE_COLUMNS}, deleted_at, force_stop, b.artifact, b.build_status, s.agent_scaling FROM instances \
+        "SELECT {INSTANCE_COLUMNS}, deleted_at, force_stop, b.artifact, b.build_status, s.agent_scaling, \
+         c.cloud_ref, c.cloud_driver FROM instances \
          JOIN (SELECT id AS build_ref, artifact, status AS build_status FROM builds) b ON b.build_ref = instances.build_id \
          LEFT JOIN (SELECT default_instance_id AS scaled_ref, scaling AS agent_scaling FROM agents WHERE deleted_at IS NULL) s \
-         ON s.scaled_ref = instances.id"
+         ON s.scaled_ref = instances.id \
+         LEFT JOIN (SELECT agents.id AS cloud_agent_ref, clouds.id AS cloud_ref, clouds.driver AS cloud_driver \
+         FROM agents JOIN clouds ON clouds.id = agents.cloud_id) c ON c.cloud_agent_ref = instances.agent_id"
     )
 }
 
@@ -90,6 +97,16 @@ fn controlled_from_row(r: &AnyRow) -> Result<ControlledInstance> {
                 what: "agent_scaling",
                 detail: e.to_string(),
             })?,
+        cloud: match (r.opt_text("cloud_ref")?, r.opt_text("cloud_driver")?) {
+            (Some(id), Some(driver)) => Some((
+                id,
+                driver.parse().map_err(|_| StoreError::Corrupt {
+                    what: "clouds.driver",
+                    detail: driver,
+                })?,
+            )),
+            _ => None,
+        },
     })
 }
 
