@@ -66,9 +66,21 @@ async fn operators_create_organizations_and_members_are_limited() {
         assert_eq!(r.status, StatusCode::CREATED);
 
         // Clouds.
-        let r = h.post("/v1/clouds", &h.b.key, json!({"name": "docker-local", "driver": "docker", "config": {"network": "hangar"}})).await;
+        let r = h.post("/v1/clouds", &h.b.key, json!({"name": "docker-local", "driver": "docker", "config": {"base_image": "python:3.12-slim"}})).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         assert_eq!(r.body["data"]["driver"], "docker");
+        // A docker cloud's settings are checked: unknown ones and unusable images are refused.
+        for (config, field) in [
+            (json!({"network": "hangar"}), "config.network"),
+            (json!({"base_image": "python 3"}), "config.base_image"),
+            (json!({"base_image": ""}), "config.base_image"),
+            (json!({"base_image": 3}), "config.base_image"),
+        ] {
+            let r = h.post("/v1/clouds", &h.b.key, json!({"name": "bad-docker", "driver": "docker", "config": config})).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{config}: {}", r.text);
+            assert_eq!(r.code(), "INVALID_REQUEST");
+            assert_eq!(r.body["error"]["field"], field, "{}", r.text);
+        }
         assert_eq!(h.post("/v1/clouds", &h.b.key, json!({"name": "docker-local", "driver": "docker"})).await.code(), "CLOUD_NAME_TAKEN");
         assert_eq!(h.post("/v1/clouds", &h.b.key, json!({"name": "x", "driver": "vm"})).await.status, StatusCode::BAD_REQUEST);
         assert_eq!(h.get("/v1/clouds", &h.b.key).await.body["data"].as_array().expect("clouds").len(), 2);

@@ -32,6 +32,12 @@
 //! 4. **Publish**: the tree is taken back for root, made readable, and renamed
 //!    to `<data dir>/artifacts/<key>`; the build is `ready` and deployed.
 //!
+//! An agent on a docker cloud takes another road after the fetch
+//! ([`docker`]): the Docker engine pulls its image, or builds one from the
+//! tree's own `Dockerfile` or a generated one, with the engine's output in
+//! the build's log; no build step runs here, and the unbuilt tree is
+//! published for launch to read.
+//!
 //! Statuses: `queued → building → ready | failed` (with a reason, also the
 //! last log line). A builder touches its build's heartbeat while it works;
 //! builds whose builder went silent (the process died mid-way) are failed
@@ -46,6 +52,8 @@
 //! - [`archive`]: unpacking uploads without escaping the build dir.
 //! - [`git`]: the `git` command as a subprocess.
 //! - [`image`]: OCI images: resolve, pull, unpack as a root filesystem.
+//! - [`docker`]: builds for docker clouds: images made by the engine
+//!   ([`ImageMaker`]), generated Dockerfiles.
 //! - [`recipe`]: which build step a tree asks for.
 //! - [`artifact`]: content hashes, ownership around the step, publishing.
 
@@ -64,11 +72,13 @@ use tokio::task::JoinHandle;
 
 pub mod archive;
 pub mod artifact;
+pub mod docker;
 pub mod git;
 pub mod image;
 pub mod recipe;
 pub mod source;
 
+pub use docker::ImageMaker;
 pub use source::{Artifact, BuildError, Fetched};
 
 /// How often the builder looks for queued builds when nobody wakes it (another
@@ -155,6 +165,8 @@ pub struct Builder {
     on_deployed: Option<OnDeployed>,
     config: Arc<BuildConfig>,
     driver: Option<Arc<dyn Driver>>,
+    /// Where docker clouds' images are made, or why there is no engine.
+    images: Result<Arc<dyn ImageMaker>, String>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -164,6 +176,7 @@ impl std::fmt::Debug for Builder {
             .field("config", &self.config)
             .field("on_deployed", &self.on_deployed.is_some())
             .field("driver", &self.driver.as_ref().map(|d| d.name()))
+            .field("images", &self.images.as_ref().map(|_| "engine"))
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +201,7 @@ impl Builder {
             on_deployed: None,
             config: Arc::new(BuildConfig::new(std::env::temp_dir().join("hangar-build"))),
             driver: None,
+            images: Err("none is configured".to_owned()),
         }
     }
 
@@ -203,6 +217,22 @@ impl Builder {
     #[must_use]
     pub fn with_driver(mut self, driver: Arc<dyn Driver>) -> Self {
         self.driver = Some(driver);
+        self
+    }
+
+    /// Makes the images of builds for docker clouds with `images` (the
+    /// docker driver's engine).
+    #[must_use]
+    pub fn with_images(mut self, images: Arc<dyn ImageMaker>) -> Self {
+        self.images = Ok(images);
+        self
+    }
+
+    /// This Hangar has no Docker engine, because of `why`: builds for
+    /// docker clouds fail saying so.
+    #[must_use]
+    pub fn without_images(mut self, why: impl Into<String>) -> Self {
+        self.images = Err(why.into());
         self
     }
 
@@ -400,56 +430,16 @@ impl Builder {
     /// Fetches, addresses, builds and publishes `build`'s source (see the
     /// crate docs), its scratch dir at `work`.
     async fn produce(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
+        if let Some(cloud) = self.docker_cloud(build).await? {
+            return self.produce_for_docker(build, work, &cloud).await;
+        }
         if let Source::Docker { image, credentials } = &build.source {
             return self
                 .produce_image(build, work, image, credentials.as_ref())
                 .await;
         }
-        // `${secrets.NAME}` in a repository URL: credentials, resolved now and
-        // masked wherever the URL is shown.
-        let mut repo_url = None;
-        let mut masked = Vec::new();
-        if let Source::Github { repo, .. } = &build.source {
-            let names = secret_refs(repo);
-            if !names.is_empty() {
-                let mut url = git::repository_url(repo);
-                for name in names {
-                    let value = self
-                        .store
-                        .reveal_secret(&build.organization_id, &name)
-                        .await
-                        .map_err(BuildError::Store)?
-                        .ok_or_else(|| {
-                            BuildError::Git(format!(
-                                "the repository URL names the secret {name}, which this organization does not have"
-                            ))
-                        })?;
-                    url = url.replace(&format!("${{secrets.{name}}}"), &value);
-                    masked.push(value);
-                }
-                repo_url = Some(url);
-            }
-        }
-        let config = self.config.clone();
-        let source = build.source.clone();
-        let scratch = work.to_path_buf();
+        let fetched = self.fetch(build, work).await?;
         let fetched = blocking(move || {
-            remove_work_dir(&scratch);
-            std::fs::create_dir_all(&scratch).map_err(|err| BuildError::Io {
-                path: scratch.display().to_string(),
-                source: err,
-            })?;
-            let uploads = config.uploads_dir();
-            let fetched = source::fetch(
-                &source,
-                &source::Fetch {
-                    work: &scratch,
-                    uploads: &uploads,
-                    limits: config.limits,
-                    git_timeout: config.git_timeout,
-                    repo: repo_url.as_deref().map(|url| (url, masked.as_slice())),
-                },
-            )?;
             let Fetched::Tree { dir, log } = fetched else {
                 return Ok((fetched, None));
             };
@@ -520,6 +510,57 @@ impl Builder {
             path: path_text(&published)?,
             log,
         })
+    }
+
+    /// Fetches an `upload` or `github` source into `work` (see
+    /// [`source::fetch`]), resolving `${secrets.NAME}` in a repository URL
+    /// first: credentials, masked wherever the URL is shown.
+    async fn fetch(&self, build: &Build, work: &Path) -> Result<Fetched, BuildError> {
+        let mut repo_url = None;
+        let mut masked = Vec::new();
+        if let Source::Github { repo, .. } = &build.source {
+            let names = secret_refs(repo);
+            if !names.is_empty() {
+                let mut url = git::repository_url(repo);
+                for name in names {
+                    let value = self
+                        .store
+                        .reveal_secret(&build.organization_id, &name)
+                        .await
+                        .map_err(BuildError::Store)?
+                        .ok_or_else(|| {
+                            BuildError::Git(format!(
+                                "the repository URL names the secret {name}, which this organization does not have"
+                            ))
+                        })?;
+                    url = url.replace(&format!("${{secrets.{name}}}"), &value);
+                    masked.push(value);
+                }
+                repo_url = Some(url);
+            }
+        }
+        let config = self.config.clone();
+        let source = build.source.clone();
+        let scratch = work.to_path_buf();
+        blocking(move || {
+            remove_work_dir(&scratch);
+            std::fs::create_dir_all(&scratch).map_err(|err| BuildError::Io {
+                path: scratch.display().to_string(),
+                source: err,
+            })?;
+            let uploads = config.uploads_dir();
+            source::fetch(
+                &source,
+                &source::Fetch {
+                    work: &scratch,
+                    uploads: &uploads,
+                    limits: config.limits,
+                    git_timeout: config.git_timeout,
+                    repo: repo_url.as_deref().map(|url| (url, masked.as_slice())),
+                },
+            )
+        })
+        .await
     }
 
     /// `value` with each `${secrets.NAME}` resolved from the build's

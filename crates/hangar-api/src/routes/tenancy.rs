@@ -391,7 +391,8 @@ struct CreateCloud {
     name: String,
     /// `sandbox`, `docker` or `kubernetes`.
     driver: DriverKind,
-    /// Driver settings (an object).
+    /// Driver settings (an object). `docker`: `base_image`, the image a
+    /// generated Dockerfile starts from; nothing else.
     #[serde(default)]
     #[schema(value_type = Object)]
     config: serde_json::Map<String, serde_json::Value>,
@@ -417,14 +418,15 @@ async fn create_cloud(
     if serde_json::to_string(&body.config).map_or(0, |s| s.len()) > 16 * 1024 {
         return Err(ApiError::invalid("config", "must be at most 16 KiB"));
     }
+    let config = serde_json::Value::Object(body.config);
+    if body.driver == DriverKind::Docker {
+        // What the builder reads from it; a typo is refused now, not
+        // ignored until a build behaves unexpectedly.
+        hangar_core::docker::DockerCloudConfig::parse(&config)?;
+    }
     let cloud = state
         .store
-        .create_cloud(
-            caller.org(),
-            &body.name,
-            body.driver,
-            &serde_json::Value::Object(body.config),
-        )
+        .create_cloud(caller.org(), &body.name, body.driver, &config)
         .await?;
     Ok((
         StatusCode::CREATED,
