@@ -88,6 +88,10 @@ impl ImageMaker for DockerDriver {
     }
 }
 
+/// The base image of generated Dockerfiles for Python (and whatever does
+/// not say): also what the docker driver runs when a spec names no image.
+pub const DEFAULT_BASE_IMAGE: &str = "python:3.12-slim";
+
 /// What a build for a docker cloud needs to know of its cloud and agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerCloud {
@@ -121,10 +125,10 @@ pub fn default_base_image(language: Option<&str>, version: Option<&str>, tree: &
                     .any(|name| is_file(name))
         }
     };
-    if node {
-        format!("node:{}-slim", version.unwrap_or("20"))
-    } else {
-        format!("python:{}-slim", version.unwrap_or("3.12"))
+    match (node, version) {
+        (true, version) => format!("node:{}-slim", version.unwrap_or("20")),
+        (false, Some(version)) => format!("python:{version}-slim"),
+        (false, None) => DEFAULT_BASE_IMAGE.to_owned(),
     }
 }
 
@@ -213,9 +217,7 @@ impl Builder {
         cloud: &DockerCloud,
     ) -> Result<Artifact, BuildError> {
         let images = self.images.clone().map_err(|why| {
-            BuildError::Image(format!(
-                "this agent's cloud runs containers, but this Hangar has no Docker engine: {why}"
-            ))
+            BuildError::Image(format!("this agent's cloud runs containers, but {why}"))
         })?;
         let tag = image_tag(&build.id);
         if let Source::Docker { image, credentials } = &build.source {

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// [env: HANGAR_CORS_ORIGINS] [default: none]
     #[arg(long, value_name = "ORIGINS")]
     pub cors_origins: Option<String>,
+    /// The Docker engine docker clouds run on: unix:///path, tcp://host:port,
+    /// http(s)://host:port [env: HANGAR_DOCKER_HOST, then DOCKER_HOST]
+    /// [default: the local socket]
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -88,6 +93,7 @@ struct FileServer {
     log_retention_lines: Option<u32>,
     log_retention_hours: Option<u64>,
     cors_origins: Option<String>,
+    docker_host: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +133,8 @@ pub struct Config {
     pub log_retention_lines: u32,
     /// How long log lines are kept.
     pub log_retention: std::time::Duration,
+    /// The Docker engine's address; `None`: the local socket.
+    pub docker_host: Option<String>,
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -305,7 +313,25 @@ impl Config {
             .map(|text| parse_origins(&text))
             .transpose()?
             .unwrap_or_default();
+        let docker_host = args
+            .docker_host
+            .or_else(|| env_get("HANGAR_DOCKER_HOST"))
+            .or_else(|| env_get("DOCKER_HOST"))
+            .or(file.docker_host);
+        if let Some(host) = &docker_host {
+            let ok = ["unix:///", "tcp://", "http://", "https://"]
+                .iter()
+                .any(|scheme| host.starts_with(scheme) && host.len() > scheme.len())
+                && host.len() <= 2048
+                && !host.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(ConfigError(format!(
+                    "docker host '{host}' must be unix:///path, tcp://host:port or http(s)://host:port"
+                )));
+            }
+        }
         Ok(Config {
+            docker_host,
             cors_origins,
             log_retention_lines: u32::try_from(log_retention_lines).unwrap_or(u32::MAX),
             log_retention: std::time::Duration::from_secs(log_retention_hours * 3600),
@@ -536,6 +562,25 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.listen.port(), 7000, "flag beats env");
+        let docker = |pairs: &[(&str, &str)]| {
+            Config::resolve(ServeArgs::default(), &env(pairs))
+                .expect("valid")
+                .docker_host
+        };
+        assert_eq!(docker(&[]), None, "the local socket");
+        assert_eq!(
+            docker(&[("DOCKER_HOST", "tcp://10.0.0.1:2375")]).as_deref(),
+            Some("tcp://10.0.0.1:2375")
+        );
+        assert_eq!(
+            docker(&[
+                ("DOCKER_HOST", "tcp://10.0.0.1:2375"),
+                ("HANGAR_DOCKER_HOST", "unix:///run/docker.sock")
+            ])
+            .as_deref(),
+            Some("unix:///run/docker.sock"),
+            "Hangar's own variable first"
+        );
         std::fs::write(&path, "[server]\nlisen = \"x\"\n").expect("write");
         assert!(
             Config::resolve(ServeArgs::default(), &e).is_err(),
@@ -565,6 +610,10 @@ mod tests {
             },
             ServeArgs {
                 job_concurrency: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                docker_host: Some("/var/run/docker.sock".into()),
                 ..Default::default()
             },
         ];

@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
-    let build_config = hangar_build::BuildConfig::new(data_dir);
+    let build_config = hangar_build::BuildConfig::new(data_dir.clone());
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
@@ -139,7 +139,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_upload_bytes: config.max_upload_bytes,
         cors_origins: config.cors_origins.clone(),
     };
-    let (runtime, driver) = start_runtime(&config, &store).await?;
+    let docker = connect_docker(&config, &data_dir).await;
+    let (runtime, driver) = start_runtime(&config, &store, &docker).await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
@@ -151,6 +152,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(driver) = driver {
         builder = builder.with_driver(driver);
     }
+    builder = match &docker {
+        Ok(engine) => builder.with_images(engine.clone()),
+        Err(why) => builder.without_images(why.clone()),
+    };
     builder.clone().start();
     let deliverer =
         hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
@@ -217,17 +222,63 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sandbox driver under `<data dir>/runtime` and the controller over it.
-/// Replicas left running by an earlier process are adopted before the
-/// listener opens. Sandboxes need root: without it the server runs without a
-/// runtime (the API works; nothing runs), and says so.
-/// The driver is returned too: the builder runs build steps on it.
+/// How long connecting to the Docker engine may take at start: one that
+/// does not answer by then is taken as absent.
+const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Docker engine docker clouds run on, or why there is none (a
+/// sentence for the errors of docker clouds' builds and replicas). Its
+/// containers are marked with a hash of the data dir, so Hangars with other
+/// data dirs on the same engine never adopt them. No engine is no error:
+/// the server runs without it, and says so.
+async fn connect_docker(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<Arc<hangar_runtime::DockerDriver>, String> {
+    use sha2::Digest as _;
+    let hash = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let owner: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let engine = config
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| "the local socket".to_owned());
+    let connect = hangar_runtime::DockerDriver::connect(hangar_runtime::DockerDriverConfig {
+        host: config.docker_host.clone(),
+        owner,
+        default_image: hangar_build::docker::DEFAULT_BASE_IMAGE.to_owned(),
+    });
+    let why = match tokio::time::timeout(DOCKER_CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(driver)) => {
+            let version = driver.engine_version().await.unwrap_or_default();
+            tracing::info!(%engine, %version, "docker driver ready: docker clouds run here");
+            return Ok(Arc::new(driver));
+        }
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => format!("no answer within {} s", DOCKER_CONNECT_TIMEOUT.as_secs()),
+    };
+    tracing::warn!(%engine, error = %why,
+        "no Docker engine: agents on docker clouds will not build or run");
+    Err(format!(
+        "no Docker engine answered at start at {engine} ({why})"
+    ))
+}
+
+/// The sandbox driver under `<data dir>/runtime`, with `docker` beside it
+/// for docker clouds ([`hangar_runtime::DriverSet`]), and the controller
+/// over them. Replicas left running by an earlier process are adopted
+/// before the listener opens. Sandboxes need root: without it the server
+/// runs without a runtime (the API works; nothing runs), and says so.
+/// The sandbox driver is returned too: the builder runs build steps on it.
 type Runtime = (
     Option<hangar_controller::Controller>,
     Option<Arc<dyn hangar_runtime::Driver>>,
 );
 
-async fn start_runtime(config: &Config, store: &hangar_store::Store) -> anyhow::Result<Runtime> {
+async fn start_runtime(
+    config: &Config,
+    store: &hangar_store::Store,
+    docker: &Result<Arc<hangar_runtime::DockerDriver>, String>,
+) -> anyhow::Result<Runtime> {
     if !nix::unistd::geteuid().is_root() {
         tracing::warn!(
             "NOT RUNNING AS ROOT: sandboxes need root (namespaces, cgroups, mounts), so this \
@@ -245,9 +296,14 @@ async fn start_runtime(config: &Config, store: &hangar_store::Store) -> anyhow::
     .context("preparing the sandbox driver's state dirs")?;
     tracing::info!(bridged = driver.bridged(), "sandbox driver ready");
     let driver: Arc<dyn hangar_runtime::Driver> = Arc::new(driver);
+    let drivers = hangar_runtime::DriverSet::new(driver.clone());
+    let drivers = match docker {
+        Ok(engine) => drivers.with("docker", engine.clone()),
+        Err(why) => drivers.without("docker", why.clone()),
+    };
     let controller = hangar_controller::Controller::new(
         store.clone(),
-        driver.clone(),
+        Arc::new(drivers),
         hangar_controller::ControllerConfig {
             idle_timeout: config.scale_to_zero_after,
             // The autoscaler aims at 70% of the limit, as Knative does.

@@ -1,0 +1,302 @@
+//! Docker clouds for real: `hangar serve` as a process with the local Docker
+//! engine; an agent on a cloud with `driver: docker` is built into an image
+//! by the engine (a generated Dockerfile from a base image made here, or the
+//! source's own Dockerfile), runs as a container, is invoked through the
+//! gateway, and leaves nothing behind once deleted.
+//!
+//! Needs root and a Docker engine (`cargo test -p hangar --test
+//! docker_cloud`); without an engine it skips, saying why, except with
+//! `CI=true`, where it fails. No registry is needed: the base image is made
+//! from the host's own Python (see `common/docker.rs`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+
+use common::docker::{self as engine, BASE_IMAGE};
+use common::*;
+
+/// Removes what a test's server made on the engine, however the test ends:
+/// its containers and networks (by owner) and its build images.
+struct Leftovers {
+    owner: String,
+    images: Vec<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        engine::remove_owned(&self.owner);
+        if !self.images.is_empty() {
+            let _ = Command::new("docker")
+                .args(["image", "rm", "-f"])
+                .args(&self.images)
+                .output();
+        }
+    }
+}
+
+/// The owner label `hangar serve` gives its containers: a hash of its
+/// canonical data dir.
+fn serve_owner(dir: &Path) -> String {
+    use sha2::Digest as _;
+    let data = dir
+        .join("hangar-data")
+        .canonicalize()
+        .expect("the server made its data dir");
+    let hash = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ids of the containers (running or not) labelled with `owner`.
+fn containers(owner: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=hangar.docker.owner={owner}"))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Root, an engine, the test base image and a server; `None`: skipped.
+async fn setup(test: &str) -> Option<(Server, Leftovers)> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    // Checks the engine and makes the base image once.
+    engine::driver_or_skip(test, &engine::owner(test)).await?;
+    let dir = temp(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server::start(&dir);
+    let leftovers = Leftovers {
+        owner: serve_owner(&dir),
+        images: Vec::new(),
+    };
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/clouds",
+            Some(json!({"name": "dock", "driver": "docker", "config": {"base_image": BASE_IMAGE}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    Some((server, leftovers))
+}
+
+/// A `.tar.gz` of the directory `dir`.
+fn tar_gz(dir: &str) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args(["czf", "-", "-C", dir, "."])
+        .output()
+        .expect("tar");
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// Opens an upload and PUTs `archive` to its signed URL; returns the URL.
+async fn upload(server: &Server, archive: Vec<u8>) -> String {
+    let (status, created, _, text) = server
+        .call(reqwest::Method::POST, "/v1/uploads", None)
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let url = created["data"]["upload_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let put = reqwest::Client::new()
+        .put(&url)
+        .body(archive)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    url
+}
+
+/// Creates an agent on the docker cloud; returns its id and its build's.
+async fn create(server: &Server, name: &str, source: Value) -> (String, String) {
+    let (status, created, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({"name": name, "cloud_id": "dock", "source": source})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let agent = created["data"]["id"].as_str().expect("id").to_owned();
+    let builds = server.get(&format!("/v1/agents/{agent}/builds")).await;
+    let build = builds["data"][0]["id"].as_str().expect("build").to_owned();
+    (agent, build)
+}
+
+/// The build's log, one line per message, once it has finished.
+async fn finished(server: &Server, build: &str) -> (Value, String) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let b = server.get(&format!("/v1/builds/{build}")).await["data"].clone();
+        if b["status"] == "ready" || b["status"] == "failed" {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "build never finished: {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let log = server.get(&format!("/v1/builds/{build}/logs")).await["data"]["logs"]
+        .as_array()
+        .expect("logs")
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    (done, log)
+}
+
+/// The agent's default instance, once it runs.
+async fn running(server: &Server, agent: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let a = server.get(&format!("/v1/agents/{agent}")).await["data"].clone();
+        if let Some(instance) = a["instance_id"].as_str() {
+            let i = server.instance(instance).await;
+            if i["status"] == "running" {
+                return instance.to_owned();
+            }
+            assert!(i["status"] != "error", "instance failed: {i}");
+        }
+        assert!(Instant::now() < deadline, "never running: {a}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn invoke(server: &Server, agent: &str, input: Value) -> Value {
+    let (status, body, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{agent}/invoke"),
+            Some(json!({ "input": input })),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(body["success"], true, "{text}");
+    body["data"]["output"].clone()
+}
+
+/// Deletes the instance and waits for its containers to go.
+async fn delete_and_check_nothing_left(server: &Server, instance: &str, owner: &str) {
+    server.delete(instance, true).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = containers(owner);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "containers left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_uploaded_agent_is_built_from_a_generated_dockerfile_and_invoked() {
+    let Some((server, mut leftovers)) = setup("docker_cloud_generated").await else {
+        return;
+    };
+    let url = upload(&server, tar_gz(&agent_dir("http"))).await;
+    let (agent, build) = create(
+        &server,
+        "dock-http",
+        json!({"type": "upload", "archive_url": url}),
+    )
+    .await;
+    leftovers
+        .images
+        .push(format!("hangar-build:{}", build.to_ascii_lowercase()));
+    let (built, log) = finished(&server, &build).await;
+    assert_eq!(built["status"], "ready", "{built}\n{log}");
+    // The engine's own lines, streamed into the build's log.
+    assert!(log.contains("generated Dockerfile"), "{log}");
+    assert!(log.contains(&format!("FROM {BASE_IMAGE}")), "{log}");
+    assert!(log.contains("Step 1/"), "{log}");
+    assert!(
+        log.contains(&format!("hangar-build:{}", build.to_ascii_lowercase())),
+        "{log}"
+    );
+
+    let instance = running(&server, &agent).await;
+    let output = invoke(&server, &agent, json!({"hello": "docker"})).await;
+    assert_eq!(output["echo"], json!({"hello": "docker"}), "{output}");
+    let org = server.org().await;
+    let logs = server
+        .wait_log(&org, &instance, "invoked with {\"hello\": \"docker\"}")
+        .await;
+    assert!(
+        logs.iter().any(|l| l.contains("listening on 8080")),
+        "{logs:#?}"
+    );
+    // It is a container of this server's, not a sandbox.
+    assert_eq!(containers(&leftovers.owner).len(), 1);
+    assert!(server.replica_ids().is_empty(), "no sandbox ran it");
+    let (status, out, code) = server.exec(&org, &instance, &["pwd"]).await;
+    assert_eq!(
+        (status, out.trim(), code.as_deref()),
+        (200, "/app", Some("0"))
+    );
+
+    delete_and_check_nothing_left(&server, &instance, &leftovers.owner).await;
+}
+
+#[tokio::test]
+async fn a_source_with_its_own_dockerfile_runs_the_image_as_it_says() {
+    let Some((server, mut leftovers)) = setup("docker_cloud_own").await else {
+        return;
+    };
+    let src = temp("docker-own-src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::copy(
+        Path::new(&agent_dir("http")).join("main.py"),
+        src.join("main.py"),
+    )
+    .expect("copy");
+    std::fs::write(
+        src.join("Dockerfile"),
+        format!(
+            "FROM {BASE_IMAGE}\n\
+             COPY main.py /srv/agent.py\n\
+             WORKDIR /srv\n\
+             USER 1000\n\
+             CMD [\"python3\", \"-u\", \"/srv/agent.py\"]\n"
+        ),
+    )
+    .expect("Dockerfile");
+    let (agent, build) = create(
+        &server,
+        "dock-own",
+        json!({"type": "github", "repo": format!("file://{}", src.display())}),
+    )
+    .await;
+    leftovers
+        .images
+        .push(format!("hangar-build:{}", build.to_ascii_lowercase()));
+    let (built, log) = finished(&server, &build).await;
+    assert_eq!(built["status"], "ready", "{built}\n{log}");
+    assert!(log.contains("the source's own Dockerfile"), "{log}");
+    assert!(log.contains("WORKDIR /srv"), "{log}");
+
+    let instance = running(&server, &agent).await;
+    let output = invoke(&server, &agent, json!([1, 2, 3])).await;
+    assert_eq!(output["echo"], json!([1, 2, 3]), "{output}");
+    // The image's working directory and its (non-root) user.
+    let org = server.org().await;
+    let (_, out, _) = server.exec(&org, &instance, &["pwd"]).await;
+    assert_eq!(out.trim(), "/srv");
+    let (_, out, _) = server.exec(&org, &instance, &["id", "-u"]).await;
+    assert_eq!(out.trim(), "1000");
+
+    delete_and_check_nothing_left(&server, &instance, &leftovers.owner).await;
+    let _ = std::fs::remove_dir_all(src);
+}
