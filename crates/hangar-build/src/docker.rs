@@ -145,8 +145,13 @@ pub fn dockerfile(base: &str, step: Option<&Recipe>) -> String {
     );
     if let Some(step) = step {
         let run = match step.argv.as_slice() {
-            [shell, flag, line] if shell == "/bin/sh" && flag == "-c" => line.clone(),
-            // Exec form: JSON strings, so nothing is split or expanded.
+            [shell, flag, line]
+                if shell == "/bin/sh" && flag == "-c" && !line.contains(['\n', '\r']) =>
+            {
+                line.clone()
+            }
+            // Exec form: JSON strings, so nothing is split or expanded, and
+            // a command of several lines stays one instruction.
             argv => serde_json::to_string(argv).unwrap_or_default(),
         };
         text.push_str(&format!("RUN {run}\n"));
@@ -457,10 +462,22 @@ mod tests {
         assert!(!text.contains("PATH"), "{text}");
         std::fs::remove_dir_all(dir).expect("cleanup");
 
-        // hangar.toml's build command, as a shell line.
+        // hangar.toml's build command, as a shell line; several lines in
+        // exec form.
         let dir = tree(&[("hangar.toml", "[build]\ncommand = \"make all\"\n")]);
         let step = recipe::recipe(&dir).expect("recipe");
         assert!(dockerfile("x", step.as_ref()).contains("\nRUN make all\n"));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+        let dir = tree(&[(
+            "hangar.toml",
+            "[build]\ncommand = \"\"\"\nmake\nmake install\n\"\"\"\n",
+        )]);
+        let step = recipe::recipe(&dir).expect("recipe");
+        let text = dockerfile("x", step.as_ref());
+        assert!(
+            text.contains("\nRUN [\"/bin/sh\",\"-c\",\"make\\nmake install\\n\"]\n"),
+            "{text}"
+        );
         std::fs::remove_dir_all(dir).expect("cleanup");
 
         // Nothing to build: no RUN.

@@ -240,7 +240,11 @@ fn docker_spec(
     replica_id: &str,
     generation: &str,
 ) -> Result<ReplicaSpec, String> {
-    let own_image = app.join(DOCKERFILE).is_file();
+    // As the builder decides: a regular file, not a link to one.
+    let own_image = app
+        .join(DOCKERFILE)
+        .symlink_metadata()
+        .is_ok_and(|m| m.is_file());
     let (argv, cwd) = match run_command(app)? {
         Some(argv) => (
             argv,

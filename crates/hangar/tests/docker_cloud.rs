@@ -300,3 +300,33 @@ async fn a_source_with_its_own_dockerfile_runs_the_image_as_it_says() {
     delete_and_check_nothing_left(&server, &instance, &leftovers.owner).await;
     let _ = std::fs::remove_dir_all(src);
 }
+
+#[tokio::test]
+async fn without_an_engine_docker_clouds_say_why_nothing_builds() {
+    // Needs neither root nor an engine: an address where none answers.
+    let dir = temp("docker_cloud_none");
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server::start_with(&dir, &["--docker-host", "unix:///nonexistent/docker.sock"]);
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/clouds",
+            Some(json!({"name": "dock", "driver": "docker"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let (_, build) = create(
+        &server,
+        "nowhere",
+        json!({"type": "github", "repo": format!("file://{}", agent_dir("http"))}),
+    )
+    .await;
+    let (built, log) = finished(&server, &build).await;
+    assert_eq!(built["status"], "failed", "{built}\n{log}");
+    let reason = built["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("no Docker engine answered at start")
+            && reason.contains("unix:///nonexistent/docker.sock"),
+        "{reason}"
+    );
+}
