@@ -10,8 +10,9 @@ use hangar_runtime::driver::{Exit, OutputEvent, OutputStream};
 
 use crate::{lock, reconcile, scale, Inner, InstanceState};
 
-/// Output events stored in one transaction, at most.
-const BATCH: usize = 500;
+/// Output events stored in one transaction, at most: a transaction writes
+/// the same few index pages however many lines it holds.
+const BATCH: usize = 2000;
 
 /// Starts the log and health tasks of a tracked replica.
 pub(crate) fn spawn_replica_tasks(

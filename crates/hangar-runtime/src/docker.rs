@@ -1019,7 +1019,7 @@ impl Driver for DockerDriver {
         if self.inspect_container(id).await?.is_none() {
             return Err(DriverError::NotFound(id.to_owned()));
         }
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(crate::driver::FOLLOW_QUEUE);
         let driver = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {

@@ -178,6 +178,10 @@ pub struct OutputLine {
 /// Lines longer than this are cut into several.
 pub const MAX_LINE_BYTES: usize = 16 << 10;
 
+/// Output events a [`Driver::follow`] channel holds: room for a whole read
+/// of a busy replica's output, so the follower can take it as one batch.
+pub const FOLLOW_QUEUE: usize = 4096;
+
 /// What a follower of a replica's output receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::driver::{
     now_ms, Driver, DriverError, ExecResult, Exit, OutputEvent, ReplicaInfo, ReplicaSpec,
-    ReplicaStats, StdinWait,
+    ReplicaStats, StdinWait, FOLLOW_QUEUE,
 };
 use crate::sandbox::CNI_PLUGIN_DIR;
 use crate::shim::protocol::{ExecRequest, Reply, Request, ShimConfig, ShimNetwork, CONFIG_FILE};
@@ -442,7 +442,7 @@ impl Driver for SandboxDriver {
             .write_all(&line)
             .await
             .map_err(|err| DriverError::Failed(format!("cannot follow replica {id}: {err}")))?;
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
         let id = id.to_owned();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();

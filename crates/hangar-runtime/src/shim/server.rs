@@ -538,9 +538,33 @@ async fn handle(shim: Arc<Shim>, stream: UnixStream, done: watch::Sender<bool>) 
 }
 
 async fn send(write: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
-    line.push(b'\n');
+    let mut line = Vec::new();
+    encode(&mut line, reply)?;
     write.write_all(&line).await?;
+    write.flush().await
+}
+
+/// Appends `reply` as one line to `out`.
+fn encode(out: &mut Vec<u8>, reply: &Reply) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, reply).map_err(io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Output events a follower gathers into one write, at most (in bytes):
+/// the daemon then reads many lines per read instead of one.
+const FOLLOW_CHUNK: usize = 64 << 10;
+
+/// Writes what `out` holds, then empties it.
+async fn write_chunk(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    write.write_all(out).await?;
+    out.clear();
     write.flush().await
 }
 
@@ -582,40 +606,73 @@ async fn follow(shim: &Shim, after: u64, write: &mut (impl AsyncWriteExt + Unpin
             }
             sent = through;
         }
+        let mut out = Vec::new();
         for line in backlog {
             sent = line.seq;
-            if send(write, &Reply::Event(OutputEvent::Line(line)))
-                .await
-                .is_err()
-            {
+            if encode(&mut out, &Reply::Event(OutputEvent::Line(line))).is_err() {
                 return;
             }
-            delivered(sent);
+            if out.len() >= FOLLOW_CHUNK {
+                if write_chunk(write, &mut out).await.is_err() {
+                    return;
+                }
+                delivered(sent);
+            }
         }
+        if write_chunk(write, &mut out).await.is_err() {
+            return;
+        }
+        delivered(sent);
         if let Some(exit) = end {
             let _ = send(write, &Reply::Event(OutputEvent::End(exit))).await;
             return;
         }
-        loop {
-            match rx.recv().await {
-                Ok(OutputEvent::Line(line)) if line.seq > sent => {
-                    sent = line.seq;
-                    if send(write, &Reply::Event(OutputEvent::Line(line)))
-                        .await
-                        .is_err()
-                    {
+        // A line, and those already waiting behind it, in one write.
+        let mut lagged = false;
+        while !lagged {
+            let mut received = rx.recv().await;
+            loop {
+                match received {
+                    Ok(OutputEvent::Line(line)) if line.seq > sent => {
+                        sent = line.seq;
+                        if encode(&mut out, &Reply::Event(OutputEvent::Line(line))).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(OutputEvent::Line(_) | OutputEvent::Gap { .. }) => {}
+                    Ok(OutputEvent::End(exit)) => {
+                        if encode(&mut out, &Reply::Event(OutputEvent::End(exit))).is_ok() {
+                            let _ = write_chunk(write, &mut out).await;
+                        }
                         return;
                     }
-                    delivered(sent);
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        lagged = true;
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = write_chunk(write, &mut out).await;
+                        return;
+                    }
                 }
-                Ok(OutputEvent::Line(_) | OutputEvent::Gap { .. }) => {}
-                Ok(OutputEvent::End(exit)) => {
-                    let _ = send(write, &Reply::Event(OutputEvent::End(exit))).await;
-                    return;
+                if out.len() >= FOLLOW_CHUNK {
+                    break;
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return,
+                received = match rx.try_recv() {
+                    Ok(event) => Ok(event),
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                };
             }
+            if write_chunk(write, &mut out).await.is_err() {
+                return;
+            }
+            delivered(sent);
         }
     }
 }
