@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use bytes::Bytes;
 use hangar_core::model::Instance;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
 
+use crate::upstream::UpstreamBody;
 use crate::{Gateway, InFlight};
 
 /// Replicas tried for one invocation when connections are refused.
@@ -66,7 +66,7 @@ pub struct Invoked {
 
 /// An answer whose headers arrived, its body still to read.
 pub(crate) struct Answer {
-    pub(crate) response: Response<Incoming>,
+    pub(crate) response: Response<UpstreamBody>,
     pub(crate) in_flight: InFlight,
 }
 
@@ -108,10 +108,9 @@ impl Gateway {
                 .await?;
             let mut request = Request::builder()
                 .method(Method::POST)
-                .uri(format!(
-                    "http://{}{}",
-                    in_flight.address, instance.config.invoke_path
-                ))
+                // Origin form, as a client speaks to a server (not a proxy).
+                .uri(instance.config.invoke_path.as_str())
+                .header(header::HOST, in_flight.address.to_string())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, accept);
             for (name, value) in headers {
@@ -124,9 +123,9 @@ impl Gateway {
                 }
             }
             let request = request
-                .body(axum::body::Body::from(body.clone()))
+                .body(Full::new(body.clone()))
                 .map_err(|err| InvokeError::Unreachable(err.to_string()))?;
-            match self.client.request(request).await {
+            match self.upstreams.send(in_flight.address, request).await {
                 Ok(response) => break (response, in_flight),
                 Err(err) if err.is_connect() && refused.len() < CONNECT_ATTEMPTS => {
                     tracing::debug!(replica = %in_flight.replica, error = %err, "connection refused; trying another replica");

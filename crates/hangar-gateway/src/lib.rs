@@ -17,8 +17,10 @@
 //! a replica that closed the connection (crashed mid-request), or the
 //! caller's `options.timeout` running out.
 //!
-//! Upstream requests go through one pooled HTTP/1.1 client (hyper's), kept
-//! alive per replica: a request costs no connection setup.
+//! Invocations reach replicas over kept-alive HTTP/1.1 connections that the
+//! request itself drives ([`upstream`]): a request costs no connection setup
+//! and no hand-off to another task. The instance-URL proxy uses hyper's
+//! pooled client.
 //!
 //! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
 
@@ -26,6 +28,7 @@ pub mod invoke;
 pub mod jobs;
 pub mod proxy;
 pub mod stream;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,6 +74,7 @@ pub enum RouteKey {
 pub struct Gateway {
     controller: Controller,
     client: Client<HttpConnector, axum::body::Body>,
+    upstreams: Arc<upstream::Upstreams>,
     /// Routes by agent ID or by host label.
     routes: Mutex<HashMap<RouteKey, Route>>,
     limits: Limits,
@@ -158,6 +162,7 @@ impl Gateway {
         Self {
             controller,
             client,
+            upstreams: Arc::default(),
             routes: Mutex::new(HashMap::new()),
             limits,
             turn: AtomicUsize::new(0),

@@ -30,11 +30,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use hangar_core::model::Instance;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::invoke::{read_answer, read_error, Answer, InvokeError, ANSWER_LIMIT};
+use crate::upstream::UpstreamBody;
 use crate::{Gateway, InFlight};
 
 /// How the agent's answer is read.
@@ -237,7 +237,7 @@ fn error_event(err: &InvokeError) -> Value {
 
 /// The state of a stream between polls.
 struct Streaming {
-    body: Option<Incoming>,
+    body: Option<UpstreamBody>,
     reframer: Reframer,
     deadline: Instant,
     timeout: Duration,

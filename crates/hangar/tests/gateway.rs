@@ -304,8 +304,8 @@ async fn a_full_replica_queues_requests_and_sheds_past_the_queue() {
     let first = tokio::spawn(call(json!({"sleep": 2})));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rest = futures_join_all((0..12).map(|i| call(json!({ "n": i })))).await;
-    let (status, _) = first.await.expect("first");
-    assert_eq!(status, 200);
+    let (status, first_body) = first.await.expect("first");
+    assert_eq!(status, 200, "{first_body}");
     let served = rest.iter().filter(|(s, _)| *s == 200).count();
     let shed: Vec<&Value> = rest
         .iter()
