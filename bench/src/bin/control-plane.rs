@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_api::{ApiConfig, AppState};
+use hangar_api::{ApiConfig, AppState, Services};
 use hangar_bench::{cpu_ticks, percentile, sorted_ms, steal_percent};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
@@ -415,7 +415,7 @@ fn main() -> Result<()> {
         .context("binding a loopback port")?;
     let addr = listener.local_addr()?;
     let intake = server_rt.block_on(async { hangar_store::JobIntake::start(fx.store.clone()) });
-    let app = hangar_api::app(AppState {
+    let app = hangar_api::app(AppState::from(Services {
         intake,
         store: fx.store.clone(),
         config: Arc::new(ApiConfig {
@@ -434,7 +434,7 @@ fn main() -> Result<()> {
         gateway: None,
         deliverer: None,
         jobs: None,
-    });
+    }));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = server_rt.spawn(async move {
         axum::serve(listener, app)

@@ -78,9 +78,28 @@ impl ApiConfig {
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: one pointer, cloned by each extractor of
+/// each request (a clone of [`Services`] itself would be a dozen reference
+/// counts).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl From<Services> for AppState {
+    fn from(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What handlers reach through [`AppState`].
+pub struct Services {
     /// The store.
     pub store: Store,
     /// How the server is reached.
@@ -101,7 +120,7 @@ pub struct AppState {
     pub intake: hangar_store::JobIntake,
 }
 
-impl AppState {
+impl Services {
     /// Asks the controller (if any) to reconcile instance `id` now.
     /// Also forgets the gateway's routes: the instance (or its agent)
     /// changed.

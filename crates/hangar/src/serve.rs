@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hangar_api::{ApiConfig, AppState};
+use hangar_api::{ApiConfig, AppState, Services};
 use hangar_store::seal::Sealer;
 use hangar_store::Store;
 use hmac::{Hmac, Mac};
@@ -176,7 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             crate::jobs::Jobs::start(&config.data_dir, store.clone(), g, config.job_concurrency)
         })
         .transpose()?;
-    let app = hangar_api::app(AppState {
+    let app = hangar_api::app(AppState::from(Services {
         store: store.clone(),
         config: Arc::new(api_config),
         gateway,
@@ -185,7 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deliverer: Some(deliverer),
         jobs: jobs.as_ref().map(|j| j.runner.clone()),
         intake: hangar_store::JobIntake::start(store.clone()),
-    });
+    }));
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
         boot.organization.id,

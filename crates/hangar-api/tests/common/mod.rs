@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use hangar_api::{ApiConfig, AppState};
+use hangar_api::{ApiConfig, AppState, Services};
 use hangar_core::status::BuildStatus;
 use hangar_store::testing::{backends, TestDb};
 use hangar_store::Backend;
@@ -91,7 +91,7 @@ impl Harness {
             user: other.admin.id,
             key: other.key.secret,
         };
-        let app = hangar_api::app(AppState {
+        let app = hangar_api::app(AppState::from(Services {
             intake: hangar_store::JobIntake::start(store.clone()),
             store,
             config: Arc::new(config()),
@@ -100,7 +100,7 @@ impl Harness {
             gateway: None,
             deliverer: None,
             jobs: None,
-        });
+        }));
         Harness { db, app, a, b }
     }
 
