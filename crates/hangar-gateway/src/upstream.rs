@@ -48,20 +48,25 @@ type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 /// and the state machine doing its reads and writes when polled.
 struct Conn {
     sender: http1::SendRequest<Full<Bytes>>,
-    driver: Driver,
+    /// `None` once it finished: dropping it fails a request still queued.
+    driver: Option<Driver>,
 }
 
 impl Conn {
     /// Polls the connection's I/O. `false` once it has closed (or failed).
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        match Pin::new(&mut self.driver).poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(Ok(())) => false,
+        let Some(driver) = &mut self.driver else {
+            return false;
+        };
+        match Pin::new(driver).poll(cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(err)) => {
                 tracing::debug!(error = %err, "replica connection failed");
-                false
             }
         }
+        self.driver = None;
+        false
     }
 }
 
@@ -71,18 +76,20 @@ pub enum UpstreamError {
     /// No connection could be made: the request was not sent.
     #[error("connect: {0}")]
     Connect(std::io::Error),
-    /// The connection failed or closed before the answer's head.
+    /// A new connection closed before it took the request: not sent.
+    #[error("the replica closed a new connection before taking the request")]
+    NotSent,
+    /// The connection failed or closed after the request was written,
+    /// before the answer's head.
     #[error("{0}")]
     Http(#[from] hyper::Error),
-    /// The connection closed with the request in flight.
-    #[error("the connection closed before an answer")]
-    Closed,
 }
 
 impl UpstreamError {
-    /// Whether the replica never saw the request (it refused the connection).
+    /// Whether the replica never saw the request (it refused or closed the
+    /// connection first): another replica may be asked.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_))
+        matches!(self, Self::Connect(_) | Self::NotSent)
     }
 }
 
@@ -94,6 +101,23 @@ struct Idle {
 struct Pool {
     idle: HashMap<SocketAddr, Vec<Idle>>,
     swept: Instant,
+}
+
+impl Pool {
+    /// Now and then (at most every [`IDLE_TIMEOUT`], on a checkout or a
+    /// checkin), closes connections idle past [`IDLE_TIMEOUT`]: a replica
+    /// that went away leaves its own to this sweep.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.swept) < IDLE_TIMEOUT {
+            return;
+        }
+        self.swept = now;
+        self.idle.retain(|_, idle| {
+            idle.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
+            !idle.is_empty()
+        });
+    }
 }
 
 /// See the module docs. Shared by a gateway's requests.
@@ -143,26 +167,24 @@ impl Upstreams {
             .await;
             if !ready {
                 if fresh {
-                    return Err(UpstreamError::Closed);
+                    return Err(UpstreamError::NotSent);
                 }
                 continue;
             }
             let mut sending = pin!(conn.sender.try_send_request(request));
-            let mut open = true;
+            // Once the driver finishes it is dropped, and hyper resolves the
+            // request: handed back if never written, else an error. Waiting
+            // for that (not giving up when the driver ends) also keeps an
+            // answer whose head arrived with the connection's close.
             let sent = poll_fn(|cx| {
-                if open {
-                    open = conn.drive(cx);
-                }
-                match sending.as_mut().poll(cx) {
-                    Poll::Pending if !open => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(result) => Poll::Ready(Some(result)),
-                }
+                conn.drive(cx);
+                sending.as_mut().poll(cx)
             })
             .await;
             match sent {
-                Some(Ok(response)) => {
+                Ok(response) => {
                     let (head, incoming) = response.into_parts();
+                    let open = conn.driver.is_some();
                     let body = UpstreamBody {
                         incoming,
                         conn: open.then_some(conn),
@@ -171,12 +193,12 @@ impl Upstreams {
                     };
                     return Ok(Response::from_parts(head, body));
                 }
-                Some(Err(mut err)) => match err.take_message() {
+                Err(mut err) => match err.take_message() {
                     // Never written: the connection had closed. Try again.
                     Some(unsent) if !fresh => request = unsent,
-                    _ => return Err(UpstreamError::Http(err.into_error())),
+                    Some(_) => return Err(UpstreamError::NotSent),
+                    None => return Err(UpstreamError::Http(err.into_error())),
                 },
-                None => return Err(UpstreamError::Closed),
             }
         }
     }
@@ -185,6 +207,7 @@ impl Upstreams {
     /// enough.
     fn checkout(&self, address: SocketAddr) -> Option<Conn> {
         let mut pool = lock(&self.pool);
+        pool.sweep();
         let idle = pool.idle.get_mut(&address)?;
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < IDLE_TIMEOUT {
@@ -195,21 +218,15 @@ impl Upstreams {
     }
 
     /// Puts a connection whose last answer has been read back in the pool.
-    /// Now and then, connections idle past [`IDLE_TIMEOUT`] are closed (a
-    /// replica that went away leaves its own to this sweep).
     fn checkin(&self, address: SocketAddr, conn: Conn) {
         let mut pool = lock(&self.pool);
-        let now = Instant::now();
-        if now.duration_since(pool.swept) >= IDLE_TIMEOUT {
-            pool.swept = now;
-            pool.idle.retain(|_, idle| {
-                idle.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
-                !idle.is_empty()
-            });
-        }
+        pool.sweep();
         let idle = pool.idle.entry(address).or_default();
         if idle.len() < MAX_IDLE_PER_REPLICA {
-            idle.push(Idle { conn, since: now });
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -228,7 +245,10 @@ async fn connect(address: SocketAddr) -> Result<Conn, UpstreamError> {
         .handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Http)?;
-    Ok(Conn { sender, driver })
+    Ok(Conn {
+        sender,
+        driver: Some(driver),
+    })
 }
 
 /// An answer's body, read from the replica as it is polled; at its end the
@@ -262,8 +282,13 @@ impl Body for UpstreamBody {
         }
         match &frame {
             Poll::Ready(None) => {
+                // Only a connection ready for the next request goes back: one
+                // still writing this request's body (the replica answered
+                // early) would hold the next one forever.
                 if let Some(conn) = this.conn.take() {
-                    this.pool.checkin(this.address, conn);
+                    if conn.driver.is_some() && conn.sender.is_ready() {
+                        this.pool.checkin(this.address, conn);
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => this.conn = None,
@@ -284,10 +309,11 @@ impl Body for UpstreamBody {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -297,54 +323,26 @@ mod tests {
     /// connection after `answers_per_connection` answers without saying so.
     /// Returns its address and how many connections it accepted.
     async fn replica(answers_per_connection: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut answered = 0;
-                    let mut chunk = [0u8; 4096];
-                    while answered < answers_per_connection {
-                        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().expect("length"));
-                        while buffer.len() < end + 4 + length {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buffer.drain(..end + 4 + length);
-                        // Origin form, with a Host header: what a server expects.
-                        let answer: &[u8] = if head.starts_with("post /invoke http/1.1\r\n")
-                            && head.contains("\r\nhost: 127.0.0.1:")
-                        {
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                        } else {
-                            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
-                        };
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        answered += 1;
-                    }
-                });
+        scripted(move |mut stream, _| async move {
+            let mut buffer = Vec::new();
+            for _ in 0..answers_per_connection {
+                let Some(head) = read_request_head(&mut stream, &mut buffer).await else {
+                    return;
+                };
+                // Origin form, with a Host header: what a server expects.
+                let answer: &[u8] = if head.starts_with("post /invoke http/1.1\r\n")
+                    && head.contains("\r\nhost: 127.0.0.1:")
+                {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+                };
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
             }
-        });
-        (address, accepted)
+        })
+        .await
     }
 
     fn post(address: SocketAddr) -> Request<Full<Bytes>> {
@@ -423,5 +421,447 @@ mod tests {
             answer(&upstreams, address).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), made);
+    }
+
+    /// Reads one request (head and Content-Length body) from `stream`
+    /// through `buf`; its head in lower case, `None` at EOF.
+    async fn read_request_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().expect("length"));
+                while buf.len() < end + 4 + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..end + 4 + length);
+                return Some(head);
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Whether another request arrived (see [`read_request_head`]).
+    async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        read_request_head(stream, buf).await.is_some()
+    }
+
+    /// A replica running `script(stream, connection_number)` on each connection.
+    async fn scripted<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(script(stream, n));
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn try_answer(upstreams: &Arc<Upstreams>, address: SocketAddr) -> Result<Bytes, String> {
+        let response = upstreams
+            .send(address, post(address))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        Ok(body.to_bytes())
+    }
+
+    /// Head now, body later in chunks: only UpstreamBody::poll_frame drives the conn.
+    #[tokio::test]
+    async fn a_slow_chunked_body_is_read_and_the_connection_reused() {
+        let (address, accepted) = scripted(|mut s, _| async move {
+            let mut buf = Vec::new();
+            while read_request(&mut s, &mut buf).await {
+                s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await
+                    .expect("replica write");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                s.write_all(b"2\r\nok\r\n").await.expect("replica write");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                s.write_all(b"0\r\n\r\n").await.expect("replica write");
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        for _ in 0..3 {
+            let body =
+                tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address))
+                    .await
+                    .expect("hung")
+                    .expect("answer");
+            assert_eq!(body, "ok");
+            assert_eq!(upstreams.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// `Connection: close` answers are not pooled, even if the replica leaves
+    /// the socket open; body sent later.
+    #[tokio::test]
+    async fn a_connection_close_answer_is_not_pooled() {
+        let (address, accepted) = scripted(|mut s, _| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await {
+                s.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n")
+                    .await
+                    .expect("replica write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                s.write_all(b"ok").await.expect("replica write");
+                // keep it open
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        for _ in 0..2 {
+            let body =
+                tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address))
+                    .await
+                    .expect("hung")
+                    .expect("answer");
+            assert_eq!(body, "ok");
+            assert_eq!(upstreams.idle_count(), 0);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Same in one write (the driver finishes while the head is awaited).
+    #[tokio::test]
+    async fn a_connection_close_answer_in_one_write() {
+        let (address, _) = scripted(|mut s, _| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await {
+                s.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .expect("replica write");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        for _ in 0..3 {
+            assert_eq!(try_answer(&upstreams, address).await.expect("answer"), "ok");
+            assert_eq!(upstreams.idle_count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn close_delimited_bodies_are_read_and_not_pooled() {
+        for head in [
+            &b"HTTP/1.0 200 OK\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+        ] {
+            let (address, _) = scripted(move |mut s, _| async move {
+                let mut buf = Vec::new();
+                if read_request(&mut s, &mut buf).await {
+                    s.write_all(head).await.expect("replica write");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    s.write_all(b"ok").await.expect("replica write");
+                }
+            })
+            .await;
+            let upstreams = Arc::new(Upstreams::default());
+            for _ in 0..2 {
+                let body =
+                    tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address))
+                        .await
+                        .expect("hung")
+                        .expect("answer");
+                assert_eq!(body, "ok");
+                assert_eq!(upstreams.idle_count(), 0);
+            }
+        }
+    }
+
+    /// The invocation's timeout runs out while the replica thinks: the replica
+    /// sees the connection close, and nothing is pooled.
+    #[tokio::test]
+    async fn a_request_dropped_while_waiting_closes_its_connection() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let (address, _) = scripted(move |mut s, _| {
+            let tx = tx.clone();
+            async move {
+                let mut buf = Vec::new();
+                assert!(read_request(&mut s, &mut buf).await);
+                let mut b = [0u8; 16];
+                let eof = matches!(
+                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+                    Ok(Ok(0) | Err(_))
+                );
+                let _ = tx.lock().expect("lock").take().expect("once").send(eof);
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        let r = tokio::time::timeout(
+            Duration::from_millis(100),
+            upstreams.send(address, post(address)),
+        )
+        .await;
+        assert!(r.is_err());
+        assert!(
+            rx.await.expect("replica report"),
+            "replica did not see the close"
+        );
+        assert_eq!(upstreams.idle_count(), 0);
+    }
+
+    /// A body dropped mid-way closes its connection.
+    #[tokio::test]
+    async fn a_body_dropped_midway_closes_its_connection() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let (address, _) = scripted(move |mut s, _| {
+            let tx = tx.clone();
+            async move {
+                let mut buf = Vec::new();
+                assert!(read_request(&mut s, &mut buf).await);
+                s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n")
+                    .await
+                    .expect("replica write");
+                let mut b = [0u8; 16];
+                let eof = matches!(
+                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+                    Ok(Ok(0) | Err(_))
+                );
+                let _ = tx.lock().expect("lock").take().expect("once").send(eof);
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        let response = upstreams
+            .send(address, post(address))
+            .await
+            .expect("replica write");
+        let mut body = response.into_body();
+        let first = body.frame().await.expect("a frame").expect("a frame");
+        assert_eq!(first.into_data().expect("data"), "ok");
+        drop(body);
+        assert!(
+            rx.await.expect("replica report"),
+            "replica did not see the close"
+        );
+        assert_eq!(upstreams.idle_count(), 0);
+    }
+
+    /// A pooled connection that the replica closes after reading the request
+    /// (it crashed): an error, and the POST is not sent again.
+    #[tokio::test]
+    async fn a_request_the_replica_read_is_never_sent_twice() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let (address, _) = scripted(move |mut s, _| {
+            let seen = seen.clone();
+            async move {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).await {
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .expect("replica write");
+                    } else {
+                        return; // read it, then died
+                    }
+                }
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        assert_eq!(try_answer(&upstreams, address).await.expect("answer"), "ok");
+        assert_eq!(upstreams.idle_count(), 1);
+        let err = upstreams
+            .send(address, post(address))
+            .await
+            .err()
+            .expect("an error");
+        assert!(!err.is_connect(), "{err}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    /// Answers with empty bodies (204, content-length: 0) keep the connection.
+    #[tokio::test]
+    async fn empty_answers_are_pooled() {
+        let (address, accepted) = scripted(|mut s, _| async move {
+            let mut buf = Vec::new();
+            let mut n = 0u32;
+            while read_request(&mut s, &mut buf).await {
+                let a: &[u8] = if n.is_multiple_of(2) {
+                    b"HTTP/1.1 204 No Content\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 500 E\r\ncontent-length: 0\r\n\r\n"
+                };
+                n += 1;
+                s.write_all(a).await.expect("replica write");
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        for _ in 0..4 {
+            assert_eq!(try_answer(&upstreams, address).await.expect("answer"), "");
+            assert_eq!(upstreams.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// The replica answers (keep-alive) before reading a big request body, and
+    /// never reads the rest. Is the connection pooled mid-request? Does the
+    /// next request on it hang?
+    #[tokio::test]
+    async fn an_early_answer_to_a_big_request() {
+        let (address, accepted) = scripted(|mut s, n| async move {
+            let mut buf = vec![0u8; 4096];
+            if n == 0 {
+                let _ = s.read(&mut buf).await;
+                s.write_all(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .expect("replica write");
+                tokio::time::sleep(Duration::from_secs(5)).await; // never reads on
+            } else {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).await {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .expect("replica write");
+                }
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        let big = Request::post("/invoke")
+            .header(hyper::header::HOST, address.to_string())
+            .body(Full::new(Bytes::from(vec![b'x'; 32 << 20])))
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(2), upstreams.send(address, big))
+            .await
+            .expect("hung on the head")
+            .expect("sent");
+        assert_eq!(response.status(), 413);
+        let _ = tokio::time::timeout(Duration::from_secs(2), response.into_body().collect())
+            .await
+            .expect("hung on the body");
+        let next =
+            tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address)).await;
+        assert_eq!(
+            next.expect("the next request hung on a connection pooled mid-request"),
+            Ok(Bytes::from_static(b"ok"))
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// With the task's coop budget almost spent, a Connection: close answer
+    /// whose driver finishes in the poll the head arrives in.
+    #[tokio::test]
+    async fn a_close_answer_with_little_coop_budget_left() {
+        let (address, _) = scripted(|mut s, _| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await {
+                s.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .expect("replica write");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+        .await;
+        let mut failures = Vec::new();
+        for left in 0..8usize {
+            let upstreams = Arc::new(Upstreams::default());
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            for _ in 0..100_000 {
+                tx.send(()).expect("send");
+            }
+            let mut send = std::pin::pin!(upstreams.send(address, post(address)));
+            let result = poll_fn(|cx| {
+                // Spend the budget down to `left` units.
+                for _ in 0..(128 - left) {
+                    if rx.poll_recv(cx).is_pending() {
+                        break;
+                    }
+                }
+                send.as_mut().poll(cx)
+            })
+            .await;
+            if let Err(err) = result {
+                failures.push(format!("left={left}: {err}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+
+    /// Many tasks on a multi-thread runtime share the pool: connections are
+    /// checked in by one task and driven by another.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_move_between_tasks_and_threads() {
+        let (address, accepted) = scripted(|mut s, _| async move {
+            let mut buf = Vec::new();
+            let mut i = 0u32;
+            while read_request(&mut s, &mut buf).await {
+                i += 1;
+                if i.is_multiple_of(3) {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await
+                        .expect("replica write");
+                    tokio::task::yield_now().await;
+                    s.write_all(b"2\r\nok\r\n0\r\n\r\n")
+                        .await
+                        .expect("replica write");
+                } else {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .expect("replica write");
+                }
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let upstreams = upstreams.clone();
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        let body = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            try_answer(&upstreams, address),
+                        )
+                        .await
+                        .expect("hung")
+                        .expect("answer");
+                        assert_eq!(body, "ok");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("replica write");
+        }
+        assert!(
+            accepted.load(Ordering::SeqCst) <= 16,
+            "{}",
+            accepted.load(Ordering::SeqCst)
+        );
+        assert_eq!(upstreams.idle_count(), accepted.load(Ordering::SeqCst));
     }
 }
