@@ -110,7 +110,6 @@ impl Gateway {
                 .method(Method::POST)
                 // Origin form, as a client speaks to a server (not a proxy).
                 .uri(instance.config.invoke_path.as_str())
-                .header(header::HOST, in_flight.address.to_string())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, accept);
             for (name, value) in headers {
@@ -121,6 +120,13 @@ impl Gateway {
                 ) {
                     request = request.header(name, value);
                 }
+            }
+            // The replica's address, unless the caller named a host.
+            if !request
+                .headers_ref()
+                .is_some_and(|h| h.contains_key(header::HOST))
+            {
+                request = request.header(header::HOST, in_flight.address.to_string());
             }
             let request = request
                 .body(Full::new(body.clone()))

@@ -426,6 +426,34 @@ async fn instance_urls_proxy_any_request_and_websockets() {
     assert_eq!(seen["headers"]["x-forwarded-host"], host.as_str());
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
 
+    // An invocation reaches the same app at its invoke path, in origin form,
+    // with the caller's `options.headers`; a Host among them wins.
+    for (headers, want_host) in [
+        (json!({"x-custom": "passed"}), None),
+        (json!({"Host": "agent.example"}), Some("agent.example")),
+    ] {
+        let res = http
+            .post(format!("{}/v1/agents/{agent}/invoke", server.url))
+            .bearer_auth(KEY)
+            .json(&json!({"input": {"q": 1}, "options": {"headers": headers}}))
+            .send()
+            .await
+            .expect("invoke");
+        assert_eq!(res.status(), 200);
+        let answer: Value = res.json().await.expect("json");
+        let seen = &answer["data"]["output"];
+        assert_eq!(seen["method"], "POST", "{answer}");
+        assert_eq!(seen["path"], "/invoke", "{answer}");
+        let host = seen["headers"]["host"].as_str().expect("a host");
+        match want_host {
+            Some(want) => assert_eq!(host, want),
+            None => {
+                assert!(host.ends_with(":8080"), "the replica's address: {host}");
+                assert_eq!(seen["headers"]["x-custom"], "passed");
+            }
+        }
+    }
+
     // A 3 MiB body arrives whole, through the agent's URL as well.
     let body: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
     let digest = {
