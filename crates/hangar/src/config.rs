@@ -313,23 +313,23 @@ impl Config {
             .map(|text| parse_origins(&text))
             .transpose()?
             .unwrap_or_default();
-        let docker_host = args
+        // Hangar's own settings first; an inherited DOCKER_HOST last, and
+        // one this server cannot use is passed over (it may be meant for
+        // another tool), not a reason to refuse to start.
+        let docker_host = match args
             .docker_host
             .or_else(|| env_get("HANGAR_DOCKER_HOST"))
-            .or_else(|| env_get("DOCKER_HOST"))
-            .or(file.docker_host);
-        if let Some(host) = &docker_host {
-            let ok = ["unix:///", "tcp://", "http://", "https://"]
-                .iter()
-                .any(|scheme| host.starts_with(scheme) && host.len() > scheme.len())
-                && host.len() <= 2048
-                && !host.chars().any(|c| c.is_whitespace() || c.is_control());
-            if !ok {
-                return Err(ConfigError(format!(
-                    "docker host '{host}' must be unix:///path, tcp://host:port or http(s)://host:port"
-                )));
-            }
-        }
+            .or(file.docker_host)
+        {
+            Some(host) => Some(docker_host(host)?),
+            None => env_get("DOCKER_HOST").and_then(|host| match docker_host(host) {
+                Ok(host) => Some(host),
+                Err(err) => {
+                    eprintln!("hangar: ignoring DOCKER_HOST: {err}");
+                    None
+                }
+            }),
+        };
         Ok(Config {
             docker_host,
             cors_origins,
@@ -347,6 +347,23 @@ impl Config {
             job_concurrency,
             max_upload_bytes: max_upload_mb << 20,
         })
+    }
+}
+
+/// A Docker engine address this server can speak to: a Unix socket or
+/// plain HTTP over TCP (no TLS).
+fn docker_host(host: String) -> Result<String, ConfigError> {
+    let ok = ["unix:///", "tcp://", "http://"]
+        .iter()
+        .any(|scheme| host.starts_with(scheme) && host.len() > scheme.len())
+        && host.len() <= 2048
+        && !host.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(host)
+    } else {
+        Err(ConfigError(format!(
+            "docker host '{host}' must be unix:///path, tcp://host:port or http://host:port (TLS to the engine is not supported)"
+        )))
     }
 }
 
@@ -581,6 +598,11 @@ mod tests {
             Some("unix:///run/docker.sock"),
             "Hangar's own variable first"
         );
+        assert_eq!(
+            docker(&[("DOCKER_HOST", "ssh://me@build-host")]),
+            None,
+            "an inherited DOCKER_HOST this server cannot use is passed over"
+        );
         std::fs::write(&path, "[server]\nlisen = \"x\"\n").expect("write");
         assert!(
             Config::resolve(ServeArgs::default(), &e).is_err(),
@@ -614,6 +636,10 @@ mod tests {
             },
             ServeArgs {
                 docker_host: Some("/var/run/docker.sock".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                docker_host: Some("https://engine:2376".into()),
                 ..Default::default()
             },
         ];
