@@ -488,6 +488,14 @@ mod tests {
         Ok(body.to_bytes())
     }
 
+    /// The answer's body, failing the test if it takes over `seconds`.
+    async fn answer_within(upstreams: &Arc<Upstreams>, address: SocketAddr, seconds: u64) -> Bytes {
+        tokio::time::timeout(Duration::from_secs(seconds), try_answer(upstreams, address))
+            .await
+            .expect("hung")
+            .expect("answer")
+    }
+
     /// Head now, body later in chunks: only UpstreamBody::poll_frame drives the conn.
     #[tokio::test]
     async fn a_slow_chunked_body_is_read_and_the_connection_reused() {
@@ -506,11 +514,7 @@ mod tests {
         .await;
         let upstreams = Arc::new(Upstreams::default());
         for _ in 0..3 {
-            let body =
-                tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address))
-                    .await
-                    .expect("hung")
-                    .expect("answer");
+            let body = answer_within(&upstreams, address, 2).await;
             assert_eq!(body, "ok");
             assert_eq!(upstreams.idle_count(), 1);
         }
@@ -536,11 +540,7 @@ mod tests {
         .await;
         let upstreams = Arc::new(Upstreams::default());
         for _ in 0..2 {
-            let body =
-                tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address))
-                    .await
-                    .expect("hung")
-                    .expect("answer");
+            let body = answer_within(&upstreams, address, 2).await;
             assert_eq!(body, "ok");
             assert_eq!(upstreams.idle_count(), 0);
         }
@@ -584,11 +584,7 @@ mod tests {
             .await;
             let upstreams = Arc::new(Upstreams::default());
             for _ in 0..2 {
-                let body =
-                    tokio::time::timeout(Duration::from_secs(2), try_answer(&upstreams, address))
-                        .await
-                        .expect("hung")
-                        .expect("answer");
+                let body = answer_within(&upstreams, address, 2).await;
                 assert_eq!(body, "ok");
                 assert_eq!(upstreams.idle_count(), 0);
             }
