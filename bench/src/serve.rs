@@ -102,6 +102,9 @@ pub struct Deployed {
     pub instance: String,
     /// The replica's IPv4 address on the `hangar0` bridge.
     pub ip: String,
+    /// The instance's resource name: its instance URL is
+    /// `http://<resource_name>.localhost:<port>`.
+    pub resource_name: String,
 }
 
 /// A running `hangar serve`; on drop it is stopped with SIGTERM, the
@@ -253,14 +256,17 @@ impl Serve {
             ensure!(Instant::now() < deadline, "never deployed: {view}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        loop {
+        let resource_name = loop {
             let inst = self.get(client, &format!("/instances/{instance}")).await?;
             if inst["status"] == "running" {
-                break;
+                break inst["resource_name"]
+                    .as_str()
+                    .context("no resource_name in the instance")?
+                    .to_owned();
             }
             ensure!(Instant::now() < deadline, "never running: {inst}");
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         let probe = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
                      s.connect(('10.231.0.1', 9)); print(s.getsockname()[0])";
         let (status, _, text) = self
@@ -282,6 +288,7 @@ impl Serve {
             agent,
             instance,
             ip,
+            resource_name,
         })
     }
 
