@@ -259,9 +259,9 @@ impl Serve {
         let resource_name = loop {
             let inst = self.get(client, &format!("/instances/{instance}")).await?;
             if inst["status"] == "running" {
-                break inst["resource_name"]
+                break inst["deployment"]["resource_name"]
                     .as_str()
-                    .context("no resource_name in the instance")?
+                    .context("no deployment.resource_name in the instance")?
                     .to_owned();
             }
             ensure!(Instant::now() < deadline, "never running: {inst}");
