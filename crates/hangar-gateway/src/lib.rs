@@ -17,10 +17,9 @@
 //! a replica that closed the connection (crashed mid-request), or the
 //! caller's `options.timeout` running out.
 //!
-//! Invocations reach replicas over kept-alive HTTP/1.1 connections that the
-//! request itself drives ([`upstream`]): a request costs no connection setup
-//! and no hand-off to another task. The instance-URL proxy uses hyper's
-//! pooled client.
+//! Invocations and instance URLs reach replicas over kept-alive HTTP/1.1
+//! connections that the request itself drives ([`upstream`]): a request
+//! costs no connection setup and no hand-off to another task.
 //!
 //! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
 
@@ -38,9 +37,6 @@ use std::time::{Duration, Instant};
 
 use hangar_controller::{Controller, Target, Traffic};
 use hangar_core::model::Instance;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 pub use invoke::{InvokeError, Invoked};
 
@@ -73,8 +69,10 @@ pub enum RouteKey {
 /// See the module docs. One per server.
 pub struct Gateway {
     controller: Controller,
-    client: Client<HttpConnector, axum::body::Body>,
+    /// Connections for invocations (whole bodies).
     upstreams: Arc<upstream::Upstreams>,
+    /// Connections for instance URLs (callers' bodies streamed through).
+    proxied: Arc<upstream::Upstreams<axum::body::Body>>,
     /// Routes by agent ID or by host label.
     routes: Mutex<HashMap<RouteKey, Route>>,
     limits: Limits,
@@ -153,16 +151,10 @@ impl Drop for Queued<'_> {
 impl Gateway {
     /// A gateway routing to `controller`'s replicas.
     pub fn new(controller: Controller, limits: Limits) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
         Self {
             controller,
-            client,
             upstreams: Arc::default(),
+            proxied: Arc::default(),
             routes: Mutex::new(HashMap::new()),
             limits,
             turn: AtomicUsize::new(0),

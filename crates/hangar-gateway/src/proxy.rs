@@ -10,7 +10,11 @@
 //! that is leaving drains streams and websockets too.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; `X-Forwarded-For`,
-//! `-Host` and `-Proto` are added.
+//! `-Host` and `-Proto` are added. The caller's `Host` is kept.
+//!
+//! Requests go over the gateway's kept-alive connections, driven by the
+//! request itself ([`crate::upstream`]); an upgrade gets a connection of its
+//! own, which becomes the tunnel.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,8 +25,10 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, 
 use bytes::Bytes;
 use hangar_controller::ACTIVATION_WAIT;
 use hangar_core::model::Instance;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::invoke::InvokeError;
 use crate::{Gateway, InFlight};
@@ -75,12 +81,15 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// A replica's response body, holding its slot until it ends or drops.
-struct Held {
-    body: Pin<Box<Incoming>>,
+struct Held<B> {
+    body: B,
     _slot: InFlight,
 }
 
-impl hyper::body::Body for Held {
+impl<B> hyper::body::Body for Held<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -88,7 +97,7 @@ impl hyper::body::Body for Held {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.get_mut().body.as_mut().poll_frame(cx)
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -121,7 +130,11 @@ impl Gateway {
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
-        let host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 callers name the host in the URI.
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
         strip_hop_by_hop(&mut parts.headers, upgrading);
         if upgrading {
             parts
@@ -141,64 +154,100 @@ impl Gateway {
                 parts.headers.insert("x-forwarded-for", value);
             }
         }
-        if let Some(host) = host {
-            parts.headers.insert("x-forwarded-host", host);
-        }
+        let host = match host {
+            Some(host) => {
+                parts.headers.insert("x-forwarded-host", host.clone());
+                host
+            }
+            None => HeaderValue::try_from(slot.address.to_string())
+                .map_err(|err| InvokeError::Unreachable(err.to_string()))?,
+        };
+        parts.headers.insert(header::HOST, host);
         parts
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let path = parts
+        // Origin form over HTTP/1.1, whatever the caller spoke.
+        parts.uri = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
-            .to_owned();
-        parts.uri = format!("http://{}{path}", slot.address)
             .parse()
             .map_err(|err| InvokeError::Unreachable(format!("{err}")))?;
+        parts.version = hyper::Version::HTTP_11;
         let upstream = Request::from_parts(parts, body);
 
-        let mut response = match self.client.request(upstream).await {
-            Ok(response) => response,
-            Err(err) => {
-                self.record(&instance.id, false, started.elapsed());
-                return Err(InvokeError::Unreachable(err.to_string()));
-            }
+        let answer = match downstream_upgrade {
+            Some(downstream) => tunnel(slot, upstream, downstream).await,
+            None => self
+                .proxied
+                .send(slot.address, upstream)
+                .await
+                .map(|response| {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers, false);
+                    let body = axum::body::Body::new(Held { body, _slot: slot });
+                    Response::from_parts(parts, body)
+                })
+                .map_err(|err| err.to_string()),
         };
         self.record(
             &instance.id,
-            !response.status().is_server_error(),
+            answer
+                .as_ref()
+                .is_ok_and(|response| !response.status().is_server_error()),
             started.elapsed(),
         );
-
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(downstream) = downstream_upgrade {
-                let upstream = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    // The slot is held while the tunnel is open.
-                    let _slot = slot;
-                    match tokio::try_join!(downstream, upstream) {
-                        Ok((down, up)) => {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(down),
-                                &mut TokioIo::new(up),
-                            )
-                            .await;
-                        }
-                        Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-                    }
-                });
-                let (parts, _) = response.into_parts();
-                return Ok(Response::from_parts(parts, axum::body::Body::empty()));
-            }
-        }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        let held = Held {
-            body: Box::pin(body),
-            _slot: slot,
-        };
-        Ok(Response::from_parts(parts, axum::body::Body::new(held)))
+        answer.map_err(InvokeError::Unreachable)
     }
+}
+
+/// Sends an upgrade request on a connection of its own. When the replica
+/// switches protocols, a task joins the two upgraded connections until
+/// either closes (holding `slot` until then) and the answer is the 101's
+/// head; otherwise its answer is passed on.
+async fn tunnel(
+    slot: InFlight,
+    request: Request<axum::body::Body>,
+    downstream: hyper::upgrade::OnUpgrade,
+) -> Result<Response<axum::body::Body>, String> {
+    let stream = TcpStream::connect(slot.address)
+        .await
+        .map_err(|err| format!("connect: {err}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| err.to_string())?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "upgrade connection failed");
+        }
+    });
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| err.to_string())?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(down),
+                        &mut TokioIo::new(up),
+                    )
+                    .await;
+                }
+                Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, axum::body::Body::empty()));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let body = axum::body::Body::new(Held { body, _slot: slot });
+    Ok(Response::from_parts(parts, body))
 }
 
 #[cfg(test)]

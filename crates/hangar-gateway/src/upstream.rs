@@ -11,8 +11,11 @@
 //! midway (its timeout ran out, its caller left) drops its connection, and
 //! the replica sees it close, as with the pooled client.
 //!
-//! Invocations (sync and streamed) use this; the instance-URL proxy keeps the
-//! pooled client, which handles protocol upgrades (websockets).
+//! Invocations (sync and streamed) use this with whole request bodies, and
+//! the instance-URL proxy with the caller's body streamed through (the
+//! connection writes it as it is driven, before and while the answer is
+//! read). Protocol upgrades (websockets) keep hyper's pooled client, which
+//! hands an upgraded connection over.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -42,17 +45,23 @@ pub const MAX_IDLE_PER_REPLICA: usize = 64;
 /// may have been closed by the replica while it sat in the pool).
 const IDLE_ATTEMPTS: usize = 3;
 
-type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+/// A request body the connections can write.
+pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One HTTP/1.1 connection to a replica: the handle requests are sent on,
 /// and the state machine doing its reads and writes when polled.
-struct Conn {
-    sender: http1::SendRequest<Full<Bytes>>,
+struct Conn<B: RequestBody> {
+    sender: http1::SendRequest<B>,
     /// `None` once it finished: dropping it fails a request still queued.
-    driver: Option<Driver>,
+    driver: Option<http1::Connection<TokioIo<TcpStream>, B>>,
 }
 
-impl Conn {
+impl<B: RequestBody> Conn<B> {
     /// Polls the connection's I/O. `false` once it has closed (or failed).
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(driver) = &mut self.driver else {
@@ -93,17 +102,17 @@ impl UpstreamError {
     }
 }
 
-struct Idle {
-    conn: Conn,
+struct Idle<B: RequestBody> {
+    conn: Conn<B>,
     since: Instant,
 }
 
-struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+struct Pool<B: RequestBody> {
+    idle: HashMap<SocketAddr, Vec<Idle<B>>>,
     swept: Instant,
 }
 
-impl Pool {
+impl<B: RequestBody> Pool<B> {
     /// Now and then (at most every [`IDLE_TIMEOUT`], on a checkout or a
     /// checkin), closes connections idle past [`IDLE_TIMEOUT`]: a replica
     /// that went away leaves its own to this sweep.
@@ -120,12 +129,13 @@ impl Pool {
     }
 }
 
-/// See the module docs. Shared by a gateway's requests.
-pub struct Upstreams {
-    pool: Mutex<Pool>,
+/// See the module docs. Shared by a gateway's requests. `B` is the type of
+/// the request bodies sent.
+pub struct Upstreams<B: RequestBody = Full<Bytes>> {
+    pool: Mutex<Pool<B>>,
 }
 
-impl Default for Upstreams {
+impl<B: RequestBody> Default for Upstreams<B> {
     fn default() -> Self {
         Self {
             pool: Mutex::new(Pool {
@@ -136,15 +146,15 @@ impl Default for Upstreams {
     }
 }
 
-impl Upstreams {
+impl<B: RequestBody> Upstreams<B> {
     /// Sends `request` to `address` on an idle connection, or a new one,
     /// and returns the answer once its head has arrived. Its body drives the
     /// connection as it is read and returns it to the pool at its end.
     pub async fn send(
         self: &Arc<Self>,
         address: SocketAddr,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        mut request: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, UpstreamError> {
         let mut attempts = 0;
         loop {
             let reused = if attempts < IDLE_ATTEMPTS {
@@ -205,7 +215,7 @@ impl Upstreams {
 
     /// The most recently used idle connection to `address` that is young
     /// enough.
-    fn checkout(&self, address: SocketAddr) -> Option<Conn> {
+    fn checkout(&self, address: SocketAddr) -> Option<Conn<B>> {
         let mut pool = lock(&self.pool);
         pool.sweep();
         let idle = pool.idle.get_mut(&address)?;
@@ -218,7 +228,7 @@ impl Upstreams {
     }
 
     /// Puts a connection whose last answer has been read back in the pool.
-    fn checkin(&self, address: SocketAddr, conn: Conn) {
+    fn checkin(&self, address: SocketAddr, conn: Conn<B>) {
         let mut pool = lock(&self.pool);
         pool.sweep();
         let idle = pool.idle.entry(address).or_default();
@@ -236,7 +246,7 @@ impl Upstreams {
     }
 }
 
-async fn connect(address: SocketAddr) -> Result<Conn, UpstreamError> {
+async fn connect<B: RequestBody>(address: SocketAddr) -> Result<Conn<B>, UpstreamError> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(UpstreamError::Connect)?;
@@ -253,15 +263,15 @@ async fn connect(address: SocketAddr) -> Result<Conn, UpstreamError> {
 
 /// An answer's body, read from the replica as it is polled; at its end the
 /// connection returns to the pool.
-pub struct UpstreamBody {
+pub struct UpstreamBody<B: RequestBody = Full<Bytes>> {
     incoming: Incoming,
     /// `None` once the connection closed, or was returned.
-    conn: Option<Conn>,
-    pool: Arc<Upstreams>,
+    conn: Option<Conn<B>>,
+    pool: Arc<Upstreams<B>>,
     address: SocketAddr,
 }
 
-impl Body for UpstreamBody {
+impl<B: RequestBody> Body for UpstreamBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
