@@ -262,13 +262,38 @@ async fn connect<B: RequestBody>(address: SocketAddr) -> Result<Conn<B>, Upstrea
 }
 
 /// An answer's body, read from the replica as it is polled; at its end the
-/// connection returns to the pool.
+/// connection returns to the pool. The end is its last frame when the
+/// length says so (hyper's server stops polling a body of known length
+/// there), `None` otherwise; a body dropped once wholly read (an empty one
+/// is never polled) returns it too.
 pub struct UpstreamBody<B: RequestBody = Full<Bytes>> {
     incoming: Incoming,
     /// `None` once the connection closed, or was returned.
     conn: Option<Conn<B>>,
     pool: Arc<Upstreams<B>>,
     address: SocketAddr,
+}
+
+impl<B: RequestBody> UpstreamBody<B> {
+    /// The answer has been read whole: the connection goes back to the pool
+    /// once driven past it, if it is ready for the next request. One still
+    /// writing this request's body (the replica answered early) would hold
+    /// the next one forever, so it is closed instead.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut conn) = self.conn.take() {
+            if conn.drive(cx) && conn.sender.is_ready() {
+                self.pool.checkin(self.address, conn);
+            }
+        }
+    }
+}
+
+impl<B: RequestBody> Drop for UpstreamBody<B> {
+    fn drop(&mut self) {
+        if self.conn.is_some() && self.incoming.is_end_stream() {
+            self.release(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+    }
 }
 
 impl<B: RequestBody> Body for UpstreamBody<B> {
@@ -291,16 +316,8 @@ impl<B: RequestBody> Body for UpstreamBody<B> {
             }
         }
         match &frame {
-            Poll::Ready(None) => {
-                // Only a connection ready for the next request goes back: one
-                // still writing this request's body (the replica answered
-                // early) would hold the next one forever.
-                if let Some(conn) = this.conn.take() {
-                    if conn.driver.is_some() && conn.sender.is_ready() {
-                        this.pool.checkin(this.address, conn);
-                    }
-                }
-            }
+            Poll::Ready(None) => this.release(cx),
+            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(cx),
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
@@ -381,6 +398,51 @@ mod tests {
             assert_eq!(answer(&upstreams, address).await, "ok");
             assert_eq!(upstreams.idle_count(), 1);
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_sending_streamed_bodies_is_reused_too() {
+        let (address, accepted) = replica(usize::MAX).await;
+        let upstreams = Arc::new(Upstreams::<axum::body::Body>::default());
+        for _ in 0..5 {
+            let request = Request::post("/invoke")
+                .header(hyper::header::HOST, address.to_string())
+                .header(hyper::header::CONTENT_LENGTH, "7")
+                .body(axum::body::Body::from("{\"q\":1}"))
+                .expect("request");
+            let response = upstreams.send(address, request).await.expect("sent");
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes(), "ok");
+            assert_eq!(upstreams.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// hyper's server stops at the frame that ends a body of known length,
+    /// and never polls an empty one: the connection goes back all the same.
+    #[tokio::test]
+    async fn a_body_read_to_its_length_or_empty_returns_its_connection_when_dropped() {
+        let (address, accepted) = replica(usize::MAX).await;
+        let upstreams = Arc::new(Upstreams::default());
+        let response = upstreams.send(address, post(address)).await.expect("sent");
+        let mut body = response.into_body();
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), "ok");
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(upstreams.idle_count(), 1);
+
+        let empty = Request::get("/nothing")
+            .header(hyper::header::HOST, address.to_string())
+            .body(Full::default())
+            .expect("request");
+        let response = upstreams.send(address, empty).await.expect("sent");
+        assert_eq!(response.status(), 404);
+        drop(response);
+        assert_eq!(upstreams.idle_count(), 1);
+        assert_eq!(answer(&upstreams, address).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
