@@ -88,6 +88,29 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
+/// CPU time [`process_cpu`] of `pid` and its children (nginx's master and
+/// workers); `None` when `pid` is gone.
+#[must_use]
+pub fn process_tree_cpu(pid: u32) -> Option<Duration> {
+    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    let own = process_cpu(pid)?;
+    Some(
+        own + children
+            .into_iter()
+            .filter_map(process_cpu)
+            .sum::<Duration>(),
+    )
+}
+
 /// utime + stime of a `/proc/<pid>/stat` line, in clock ticks. The command
 /// name (field 2) is in parentheses and may hold spaces, so fields are
 /// counted after its closing parenthesis: state is field 3, utime 14 and

@@ -41,6 +41,11 @@
 //! Throughput: `--connections` concurrent tasks sending back to back for
 //! `--duration` seconds per path (after a 1 s untimed warm-up), counting
 //! checked answers; any failed answer fails the run.
+//! Each run also reads the CPU time (user + system, from `/proc`) the
+//! answering server used while timed — `hangar serve`, or nginx's master
+//! and workers — and divides it by the requests served: the proxies' own
+//! cost per request, which the shared cores' noise moves far less than the
+//! request rate.
 //!
 //! The binary exits 0 whether or not the targets are met: it is a
 //! measurement, not a test.
@@ -57,7 +62,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::serve::{hangar_binary, terminate, Serve, TempDir};
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, load_average, median, percentile, sorted_ms, steal_percent,
+    cpu_ticks, find_program, free_port, load_average, median, percentile, process_tree_cpu,
+    sorted_ms, steal_percent,
 };
 
 /// The admin key `hangar serve` is started with.
@@ -117,6 +123,37 @@ enum LoadTool {
     Builtin,
 }
 
+/// What a throughput run measured.
+#[derive(Clone, Copy)]
+struct Load {
+    /// Requests per second.
+    rps: f64,
+    /// CPU time of the path's server (Hangar, or nginx's master and
+    /// workers) per request while timed; `None` for direct calls.
+    cpu_per_request: Option<Duration>,
+}
+
+/// CPU time of `server` (and its children) so far.
+fn server_cpu(server: Option<u32>) -> Option<Duration> {
+    process_tree_cpu(server?)
+}
+
+impl Load {
+    fn new(rps: f64, seconds: f64, cpu: (Option<Duration>, Option<Duration>)) -> Self {
+        let requests = rps * seconds;
+        let cpu_per_request = match cpu {
+            (Some(before), Some(after)) if requests >= 1.0 => {
+                Some(after.saturating_sub(before).div_f64(requests))
+            }
+            _ => None,
+        };
+        Self {
+            rps,
+            cpu_per_request,
+        }
+    }
+}
+
 /// Requests per second of `target` with wrk (one thread, `connections`
 /// connections), checking that every answer was 2xx.
 fn wrk_throughput(
@@ -125,7 +162,7 @@ fn wrk_throughput(
     target: &Target,
     connections: usize,
     duration: Duration,
-) -> Result<f64> {
+) -> Result<Load> {
     let mut script = String::new();
     if let Some(body) = target.body {
         script.push_str(&format!(
@@ -144,6 +181,7 @@ fn wrk_throughput(
     fs::write(&path, script)?;
     // One untimed second first, like the builtin load.
     for (seconds, timed) in [(1, false), (duration.as_secs().max(1), true)] {
+        let cpu_before = server_cpu(target.server);
         let out = Command::new(wrk)
             .arg("-t1")
             .arg(format!("-c{connections}"))
@@ -153,6 +191,7 @@ fn wrk_throughput(
             .arg(&target.url)
             .output()
             .context("running wrk")?;
+        let cpu_after = server_cpu(target.server);
         let text = String::from_utf8_lossy(&out.stdout);
         ensure!(out.status.success(), "wrk failed: {text}");
         ensure!(
@@ -161,11 +200,12 @@ fn wrk_throughput(
             target.url
         );
         if timed {
-            return text
+            let rps = text
                 .lines()
                 .find_map(|l| l.strip_prefix("Requests/sec:"))
                 .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no Requests/sec in wrk's output: {text}"));
+                .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+            return Ok(Load::new(rps, seconds as f64, (cpu_before, cpu_after)));
         }
     }
     bail!("unreachable: the timed run returns")
@@ -257,6 +297,9 @@ struct Target {
     auth: bool,
     /// A `Host` header instead of the URL's (instance URLs).
     host: Option<String>,
+    /// The process answering (with its children), whose CPU time is
+    /// counted; `None` for direct calls.
+    server: Option<u32>,
     /// What a good answer contains (besides status 200).
     expect: Vec<String>,
 }
@@ -358,7 +401,7 @@ async fn latency(targets: &[Target], args: &Args) -> Result<Vec<Vec<Duration>>> 
 }
 
 /// Requests per second over `duration` with `connections` concurrent senders.
-async fn throughput(target: &Target, connections: usize, duration: Duration) -> Result<f64> {
+async fn throughput(target: &Target, connections: usize, duration: Duration) -> Result<Load> {
     let client = client(connections)?;
     let done = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(AtomicBool::new(false));
@@ -379,15 +422,22 @@ async fn throughput(target: &Target, connections: usize, duration: Duration) -> 
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     counting.store(true, Ordering::Relaxed);
+    let cpu_before = server_cpu(target.server);
     let t0 = Instant::now();
     tokio::time::sleep(duration).await;
     let n = done.load(Ordering::Relaxed);
     let took = t0.elapsed();
+    let cpu_after = server_cpu(target.server);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.context("a load task panicked")??;
     }
-    Ok(n as f64 / took.as_secs_f64())
+    let seconds = took.as_secs_f64();
+    Ok(Load::new(
+        n as f64 / seconds,
+        seconds,
+        (cpu_before, cpu_after),
+    ))
 }
 
 fn main() -> Result<()> {
@@ -435,6 +485,8 @@ fn main() -> Result<()> {
     eprintln!("nginx at 127.0.0.1:{}", nginx.port);
 
     let echo = vec![ECHO.to_owned()];
+    let hangar_pid = Some(serve.child.id());
+    let nginx_pid = Some(nginx.child.id());
     let targets = vec![
         Target {
             name: "direct: `POST <replica>:8080/invoke`",
@@ -442,6 +494,7 @@ fn main() -> Result<()> {
             body: Some(BODY),
             auth: false,
             host: None,
+            server: None,
             expect: echo.clone(),
         },
         Target {
@@ -450,6 +503,7 @@ fn main() -> Result<()> {
             body: Some(r#"{"input":{"q":1}}"#),
             auth: true,
             host: None,
+            server: hangar_pid,
             expect: vec![ECHO.to_owned(), r#""success":true"#.to_owned()],
         },
         Target {
@@ -458,6 +512,7 @@ fn main() -> Result<()> {
             body: Some(BODY),
             auth: false,
             host: None,
+            server: nginx_pid,
             expect: echo.clone(),
         },
         Target {
@@ -466,6 +521,7 @@ fn main() -> Result<()> {
             body: Some(BODY),
             auth: false,
             host: Some(instance_host),
+            server: hangar_pid,
             expect: echo,
         },
         Target {
@@ -474,6 +530,7 @@ fn main() -> Result<()> {
             body: None,
             auth: true,
             host: None,
+            server: hangar_pid,
             expect: vec![agent.clone()],
         },
         Target {
@@ -482,6 +539,7 @@ fn main() -> Result<()> {
             body: None,
             auth: false,
             host: None,
+            server: hangar_pid,
             expect: vec!["ok".to_owned()],
         },
     ];
@@ -494,7 +552,7 @@ fn main() -> Result<()> {
     );
     let samples = rt.block_on(latency(&targets, &args))?;
     let scripts = TempDir::new("wrk")?;
-    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.rounds.max(1) {
         for (i, target) in targets.iter().enumerate() {
             eprintln!(
@@ -511,7 +569,22 @@ fn main() -> Result<()> {
             });
         }
     }
-    let rps: Vec<f64> = rounds.iter().map(|r| median(r)).collect();
+    let rps: Vec<f64> = rounds
+        .iter()
+        .map(|r| median(&r.iter().map(|l| l.rps).collect::<Vec<_>>()))
+        .collect();
+    // CPU µs per request: the median of the rounds that measured it.
+    let cpu: Vec<Option<f64>> = rounds
+        .iter()
+        .map(|r| {
+            let us: Vec<f64> = r
+                .iter()
+                .filter_map(|l| l.cpu_per_request)
+                .map(|d| d.as_secs_f64() * 1e6)
+                .collect();
+            (!us.is_empty()).then(|| median(&us))
+        })
+        .collect();
     let steal = steal_percent(ticks, cpu_ticks());
     let load_after = load_average();
 
@@ -533,14 +606,29 @@ fn main() -> Result<()> {
         args.rounds.max(1)
     );
     for (target, r) in targets.iter().zip(&rounds) {
-        let shown: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
-        println!("- {}: {} req/s", target.name, shown.join(", "));
+        let shown: Vec<String> = r.iter().map(|l| format!("{:.0}", l.rps)).collect();
+        let cpu: Vec<String> = r
+            .iter()
+            .filter_map(|l| l.cpu_per_request)
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e6))
+            .collect();
+        if cpu.is_empty() {
+            println!("- {}: {} req/s", target.name, shown.join(", "));
+        } else {
+            println!(
+                "- {}: {} req/s; server CPU µs per request: {}",
+                target.name,
+                shown.join(", "),
+                cpu.join(", ")
+            );
+        }
     }
     report(
         &args,
         &targets,
         &samples,
         &rps,
+        &cpu,
         steal,
         (load_before, load_after),
     );
@@ -552,6 +640,7 @@ fn report(
     targets: &[Target],
     samples: &[Vec<Duration>],
     rps: &[f64],
+    cpu: &[Option<f64>],
     steal: Option<f64>,
     load: (String, String),
 ) {
@@ -572,15 +661,22 @@ fn report(
         load.0, load.1
     );
     println!();
-    println!("| path | mean ms | p50 ms | p90 ms | p99 ms | max ms | throughput req/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| path | mean ms | p50 ms | p90 ms | p99 ms | max ms | throughput req/s | server CPU \
+         µs/req |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (i, target) in targets.iter().enumerate() {
+        let cpu = cpu[i].map_or_else(|| "—".to_owned(), |us| format!("{us:.1}"));
         match &stats[i] {
             Some(s) => println!(
-                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {cpu} |",
                 target.name, s.mean, s.p50, s.p90, s.p99, s.max, rps[i]
             ),
-            None => println!("| {} | — | — | — | — | — | {:.0} |", target.name, rps[i]),
+            None => println!(
+                "| {} | — | — | — | — | — | {:.0} | {cpu} |",
+                target.name, rps[i]
+            ),
         }
     }
     let (Some(direct), Some(nginx)) = (&stats[0], &stats[2]) else {
