@@ -254,14 +254,31 @@ impl DockerDriver {
         }
     }
 
-    /// Removes `name` if no container is on it any more.
+    /// Removes `name` if no replica of this driver's is made for it any
+    /// more. Containers are counted by their network label, in any state:
+    /// the network's own list has only started ones, and a replica created
+    /// a moment ago (under [`Self::networks`]) is started after the lock is
+    /// let go.
     async fn release_network(&self, name: &str) {
         let _turn = self.networks.lock().await;
-        let Ok(network) = self.docker.inspect_network(name, None).await else {
-            return;
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("{OWNER_LABEL}={}", self.owner),
+                    format!("{NETWORK_LABEL}={name}"),
+                ],
+            )])),
+            ..Default::default()
         };
-        if network.containers.is_some_and(|c| !c.is_empty()) {
-            return;
+        match self.docker.list_containers(Some(options)).await {
+            Ok(containers) if containers.is_empty() => {}
+            Ok(_) => return,
+            Err(err) => {
+                tracing::debug!(network = name, error = %engine_message(&err), "network kept: cannot list its replicas");
+                return;
+            }
         }
         if let Err(err) = self.docker.remove_network(name).await {
             tracing::debug!(network = name, error = %engine_message(&err), "network not removed");

@@ -634,6 +634,57 @@ async fn limits_hold(s: Subject) {
     s.assert_nothing_left().await;
 }
 
+/// A cloud's network stays while any replica is made for it, started or
+/// not: the engine lists only started containers on a network, and a
+/// replica being created is started after the driver's network lock is let
+/// go. The last replica's removal takes the network away.
+#[tokio::test]
+async fn docker_a_network_stays_for_a_replica_not_yet_started() {
+    let Some(s) = Subject::new(Kind::Docker, "network_stays").await else {
+        return;
+    };
+    let owner = engine::owner(&s.test);
+    let network = format!("hangar-{owner}-cloud_conformance");
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker")
+    };
+    let first = s.id("first");
+    s.driver
+        .create(&shell(&first, "sleep 600"))
+        .await
+        .expect("create");
+    // What another create holds between making its container and starting it.
+    let made = docker(&[
+        "create",
+        "--label",
+        &format!("hangar.docker.owner={owner}"),
+        "--label",
+        &format!("hangar.docker.network={network}"),
+        "--network",
+        &network,
+        engine::BASE_IMAGE,
+        "true",
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let made = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    s.driver.remove(&first).await.expect("remove");
+    assert!(
+        docker(&["network", "inspect", &network]).status.success(),
+        "the network went with a replica created on it still waiting to start"
+    );
+    assert!(docker(&["rm", "-f", &made]).status.success());
+    let last = s.id("last");
+    s.driver
+        .create(&shell(&last, "sleep 600"))
+        .await
+        .expect("create");
+    s.driver.remove(&last).await.expect("remove");
+    s.assert_nothing_left().await;
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sandbox {
