@@ -5,7 +5,8 @@
 //! down at connect and sends no field newer than that.
 //!
 //! * **Owner.** Every container and network this driver makes carries the
-//!   label `hangar.docker.owner` (one value per Hangar data dir), and
+//!   label `hangar.docker.owner` (a random value each Hangar data dir
+//!   keeps), and
 //!   [`Driver::list`] sees only those: several Hangars, or test runs, share
 //!   an engine without adopting each other's replicas. The container's name
 //!   is `hangar-<owner>-<replica id>`.

@@ -228,16 +228,14 @@ const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Docker engine docker clouds run on, or why there is none (a
 /// sentence for the errors of docker clouds' builds and replicas). Its
-/// containers are marked with a hash of the data dir, so Hangars with other
-/// data dirs on the same engine never adopt them. No engine is no error:
+/// containers are marked with the data dir's [`docker_owner`], so other
+/// Hangars on the same engine never adopt them. No engine is no error:
 /// the server runs without it, and says so.
 async fn connect_docker(
     config: &Config,
     data_dir: &Path,
 ) -> Result<Arc<hangar_runtime::DockerDriver>, String> {
-    use sha2::Digest as _;
-    let hash = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    let owner: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let owner = docker_owner(data_dir).map_err(|err| format!("{err:#}"))?;
     let engine = config
         .docker_host
         .clone()
@@ -261,6 +259,41 @@ async fn connect_docker(
     Err(format!(
         "no Docker engine answered at start at {engine} ({why})"
     ))
+}
+
+/// Where the mark of this server's Docker containers is kept, in the data dir.
+const DOCKER_OWNER_FILE: &str = "docker.owner";
+
+/// The mark on this server's Docker containers and networks: random, made
+/// on first use and kept in the data dir ([`DOCKER_OWNER_FILE`]). Two
+/// servers on one engine never take each other's replicas for their own —
+/// not even with data dirs at the same path on two machines — and a data
+/// dir that moves keeps its replicas.
+fn docker_owner(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(DOCKER_OWNER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let owner = text.trim();
+            anyhow::ensure!(
+                owner.len() == 16 && owner.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{} does not hold 16 hex digits",
+                path.display()
+            );
+            return Ok(owner.to_ascii_lowercase());
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    let owner: String = rand::random::<[u8; 8]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Written whole or not at all: a torn file would refuse the next start.
+    let temporary = data_dir.join(format!("{DOCKER_OWNER_FILE}.new"));
+    std::fs::write(&temporary, format!("{owner}\n"))
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(owner)
 }
 
 /// The sandbox driver under `<data dir>/runtime`, with `docker` beside it
@@ -333,5 +366,26 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docker_owner_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("hangar-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let first = docker_owner(&dir).expect("made");
+        assert_eq!(first.len(), 16);
+        assert_eq!(docker_owner(&dir).expect("kept"), first);
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).expect("dir");
+        assert_ne!(docker_owner(&other).expect("made"), first);
+        std::fs::write(dir.join(DOCKER_OWNER_FILE), "not hex\n").expect("write");
+        let err = docker_owner(&dir).expect_err("a damaged file is refused");
+        assert!(err.to_string().contains("16 hex digits"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -39,16 +39,14 @@ impl Drop for Leftovers {
     }
 }
 
-/// The owner label `hangar serve` gives its containers: a hash of its
-/// canonical data dir.
+/// The owner label `hangar serve` gives its containers: made at random on
+/// its first start and kept in its data dir.
 fn serve_owner(dir: &Path) -> String {
-    use sha2::Digest as _;
-    let data = dir
-        .join("hangar-data")
-        .canonicalize()
-        .expect("the server made its data dir");
-    let hash = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
-    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let path = dir.join("hangar-data/docker.owner");
+    let owner = std::fs::read_to_string(&path).expect("the server keeps its docker owner");
+    let owner = owner.trim();
+    assert_eq!(owner.len(), 16, "{owner:?}");
+    owner.to_owned()
 }
 
 /// The ids of the containers (running or not) labelled with `owner`.
