@@ -28,8 +28,9 @@ use std::sync::Arc;
 
 use hangar_core::docker::{image_tag, DockerCloudConfig, DOCKERFILE};
 use hangar_core::model::{Build, DriverKind};
+use hangar_core::resources::Resources;
 use hangar_core::spec::{RegistryCredentials, Source};
-use hangar_runtime::DockerDriver;
+use hangar_runtime::{BuildLimits, DockerDriver};
 use tokio::sync::mpsc;
 
 use crate::recipe::{self, Recipe};
@@ -40,13 +41,15 @@ use crate::{artifact, blocking, path_text, remove_work_dir, Builder};
 #[async_trait::async_trait]
 pub trait ImageMaker: Send + Sync + 'static {
     /// Builds `tag` from the directory `context`, with its own `Dockerfile`
-    /// (`dockerfile` `None`) or that text; output lines go to `log` as they
-    /// come. The error is the engine's message.
+    /// (`dockerfile` `None`) or that text, its steps held to `limits`;
+    /// output lines go to `log` as they come. The error is the engine's
+    /// message.
     async fn build(
         &self,
         context: &Path,
         dockerfile: Option<&str>,
         tag: &str,
+        limits: BuildLimits,
         log: mpsc::Sender<String>,
     ) -> Result<(), String>;
 
@@ -68,9 +71,10 @@ impl ImageMaker for DockerDriver {
         context: &Path,
         dockerfile: Option<&str>,
         tag: &str,
+        limits: BuildLimits,
         log: mpsc::Sender<String>,
     ) -> Result<(), String> {
-        self.build_image(context, dockerfile, tag, log)
+        self.build_image(context, dockerfile, tag, limits, log)
             .await
             .map_err(|err| err.to_string())
     }
@@ -102,6 +106,8 @@ pub struct DockerCloud {
     pub language: Option<String>,
     /// See [`DockerCloud::language`].
     pub version: Option<String>,
+    /// The agent's resources: its image build gets a build step's limits.
+    pub resources: Resources,
 }
 
 /// The base image of a generated Dockerfile when the cloud names none:
@@ -210,6 +216,7 @@ impl Builder {
             base_image: config.base_image,
             language: agent.runtime.language,
             version: agent.runtime.version,
+            resources: agent.resources,
         }))
     }
 
@@ -272,7 +279,8 @@ impl Builder {
             .await
             .map_err(BuildError::Store)?;
         let (tx, rx) = mpsc::channel(256);
-        let made = images.build(&dir, generated.as_deref(), &tag, tx);
+        let limits = self.step_limits(&cloud.resources);
+        let made = images.build(&dir, generated.as_deref(), &tag, limits, tx);
         self.engine_log(build, made, rx, &[], "the image build")
             .await?;
         let Some(key) = key else {

@@ -427,6 +427,20 @@ fn secret_refs(text: &str) -> Vec<String> {
 }
 
 impl Builder {
+    /// What a build step of an agent with `resources` may use, in a sandbox
+    /// or on a Docker engine: its CPU, and its memory limit (its request
+    /// when it sets none) but never less than the configured least.
+    fn step_limits(&self, resources: &Resources) -> hangar_runtime::BuildLimits {
+        hangar_runtime::BuildLimits {
+            memory_bytes: resources
+                .memory_limit_bytes
+                .unwrap_or(resources.memory_bytes)
+                .max(self.config.min_step_memory_bytes),
+            cpu_millis: resources.cpu_millis.max(1),
+            cpu_limit_millis: resources.cpu_limit_millis,
+        }
+    }
+
     /// Fetches, addresses, builds and publishes `build`'s source (see the
     /// crate docs), its scratch dir at `work`.
     async fn produce(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
@@ -724,6 +738,7 @@ impl Builder {
             artifact::give_to(&owned, BUILD_UID)
         })
         .await?;
+        let limits = self.step_limits(&resources);
         let replica = format!("build-{}", build.id.trim_start_matches("build_"));
         let mut env = vec![
             ("HOME".to_owned(), format!("/app/{STEP_TMP}")),
@@ -758,14 +773,9 @@ impl Builder {
             app_writable: true,
             port: None,
             stdin: false,
-            cpu_millis: resources.cpu_millis.max(1),
-            cpu_limit_millis: resources.cpu_limit_millis,
-            memory_limit_bytes: Some(
-                resources
-                    .memory_limit_bytes
-                    .unwrap_or(resources.memory_bytes)
-                    .max(self.config.min_step_memory_bytes),
-            ),
+            cpu_millis: limits.cpu_millis,
+            cpu_limit_millis: limits.cpu_limit_millis,
+            memory_limit_bytes: Some(limits.memory_bytes),
             pids_limit: 512,
             rootfs: None,
             user: None,

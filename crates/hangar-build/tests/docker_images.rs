@@ -76,6 +76,7 @@ impl ImageMaker for FakeEngine {
         context: &Path,
         dockerfile: Option<&str>,
         tag: &str,
+        _limits: hangar_runtime::BuildLimits,
         log: mpsc::Sender<String>,
     ) -> Result<(), String> {
         self.made.lock().expect("lock").push(Made::Build {

@@ -20,7 +20,8 @@
 //! * **Limits**: `cpu` → CPU shares, `cpu_limit` → `NanoCpus`, memory limit
 //!   with no swap on top, pids limit, every capability dropped,
 //!   `no-new-privileges`, a tmpfs `/tmp`. It runs as the spec's user, else
-//!   the image's when that is not root, else 65534.
+//!   the image's when that is not root, else 65534. Image builds get a
+//!   build step's memory and CPU ([`BuildLimits`]).
 //! * **Output** comes from the container's log (json-file), numbered from 1
 //!   by reading it from the start, so [`Driver::follow`] resumes after any
 //!   line, also from a new process. The engine's timestamps are the lines'.
@@ -57,6 +58,48 @@ use crate::driver::{
     labels, now_ms, Driver, DriverError, ExecResult, Exit, OutputEvent, OutputLine, OutputStream,
     ReplicaInfo, ReplicaSpec, ReplicaStats, StdinWait, MAX_LINE_BYTES,
 };
+
+/// What the containers of an image build's steps may use: the limits of a
+/// sandboxed build step. The engine's classic builder applies them to each
+/// `RUN`; there is no process limit for builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Memory, with no swap on top, in bytes.
+    pub memory_bytes: u64,
+    /// CPU weight, millicores.
+    pub cpu_millis: u64,
+    /// CPU hard limit, millicores.
+    pub cpu_limit_millis: Option<u64>,
+}
+
+/// The CFS period of CPU limits, µs.
+const CFS_PERIOD_US: i32 = 100_000;
+
+impl BuildLimits {
+    /// The memory limit as the build API carries it (a 32-bit number of
+    /// bytes in the client's types): a limit from 2 GiB up is not sent,
+    /// and the step runs with the engine's memory.
+    fn memory(&self) -> Option<i32> {
+        i32::try_from(self.memory_bytes).ok()
+    }
+
+    /// CPU shares: 1024 a core, at least the kernel's 2.
+    fn cpu_shares(&self) -> i32 {
+        i32::try_from(self.cpu_millis.saturating_mul(1024) / 1000)
+            .unwrap_or(i32::MAX)
+            .max(2)
+    }
+
+    /// The CFS quota per [`CFS_PERIOD_US`], from the CPU limit.
+    fn cpu_quota(&self) -> Option<i32> {
+        let millis = self.cpu_limit_millis?;
+        Some(
+            i32::try_from(millis.saturating_mul(100))
+                .unwrap_or(i32::MAX)
+                .max(1000),
+        )
+    }
+}
 
 /// Labels of the driver's own, kept out of [`ReplicaInfo::labels`].
 const OWNER_LABEL: &str = "hangar.docker.owner";
@@ -410,14 +453,16 @@ impl DockerDriver {
     }
 
     /// Builds `tag` from the directory `context` (symlinks kept as links):
-    /// with `dockerfile` `None` its own `Dockerfile`, else that text. Each
-    /// line the build prints goes to `log` as it comes; a failed step is
-    /// the error, with the engine's message.
+    /// with `dockerfile` `None` its own `Dockerfile`, else that text, its
+    /// steps' containers held to `limits`. Each line the build prints goes
+    /// to `log` as it comes; a failed step is the error, with the engine's
+    /// message.
     pub async fn build_image(
         &self,
         context: &Path,
         dockerfile: Option<&str>,
         tag: &str,
+        limits: BuildLimits,
         log: mpsc::Sender<String>,
     ) -> Result<(), DriverError> {
         const GENERATED: &str = ".hangar.Dockerfile";
@@ -448,6 +493,11 @@ impl DockerDriver {
             t: Some(tag.to_owned()),
             rm: true,
             forcerm: true,
+            memory: limits.memory(),
+            memswap: limits.memory(),
+            cpushares: Some(limits.cpu_shares()),
+            cpuperiod: limits.cpu_quota().map(|_| CFS_PERIOD_US),
+            cpuquota: limits.cpu_quota(),
             ..Default::default()
         };
         let mut stream = self.docker.build_image(
@@ -1166,6 +1216,26 @@ mod tests {
         LogOutput::StdOut {
             message: bytes::Bytes::from(format!("2026-12-04T11:48:26.259675256Z {text}")),
         }
+    }
+
+    #[test]
+    fn build_limits_as_the_build_api_takes_them() {
+        let limits = BuildLimits {
+            memory_bytes: 512 << 20,
+            cpu_millis: 250,
+            cpu_limit_millis: Some(1500),
+        };
+        assert_eq!(limits.memory(), Some(512 << 20));
+        assert_eq!(limits.cpu_shares(), 256);
+        assert_eq!(limits.cpu_quota(), Some(150_000));
+        let big = BuildLimits {
+            memory_bytes: 4 << 30,
+            cpu_millis: 1,
+            cpu_limit_millis: None,
+        };
+        assert_eq!(big.memory(), None, "not sent: the field is 32 bits");
+        assert_eq!(big.cpu_shares(), 2);
+        assert_eq!(big.cpu_quota(), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod sandbox;
 mod sandbox_driver;
 pub mod shim;
 
-pub use docker::{DockerDriver, DockerDriverConfig};
+pub use docker::{BuildLimits, DockerDriver, DockerDriverConfig};
 pub use driver::Driver;
 pub use driver_set::DriverSet;
 pub use sandbox_driver::{SandboxDriver, SandboxDriverConfig};

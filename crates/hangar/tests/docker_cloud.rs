@@ -299,6 +299,55 @@ async fn a_source_with_its_own_dockerfile_runs_the_image_as_it_says() {
     let _ = std::fs::remove_dir_all(src);
 }
 
+/// An image build's steps get a build step's limits: with the agent's
+/// default 512 MiB, a `RUN` that fills 1 GiB is killed and the build fails.
+#[tokio::test]
+async fn an_image_build_is_held_to_the_build_step_limits() {
+    let Some((server, mut leftovers)) = setup("docker_cloud_limits").await else {
+        return;
+    };
+    let src = temp("docker-limits-src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::copy(
+        Path::new(&agent_dir("http")).join("main.py"),
+        src.join("main.py"),
+    )
+    .expect("copy");
+    std::fs::write(
+        src.join("Dockerfile"),
+        format!(
+            "FROM {BASE_IMAGE}\n\
+             RUN python3 -c \"x = b'x' * (1 << 30); print('filled', len(x))\"\n"
+        ),
+    )
+    .expect("Dockerfile");
+    let (_agent, build) = create(
+        &server,
+        "dock-limits",
+        json!({"type": "github", "repo": format!("file://{}", src.display())}),
+    )
+    .await;
+    leftovers
+        .images
+        .push(format!("hangar-build:{}", build.to_ascii_lowercase()));
+    let (built, log) = finished(&server, &build).await;
+    assert_eq!(built["status"], "failed", "{built}\n{log}");
+    assert!(
+        !log.contains("filled 1073741824"),
+        "the step filled 1 GiB:\n{log}"
+    );
+    assert!(
+        log.contains("returned a non-zero code: 137"),
+        "the step was killed:\n{log}"
+    );
+    assert!(
+        containers(&leftovers.owner).is_empty(),
+        "no replica was made"
+    );
+    let _ = std::fs::remove_dir_all(src);
+}
+
 #[tokio::test]
 async fn without_an_engine_docker_clouds_say_why_nothing_builds() {
     // Needs neither root nor an engine: an address where none answers.
@@ -321,6 +370,7 @@ async fn without_an_engine_docker_clouds_say_why_nothing_builds() {
     .await;
     let (built, log) = finished(&server, &build).await;
     assert_eq!(built["status"], "failed", "{built}\n{log}");
+    eprintln!("LOG {log}");
     let reason = built["reason"].as_str().expect("a reason");
     assert!(
         reason.contains("no Docker engine answered at start")

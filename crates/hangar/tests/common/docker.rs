@@ -87,8 +87,13 @@ pub async fn base_image(driver: &DockerDriver) {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let dockerfile = "FROM scratch\nCOPY root/ /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/usr/bin:/bin\n";
+        let limits = hangar_runtime::BuildLimits {
+            memory_bytes: 512 << 20,
+            cpu_millis: 1000,
+            cpu_limit_millis: None,
+        };
         driver
-            .build_image(&context, Some(dockerfile), BASE_IMAGE, tx)
+            .build_image(&context, Some(dockerfile), BASE_IMAGE, limits, tx)
             .await
             .expect("building the test base image");
         drain.await.expect("drain");
