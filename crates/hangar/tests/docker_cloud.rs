@@ -9,7 +9,7 @@
 //! `CI=true`, where it fails. No registry is needed: the base image is made
 //! from the host's own Python (see `common/docker.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,45 @@ async fn finished(server: &Server, build: &str) -> (Value, String) {
     (done, log)
 }
 
+/// A fresh source directory `name`: the test HTTP agent's `main.py` and a
+/// Dockerfile of `steps` on the test base image.
+fn with_dockerfile(name: &str, steps: &str) -> PathBuf {
+    let src = temp(name);
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::copy(
+        Path::new(&agent_dir("http")).join("main.py"),
+        src.join("main.py"),
+    )
+    .expect("copy");
+    std::fs::write(
+        src.join("Dockerfile"),
+        format!("FROM {BASE_IMAGE}\n{steps}"),
+    )
+    .expect("Dockerfile");
+    src
+}
+
+/// Creates agent `name` from the directory `src` (a `file://` source);
+/// its image is removed with `leftovers`. Returns the agent and its build.
+async fn create_from(
+    server: &Server,
+    leftovers: &mut Leftovers,
+    name: &str,
+    src: &Path,
+) -> (String, String) {
+    let (agent, build) = create(
+        server,
+        name,
+        json!({"type": "github", "repo": format!("file://{}", src.display())}),
+    )
+    .await;
+    leftovers
+        .images
+        .push(format!("hangar-build:{}", build.to_ascii_lowercase()));
+    (agent, build)
+}
+
 /// The agent's default instance, once it runs.
 async fn running(server: &Server, agent: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -252,34 +291,14 @@ async fn a_source_with_its_own_dockerfile_runs_the_image_as_it_says() {
     let Some((server, mut leftovers)) = setup("docker_cloud_own").await else {
         return;
     };
-    let src = temp("docker-own-src");
-    let _ = std::fs::remove_dir_all(&src);
-    std::fs::create_dir_all(&src).expect("src");
-    std::fs::copy(
-        Path::new(&agent_dir("http")).join("main.py"),
-        src.join("main.py"),
-    )
-    .expect("copy");
-    std::fs::write(
-        src.join("Dockerfile"),
-        format!(
-            "FROM {BASE_IMAGE}\n\
-             COPY main.py /srv/agent.py\n\
-             WORKDIR /srv\n\
-             USER 1000\n\
-             CMD [\"python3\", \"-u\", \"/srv/agent.py\"]\n"
-        ),
-    )
-    .expect("Dockerfile");
-    let (agent, build) = create(
-        &server,
-        "dock-own",
-        json!({"type": "github", "repo": format!("file://{}", src.display())}),
-    )
-    .await;
-    leftovers
-        .images
-        .push(format!("hangar-build:{}", build.to_ascii_lowercase()));
+    let src = with_dockerfile(
+        "docker-own-src",
+        "COPY main.py /srv/agent.py\n\
+         WORKDIR /srv\n\
+         USER 1000\n\
+         CMD [\"python3\", \"-u\", \"/srv/agent.py\"]\n",
+    );
+    let (agent, build) = create_from(&server, &mut leftovers, "dock-own", &src).await;
     let (built, log) = finished(&server, &build).await;
     assert_eq!(built["status"], "ready", "{built}\n{log}");
     assert!(log.contains("the source's own Dockerfile"), "{log}");
@@ -306,31 +325,11 @@ async fn an_image_build_is_held_to_the_build_step_limits() {
     let Some((server, mut leftovers)) = setup("docker_cloud_limits").await else {
         return;
     };
-    let src = temp("docker-limits-src");
-    let _ = std::fs::remove_dir_all(&src);
-    std::fs::create_dir_all(&src).expect("src");
-    std::fs::copy(
-        Path::new(&agent_dir("http")).join("main.py"),
-        src.join("main.py"),
-    )
-    .expect("copy");
-    std::fs::write(
-        src.join("Dockerfile"),
-        format!(
-            "FROM {BASE_IMAGE}\n\
-             RUN python3 -c \"x = b'x' * (1 << 30); print('filled', len(x))\"\n"
-        ),
-    )
-    .expect("Dockerfile");
-    let (_agent, build) = create(
-        &server,
-        "dock-limits",
-        json!({"type": "github", "repo": format!("file://{}", src.display())}),
-    )
-    .await;
-    leftovers
-        .images
-        .push(format!("hangar-build:{}", build.to_ascii_lowercase()));
+    let src = with_dockerfile(
+        "docker-limits-src",
+        "RUN python3 -c \"x = b'x' * (1 << 30); print('filled', len(x))\"\n",
+    );
+    let (_agent, build) = create_from(&server, &mut leftovers, "dock-limits", &src).await;
     let (built, log) = finished(&server, &build).await;
     assert_eq!(built["status"], "failed", "{built}\n{log}");
     assert!(
