@@ -235,24 +235,53 @@ async fn connect_docker(
     config: &Config,
     data_dir: &Path,
 ) -> Result<Arc<hangar_runtime::DockerDriver>, String> {
-    let owner = docker_owner(data_dir).map_err(|err| format!("{err:#}"))?;
     let engine = config
         .docker_host
         .clone()
         .unwrap_or_else(|| "the local socket".to_owned());
-    let connect = hangar_runtime::DockerDriver::connect(hangar_runtime::DockerDriverConfig {
-        host: config.docker_host.clone(),
-        owner,
-        default_image: hangar_build::docker::DEFAULT_BASE_IMAGE.to_owned(),
-    });
-    let why = match tokio::time::timeout(DOCKER_CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(driver)) => {
+    let connect = |owner: String| async move {
+        let connecting =
+            hangar_runtime::DockerDriver::connect(hangar_runtime::DockerDriverConfig {
+                host: config.docker_host.clone(),
+                owner,
+                default_image: hangar_build::docker::DEFAULT_BASE_IMAGE.to_owned(),
+            });
+        match tokio::time::timeout(DOCKER_CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(driver)) => Ok(driver),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} s",
+                DOCKER_CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+    };
+    let connected = match recorded_docker_owner(data_dir).map_err(|err| format!("{err:#}"))? {
+        Some(owner) => connect(owner).await,
+        None => match connect(path_docker_owner(data_dir)).await {
+            Ok(earlier) => {
+                // Replicas of a build from before the owner file carry the
+                // hash of the data dir's path: keep it, so they are adopted.
+                let owner = if hangar_runtime::docker::leftovers(&earlier)
+                    .await
+                    .is_ok_and(|left| !left.is_empty())
+                {
+                    path_docker_owner(data_dir)
+                } else {
+                    random_docker_owner()
+                };
+                record_docker_owner(data_dir, &owner).map_err(|err| format!("{err:#}"))?;
+                connect(owner).await
+            }
+            Err(why) => Err(why),
+        },
+    };
+    let why = match connected {
+        Ok(driver) => {
             let version = driver.engine_version().await.unwrap_or_default();
             tracing::info!(%engine, %version, "docker driver ready: docker clouds run here");
             return Ok(Arc::new(driver));
         }
-        Ok(Err(err)) => err.to_string(),
-        Err(_) => format!("no answer within {} s", DOCKER_CONNECT_TIMEOUT.as_secs()),
+        Err(why) => why,
     };
     tracing::warn!(%engine, error = %why,
         "no Docker engine: agents on docker clouds will not build or run");
@@ -264,12 +293,13 @@ async fn connect_docker(
 /// Where the mark of this server's Docker containers is kept, in the data dir.
 const DOCKER_OWNER_FILE: &str = "docker.owner";
 
-/// The mark on this server's Docker containers and networks: random, made
-/// on first use and kept in the data dir ([`DOCKER_OWNER_FILE`]). Two
-/// servers on one engine never take each other's replicas for their own —
-/// not even with data dirs at the same path on two machines — and a data
-/// dir that moves keeps its replicas.
-fn docker_owner(data_dir: &Path) -> anyhow::Result<String> {
+/// The mark on this server's Docker containers and networks, as kept in
+/// the data dir ([`DOCKER_OWNER_FILE`]); `None` before the first start with
+/// an engine. The mark is random ([`random_docker_owner`]), so two servers
+/// on one engine never take each other's replicas for their own, not even
+/// with data dirs at the same path on two machines, and a data dir that
+/// moves keeps its replicas.
+fn recorded_docker_owner(data_dir: &Path) -> anyhow::Result<Option<String>> {
     let path = data_dir.join(DOCKER_OWNER_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -279,21 +309,37 @@ fn docker_owner(data_dir: &Path) -> anyhow::Result<String> {
                 "{} does not hold 16 hex digits",
                 path.display()
             );
-            return Ok(owner.to_ascii_lowercase());
+            Ok(Some(owner.to_ascii_lowercase()))
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
-    let owner: String = rand::random::<[u8; 8]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    // Written whole or not at all: a torn file would refuse the next start.
+}
+
+/// Keeps `owner` as the data dir's mark, written whole or not at all: a
+/// torn file would refuse the next start.
+fn record_docker_owner(data_dir: &Path, owner: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(DOCKER_OWNER_FILE);
     let temporary = data_dir.join(format!("{DOCKER_OWNER_FILE}.new"));
     std::fs::write(&temporary, format!("{owner}\n"))
         .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(owner)
+    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// 16 random hex digits.
+fn random_docker_owner() -> String {
+    rand::random::<[u8; 8]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The mark builds before [`DOCKER_OWNER_FILE`] used: a hash of the data
+/// dir's path.
+fn path_docker_owner(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let hash = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The sandbox driver under `<data dir>/runtime`, with `docker` beside it
@@ -374,17 +420,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_docker_owner_is_made_once_and_kept() {
+    fn the_docker_owner_is_kept_whole_and_checked() {
         let dir = std::env::temp_dir().join(format!("hangar-owner-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let first = docker_owner(&dir).expect("made");
-        assert_eq!(first.len(), 16);
-        assert_eq!(docker_owner(&dir).expect("kept"), first);
-        let other = dir.join("other");
-        std::fs::create_dir_all(&other).expect("dir");
-        assert_ne!(docker_owner(&other).expect("made"), first);
+        assert_eq!(recorded_docker_owner(&dir).expect("none yet"), None);
+        let owner = random_docker_owner();
+        assert_eq!(owner.len(), 16);
+        assert_ne!(owner, random_docker_owner());
+        record_docker_owner(&dir, &owner).expect("recorded");
+        assert_eq!(recorded_docker_owner(&dir).expect("kept"), Some(owner));
+        assert!(!dir.join(format!("{DOCKER_OWNER_FILE}.new")).exists());
+        assert_eq!(path_docker_owner(&dir).len(), 16);
         std::fs::write(dir.join(DOCKER_OWNER_FILE), "not hex\n").expect("write");
-        let err = docker_owner(&dir).expect_err("a damaged file is refused");
+        let err = recorded_docker_owner(&dir).expect_err("a damaged file is refused");
         assert!(err.to_string().contains("16 hex digits"), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

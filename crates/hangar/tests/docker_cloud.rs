@@ -347,6 +347,58 @@ async fn an_image_build_is_held_to_the_build_step_limits() {
     let _ = std::fs::remove_dir_all(src);
 }
 
+/// A data dir from a build before `docker.owner`, with replicas on the
+/// engine marked with the hash of its path, keeps that mark (they are its
+/// replicas); a new data dir gets a random one.
+#[tokio::test]
+async fn a_data_dir_keeps_the_owner_its_earlier_replicas_carry() {
+    if !root_or_skip("docker owner") {
+        return;
+    }
+    if engine::driver_or_skip("docker owner", &engine::owner("docker-owner"))
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let dir = temp("docker_cloud_owner");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("hangar-data")).expect("data dir");
+    let legacy = {
+        use sha2::Digest as _;
+        let data = dir.join("hangar-data").canonicalize().expect("data dir");
+        let hash = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+        hash[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let _cleanup = Leftovers {
+        owner: legacy.clone(),
+        images: Vec::new(),
+    };
+    let made = Command::new("docker")
+        .args(["create", "--label"])
+        .arg(format!("hangar.docker.owner={legacy}"))
+        .args([BASE_IMAGE, "true"])
+        .output()
+        .expect("docker create");
+    assert!(made.status.success(), "{made:?}");
+    let server = Server::start(&dir);
+    assert_eq!(serve_owner(&dir), legacy);
+    drop(server);
+
+    let fresh = temp("docker_cloud_owner_new");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let server = Server::start(&fresh);
+    let owner = serve_owner(&fresh);
+    assert_ne!(owner, legacy);
+    drop(server);
+    for d in [dir, fresh] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 #[tokio::test]
 async fn without_an_engine_docker_clouds_say_why_nothing_builds() {
     // Needs neither root nor an engine: an address where none answers.
