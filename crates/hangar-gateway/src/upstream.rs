@@ -14,8 +14,11 @@
 //! Invocations (sync and streamed) use this with whole request bodies, and
 //! the instance-URL proxy with the caller's body streamed through (the
 //! connection writes it as it is driven, before and while the answer is
-//! read). Protocol upgrades (websockets) keep hyper's pooled client, which
-//! hands an upgraded connection over.
+//! read). An answer that ends while its request is still being written
+//! (the replica answered before reading it all) leaves the connection to a
+//! task of its own that writes the rest, as a connection task would.
+//! Protocol upgrades (websockets) take a connection of their own
+//! (`proxy::tunnel`).
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -240,6 +243,28 @@ impl<B: RequestBody> Upstreams<B> {
         }
     }
 
+    /// Drives `conn`, whose answer has ended, until it has written the rest
+    /// of its request and is ready for the next (then pools it), closes, or
+    /// [`IDLE_TIMEOUT`] passes (a replica that never reads on). Outside a
+    /// runtime it is closed.
+    fn finish_writing(self: &Arc<Self>, address: SocketAddr, mut conn: Conn<B>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        runtime.spawn(async move {
+            let ready = poll_fn(|cx| {
+                if !conn.drive(cx) {
+                    return Poll::Ready(false);
+                }
+                conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
+            });
+            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, ready).await {
+                pool.checkin(address, conn);
+            }
+        });
+    }
+
     /// Idle connections in the pool, for tests.
     pub fn idle_count(&self) -> usize {
         lock(&self.pool).idle.values().map(Vec::len).sum()
@@ -278,11 +303,16 @@ impl<B: RequestBody> UpstreamBody<B> {
     /// The answer has been read whole: the connection goes back to the pool
     /// once driven past it, if it is ready for the next request. One still
     /// writing this request's body (the replica answered early) would hold
-    /// the next one forever, so it is closed instead.
+    /// the next one forever: it finishes on a task of its own first
+    /// ([`Upstreams::finish_writing`]).
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut conn) = self.conn.take() {
-            if conn.drive(cx) && conn.sender.is_ready() {
-                self.pool.checkin(self.address, conn);
+            if conn.drive(cx) {
+                if conn.sender.is_ready() {
+                    self.pool.checkin(self.address, conn);
+                } else {
+                    self.pool.finish_writing(self.address, conn);
+                }
             }
         }
     }
@@ -525,6 +555,17 @@ mod tests {
     /// Whether another request arrived (see [`read_request_head`]).
     async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
         read_request_head(stream, buf).await.is_some()
+    }
+
+    /// Answers `ok` to every request that comes on `stream` until it closes.
+    async fn answer_ok_to_each(stream: &mut TcpStream) {
+        let mut buf = Vec::new();
+        while read_request(stream, &mut buf).await {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("replica write");
+        }
     }
 
     /// A replica running `script(stream, connection_number)` on each connection.
@@ -809,12 +850,7 @@ mod tests {
                     .expect("replica write");
                 tokio::time::sleep(Duration::from_secs(5)).await; // never reads on
             } else {
-                let mut buf = Vec::new();
-                while read_request(&mut s, &mut buf).await {
-                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .expect("replica write");
-                }
+                answer_ok_to_each(&mut s).await;
             }
         })
         .await;
@@ -838,6 +874,61 @@ mod tests {
             Ok(Bytes::from_static(b"ok"))
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A replica that answers first and reads the request's body after (a
+    /// webhook's 202): the body still arrives whole. (hyper does not reuse
+    /// a connection answered early, so the next request makes its own.)
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_read_still_gets_the_whole_body() {
+        const SIZE: usize = 8 << 20;
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = received.clone();
+        let (address, accepted) = scripted(move |mut s, _| {
+            let seen = seen.clone();
+            async move {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.expect("head");
+                let head_end = buf[..n]
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .expect("the head in the first read")
+                    + 4;
+                s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .expect("replica write");
+                let mut total = n - head_end;
+                while total < SIZE {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => total += n,
+                    }
+                }
+                seen.store(total, Ordering::SeqCst);
+                answer_ok_to_each(&mut s).await;
+            }
+        })
+        .await;
+        let upstreams = Arc::new(Upstreams::default());
+        let big = Request::post("/invoke")
+            .header(hyper::header::HOST, address.to_string())
+            .body(Full::new(Bytes::from(vec![b'x'; SIZE])))
+            .expect("request");
+        let response = upstreams.send(address, big).await.expect("sent");
+        assert_eq!(response.status(), 202);
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "ok");
+        let whole = async {
+            while received.load(Ordering::SeqCst) < SIZE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), whole)
+            .await
+            .expect("the body was cut off after the answer");
+        assert_eq!(received.load(Ordering::SeqCst), SIZE);
+        assert_eq!(answer_within(&upstreams, address, 2).await, "ok");
+        assert!(accepted.load(Ordering::SeqCst) <= 2);
     }
 
     /// With the task's coop budget almost spent, a Connection: close answer
