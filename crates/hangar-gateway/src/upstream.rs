@@ -65,6 +65,18 @@ struct Conn<B: RequestBody> {
 }
 
 impl<B: RequestBody> Conn<B> {
+    /// Drives the connection until it can take a request; `false` if it
+    /// closed first.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            if !self.drive(cx) {
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|ready| ready.is_ok())
+        })
+        .await
+    }
+
     /// Polls the connection's I/O. `false` once it has closed (or failed).
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(driver) = &mut self.driver else {
@@ -171,14 +183,7 @@ impl<B: RequestBody> Upstreams<B> {
                 None => connect(address).await?,
             };
             attempts += 1;
-            let ready = poll_fn(|cx| {
-                if !conn.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
-            })
-            .await;
-            if !ready {
+            if !conn.ready().await {
                 if fresh {
                     return Err(UpstreamError::NotSent);
                 }
@@ -253,13 +258,7 @@ impl<B: RequestBody> Upstreams<B> {
         };
         let pool = self.clone();
         runtime.spawn(async move {
-            let ready = poll_fn(|cx| {
-                if !conn.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
-            });
-            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, ready).await {
+            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, conn.ready()).await {
                 pool.checkin(address, conn);
             }
         });

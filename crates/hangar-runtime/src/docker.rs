@@ -259,6 +259,14 @@ impl DockerDriver {
         Ok(format!("hangar-{}-{id}", self.owner))
     }
 
+    /// The engine's list filter for what this driver made (with the label
+    /// `also`, `key=value`, too).
+    fn owned(&self, also: Option<String>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![format!("{OWNER_LABEL}={}", self.owner)];
+        labels.extend(also);
+        HashMap::from([("label".to_owned(), labels)])
+    }
+
     fn network_name(&self, spec: &ReplicaSpec) -> String {
         let cloud: String = spec
             .labels
@@ -307,13 +315,7 @@ impl DockerDriver {
         let _turn = self.networks.lock().await;
         let options = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![
-                    format!("{OWNER_LABEL}={}", self.owner),
-                    format!("{NETWORK_LABEL}={name}"),
-                ],
-            )])),
+            filters: Some(self.owned(Some(format!("{NETWORK_LABEL}={name}")))),
             ..Default::default()
         };
         match self.docker.list_containers(Some(options)).await {
@@ -819,10 +821,7 @@ impl Driver for DockerDriver {
     async fn list(&self) -> Result<Vec<ReplicaInfo>, DriverError> {
         let options = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![format!("{OWNER_LABEL}={}", self.owner)],
-            )])),
+            filters: Some(self.owned(None)),
             ..Default::default()
         };
         let containers = self
@@ -1181,10 +1180,7 @@ impl Driver for DockerDriver {
 /// Every container and network of `owner` on the engine, by name: what a
 /// test checks is empty after removing every replica.
 pub async fn leftovers(driver: &DockerDriver) -> Result<Vec<String>, DriverError> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{OWNER_LABEL}={}", driver.owner)],
-    )]);
+    let filters = driver.owned(None);
     let containers = driver
         .docker
         .list_containers(Some(ListContainersOptions {

@@ -257,23 +257,31 @@ async fn connect_docker(
     };
     let connected = match recorded_docker_owner(data_dir).map_err(|err| format!("{err:#}"))? {
         Some(owner) => connect(owner).await,
-        None => match connect(path_docker_owner(data_dir)).await {
-            Ok(earlier) => {
-                // Replicas of a build from before the owner file carry the
-                // hash of the data dir's path: keep it, so they are adopted.
-                let owner = if hangar_runtime::docker::leftovers(&earlier)
-                    .await
-                    .is_ok_and(|left| !left.is_empty())
-                {
-                    path_docker_owner(data_dir)
-                } else {
-                    random_docker_owner()
-                };
-                record_docker_owner(data_dir, &owner).map_err(|err| format!("{err:#}"))?;
-                connect(owner).await
+        None => {
+            // Replicas of a build from before the owner file carry the hash
+            // of the data dir's path: it is kept when some are on the engine,
+            // so they are adopted.
+            let legacy = path_docker_owner(data_dir);
+            match connect(legacy.clone()).await {
+                Ok(earlier) => {
+                    let adopted = hangar_runtime::docker::leftovers(&earlier)
+                        .await
+                        .is_ok_and(|left| !left.is_empty());
+                    let owner = if adopted {
+                        legacy
+                    } else {
+                        random_docker_owner()
+                    };
+                    record_docker_owner(data_dir, &owner).map_err(|err| format!("{err:#}"))?;
+                    if adopted {
+                        Ok(earlier)
+                    } else {
+                        connect(owner).await
+                    }
+                }
+                Err(why) => Err(why),
             }
-            Err(why) => Err(why),
-        },
+        }
     };
     let why = match connected {
         Ok(driver) => {
