@@ -167,8 +167,15 @@ pub fn resolve_secrets(
 /// generation are rolled.
 pub fn generation(instance: &Instance, artifact: &str) -> String {
     let mut hash = Sha256::new();
+    // Liveness settings are the controller's: changing them rolls nothing
+    // (and a replica made before they existed keeps its generation).
+    let config = hangar_core::spec::RuntimeConfig {
+        liveness_failures: None,
+        start_timeout_seconds: None,
+        ..instance.config.clone()
+    };
     let parts = [
-        serde_json::to_string(&instance.config).unwrap_or_default(),
+        serde_json::to_string(&config).unwrap_or_default(),
         serde_json::to_string(&instance.resources).unwrap_or_default(),
         serde_json::to_string(&instance.env_vars).unwrap_or_default(),
         instance.build_id.clone(),

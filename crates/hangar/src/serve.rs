@@ -400,8 +400,9 @@ async fn start_runtime(
             ..hangar_controller::ControllerConfig::default()
         },
     );
+    // The shutdown signal is wired in with the other owned tasks.
     controller
-        .start()
+        .start(tokio_util::sync::CancellationToken::new())
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
     Ok((Some(controller), Some(driver)))
