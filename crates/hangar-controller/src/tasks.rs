@@ -322,7 +322,9 @@ pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
             let idle_for = state.traffic.idle_for();
             let change = {
                 let mut tracked = lock(&state.tracked);
-                let (Some(bounds), Some(current)) = (tracked.bounds, tracked.autoscale.scale)
+                // A stopped instance is not scaled: its start begins anew.
+                let (true, Some(bounds), Some(current)) =
+                    (tracked.serving, tracked.bounds, tracked.autoscale.scale)
                 else {
                     continue;
                 };
