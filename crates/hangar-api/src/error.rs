@@ -191,6 +191,15 @@ pub enum ApiError {
         /// The key's limit, for a person (`50 per second, in bursts of 100`).
         limit: String,
     },
+    /// 501 `DRIVER_UNAVAILABLE` (+ `driver`): the cloud asks for a driver
+    /// this Hangar does not have yet.
+    #[error("{message}")]
+    DriverUnavailable {
+        /// The missing driver (`kubernetes`).
+        driver: String,
+        /// For a person.
+        message: String,
+    },
     /// 502 or 504: the agent failed an invocation (`AGENT_ERROR`,
     /// `AGENT_BAD_RESPONSE`, `AGENT_UNREACHABLE`, `INVOKE_TIMEOUT`), with
     /// `details` when there are any.
@@ -259,6 +268,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InstanceQuota { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DriverUnavailable { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Agent { status, .. } => *status,
             ApiError::RuntimeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -282,6 +292,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE".into(),
             ApiError::InstanceQuota { .. } => "RESOURCE_LIMIT_EXCEEDED".into(),
             ApiError::RateLimited { .. } => "RATE_LIMITED".into(),
+            ApiError::DriverUnavailable { .. } => "DRIVER_UNAVAILABLE".into(),
             ApiError::Agent { code, .. } => (*code).into(),
             ApiError::RuntimeUnavailable(_) => "RUNTIME_UNAVAILABLE".into(),
             ApiError::Internal(_) => "INTERNAL_ERROR".into(),
@@ -326,6 +337,9 @@ impl ApiError {
                 ..
             } => {
                 error.insert("retry_after_seconds".into(), json!(retry_after_seconds));
+            }
+            ApiError::DriverUnavailable { driver, .. } => {
+                error.insert("driver".into(), Value::String(driver.clone()));
             }
             ApiError::Internal(_) => {
                 error.insert("request_id".into(), Value::String(context::request_id()));
