@@ -182,6 +182,24 @@ pub enum ApiError {
         /// Instances it may have.
         max: u32,
     },
+    /// 429 `RATE_LIMITED` (+ `retry_after_seconds`, and the `Retry-After`
+    /// header): the API key sent more requests than its rate allows.
+    #[error("Too many requests with this API key (its limit is {limit}); retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// Whole seconds until the key's next request is taken.
+        retry_after_seconds: u64,
+        /// The key's limit, for a person (`50 per second, in bursts of 100`).
+        limit: String,
+    },
+    /// 501 `DRIVER_UNAVAILABLE` (+ `driver`): the cloud asks for a driver
+    /// this Hangar does not have yet.
+    #[error("{message}")]
+    DriverUnavailable {
+        /// The missing driver (`kubernetes`).
+        driver: String,
+        /// For a person.
+        message: String,
+    },
     /// 502 or 504: the agent failed an invocation (`AGENT_ERROR`,
     /// `AGENT_BAD_RESPONSE`, `AGENT_UNREACHABLE`, `INVOKE_TIMEOUT`), with
     /// `details` when there are any.
@@ -249,6 +267,8 @@ impl ApiError {
             | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InstanceQuota { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DriverUnavailable { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Agent { status, .. } => *status,
             ApiError::RuntimeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -271,6 +291,8 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (*code).into(),
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE".into(),
             ApiError::InstanceQuota { .. } => "RESOURCE_LIMIT_EXCEEDED".into(),
+            ApiError::RateLimited { .. } => "RATE_LIMITED".into(),
+            ApiError::DriverUnavailable { .. } => "DRIVER_UNAVAILABLE".into(),
             ApiError::Agent { code, .. } => (*code).into(),
             ApiError::RuntimeUnavailable(_) => "RUNTIME_UNAVAILABLE".into(),
             ApiError::Internal(_) => "INTERNAL_ERROR".into(),
@@ -310,6 +332,15 @@ impl ApiError {
                     json!({"current_instances": current, "max_instances": max}),
                 );
             }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                error.insert("retry_after_seconds".into(), json!(retry_after_seconds));
+            }
+            ApiError::DriverUnavailable { driver, .. } => {
+                error.insert("driver".into(), Value::String(driver.clone()));
+            }
             ApiError::Internal(_) => {
                 error.insert("request_id".into(), Value::String(context::request_id()));
             }
@@ -342,10 +373,21 @@ impl IntoResponse for ApiError {
             }
         }
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized(_)) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+            }
+            _ => {}
         }
         response
     }

@@ -138,6 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         uploads_dir: Some(build_config.uploads_dir()),
         max_upload_bytes: config.max_upload_bytes,
         cors_origins: config.cors_origins.clone(),
+        rate_limit: config.rate_limit,
     };
     let docker = connect_docker(&config, &data_dir).await;
     let (runtime, driver) = start_runtime(&config, &store, &docker).await?;
