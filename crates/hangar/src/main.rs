@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod config;
+mod data_dir;
 mod jobs;
 mod serve;
 

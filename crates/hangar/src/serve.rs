@@ -1,14 +1,15 @@
-//! `hangar serve`: prepare the data dir, open the store, bootstrap the first
-//! organization, bind, serve until SIGTERM/SIGINT, drain, exit 0.
+//! `hangar serve`: bind, prepare the data dir, open the store, bootstrap the
+//! first organization, serve until SIGTERM/SIGINT, drain, exit 0.
+//!
+//! The listener is bound first: a server that cannot listen (the port is
+//! taken) must fail before it creates anything — no data dir, no database,
+//! no organization, no admin key printed for a server that never ran.
 //!
 //! Shutdown: the first signal stops accepting and lets in-flight requests finish
 //! within a grace period; a second signal (or the end of the grace period) ends
 //! the process at once.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{redact_url, Config};
+use crate::data_dir::{random_docker_owner, DataDir};
 
 const GRACE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -39,41 +41,6 @@ pub fn init_tracing(env: &HashMap<String, String>) {
     }
 }
 
-/// Reads the data dir's 32-byte key, creating it (mode 0600) on first start.
-fn secret_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = data_dir.join("secret.key");
-    match std::fs::read(&path) {
-        Ok(key) if key.len() == 32 => Ok(key),
-        Ok(_) => anyhow::bail!("{} is not a 32-byte key", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = Sealer::generate_key();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key.to_vec())
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
 /// Derives a purpose-specific key from the data dir's key.
 fn derive_key(key: &[u8], purpose: &str) -> Vec<u8> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| {
@@ -85,12 +52,14 @@ fn derive_key(key: &[u8], purpose: &str) -> Vec<u8> {
 
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let key = secret_key(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let node_id = data_dir.node_id()?;
+    let key = data_dir.secret_key()?;
     let sealer = Sealer::new(&derive_key(&key, "hangar secrets v1")).context("secret key")?;
     let store = Store::connect(&config.database_url, sealer)
         .await
@@ -100,8 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("bootstrapping the first organization")?;
     if let Some(generated) = &boot.generated_key {
-        let path = config.data_dir.join("admin.key");
-        write_private(&path, &format!("{generated}\n"))?;
+        let path = data_dir.write_admin_key(generated)?;
         println!(
             "Created organization {} and its admin API key (shown once; also in {}):",
             boot.organization.id,
@@ -110,21 +78,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("  {generated}");
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let local = listener.local_addr()?;
     let host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
         local.ip().to_string()
     };
-    // Absolute: build steps' sandboxes bind paths under it.
-    let data_dir = config
-        .data_dir
-        .canonicalize()
-        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
-    let build_config = hangar_build::BuildConfig::new(data_dir.clone());
+    let build_config = hangar_build::BuildConfig::new(data_dir.path());
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
@@ -172,10 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Jobs run where replicas run; a server without a runtime still accepts them.
     let jobs = gateway
         .clone()
-        .map(|g| {
-            crate::jobs::Jobs::start(&config.data_dir, store.clone(), g, config.job_concurrency)
-        })
-        .transpose()?;
+        .map(|g| crate::jobs::Jobs::start(&node_id, store.clone(), g, config.job_concurrency));
     let app = hangar_api::app(AppState::from(Services {
         store: store.clone(),
         config: Arc::new(api_config),
@@ -191,7 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         boot.organization.id,
         redact_url(&config.database_url)
     );
-    tracing::info!(%local, "listening");
+    tracing::info!(%local, node = %node_id, "listening");
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signals = tokio::spawn(async move {
@@ -228,12 +184,12 @@ const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Docker engine docker clouds run on, or why there is none (a
 /// sentence for the errors of docker clouds' builds and replicas). Its
-/// containers are marked with the data dir's [`docker_owner`], so other
-/// Hangars on the same engine never adopt them. No engine is no error:
+/// containers are marked with the data dir's [`DataDir::docker_owner`], so
+/// other Hangars on the same engine never adopt them. No engine is no error:
 /// the server runs without it, and says so.
 async fn connect_docker(
     config: &Config,
-    data_dir: &Path,
+    data_dir: &DataDir,
 ) -> Result<Arc<hangar_runtime::DockerDriver>, String> {
     let engine = config
         .docker_host
@@ -255,13 +211,13 @@ async fn connect_docker(
             )),
         }
     };
-    let connected = match recorded_docker_owner(data_dir).map_err(|err| format!("{err:#}"))? {
+    let connected = match data_dir.docker_owner().map_err(|err| format!("{err:#}"))? {
         Some(owner) => connect(owner).await,
         None => {
             // Replicas of a build from before the owner file carry the hash
             // of the data dir's path: it is kept when some are on the engine,
             // so they are adopted.
-            let legacy = path_docker_owner(data_dir);
+            let legacy = data_dir.legacy_docker_owner();
             match connect(legacy.clone()).await {
                 Ok(earlier) => {
                     let adopted = hangar_runtime::docker::leftovers(&earlier)
@@ -272,7 +228,9 @@ async fn connect_docker(
                     } else {
                         random_docker_owner()
                     };
-                    record_docker_owner(data_dir, &owner).map_err(|err| format!("{err:#}"))?;
+                    data_dir
+                        .record_docker_owner(&owner)
+                        .map_err(|err| format!("{err:#}"))?;
                     if adopted {
                         Ok(earlier)
                     } else {
@@ -296,58 +254,6 @@ async fn connect_docker(
     Err(format!(
         "no Docker engine answered at start at {engine} ({why})"
     ))
-}
-
-/// Where the mark of this server's Docker containers is kept, in the data dir.
-const DOCKER_OWNER_FILE: &str = "docker.owner";
-
-/// The mark on this server's Docker containers and networks, as kept in
-/// the data dir ([`DOCKER_OWNER_FILE`]); `None` before the first start with
-/// an engine. The mark is random ([`random_docker_owner`]), so two servers
-/// on one engine never take each other's replicas for their own, not even
-/// with data dirs at the same path on two machines, and a data dir that
-/// moves keeps its replicas.
-fn recorded_docker_owner(data_dir: &Path) -> anyhow::Result<Option<String>> {
-    let path = data_dir.join(DOCKER_OWNER_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let owner = text.trim();
-            anyhow::ensure!(
-                owner.len() == 16 && owner.bytes().all(|b| b.is_ascii_hexdigit()),
-                "{} does not hold 16 hex digits",
-                path.display()
-            );
-            Ok(Some(owner.to_ascii_lowercase()))
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Keeps `owner` as the data dir's mark, written whole or not at all: a
-/// torn file would refuse the next start.
-fn record_docker_owner(data_dir: &Path, owner: &str) -> anyhow::Result<()> {
-    let path = data_dir.join(DOCKER_OWNER_FILE);
-    let temporary = data_dir.join(format!("{DOCKER_OWNER_FILE}.new"));
-    std::fs::write(&temporary, format!("{owner}\n"))
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// 16 random hex digits.
-fn random_docker_owner() -> String {
-    rand::random::<[u8; 8]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The mark builds before [`DOCKER_OWNER_FILE`] used: a hash of the data
-/// dir's path.
-fn path_docker_owner(data_dir: &Path) -> String {
-    use sha2::Digest as _;
-    let hash = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The sandbox driver under `<data dir>/runtime`, with `docker` beside it
@@ -420,28 +326,5 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_docker_owner_is_kept_whole_and_checked() {
-        let dir = std::env::temp_dir().join(format!("hangar-owner-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        assert_eq!(recorded_docker_owner(&dir).expect("none yet"), None);
-        let owner = random_docker_owner();
-        assert_eq!(owner.len(), 16);
-        assert_ne!(owner, random_docker_owner());
-        record_docker_owner(&dir, &owner).expect("recorded");
-        assert_eq!(recorded_docker_owner(&dir).expect("kept"), Some(owner));
-        assert!(!dir.join(format!("{DOCKER_OWNER_FILE}.new")).exists());
-        assert_eq!(path_docker_owner(&dir).len(), 16);
-        std::fs::write(dir.join(DOCKER_OWNER_FILE), "not hex\n").expect("write");
-        let err = recorded_docker_owner(&dir).expect_err("a damaged file is refused");
-        assert!(err.to_string().contains("16 hex digits"), "{err}");
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
