@@ -109,7 +109,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve::run(config)) {
+            let served = runtime.block_on(serve::run(config));
+            // Every task that must finish was joined by `run`; blocking work
+            // a drain cut off (unpacking a build's archive, say) is not
+            // waited for: its results are thrown away at the next start.
+            runtime.shutdown_background();
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hangar: {e:#}");

@@ -1,13 +1,21 @@
 //! `hangar serve`: bind, prepare the data dir, open the store, bootstrap the
-//! first organization, serve until SIGTERM/SIGINT, drain, exit 0.
+//! first organization, start the background tasks, serve until
+//! SIGTERM/SIGINT, drain, exit 0.
 //!
 //! The listener is bound first: a server that cannot listen (the port is
 //! taken) must fail before it creates anything — no data dir, no database,
 //! no organization, no admin key printed for a server that never ran.
 //!
-//! Shutdown: the first signal stops accepting and lets in-flight requests finish
-//! within a grace period; a second signal (or the end of the grace period) ends
-//! the process at once.
+//! Shutdown is one [`CancellationToken`], cancelled by the first signal and
+//! handed to every background task at its start. The listener stops
+//! accepting and in-flight requests finish; the builder, the webhook
+//! deliverer and the job runner take no new work and give the work under
+//! way [`DRAIN`] to finish, then leave it for the next start (a build is
+//! queued again, a webhook attempt is due again, a job is released); the
+//! job intake stores every job it was handed. Every task is joined before
+//! the store is closed. A second signal, or the end of [`GRACE_PERIOD`],
+//! ends the process at once (exit 1). Replicas are never stopped by a
+//! server's shutdown: they keep running and the next start adopts them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,11 +27,19 @@ use hangar_store::seal::Sealer;
 use hangar_store::Store;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Config};
 use crate::data_dir::{random_docker_owner, DataDir};
 
+/// From the first signal to the forced exit.
 const GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// How long work under way (a build, a webhook attempt, a job) may go on
+/// after the first signal before it is left for the next start; well
+/// within [`GRACE_PERIOD`], so draining ends in an orderly exit.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `HANGAR_LOG_FORMAT=json`
 /// switches to JSON lines.
@@ -56,6 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    // Signals are taken from here on: one during the start-up below is a
+    // shutdown the tasks see as soon as they start.
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(forward_signals(shutdown.clone()));
 
     let data_dir = DataDir::open(&config.data_dir)?;
     let node_id = data_dir.node_id()?;
@@ -99,7 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cors_origins: config.cors_origins.clone(),
     };
     let docker = connect_docker(&config, &data_dir).await;
-    let (runtime, driver) = start_runtime(&config, &store, &docker).await?;
+    let (runtime, driver, controller_loop) = start_runtime(&config, &store, &docker).await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
@@ -115,10 +135,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(engine) => builder.with_images(engine.clone()),
         Err(why) => builder.without_images(why.clone()),
     };
-    builder.clone().start();
+    // Every task the server starts, joined at shutdown (by name, for the log).
+    let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
+    tasks.push(("builder", builder.clone().start(shutdown.clone(), DRAIN)));
     let deliverer =
         hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
-    deliverer.clone().start();
+    tasks.push((
+        "webhook deliverer",
+        deliverer.clone().start(shutdown.clone(), DRAIN),
+    ));
     let gateway = runtime.clone().map(|runtime| {
         Arc::new(hangar_gateway::Gateway::new(
             runtime,
@@ -129,9 +154,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ))
     });
     // Jobs run where replicas run; a server without a runtime still accepts them.
-    let jobs = gateway
-        .clone()
-        .map(|g| crate::jobs::Jobs::start(&node_id, store.clone(), g, config.job_concurrency));
+    let jobs = gateway.clone().map(|g| {
+        crate::jobs::Jobs::start(
+            &node_id,
+            store.clone(),
+            g,
+            config.job_concurrency,
+            shutdown.clone(),
+            DRAIN,
+        )
+    });
+    let runner = jobs.map(|jobs| {
+        tasks.push(("job runner", jobs.task));
+        jobs.runner
+    });
+    let (intake, intake_task) = hangar_store::JobIntake::start(store.clone(), shutdown.clone());
+    tasks.push(("job intake", intake_task));
     let app = hangar_api::app(AppState::from(Services {
         store: store.clone(),
         config: Arc::new(api_config),
@@ -139,8 +177,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         runtime,
         builder: Some(builder),
         deliverer: Some(deliverer),
-        jobs: jobs.as_ref().map(|j| j.runner.clone()),
-        intake: hangar_store::JobIntake::start(store.clone()),
+        jobs: runner,
+        intake,
     }));
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
@@ -149,31 +187,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(%local, node = %node_id, "listening");
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let signals = tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests (signal again to force)");
-        let _ = drain_tx.send(());
-        tokio::select! {
-            () = wait_for_signal() => tracing::warn!("second signal: exiting now"),
-            () = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over: exiting now"),
-        }
-        std::process::exit(1);
-    });
-    axum::serve(
+    let draining = shutdown.clone();
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(async move {
-        let _ = drain_rx.await;
-    })
-    .await
-    .context("serving")?;
-    if let Some(jobs) = jobs {
-        jobs.stop().await;
+    .with_graceful_shutdown(async move { draining.cancelled().await })
+    .await;
+    // However serving ended, the tasks are stopped and joined before the
+    // store closes under them.
+    shutdown.cancel();
+    for (name, task) in tasks {
+        if let Err(err) = task.await {
+            tracing::error!(task = name, error = %err, "a background task failed");
+        }
+    }
+    // Today's controller loops do not take the shutdown signal; they are
+    // ended here, which never touches replicas (they keep running and the
+    // next start adopts them).
+    if let Some(controller_loop) = controller_loop {
+        controller_loop.abort();
+        let _ = controller_loop.await;
     }
     signals.abort();
     store.close().await;
+    served.context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -261,10 +299,12 @@ async fn connect_docker(
 /// over them. Replicas left running by an earlier process are adopted
 /// before the listener opens. Sandboxes need root: without it the server
 /// runs without a runtime (the API works; nothing runs), and says so.
-/// The sandbox driver is returned too: the builder runs build steps on it.
+/// The sandbox driver is returned too: the builder runs build steps on it;
+/// and the controller's loop.
 type Runtime = (
     Option<hangar_controller::Controller>,
     Option<Arc<dyn hangar_runtime::Driver>>,
+    Option<JoinHandle<()>>,
 );
 
 async fn start_runtime(
@@ -278,7 +318,7 @@ async fn start_runtime(
              server runs no replicas; instances stay `starting`"
         );
         eprintln!("hangar: not running as root: agents will not run (sandboxes need root)");
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;
     let driver = hangar_runtime::SandboxDriver::new(hangar_runtime::SandboxDriverConfig {
@@ -306,25 +346,35 @@ async fn start_runtime(
             ..hangar_controller::ControllerConfig::default()
         },
     );
-    controller
+    let controller_loop = controller
         .start()
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
-    Ok((Some(controller), Some(driver)))
+    Ok((Some(controller), Some(driver), Some(controller_loop)))
 }
 
-async fn wait_for_signal() {
+/// Cancels `shutdown` at the first SIGTERM or SIGINT; at a second one, or
+/// when the grace period is over, ends the process (exit 1).
+async fn forward_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        // Without signal handlers the server can still be killed; never resolve.
-        std::future::pending::<()>().await;
+        // Without signal handlers the server can still be killed.
+        tracing::warn!("cannot listen for signals: SIGTERM ends the server without draining");
         return;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    tracing::info!("shutting down: draining in-flight work (signal again to force)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+        () = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over: exiting now"),
+    }
+    std::process::exit(1);
 }
