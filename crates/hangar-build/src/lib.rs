@@ -123,7 +123,23 @@ pub struct BuildConfig {
     /// Registries (`host:port`) spoken to over plain HTTP besides those on
     /// loopback, which always are.
     pub insecure_registries: Vec<String>,
+    /// Variables every build step gets besides its own: the operator's
+    /// package index settings ([`STEP_ENV_NAMES`], read by the server's
+    /// configuration; `pip.conf` in `/etc` is visible in the sandbox
+    /// already).
+    pub step_env: Vec<(String, String)>,
 }
+
+/// The variables of the server's environment passed on to build steps
+/// ([`BuildConfig::step_env`]).
+pub const STEP_ENV_NAMES: [&str; 6] = [
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_DEFAULT_TIMEOUT",
+    "NPM_CONFIG_REGISTRY",
+];
 
 impl BuildConfig {
     /// Defaults under `data_dir`.
@@ -137,6 +153,7 @@ impl BuildConfig {
             min_step_memory_bytes: 512 << 20,
             image_limits: archive::Limits::image(),
             insecure_registries: Vec::new(),
+            step_env: Vec::new(),
         }
     }
 
@@ -825,20 +842,7 @@ impl Builder {
             ("HANGAR_AGENT_ID".to_owned(), build.agent_id.clone()),
             ("HANGAR_BUILD_ID".to_owned(), build.id.clone()),
         ];
-        // The operator's package index settings reach the step (pip.conf in
-        // /etc is visible in the sandbox already).
-        for key in [
-            "PIP_INDEX_URL",
-            "PIP_EXTRA_INDEX_URL",
-            "PIP_TRUSTED_HOST",
-            "PIP_CERT",
-            "PIP_DEFAULT_TIMEOUT",
-            "NPM_CONFIG_REGISTRY",
-        ] {
-            if let Ok(value) = std::env::var(key) {
-                env.push((key.to_owned(), value));
-            }
-        }
+        env.extend(self.config.step_env.iter().cloned());
         let spec = ReplicaSpec {
             id: replica.clone(),
             labels: [(BUILD_LABEL.to_owned(), build.id.clone())].into(),

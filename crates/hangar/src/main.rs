@@ -75,14 +75,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    // The one place the process environment is read.
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env = config::process_env();
     match cli.command {
         Command::Client(command) => cli::run(command, &env),
         Command::Shim { command } => {
             let code = match command {
                 ShimCommand::Run { dir } => {
-                    shim_log(&dir);
+                    shim_log(&dir, &env);
                     hangar_runtime::shim::run(&dir)
                 }
                 ShimCommand::Exec { dir } => hangar_runtime::shim::exec(&dir),
@@ -128,7 +127,7 @@ fn main() -> ExitCode {
 /// The shim logs to a file in its directory, never to fd 1 or 2: stdout is
 /// its handshake, and libcontainer's init would write its own log lines
 /// into the replica's output through the same subscriber otherwise.
-fn shim_log(dir: &std::path::Path) {
+fn shim_log(dir: &std::path::Path, env: &HashMap<String, String>) {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -138,9 +137,11 @@ fn shim_log(dir: &std::path::Path) {
             .with_writer(std::sync::Mutex::new(file))
             .with_ansi(false)
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("HANGAR_SHIM_LOG").unwrap_or_else(
-                    |_| tracing_subscriber::EnvFilter::new("info,libcontainer=warn"),
-                ),
+                env.get("HANGAR_SHIM_LOG")
+                    .and_then(|filter| tracing_subscriber::EnvFilter::try_new(filter).ok())
+                    .unwrap_or_else(|| {
+                        tracing_subscriber::EnvFilter::new("info,libcontainer=warn")
+                    }),
             )
             .try_init();
     }

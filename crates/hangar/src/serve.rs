@@ -103,7 +103,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         local.ip().to_string()
     };
-    let build_config = hangar_build::BuildConfig::new(data_dir.path());
+    let mut build_config = hangar_build::BuildConfig::new(data_dir.path());
+    build_config.step_env.clone_from(&config.build_step_env);
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
