@@ -414,7 +414,8 @@ fn main() -> Result<()> {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .context("binding a loopback port")?;
     let addr = listener.local_addr()?;
-    let intake = server_rt.block_on(async { hangar_store::JobIntake::start(fx.store.clone()) });
+    let (intake, _) = server_rt
+        .block_on(async { hangar_store::JobIntake::start(fx.store.clone(), Default::default()) });
     let app = hangar_api::app(AppState::from(Services {
         intake,
         store: fx.store.clone(),

@@ -23,7 +23,6 @@
 //! dedupe a redelivery.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use hangar_store::{job_error, JobOutcome, JobResult, Store};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Gateway, InvokeError, RouteKey};
 
@@ -101,7 +101,6 @@ struct Shared {
     /// `<node>/`: what this server's earlier processes' owners start with.
     node_prefix: String,
     wake: Notify,
-    stopping: AtomicBool,
     /// Jobs running here → what aborts them.
     running: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
@@ -141,7 +140,6 @@ impl JobRunner {
                 owner: format!("{node_id}/{boot}"),
                 node_prefix: format!("{node_id}/"),
                 wake: Notify::new(),
-                stopping: AtomicBool::new(false),
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -165,16 +163,11 @@ impl JobRunner {
         }
     }
 
-    /// Stops claiming; [`JobRunner::run`] lets running jobs finish (up to
-    /// `drain`), records them, releases what is left and returns.
-    pub fn stop(&self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
-    }
-
-    /// Runs the loop until [`JobRunner::stop`]; `drain` bounds the wait for
-    /// running jobs then.
-    pub async fn run(self, drain: Duration) {
+    /// Runs the loop until `shutdown`; then it stops claiming, lets running
+    /// jobs finish (up to `drain`), records them, releases what is left
+    /// (another server, or this one's next start, runs it again) and
+    /// returns.
+    pub async fn run(self, shutdown: CancellationToken, drain: Duration) {
         let shared = &self.shared;
         match shared
             .store
@@ -195,7 +188,7 @@ impl JobRunner {
         let mut reclaim = tokio::time::interval(shared.config.lease / 2);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !shared.stopping.load(Ordering::SeqCst) {
+        while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = shared.config.max_in_flight.saturating_sub(tasks.len());
             let mut more = false;
@@ -224,6 +217,7 @@ impl JobRunner {
                 continue;
             }
             tokio::select! {
+                () = shutdown.cancelled() => {}
                 () = shared.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {
                     while tasks.try_join_next().is_some() {}

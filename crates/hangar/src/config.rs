@@ -147,6 +147,26 @@ pub struct Config {
     pub docker_host: Option<String>,
     /// How fast one API key may send requests; `None`: unlimited.
     pub rate_limit: Option<hangar_api::RateLimit>,
+    /// The operator's package index settings, passed on to build steps
+    /// (those of [`hangar_build::STEP_ENV_NAMES`] that are set).
+    pub build_step_env: Vec<(String, String)>,
+}
+
+/// The process environment, read once at start (by `main`) and handed to
+/// [`Config::resolve`] and the client commands: the one place outside
+/// tests that reads it (a clippy rule keeps it so), so every setting is
+/// visible here and tests pass a map instead.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "configuration is where the environment is read"
+)]
+#[must_use]
+pub fn process_env() -> HashMap<String, String> {
+    // Variables that are not UTF-8 are left out rather than ending the
+    // process: none of Hangar's are.
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -360,8 +380,13 @@ impl Config {
                     .or(file.rate_limit_burst),
             },
         )?;
+        let build_step_env = hangar_build::STEP_ENV_NAMES
+            .iter()
+            .filter_map(|&name| env.get(name).map(|value| (name.to_owned(), value.clone())))
+            .collect();
         Ok(Config {
             rate_limit,
+            build_step_env,
             docker_host,
             cors_origins,
             log_retention_lines: u32::try_from(log_retention_lines).unwrap_or(u32::MAX),
@@ -722,6 +747,32 @@ mod tests {
             "unknown keys are errors"
         );
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn package_index_settings_are_passed_to_build_steps() {
+        let c = Config::resolve(
+            ServeArgs::default(),
+            &env(&[
+                ("PIP_INDEX_URL", "https://mirror.example/simple"),
+                ("NPM_CONFIG_REGISTRY", "https://npm.example"),
+                ("AWS_SECRET_ACCESS_KEY", "not for build steps"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.build_step_env,
+            vec![
+                (
+                    "PIP_INDEX_URL".to_owned(),
+                    "https://mirror.example/simple".to_owned()
+                ),
+                (
+                    "NPM_CONFIG_REGISTRY".to_owned(),
+                    "https://npm.example".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

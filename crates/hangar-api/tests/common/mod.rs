@@ -99,7 +99,7 @@ impl Harness {
             key: other.key.secret,
         };
         let app = hangar_api::app(AppState::from(Services {
-            intake: hangar_store::JobIntake::start(store.clone()),
+            intake: hangar_store::JobIntake::start(store.clone(), Default::default()).0,
             store,
             config: Arc::new(config),
             runtime: None,
