@@ -52,7 +52,6 @@ async fn stdin_and_exec_on_a_new_instance_of_a_scale_to_zero_agent_are_answered(
         .await;
     assert_eq!(status, 201, "{text}");
     let instance = created["id"].as_str().expect("id").to_owned();
-    assert_eq!(created["config"]["replicas"], 1, "{created}");
 
     // At once, while it is still starting: answered once the replica runs.
     let (status, _, _, text) = server
@@ -64,6 +63,7 @@ async fn stdin_and_exec_on_a_new_instance_of_a_scale_to_zero_agent_are_answered(
         .await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("echo: hello"), "{text:?}");
+    assert_eq!(created["config"]["replicas"], 1, "{created}");
 
     // Its status and its replicas agree: running, with its replica ready.
     server
