@@ -108,3 +108,53 @@ async fn stdin_and_exec_on_a_new_instance_of_a_scale_to_zero_agent_are_answered(
     server.delete(&default_instance, true).await;
     server.wait_nothing_left(&instance).await;
 }
+
+/// The endpoint status of an instance (`READY_TO_COLD_START` at zero).
+async fn endpoint_status(server: &Server, org: &str, instance: &str) -> String {
+    server
+        .get(&format!("/instances/status/{org}/{instance}"))
+        .await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn stdin_on_a_stdin_agent_scaled_to_zero_wakes_it_within_its_limit() {
+    if !root_or_skip("stdin at zero") {
+        return;
+    }
+    let server = Server::start_with(&temp("inst-zero"), &["--scale-to-zero-after", "2"]);
+    let org = server.org().await;
+    let instance = server
+        .deploy(
+            "dozy",
+            "echo",
+            json!({
+                "config": {"enable_http": false, "stdin_enabled": true},
+                "scaling": {"min_instances": 0, "max_instances": 1},
+            }),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while endpoint_status(&server, &org, &instance).await != "READY_TO_COLD_START" {
+        assert!(std::time::Instant::now() < deadline, "never scaled to zero");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    server.wait_nothing_left(&instance).await;
+
+    // Woken, and answered within stdin's own 30 s limit (the request's
+    // client gives up after 60 s, the controller's activation wait).
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/instances/{org}/{instance}/stdin"),
+            Some(json!({"input": "wake up\n"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("echo: wake up"), "{text:?}");
+
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}

@@ -363,11 +363,13 @@ fn not_running(inst: &Instance, action: &str) -> ApiError {
 /// How often a request for a starting instance looks for its replica.
 const REPLICA_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The controller, once `inst` has a replica to talk to or can be woken:
-/// a stopped, stopping or failed instance has none coming (409); a running
-/// one is handed over (one scaled to zero is started by the controller, as
-/// an invocation starts it); a starting one is waited for until its first
-/// replica is there or `limit` runs out.
+/// The controller, once `inst` has a replica to talk to: a stopped,
+/// stopping or failed instance has none coming (409); one scaled to zero is
+/// woken as an invocation wakes it; a starting or woken one is waited for
+/// until its first replica runs or `limit` (the request's own) runs out.
+/// The wait is here rather than in the controller's activation, which
+/// waits for a replica that answers HTTP and so, for a stdin-only agent,
+/// for its whole activation timeout.
 async fn replica_runtime<'s>(
     state: &'s AppState,
     caller: &Caller,
@@ -379,18 +381,38 @@ async fn replica_runtime<'s>(
         return Err(no_replica(&inst, action));
     };
     let deadline = tokio::time::Instant::now() + limit;
+    let mut woken = false;
     loop {
-        match inst.status {
-            InstanceStatus::Running => return Ok((runtime, inst)),
-            InstanceStatus::Starting if !runtime.metrics(&inst.id).replicas.is_empty() => {
+        if !matches!(
+            inst.status,
+            InstanceStatus::Running | InstanceStatus::Starting
+        ) {
+            return Err(not_running(&inst, action));
+        }
+        if !runtime.metrics(&inst.id).replicas.is_empty() {
+            return Ok((runtime, inst));
+        }
+        if inst.status == InstanceStatus::Running && !woken {
+            // Scaled to zero: one replica starts. One that may not start
+            // (its bounds allow none) is the controller's to answer.
+            if !runtime.activate(&inst.id) {
                 return Ok((runtime, inst));
             }
-            InstanceStatus::Starting if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(REPLICA_POLL).await;
-                inst = find(state, caller, &inst.id).await?;
-            }
-            _ => return Err(not_running(&inst, action)),
+            woken = true;
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::NotRunning {
+                kind: Kind::Instance,
+                message: format!(
+                    "Cannot {action} instance {}: no replica started within {} s",
+                    inst.id,
+                    limit.as_secs()
+                ),
+                current_status: inst.status.to_string(),
+            });
+        }
+        tokio::time::sleep(REPLICA_POLL).await;
+        inst = find(state, caller, &inst.id).await?;
     }
 }
 
