@@ -134,6 +134,24 @@ pub enum ApiError {
         /// Instances it may have.
         max: u32,
     },
+    /// 429 `RATE_LIMITED` (+ `retry_after_seconds`, and the `Retry-After`
+    /// header): the API key sent more requests than its rate allows.
+    #[error("Too many requests with this API key (its limit is {limit}); retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// Whole seconds until the key's next request is taken.
+        retry_after_seconds: u64,
+        /// The key's limit, for a person (`50 per second, in bursts of 100`).
+        limit: String,
+    },
+    /// 501 `DRIVER_UNAVAILABLE` (+ `driver`): the cloud asks for a driver
+    /// this Hangar does not have yet.
+    #[error("{message}")]
+    DriverUnavailable {
+        /// The missing driver (`kubernetes`).
+        driver: String,
+        /// For a person.
+        message: String,
+    },
     /// An invocation's (or the controller's) failure, as its row of the one
     /// table ([`hangar_gateway::error`]) says, with `details` when there
     /// are any.
@@ -223,6 +241,10 @@ impl ApiError {
                 own(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
             ApiError::InstanceQuota { .. } => ErrorClass::RESOURCE_LIMIT_EXCEEDED,
+            ApiError::RateLimited { .. } => own(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ApiError::DriverUnavailable { .. } => {
+                own(StatusCode::NOT_IMPLEMENTED, "DRIVER_UNAVAILABLE")
+            }
             ApiError::Failed { class, .. } => *class,
             ApiError::RuntimeUnavailable(_) => {
                 own(StatusCode::SERVICE_UNAVAILABLE, "RUNTIME_UNAVAILABLE")
@@ -290,6 +312,15 @@ impl ApiError {
                     json!({"current_instances": current, "max_instances": max}),
                 );
             }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                error.insert("retry_after_seconds".into(), json!(retry_after_seconds));
+            }
+            ApiError::DriverUnavailable { driver, .. } => {
+                error.insert("driver".into(), Value::String(driver.clone()));
+            }
             ApiError::Internal(_) => {
                 error.insert("request_id".into(), Value::String(context::request_id()));
             }
@@ -322,10 +353,21 @@ impl IntoResponse for ApiError {
             }
         }
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized(_)) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+            }
+            _ => {}
         }
         response
     }

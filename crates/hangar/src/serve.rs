@@ -138,6 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         uploads_dir: Some(build_config.uploads_dir()),
         max_upload_bytes: config.max_upload_bytes,
         cors_origins: config.cors_origins.clone(),
+        rate_limit: config.rate_limit,
     };
     let docker = connect_docker(&config, &data_dir).await;
     let (runtime, driver) = start_runtime(&config, &store, &docker).await?;
@@ -401,8 +402,9 @@ async fn start_runtime(
             ..hangar_controller::ControllerConfig::default()
         },
     );
+    // The shutdown signal is wired in with the other owned tasks.
     controller
-        .start()
+        .start(tokio_util::sync::CancellationToken::new())
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
     Ok((Some(controller), Some(driver)))

@@ -153,7 +153,8 @@ fn check_labels(display_name: Option<&String>, version: Option<&String>) -> ApiR
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = CreateAgent,
     responses((status = 201, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN"),
-        (status = 422, description = "RESOURCE_LIMIT_EXCEEDED")))]
+        (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this Hangar does not have (kubernetes)")))]
 async fn create_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,6 +190,7 @@ async fn create_agent(
         .get_cloud(caller.org(), &body.cloud_id)
         .await?
         .found(Kind::Cloud, &body.cloud_id)?;
+    super::tenancy::driver_available(&cloud.name, cloud.driver)?;
     // The agent will need an instance once built; refuse now rather than fail later.
     let org = state
         .store
