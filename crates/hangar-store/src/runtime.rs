@@ -18,6 +18,7 @@
 //! the running instance is observed.
 
 use hangar_core::events::Event;
+use hangar_core::id::IdKind;
 use hangar_core::logs::{InstanceLogLine, LogLevel, NewLogLine};
 use hangar_core::model::{DriverKind, Instance, Timestamp};
 use hangar_core::spec::Scaling;
@@ -166,7 +167,7 @@ impl Store {
         .await?
         else {
             return Err(StoreError::NotFound {
-                what: "instance",
+                what: IdKind::Instance,
                 id: instance_id.to_owned(),
             });
         };
@@ -275,7 +276,7 @@ impl Store {
         .await?
         else {
             return Err(StoreError::NotFound {
-                what: "instance",
+                what: IdKind::Instance,
                 id: instance_id.to_owned(),
             });
         };
@@ -520,7 +521,7 @@ impl Store {
         .rows_affected();
         if marked == 0 {
             return Err(StoreError::NotFound {
-                what: "deleted instance",
+                what: IdKind::Instance,
                 id: id.to_owned(),
             });
         }

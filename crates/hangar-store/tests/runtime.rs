@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{Duration, TimeZone, Utc};
+use hangar_core::id::IdKind;
 use hangar_core::logs::{LogLevel, NewLogLine, Stream};
 use hangar_core::model::{Instance, Timestamp};
 use hangar_core::resources::Resources;
@@ -253,7 +254,7 @@ async fn seqs_are_gapless_across_replicas_and_replays_are_stored_once() {
             matches!(
                 unknown,
                 Err(StoreError::NotFound {
-                    what: "instance",
+                    what: IdKind::Instance,
                     ..
                 })
             ),
@@ -657,7 +658,7 @@ async fn controller_sees_deleted_instances_until_they_are_reaped() {
             matches!(
                 refused,
                 Err(StoreError::NotFound {
-                    what: "deleted instance",
+                    what: IdKind::Instance,
                     ..
                 })
             ),

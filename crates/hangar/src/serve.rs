@@ -150,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = runtime.clone().map(|runtime| {
         Arc::new(hangar_gateway::Gateway::new(
             runtime,
+            store.clone(),
             hangar_gateway::Limits {
                 replica_concurrency: config.replica_concurrency,
                 queue_depth: config.replica_concurrency.saturating_mul(10),
