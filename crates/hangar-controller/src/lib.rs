@@ -550,13 +550,19 @@ impl Controller {
         allowed
     }
 
-    /// Waits until the instance has a ready replica, or `deadline`. True if
-    /// it has one.
+    /// Waits until the instance has a ready replica (an HTTP one in the
+    /// rotation, or a stdin one running), or `deadline`. True if it has one.
     pub async fn wait_ready(&self, instance_id: &str, deadline: tokio::time::Instant) -> bool {
         let state = self.inner.state(instance_id);
+        let serves = || {
+            lock(&state.tracked)
+                .replicas
+                .values()
+                .any(|r| r.phase.serves())
+        };
         loop {
             let notified = state.became_ready.notified();
-            if !self.targets(instance_id).is_empty() {
+            if serves() {
                 return true;
             }
             // The notification, or a look every 100 ms (a replica may have
@@ -567,7 +573,7 @@ impl Controller {
                 () = tokio::time::sleep_until(next) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return !self.targets(instance_id).is_empty();
+                return serves();
             }
         }
     }

@@ -233,9 +233,13 @@ async fn create(
         replica.passed_check(0);
         replica.response_time_ms = None;
     }
+    let ready = replica.phase.serves();
     lock(&state.tracked)
         .replicas
         .insert(replica_id.clone(), replica);
+    if ready {
+        state.became_ready.notify_waiters();
+    }
     tasks::spawn_replica_tasks(inner, state, &replica_id);
     Ok(())
 }

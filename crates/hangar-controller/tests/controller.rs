@@ -1082,3 +1082,39 @@ async fn shutting_down_ends_every_task_and_leaves_the_replicas_running() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_instance_of_zero_replicas_is_woken_by_exec_and_stdin() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let inst = w.instance(0).await;
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
+        let idle = w
+            .until(
+                "at zero",
+                |i, _| i.status == InstanceStatus::Running && i.status_reason.is_some(),
+                &inst.id,
+            )
+            .await;
+        assert_eq!(idle.ready_replicas, 0);
+        assert!(w.fake.replicas().is_empty());
+        // A stdin replica has no HTTP address: it is ready once it runs, and
+        // the wake waits for that, not for the activation's whole limit.
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            w.controller.exec(
+                &inst.id,
+                &["echo".into(), "awake".into()],
+                Duration::from_secs(1),
+            ),
+        )
+        .await
+        .expect("answered within the request's limit")
+        .expect("exec");
+        assert_eq!(out.stdout, b"echo awake\n");
+        assert_eq!(live(&w.fake.replicas()), 1);
+    }
+}
