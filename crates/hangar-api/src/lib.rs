@@ -13,7 +13,7 @@
 //! - `context`: request ids.
 //! - [`rate_limit`]: a token bucket per API key.
 //! - `render`: response shapes of both APIs.
-//! - `routes::{instances, agents, invoke, jobs, tenancy, extras, events, tokens}`:
+//! - `routes::{instances, agents, invoke, jobs, tenancy, builds, uploads, secrets, webhooks, events, tokens}`:
 //!   the handlers (`tokens`: stream tokens for clients that cannot send
 //!   `Authorization`, such as a browser's `EventSource`).
 
@@ -261,7 +261,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::invoke::routes())
         .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())
-        .merge(routes::extras::routes())
+        .merge(routes::builds::routes())
+        .merge(routes::uploads::routes())
+        .merge(routes::secrets::routes())
+        .merge(routes::webhooks::routes())
         .merge(routes::events::routes())
         .merge(routes::tokens::routes())
         .routes(utoipa_axum::routes!(routes::metrics::scrape));

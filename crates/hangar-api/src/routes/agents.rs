@@ -21,6 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::page_size;
+use super::Deleted;
 use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, OptionalBody, Path, Query};
 use crate::render::{self, ok, ok_list, AgentObject, Envelope, ListEnvelope, Pagination};
@@ -381,15 +382,6 @@ async fn update_agent(
         state.wake(&instance.id);
     }
     Ok(ok(agent_object(&state, &view)))
-}
-
-/// What `DELETE /v1/agents/{id}` answers.
-#[derive(Debug, Serialize, ToSchema)]
-struct Deleted {
-    /// The deleted object's ID.
-    id: String,
-    /// Always true.
-    deleted: bool,
 }
 
 /// Delete an agent and its instances.
