@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`Store`]: the pool, connecting and migrating.
 //! - `tenancy`: organizations, users, API keys, clouds.
-//! - `agents`: agents and builds.
+//! - `agents`: agents (blueprints).
+//! - `builds`: builds, the build queue and build logs.
 //! - `instances`: instances and the instance quota.
 //! - `jobs`: the durable job queue (accept, claim under a lease, renew,
 //!   finish, reclaim, cancel).
@@ -33,6 +34,7 @@ use sqlx::{AnyPool, Row};
 
 mod agents;
 mod backlog;
+mod builds;
 mod events;
 mod extras;
 mod instances;
