@@ -18,7 +18,8 @@
 //!
 //! Layout: `queue` (when), `reconcile` (observe and apply), `plan` (what),
 //! `replica` (a replica's phase), `tasks` (per-replica and periodic work),
-//! `scale` (how many), `launch` (a replica's spec), `error`.
+//! `scale` (how many), `launch` (a replica's spec), `tell` (log lines and
+//! events), `error`.
 //!
 //! Every task the controller spawns is tracked and watches one shutdown
 //! token: [`Controller::start`]'s handle ends when all of them have.
@@ -40,6 +41,7 @@ mod reconcile;
 mod replica;
 pub mod scale;
 mod tasks;
+mod tell;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -248,7 +250,7 @@ pub(crate) struct Tracked {
     /// Wanted running (not stopped or deleted), as of the last reconcile.
     pub serving: bool,
     /// Whose events this instance's are, as of the last reconcile.
-    pub owner: Option<reconcile::Owner>,
+    pub owner: Option<tell::Owner>,
     /// The instance's scaling bounds, as of the last reconcile.
     pub bounds: Option<Bounds>,
     /// Failed checks that make a ready replica unhealthy, as of the last
@@ -530,7 +532,7 @@ impl Controller {
             let (inner, state) = (self.inner.clone(), state.clone());
             self.inner.spawn(async move {
                 let why = "a request arrived";
-                reconcile::system_log(
+                tell::system_log(
                     &inner,
                     &state,
                     "hangar",
@@ -538,7 +540,7 @@ impl Controller {
                     format!("[hangar] scaled from 0 to 1 replicas: {why}"),
                 )
                 .await;
-                reconcile::emit(
+                tell::emit(
                     &inner,
                     &owner,
                     "agent.scaled",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hangar_core::logs::{parse_line, LiveLine, LogLevel, NewLogLine, Stream};
 use hangar_runtime::driver::{Exit, OutputEvent, OutputStream};
 
-use crate::{lock, reconcile, scale, Inner, InstanceState};
+use crate::{lock, scale, tell, Inner, InstanceState};
 
 /// Output events stored in one transaction, at most: a transaction writes
 /// the same few index pages however many lines it holds.
@@ -374,7 +374,7 @@ pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
                     format!("{concurrency:.1} requests in flight{cpu}")
                 };
                 tracing::info!(instance = %state.id, from, to, %why, "agent.scaled");
-                reconcile::system_log(
+                tell::system_log(
                     &inner,
                     &state,
                     "hangar",
@@ -383,7 +383,7 @@ pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
                 )
                 .await;
                 if let Some(owner) = &owner {
-                    reconcile::emit(
+                    tell::emit(
                         &inner,
                         owner,
                         "agent.scaled",
