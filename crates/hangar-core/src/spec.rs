@@ -359,26 +359,6 @@ pub enum Source {
     },
 }
 
-/// `scheme://user:secret@host/…` → `scheme://user:****@host/…`; `scheme://token@host`
-/// → `scheme://****@host`. Anything else is returned as it is.
-#[must_use]
-pub fn redact_url_credentials(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:****"),
-        None => "****".to_owned(),
-    };
-    format!("{}{shown}{}", &url[..scheme_end + 3], &rest[at..])
-}
-
 fn is_git_url(s: &str) -> bool {
     ["https://", "http://", "ssh://", "git://", "file://"]
         .iter()
@@ -518,7 +498,7 @@ impl Source {
                 path,
                 commit,
             } => Source::Github {
-                repo: redact_url_credentials(repo),
+                repo: validate::redact_url_credentials(repo),
                 branch: branch.clone(),
                 path: path.clone(),
                 commit: commit.clone(),

@@ -206,7 +206,7 @@ pub fn is_sensitive(key: &str, value: &str) -> bool {
         "WEBHOOK",
     ];
     // From a secret, or a URL that carries a password (`postgres://u:pw@h/db`).
-    if value.contains(SECRET_REF_OPEN) || crate::spec::redact_url_credentials(value) != value {
+    if value.contains(SECRET_REF_OPEN) || redact_url_credentials(value) != value {
         return true;
     }
     let upper = key.to_ascii_uppercase();
@@ -311,6 +311,26 @@ pub fn token(field: &str, s: &str) -> Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:****@host/…`; `scheme://token@host`
+/// → `scheme://****@host`. Anything else is returned as it is.
+#[must_use]
+pub fn redact_url_credentials(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:****"),
+        None => "****".to_owned(),
+    };
+    format!("{}{shown}{}", &url[..scheme_end + 3], &rest[at..])
 }
 
 #[cfg(test)]
