@@ -6,7 +6,7 @@
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hangar_core::id::{new_id, IdKind};
 
 #[derive(Clone)]
@@ -34,36 +34,15 @@ pub fn is_status_endpoint() -> bool {
     CONTEXT.try_with(|c| c.status_endpoint).unwrap_or(false)
 }
 
-/// Whether the percent-decoded path holds a NUL or another control character: no
-/// object has such an ID or name (and PostgreSQL refuses NUL in text).
-fn has_control_chars(path: &str) -> bool {
-    path.contains('%')
-        && percent_encoding::percent_decode_str(path)
-            .decode_utf8_lossy()
-            .chars()
-            .any(char::is_control)
-}
-
 /// Middleware: gives the request an id, runs it inside the context, and returns the
-/// id in `x-request-id`. A path naming an object with control characters in its
-/// ID answers 404 here, before any handler or query sees it.
+/// id in `x-request-id`.
 pub async fn with_context(request: Request, next: Next) -> Response {
     let ctx = RequestContext {
         id: new_id(IdKind::Request),
         status_endpoint: request.uri().path().starts_with("/instances/status/"),
     };
     let id = ctx.id.clone();
-    let mut response = if has_control_chars(request.uri().path()) {
-        let error = crate::error::ApiError::NoRoute {
-            method: request.method().to_string(),
-            path: request.uri().path().to_owned(),
-        };
-        CONTEXT
-            .scope(ctx, async move { error.into_response() })
-            .await
-    } else {
-        CONTEXT.scope(ctx, next.run(request)).await
-    };
+    let mut response = CONTEXT.scope(ctx, next.run(request)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }

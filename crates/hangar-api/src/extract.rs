@@ -211,3 +211,30 @@ impl FromRequestParts<AppState> for Caller {
         Ok(caller)
     }
 }
+
+/// Middleware: a path naming an object with control characters in its ID
+/// answers 404, before any handler or query sees it.
+pub async fn reject_control_paths(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if has_control_chars(request.uri().path()) {
+        return ApiError::NoRoute {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether the percent-decoded path holds a NUL or another control character: no
+/// object has such an ID or name (and PostgreSQL refuses NUL in text).
+fn has_control_chars(path: &str) -> bool {
+    path.contains('%')
+        && percent_encoding::percent_decode_str(path)
+            .decode_utf8_lossy()
+            .chars()
+            .any(char::is_control)
+}

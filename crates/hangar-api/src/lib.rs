@@ -339,6 +339,8 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 ///    answers its own CORS);
 /// 1. CORS, when origins are configured — preflights end here;
 /// 2. request context (id) — so everything below, panics included, can cite it;
+///    then paths with control characters answer 404 ([`extract::reject_control_paths`]),
+///    before metrics (no route is counted) and before any handler or query sees them;
 /// 3. request metrics — outside the panic catcher, so a bug's 500 is counted;
 /// 4. panic catcher — a bug answers 500 in the envelope and the server lives on;
 /// 5. rate limit per API key, when configured ([`rate_limit`]) — it resolves
@@ -393,6 +395,7 @@ pub fn app(state: AppState) -> Router {
             metrics,
             routes::metrics::record,
         ))
+        .layer(axum::middleware::from_fn(extract::reject_control_paths))
         .layer(axum::middleware::from_fn(context::with_context))
         .layer(tower::util::option_layer(cors(&cors_origins)))
         .layer(axum::middleware::from_fn_with_state(
