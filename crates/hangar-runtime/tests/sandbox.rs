@@ -343,6 +343,12 @@ fn stop_ends_a_program_without_a_handler_by_sigterm() {
         if id == "pyserver" {
             let mut ready = [0_u8; 6];
             pipes.stdout.read_exact(&mut ready).expect("ready line");
+            // The init holds nothing of this process (the stdio pipes, the
+            // cgroup lock), only the write end of its report pipe.
+            let held = std::fs::read_dir(format!("/proc/{}/fd", sandbox.pid()))
+                .expect("the init's fds")
+                .count();
+            assert_eq!(held, 1, "descriptors the init holds");
         }
         // Far longer than the test may take: only SIGTERM can end it.
         let exit = sandbox
