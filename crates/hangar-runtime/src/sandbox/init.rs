@@ -195,6 +195,11 @@ fn spawn(argv: &[String]) -> Result<Pid, Errno> {
         .iter()
         .map(|arg| cstring(arg.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "not a setting: the sandbox's environment, as libcontainer set it up for the \
+                  program (the spec's, plus HOME), passed on whole"
+    )]
     let env = std::env::vars_os()
         .map(|(key, value)| {
             let mut pair = key.into_vec();
