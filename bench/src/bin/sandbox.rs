@@ -57,6 +57,14 @@
 //! interleaved with `crun exec`, `runc exec` and `docker exec` of
 //! `/busybox true` in running containers of the others.
 //!
+//! Graceful stop: [`SandboxDriver::stop`] with the API's 10 s grace period of
+//! a replica running a plain Python HTTP server (`python3 -m http.server`,
+//! no signal handler of its own) serving the same files, timed from the
+//! stop call to its answer, then [`SandboxDriver::remove`]: what a graceful
+//! `DELETE` or a scale-down waits for. The exit is printed too: ended by
+//! `SIGTERM`, or by the `SIGKILL` after the grace period. `--stop-only`
+//! measures only this (no crun, runc or Docker needed).
+//!
 //! Results are mean, p50 and p95 in ms and the ratios of medians, printed as
 //! a Markdown table, with the CPU steal and the load average while timing
 //! (other work on the machine shows up in every row). The binary exits 0 whether or not the targets are met:
@@ -79,7 +87,7 @@ use hangar_bench::{
     cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
     sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
 };
-use hangar_runtime::driver::ReplicaSpec;
+use hangar_runtime::driver::{Exit, ReplicaSpec};
 use hangar_runtime::sandbox::{
     CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME, DEFAULT_SUBNET,
 };
@@ -104,6 +112,8 @@ const CRUN_TARGET: f64 = 2.0;
 const DOCKER_TARGET: f64 = 0.2;
 /// Target: exec round trip, in ms.
 const EXEC_TARGET_MS: f64 = 30.0;
+/// The grace period of the graceful stops: the API's default.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The request every poll sends.
 const REQUEST: &[u8] = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n";
 
@@ -126,6 +136,13 @@ struct Args {
     /// busybox-static).
     #[arg(long, default_value = "/usr/bin/busybox")]
     busybox: PathBuf,
+    /// Timed graceful stops of a plain Python HTTP server, after the starts
+    /// and execs (0: none).
+    #[arg(long, default_value_t = 5)]
+    stops: usize,
+    /// Measure only the graceful stops: no crun, runc or Docker needed.
+    #[arg(long)]
+    stop_only: bool,
 }
 
 /// The runtimes compared, in the order of the table's rows.
@@ -273,6 +290,48 @@ impl Hangar {
             .with_context(|| format!("Hangar: replica {id} has no address"))?;
         let ready = first_byte(address, t0, marker).context("Hangar")?;
         Ok((call, ready))
+    }
+
+    /// Replica `id` running a plain Python HTTP server with no signal
+    /// handler of its own, serving the same files as busybox.
+    fn python_spec(&self, id: &str) -> ReplicaSpec {
+        let mut spec = self.spec(id);
+        let port = if self.driver.bridged() {
+            CONTAINER_PORT.to_string()
+        } else {
+            "\"$PORT\"".to_owned()
+        };
+        spec.argv = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            format!("exec python3 -m http.server {port} --bind 0.0.0.0 --directory /app/www"),
+        ];
+        spec
+    }
+
+    /// Starts replica `id` with [`Hangar::python_spec`], waits for its first
+    /// HTTP byte, then stops it with [`STOP_GRACE`] and removes it; returns
+    /// (stop, remove, how it ended).
+    fn graceful_delete(&mut self, id: &str, marker: &str) -> Result<(Duration, Duration, Exit)> {
+        let spec = self.python_spec(id);
+        let t0 = Instant::now();
+        let info = self
+            .rt
+            .block_on(self.driver.create(&spec))
+            .with_context(|| format!("Hangar: creating replica {id}"))?;
+        self.live.push(id.to_owned());
+        let address = info
+            .address
+            .with_context(|| format!("Hangar: replica {id} has no address"))?;
+        first_byte(address, t0, marker).context("Hangar: the Python server")?;
+        let t0 = Instant::now();
+        let exit = self
+            .rt
+            .block_on(self.driver.stop(id, STOP_GRACE))
+            .with_context(|| format!("Hangar: stopping replica {id}"))?;
+        let stop = t0.elapsed();
+        let remove = self.remove(id)?;
+        Ok((stop, remove, exit))
     }
 
     fn remove(&mut self, id: &str) -> Result<Duration> {
@@ -1295,6 +1354,95 @@ fn report(
     }
 }
 
+/// Times `n` graceful deletes of a plain Python HTTP server (see the module
+/// docs) and prints them as table rows, with how each replica ended.
+fn measure_stops(hangar: &mut Hangar, marker: &str, n: usize) -> Result<()> {
+    let pid = std::process::id();
+    let (mut stops, mut removes, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ends: BTreeMap<String, usize> = BTreeMap::new();
+    for round in 0..n {
+        let id = format!("hb-{pid}-stop-{round}");
+        let (stop, remove, exit) = hangar.graceful_delete(&id, marker)?;
+        stops.push(stop);
+        removes.push(remove);
+        deletes.push(stop + remove);
+        *ends.entry(exit.describe()).or_default() += 1;
+    }
+    println!();
+    println!(
+        "Graceful delete of a plain Python HTTP server (`python3 -m http.server`, no signal \
+         handler), {} s grace period, {n} times. Times in ms.",
+        STOP_GRACE.as_secs()
+    );
+    println!();
+    println!("| measurement | mean ms | p50 ms | p95 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, samples) in [
+        (
+            "Hangar: `SandboxDriver::stop` (SIGTERM, SIGKILL after the grace)",
+            &stops,
+        ),
+        ("Hangar: `SandboxDriver::remove` after the stop", &removes),
+        ("Hangar: graceful delete (stop + remove)", &deletes),
+    ] {
+        if let Some(s) = Stats::of(samples) {
+            println!(
+                "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                s.mean, s.p50, s.p95, s.max
+            );
+        }
+    }
+    let ends: Vec<String> = ends
+        .into_iter()
+        .map(|(how, count)| format!("{how} ×{count}"))
+        .collect();
+    println!();
+    println!("How the replicas ended: {}.", ends.join(", "));
+    Ok(())
+}
+
+/// `--stop-only`: the graceful stops alone, with a driver and a served
+/// directory of their own.
+fn stops_only(args: &Args, hangar_bin: &Path) -> Result<()> {
+    let tmp = TempDir::new()?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let marker = format!("hangar-bench-sandbox {} {nanos}", std::process::id());
+    let rootfs = tmp.0.join("rootfs");
+    let www = rootfs.join("www");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&www)?;
+    for dir in [&rootfs, &www] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    }
+    let index = www.join("index.html");
+    fs::write(&index, format!("<!doctype html><p>{marker}</p>\n"))?;
+    fs::set_permissions(&index, fs::Permissions::from_mode(0o644))?;
+    let mut hangar = Hangar {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a runtime")?,
+        driver: SandboxDriver::new(SandboxDriverConfig {
+            shim_program: hangar_bin.to_path_buf(),
+            state_dir: tmp.0.join("hangar"),
+            host_network: false,
+        })
+        .context("starting the sandbox driver")?,
+        rootfs,
+        live: Vec::new(),
+    };
+    println!("Hangar: {}", hangar_bin.display());
+    let measured = measure_stops(&mut hangar, &marker, args.stops);
+    // Replicas before the directory they live in.
+    drop(hangar);
+    drop(tmp);
+    measured
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.iterations >= 1, "--iterations must be at least 1");
@@ -1316,6 +1464,9 @@ fn main() -> Result<()> {
          hangar-bench`, or pass --hangar <path>",
         hangar_bin.display()
     );
+    if args.stop_only {
+        return stops_only(&args, &hangar_bin);
+    }
     let Some(crun_bin) = find_program("crun") else {
         bail!(
             "crun is not installed (Debian: apt-get install crun): the start target is stated \
@@ -1534,6 +1685,10 @@ fn main() -> Result<()> {
     let steal = steal_percent(ticks, cpu_ticks());
     let load = (load_before, load_average());
     report(&bench, &samples, &args, steal, load);
+    if args.stops > 0 {
+        let marker = bench.marker.clone();
+        measure_stops(&mut bench.hangar, &marker, args.stops)?;
+    }
     drop(bench);
     Ok(())
 }

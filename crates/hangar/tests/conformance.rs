@@ -238,7 +238,7 @@ async fn wait_exit(driver: &dyn Driver, id: &str) -> Exit {
 }
 
 /// Create, health, invoke, logs, exec (output, exit code, timeout), stats,
-/// a forced stop of a replica that ignores SIGTERM, remove.
+/// a forced stop (no grace period), remove.
 async fn http_replica_serves_execs_and_leaves_nothing(s: Subject) {
     let id = s.id("http");
     let info = s.driver.create(&spec(&id, "http")).await.expect("create");
@@ -316,16 +316,8 @@ async fn http_replica_serves_execs_and_leaves_nothing(s: Subject) {
     assert!(stats.rx_bytes > 0, "{stats:?}");
     assert!(stats.pids >= 1, "{stats:?}");
 
-    let exit = s
-        .driver
-        .stop(&id, Duration::from_millis(300))
-        .await
-        .expect("stop");
-    assert_eq!(
-        exit.signal,
-        Some(9),
-        "python ignores SIGTERM as PID 1: {exit:?}"
-    );
+    let exit = s.driver.stop(&id, Duration::ZERO).await.expect("stop");
+    assert_eq!(exit.signal, Some(9), "no grace is SIGKILL: {exit:?}");
     assert_eq!(
         s.driver.inspect(&id).await.expect("inspect").exit,
         Some(exit)

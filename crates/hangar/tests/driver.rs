@@ -123,6 +123,46 @@ async fn wait_healthy(info: &ReplicaInfo) {
     }
 }
 
+/// A plain Python agent (the `http` test agent installs no signal handler)
+/// stopped gracefully ends by the SIGTERM of the stop, reported as such by
+/// the stop, by inspect and at the end of its output — not by the SIGKILL
+/// that followed the grace period while the agent was the sandbox's PID 1.
+#[tokio::test]
+async fn a_plain_python_agent_ends_by_the_sigterm_of_a_graceful_stop() {
+    let Some(fx) = Fixture::new("term") else {
+        return;
+    };
+    let id = replica_id("term");
+    let info = fx.driver.create(&spec(&id, "http")).await.expect("create");
+    wait_healthy(&info).await;
+    let mut output = fx.driver.follow(&id, 0).await.expect("follow");
+    // Far longer than the test may take: only SIGTERM can end it.
+    let exit = fx
+        .driver
+        .stop(&id, Duration::from_secs(600))
+        .await
+        .expect("stop");
+    assert_eq!(
+        (exit.code, exit.signal, exit.oom_killed),
+        (None, Some(15), false),
+        "{exit:?}"
+    );
+    assert_eq!(
+        fx.driver.inspect(&id).await.expect("inspect").exit,
+        Some(exit)
+    );
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), output.recv()).await {
+            Ok(Some(hangar_runtime::driver::OutputEvent::End(end))) => break end,
+            Ok(Some(_)) => {}
+            other => panic!("the output never ended: {other:?}"),
+        }
+    };
+    assert_eq!(end, exit);
+    fx.driver.remove(&id).await.expect("remove");
+    fx.assert_empty();
+}
+
 #[tokio::test]
 async fn a_replica_whose_shim_died_is_reported_and_cleaned_up() {
     let Some(fx) = Fixture::new("lost") else {

@@ -4,7 +4,7 @@
 //! ```text
 //! Sandboxes::new(state_dir, cgroup_parent)
 //!   .create(&spec, stdio) ──► Sandbox (created: init is parked before exec)
-//!      .start()           ──► running `spec.argv`
+//!      .start()           ──► the init runs `spec.argv` as its child
 //!      .wait() / .try_wait() / .kill(sig) / .stop(grace)
 //!      .exec(argv, env, timeout) ──► ExecOutput (while running)
 //!      .delete()          ──► nothing left: no state dir, no cgroup dir
@@ -82,9 +82,10 @@
 //! * An empty `additional_gids` makes libcontainer skip `setgroups`, so the
 //!   process would keep the caller's supplementary groups (root's `0`):
 //!   the spec lists the sandbox's own gid instead.
-//! * The sandbox's init is PID 1 of its namespace, which ignores `SIGTERM`
-//!   unless it installed a handler: hence [`Sandbox::stop`] escalates to
-//!   `SIGKILL` after the grace period.
+//! * PID 1 of a pid namespace only receives the signals it installed a
+//!   handler for, and inherits every orphan: `spec.argv` is therefore not
+//!   PID 1 but the only child of a tiny init (the `init` module) that
+//!   forwards signals to it, reaps zombies and reports how it ended.
 //!
 //! # On disk
 //!
@@ -105,6 +106,7 @@
 
 mod cleanup;
 mod exec;
+mod init;
 mod net;
 mod spec;
 mod stats;
@@ -115,6 +117,7 @@ use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -507,7 +510,7 @@ impl Sandboxes {
             }
             None => None,
         };
-        let (container, pid) = created?;
+        let (container, pid, exit_report) = created?;
         Ok(Sandbox {
             id: id.to_owned(),
             sandboxes: self.clone(),
@@ -515,12 +518,14 @@ impl Sandboxes {
             pid,
             spec: spec.clone(),
             ip,
+            exit_report,
             exit: None,
             oom_killed: false,
         })
     }
 
-    /// The container of [`Sandboxes::create_in`], its init parked.
+    /// The container of [`Sandboxes::create_in`], its init parked, and the
+    /// read end of its init's report pipe.
     fn create_container(
         &self,
         dir: &Path,
@@ -528,7 +533,7 @@ impl Sandboxes {
         stdio: SandboxStdio,
         layout: &[(&str, spec::HostEntry)],
         netns: Option<&Path>,
-    ) -> Result<(Container, Pid), SandboxError> {
+    ) -> Result<(Container, Pid, File), SandboxError> {
         let id = spec.id.as_str();
         let bundle = dir.join("bundle");
         let app = match &spec.app {
@@ -554,6 +559,15 @@ impl Sandboxes {
                 OwnedFd::from(File::open("/dev/null").map_err(io_error(id, "open", "/dev/null"))?)
             }
         };
+        // Close-on-exec: only the init holds the write end (the agent and
+        // anything it starts never see it). Non-blocking: an init killed
+        // before it wrote leaves the pipe empty.
+        let (report_read, report_write) =
+            pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|source| SandboxError::Os {
+                id: id.to_owned(),
+                action: "create the init's report pipe",
+                source,
+            })?;
         let runtime = dir.join("runtime");
         let container_error = |action| {
             move |source| SandboxError::Container {
@@ -565,24 +579,33 @@ impl Sandboxes {
         // Held while libcontainer creates the cgroup, so a concurrent delete
         // does not remove the shared parent between its mkdir and ours.
         let lock = self.cgroups_lock(id, FlockArg::LockShared)?;
+        let blocked = init::InitSignalsBlocked::new().map_err(|source| SandboxError::Os {
+            id: id.to_owned(),
+            action: "block the init's signals",
+            source,
+        })?;
         let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
             .with_root_path(&runtime)
             .map_err(container_error("use its state dir"))?
             .with_stdin(stdin)
             .with_stdout(stdio.stdout)
             .with_stderr(stdio.stderr)
+            .with_executor(init::InitExecutor {
+                report: Arc::new(report_write),
+            })
             .as_init(&bundle)
             .with_systemd(false)
             .with_detach(true)
             .build()
             .map_err(container_error("create the container"))?;
+        drop(blocked);
         drop(lock);
         let pid = container.pid().ok_or_else(|| SandboxError::Os {
             id: id.to_owned(),
             action: "learn the init pid from libcontainer",
             source: Errno::ESRCH,
         })?;
-        Ok((container, pid))
+        Ok((container, pid, File::from(report_read)))
     }
 
     /// Removes sandbox `id` when no [`Sandbox`] value is at hand (its
@@ -634,6 +657,8 @@ pub struct Sandbox {
     spec: SandboxSpec,
     /// Its address on the bridge ([`Network::Bridge`] only).
     ip: Option<IpAddr>,
+    /// Where the init says how the agent ended (see [`init`]).
+    exit_report: File,
     exit: Option<ExitStatus>,
     /// Read from the cgroup when the exit is reaped (the cgroup is gone
     /// after delete).
@@ -646,7 +671,8 @@ impl Sandbox {
         &self.id
     }
 
-    /// The init process's pid, as the caller's pid namespace sees it.
+    /// The init process's pid, as the caller's pid namespace sees it (the
+    /// sandbox's PID 1; `spec.argv` runs as its child).
     pub fn pid(&self) -> Pid {
         self.pid
     }
@@ -657,7 +683,7 @@ impl Sandbox {
         self.ip
     }
 
-    /// Lets the init process exec `argv`.
+    /// Lets the init process start `argv`.
     pub fn start(&mut self) -> Result<(), SandboxError> {
         self.container
             .start()
@@ -668,8 +694,10 @@ impl Sandbox {
             })
     }
 
-    /// Blocks until the init process exits. Every other process in the
-    /// sandbox is killed by the kernel when it does (it is PID 1 of the
+    /// Blocks until the init process exits, which it does as soon as
+    /// `spec.argv` has ended; returns how `spec.argv` ended (or, when the
+    /// init itself was killed, how the init did). Every other process in the
+    /// sandbox is killed by the kernel then (the init is PID 1 of the
     /// sandbox's pid namespace).
     pub fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
         loop {
@@ -689,7 +717,7 @@ impl Sandbox {
             return Ok(Some(exit));
         }
         loop {
-            let exit = match waitpid(self.pid, flags) {
+            let waited = match waitpid(self.pid, flags) {
                 Ok(WaitStatus::Exited(_, code)) => ExitStatus::Exited(code),
                 Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signaled(signal),
                 Ok(WaitStatus::StillAlive) => return Ok(None),
@@ -703,6 +731,11 @@ impl Sandbox {
                     })
                 }
             };
+            // The init's own status says "exited 143" for an agent killed by
+            // SIGTERM; its report says which. Without one (the init itself
+            // was killed, or the agent never started) the init's status is
+            // the sandbox's.
+            let exit = init::read_report(&mut self.exit_report).unwrap_or(waited);
             self.exit = Some(exit);
             self.oom_killed = self.read_oom_killed(exit);
             return Ok(Some(exit));
@@ -758,10 +791,12 @@ impl Sandbox {
 
     /// Sends `signal` to the init process. Already exited is success.
     ///
-    /// The init process is PID 1 of its namespace, and the kernel delivers
-    /// only signals PID 1 has a handler for (and `SIGKILL`): a workload that
-    /// ignores `SIGTERM` by default, as most do, ignores it here. Use
-    /// [`Sandbox::stop`] for "terminate, then kill".
+    /// The init forwards `SIGTERM`, `SIGINT`, `SIGHUP`, `SIGQUIT` and
+    /// `SIGWINCH` to `spec.argv`'s process group and `SIGUSR1`/`SIGUSR2` to
+    /// `spec.argv` alone; the kernel drops any other signal but `SIGKILL`
+    /// (PID 1 has no handler for it), and `SIGKILL` ends the init and with
+    /// it everything in the sandbox. Use [`Sandbox::stop`] for "terminate,
+    /// then kill".
     pub fn kill(&self, signal: Signal) -> Result<(), SandboxError> {
         // Until it is reaped, the pid cannot be reused, so this cannot hit an
         // unrelated process.
