@@ -414,7 +414,8 @@ fn main() -> Result<()> {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .context("binding a loopback port")?;
     let addr = listener.local_addr()?;
-    let intake = server_rt.block_on(async { hangar_store::JobIntake::start(fx.store.clone()) });
+    let (intake, _) = server_rt
+        .block_on(async { hangar_store::JobIntake::start(fx.store.clone(), Default::default()) });
     let app = hangar_api::app(AppState::from(Services {
         intake,
         store: fx.store.clone(),
@@ -428,6 +429,13 @@ fn main() -> Result<()> {
             max_body_bytes: 2 << 20,
             upload_ttl: Duration::from_secs(3600),
             signing_key: Sealer::generate_key().to_vec(),
+            // On, as in production (its cost is part of every figure), but
+            // never reached by the load.
+            rate_limit: Some(hangar_api::RateLimit {
+                count: std::num::NonZeroU32::MAX,
+                unit: Duration::from_secs(1),
+                burst: std::num::NonZeroU32::MAX,
+            }),
         }),
         runtime: None,
         builder: None,

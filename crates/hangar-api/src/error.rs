@@ -5,93 +5,45 @@
 //! Agents API clients that branch on `success` work too). Internal causes are
 //! logged with the request id and answered with a generic 500 that carries the id,
 //! never the cause.
+//!
+//! The status and code of an invocation's, the controller's or the store's
+//! failure are not decided here but read from their one table
+//! ([`hangar_gateway::error`]); [`ApiError::class`] answers the API's own
+//! errors from the same rows where they mean the same thing.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hangar_core::status::AgentStatus;
 use hangar_core::Invalid;
+use hangar_gateway::error::INTERNAL_MESSAGE;
+use hangar_gateway::{Classify, ErrorClass, InvokeError};
 use hangar_store::StoreError;
 use serde_json::{json, Map, Value};
 
 use crate::context;
 
-/// Kinds of object a `…_NOT_FOUND` or `…_NAME_TAKEN` code names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// An organization.
-    Organization,
-    /// A user.
-    User,
-    /// An API key.
-    ApiKey,
-    /// A cloud.
-    Cloud,
-    /// An agent.
-    Agent,
-    /// A build.
-    Build,
-    /// An instance.
-    Instance,
-    /// A job.
-    Job,
-    /// An upload.
-    Upload,
-    /// A secret.
-    Secret,
-    /// A webhook endpoint.
-    Webhook,
-    /// A webhook delivery.
-    Delivery,
-}
+/// Kinds of object a `…_NOT_FOUND` or `…_NAME_TAKEN` code names: the ID
+/// kinds, so the store's errors name theirs the same way.
+pub use hangar_core::id::IdKind as Kind;
 
-impl Kind {
-    fn code(self) -> &'static str {
-        match self {
-            Kind::Organization => "ORGANIZATION",
-            Kind::User => "USER",
-            Kind::ApiKey => "API_KEY",
-            Kind::Cloud => "CLOUD",
-            Kind::Agent => "AGENT",
-            Kind::Build => "BUILD",
-            Kind::Instance => "INSTANCE",
-            Kind::Job => "JOB",
-            Kind::Upload => "UPLOAD",
-            Kind::Secret => "SECRET",
-            Kind::Webhook => "WEBHOOK",
-            Kind::Delivery => "DELIVERY",
-        }
-    }
-
-    fn noun(self) -> &'static str {
-        match self {
-            Kind::Organization => "Organization",
-            Kind::User => "User",
-            Kind::ApiKey => "API key",
-            Kind::Cloud => "Cloud",
-            Kind::Agent => "Agent",
-            Kind::Build => "Build",
-            Kind::Instance => "Instance",
-            Kind::Job => "Job",
-            Kind::Upload => "Upload",
-            Kind::Secret => "Secret",
-            Kind::Webhook => "Webhook",
-            Kind::Delivery => "Delivery",
-        }
-    }
-
-    fn from_store(what: &str) -> Self {
-        match what {
-            "agent" => Kind::Agent,
-            "instance" => Kind::Instance,
-            "cloud" => Kind::Cloud,
-            "user" => Kind::User,
-            "secret" => Kind::Secret,
-            "api key" => Kind::ApiKey,
-            "build" => Kind::Build,
-            "job" => Kind::Job,
-            "upload" => Kind::Upload,
-            "webhook" => Kind::Webhook,
-            _ => Kind::Organization,
-        }
+/// How a message names a kind of object.
+fn noun(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Organization => "Organization",
+        Kind::User => "User",
+        Kind::ApiKey => "API key",
+        Kind::Cloud => "Cloud",
+        Kind::Agent => "Agent",
+        Kind::Build => "Build",
+        Kind::Instance => "Instance",
+        Kind::Replica => "Replica",
+        Kind::Job => "Job",
+        Kind::Request => "Request",
+        Kind::Upload => "Upload",
+        Kind::Secret => "Secret",
+        Kind::Webhook => "Webhook",
+        Kind::Delivery => "Delivery",
+        Kind::Event => "Event",
     }
 }
 
@@ -113,7 +65,7 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(&'static str),
     /// 404 `<KIND>_NOT_FOUND`: missing, or another organization's.
-    #[error("{} with ID '{id}' not found", kind.noun())]
+    #[error("{} with ID '{id}' not found", noun(*kind))]
     NotFound {
         /// What was looked for.
         kind: Kind,
@@ -137,7 +89,7 @@ pub enum ApiError {
         path: String,
     },
     /// 409 `<KIND>_NAME_TAKEN`.
-    #[error("{} name '{name}' is already taken", kind.noun())]
+    #[error("{} name '{name}' is already taken", noun(*kind))]
     NameTaken {
         /// What kind of name.
         kind: Kind,
@@ -182,16 +134,32 @@ pub enum ApiError {
         /// Instances it may have.
         max: u32,
     },
-    /// 502 or 504: the agent failed an invocation (`AGENT_ERROR`,
-    /// `AGENT_BAD_RESPONSE`, `AGENT_UNREACHABLE`, `INVOKE_TIMEOUT`), with
-    /// `details` when there are any.
+    /// 429 `RATE_LIMITED` (+ `retry_after_seconds`, and the `Retry-After`
+    /// header): the API key sent more requests than its rate allows.
+    #[error("Too many requests with this API key (its limit is {limit}); retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// Whole seconds until the key's next request is taken.
+        retry_after_seconds: u64,
+        /// The key's limit, for a person (`50 per second, in bursts of 100`).
+        limit: String,
+    },
+    /// 501 `DRIVER_UNAVAILABLE` (+ `driver`): the cloud asks for a driver
+    /// this Hangar does not have yet.
     #[error("{message}")]
-    Agent {
-        /// 502, or 504 for a timeout.
-        status: StatusCode,
-        /// Machine-readable code.
-        code: &'static str,
+    DriverUnavailable {
+        /// The missing driver (`kubernetes`).
+        driver: String,
         /// For a person.
+        message: String,
+    },
+    /// An invocation's (or the controller's) failure, as its row of the one
+    /// table ([`hangar_gateway::error`]) says, with `details` when there
+    /// are any.
+    #[error("{message}")]
+    Failed {
+        /// Status and code.
+        class: ErrorClass,
+        /// For a person (never internal text).
         message: String,
         /// The agent's status and the start of its answer, for `AGENT_ERROR`.
         details: Option<Value>,
@@ -228,6 +196,17 @@ impl ApiError {
         }
     }
 
+    /// 409 `AGENT_NOT_RUNNING`: `action` (say, "invoke") needs a running
+    /// agent, and this one is `status`.
+    #[must_use]
+    pub fn agent_not_running(status: AgentStatus, action: &str) -> Self {
+        ApiError::NotRunning {
+            kind: Kind::Agent,
+            message: format!("Cannot {action} {status} agent"),
+            current_status: status.to_string(),
+        }
+    }
+
     /// 404 for `kind` `id`.
     pub fn not_found(kind: Kind, id: impl Into<String>) -> Self {
         ApiError::NotFound {
@@ -236,44 +215,69 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    /// Status and code. The rows shared with the invoke, control and store
+    /// errors come from their table, so an `INSTANCE_NOT_RUNNING` or an
+    /// `AGENT_NOT_FOUND` is the same whichever path raised it.
+    #[must_use]
+    pub fn class(&self) -> ErrorClass {
+        let own = |status, code| ErrorClass::new(status, code, false);
         match self {
-            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NameTaken { .. }
-            | ApiError::NotRunning { .. }
-            | ApiError::BuildNotReady { .. }
-            | ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::InstanceQuota { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Agent { status, .. } => *status,
-            ApiError::RuntimeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Invalid { .. } => ErrorClass::INVALID_REQUEST,
+            ApiError::Unauthorized(_) => own(StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ApiError::Forbidden(_) => own(StatusCode::FORBIDDEN, "FORBIDDEN"),
+            ApiError::NotFound { kind, .. } => ErrorClass::not_found(*kind),
+            ApiError::NoRoute { .. } => own(StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ApiError::MethodNotAllowed { .. } => {
+                own(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+            }
+            ApiError::NameTaken { kind, .. } => ErrorClass::name_taken(*kind),
+            ApiError::NotRunning {
+                kind: Kind::Agent, ..
+            } => ErrorClass::AGENT_NOT_RUNNING,
+            ApiError::NotRunning { .. } => ErrorClass::INSTANCE_NOT_RUNNING,
+            ApiError::BuildNotReady { .. } => own(StatusCode::CONFLICT, "BUILD_NOT_READY"),
+            ApiError::Conflict { code, .. } => own(StatusCode::CONFLICT, code),
+            ApiError::PayloadTooLarge { .. } => {
+                own(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+            }
+            ApiError::InstanceQuota { .. } => ErrorClass::RESOURCE_LIMIT_EXCEEDED,
+            ApiError::RateLimited { .. } => own(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ApiError::DriverUnavailable { .. } => {
+                own(StatusCode::NOT_IMPLEMENTED, "DRIVER_UNAVAILABLE")
+            }
+            ApiError::Failed { class, .. } => *class,
+            ApiError::RuntimeUnavailable(_) => {
+                own(StatusCode::SERVICE_UNAVAILABLE, "RUNTIME_UNAVAILABLE")
+            }
+            ApiError::Internal(_) => ErrorClass::INTERNAL_ERROR,
         }
+    }
+
+    fn status(&self) -> StatusCode {
+        self.class().status
     }
 
     /// The machine-readable code.
     #[must_use]
-    pub fn code(&self) -> String {
-        match self {
-            ApiError::Invalid { .. } => "INVALID_REQUEST".into(),
-            ApiError::Unauthorized(_) => "UNAUTHORIZED".into(),
-            ApiError::Forbidden(_) => "FORBIDDEN".into(),
-            ApiError::NotFound { kind, .. } => format!("{}_NOT_FOUND", kind.code()),
-            ApiError::NoRoute { .. } => "NOT_FOUND".into(),
-            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED".into(),
-            ApiError::NameTaken { kind, .. } => format!("{}_NAME_TAKEN", kind.code()),
-            ApiError::NotRunning { kind, .. } => format!("{}_NOT_RUNNING", kind.code()),
-            ApiError::BuildNotReady { .. } => "BUILD_NOT_READY".into(),
-            ApiError::Conflict { code, .. } => (*code).into(),
-            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE".into(),
-            ApiError::InstanceQuota { .. } => "RESOURCE_LIMIT_EXCEEDED".into(),
-            ApiError::Agent { code, .. } => (*code).into(),
-            ApiError::RuntimeUnavailable(_) => "RUNTIME_UNAVAILABLE".into(),
-            ApiError::Internal(_) => "INTERNAL_ERROR".into(),
+    pub fn code(&self) -> &'static str {
+        self.class().code
+    }
+
+    /// A failure of the invoke, control or store table, with its public
+    /// message; an internal cause is logged here (with the request id) and
+    /// an internal row answers the generic 500.
+    pub fn failure<E: Classify + Send + Sync + 'static>(err: E) -> Self {
+        let class = err.class();
+        if class == ErrorClass::INTERNAL_ERROR {
+            return ApiError::Internal(Box::new(err));
+        }
+        if let Some(cause) = err.internal_cause() {
+            tracing::warn!(request_id = %context::request_id(), code = class.code, error = %cause, "request failed");
+        }
+        ApiError::Failed {
+            class,
+            message: err.public_message(),
+            details: None,
         }
     }
 
@@ -281,11 +285,9 @@ impl ApiError {
     #[must_use]
     pub fn body(&self) -> Value {
         let mut error = Map::new();
-        error.insert("code".into(), Value::String(self.code()));
+        error.insert("code".into(), Value::String(self.code().to_owned()));
         let message = match self {
-            ApiError::Internal(_) => {
-                "An internal error occurred; quote the request_id when reporting it".to_owned()
-            }
+            ApiError::Internal(_) => INTERNAL_MESSAGE.to_owned(),
             other => other.to_string(),
         };
         error.insert("message".into(), Value::String(message));
@@ -310,10 +312,19 @@ impl ApiError {
                     json!({"current_instances": current, "max_instances": max}),
                 );
             }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                error.insert("retry_after_seconds".into(), json!(retry_after_seconds));
+            }
+            ApiError::DriverUnavailable { driver, .. } => {
+                error.insert("driver".into(), Value::String(driver.clone()));
+            }
             ApiError::Internal(_) => {
                 error.insert("request_id".into(), Value::String(context::request_id()));
             }
-            ApiError::Agent {
+            ApiError::Failed {
                 details: Some(details),
                 ..
             } => {
@@ -342,10 +353,21 @@ impl IntoResponse for ApiError {
             }
         }
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized(_)) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+            }
+            _ => {}
         }
         response
     }
@@ -363,16 +385,69 @@ impl From<Invalid> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NameTaken { what, name } => ApiError::NameTaken {
-                kind: Kind::from_store(what),
-                name,
-            },
+            StoreError::NameTaken { what, name } => ApiError::NameTaken { kind: what, name },
             StoreError::QuotaExceeded { current, max } => ApiError::InstanceQuota { current, max },
-            StoreError::NotFound { what, id } => ApiError::NotFound {
-                kind: Kind::from_store(what),
-                id,
-            },
-            other => ApiError::Internal(Box::new(other)),
+            StoreError::NotFound { what, id } => ApiError::NotFound { kind: what, id },
+            other => ApiError::failure(other),
         }
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let details = match &e {
+            InvokeError::AgentStatus { status, body } => {
+                Some(json!({"agent_status": status, "agent_body": body}))
+            }
+            _ => None,
+        };
+        match ApiError::failure(e) {
+            ApiError::Failed { class, message, .. } => ApiError::Failed {
+                class,
+                message,
+                details,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_answer_their_rows_of_the_table() {
+        let cases = [
+            StoreError::NotFound {
+                what: Kind::Agent,
+                id: "agent_x".into(),
+            },
+            StoreError::NameTaken {
+                what: Kind::Instance,
+                name: "bot".into(),
+            },
+            StoreError::QuotaExceeded { current: 5, max: 5 },
+            StoreError::Corrupt {
+                what: "seq",
+                detail: "not a number".into(),
+            },
+        ];
+        for err in cases {
+            let class = err.class();
+            let api = ApiError::from(err);
+            assert_eq!(api.class(), class);
+        }
+    }
+
+    #[test]
+    fn an_unreachable_replica_answers_a_fixed_message() {
+        let api = ApiError::from(InvokeError::Unreachable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)".into(),
+        ));
+        assert_eq!(api.code(), "AGENT_UNREACHABLE");
+        let body = api.body().to_string();
+        assert!(!body.contains("os error"), "{body}");
+        assert!(!body.contains("tcp connect"), "{body}");
     }
 }

@@ -11,8 +11,9 @@
 //! - [`error`]: the one error → HTTP mapping.
 //! - [`extract`]: JSON/query/auth extractors that reject in the API's envelope.
 //! - `context`: request ids.
+//! - [`rate_limit`]: a token bucket per API key.
 //! - `render`: response shapes of both APIs.
-//! - `routes::{instances, agents, invoke, jobs, tenancy, extras, events, tokens}`:
+//! - `routes::{instances, agents, invoke, jobs, tenancy, builds, uploads, secrets, webhooks, events, tokens}`:
 //!   the handlers (`tokens`: stream tokens for clients that cannot send
 //!   `Authorization`, such as a browser's `EventSource`).
 
@@ -32,10 +33,12 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod context;
 pub mod error;
 pub mod extract;
+pub mod rate_limit;
 pub mod render;
 mod routes;
 
 use error::ApiError;
+pub use rate_limit::RateLimit;
 
 /// What the API needs to know about how the server is reached.
 #[derive(Debug, Clone)]
@@ -61,6 +64,8 @@ pub struct ApiConfig {
     /// origins such as `https://console.example.com`, or `*` for any. Empty:
     /// no CORS headers, so browsers allow only same-origin calls.
     pub cors_origins: Vec<String>,
+    /// How fast one API key may send requests; `None`: as fast as it likes.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl ApiConfig {
@@ -250,16 +255,21 @@ impl utoipa::Modify for BearerAuth {
 
 /// All routes with their OpenAPI operations.
 fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::instances::routes())
         .merge(routes::agents::routes())
         .merge(routes::invoke::routes())
         .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())
-        .merge(routes::extras::routes())
+        .merge(routes::builds::routes())
+        .merge(routes::uploads::routes())
+        .merge(routes::secrets::routes())
+        .merge(routes::webhooks::routes())
         .merge(routes::events::routes())
         .merge(routes::tokens::routes())
-        .routes(utoipa_axum::routes!(routes::metrics::scrape))
+        .routes(utoipa_axum::routes!(routes::metrics::scrape));
+    rate_limit::document(routes.get_openapi_mut());
+    routes
 }
 
 /// The OpenAPI 3.1 document of every route.
@@ -331,9 +341,25 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 /// 2. request context (id) — so everything below, panics included, can cite it;
 /// 3. request metrics — outside the panic catcher, so a bug's 500 is counted;
 /// 4. panic catcher — a bug answers 500 in the envelope and the server lives on;
-/// 5. body limit — oversized bodies are refused before they are buffered.
+/// 5. rate limit per API key, when configured ([`rate_limit`]) — it resolves
+///    the key itself (the handler's `Caller` reuses it), so it sits inside
+///    the instance hosts (public URLs carry no key and are not limited), CORS
+///    (a preflight carries no key, and a 429 keeps its CORS headers for the
+///    page to read), the request id and metrics (a 429 cites its id and is
+///    counted) and the panic catcher; and before any handler, so a refused
+///    request costs one key lookup and reads no body;
+/// 6. body limit — oversized bodies are refused before they are buffered.
 pub fn app(state: AppState) -> Router {
     let hosts = state.clone();
+    let limiter = state.config.rate_limit.map(|limit| {
+        axum::middleware::from_fn_with_state(
+            rate_limit::Limiter {
+                state: state.clone(),
+                buckets: Arc::new(rate_limit::KeyBuckets::new(limit)),
+            },
+            rate_limit::per_key,
+        )
+    });
     let (router, doc) = api_routes().split_for_parts();
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
@@ -357,6 +383,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(metrics.clone()))
+        .layer(tower::util::option_layer(limiter))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 ApiError::Internal("handler panicked".into()).into_response()

@@ -519,7 +519,11 @@ pub struct JobObject {
     #[schema(value_type = Option<Object>)]
     pub usage: Option<serde_json::Value>,
     /// `{code, message, details?}` once failed (while pending again after a
-    /// failed attempt: that attempt's error).
+    /// failed attempt: that attempt's error). `code` is the synchronous
+    /// invoke's for the same failure (AGENT_ERROR, AGENT_BAD_RESPONSE,
+    /// AGENT_UNREACHABLE, AGENT_UNAVAILABLE, AGENT_OVERLOADED,
+    /// INVOKE_TIMEOUT), or AGENT_NOT_FOUND (the agent was deleted) or
+    /// JOB_ATTEMPTS_EXHAUSTED.
     #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
     /// Attempts started so far (infrastructure failures are retried).

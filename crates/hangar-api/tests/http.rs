@@ -150,3 +150,63 @@ async fn docs_and_spec_are_served() {
     })
     .await;
 }
+
+/// Every row an invocation can fail with is documented on the invoke route
+/// under its status, and in the job object's `error`, since jobs store the
+/// same codes; exec and stdin document the control errors' rows.
+#[test]
+fn openapi_documents_every_invoke_and_control_error_code() {
+    use hangar_gateway::ErrorClass;
+    let doc = serde_json::to_value(hangar_api::openapi()).expect("serializes");
+    let responses = &doc["paths"]["/v1/agents/{id}/invoke"]["post"]["responses"];
+    for class in ErrorClass::INVOKE {
+        let description = responses[class.status.as_str()]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.contains(class.code),
+            "invoke: {} not documented under {}: {description:?}",
+            class.code,
+            class.status
+        );
+    }
+    let job_error = doc["components"]["schemas"]["JobObject"]["properties"]["error"].to_string();
+    for class in ErrorClass::INVOKE {
+        assert!(
+            job_error.contains(class.code),
+            "job error: {} not documented",
+            class.code
+        );
+    }
+    for (path, rows) in [
+        (
+            "/instances/{org_id}/{instance_id}/exec",
+            &[
+                ErrorClass::INSTANCE_NOT_RUNNING,
+                ErrorClass::INVALID_REQUEST,
+                ErrorClass::INTERNAL_ERROR,
+            ][..],
+        ),
+        (
+            "/instances/{org_id}/{instance_id}/stdin",
+            &[
+                ErrorClass::INSTANCE_NOT_RUNNING,
+                ErrorClass::STDIN_NOT_ENABLED,
+                ErrorClass::INTERNAL_ERROR,
+            ][..],
+        ),
+    ] {
+        let responses = &doc["paths"][path]["post"]["responses"];
+        for class in rows {
+            let description = responses[class.status.as_str()]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                description.contains(class.code),
+                "{path}: {} not documented under {}",
+                class.code,
+                class.status
+            );
+        }
+    }
+}

@@ -310,3 +310,47 @@ async fn jobs_need_a_running_agent() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_key_on_a_streaming_invoke_is_refused_before_anything_runs() {
+    each_backend(|h| async move {
+        let agent = running_agent(&h, "streamer").await;
+        let body = json!({"input": {"q": "once"}, "options": {"timeout": 1}});
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/agents/{agent}/invoke"))
+            .header("authorization", format!("Bearer {}", h.a.key))
+            .header("idempotency-key", "stream-1")
+            .header("accept", "text/event-stream")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let r = h.send(request).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            "{}",
+            r.text
+        );
+        assert_eq!(r.body["error"]["field"], "Idempotency-Key");
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("text/event-stream")),
+            "{}",
+            r.text
+        );
+        // Nothing was recorded under the key: without streaming it is new.
+        let r = invoke(
+            &h,
+            &agent,
+            Some(b"stream-1"),
+            json!({"input": {}, "async": true}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        let job = r.body["data"]["job_id"].as_str().expect("job_id");
+        let r = h.get(&format!("/v1/jobs/{job}"), &h.a.key).await;
+        assert_eq!(r.body["data"]["mode"], "async", "{}", r.text);
+    })
+    .await;
+}

@@ -41,7 +41,9 @@
 //! Statuses: `queued → building → ready | failed` (with a reason, also the
 //! last log line). A builder touches its build's heartbeat while it works;
 //! builds whose builder went silent (the process died mid-way) are failed
-//! by [`Builder::start`], so none stays `building` forever. A finished build
+//! by [`Builder::start`], so none stays `building` forever. A server that
+//! stops (SIGTERM) lets the build under way finish within its drain time,
+//! or puts it back to `queued` to be built again from the start. A finished build
 //! is final, and its outcome is an event (`build.succeeded`, `build.failed`)
 //! recorded by the store in the transaction that finishes it, so a webhook
 //! hears of every build exactly once, whichever way it ended.
@@ -70,6 +72,7 @@ use hangar_runtime::driver::{Driver, OutputEvent, OutputStream, ReplicaSpec};
 use hangar_store::{Store, StoreError};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub mod archive;
 pub mod artifact;
@@ -123,7 +126,23 @@ pub struct BuildConfig {
     /// Registries (`host:port`) spoken to over plain HTTP besides those on
     /// loopback, which always are.
     pub insecure_registries: Vec<String>,
+    /// Variables every build step gets besides its own: the operator's
+    /// package index settings ([`STEP_ENV_NAMES`], read by the server's
+    /// configuration; `pip.conf` in `/etc` is visible in the sandbox
+    /// already).
+    pub step_env: Vec<(String, String)>,
 }
+
+/// The variables of the server's environment passed on to build steps
+/// ([`BuildConfig::step_env`]).
+pub const STEP_ENV_NAMES: [&str; 6] = [
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_DEFAULT_TIMEOUT",
+    "NPM_CONFIG_REGISTRY",
+];
 
 impl BuildConfig {
     /// Defaults under `data_dir`.
@@ -137,6 +156,7 @@ impl BuildConfig {
             min_step_memory_bytes: 512 << 20,
             image_limits: archive::Limits::image(),
             insecure_registries: Vec::new(),
+            step_env: Vec::new(),
         }
     }
 
@@ -262,34 +282,57 @@ impl Builder {
         self.wake.notify_one();
     }
 
-    /// Runs the builder until the task is aborted: fails abandoned builds
-    /// (whose builder died), builds whatever is queued, then waits for [`Builder::wake`] or [`POLL_INTERVAL`], and again. Store
-    /// errors are logged and retried at the next round.
-    pub fn start(self) -> JoinHandle<()> {
+    /// Runs the builder until `shutdown`: fails abandoned builds (whose
+    /// builder died), builds whatever is queued, then waits for
+    /// [`Builder::wake`] or [`POLL_INTERVAL`], and again. Store errors are
+    /// logged and retried at the next round.
+    ///
+    /// Once `shutdown` is cancelled no build is taken; the one under way
+    /// gets `drain` to finish, and is otherwise stopped and queued again
+    /// ([`Builder::requeue`]), so the next start (or another server on the
+    /// database) builds it from the beginning instead of failing it as
+    /// abandoned. The task ends then.
+    pub fn start(self, shutdown: CancellationToken, drain: Duration) -> JoinHandle<()> {
         tokio::spawn(async move {
             self.forget_leftover_steps().await;
-            loop {
+            while !shutdown.is_cancelled() {
                 if let Err(err) = self.fail_abandoned().await {
                     tracing::warn!(error = %err, "builder: cannot look for abandoned builds; retrying");
                 }
-                if let Err(err) = self.run_pending().await {
+                if let Err(err) = self.run_pending_until(&shutdown, drain).await {
                     tracing::warn!(error = %err, "builder: cannot take or record builds; retrying");
                 }
                 tokio::select! {
+                    () = shutdown.cancelled() => {}
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
                 }
             }
+            tracing::info!("builder stopped");
         })
     }
 
     /// Builds every queued build, one after another, until none is left; returns
     /// how many it took.
     pub async fn run_pending(&self) -> Result<usize, StoreError> {
+        self.run_pending_until(&CancellationToken::new(), Duration::ZERO)
+            .await
+    }
+
+    /// [`Builder::run_pending`] until `shutdown`, with `drain` for the
+    /// build under way then.
+    async fn run_pending_until(
+        &self,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> Result<usize, StoreError> {
         let mut taken = 0;
-        while let Some(build) = self.store.claim_queued_build().await? {
+        while !shutdown.is_cancelled() {
+            let Some(build) = self.store.claim_queued_build().await? else {
+                break;
+            };
             taken += 1;
-            self.run(&build).await?;
+            self.run(&build, shutdown, drain).await?;
         }
         Ok(taken)
     }
@@ -331,7 +374,12 @@ impl Builder {
     }
 
     /// Builds one claimed build and records the outcome; deploys it when ready.
-    async fn run(&self, build: &Build) -> Result<(), StoreError> {
+    async fn run(
+        &self,
+        build: &Build,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> Result<(), StoreError> {
         let store = self.store.clone();
         let id = build.id.clone();
         let _heartbeat = Heartbeat(tokio::spawn(async move {
@@ -344,9 +392,21 @@ impl Builder {
             }
         }));
         let work = self.config.work_dir(&build.id);
-        let outcome = self.produce(build, &work).await;
+        // Only the work is cut off at shutdown, never the recording of its
+        // outcome below: a build is ready and deployed, or not ready at all.
+        let drained = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        };
+        let outcome = tokio::select! {
+            outcome = self.produce(build, &work) => Some(outcome),
+            () = drained => None,
+        };
         let work_gone = work.clone();
         let _ = tokio::task::spawn_blocking(move || remove_work_dir(&work_gone)).await;
+        let Some(outcome) = outcome else {
+            return self.requeue(build).await;
+        };
         let artifact = match outcome {
             Ok(artifact) => artifact,
             Err(BuildError::Store(err)) => return Err(err),
@@ -397,6 +457,39 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+impl Builder {
+    /// Puts a build cut off by shutdown back in the queue: its step's
+    /// sandbox is removed (a leftover would be removed at the next start
+    /// anyway), a log line says why the log starts over, and the build is
+    /// `queued` again. If that cannot be recorded the build stays
+    /// `building` and is failed as abandoned once its heartbeat is old.
+    async fn requeue(&self, build: &Build) -> Result<(), StoreError> {
+        if let Some(driver) = &self.driver {
+            if let Err(err) = driver.remove(&step_replica(&build.id)).await {
+                tracing::warn!(build = %build.id, error = %err, "cannot remove a build step cut off by shutdown");
+            }
+        }
+        const LINE: &str =
+            "the server stopped during this build: it is queued again and starts over";
+        self.store
+            .append_build_log(&build.id, "stderr", &[LINE])
+            .await?;
+        let queued = self
+            .store
+            .set_build_status(&build.id, BuildStatus::Queued, None, None)
+            .await?;
+        if queued {
+            tracing::info!(build = %build.id, agent = %build.agent_id, "build cut off by shutdown: queued again");
+        }
+        Ok(())
+    }
+}
+
+/// The name of `build_id`'s build-step replica.
+fn step_replica(build_id: &str) -> String {
+    format!("build-{}", build_id.trim_start_matches("build_"))
 }
 
 fn remove_work_dir(work: &Path) {
@@ -742,7 +835,7 @@ impl Builder {
         })
         .await?;
         let limits = self.step_limits(&resources);
-        let replica = format!("build-{}", build.id.trim_start_matches("build_"));
+        let replica = step_replica(&build.id);
         let mut env = vec![
             ("HOME".to_owned(), format!("/app/{STEP_TMP}")),
             ("TMPDIR".to_owned(), format!("/app/{STEP_TMP}")),
@@ -752,20 +845,7 @@ impl Builder {
             ("HANGAR_AGENT_ID".to_owned(), build.agent_id.clone()),
             ("HANGAR_BUILD_ID".to_owned(), build.id.clone()),
         ];
-        // The operator's package index settings reach the step (pip.conf in
-        // /etc is visible in the sandbox already).
-        for key in [
-            "PIP_INDEX_URL",
-            "PIP_EXTRA_INDEX_URL",
-            "PIP_TRUSTED_HOST",
-            "PIP_CERT",
-            "PIP_DEFAULT_TIMEOUT",
-            "NPM_CONFIG_REGISTRY",
-        ] {
-            if let Ok(value) = std::env::var(key) {
-                env.push((key.to_owned(), value));
-            }
-        }
+        env.extend(self.config.step_env.iter().cloned());
         let spec = ReplicaSpec {
             id: replica.clone(),
             labels: [(BUILD_LABEL.to_owned(), build.id.clone())].into(),

@@ -226,7 +226,7 @@ async fn the_running_builder_picks_up_builds_when_woken() {
     let dir = TempDir::new();
     dir.file("app.py", "print('hi')\n");
     let (builder, seen) = recording(&store);
-    let task = builder.clone().start();
+    let task = builder.clone().start(Default::default(), Duration::ZERO);
     let (_, build) = agent(&store, &o, "woken", dir_source(dir.url(""))).await;
     builder.wake();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -351,4 +351,119 @@ async fn a_git_repository_over_http_is_cloned_with_credentials_from_a_secret() {
     let failed = build_of(&store, &o, &missing.id).await;
     assert_eq!(failed.status, BuildStatus::Failed);
     assert!(failed.reason.unwrap_or_default().contains("NOPE"));
+}
+
+/// The build step replica the fake driver holds for `build`, once created.
+fn step_of(driver: &hangar_runtime::fake::FakeDriver, build: &str) -> Option<String> {
+    driver
+        .replicas()
+        .into_iter()
+        .find(|r| r.labels.get(hangar_build::BUILD_LABEL).map(String::as_str) == Some(build))
+        .map(|r| r.id)
+}
+
+/// Whether build steps can be given their tree here (that is a chown: it
+/// needs root); with `CI=true` they must be.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "CI=true makes a missing prerequisite a failure, not a skip"
+)]
+fn steps_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: build steps need root, and CI=true"
+    );
+    eprintln!("SKIPPED {test}: build steps need root");
+    false
+}
+
+#[tokio::test]
+async fn a_build_cut_off_by_shutdown_is_queued_again_and_built_by_the_next_start() {
+    if !steps_or_skip("a_build_cut_off_by_shutdown") {
+        return;
+    }
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store.clone();
+    let o = org(&store).await;
+    let source = TempDir::new();
+    source.file("app.py", "print('hi')\n");
+    source.file("hangar.toml", "[build]\ncommand = \"make\"\n");
+    let work = TempDir::new();
+    let driver = Arc::new(hangar_runtime::fake::FakeDriver::new());
+    let (builder, seen) = recording(&store);
+    let builder = builder
+        .with_config(hangar_build::BuildConfig::new(work.path()))
+        .with_driver(driver.clone());
+    let (_, build) = agent(&store, &o, "cut", dir_source(source.url(""))).await;
+
+    // A step that never ends on its own, and a shutdown meanwhile.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = builder.clone().start(shutdown.clone(), Duration::ZERO);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let step = loop {
+        if let Some(step) = step_of(&driver, &build.id) {
+            break step;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shutdown.cancel();
+    task.await.expect("the builder ends at shutdown");
+    let cut = build_of(&store, &o, &build.id).await;
+    assert_eq!(cut.status, BuildStatus::Queued, "{cut:?}");
+    assert!(
+        log_of(&store, &build.id)
+            .await
+            .iter()
+            .any(|l| l.contains("queued again")),
+        "the log says why it starts over"
+    );
+    assert!(
+        driver
+            .calls()
+            .contains(&hangar_runtime::fake::Call::Remove(step.clone())),
+        "the step's sandbox is removed"
+    );
+    assert!(step_of(&driver, &build.id).is_none());
+    assert!(seen.lock().expect("lock").is_empty(), "nothing deployed");
+
+    // The next start builds it from the beginning.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = builder.clone().start(shutdown.clone(), Duration::ZERO);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let step = loop {
+        if let Some(step) = step_of(&driver, &build.id) {
+            break step;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never started again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    driver.exit(
+        &step,
+        hangar_runtime::driver::Exit {
+            code: Some(0),
+            signal: None,
+            oom_killed: false,
+            at_ms: 0,
+        },
+    );
+    while seen.lock().expect("lock").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never deployed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        build_of(&store, &o, &build.id).await.status,
+        BuildStatus::Ready
+    );
+    shutdown.cancel();
+    task.await.expect("the builder ends at shutdown");
 }

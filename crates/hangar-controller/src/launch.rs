@@ -167,8 +167,15 @@ pub fn resolve_secrets(
 /// generation are rolled.
 pub fn generation(instance: &Instance, artifact: &str) -> String {
     let mut hash = Sha256::new();
+    // Liveness settings are the controller's: changing them rolls nothing
+    // (and a replica made before they existed keeps its generation).
+    let config = hangar_core::spec::RuntimeConfig {
+        liveness_failures: None,
+        start_timeout_seconds: None,
+        ..instance.config.clone()
+    };
     let parts = [
-        serde_json::to_string(&instance.config).unwrap_or_default(),
+        serde_json::to_string(&config).unwrap_or_default(),
         serde_json::to_string(&instance.resources).unwrap_or_default(),
         serde_json::to_string(&instance.env_vars).unwrap_or_default(),
         instance.build_id.clone(),
@@ -193,7 +200,15 @@ pub fn replica_spec(
     let app = Path::new(artifact);
     let mut spec = match cloud {
         Some((_, DriverKind::Docker)) => docker_spec(instance, app, replica_id, generation)?,
-        _ => sandbox_spec(instance, app, replica_id, generation)?,
+        // The API refuses these clouds; one stored by an earlier version
+        // fails here, visibly, rather than run as local sandboxes.
+        Some((_, DriverKind::Kubernetes)) => return Err(
+            "the instance's cloud needs the kubernetes driver, which this Hangar does not have yet"
+                .to_owned(),
+        ),
+        Some((_, DriverKind::Sandbox)) | None => {
+            sandbox_spec(instance, app, replica_id, generation)?
+        }
     };
     if let Some((cloud_id, _)) = cloud {
         spec.labels
@@ -576,6 +591,21 @@ mod tests {
         assert_eq!(spec.app.as_deref(), Some(tree.as_path()));
         assert_eq!(spec.image, None);
         assert_eq!(spec.argv, ["python3", "-u", "/app/main.py"]);
+        std::fs::remove_dir_all(tree).expect("cleanup");
+    }
+
+    #[test]
+    fn kubernetes_clouds_never_run_as_sandboxes() {
+        let tree = dir(&[("main.py", "")]);
+        let err = replica_spec(
+            &instance(&[]),
+            tree.to_str().expect("utf-8"),
+            "r1",
+            "g1",
+            Some(("cloud_k", DriverKind::Kubernetes)),
+        )
+        .expect_err("no kubernetes driver");
+        assert!(err.contains("kubernetes driver"), "{err}");
         std::fs::remove_dir_all(tree).expect("cleanup");
     }
 

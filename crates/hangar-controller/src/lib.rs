@@ -5,20 +5,24 @@
 //! each instance against its replicas in a [`Driver`]:
 //!
 //! ```text
-//! wake(id) / resync tick ──► reconcile(id)   (one at a time per instance)
-//!   store.controlled_instance(id)  want = replicas | 0 (stopped, deleted)
-//!   exited replicas → removed; a crash counts in restart_count and backs off
-//!   fewer than wanted → create (after the backoff); more → stop the extras
-//!   replicas of an older generation (resources, env, build changed) are
-//!   stopped once as many new ones are ready: the new one is healthy first
-//!   status written: starting → running, stopping → stopped, error + reason
-//!   announced: agent.deployed once the default instance runs its build,
-//!              agent.health_changed when the last healthy replica fails its
-//!              checks (and when one passes again)
+//! wake(id) / requeue timer / resync tick ──► queue ──► reconcile(id)   (one at a time per instance)
+//!   observe   store.controlled_instance(id) + the tracked replicas
+//!   plan      pure: what to remove, stop, create; status; events (plan.rs)
+//!   apply     carry it out; answer Action::Requeue(after) | AwaitChange
+//!   on error  retried after a capped backoff, shown in status_reason
 //! per replica: a log task (output → parsed lines in the store + broadcast)
-//!              a health task (GET health_path; response_time_ms)
-//! every few seconds: stats of every replica (CPU %, memory, network)
+//!              a health task (GET health_path; readiness and liveness)
+//! every few seconds: stats of every replica (CPU %, memory, network),
+//!                    the autoscaler
 //! ```
+//!
+//! Layout: `queue` (when), `reconcile` (observe and apply), `plan` (what),
+//! `replica` (a replica's phase), `tasks` (per-replica and periodic work),
+//! `scale` (how many), `launch` (a replica's spec), `error`.
+//!
+//! Every task the controller spawns is tracked and watches one shutdown
+//! token: [`Controller::start`]'s handle ends when all of them have.
+//! Replicas outlive the server: a shutdown stops no replica.
 //!
 //! On start it lists the driver's replicas and adopts those labelled with an
 //! instance: after a restart of `hangar serve` the same processes keep
@@ -28,8 +32,12 @@
 //! Exec and stdin go to one running replica of the instance; logs are read
 //! from the store, live lines from [`Controller::subscribe_logs`].
 
+mod error;
 mod launch;
+mod plan;
+mod queue;
 mod reconcile;
+mod replica;
 pub mod scale;
 mod tasks;
 
@@ -39,13 +47,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hangar_core::logs::LiveLine;
-use hangar_runtime::driver::{DriverError, ExecResult, ReplicaInfo, StdinWait};
+use hangar_runtime::driver::{DriverError, ExecResult, StdinWait};
 use hangar_runtime::Driver;
 use hangar_store::Store;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+pub use error::ControlError;
 pub use launch::{command, PIDS_LIMIT};
 pub use scale::{Bounds, Traffic};
+
+use queue::Work;
+use replica::Replica;
 
 /// Timing knobs (defaults suit a real deployment; tests shorten them).
 #[derive(Debug, Clone)]
@@ -58,16 +72,20 @@ pub struct ControllerConfig {
     pub startup_probe_interval: Duration,
     /// A health check that takes longer fails.
     pub health_timeout: Duration,
-    /// A ready replica failing this many checks in a row is not ready.
+    /// A ready replica failing this many checks in a row is unhealthy: out
+    /// of the rotation and replaced, counted as a restart (an instance's
+    /// `config.liveness_failures` overrides it).
     pub health_failures: u32,
-    /// A replica not ready this long after it started puts its instance in
-    /// `error` (it keeps being checked).
+    /// A replica not ready this long after it started is replaced, counted
+    /// as a restart (an instance's `config.start_timeout_seconds` overrides
+    /// it).
     pub startup_deadline: Duration,
     /// Graceful stops wait this long between `SIGTERM` and `SIGKILL`.
     pub stop_grace: Duration,
     /// First restart delay after a crash; doubles with each crash in a row.
+    /// Failed reconciles are retried on the same schedule.
     pub backoff_base: Duration,
-    /// The longest restart delay.
+    /// The longest restart (and retry) delay.
     pub backoff_max: Duration,
     /// A replica that ran this long resets the crash streak when it exits.
     pub backoff_reset: Duration,
@@ -118,23 +136,6 @@ impl Default for ControllerConfig {
             drain_timeout: Duration::from_secs(300),
         }
     }
-}
-
-/// Why a controller call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// The instance has no running replica to talk to.
-    #[error("instance {0} has no running replica")]
-    NotRunning(String),
-    /// The instance was not started with stdin.
-    #[error("instance {0} does not take stdin (its config.stdin_enabled is false)")]
-    NoStdin(String),
-    /// The request itself is wrong (say, a program that does not exist).
-    #[error("{0}")]
-    Invalid(String),
-    /// The driver failed.
-    #[error("{0}")]
-    Driver(String),
 }
 
 /// A replica in the gateway's rotation.
@@ -212,8 +213,12 @@ pub(crate) struct Inner {
     instances: Mutex<HashMap<String, Arc<InstanceState>>>,
     /// Traffic times count from here.
     epoch: Instant,
-    wake_tx: mpsc::UnboundedSender<String>,
-    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    work: mpsc::UnboundedSender<Work>,
+    work_rx: Mutex<Option<mpsc::UnboundedReceiver<Work>>>,
+    /// Cancelled when the server shuts down: every task below ends.
+    shutdown: CancellationToken,
+    /// Every task the controller spawned.
+    tasks: TaskTracker,
 }
 
 /// What the controller tracks of one instance.
@@ -233,89 +238,29 @@ pub(crate) struct InstanceState {
 #[derive(Default)]
 pub(crate) struct Tracked {
     pub replicas: BTreeMap<String, Replica>,
-    /// Crashes in a row (reset by a replica that ran long enough).
-    pub crash_streak: u32,
-    /// No replica is created before this.
-    pub next_start: Option<Instant>,
-    /// Why the last replica ended or failed to start.
-    pub last_failure: Option<String>,
-    /// What was last written to the store.
-    pub last_status: Option<reconcile::Observed>,
+    /// What the controller remembers between reconciles (crash streak,
+    /// backoff, restarts, announcements).
+    pub memory: plan::Memory,
+    /// What was last recorded in the store.
+    pub last_status: Option<plan::Status>,
+    /// Reconciles failed in a row (the error policy's backoff).
+    pub reconcile_failures: u32,
     /// Wanted running (not stopped or deleted), as of the last reconcile.
     pub serving: bool,
     /// Whose events this instance's are, as of the last reconcile.
     pub owner: Option<reconcile::Owner>,
     /// The instance's scaling bounds, as of the last reconcile.
     pub bounds: Option<Bounds>,
+    /// Failed checks that make a ready replica unhealthy, as of the last
+    /// reconcile (before it: the controller's default).
+    pub liveness_failures: Option<u32>,
     /// The autoscaler's count and memory.
     pub autoscale: scale::Autoscale,
-    /// The build this controller knows `agent.deployed` was recorded for
-    /// (spares the store a write on every reconcile; the store decides).
-    pub announced_build: Option<String>,
-    /// Why the instance lost its last healthy replica, once
-    /// `agent.health_changed` said so; cleared when it says healthy again.
-    pub unhealthy: Option<String>,
     /// Health checks of replicas once they had been ready (startup probes
     /// are not counted: a replica coming up is not down), and how many
     /// passed: `health.uptime_percent`, since this server started.
     pub health_checks: u64,
     pub health_passes: u64,
-}
-
-pub(crate) struct Replica {
-    pub info: ReplicaInfo,
-    pub generation: String,
-    pub started: Instant,
-    pub ready: bool,
-    pub ever_ready: bool,
-    pub failures: u32,
-    pub last_check_error: Option<String>,
-    pub response_time_ms: Option<u64>,
-    pub last_check: Option<chrono::DateTime<chrono::Utc>>,
-    /// Its output has been read to the end (after the exit).
-    pub drained: bool,
-    /// The controller stopped it on purpose: its exit is no crash.
-    pub stopping: bool,
-    pub cpu_percent: f64,
-    pub last_stats: Option<hangar_runtime::driver::ReplicaStats>,
-    pub tasks: Vec<tokio::task::AbortHandle>,
-    /// Requests in flight on it (the gateway counts them).
-    pub load: Arc<AtomicUsize>,
-}
-
-impl Replica {
-    pub(crate) fn new(info: ReplicaInfo, generation: String) -> Self {
-        let uptime =
-            u64::try_from(hangar_runtime::driver::now_ms().saturating_sub(info.started_at_ms))
-                .unwrap_or(0);
-        Self {
-            drained: false,
-            info,
-            generation,
-            started: Instant::now()
-                .checked_sub(Duration::from_millis(uptime))
-                .unwrap_or_else(Instant::now),
-            ready: false,
-            ever_ready: false,
-            failures: 0,
-            last_check_error: None,
-            response_time_ms: None,
-            last_check: None,
-            stopping: false,
-            cpu_percent: 0.0,
-            last_stats: None,
-            tasks: Vec::new(),
-            load: Arc::default(),
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 /// How long exec and stdin wait for an instance at zero to start a replica.
@@ -360,7 +305,7 @@ impl Controller {
     /// A controller over `store` and `driver`; nothing runs until
     /// [`Controller::start`].
     pub fn new(store: Store, driver: Arc<dyn Driver>, config: ControllerConfig) -> Self {
-        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let (work, work_rx) = mpsc::unbounded_channel();
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(2)
@@ -375,8 +320,10 @@ impl Controller {
                 instances: Mutex::new(HashMap::new()),
                 untrimmed: Mutex::new(HashMap::new()),
                 epoch: Instant::now(),
-                wake_tx,
-                wake_rx: Mutex::new(Some(wake_rx)),
+                work,
+                work_rx: Mutex::new(Some(work_rx)),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -387,10 +334,15 @@ impl Controller {
     }
 
     /// Adopts the driver's existing replicas, reconciles every instance, and
-    /// keeps reconciling (on [`Controller::wake`] and every resync period)
-    /// in a background task. Call once.
-    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-        let Some(mut wake_rx) = lock(&self.inner.wake_rx).take() else {
+    /// keeps reconciling (on [`Controller::wake`], requeues and every
+    /// resync period) until `shutdown` is cancelled. Call once. The handle
+    /// ends once every task of the controller has ended (replicas keep
+    /// running: the next start adopts them).
+    pub async fn start(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+        let Some(work) = lock(&self.inner.work_rx).take() else {
             return Err(ControlError::Invalid(
                 "the controller is already started".to_owned(),
             ));
@@ -398,27 +350,22 @@ impl Controller {
         self.adopt().await?;
         let inner = self.inner.clone();
         inner.resync_all().await;
-        let stats = self.inner.clone();
-        tokio::spawn(async move { tasks::stats_loop(stats).await });
-        let autoscaler = self.inner.clone();
-        tokio::spawn(async move { tasks::autoscale_loop(autoscaler).await });
-        if let Some(max_age) = self.inner.config.log_max_age {
-            let store = self.inner.store.clone();
-            let every = self.inner.config.log_expiry_interval;
-            tokio::spawn(async move { expire_logs_loop(store, max_age, every).await });
+        inner.spawn(tasks::stats_loop(inner.clone()));
+        inner.spawn(tasks::autoscale_loop(inner.clone()));
+        if let Some(max_age) = inner.config.log_max_age {
+            let every = inner.config.log_expiry_interval;
+            inner.spawn(expire_logs_loop(inner.store.clone(), max_age, every));
         }
+        inner.spawn(queue::run(inner.clone(), work));
         Ok(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(inner.config.resync);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    woken = wake_rx.recv() => match woken {
-                        Some(id) => inner.schedule(&id),
-                        None => return,
-                    },
-                    _ = tick.tick() => inner.resync_all().await,
-                }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = inner.shutdown.cancelled() => {}
             }
+            inner.shutdown.cancel();
+            inner.tasks.close();
+            inner.tasks.wait().await;
+            tracing::debug!("controller stopped");
         }))
     }
 
@@ -455,14 +402,14 @@ impl Controller {
 
     /// Asks for instance `id` to be reconciled soon.
     pub fn wake(&self, instance_id: &str) {
-        let _ = self.inner.wake_tx.send(instance_id.to_owned());
+        self.inner.wake(instance_id);
     }
 
     /// Asks for every instance to be reconciled soon (after a change that
     /// touches several, such as deleting an agent).
     pub fn resync(&self) {
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.resync_all().await });
+        self.inner.spawn(async move { inner.resync_all().await });
     }
 
     /// Live log lines of instance `id` from now on.
@@ -481,11 +428,11 @@ impl Controller {
             ..InstanceMetrics::default()
         };
         let mut times = Vec::new();
-        for replica in tracked.replicas.values().filter(|r| r.info.exit.is_none()) {
+        for replica in tracked.replicas.values().filter(|r| r.phase.is_running()) {
             let stats = replica.last_stats.unwrap_or_default();
             let view = ReplicaView {
                 id: replica.info.id.clone(),
-                ready: replica.ready,
+                ready: replica.phase.serves(),
                 uptime_seconds: replica.started.elapsed().as_secs(),
                 response_time_ms: replica.response_time_ms,
                 cpu_percent: replica.cpu_percent,
@@ -533,7 +480,7 @@ impl Controller {
         tracked
             .replicas
             .values()
-            .filter(|r| r.ready && r.info.exit.is_none() && !r.stopping)
+            .filter(|r| r.phase.serves())
             .filter_map(|r| {
                 r.info.address.map(|address| Target {
                     replica_id: r.info.id.clone(),
@@ -568,7 +515,7 @@ impl Controller {
             // Stopped, crash-looping or bounded to nothing: no replica is
             // coming soon, and the request should hear so now.
             let allowed = tracked.serving
-                && tracked.crash_streak == 0
+                && tracked.memory.crash_streak == 0
                 && tracked.bounds.is_some_and(|b| b.max > 0);
             let woken = allowed && tracked.autoscale.scale == Some(0);
             if woken {
@@ -581,7 +528,7 @@ impl Controller {
         if let Some(owner) = woken {
             // Told like any other scale event, off the request's path.
             let (inner, state) = (self.inner.clone(), state.clone());
-            tokio::spawn(async move {
+            self.inner.spawn(async move {
                 let why = "a request arrived";
                 reconcile::system_log(
                     &inner,
@@ -603,13 +550,19 @@ impl Controller {
         allowed
     }
 
-    /// Waits until the instance has a ready replica, or `deadline`. True if
-    /// it has one.
+    /// Waits until the instance has a ready replica (an HTTP one in the
+    /// rotation, or a stdin one running), or `deadline`. True if it has one.
     pub async fn wait_ready(&self, instance_id: &str, deadline: tokio::time::Instant) -> bool {
         let state = self.inner.state(instance_id);
+        let serves = || {
+            lock(&state.tracked)
+                .replicas
+                .values()
+                .any(|r| r.phase.serves())
+        };
         loop {
             let notified = state.became_ready.notified();
-            if !self.targets(instance_id).is_empty() {
+            if serves() {
                 return true;
             }
             // The notification, or a look every 100 ms (a replica may have
@@ -620,7 +573,7 @@ impl Controller {
                 () = tokio::time::sleep_until(next) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return !self.targets(instance_id).is_empty();
+                return serves();
             }
         }
     }
@@ -635,8 +588,8 @@ impl Controller {
         tracked
             .replicas
             .values()
-            .filter(|r| r.info.exit.is_none() && !r.stopping)
-            .max_by_key(|r| (r.ready, std::cmp::Reverse(r.started)))
+            .filter(|r| r.phase.is_live())
+            .max_by_key(|r| (r.phase.serves(), std::cmp::Reverse(r.started)))
             .map(|r| r.info.id.clone())
             .ok_or_else(|| ControlError::NotRunning(instance_id.to_owned()))
     }
@@ -720,10 +673,25 @@ impl Inner {
     }
 
     pub(crate) fn wake(&self, instance_id: &str) {
-        let _ = self.wake_tx.send(instance_id.to_owned());
+        let _ = self.work.send(Work::Wake(instance_id.to_owned()));
     }
 
-    async fn resync_all(self: &Arc<Self>) {
+    /// Spawns one of the controller's tasks: tracked, and ended when the
+    /// server shuts down.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = task => {}
+            }
+        })
+    }
+
+    pub(crate) async fn resync_all(self: &Arc<Self>) {
         let mut ids: Vec<String> = lock(&self.instances).keys().cloned().collect();
         match self.store.controlled_instances().await {
             Ok(instances) => ids.extend(instances.into_iter().map(|c| c.instance.id)),
@@ -734,31 +702,5 @@ impl Inner {
         for id in ids {
             self.schedule(&id);
         }
-    }
-
-    /// Runs a reconcile of `id` unless one is running, in which case that
-    /// one runs again when it is done: one at a time per instance, and no
-    /// wake is lost.
-    fn schedule(self: &Arc<Self>, id: &str) {
-        let state = self.state(id);
-        state.dirty.store(true, Ordering::SeqCst);
-        if state.busy.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let inner = self.clone();
-        tokio::spawn(async move {
-            loop {
-                while state.dirty.swap(false, Ordering::SeqCst) {
-                    if let Err(err) = reconcile::reconcile(&inner, &state).await {
-                        tracing::warn!(instance = %state.id, error = %err, "reconcile failed");
-                    }
-                }
-                state.busy.store(false, Ordering::SeqCst);
-                // A wake that came between the last check and clearing busy.
-                if !state.dirty.load(Ordering::SeqCst) || state.busy.swap(true, Ordering::SeqCst) {
-                    return;
-                }
-            }
-        });
     }
 }

@@ -1,23 +1,33 @@
-//! One reconcile of one instance (see the crate docs for the steps).
+//! One reconcile of one instance, in kube-runtime's shape: read what the
+//! store wants, [`plan`](crate::plan::plan) (pure), [`apply`] the plan, and
+//! answer an [`Action`]: when to look again. Failures are
+//! [`ReconcileError`]s, which the work queue ([`crate::queue`]) retries with
+//! a backoff and shows on the instance.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hangar_core::id::{new_id, IdKind};
 use hangar_core::logs::{LogLevel, NewLogLine, Stream};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_store::ControlledInstance;
+use tokio::time::Instant;
 
+use crate::error::ReconcileError;
+use crate::plan::{self, Build, Desired, Plan, Policy, Status};
+use crate::replica::Replica;
 use crate::scale::Bounds;
-use crate::{launch, lock, tasks, Inner, InstanceState, Replica};
+use crate::{launch, lock, tasks, Inner, InstanceState};
 
-/// What the controller last wrote of an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Observed {
-    pub status: InstanceStatus,
-    pub reason: Option<String>,
-    pub ready: u32,
-    pub restart_count: u32,
+/// What a reconcile asks of the work queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Reconcile again after this long (a backoff ends, a start deadline
+    /// comes), or sooner on a change.
+    Requeue(Duration),
+    /// Nothing is due: reconcile again on the next change (or resync).
+    AwaitChange,
 }
 
 /// How long a stopped replica's remaining output may take to be read.
@@ -26,470 +36,175 @@ const DRAIN_WAIT: Duration = Duration::from_secs(3);
 pub(crate) async fn reconcile(
     inner: &Arc<Inner>,
     state: &Arc<InstanceState>,
-) -> Result<(), String> {
-    let controlled = inner
-        .store
-        .controlled_instance(&state.id)
-        .await
-        .map_err(|err| err.to_string())?;
-    let Some(controlled) = controlled else {
+) -> Result<Action, ReconcileError> {
+    let Some(controlled) = inner.store.controlled_instance(&state.id).await? else {
         // Reaped, or never existed: nothing of it may run.
         let ids: Vec<String> = lock(&state.tracked).replicas.keys().cloned().collect();
         for id in ids {
-            remove(inner, state, &id).await;
+            remove(inner, state, &id).await?;
         }
-        if lock(&state.tracked).replicas.is_empty() {
-            inner.forget(&state.id);
-        }
-        return Ok(());
+        inner.forget(&state.id);
+        return Ok(Action::AwaitChange);
     };
     let instance = &controlled.instance;
-    let mut restart_count = lock(&state.tracked)
-        .last_status
-        .as_ref()
-        .map_or(instance.restart_count, |o| {
-            o.restart_count.max(instance.restart_count)
-        });
-
-    // 1. Replicas that have ended.
-    let ended: Vec<(String, hangar_runtime::driver::Exit, bool, Duration)> = {
-        let tracked = lock(&state.tracked);
-        tracked
-            .replicas
-            .values()
-            .filter_map(|r| {
-                r.info
-                    .exit
-                    .map(|exit| (r.info.id.clone(), exit, r.stopping, r.started.elapsed()))
-            })
-            .collect()
+    let running = !controlled.deleted && instance.desired_state == DesiredState::Running;
+    let ready_build = match (&controlled.build_status, &controlled.artifact) {
+        (BuildStatus::Ready, Some(artifact)) => {
+            Some((artifact.clone(), launch::generation(instance, artifact)))
+        }
+        _ => None,
     };
-    let want_running = !controlled.deleted && instance.desired_state == DesiredState::Running;
-    lock(&state.tracked).serving = want_running;
-    for (id, exit, stopping, ran) in ended {
-        wait_drained(state, &id).await;
-        if !stopping {
-            if ran >= inner.config.backoff_reset {
-                lock(&state.tracked).crash_streak = 0;
-            }
-            let delay = back_off(inner, state, format!("replica {id} {}", exit.describe()));
-            emit(
-                inner,
-                &Owner::of(&controlled),
-                "instance.crashed",
-                serde_json::json!({
-                    "replica_id": id,
-                    "exit_code": exit.code,
-                    "signal": exit.signal,
-                    "oom_killed": exit.oom_killed,
-                    "reason": exit.describe(),
-                    "restarting": want_running,
-                }),
-            )
-            .await;
-            restart_count += 1;
-            let message = if want_running {
-                format!(
-                    "[hangar] replica {id} {}; restarting in {:.1}s (restart {restart_count})",
-                    exit.describe(),
-                    delay.as_secs_f64()
-                )
-            } else {
-                format!("[hangar] replica {id} {}", exit.describe())
-            };
-            system_log(inner, state, &id, LogLevel::Error, message).await;
-            if want_running {
-                schedule_wake(inner, &state.id, delay);
-            }
-        }
-        remove(inner, state, &id).await;
-    }
-
-    // 2. Stopped or deleted: nothing runs.
-    if !want_running {
-        let live: Vec<String> = lock(&state.tracked).replicas.keys().cloned().collect();
-        if !live.is_empty() {
-            write_status(
-                inner,
-                state,
-                &controlled,
-                InstanceStatus::Stopping,
-                None,
-                0,
-                restart_count,
-            )
-            .await;
-            let grace = if controlled.force_stop {
-                Duration::ZERO
-            } else {
-                inner.config.stop_grace
-            };
-            stop_all(inner, state, &live, grace).await;
-        }
-        {
-            let mut tracked = lock(&state.tracked);
-            tracked.crash_streak = 0;
-            tracked.next_start = None;
-            tracked.last_failure = None;
-            // A stopped instance is neither healthy nor not: its next start
-            // is `instance.started`, not a recovery.
-            tracked.unhealthy = None;
-        }
-        write_status(
-            inner,
-            state,
-            &controlled,
-            InstanceStatus::Stopped,
-            None,
-            0,
-            restart_count,
-        )
-        .await;
-        if controlled.deleted {
-            if let Err(err) = inner.store.mark_instance_reaped(&state.id).await {
-                return Err(format!("cannot mark the instance reaped: {err}"));
-            }
-            inner.forget(&state.id);
-            lock(&inner.untrimmed).remove(&state.id);
-        }
-        return Ok(());
-    }
-
-    // 3. Nothing to run yet.
-    let artifact = match (&controlled.build_status, &controlled.artifact) {
-        (BuildStatus::Ready, Some(artifact)) => artifact.clone(),
-        (BuildStatus::Failed, _) => {
-            let reason = format!("build {} failed", instance.build_id);
-            write_status(
-                inner,
-                state,
-                &controlled,
-                InstanceStatus::Error,
-                Some(reason),
-                0,
-                restart_count,
-            )
-            .await;
-            return Ok(());
-        }
-        (status, _) => {
-            let reason = format!("waiting for build {} ({status})", instance.build_id);
-            write_status(
-                inner,
-                state,
-                &controlled,
-                InstanceStatus::Starting,
-                Some(reason),
-                0,
-                restart_count,
-            )
-            .await;
-            return Ok(());
-        }
+    let build = match (&ready_build, controlled.build_status) {
+        (Some((_, generation)), _) => Build::Ready {
+            generation: generation.clone(),
+        },
+        (None, BuildStatus::Failed) => Build::Failed,
+        (None, status) => Build::Waiting(status),
     };
-    let generation = launch::generation(instance, &artifact);
-    let want = {
+    let policy = Policy {
+        stop_grace: inner.config.stop_grace,
+        backoff_base: inner.config.backoff_base,
+        backoff_max: inner.config.backoff_max,
+        backoff_reset: inner.config.backoff_reset,
+        liveness_failures: instance
+            .config
+            .liveness_failures
+            .unwrap_or(inner.config.health_failures),
+        start_timeout: instance
+            .config
+            .start_timeout_seconds
+            .map_or(inner.config.startup_deadline, |s| {
+                Duration::from_secs(u64::from(s))
+            }),
+    };
+    let plan = {
         let bounds = Bounds::of(&controlled);
         let mut tracked = lock(&state.tracked);
+        tracked.serving = running;
         tracked.bounds = Some(bounds);
         tracked.owner = Some(Owner::of(&controlled));
+        tracked.liveness_failures = Some(policy.liveness_failures);
         let live = u32::try_from(
             tracked
                 .replicas
                 .values()
-                .filter(|r| r.info.exit.is_none() && !r.stopping)
+                .filter(|r| r.phase.is_live())
                 .count(),
         )
         .unwrap_or(u32::MAX);
         // First look (or after a restart of the server): what runs, within
         // the bounds; nothing running: the initial count.
-        let scale = *tracked.autoscale.scale.get_or_insert(if live > 0 {
-            live.clamp(bounds.min, bounds.max)
-        } else {
-            bounds.initial
-        });
-        let scale = scale.clamp(bounds.min, bounds.max);
+        let scale = tracked
+            .autoscale
+            .scale
+            .unwrap_or(if live > 0 { live } else { bounds.initial })
+            .clamp(bounds.min, bounds.max);
         tracked.autoscale.scale = Some(scale);
-        usize::try_from(scale).unwrap_or(usize::MAX)
-    };
-
-    // 4. Scale up (after any backoff).
-    let (current, ready_current) = counts(state, &generation);
-    if current < want {
-        let wait = lock(&state.tracked)
-            .next_start
-            .and_then(|at| at.checked_duration_since(Instant::now()));
-        match wait {
-            Some(wait) => schedule_wake(inner, &state.id, wait),
-            None => {
-                for _ in current..want {
-                    if let Err(err) =
-                        create(inner, state, &controlled, &artifact, &generation).await
-                    {
-                        let delay =
-                            back_off(inner, state, format!("cannot start a replica: {err}"));
-                        system_log(
-                            inner,
-                            state,
-                            "hangar",
-                            LogLevel::Error,
-                            format!("[hangar] cannot start a replica: {err}"),
-                        )
-                        .await;
-                        schedule_wake(inner, &state.id, delay);
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    // 5. Scale down: the newest, not-ready ones first.
-    if current > want {
-        let extra: Vec<String> = {
-            let tracked = lock(&state.tracked);
-            let mut mine: Vec<&Replica> = tracked
-                .replicas
-                .values()
-                .filter(|r| r.info.exit.is_none() && !r.stopping && r.generation == generation)
-                .collect();
-            mine.sort_by_key(|r| (r.ready, std::cmp::Reverse(r.started)));
-            mine.iter()
-                .take(current - want)
-                .map(|r| r.info.id.clone())
-                .collect()
+        let stored_restarts = instance.restart_count;
+        let memory = &mut tracked.memory;
+        memory.restart_count = memory.restart_count.max(stored_restarts);
+        let desired = Desired {
+            running,
+            deleted: controlled.deleted,
+            force_stop: controlled.force_stop,
+            build_id: instance.build_id.clone(),
+            build,
+            scale,
+            is_default: controlled.agent_scaling.is_some(),
         };
-        stop_all(inner, state, &extra, inner.config.stop_grace).await;
-    }
-
-    // 6. Roll: older generations go once the new ones are ready.
-    if ready_current >= want {
-        let stale: Vec<String> = lock(&state.tracked)
-            .replicas
-            .values()
-            .filter(|r| r.generation != generation && !r.stopping)
-            .map(|r| r.info.id.clone())
-            .collect();
-        if !stale.is_empty() {
-            stop_all(inner, state, &stale, inner.config.stop_grace).await;
-        }
-    }
-
-    // 7. Status.
-    let (status, reason, ready) = {
-        let tracked = lock(&state.tracked);
-        let live: Vec<&Replica> = tracked
-            .replicas
-            .values()
-            .filter(|r| r.info.exit.is_none() && !r.stopping)
-            .collect();
-        let ready = u32::try_from(live.iter().filter(|r| r.ready).count()).unwrap_or(u32::MAX);
-        let late = live
-            .iter()
-            .find(|r| !r.ever_ready && r.started.elapsed() > inner.config.startup_deadline);
-        if ready > 0 {
-            (InstanceStatus::Running, None, ready)
-        } else if want == 0 && live.is_empty() {
-            // Scaled to zero: serving, by starting a replica on the next
-            // request (`READY_TO_COLD_START`).
-            (
-                InstanceStatus::Running,
-                Some("scaled to zero; the next request starts a replica".to_owned()),
-                0,
-            )
-        } else if let Some(late) = late {
-            let why = late
-                .last_check_error
-                .clone()
-                .unwrap_or_else(|| "no answer".to_owned());
-            (
-                InstanceStatus::Error,
-                Some(format!(
-                    "replica {} not healthy after {}s: {why}",
-                    late.info.id,
-                    inner.config.startup_deadline.as_secs()
-                )),
-                0,
-            )
-        } else if tracked.crash_streak > 0 {
-            (InstanceStatus::Error, tracked.last_failure.clone(), 0)
-        } else {
-            (InstanceStatus::Starting, None, 0)
-        }
+        plan::plan(
+            &tracked.replicas,
+            &desired,
+            &tracked.memory,
+            &policy,
+            Instant::now(),
+        )
     };
-    write_status(
-        inner,
-        state,
-        &controlled,
-        status,
-        reason,
-        ready,
-        restart_count,
-    )
-    .await;
-
-    // 8. Announcements (after the status: `instance.started` comes first).
-    announce_deployed(inner, state, &controlled, &generation, want).await;
-    announce_health(inner, state, &controlled, ready).await;
-    Ok(())
+    apply(inner, state, &controlled, ready_build, plan).await
 }
 
-/// `agent.deployed` once the agent's default instance runs its build: as
-/// many replicas of the current generation ready as wanted (at least one),
-/// and none of an older generation left. The store records it once per
-/// build ([`hangar_store::Store::record_deployed`]), so restarts of the
-/// server, re-adoption and other servers do not repeat it; a roll that only
-/// changes resources or environment keeps the build and announces nothing.
-async fn announce_deployed(
-    inner: &Inner,
-    state: &InstanceState,
+/// Carries a plan out: tells what happened, removes, stops, creates,
+/// records the status, announces.
+async fn apply(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
     controlled: &ControlledInstance,
-    generation: &str,
-    want: usize,
-) {
-    if controlled.agent_scaling.is_none() {
-        return;
+    build: Option<(String, String)>,
+    plan: Plan,
+) -> Result<Action, ReconcileError> {
+    lock(&state.tracked).memory = plan.memory.clone();
+    let owner = Owner::of(controlled);
+    for note in plan.notes {
+        system_log(inner, state, &note.replica, note.level, note.message).await;
     }
-    let build_id = &controlled.instance.build_id;
-    let rolled_out = {
-        let tracked = lock(&state.tracked);
-        if tracked.announced_build.as_ref() == Some(build_id) {
-            return;
-        }
-        let live: Vec<&Replica> = tracked
-            .replicas
-            .values()
-            .filter(|r| r.info.exit.is_none() && !r.stopping)
-            .collect();
-        let ready = live
-            .iter()
-            .filter(|r| r.generation == generation && r.ready)
-            .count();
-        live.iter().all(|r| r.generation == generation) && ready > 0 && ready >= want
-    };
-    if !rolled_out {
-        return;
+    for event in plan.events {
+        emit(inner, &owner, event.kind, event.data).await;
     }
-    match inner
-        .store
-        .record_deployed(&controlled.instance.id, build_id)
-        .await
-    {
-        Ok(event) => {
-            if event.is_some() {
-                tracing::info!(instance = %state.id, build = %build_id, "agent.deployed");
-            }
-            lock(&state.tracked).announced_build = Some(build_id.clone());
-        }
-        Err(err) => {
-            tracing::warn!(instance = %state.id, error = %err, "cannot record agent.deployed");
-        }
+    for id in &plan.remove {
+        wait_drained(state, id).await;
+        remove(inner, state, id).await?;
     }
-}
-
-/// `agent.health_changed`: `healthy: false` when the instance has no ready
-/// replica because one that was ready failed its health checks
-/// ([`crate::ControllerConfig::health_failures`] in a row), `healthy: true`
-/// when one is ready again after that. A replica that was never ready (a
-/// first start, a restart after a crash) does not count as lost health: a
-/// start is `instance.started`, a crash `instance.crashed`.
-async fn announce_health(
-    inner: &Inner,
-    state: &InstanceState,
-    controlled: &ControlledInstance,
-    ready: u32,
-) {
-    let change = {
-        let mut tracked = lock(&state.tracked);
-        if ready > 0 {
-            let healthy = tracked
-                .replicas
-                .values()
-                .find(|r| r.ready && r.info.exit.is_none() && !r.stopping)
-                .map(|r| r.info.id.clone());
-            tracked.unhealthy.take().map(|_| {
-                let why = match healthy {
-                    Some(id) => format!("replica {id} passes its health checks"),
-                    None => "a replica passes its health checks".to_owned(),
-                };
-                (true, why)
-            })
-        } else if tracked.unhealthy.is_none() {
-            let failing = tracked
-                .replicas
-                .values()
-                .find(|r| r.info.exit.is_none() && !r.stopping && r.ever_ready && !r.ready)
-                .map(|r| {
-                    format!(
-                        "replica {} failed {} health checks in a row: {}",
-                        r.info.id,
-                        r.failures,
-                        r.last_check_error.as_deref().unwrap_or("no answer")
+    let stopping = plan.status.status == InstanceStatus::Stopping;
+    if stopping {
+        write_status(inner, state, controlled, plan.status.clone()).await?;
+    }
+    let mut graces: BTreeMap<Duration, Vec<String>> = BTreeMap::new();
+    for stop in &plan.stop {
+        graces.entry(stop.grace).or_default().push(stop.id.clone());
+    }
+    for (grace, ids) in graces {
+        stop_all(inner, state, &ids, grace).await?;
+    }
+    if let Some((artifact, generation)) = build.filter(|_| plan.create > 0) {
+        for _ in 0..plan.create {
+            if let Err(err) = create(inner, state, controlled, &artifact, &generation).await {
+                let delay = {
+                    let mut tracked = lock(&state.tracked);
+                    tracked.memory.failed(
+                        inner.config.backoff_base,
+                        inner.config.backoff_max,
+                        Instant::now(),
+                        format!("cannot start a replica: {err}"),
                     )
-                });
-            tracked.unhealthy.clone_from(&failing);
-            failing.map(|why| (false, why))
-        } else {
-            None
-        }
-    };
-    let Some((healthy, reason)) = change else {
-        return;
-    };
-    let level = if healthy {
-        LogLevel::Info
-    } else {
-        LogLevel::Warn
-    };
-    system_log(
-        inner,
-        state,
-        "hangar",
-        level,
-        format!(
-            "[hangar] {}: {reason}",
-            if healthy {
-                "healthy again"
-            } else {
-                "unhealthy"
+                };
+                system_log(
+                    inner,
+                    state,
+                    "hangar",
+                    LogLevel::Error,
+                    format!(
+                        "[hangar] cannot start a replica: {err}; trying again in {:.1}s",
+                        delay.as_secs_f64()
+                    ),
+                )
+                .await;
+                // Planned again at once: the status tells the failure.
+                return Ok(Action::Requeue(Duration::ZERO));
             }
-        ),
-    )
-    .await;
-    emit(
-        inner,
-        &Owner::of(controlled),
-        "agent.health_changed",
-        serde_json::json!({"healthy": healthy, "reason": reason}),
-    )
-    .await;
-}
-
-/// One more failure in a row: no replica is created for the base delay,
-/// doubled per failure in the streak, capped. Returns the delay.
-fn back_off(inner: &Inner, state: &InstanceState, why: String) -> Duration {
-    let mut tracked = lock(&state.tracked);
-    tracked.crash_streak += 1;
-    let shift = tracked.crash_streak.saturating_sub(1).min(16);
-    let delay = inner
-        .config
-        .backoff_base
-        .saturating_mul(1 << shift)
-        .min(inner.config.backoff_max);
-    tracked.next_start = Some(Instant::now() + delay);
-    tracked.last_failure = Some(why);
-    delay
-}
-
-fn counts(state: &InstanceState, generation: &str) -> (usize, usize) {
-    let tracked = lock(&state.tracked);
-    let current: Vec<&Replica> = tracked
-        .replicas
-        .values()
-        .filter(|r| r.info.exit.is_none() && !r.stopping && r.generation == generation)
-        .collect();
-    let ready = current.iter().filter(|r| r.ready).count();
-    (current.len(), ready)
+        }
+    }
+    if !stopping {
+        write_status(inner, state, controlled, plan.status).await?;
+    }
+    if plan.deployed {
+        let build_id = &controlled.instance.build_id;
+        if inner
+            .store
+            .record_deployed(&controlled.instance.id, build_id)
+            .await?
+            .is_some()
+        {
+            tracing::info!(instance = %state.id, build = %build_id, "agent.deployed");
+        }
+        lock(&state.tracked).memory.announced_build = Some(build_id.clone());
+    }
+    if plan.reap {
+        inner.store.mark_instance_reaped(&state.id).await?;
+        inner.forget(&state.id);
+        lock(&inner.untrimmed).remove(&state.id);
+        return Ok(Action::AwaitChange);
+    }
+    Ok(plan.requeue.map_or(Action::AwaitChange, Action::Requeue))
 }
 
 async fn create(
@@ -515,12 +230,16 @@ async fn create(
     let mut replica = Replica::new(info, generation.to_owned());
     if spec.port.is_none() {
         // Nothing to check: a stdin replica is ready once it runs.
-        replica.ready = true;
-        replica.ever_ready = true;
+        replica.passed_check(0);
+        replica.response_time_ms = None;
     }
+    let ready = replica.phase.serves();
     lock(&state.tracked)
         .replicas
         .insert(replica_id.clone(), replica);
+    if ready {
+        state.became_ready.notify_waiters();
+    }
     tasks::spawn_replica_tasks(inner, state, &replica_id);
     Ok(())
 }
@@ -565,13 +284,19 @@ async fn with_secrets(
     Ok(resolved)
 }
 
-async fn stop_all(inner: &Arc<Inner>, state: &Arc<InstanceState>, ids: &[String], grace: Duration) {
+/// Takes the replicas out of the rotation, waits for their requests in
+/// flight (unless the stop is forced), stops them and removes them.
+async fn stop_all(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
+    ids: &[String],
+    grace: Duration,
+) -> Result<(), ReconcileError> {
     {
         let mut tracked = lock(&state.tracked);
         for id in ids {
             if let Some(replica) = tracked.replicas.get_mut(id) {
-                replica.stopping = true;
-                replica.ready = false;
+                replica.stopping();
             }
         }
     }
@@ -589,12 +314,16 @@ async fn stop_all(inner: &Arc<Inner>, state: &Arc<InstanceState>, ids: &[String]
             id
         });
     }
+    let mut failed = None;
     while let Some(done) = stops.join_next().await {
         if let Ok(id) = done {
             wait_drained(state, &id).await;
-            remove(inner, state, &id).await;
+            if let Err(err) = remove(inner, state, &id).await {
+                failed.get_or_insert(err);
+            }
         }
     }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Waits until the gateway has no request in flight on these replicas (out
@@ -604,7 +333,7 @@ async fn drain(inner: &Inner, state: &InstanceState, ids: &[String]) {
         let tracked = lock(&state.tracked);
         ids.iter()
             .filter_map(|id| tracked.replicas.get(id))
-            .filter(|r| r.info.exit.is_none())
+            .filter(|r| r.phase.is_running())
             .map(|r| r.load.clone())
             .collect()
     };
@@ -634,19 +363,24 @@ async fn wait_drained(state: &InstanceState, id: &str) {
 }
 
 /// Removes a replica from the driver and from tracking.
-async fn remove(inner: &Arc<Inner>, state: &Arc<InstanceState>, id: &str) {
-    match inner.driver.remove(id).await {
-        Ok(()) => {
-            lock(&state.tracked).replicas.remove(id);
-            if let Err(err) = inner.store.forget_replica_log_cursor(id).await {
-                tracing::warn!(replica = %id, error = %err, "cannot forget the log cursor");
-            }
-        }
-        Err(err) => {
-            tracing::warn!(replica = %id, error = %err, "cannot remove the replica; will retry");
-            schedule_wake(inner, &state.id, Duration::from_secs(5));
-        }
+async fn remove(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
+    id: &str,
+) -> Result<(), ReconcileError> {
+    inner
+        .driver
+        .remove(id)
+        .await
+        .map_err(|source| ReconcileError::Remove {
+            replica: id.to_owned(),
+            source,
+        })?;
+    lock(&state.tracked).replicas.remove(id);
+    if let Err(err) = inner.store.forget_replica_log_cursor(id).await {
+        tracing::warn!(replica = %id, error = %err, "cannot forget the log cursor");
     }
+    Ok(())
 }
 
 pub(crate) async fn system_log(
@@ -676,59 +410,71 @@ pub(crate) async fn system_log(
     }
 }
 
-fn schedule_wake(inner: &Arc<Inner>, id: &str, after: Duration) {
-    let inner = inner.clone();
-    let id = id.to_owned();
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        inner.wake(&id);
-    });
-}
-
+/// Records the status (and tells a change of it) unless the store has it.
 async fn write_status(
     inner: &Inner,
     state: &InstanceState,
     controlled: &ControlledInstance,
-    status: InstanceStatus,
-    reason: Option<String>,
-    ready: u32,
-    restart_count: u32,
-) {
-    let observed = Observed {
-        status,
-        reason,
-        ready,
-        restart_count,
-    };
+    status: Status,
+) -> Result<(), ReconcileError> {
+    let restart_count = lock(&state.tracked).memory.restart_count;
     let stored = &controlled.instance;
-    let unchanged_in_store = stored.status == observed.status
-        && stored.status_reason == observed.reason
-        && stored.ready_replicas == observed.ready
-        && stored.restart_count == observed.restart_count;
-    if unchanged_in_store {
-        lock(&state.tracked).last_status = Some(observed);
-        return;
+    let unchanged_in_store = stored.status == status.status
+        && stored.status_reason == status.reason
+        && stored.ready_replicas == status.ready
+        && stored.restart_count == restart_count;
+    if !unchanged_in_store {
+        inner
+            .store
+            .record_instance_status(
+                &state.id,
+                status.status,
+                status.reason.as_deref(),
+                status.ready,
+                restart_count,
+            )
+            .await?;
+        if stored.status != status.status {
+            status_event(inner, controlled, status.status, status.reason.clone()).await;
+        }
     }
-    match inner
+    lock(&state.tracked).last_status = Some(status);
+    Ok(())
+}
+
+/// Shows why reconciling the instance fails, in its `status_reason` (the
+/// status itself stays what was last recorded). Best effort: when the
+/// store is what fails, this fails too, and the server's log has it.
+pub(crate) async fn record_failure(
+    inner: &Inner,
+    state: &InstanceState,
+    err: &ReconcileError,
+    retry_in: Duration,
+) {
+    let (last, restart_count) = {
+        let tracked = lock(&state.tracked);
+        (tracked.last_status.clone(), tracked.memory.restart_count)
+    };
+    let Some(last) = last else {
+        return;
+    };
+    let reason = format!(
+        "reconcile failed: {}; retrying in {:.1}s",
+        err.reason(),
+        retry_in.as_secs_f64()
+    );
+    if let Err(err) = inner
         .store
         .record_instance_status(
             &state.id,
-            observed.status,
-            observed.reason.as_deref(),
-            observed.ready,
-            observed.restart_count,
+            last.status,
+            Some(&reason),
+            last.ready,
+            restart_count,
         )
         .await
     {
-        Ok(()) => {
-            let changed = stored.status != observed.status;
-            let (status, reason) = (observed.status, observed.reason.clone());
-            lock(&state.tracked).last_status = Some(observed);
-            if changed {
-                status_event(inner, controlled, status, reason).await;
-            }
-        }
-        Err(err) => tracing::warn!(instance = %state.id, error = %err, "cannot record the status"),
+        tracing::debug!(instance = %state.id, error = %err, "cannot record the reconcile failure");
     }
 }
 

@@ -54,7 +54,9 @@ impl Bounds {
         let instance = &controlled.instance;
         let (min, max, target_cpu_percent) = match &controlled.agent_scaling {
             Some(s) => (s.min_instances, s.max_instances, Some(s.target_cpu_percent)),
-            None => (instance.replicas, instance.replicas, None),
+            // `replicas: 0` is an instance at zero that the next request
+            // wakes, as its status says (`READY_TO_COLD_START`): up to one.
+            None => (instance.replicas, instance.replicas.max(1), None),
         };
         let min = if instance.config.long_running { min } else { 0 };
         Self {

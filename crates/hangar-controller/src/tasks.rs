@@ -21,14 +21,14 @@ pub(crate) fn spawn_replica_tasks(
     replica_id: &str,
 ) {
     let mut handles = Vec::new();
-    let logs = tokio::spawn(ingest(inner.clone(), state.clone(), replica_id.to_owned()));
+    let logs = inner.spawn(ingest(inner.clone(), state.clone(), replica_id.to_owned()));
     handles.push(logs.abort_handle());
     let checks_http = lock(&state.tracked)
         .replicas
         .get(replica_id)
-        .is_some_and(|r| r.info.address.is_some() && r.info.exit.is_none());
+        .is_some_and(|r| r.info.address.is_some() && r.phase.is_running());
     if checks_http {
-        let health = tokio::spawn(health(inner.clone(), state.clone(), replica_id.to_owned()));
+        let health = inner.spawn(health(inner.clone(), state.clone(), replica_id.to_owned()));
         handles.push(health.abort_handle());
     }
     if let Some(replica) = lock(&state.tracked).replicas.get_mut(replica_id) {
@@ -38,9 +38,7 @@ pub(crate) fn spawn_replica_tasks(
 
 fn mark_ended(inner: &Inner, state: &InstanceState, replica_id: &str, exit: Exit) {
     if let Some(replica) = lock(&state.tracked).replicas.get_mut(replica_id) {
-        replica.info.exit.get_or_insert(exit);
-        replica.ready = false;
-        replica.drained = true;
+        replica.ended(exit);
     }
     inner.wake(&state.id);
 }
@@ -196,17 +194,19 @@ fn lost_exit() -> Exit {
 }
 
 /// Checks `GET <health_path>` of an HTTP replica: quickly until it first
-/// answers 2xx, then every health interval.
+/// answers 2xx, then every health interval. A replica enters the rotation
+/// at its first pass and leaves it (unhealthy, then replaced by the next
+/// reconcile) after the instance's liveness failures in a row.
 async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String) {
     let path = match inner.store.controlled_instance(&state.id).await {
         Ok(Some(controlled)) => controlled.instance.config.health_path,
         _ => "/health".to_owned(),
     };
     loop {
-        let (address, ever_ready) = {
+        let (address, was_ready) = {
             let tracked = lock(&state.tracked);
             match tracked.replicas.get(&replica_id) {
-                Some(r) if r.info.exit.is_none() && !r.stopping => (r.info.address, r.ever_ready),
+                Some(r) if r.phase.is_live() => (r.info.address, r.phase.was_ready()),
                 _ => return,
             }
         };
@@ -230,46 +230,37 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
             }
             Err(err) => Some(format!("GET {path} failed: {err}")),
         };
+        let passed = error.is_none();
         let changed = {
             let mut tracked = lock(&state.tracked);
+            let limit = tracked
+                .liveness_failures
+                .unwrap_or(inner.config.health_failures);
             let Some(replica) = tracked.replicas.get_mut(&replica_id) else {
                 return;
             };
-            let was = replica.ready;
-            replica.last_check = Some(chrono::Utc::now());
-            let counted = replica.ever_ready || error.is_none();
-            match &error {
-                None => {
-                    replica.ready = true;
-                    replica.ever_ready = true;
-                    replica.failures = 0;
-                    replica.response_time_ms = Some(took);
-                    replica.last_check_error = None;
-                }
-                Some(why) => {
-                    replica.failures += 1;
-                    replica.last_check_error = Some(why.clone());
-                    if replica.failures >= inner.config.health_failures {
-                        replica.ready = false;
-                    }
-                }
+            if !replica.phase.is_live() {
+                return;
             }
-            let changed = was != replica.ready
-                || (!replica.ever_ready
-                    && replica.started.elapsed() > inner.config.startup_deadline);
+            replica.last_check = Some(chrono::Utc::now());
+            let counted = replica.phase.was_ready() || passed;
+            let changed = match error {
+                None => replica.passed_check(took),
+                Some(why) => replica.failed_check(why, limit),
+            };
             if counted {
                 tracked.health_checks += 1;
-                tracked.health_passes += u64::from(error.is_none());
+                tracked.health_passes += u64::from(passed);
             }
             changed
         };
         if changed {
-            if error.is_none() {
+            if passed {
                 state.became_ready.notify_waiters();
             }
             inner.wake(&state.id);
         }
-        let pause = if ever_ready || error.is_none() {
+        let pause = if was_ready || passed {
             inner.config.health_interval
         } else {
             inner.config.startup_probe_interval
@@ -288,7 +279,7 @@ pub(crate) async fn stats_loop(inner: Arc<Inner>) {
             let ids: Vec<String> = lock(&state.tracked)
                 .replicas
                 .values()
-                .filter(|r| r.info.exit.is_none())
+                .filter(|r| r.phase.is_running())
                 .map(|r| r.info.id.clone())
                 .collect();
             for id in ids {
@@ -331,14 +322,16 @@ pub(crate) async fn autoscale_loop(inner: Arc<Inner>) {
             let idle_for = state.traffic.idle_for();
             let change = {
                 let mut tracked = lock(&state.tracked);
-                let (Some(bounds), Some(current)) = (tracked.bounds, tracked.autoscale.scale)
+                // A stopped instance is not scaled: its start begins anew.
+                let (true, Some(bounds), Some(current)) =
+                    (tracked.serving, tracked.bounds, tracked.autoscale.scale)
                 else {
                     continue;
                 };
                 let live: Vec<f64> = tracked
                     .replicas
                     .values()
-                    .filter(|r| r.info.exit.is_none() && !r.stopping)
+                    .filter(|r| r.phase.is_live())
                     .map(|r| r.cpu_percent)
                     .collect();
                 let cpu = (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64);

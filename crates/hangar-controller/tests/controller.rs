@@ -202,7 +202,10 @@ async fn replicas_start_crash_restart_with_backoff_and_scale() {
     for backend in backends() {
         let w = world(TestDb::new(backend).await).await;
         let inst = w.instance(1).await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.controller.wake(&inst.id);
         let running = w
             .until(
@@ -405,7 +408,10 @@ async fn a_new_controller_adopts_running_replicas() {
     for backend in backends() {
         let w = world(TestDb::new(backend).await).await;
         let inst = w.instance(2).await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.until(
             "running",
             |i, r| i.ready_replicas == 2 && live(r) == 2,
@@ -419,7 +425,10 @@ async fn a_new_controller_adopts_running_replicas() {
 
         // "Restart" the daemon: a second controller over the same driver.
         let again = Controller::new(w.store.clone(), w.fake.clone(), config());
-        again.start().await.expect("start again");
+        again
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start again");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             creates(&w.fake.calls()),
@@ -612,13 +621,16 @@ fn quick_health() -> ControllerConfig {
 }
 
 #[tokio::test]
-async fn losing_and_regaining_health_is_announced_once_each() {
+async fn a_replica_that_loses_its_health_is_restarted_and_both_changes_are_announced_once() {
     for backend in backends() {
         let mut w = world(TestDb::new(backend).await).await;
         w.controller = Controller::new(w.store.clone(), w.fake.clone(), quick_health());
         let endpoint = HealthEndpoint::start();
         let (agent, _, inst) = w.http_agent(endpoint.port).await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.controller.wake(&inst.id);
         w.until(
             "running",
@@ -631,6 +643,7 @@ async fn losing_and_regaining_health_is_announced_once_each() {
         assert!(w.events("agent.health_changed").await.is_empty());
         assert_eq!(w.controller.metrics(&inst.id).uptime_percent, Some(100.0));
 
+        let sick = w.fake.replicas()[0].id.clone();
         endpoint.set_healthy(false);
         let lost = w.until_events("agent.health_changed", 1).await;
         assert_eq!(lost[0].subject, agent);
@@ -641,8 +654,20 @@ async fn losing_and_regaining_health_is_announced_once_each() {
             reason.contains("failed 3 health checks in a row") && reason.contains("503"),
             "{reason}"
         );
-        w.until("not ready", |i, _| i.ready_replicas == 0, &inst.id)
+        // Restarted like a crash: stopped, counted, replaced after the backoff.
+        let replaced = w
+            .until(
+                "replaced",
+                |i, r| i.restart_count == 1 && r.iter().any(|x| x.id != sick),
+                &inst.id,
+            )
             .await;
+        assert_eq!(replaced.ready_replicas, 0);
+        assert!(w
+            .fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Stop(id, _) if *id == sick)));
 
         endpoint.set_healthy(true);
         let events = w.until_events("agent.health_changed", 2).await;
@@ -659,8 +684,8 @@ async fn losing_and_regaining_health_is_announced_once_each() {
             .uptime_percent
             .expect("checked");
         assert!(uptime > 0.0 && uptime < 100.0, "{uptime}");
-        // The replica was never replaced: health is not a crash.
-        assert_eq!(creates(&w.fake.calls()), 1);
+        assert_eq!(creates(&w.fake.calls()), 2, "one replacement");
+        assert_eq!(w.get(&inst.id).await.restart_count, 1);
     }
 }
 
@@ -670,7 +695,10 @@ async fn a_deployment_is_announced_once_the_instance_runs_the_new_build() {
         let w = world(TestDb::new(backend).await).await;
         let endpoint = HealthEndpoint::start();
         let (agent, first, inst) = w.http_agent(endpoint.port).await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.controller.wake(&inst.id);
         let deployed = w.until_events("agent.deployed", 1).await;
         assert_eq!(deployed[0].subject, agent);
@@ -707,7 +735,10 @@ async fn a_deployment_is_announced_once_the_instance_runs_the_new_build() {
         // build: nothing new to announce. A third build shows the controller
         // is past any reconcile that would have repeated the second.
         let again = Controller::new(w.store.clone(), w.fake.clone(), config());
-        again.start().await.expect("start again");
+        again
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start again");
         let deadline = Instant::now() + Duration::from_secs(10);
         while again.ready_replicas(&inst.id).is_empty() {
             assert!(Instant::now() < deadline, "never re-adopted as ready");
@@ -760,7 +791,10 @@ async fn secrets_in_the_environment_reach_the_replica_and_a_missing_one_is_named
         let broken = w
             .instance_with_env(1, [("K".to_owned(), "${secrets.NOPE}".to_owned())].into())
             .await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.controller.wake(&inst.id);
         w.controller.wake(&broken.id);
         w.until(
@@ -857,7 +891,10 @@ async fn replicas_of_a_docker_cloud_run_its_build_image_on_the_docker_driver() {
             .expect("local");
         let on_docker = w.instance_in("dock", 1, BTreeMap::new()).await;
         let on_sandbox = w.instance(1).await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.controller.wake(&on_docker.id);
         w.controller.wake(&on_sandbox.id);
         for id in [&on_docker.id, &on_sandbox.id] {
@@ -900,7 +937,10 @@ async fn a_docker_cloud_without_an_engine_says_why_its_replicas_do_not_start() {
             .await
             .expect("cloud");
         let inst = w.instance_in("dock", 1, BTreeMap::new()).await;
-        w.controller.start().await.expect("start");
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
         w.controller.wake(&inst.id);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -928,5 +968,153 @@ async fn a_docker_cloud_without_an_engine_says_why_its_replicas_do_not_start() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(created(&w.fake).is_empty(), "nothing ran on the sandbox");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_reconcile_backs_off_shows_why_and_recovers() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let inst = w.instance(1).await;
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
+        w.until(
+            "running",
+            |i, r| i.ready_replicas == 1 && live(r) == 1,
+            &inst.id,
+        )
+        .await;
+        let first = w.fake.replicas()[0].id.clone();
+
+        // The replica crashes and the driver cannot remove it, three times.
+        w.fake.fail_removes(3);
+        w.fake.exit(
+            &first,
+            Exit {
+                code: Some(1),
+                signal: None,
+                oom_killed: false,
+                at_ms: 0,
+            },
+        );
+        let failing = w
+            .until(
+                "the failure shown",
+                |i, _| {
+                    i.status_reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("reconcile failed"))
+                },
+                &inst.id,
+            )
+            .await;
+        let reason = failing.status_reason.unwrap_or_default();
+        assert!(
+            reason.contains(&format!("cannot remove replica {first}"))
+                && reason.contains("the fake was told to fail")
+                && reason.contains("retrying in"),
+            "{reason}"
+        );
+
+        // Retried after growing delays, then it goes through: the replica is
+        // replaced and the reason is gone.
+        w.until(
+            "recovered",
+            |i, r| {
+                i.ready_replicas == 1
+                    && i.status_reason.is_none()
+                    && r.iter().all(|x| x.id != first)
+            },
+            &inst.id,
+        )
+        .await;
+        let removes = w
+            .fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Remove(id) if *id == first))
+            .count();
+        assert_eq!(removes, 4, "three failures, then the one that worked");
+    }
+}
+
+#[tokio::test]
+async fn shutting_down_ends_every_task_and_leaves_the_replicas_running() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let inst = w.instance(2).await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stopped = w.controller.start(shutdown.clone()).await.expect("start");
+        w.until(
+            "running",
+            |i, r| i.ready_replicas == 2 && live(r) == 2,
+            &inst.id,
+        )
+        .await;
+        let calls = w.fake.calls().len();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), stopped)
+            .await
+            .expect("every task ends")
+            .expect("joined");
+        assert_eq!(live(&w.fake.replicas()), 2, "replicas outlive the server");
+        // Nothing acts any more: a crash is not seen, nothing is created.
+        let replica = w.fake.replicas()[0].id.clone();
+        w.fake.exit(
+            &replica,
+            Exit {
+                code: Some(1),
+                signal: None,
+                oom_killed: false,
+                at_ms: 0,
+            },
+        );
+        w.controller.wake(&inst.id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after: Vec<Call> = w.fake.calls().into_iter().skip(calls).collect();
+        assert!(
+            after
+                .iter()
+                .all(|c| !matches!(c, Call::Create(_) | Call::Remove(_) | Call::Stop(..))),
+            "{after:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_instance_of_zero_replicas_is_woken_by_exec_and_stdin() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let inst = w.instance(0).await;
+        w.controller
+            .start(tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("start");
+        let idle = w
+            .until(
+                "at zero",
+                |i, _| i.status == InstanceStatus::Running && i.status_reason.is_some(),
+                &inst.id,
+            )
+            .await;
+        assert_eq!(idle.ready_replicas, 0);
+        assert!(w.fake.replicas().is_empty());
+        // A stdin replica has no HTTP address: it is ready once it runs, and
+        // the wake waits for that, not for the activation's whole limit.
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            w.controller.exec(
+                &inst.id,
+                &["echo".into(), "awake".into()],
+                Duration::from_secs(1),
+            ),
+        )
+        .await
+        .expect("answered within the request's limit")
+        .expect("exec");
+        assert_eq!(out.stdout, b"echo awake\n");
+        assert_eq!(live(&w.fake.replicas()), 1);
     }
 }

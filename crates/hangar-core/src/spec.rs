@@ -155,7 +155,22 @@ pub struct RuntimeConfig {
     pub enable_http: bool,
     /// Reads requests on stdin.
     pub stdin_enabled: bool,
+    /// Health checks failed in a row after which a replica that was ready
+    /// is restarted (counted in `restart_count`, with the crash backoff).
+    /// Absent: the server's default, 3 (checks every 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_failures: Option<u32>,
+    /// Seconds a replica may take to pass its first health check before it
+    /// is replaced (counted as a restart). Absent: the server's default, 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_seconds: Option<u32>,
 }
+
+/// Most failed checks in a row `liveness_failures` may ask for.
+pub const MAX_LIVENESS_FAILURES: u32 = 100;
+
+/// Longest `start_timeout_seconds`: an hour.
+pub const MAX_START_TIMEOUT_SECONDS: u32 = 3600;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -166,6 +181,8 @@ impl Default for RuntimeConfig {
             long_running: true,
             enable_http: true,
             stdin_enabled: false,
+            liveness_failures: None,
+            start_timeout_seconds: None,
         }
     }
 }
@@ -205,6 +222,12 @@ pub struct ConfigInput {
     pub stdin_enabled: Option<bool>,
     /// Sets the three flags above at once.
     pub deployment_type: Option<DeploymentType>,
+    /// Health checks failed in a row (1–100) after which a replica that was
+    /// ready is restarted; default 3, checked every 5 s.
+    pub liveness_failures: Option<u32>,
+    /// Seconds (1–3600) a replica may take to become ready before it is
+    /// replaced; default 120.
+    pub start_timeout_seconds: Option<u32>,
 }
 
 impl ConfigInput {
@@ -258,6 +281,24 @@ impl ConfigInput {
         if let Some(p) = &self.invoke_path {
             validate::http_path("invoke_path", p)?;
             c.invoke_path.clone_from(p);
+        }
+        if let Some(n) = self.liveness_failures {
+            if !(1..=MAX_LIVENESS_FAILURES).contains(&n) {
+                return Err(Invalid::new(
+                    "liveness_failures",
+                    format!("must be between 1 and {MAX_LIVENESS_FAILURES}"),
+                ));
+            }
+            c.liveness_failures = Some(n);
+        }
+        if let Some(seconds) = self.start_timeout_seconds {
+            if !(1..=MAX_START_TIMEOUT_SECONDS).contains(&seconds) {
+                return Err(Invalid::new(
+                    "start_timeout_seconds",
+                    format!("must be between 1 and {MAX_START_TIMEOUT_SECONDS}"),
+                ));
+            }
+            c.start_timeout_seconds = Some(seconds);
         }
         if let Some(r) = self.replicas {
             if r > MAX_REPLICAS {
@@ -541,6 +582,11 @@ mod tests {
         assert!(bad(r#"{"replicas":101}"#).is_err());
         assert!(bad(r#"{"replicas":-1}"#).is_err());
         assert!(bad(r#"{"health_path":"health"}"#).is_err());
+        assert!(bad(r#"{"liveness_failures":0}"#).is_err());
+        assert!(bad(r#"{"liveness_failures":101}"#).is_err());
+        assert!(bad(r#"{"start_timeout_seconds":0}"#).is_err());
+        assert!(bad(r#"{"start_timeout_seconds":3601}"#).is_err());
+        assert!(bad(r#"{"liveness_failures":5,"start_timeout_seconds":30}"#).is_ok());
         assert!(bad(r#"{"bogus":true}"#).is_err());
         assert!(bad(r#"{"replicas":3,"health_path":"/healthz"}"#).is_ok());
     }

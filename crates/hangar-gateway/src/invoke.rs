@@ -40,10 +40,13 @@ pub enum InvokeError {
         /// The start of its body.
         body: String,
     },
-    /// The agent's answer could not be read.
+    /// The agent's answer could not be read; the reason is in our words,
+    /// for the caller.
     #[error("the agent's answer could not be read: {0}")]
     BadResponse(String),
-    /// The replica could not be reached or dropped the connection.
+    /// The replica could not be reached or dropped the connection; the
+    /// cause is the connection's (internal text: logged, not answered, see
+    /// [`crate::error`]).
     #[error("the replica could not be reached: {0}")]
     Unreachable(String),
     /// Every replica is at its concurrency limit and the queue is full.
@@ -94,10 +97,8 @@ impl Gateway {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Answer, InvokeError> {
-        let body = Bytes::from(
-            serde_json::to_vec(input)
-                .map_err(|err| InvokeError::BadResponse(format!("input: {err}")))?,
-        );
+        // A Value always serializes.
+        let body = Bytes::from(serde_json::to_vec(input).unwrap_or_default());
         // A replica that refuses the connection never saw the request: it
         // goes to another (a replica killed a moment ago is still in the
         // rotation until its exit is noticed).
@@ -245,9 +246,12 @@ pub(crate) fn read_answer(
             Ok((output, object.remove("usage")))
         }
         Ok(other) => Ok((other, None)),
-        Err(err) if is_json => Err(InvokeError::BadResponse(format!(
-            "it says it is JSON but is not: {err}"
-        ))),
+        Err(err) if is_json => {
+            tracing::debug!(error = %err, "an agent's JSON answer does not parse");
+            Err(InvokeError::BadResponse(
+                "it says it is JSON but is not".to_owned(),
+            ))
+        }
         Err(_) => match std::str::from_utf8(body) {
             Ok(text) => Ok((Value::String(text.to_owned()), None)),
             Err(_) => Err(InvokeError::BadResponse(

@@ -23,7 +23,6 @@
 //! dedupe a redelivery.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,7 +31,9 @@ use hangar_store::{job_error, JobOutcome, JobResult, Store};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use crate::error::Classify;
 use crate::{Gateway, InvokeError, RouteKey};
 
 /// Header that carries the job's ID to the agent, for dedupe.
@@ -101,7 +102,6 @@ struct Shared {
     /// `<node>/`: what this server's earlier processes' owners start with.
     node_prefix: String,
     wake: Notify,
-    stopping: AtomicBool,
     /// Jobs running here → what aborts them.
     running: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
@@ -141,7 +141,6 @@ impl JobRunner {
                 owner: format!("{node_id}/{boot}"),
                 node_prefix: format!("{node_id}/"),
                 wake: Notify::new(),
-                stopping: AtomicBool::new(false),
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -165,16 +164,11 @@ impl JobRunner {
         }
     }
 
-    /// Stops claiming; [`JobRunner::run`] lets running jobs finish (up to
-    /// `drain`), records them, releases what is left and returns.
-    pub fn stop(&self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
-    }
-
-    /// Runs the loop until [`JobRunner::stop`]; `drain` bounds the wait for
-    /// running jobs then.
-    pub async fn run(self, drain: Duration) {
+    /// Runs the loop until `shutdown`; then it stops claiming, lets running
+    /// jobs finish (up to `drain`), records them, releases what is left
+    /// (another server, or this one's next start, runs it again) and
+    /// returns.
+    pub async fn run(self, shutdown: CancellationToken, drain: Duration) {
         let shared = &self.shared;
         match shared
             .store
@@ -195,7 +189,7 @@ impl JobRunner {
         let mut reclaim = tokio::time::interval(shared.config.lease / 2);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !shared.stopping.load(Ordering::SeqCst) {
+        while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = shared.config.max_in_flight.saturating_sub(tasks.len());
             let mut more = false;
@@ -224,6 +218,7 @@ impl JobRunner {
                 continue;
             }
             tokio::select! {
+                () = shutdown.cancelled() => {}
                 () = shared.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {
                     while tasks.try_join_next().is_some() {}
@@ -256,8 +251,8 @@ impl JobRunner {
         }
     }
 
-    /// Starts a task per claimed job, looking each agent's default instance
-    /// up once per batch (in the gateway's route cache first, as invokes do).
+    /// Starts a task per claimed job, resolving each agent's default
+    /// instance once per batch ([`Gateway::resolve`], as invokes do).
     async fn start_jobs(
         &self,
         jobs: Vec<Job>,
@@ -268,27 +263,13 @@ impl JobRunner {
         for job in jobs {
             if !instances.contains_key(&job.agent_id) {
                 let key = RouteKey::Agent(job.agent_id.clone());
-                let cached = self
+                let entry = match self
                     .shared
                     .gateway
-                    .route(&key)
-                    .filter(|instance| instance.organization_id == job.organization_id);
-                let found = match cached {
-                    Some(instance) => Ok(Some(Some(instance))),
-                    None => self
-                        .shared
-                        .store
-                        .get_agent(&job.organization_id, &job.agent_id)
-                        .await
-                        .map(|view| {
-                            view.map(|v| {
-                                v.default_instance
-                                    .map(|i| self.shared.gateway.remember_route(key, i))
-                            })
-                        }),
-                };
-                let entry = match found {
-                    Ok(Some(instance)) => Ok(instance),
+                    .resolve(&key, Some(&job.organization_id))
+                    .await
+                {
+                    Ok(Some(resolved)) => Ok(resolved.instance),
                     Ok(None) => Err("the agent was deleted".to_owned()),
                     Err(err) => {
                         tracing::warn!(%err, job = %job.id, "looking the job's agent up failed");
@@ -481,23 +462,19 @@ pub fn delivery_headers(
 }
 
 /// A failed invocation as a job's error, and whether it is worth retrying
-/// (the infrastructure's failures, not the agent's). The codes are the
-/// synchronous invoke's.
+/// (the infrastructure's failures, not the agent's): its row of the one
+/// table ([`crate::error`]), so a stored failure answers as a live one.
 #[must_use]
 pub fn invoke_failure(err: &InvokeError) -> (Value, bool) {
-    let message = err.to_string();
-    match err {
-        InvokeError::NoReplica => (job_error("AGENT_UNAVAILABLE", message), true),
-        InvokeError::Unreachable(_) => (job_error("AGENT_UNREACHABLE", message), true),
-        InvokeError::Overloaded => (job_error("AGENT_OVERLOADED", message), true),
-        InvokeError::Timeout(_) => (job_error("INVOKE_TIMEOUT", message), false),
-        InvokeError::BadResponse(_) => (job_error("AGENT_BAD_RESPONSE", message), false),
-        InvokeError::AgentStatus { status, body } => {
-            let mut error = job_error("AGENT_ERROR", message);
-            error["details"] = serde_json::json!({"agent_status": status, "agent_body": body});
-            (error, false)
-        }
+    let class = err.class();
+    if let Some(cause) = err.internal_cause() {
+        tracing::warn!(error = %cause, code = class.code, "an invocation failed");
     }
+    let mut error = job_error(class.code, err.public_message());
+    if let InvokeError::AgentStatus { status, body } = err {
+        error["details"] = serde_json::json!({"agent_status": status, "agent_body": body});
+    }
+    (error, class.retryable)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! POST /v1/agents/:id/invoke {input, options}
-//!   → the agent's default instance (a route cached for ROUTE_TTL)
+//!   → the agent's default instance (Gateway::resolve: a route cached for
+//!     ROUTE_TTL, else read from the store)
 //!   → a ready replica of it, the one with the fewest requests in flight
 //!     (ties go round the rotation)
 //!   → POST http://<replica><invoke_path> with `input` as the JSON body
@@ -15,7 +16,10 @@
 //! Failures are the agent's or the wait's, told apart for the caller
 //! ([`InvokeError`]): a non-2xx answer, an answer that is not JSON or text,
 //! a replica that closed the connection (crashed mid-request), or the
-//! caller's `options.timeout` running out.
+//! caller's `options.timeout` running out. [`error`] is the one table that
+//! turns them (and the controller's and the store's errors) into a status
+//! and a code, for the API, the stream's `error` events and stored jobs
+//! alike.
 //!
 //! Invocations and instance URLs reach replicas over kept-alive HTTP/1.1
 //! connections that the request itself drives ([`upstream`]): a request
@@ -23,6 +27,7 @@
 //!
 //! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
 
+pub mod error;
 pub mod invoke;
 pub mod jobs;
 pub mod proxy;
@@ -37,7 +42,10 @@ use std::time::{Duration, Instant};
 
 use hangar_controller::{Controller, Target, Traffic};
 use hangar_core::model::Instance;
+use hangar_core::status::{agent_status, AgentStatus};
+use hangar_store::{Store, StoreError};
 
+pub use error::{Classify, ErrorClass};
 pub use invoke::{InvokeError, Invoked};
 
 /// How long an agent's route (its default instance) is used without asking
@@ -49,8 +57,19 @@ pub const ROUTE_TTL: Duration = Duration::from_secs(1);
 /// Where requests for a key go (an agent's ID: its default instance; an
 /// instance URL's host label: that instance), as last read from the store.
 struct Route {
-    instance: Arc<Instance>,
+    resolved: Resolved,
     read_at: Instant,
+}
+
+/// What a [`RouteKey`] leads to ([`Gateway::resolve`]).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Where requests go: the agent's default instance, or the instance
+    /// named by a host. `None`: the agent has no instance (yet).
+    pub instance: Option<Arc<Instance>>,
+    /// For an agent's key, the agent's status, read with the instance:
+    /// why nothing serves when nothing does.
+    pub agent_status: Option<AgentStatus>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,6 +88,8 @@ pub enum RouteKey {
 /// See the module docs. One per server.
 pub struct Gateway {
     controller: Controller,
+    /// Where routes are read on a miss of the cache.
+    store: Store,
     /// Connections for invocations (whole bodies).
     upstreams: Arc<upstream::Upstreams>,
     /// Connections for instance URLs (callers' bodies streamed through).
@@ -149,10 +170,12 @@ impl Drop for Queued<'_> {
 }
 
 impl Gateway {
-    /// A gateway routing to `controller`'s replicas.
-    pub fn new(controller: Controller, limits: Limits) -> Self {
+    /// A gateway routing to `controller`'s replicas, reading routes from
+    /// `store`.
+    pub fn new(controller: Controller, store: Store, limits: Limits) -> Self {
         Self {
             controller,
+            store,
             upstreams: Arc::default(),
             proxied: Arc::default(),
             routes: Mutex::new(HashMap::new()),
@@ -161,17 +184,76 @@ impl Gateway {
         }
     }
 
-    /// The instance `key` leads to, if it was read from the store within
-    /// [`ROUTE_TTL`]. Callers check that it is theirs to reach.
-    pub fn route(&self, key: &RouteKey) -> Option<Arc<Instance>> {
+    /// What `key` leads to: from the route cache (read from the store
+    /// within [`ROUTE_TTL`]), else from the store, remembered when there is
+    /// an instance. `None` when there is nothing by that key, or (with
+    /// `org`) it is another organization's, which looks the same. Host keys
+    /// are public (instance URLs): they take no `org`.
+    pub async fn resolve(
+        &self,
+        key: &RouteKey,
+        org: Option<&str>,
+    ) -> Result<Option<Resolved>, StoreError> {
+        if let Some(resolved) = self.cached(key) {
+            let theirs = resolved
+                .instance
+                .as_ref()
+                .is_some_and(|i| org.is_none_or(|org| i.organization_id == org));
+            if theirs {
+                return Ok(Some(resolved));
+            }
+        }
+        self.reread(key, org).await
+    }
+
+    /// Like [`Gateway::resolve`], from the store whatever the cache holds:
+    /// for a request that found no replica, to tell why from what is true
+    /// now rather than a second ago.
+    pub async fn reread(
+        &self,
+        key: &RouteKey,
+        org: Option<&str>,
+    ) -> Result<Option<Resolved>, StoreError> {
+        let resolved = match (key, org) {
+            (RouteKey::Agent(id), Some(org)) => {
+                self.store.get_agent(org, id).await?.map(|view| Resolved {
+                    agent_status: Some(agent_status(
+                        view.agent.desired_state,
+                        view.latest_build_status,
+                        view.default_instance.as_ref().map(|i| i.status),
+                    )),
+                    instance: view.default_instance.map(Arc::new),
+                })
+            }
+            // An agent is always someone's: without an organization, nothing.
+            (RouteKey::Agent(_), None) => None,
+            (RouteKey::Host(label), _) => self
+                .store
+                .instance_at_host(label)
+                .await?
+                .filter(|i| org.is_none_or(|org| i.organization_id == org))
+                .map(|instance| Resolved {
+                    instance: Some(Arc::new(instance)),
+                    agent_status: None,
+                }),
+        };
+        if let Some(resolved) = &resolved {
+            if resolved.instance.is_some() {
+                self.remember(key.clone(), resolved.clone());
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// What `key` led to, if it was read from the store within [`ROUTE_TTL`].
+    fn cached(&self, key: &RouteKey) -> Option<Resolved> {
         let routes = lock(&self.routes);
         let route = routes.get(key)?;
-        (route.read_at.elapsed() < ROUTE_TTL).then(|| route.instance.clone())
+        (route.read_at.elapsed() < ROUTE_TTL).then(|| route.resolved.clone())
     }
 
     /// Remembers where `key` leads, as just read from the store.
-    pub fn remember_route(&self, key: RouteKey, instance: Instance) -> Arc<Instance> {
-        let instance = Arc::new(instance);
+    fn remember(&self, key: RouteKey, resolved: Resolved) {
         let mut routes = lock(&self.routes);
         // Bounded by the number of agents invoked within the TTL: expired
         // entries go once the map has grown.
@@ -181,11 +263,10 @@ impl Gateway {
         routes.insert(
             key,
             Route {
-                instance: instance.clone(),
+                resolved,
                 read_at: Instant::now(),
             },
         );
-        instance
     }
 
     /// Forgets every route: an agent or instance changed through this server.

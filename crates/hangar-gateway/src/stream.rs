@@ -33,6 +33,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::error::Classify;
 use crate::invoke::{read_answer, read_error, Answer, InvokeError, ANSWER_LIMIT};
 use crate::upstream::UpstreamBody;
 use crate::{Gateway, InFlight};
@@ -222,17 +223,13 @@ fn frame(events: &[Value]) -> Bytes {
     Bytes::from(out)
 }
 
-/// The error event's code for a failure mid-stream.
+/// The event for a failure mid-stream: the code the same failure answers
+/// with before the start ([`crate::error`]).
 fn error_event(err: &InvokeError) -> Value {
-    let code = match err {
-        InvokeError::NoReplica => "AGENT_UNAVAILABLE",
-        InvokeError::Timeout(_) => "INVOKE_TIMEOUT",
-        InvokeError::AgentStatus { .. } => "AGENT_ERROR",
-        InvokeError::BadResponse(_) => "AGENT_BAD_RESPONSE",
-        InvokeError::Unreachable(_) => "AGENT_UNREACHABLE",
-        InvokeError::Overloaded => "AGENT_OVERLOADED",
-    };
-    json!({"type": "error", "error": {"code": code, "message": err.to_string()}})
+    if let Some(cause) = err.internal_cause() {
+        tracing::warn!(error = %cause, "a stream broke off");
+    }
+    json!({"type": "error", "error": {"code": err.class().code, "message": err.public_message()}})
 }
 
 /// The state of a stream between polls.

@@ -43,6 +43,7 @@ struct State {
     replicas: BTreeMap<String, Replica>,
     calls: Vec<Call>,
     failing_creates: u32,
+    failing_removes: u32,
 }
 
 /// See the module docs.
@@ -78,6 +79,11 @@ impl FakeDriver {
     /// The next `n` creates fail.
     pub fn fail_creates(&self, n: u32) {
         self.state().failing_creates = n;
+    }
+
+    /// The next `n` removes fail (the replica stays).
+    pub fn fail_removes(&self, n: u32) {
+        self.state().failing_removes = n;
     }
 
     /// Replica `id` writes `text` to `stream`.
@@ -187,6 +193,10 @@ impl Driver for FakeDriver {
     async fn remove(&self, id: &str) -> Result<(), DriverError> {
         let mut state = self.state();
         state.calls.push(Call::Remove(id.to_owned()));
+        if state.failing_removes > 0 {
+            state.failing_removes -= 1;
+            return Err(DriverError::Failed("the fake was told to fail".to_owned()));
+        }
         if let Some(mut replica) = state.replicas.remove(id) {
             for tx in replica.followers.drain(..) {
                 let _ = tx.try_send(OutputEvent::End(exit_now(None, Some(9))));

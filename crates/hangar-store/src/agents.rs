@@ -177,7 +177,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| name_taken(e, "agent", &agent.name))?;
+        .map_err(|e| name_taken(e, IdKind::Agent, &agent.name))?;
         Self::insert_build(&mut tx, &build).await?;
         tx.commit().await?;
         let view = AgentView {
@@ -329,7 +329,7 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await
-        .map_err(|e| name_taken(e, "agent", &agent.name))?;
+        .map_err(|e| name_taken(e, IdKind::Agent, &agent.name))?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Some(agent))
     }

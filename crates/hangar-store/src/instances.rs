@@ -127,7 +127,7 @@ impl Store {
         .rows_affected();
         if agent_live == 0 {
             return Err(StoreError::NotFound {
-                what: "agent",
+                what: IdKind::Agent,
                 id: instance.agent_id,
             });
         }
@@ -193,7 +193,7 @@ impl Store {
         .bind(now)
         .execute(&mut **tx)
         .await
-        .map_err(|e| name_taken(e, "instance", &instance.name))?;
+        .map_err(|e| name_taken(e, IdKind::Instance, &instance.name))?;
         Ok(())
     }
 
@@ -307,7 +307,7 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await
-        .map_err(|e| name_taken(e, "instance", &inst.name))?;
+        .map_err(|e| name_taken(e, IdKind::Instance, &inst.name))?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Some(inst))
     }

@@ -16,6 +16,8 @@
 
 use hangar_core::model::Job;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::jobs::PreparedJob;
 use crate::{NewJob, Result, Store, StoreError};
@@ -27,8 +29,7 @@ const MAX_BATCH: usize = 256;
 /// answer goes.
 type Pending = (PreparedJob, oneshot::Sender<Result<Job>>);
 
-/// The handle that accepts jobs through the batching task. Cheap to clone;
-/// the task ends when the last handle is dropped.
+/// The handle that accepts jobs through the batching task. Cheap to clone.
 #[derive(Clone)]
 pub struct JobIntake {
     store: Store,
@@ -36,12 +37,17 @@ pub struct JobIntake {
 }
 
 impl JobIntake {
-    /// Starts the batching task (on the current tokio runtime).
+    /// Starts the batching task (on the current tokio runtime); it runs
+    /// until `shutdown` (or until the last handle is dropped), and the
+    /// handle returned ends once it has. At shutdown it takes no more jobs
+    /// but stores and answers every one already handed to it; accepts that
+    /// come later store their job themselves, one by one, so a request
+    /// still draining never loses its job.
     #[must_use]
-    pub fn start(store: Store) -> Self {
+    pub fn start(store: Store, shutdown: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(store.clone(), rx));
-        Self { store, tx }
+        let task = tokio::spawn(run(store.clone(), rx, shutdown));
+        (Self { store, tx }, task)
     }
 
     /// Stores a job; `false` in the second field when its idempotency key
@@ -55,7 +61,8 @@ impl JobIntake {
         if let Err(mpsc::error::SendError((prepared, _))) =
             self.tx.send((PreparedJob::new(new), answer)).await
         {
-            // The task is gone (the runtime is shutting down): store it here.
+            // The intake is closed (the server is shutting down) or gone:
+            // store it here.
             return self
                 .store
                 .insert_prepared_one(&prepared)
@@ -72,9 +79,21 @@ impl JobIntake {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, MAX_BATCH) => received,
+            () = shutdown.cancelled(), if !rx.is_closed() => {
+                // Later sends fail (and store their job themselves); what
+                // was sent before is still received below.
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let (prepared, answers): (Vec<PreparedJob>, Vec<_>) = batch.drain(..).unzip();
         match store.insert_prepared(&prepared).await {
             Ok(()) => {

@@ -317,7 +317,7 @@ impl Store {
                     .job_by_idempotency_key(&job.organization_id, &job.agent_id, key)
                     .await?;
                 existing.map(|j| (j, false)).ok_or(StoreError::NotFound {
-                    what: "job",
+                    what: IdKind::Job,
                     id: job.id,
                 })
             }
@@ -355,7 +355,7 @@ impl Store {
                 .get_job(&prepared.job.organization_id, &prepared.job.id)
                 .await?
                 .ok_or(StoreError::NotFound {
-                    what: "job",
+                    what: IdKind::Job,
                     id: prepared.job.id.clone(),
                 }),
             Err(e) => Err(e.into()),

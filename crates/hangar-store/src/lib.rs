@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use hangar_core::id::IdKind;
 use hangar_core::model::Timestamp;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -50,26 +51,26 @@ pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
 pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
-pub use runtime::{ControlledInstance, LogQuery};
+pub use runtime::{ControlledInstance, LogFilter, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A unique name is already used (`what` names the kind: `instance`, `agent`, …).
-    #[error("{what} name '{name}' is already taken")]
+    /// A unique name is already used.
+    #[error("{what:?} name '{name}' is already taken")]
     NameTaken {
         /// Kind of object.
-        what: &'static str,
+        what: IdKind,
         /// The name.
         name: String,
     },
     /// An object the operation depends on is gone (deleted meanwhile, or never
-    /// there); `what` names the kind (`agent`, …).
-    #[error("{what} '{id}' not found")]
+    /// there).
+    #[error("{what:?} '{id}' not found")]
     NotFound {
         /// Kind of object.
-        what: &'static str,
+        what: IdKind,
         /// Its ID.
         id: String,
     },
@@ -328,7 +329,7 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Maps a unique-index violation to [`StoreError::NameTaken`].
-pub(crate) fn name_taken(err: sqlx::Error, what: &'static str, name: &str) -> StoreError {
+pub(crate) fn name_taken(err: sqlx::Error, what: IdKind, name: &str) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::NameTaken {
             what,

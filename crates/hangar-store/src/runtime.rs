@@ -18,7 +18,8 @@
 //! the running instance is observed.
 
 use hangar_core::events::Event;
-use hangar_core::logs::{InstanceLogLine, NewLogLine};
+use hangar_core::id::IdKind;
+use hangar_core::logs::{InstanceLogLine, LogLevel, NewLogLine};
 use hangar_core::model::{DriverKind, Instance, Timestamp};
 use hangar_core::spec::Scaling;
 use hangar_core::status::{BuildStatus, DesiredState};
@@ -40,6 +41,17 @@ pub struct LogQuery {
     /// At most this many lines: the oldest matching ones, or with `tail` the
     /// newest. 0 reads nothing.
     pub limit: u32,
+}
+
+/// Which lines of those a [`LogQuery`] reads are wanted, decided in the
+/// query itself: `tail` and `limit` count only matching lines, so a filter
+/// reaches back over every kept line, not over the newest few.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Only lines printed at or before this time.
+    pub until: Option<Timestamp>,
+    /// Only lines at this level or above.
+    pub min_level: Option<LogLevel>,
 }
 
 /// An instance as the runtime controller sees it: what to run and whether to run
@@ -155,7 +167,7 @@ impl Store {
         .await?
         else {
             return Err(StoreError::NotFound {
-                what: "instance",
+                what: IdKind::Instance,
                 id: instance_id.to_owned(),
             });
         };
@@ -264,7 +276,7 @@ impl Store {
         .await?
         else {
             return Err(StoreError::NotFound {
-                what: "instance",
+                what: IdKind::Instance,
                 id: instance_id.to_owned(),
             });
         };
@@ -329,6 +341,23 @@ impl Store {
         instance_id: &str,
         query: &LogQuery,
     ) -> Result<Vec<InstanceLogLine>> {
+        self.instance_logs_matching(instance_id, query, &LogFilter::default())
+            .await
+    }
+
+    /// Lines of an instance's log that pass `filter`, oldest first: the
+    /// newest `tail` (or oldest `limit`) of the matching ones.
+    ///
+    /// `until` bounds the range like `since` does (the highest `seq` printed
+    /// at or before it, from the `(instance_id, ts, seq)` index), so reading
+    /// back to an old time does not walk the newer lines. A level filter
+    /// walks the range until it has found enough lines.
+    pub async fn instance_logs_matching(
+        &self,
+        instance_id: &str,
+        query: &LogQuery,
+        filter: &LogFilter,
+    ) -> Result<Vec<InstanceLogLine>> {
         let limit = query.tail.map_or(query.limit, |t| t.min(query.limit));
         if limit == 0 {
             return Ok(Vec::new());
@@ -347,6 +376,23 @@ impl Store {
             sql.push_str(&format!(
                 " AND seq >= (SELECT MIN(seq) FROM instance_logs WHERE instance_id = $1 AND ts >= ${p}) AND ts >= ${p}"
             ));
+        }
+        if let Some(until) = filter.until {
+            binds.push(to_ms(until));
+            let p = binds.len() + 1;
+            sql.push_str(&format!(
+                " AND seq <= (SELECT MAX(seq) FROM instance_logs WHERE instance_id = $1 AND ts <= ${p}) AND ts <= ${p}"
+            ));
+        }
+        if let Some(min) = filter.min_level {
+            // The names come from the enum, not from the request: literals
+            // are safe, and keep the binds numeric.
+            let names: Vec<String> = LogLevel::ALL
+                .iter()
+                .filter(|level| level.rank() >= min.rank())
+                .map(|level| format!("'{}'", level.as_str()))
+                .collect();
+            sql.push_str(&format!(" AND level IN ({})", names.join(", ")));
         }
         let newest_first = query.tail.is_some();
         binds.push(i64::from(limit));
@@ -475,7 +521,7 @@ impl Store {
         .rows_affected();
         if marked == 0 {
             return Err(StoreError::NotFound {
-                what: "deleted instance",
+                what: IdKind::Instance,
                 id: id.to_owned(),
             });
         }

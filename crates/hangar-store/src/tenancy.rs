@@ -234,7 +234,7 @@ impl Store {
             .bind(crate::to_ms(user.created_at))
             .execute(&mut **tx)
             .await
-            .map_err(|e| name_taken(e, "user", &user.email))?;
+            .map_err(|e| name_taken(e, IdKind::User, &user.email))?;
         Ok(())
     }
 
@@ -267,7 +267,7 @@ impl Store {
             .bind(now)
             .execute(&mut **tx)
             .await
-            .map_err(|e| name_taken(e, "api key", &key.prefix))?;
+            .map_err(|e| name_taken(e, IdKind::ApiKey, &key.prefix))?;
         Ok(NewApiKey { key, secret })
     }
 
@@ -581,7 +581,7 @@ impl Store {
             .bind(crate::to_ms(cloud.created_at))
             .execute(&self.pool)
             .await
-            .map_err(|e| name_taken(e, "cloud", name))?;
+            .map_err(|e| name_taken(e, IdKind::Cloud, name))?;
         Ok(cloud)
     }
 

@@ -39,6 +39,10 @@ impl std::fmt::Debug for TestDb {
 /// # Panics
 /// With `CI=true` and no `HANGAR_TEST_POSTGRES_URL`.
 #[must_use]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test support: CI=true makes a missing PostgreSQL a failure, not a skip"
+)]
 pub fn backends() -> Vec<Backend> {
     let mut b = vec![Backend::Sqlite];
     if postgres_admin_url().is_some() {
@@ -49,6 +53,10 @@ pub fn backends() -> Vec<Backend> {
     b
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test support: where the test PostgreSQL is, as CI sets it"
+)]
 fn postgres_admin_url() -> Option<String> {
     std::env::var("HANGAR_TEST_POSTGRES_URL")
         .ok()

@@ -597,7 +597,7 @@ async fn a_sync_invocation_with_a_key_is_recorded_running_under_its_request() {
 async fn the_intake_stores_concurrent_accepts_in_batches_and_one_bad_job_fails_alone() {
     each_backend(|store, _| async move {
         let (org, agents) = fixture(&store, 1).await;
-        let intake = hangar_store::JobIntake::start(store.clone());
+        let (intake, _) = hangar_store::JobIntake::start(store.clone(), Default::default());
         let accept = |agent: String, i: usize| {
             let (intake, org) = (intake.clone(), org.clone());
             tokio::spawn(async move {
@@ -641,6 +641,47 @@ async fn the_intake_stores_concurrent_accepts_in_batches_and_one_bad_job_fails_a
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_intake_stops_at_shutdown_and_no_accepted_job_is_lost() {
+    each_backend(|store, _| async move {
+        let (org, agents) = fixture(&store, 1).await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (intake, task) = hangar_store::JobIntake::start(store.clone(), shutdown.clone());
+        let accept = |i: u64| {
+            let (intake, org, agent) = (intake.clone(), org.clone(), agents[0].clone());
+            tokio::spawn(async move {
+                intake
+                    .accept(NewJob {
+                        organization_id: org,
+                        agent_id: agent,
+                        input: json!({ "i": i }),
+                        ..NewJob::default()
+                    })
+                    .await
+            })
+        };
+        // Accepts on their way in while the server shuts down: whether
+        // they reach the batch before it closes or come after, each is
+        // answered only once its job is stored.
+        let racing: Vec<_> = (0..100).map(accept).collect();
+        shutdown.cancel();
+        task.await.expect("the intake ends at shutdown");
+        let late = accept(100);
+        let mut stored = BTreeSet::new();
+        for t in racing.into_iter().chain([late]) {
+            let (job, _) = t.await.expect("task").expect("accepted");
+            let read = store
+                .get_job(&org, &job.id)
+                .await
+                .expect("read")
+                .expect("stored before the answer");
+            stored.insert(read.input["i"].as_u64().expect("i"));
+        }
+        assert_eq!(stored, (0..=100).collect::<BTreeSet<u64>>());
     })
     .await;
 }

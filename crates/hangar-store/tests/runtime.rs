@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{Duration, TimeZone, Utc};
+use hangar_core::id::IdKind;
 use hangar_core::logs::{LogLevel, NewLogLine, Stream};
 use hangar_core::model::{Instance, Timestamp};
 use hangar_core::resources::Resources;
@@ -12,7 +13,7 @@ use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_store::seal::Sealer;
 use hangar_store::testing::{backends, TestDb};
-use hangar_store::{LogQuery, NewAgent, NewInstance, Store, StoreError};
+use hangar_store::{LogFilter, LogQuery, NewAgent, NewInstance, Store, StoreError};
 use sqlx::{Connection, Executor};
 
 /// Runs `f` once per backend with a fresh store and its database URL (to open a
@@ -253,7 +254,7 @@ async fn seqs_are_gapless_across_replicas_and_replays_are_stored_once() {
             matches!(
                 unknown,
                 Err(StoreError::NotFound {
-                    what: "instance",
+                    what: IdKind::Instance,
                     ..
                 })
             ),
@@ -366,6 +367,73 @@ async fn log_queries_tail_since_and_after_seq() {
             .instance_logs("inst_nope", &all())
             .await
             .expect("read")
+            .is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn log_filters_count_only_matching_lines_and_combine_with_the_query() {
+    each_backend(|store, _| async move {
+        let f = fixture(&store).await;
+        let inst = instance(&store, &f, &f.build, "filtered").await;
+        // Line n printed n seconds after t0; 3 and 8 are errors, 5 a warning.
+        let batch: Vec<NewLogLine> = (1..=10)
+            .map(|n| NewLogLine {
+                level: match n {
+                    3 | 8 => LogLevel::Error,
+                    5 => LogLevel::Warn,
+                    _ => LogLevel::Info,
+                },
+                ..line(t0() + Duration::seconds(n), &format!("line {n}"))
+            })
+            .collect();
+        store
+            .append_instance_logs(&inst.id, "rep_a", 10, &batch)
+            .await
+            .expect("append");
+        let read = |tail: Option<u32>, after_seq: Option<i64>, until: Option<i64>, min_level| {
+            let store = store.clone();
+            let id = inst.id.clone();
+            async move {
+                let query = LogQuery {
+                    tail,
+                    since: None,
+                    after_seq,
+                    limit: 100,
+                };
+                let filter = LogFilter {
+                    until: until.map(|s| t0() + Duration::seconds(s)),
+                    min_level,
+                };
+                seqs(
+                    &store
+                        .instance_logs_matching(&id, &query, &filter)
+                        .await
+                        .expect("read"),
+                )
+            }
+        };
+        assert_eq!(read(None, None, None, Some(LogLevel::Error)).await, [3, 8]);
+        assert_eq!(
+            read(None, None, None, Some(LogLevel::Warn)).await,
+            [3, 5, 8]
+        );
+        assert_eq!(
+            read(None, None, None, Some(LogLevel::Debug)).await,
+            (1..=10).collect::<Vec<i64>>()
+        );
+        // `tail` counts matching lines only.
+        assert_eq!(read(Some(1), None, None, Some(LogLevel::Error)).await, [8]);
+        assert_eq!(read(Some(2), None, Some(6), None).await, [5, 6]);
+        assert_eq!(
+            read(Some(5), None, Some(6), Some(LogLevel::Warn)).await,
+            [3, 5]
+        );
+        assert_eq!(read(None, Some(3), None, Some(LogLevel::Error)).await, [8]);
+        assert!(read(None, None, Some(0), None).await.is_empty());
+        assert!(read(None, None, Some(2), Some(LogLevel::Warn))
+            .await
             .is_empty());
     })
     .await;
@@ -590,7 +658,7 @@ async fn controller_sees_deleted_instances_until_they_are_reaped() {
             matches!(
                 refused,
                 Err(StoreError::NotFound {
-                    what: "deleted instance",
+                    what: IdKind::Instance,
                     ..
                 })
             ),

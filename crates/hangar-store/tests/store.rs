@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use hangar_core::id::IdKind;
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus, JobStatus};
@@ -215,7 +216,13 @@ async fn instance_quota_is_never_overshot_even_concurrently() {
             ))
             .await;
         assert!(
-            matches!(late, Err(StoreError::NotFound { what: "agent", .. })),
+            matches!(
+                late,
+                Err(StoreError::NotFound {
+                    what: IdKind::Agent,
+                    ..
+                })
+            ),
             "{late:?}"
         );
         assert_eq!(store.instance_count(&oid).await.expect("count"), 2);

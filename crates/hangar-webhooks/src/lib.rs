@@ -32,6 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// The delays between attempts (after the first, which is at once).
 pub const DEFAULT_SCHEDULE: [Duration; 7] = [
@@ -130,11 +131,24 @@ impl Deliverer {
         self.wake.notify_one();
     }
 
-    /// Delivers until the process ends: every half second, or when woken.
-    pub fn start(self) -> tokio::task::JoinHandle<()> {
+    /// Delivers until `shutdown`: every half second, or when woken.
+    ///
+    /// Once `shutdown` is cancelled no delivery is taken; attempts under
+    /// way get `drain` to end, as they would (delivered, or failed and
+    /// scheduled). One still waiting for its receiver then is recorded as
+    /// an attempt cut off by the shutdown, due again at once: the next
+    /// start (or another server) sends it again under the same
+    /// `webhook-id`, so a receiver that did get it dedupes. No delivery
+    /// is left leased to a stopped process, none is lost. The task ends
+    /// then.
+    pub fn start(
+        self,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            loop {
-                let sent = match self.round().await {
+            while !shutdown.is_cancelled() {
+                let sent = match self.round_until(&shutdown, drain).await {
                     Ok(sent) => sent,
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot read the webhook outbox");
@@ -143,17 +157,29 @@ impl Deliverer {
                 };
                 if sent < BATCH as usize {
                     tokio::select! {
+                        () = shutdown.cancelled() => {}
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(self.poll) => {}
                     }
                 }
             }
+            tracing::info!("webhook deliverer stopped");
         })
     }
 
     /// One round: takes due deliveries and attempts them, concurrently.
     /// Returns how many were attempted.
     pub async fn round(&self) -> Result<usize, hangar_store::StoreError> {
+        self.round_until(&CancellationToken::new(), Duration::ZERO)
+            .await
+    }
+
+    /// [`Deliverer::round`], its attempts cut off `drain` after `shutdown`.
+    async fn round_until(
+        &self,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> Result<usize, hangar_store::StoreError> {
         let lease = ATTEMPT_TIMEOUT + Duration::from_secs(15);
         let due = self
             .store
@@ -163,8 +189,24 @@ impl Deliverer {
         let mut attempts = tokio::task::JoinSet::new();
         for delivery in due {
             let this = self.clone();
+            let shutdown = shutdown.clone();
             attempts.spawn(async move {
-                let outcome = this.attempt(&delivery).await;
+                let drained = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(drain).await;
+                };
+                let outcome = tokio::select! {
+                    outcome = this.attempt(&delivery) => outcome,
+                    () = drained => {
+                        tracing::info!(delivery = %delivery.delivery.id, url = %delivery.url,
+                            "webhook attempt cut off by shutdown; due again at once");
+                        Attempt::Failed {
+                            status: None,
+                            error: "the server stopped during this attempt".to_owned(),
+                            retry_at: Some(chrono::Utc::now().timestamp_millis()),
+                        }
+                    }
+                };
                 if let Err(err) = this.store.record_attempt(&delivery.delivery.id, &outcome).await {
                     tracing::warn!(delivery = %delivery.delivery.id, error = %err, "cannot record a webhook attempt");
                 }
@@ -242,5 +284,95 @@ mod tests {
             Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
         );
         assert_eq!(sign("not-a-secret", "x", 1, b""), None);
+    }
+
+    /// A receiver that takes requests and never answers; counts them.
+    async fn silent_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = got.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                held.push(tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            seen.clear();
+                        }
+                    }
+                }));
+            }
+        });
+        (url, got)
+    }
+
+    #[tokio::test]
+    async fn an_attempt_cut_off_by_shutdown_is_due_again_at_once_under_its_id() {
+        let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Sqlite).await;
+        let store = db.store.clone();
+        let org = store
+            .bootstrap(None)
+            .await
+            .expect("bootstrap")
+            .organization
+            .id;
+        let (url, got) = silent_receiver().await;
+        let (hook, _) = store
+            .create_webhook(hangar_store::NewWebhook {
+                organization_id: org.clone(),
+                url,
+                events: Vec::new(),
+                description: None,
+                secret: None,
+            })
+            .await
+            .expect("webhook");
+        store
+            .record_event(&org, "agent.deployed", "agt_x", serde_json::json!({}))
+            .await
+            .expect("event");
+        let shutdown = CancellationToken::new();
+        let deliverer = Deliverer::new(store.clone(), DEFAULT_SCHEDULE.to_vec());
+        let task = deliverer.clone().start(shutdown.clone(), Duration::ZERO);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never sent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        task.await.expect("the deliverer ends at shutdown");
+        let deliveries = store
+            .list_deliveries(&org, &hook.id, None, 10)
+            .await
+            .expect("deliveries");
+        assert_eq!(deliveries.len(), 1);
+        let cut = &deliveries[0];
+        assert_eq!(
+            cut.status,
+            hangar_core::events::DeliveryStatus::Pending,
+            "{cut:?}"
+        );
+        assert_eq!(cut.attempts, 1);
+        assert_eq!(
+            cut.last_error.as_deref(),
+            Some("the server stopped during this attempt")
+        );
+        // Not leased to the stopped deliverer, not pushed down the
+        // schedule: the next one takes it now, under the same ID.
+        let due = store.take_due_deliveries(10, 60_000).await.expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].delivery.id, cut.id);
     }
 }

@@ -70,6 +70,14 @@ pub struct ServeArgs {
     /// [default: the local socket]
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
+    /// Requests one API key may send: N/s, N/m or N/h, or `off`
+    /// [env: HANGAR_RATE_LIMIT] [default: 50/s]
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Requests one API key may send at once after a quiet spell
+    /// [env: HANGAR_RATE_LIMIT_BURST] [default: twice the rate's N]
+    #[arg(long, value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -94,6 +102,8 @@ struct FileServer {
     log_retention_hours: Option<u64>,
     cors_origins: Option<String>,
     docker_host: Option<String>,
+    rate_limit: Option<String>,
+    rate_limit_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +145,28 @@ pub struct Config {
     pub log_retention: std::time::Duration,
     /// The Docker engine's address; `None`: the local socket.
     pub docker_host: Option<String>,
+    /// How fast one API key may send requests; `None`: unlimited.
+    pub rate_limit: Option<hangar_api::RateLimit>,
+    /// The operator's package index settings, passed on to build steps
+    /// (those of [`hangar_build::STEP_ENV_NAMES`] that are set).
+    pub build_step_env: Vec<(String, String)>,
+}
+
+/// The process environment, read once at start (by `main`) and handed to
+/// [`Config::resolve`] and the client commands: the one place outside
+/// tests that reads it (a clippy rule keeps it so), so every setting is
+/// visible here and tests pass a map instead.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "configuration is where the environment is read"
+)]
+#[must_use]
+pub fn process_env() -> HashMap<String, String> {
+    // Variables that are not UTF-8 are left out rather than ending the
+    // process: none of Hangar's are.
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
 }
 
 /// Bad configuration; `hangar serve` prints it on one line and exits 64.
@@ -330,7 +362,31 @@ impl Config {
                 }
             }),
         };
+        let rate_limit = parse_rate_limit(
+            args.rate_limit
+                .or_else(|| env_get("HANGAR_RATE_LIMIT"))
+                .or(file.rate_limit),
+            match args.rate_limit_burst {
+                Some(n) => Some(n),
+                None => env_get("HANGAR_RATE_LIMIT_BURST")
+                    .map(|v| {
+                        v.parse().map_err(|_| {
+                            ConfigError(format!(
+                                "HANGAR_RATE_LIMIT_BURST '{v}' is not a whole number"
+                            ))
+                        })
+                    })
+                    .transpose()?
+                    .or(file.rate_limit_burst),
+            },
+        )?;
+        let build_step_env = hangar_build::STEP_ENV_NAMES
+            .iter()
+            .filter_map(|&name| env.get(name).map(|value| (name.to_owned(), value.clone())))
+            .collect();
         Ok(Config {
+            rate_limit,
+            build_step_env,
             docker_host,
             cors_origins,
             log_retention_lines: u32::try_from(log_retention_lines).unwrap_or(u32::MAX),
@@ -348,6 +404,51 @@ impl Config {
             max_upload_bytes: max_upload_mb << 20,
         })
     }
+}
+
+/// The per-key rate limit: `rate` is `N/s`, `N/m` or `N/h` (default
+/// `50/s`) or `off`; `burst` defaults to twice N (so 100 with the default).
+fn parse_rate_limit(
+    rate: Option<String>,
+    burst: Option<u32>,
+) -> Result<Option<hangar_api::RateLimit>, ConfigError> {
+    use std::num::NonZeroU32;
+    const MAX: u32 = 1_000_000;
+    let text = rate.unwrap_or_else(|| "50/s".to_owned());
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || {
+        ConfigError(format!(
+            "rate limit '{text}' must be N/s, N/m or N/h with N from 1 to {MAX} (e.g. 50/s), or off"
+        ))
+    };
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count = count
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= MAX)
+        .and_then(NonZeroU32::new)
+        .ok_or_else(bad)?;
+    let unit = match unit.trim() {
+        "s" => std::time::Duration::from_secs(1),
+        "m" => std::time::Duration::from_secs(60),
+        "h" => std::time::Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    let burst = match burst {
+        Some(n) => NonZeroU32::new(n)
+            .filter(|n| n.get() <= 2 * MAX)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "rate limit burst must be between 1 and {} (got {n})",
+                    2 * MAX
+                ))
+            })?,
+        None => count.saturating_mul(const { NonZeroU32::new(2).expect("non-zero") }),
+    };
+    Ok(Some(hangar_api::RateLimit { count, unit, burst }))
 }
 
 /// A Docker engine address this server can speak to: a Unix socket or
@@ -504,6 +605,43 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_read_a_count_per_unit_or_off() {
+        use std::time::Duration;
+        let limit = |rate: &str, burst: Option<u32>| {
+            parse_rate_limit(Some(rate.to_owned()), burst)
+                .expect("valid")
+                .map(|l| (l.count.get(), l.unit, l.burst.get()))
+        };
+        assert_eq!(
+            parse_rate_limit(None, None).expect("default"),
+            Some(hangar_api::RateLimit::default()),
+            "50/s in bursts of 100"
+        );
+        assert_eq!(limit("10/m", None), Some((10, Duration::from_secs(60), 20)));
+        assert_eq!(
+            limit("2/h", Some(5)),
+            Some((2, Duration::from_secs(3600), 5))
+        );
+        assert_eq!(limit("off", Some(5)), None);
+        for bad in [
+            "",
+            "50",
+            "0/s",
+            "50/d",
+            "-1/s",
+            "1.5/s",
+            "2000000/s",
+            "fast",
+        ] {
+            assert!(
+                parse_rate_limit(Some(bad.to_owned()), None).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(parse_rate_limit(None, Some(0)).is_err(), "a burst of 0");
+    }
+
+    #[test]
     fn cors_origins_are_origins_or_a_star() {
         assert_eq!(
             parse_origins("https://a.example, http://localhost:3000").expect("origins"),
@@ -609,6 +747,32 @@ mod tests {
             "unknown keys are errors"
         );
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn package_index_settings_are_passed_to_build_steps() {
+        let c = Config::resolve(
+            ServeArgs::default(),
+            &env(&[
+                ("PIP_INDEX_URL", "https://mirror.example/simple"),
+                ("NPM_CONFIG_REGISTRY", "https://npm.example"),
+                ("AWS_SECRET_ACCESS_KEY", "not for build steps"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.build_step_env,
+            vec![
+                (
+                    "PIP_INDEX_URL".to_owned(),
+                    "https://mirror.example/simple".to_owned()
+                ),
+                (
+                    "NPM_CONFIG_REGISTRY".to_owned(),
+                    "https://npm.example".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

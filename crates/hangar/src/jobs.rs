@@ -1,53 +1,38 @@
-//! The job runner's place in `hangar serve`: its node ID (kept in the data
-//! dir, so a restarted server recognizes the jobs its previous process held
-//! and runs them again at once instead of waiting for their leases) and its
-//! start and stop.
+//! The job runner's place in `hangar serve`: started over the gateway with
+//! this server's node ID (kept in the data dir, so a restarted server
+//! recognizes the jobs its previous process held and runs them again at once
+//! instead of waiting for their leases) and the server's shutdown signal.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use hangar_gateway::jobs::{JobRunner, JobRunnerConfig};
-
-/// How long a stopping server waits for running jobs before it releases
-/// them to other servers (within the shutdown grace period).
-const DRAIN: Duration = Duration::from_secs(10);
-
-/// The data dir's node ID, created on first start.
-fn node_id(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("node.id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        _ => {
-            let id =
-                hangar_core::id::new_id(hangar_core::id::IdKind::Request).replace("req_", "node-");
-            std::fs::write(&path, format!("{id}\n"))
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(id)
-        }
-    }
-}
+use tokio_util::sync::CancellationToken;
 
 /// A started runner and its loop.
 pub struct Jobs {
     /// Handed to the API (wake on accept, abort on cancel).
     pub runner: JobRunner,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends once the runner has stopped at shutdown: running jobs finished
+    /// or released.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Jobs {
-    /// Starts the runner over `gateway`.
+    /// Starts the runner over `gateway`; at `shutdown` it stops claiming,
+    /// gives running jobs `drain` to finish and releases the rest.
     pub fn start(
-        data_dir: &Path,
+        node_id: &str,
         store: hangar_store::Store,
         gateway: Arc<hangar_gateway::Gateway>,
         per_agent_concurrency: u32,
-    ) -> anyhow::Result<Self> {
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> Self {
         let runner = JobRunner::new(
             store,
             gateway,
-            &node_id(data_dir)?,
+            node_id,
             JobRunnerConfig {
                 per_agent_concurrency,
                 ..JobRunnerConfig::default()
@@ -58,13 +43,7 @@ impl Jobs {
             per_agent_concurrency,
             "job runner started"
         );
-        let task = tokio::spawn(runner.clone().run(DRAIN));
-        Ok(Self { runner, task })
-    }
-
-    /// Stops claiming, lets running jobs finish (briefly) and releases the rest.
-    pub async fn stop(self) {
-        self.runner.stop();
-        let _ = self.task.await;
+        let task = tokio::spawn(runner.clone().run(shutdown, drain));
+        Self { runner, task }
     }
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod config;
+mod data_dir;
 mod jobs;
 mod serve;
 
@@ -74,14 +75,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    // The one place the process environment is read.
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env = config::process_env();
     match cli.command {
         Command::Client(command) => cli::run(command, &env),
         Command::Shim { command } => {
             let code = match command {
                 ShimCommand::Run { dir } => {
-                    shim_log(&dir);
+                    shim_log(&dir, &env);
                     hangar_runtime::shim::run(&dir)
                 }
                 ShimCommand::Exec { dir } => hangar_runtime::shim::exec(&dir),
@@ -108,7 +108,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve::run(config)) {
+            let served = runtime.block_on(serve::run(config));
+            // Every task that must finish was joined by `run`; blocking work
+            // a drain cut off (unpacking a build's archive, say) is not
+            // waited for: its results are thrown away at the next start.
+            runtime.shutdown_background();
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hangar: {e:#}");
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
 /// The shim logs to a file in its directory, never to fd 1 or 2: stdout is
 /// its handshake, and libcontainer's init would write its own log lines
 /// into the replica's output through the same subscriber otherwise.
-fn shim_log(dir: &std::path::Path) {
+fn shim_log(dir: &std::path::Path, env: &HashMap<String, String>) {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -132,9 +137,11 @@ fn shim_log(dir: &std::path::Path) {
             .with_writer(std::sync::Mutex::new(file))
             .with_ansi(false)
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("HANGAR_SHIM_LOG").unwrap_or_else(
-                    |_| tracing_subscriber::EnvFilter::new("info,libcontainer=warn"),
-                ),
+                env.get("HANGAR_SHIM_LOG")
+                    .and_then(|filter| tracing_subscriber::EnvFilter::try_new(filter).ok())
+                    .unwrap_or_else(|| {
+                        tracing_subscriber::EnvFilter::new("info,libcontainer=warn")
+                    }),
             )
             .try_init();
     }

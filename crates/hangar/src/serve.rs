@@ -1,14 +1,23 @@
-//! `hangar serve`: prepare the data dir, open the store, bootstrap the first
-//! organization, bind, serve until SIGTERM/SIGINT, drain, exit 0.
+//! `hangar serve`: bind, prepare the data dir, open the store, bootstrap the
+//! first organization, start the background tasks, serve until
+//! SIGTERM/SIGINT, drain, exit 0.
 //!
-//! Shutdown: the first signal stops accepting and lets in-flight requests finish
-//! within a grace period; a second signal (or the end of the grace period) ends
-//! the process at once.
+//! The listener is bound first: a server that cannot listen (the port is
+//! taken) must fail before it creates anything — no data dir, no database,
+//! no organization, no admin key printed for a server that never ran.
+//!
+//! Shutdown is one [`CancellationToken`], cancelled by the first signal and
+//! handed to every background task at its start. The listener stops
+//! accepting and in-flight requests finish; the builder, the webhook
+//! deliverer and the job runner take no new work and give the work under
+//! way [`DRAIN`] to finish, then leave it for the next start (a build is
+//! queued again, a webhook attempt is due again, a job is released); the
+//! job intake stores every job it was handed. Every task is joined before
+//! the store is closed. A second signal, or the end of [`GRACE_PERIOD`],
+//! ends the process at once (exit 1). Replicas are never stopped by a
+//! server's shutdown: they keep running and the next start adopts them.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +27,19 @@ use hangar_store::seal::Sealer;
 use hangar_store::Store;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Config};
+use crate::data_dir::{random_docker_owner, DataDir};
 
+/// From the first signal to the forced exit.
 const GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// How long work under way (a build, a webhook attempt, a job) may go on
+/// after the first signal before it is left for the next start; well
+/// within [`GRACE_PERIOD`], so draining ends in an orderly exit.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `HANGAR_LOG_FORMAT=json`
 /// switches to JSON lines.
@@ -39,41 +57,6 @@ pub fn init_tracing(env: &HashMap<String, String>) {
     }
 }
 
-/// Reads the data dir's 32-byte key, creating it (mode 0600) on first start.
-fn secret_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = data_dir.join("secret.key");
-    match std::fs::read(&path) {
-        Ok(key) if key.len() == 32 => Ok(key),
-        Ok(_) => anyhow::bail!("{} is not a 32-byte key", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = Sealer::generate_key();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key.to_vec())
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
 /// Derives a purpose-specific key from the data dir's key.
 fn derive_key(key: &[u8], purpose: &str) -> Vec<u8> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| {
@@ -85,12 +68,18 @@ fn derive_key(key: &[u8], purpose: &str) -> Vec<u8> {
 
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let key = secret_key(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    // Signals are taken from here on: one during the start-up below is a
+    // shutdown the tasks see as soon as they start.
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(forward_signals(shutdown.clone()));
+
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let node_id = data_dir.node_id()?;
+    let key = data_dir.secret_key()?;
     let sealer = Sealer::new(&derive_key(&key, "hangar secrets v1")).context("secret key")?;
     let store = Store::connect(&config.database_url, sealer)
         .await
@@ -100,8 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("bootstrapping the first organization")?;
     if let Some(generated) = &boot.generated_key {
-        let path = config.data_dir.join("admin.key");
-        write_private(&path, &format!("{generated}\n"))?;
+        let path = data_dir.write_admin_key(generated)?;
         println!(
             "Created organization {} and its admin API key (shown once; also in {}):",
             boot.organization.id,
@@ -110,21 +98,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("  {generated}");
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let local = listener.local_addr()?;
     let host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
         local.ip().to_string()
     };
-    // Absolute: build steps' sandboxes bind paths under it.
-    let data_dir = config
-        .data_dir
-        .canonicalize()
-        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
-    let build_config = hangar_build::BuildConfig::new(data_dir.clone());
+    let mut build_config = hangar_build::BuildConfig::new(data_dir.path());
+    build_config.step_env.clone_from(&config.build_step_env);
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
@@ -138,9 +118,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         uploads_dir: Some(build_config.uploads_dir()),
         max_upload_bytes: config.max_upload_bytes,
         cors_origins: config.cors_origins.clone(),
+        rate_limit: config.rate_limit,
     };
     let docker = connect_docker(&config, &data_dir).await;
-    let (runtime, driver) = start_runtime(&config, &store, &docker).await?;
+    let (runtime, driver, controller_loop) =
+        start_runtime(&config, &store, &docker, &shutdown).await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
@@ -156,13 +138,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(engine) => builder.with_images(engine.clone()),
         Err(why) => builder.without_images(why.clone()),
     };
-    builder.clone().start();
+    // Every task the server starts, joined at shutdown (by name, for the log).
+    let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
+    tasks.push(("builder", builder.clone().start(shutdown.clone(), DRAIN)));
     let deliverer =
         hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
-    deliverer.clone().start();
+    tasks.push((
+        "webhook deliverer",
+        deliverer.clone().start(shutdown.clone(), DRAIN),
+    ));
     let gateway = runtime.clone().map(|runtime| {
         Arc::new(hangar_gateway::Gateway::new(
             runtime,
+            store.clone(),
             hangar_gateway::Limits {
                 replica_concurrency: config.replica_concurrency,
                 queue_depth: config.replica_concurrency.saturating_mul(10),
@@ -170,12 +158,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ))
     });
     // Jobs run where replicas run; a server without a runtime still accepts them.
-    let jobs = gateway
-        .clone()
-        .map(|g| {
-            crate::jobs::Jobs::start(&config.data_dir, store.clone(), g, config.job_concurrency)
-        })
-        .transpose()?;
+    let jobs = gateway.clone().map(|g| {
+        crate::jobs::Jobs::start(
+            &node_id,
+            store.clone(),
+            g,
+            config.job_concurrency,
+            shutdown.clone(),
+            DRAIN,
+        )
+    });
+    let runner = jobs.map(|jobs| {
+        tasks.push(("job runner", jobs.task));
+        jobs.runner
+    });
+    let (intake, intake_task) = hangar_store::JobIntake::start(store.clone(), shutdown.clone());
+    tasks.push(("job intake", intake_task));
     let app = hangar_api::app(AppState::from(Services {
         store: store.clone(),
         config: Arc::new(api_config),
@@ -183,41 +181,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         runtime,
         builder: Some(builder),
         deliverer: Some(deliverer),
-        jobs: jobs.as_ref().map(|j| j.runner.clone()),
-        intake: hangar_store::JobIntake::start(store.clone()),
+        jobs: runner,
+        intake,
     }));
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
         boot.organization.id,
         redact_url(&config.database_url)
     );
-    tracing::info!(%local, "listening");
+    tracing::info!(%local, node = %node_id, "listening");
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let signals = tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests (signal again to force)");
-        let _ = drain_tx.send(());
-        tokio::select! {
-            () = wait_for_signal() => tracing::warn!("second signal: exiting now"),
-            () = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over: exiting now"),
-        }
-        std::process::exit(1);
-    });
-    axum::serve(
+    let draining = shutdown.clone();
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(async move {
-        let _ = drain_rx.await;
-    })
-    .await
-    .context("serving")?;
-    if let Some(jobs) = jobs {
-        jobs.stop().await;
+    .with_graceful_shutdown(async move { draining.cancelled().await })
+    .await;
+    // However serving ended, the tasks are stopped and joined before the
+    // store closes under them.
+    shutdown.cancel();
+    for (name, task) in tasks {
+        if let Err(err) = task.await {
+            tracing::error!(task = name, error = %err, "a background task failed");
+        }
+    }
+    // The controller's tasks end with the same signal; no replica is
+    // stopped (they keep running and the next start adopts them).
+    if let Some(controller_loop) = controller_loop {
+        if let Err(err) = controller_loop.await {
+            tracing::error!(task = "controller", error = %err, "a background task failed");
+        }
     }
     signals.abort();
     store.close().await;
+    served.context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -228,12 +226,12 @@ const DOCKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Docker engine docker clouds run on, or why there is none (a
 /// sentence for the errors of docker clouds' builds and replicas). Its
-/// containers are marked with the data dir's [`docker_owner`], so other
-/// Hangars on the same engine never adopt them. No engine is no error:
+/// containers are marked with the data dir's [`DataDir::docker_owner`], so
+/// other Hangars on the same engine never adopt them. No engine is no error:
 /// the server runs without it, and says so.
 async fn connect_docker(
     config: &Config,
-    data_dir: &Path,
+    data_dir: &DataDir,
 ) -> Result<Arc<hangar_runtime::DockerDriver>, String> {
     let engine = config
         .docker_host
@@ -255,13 +253,13 @@ async fn connect_docker(
             )),
         }
     };
-    let connected = match recorded_docker_owner(data_dir).map_err(|err| format!("{err:#}"))? {
+    let connected = match data_dir.docker_owner().map_err(|err| format!("{err:#}"))? {
         Some(owner) => connect(owner).await,
         None => {
             // Replicas of a build from before the owner file carry the hash
             // of the data dir's path: it is kept when some are on the engine,
             // so they are adopted.
-            let legacy = path_docker_owner(data_dir);
+            let legacy = data_dir.legacy_docker_owner();
             match connect(legacy.clone()).await {
                 Ok(earlier) => {
                     let adopted = hangar_runtime::docker::leftovers(&earlier)
@@ -272,7 +270,9 @@ async fn connect_docker(
                     } else {
                         random_docker_owner()
                     };
-                    record_docker_owner(data_dir, &owner).map_err(|err| format!("{err:#}"))?;
+                    data_dir
+                        .record_docker_owner(&owner)
+                        .map_err(|err| format!("{err:#}"))?;
                     if adopted {
                         Ok(earlier)
                     } else {
@@ -298,73 +298,24 @@ async fn connect_docker(
     ))
 }
 
-/// Where the mark of this server's Docker containers is kept, in the data dir.
-const DOCKER_OWNER_FILE: &str = "docker.owner";
-
-/// The mark on this server's Docker containers and networks, as kept in
-/// the data dir ([`DOCKER_OWNER_FILE`]); `None` before the first start with
-/// an engine. The mark is random ([`random_docker_owner`]), so two servers
-/// on one engine never take each other's replicas for their own, not even
-/// with data dirs at the same path on two machines, and a data dir that
-/// moves keeps its replicas.
-fn recorded_docker_owner(data_dir: &Path) -> anyhow::Result<Option<String>> {
-    let path = data_dir.join(DOCKER_OWNER_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let owner = text.trim();
-            anyhow::ensure!(
-                owner.len() == 16 && owner.bytes().all(|b| b.is_ascii_hexdigit()),
-                "{} does not hold 16 hex digits",
-                path.display()
-            );
-            Ok(Some(owner.to_ascii_lowercase()))
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Keeps `owner` as the data dir's mark, written whole or not at all: a
-/// torn file would refuse the next start.
-fn record_docker_owner(data_dir: &Path, owner: &str) -> anyhow::Result<()> {
-    let path = data_dir.join(DOCKER_OWNER_FILE);
-    let temporary = data_dir.join(format!("{DOCKER_OWNER_FILE}.new"));
-    std::fs::write(&temporary, format!("{owner}\n"))
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// 16 random hex digits.
-fn random_docker_owner() -> String {
-    rand::random::<[u8; 8]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The mark builds before [`DOCKER_OWNER_FILE`] used: a hash of the data
-/// dir's path.
-fn path_docker_owner(data_dir: &Path) -> String {
-    use sha2::Digest as _;
-    let hash = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The sandbox driver under `<data dir>/runtime`, with `docker` beside it
 /// for docker clouds ([`hangar_runtime::DriverSet`]), and the controller
 /// over them. Replicas left running by an earlier process are adopted
 /// before the listener opens. Sandboxes need root: without it the server
 /// runs without a runtime (the API works; nothing runs), and says so.
-/// The sandbox driver is returned too: the builder runs build steps on it.
+/// The sandbox driver is returned too: the builder runs build steps on it;
+/// and the controller's loop.
 type Runtime = (
     Option<hangar_controller::Controller>,
     Option<Arc<dyn hangar_runtime::Driver>>,
+    Option<JoinHandle<()>>,
 );
 
 async fn start_runtime(
     config: &Config,
     store: &hangar_store::Store,
     docker: &Result<Arc<hangar_runtime::DockerDriver>, String>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Runtime> {
     if !nix::unistd::geteuid().is_root() {
         tracing::warn!(
@@ -372,7 +323,7 @@ async fn start_runtime(
              server runs no replicas; instances stay `starting`"
         );
         eprintln!("hangar: not running as root: agents will not run (sandboxes need root)");
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;
     let driver = hangar_runtime::SandboxDriver::new(hangar_runtime::SandboxDriverConfig {
@@ -400,48 +351,35 @@ async fn start_runtime(
             ..hangar_controller::ControllerConfig::default()
         },
     );
-    controller
-        .start()
+    let controller_loop = controller
+        .start(shutdown.clone())
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
-    Ok((Some(controller), Some(driver)))
+    Ok((Some(controller), Some(driver), Some(controller_loop)))
 }
 
-async fn wait_for_signal() {
+/// Cancels `shutdown` at the first SIGTERM or SIGINT; at a second one, or
+/// when the grace period is over, ends the process (exit 1).
+async fn forward_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        // Without signal handlers the server can still be killed; never resolve.
-        std::future::pending::<()>().await;
+        // Without signal handlers the server can still be killed.
+        tracing::warn!("cannot listen for signals: SIGTERM ends the server without draining");
         return;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_docker_owner_is_kept_whole_and_checked() {
-        let dir = std::env::temp_dir().join(format!("hangar-owner-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        assert_eq!(recorded_docker_owner(&dir).expect("none yet"), None);
-        let owner = random_docker_owner();
-        assert_eq!(owner.len(), 16);
-        assert_ne!(owner, random_docker_owner());
-        record_docker_owner(&dir, &owner).expect("recorded");
-        assert_eq!(recorded_docker_owner(&dir).expect("kept"), Some(owner));
-        assert!(!dir.join(format!("{DOCKER_OWNER_FILE}.new")).exists());
-        assert_eq!(path_docker_owner(&dir).len(), 16);
-        std::fs::write(dir.join(DOCKER_OWNER_FILE), "not hex\n").expect("write");
-        let err = recorded_docker_owner(&dir).expect_err("a damaged file is refused");
-        assert!(err.to_string().contains("16 hex digits"), "{err}");
-        std::fs::remove_dir_all(&dir).expect("cleanup");
+    tracing::info!("shutting down: draining in-flight work (signal again to force)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+        () = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over: exiting now"),
     }
+    std::process::exit(1);
 }

@@ -35,6 +35,10 @@ const PASSWORD_BCRYPT: &str = "$2b$12$HD.rObMsFZ7QDz7IHGZIiOZa0tUk.5.9csV69aLMgG
 
 /// Whether the registry and busybox are installed; with `CI=true` their
 /// absence fails the test instead of skipping it.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "CI=true makes a missing prerequisite a failure, not a skip"
+)]
 fn tools_or_skip(name: &str) -> bool {
     let missing: Vec<&str> = [REGISTRY, BUSYBOX]
         .into_iter()

@@ -238,3 +238,55 @@ async fn serves_on_postgres_when_given_a_url() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs `hangar serve` on `listen` (taken by another listener) in `dir`,
+/// expects it to fail naming the address, and returns its stdout.
+fn serve_on_a_taken_port(dir: &Path, listen: &str, extra: &[&str]) -> String {
+    let out = hangar()
+        .current_dir(dir)
+        .args(["serve", "--listen", listen])
+        .args(extra)
+        .env_remove("HANGAR_ADMIN_KEY")
+        .output()
+        .expect("run hangar serve");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve on a taken port: {stdout}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("hangar: ") && l.contains(listen)),
+        "a line names the address: {stderr}"
+    );
+    assert!(
+        !stdout.contains("hgr_") && !stdout.contains("Created organization"),
+        "no key is printed for a server that never ran: {stdout}"
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn a_taken_port_fails_before_anything_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = taken.local_addr().expect("addr").to_string();
+    let dir = temp_dir("taken");
+    serve_on_a_taken_port(&dir, &listen, &[]);
+    assert!(
+        !dir.join("hangar-data").exists(),
+        "no data dir, no admin.key, no database"
+    );
+
+    // The same on a database that exists: no organization is created in it.
+    if hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres) {
+        let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
+        serve_on_a_taken_port(&dir, &listen, &["--database-url", &db.url]);
+        assert_eq!(
+            db.store.list_organizations().await.expect("list").len(),
+            0,
+            "no organization"
+        );
+        assert!(!dir.join("hangar-data").exists(), "no data dir");
+    }
+    drop(taken);
+    let _ = std::fs::remove_dir_all(dir);
+}

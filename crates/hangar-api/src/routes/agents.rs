@@ -21,6 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::page_size;
+use super::Deleted;
 use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, OptionalBody, Path, Query};
 use crate::render::{self, ok, ok_list, AgentObject, Envelope, ListEnvelope, Pagination};
@@ -153,7 +154,8 @@ fn check_labels(display_name: Option<&String>, version: Option<&String>) -> ApiR
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = CreateAgent,
     responses((status = 201, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN"),
-        (status = 422, description = "RESOURCE_LIMIT_EXCEEDED")))]
+        (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this Hangar does not have (kubernetes)")))]
 async fn create_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,6 +191,7 @@ async fn create_agent(
         .get_cloud(caller.org(), &body.cloud_id)
         .await?
         .found(Kind::Cloud, &body.cloud_id)?;
+    super::tenancy::driver_available(&cloud.name, cloud.driver)?;
     // The agent will need an instance once built; refuse now rather than fail later.
     let org = state
         .store
@@ -379,15 +382,6 @@ async fn update_agent(
         state.wake(&instance.id);
     }
     Ok(ok(agent_object(&state, &view)))
-}
-
-/// What `DELETE /v1/agents/{id}` answers.
-#[derive(Debug, Serialize, ToSchema)]
-struct Deleted {
-    /// The deleted object's ID.
-    id: String,
-    /// Always true.
-    deleted: bool,
 }
 
 /// Delete an agent and its instances.

@@ -20,6 +20,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::page_size;
+use hangar_gateway::ErrorClass;
+
 use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, Path, Query};
 use crate::render::{self, InstanceList, InstanceObject, InstanceStatusObject, Pagination};
@@ -158,7 +160,8 @@ struct CreateInstance {
 #[utoipa::path(post, path = "/instances", tag = "instances", request_body = CreateInstance,
     responses((status = 201, body = InstanceObject), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "AGENT_NOT_FOUND / BUILD_NOT_FOUND / ORGANIZATION_NOT_FOUND"),
-        (status = 409, description = "BUILD_NOT_READY / INSTANCE_NAME_TAKEN"), (status = 422, description = "RESOURCE_LIMIT_EXCEEDED")))]
+        (status = 409, description = "BUILD_NOT_READY / INSTANCE_NAME_TAKEN"), (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the agent's cloud needs a driver this Hangar does not have (kubernetes)")))]
 async fn create_instance(
     State(state): State<AppState>,
     caller: Caller,
@@ -180,6 +183,10 @@ async fn create_instance(
         .await?
         .found(Kind::Agent, &body.agent_id)?
         .agent;
+    // An agent of a kubernetes cloud made before such clouds were refused.
+    if let Some(cloud) = state.store.get_cloud(caller.org(), &agent.cloud_id).await? {
+        super::tenancy::driver_available(&cloud.name, cloud.driver)?;
+    }
     let config = body
         .config
         .apply(&agent.config)
@@ -214,8 +221,15 @@ async fn create_instance(
             config,
             resources,
             env_vars,
-            // Config defaults come from the agent: its floor of replicas.
-            replicas: body.config.replicas.unwrap_or(agent.scaling.min_instances),
+            // Config defaults come from the agent: its floor of replicas, and
+            // at least one, as for the agent's own instance. An instance runs
+            // its `replicas` (its bounds are `replicas..=replicas`), so a
+            // floor of 0 taken as is would make one that never runs anything
+            // yet reports itself running and ready to start.
+            replicas: body
+                .config
+                .replicas
+                .unwrap_or(agent.scaling.min_instances.max(1)),
             make_default: false,
         })
         .await?;
@@ -338,45 +352,127 @@ fn no_replica(inst: &Instance, action: &str) -> ApiError {
     }
 }
 
+/// 409 `INSTANCE_NOT_RUNNING` with the instance's status as it is: the
+/// answer never names a status the instance does not have.
 fn not_running(inst: &Instance, action: &str) -> ApiError {
-    // A replica can be gone a moment before the status says so.
-    let status = match inst.status {
-        InstanceStatus::Running => InstanceStatus::Starting,
-        other => other,
-    };
     ApiError::NotRunning {
         kind: Kind::Instance,
-        message: format!("Cannot {action} on {status} instance"),
-        current_status: status.to_string(),
+        message: format!(
+            "Cannot {action} instance {}: it is {}",
+            inst.id, inst.status
+        ),
+        current_status: inst.status.to_string(),
     }
 }
 
-/// The controller's answer as an API error.
-fn control_error(inst: &Instance, action: &str, err: hangar_controller::ControlError) -> ApiError {
+/// How often a request for a starting instance looks for its replica.
+const REPLICA_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The controller, once `inst` has a replica to talk to: a stopped,
+/// stopping or failed instance has none coming (409); one scaled to zero is
+/// woken as an invocation wakes it; a starting or woken one is waited for
+/// until its first replica runs or `limit` (the request's own) runs out.
+/// The wait is here rather than in the controller's activation, which
+/// waits for a replica that answers HTTP and so, for a stdin-only agent,
+/// for its whole activation timeout.
+async fn replica_runtime<'s>(
+    state: &'s AppState,
+    caller: &Caller,
+    mut inst: Instance,
+    action: &str,
+    limit: std::time::Duration,
+) -> ApiResult<(&'s hangar_controller::Controller, Instance)> {
+    let Some(runtime) = &state.runtime else {
+        return Err(no_replica(&inst, action));
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut woken = false;
+    loop {
+        if !matches!(
+            inst.status,
+            InstanceStatus::Running | InstanceStatus::Starting
+        ) {
+            return Err(not_running(&inst, action));
+        }
+        if !runtime.metrics(&inst.id).replicas.is_empty() {
+            return Ok((runtime, inst));
+        }
+        if inst.status == InstanceStatus::Running && !woken {
+            // Scaled to zero: one replica starts. One that may not start
+            // (its bounds allow none) is the controller's to answer.
+            if !runtime.activate(&inst.id) {
+                return Ok((runtime, inst));
+            }
+            woken = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::NotRunning {
+                kind: Kind::Instance,
+                message: format!(
+                    "Cannot {action} instance {}: no replica started within {} s",
+                    inst.id,
+                    limit.as_secs()
+                ),
+                current_status: inst.status.to_string(),
+            });
+        }
+        tokio::time::sleep(REPLICA_POLL).await;
+        inst = find(state, caller, &inst.id).await?;
+    }
+}
+
+/// The controller's answer as an API error: its row of the one table, with
+/// what the caller needs to know about this instance.
+async fn control_error(
+    state: &AppState,
+    caller: &Caller,
+    inst: &Instance,
+    action: &str,
+    field: &str,
+    err: hangar_controller::ControlError,
+) -> ApiError {
     use hangar_controller::ControlError;
     match err {
-        ControlError::NotRunning(_) => not_running(inst, action),
-        ControlError::NoStdin(_) => stdin_not_enabled(),
-        ControlError::Invalid(message) => ApiError::invalid("argv", message),
-        ControlError::Driver(message) => ApiError::Internal(message.into()),
+        // Handed over as running (or starting), yet no replica came: say so
+        // with the status the instance has now.
+        ControlError::NotRunning(_) => {
+            let now = find(state, caller, &inst.id).await;
+            let status = now.as_ref().map_or(inst.status, |i| i.status);
+            ApiError::NotRunning {
+                kind: Kind::Instance,
+                message: format!(
+                    "Cannot {action} instance {}: no replica is running and none could be started",
+                    inst.id
+                ),
+                current_status: status.to_string(),
+            }
+        }
+        ControlError::Invalid(message) => ApiError::invalid(field, message),
+        other => ApiError::failure(other),
     }
 }
 
 fn stdin_not_enabled() -> ApiError {
-    ApiError::Conflict {
-        code: "STDIN_NOT_ENABLED",
+    ApiError::Failed {
+        class: ErrorClass::STDIN_NOT_ENABLED,
         message: "this instance does not read stdin (config.stdin_enabled is false)".into(),
+        details: None,
     }
 }
 
 /// How long an exec may run.
 const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Run a command in an instance; the body is the argv array.
+/// Run a command in an instance; the body is the argv array. A starting
+/// instance's first replica is waited for; one scaled to zero is started.
 #[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/exec", tag = "instances", request_body = Vec<String>,
     params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID")),
     responses((status = 200, description = "The command's output, as plain text", content_type = "text/plain", body = String),
-        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
+        (status = 400, description = "INVALID_REQUEST (field argv): a bad argv, or a program the replica cannot run"),
+        (status = 404, description = "INSTANCE_NOT_FOUND"),
+        (status = 409, description = "INSTANCE_NOT_RUNNING (+ current_status): stopped, stopping, failed, or no replica started within 60 s"),
+        (status = 500, description = "INTERNAL_ERROR (+ request_id): the runtime failed; the cause is logged"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server has no runtime")))]
 async fn exec(
     State(state): State<AppState>,
     caller: Caller,
@@ -396,17 +492,12 @@ async fn exec(
         ));
     }
     let inst = find_in(&state, &caller, &org_id, &id).await?;
-    let action = "execute command";
-    let Some(runtime) = &state.runtime else {
-        return Err(no_replica(&inst, action));
+    let action = "run a command in";
+    let (runtime, inst) = replica_runtime(&state, &caller, inst, action, EXEC_TIMEOUT).await?;
+    let result = match runtime.exec(&inst.id, &argv, EXEC_TIMEOUT).await {
+        Ok(result) => result,
+        Err(err) => return Err(control_error(&state, &caller, &inst, action, "argv", err).await),
     };
-    if inst.status != InstanceStatus::Running {
-        return Err(not_running(&inst, action));
-    }
-    let result = runtime
-        .exec(&inst.id, &argv, EXEC_TIMEOUT)
-        .await
-        .map_err(|err| control_error(&inst, action, err))?;
     // stdout, then stderr; the exit code (or the signal) in headers.
     let mut body = result.stdout;
     body.extend_from_slice(&result.stderr);
@@ -445,11 +536,16 @@ struct StdinInput {
     input: String,
 }
 
-/// Write to an instance's stdin and return what it printed.
+/// Write to an instance's stdin and return what it printed. A starting
+/// instance's first replica is waited for; one scaled to zero is started.
 #[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/stdin", tag = "instances", request_body = StdinInput,
     params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID")),
     responses((status = 200, description = "Output produced", content_type = "text/plain", body = String),
-        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
+        (status = 400, description = "INVALID_REQUEST (field input)"),
+        (status = 404, description = "INSTANCE_NOT_FOUND"),
+        (status = 409, description = "INSTANCE_NOT_RUNNING (+ current_status): stopped, stopping, failed, or no replica started within 30 s; STDIN_NOT_ENABLED"),
+        (status = 500, description = "INTERNAL_ERROR (+ request_id): the runtime failed; the cause is logged"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server has no runtime")))]
 async fn stdin(
     State(state): State<AppState>,
     caller: Caller,
@@ -464,16 +560,15 @@ async fn stdin(
         return Err(stdin_not_enabled());
     }
     let action = "send input to";
-    let Some(runtime) = &state.runtime else {
-        return Err(no_replica(&inst, action));
-    };
-    if inst.status != InstanceStatus::Running {
-        return Err(not_running(&inst, action));
-    }
-    runtime
+    let (runtime, inst) =
+        replica_runtime(&state, &caller, inst, action, STDIN_WAIT.timeout).await?;
+    match runtime
         .stdin(&inst.id, body.input.as_bytes(), STDIN_WAIT)
         .await
-        .map_err(|err| control_error(&inst, action, err))
+    {
+        Ok(output) => Ok(output),
+        Err(err) => Err(control_error(&state, &caller, &inst, action, "input", err).await),
+    }
 }
 
 /// When the output of a stdin write counts as complete: once the replica

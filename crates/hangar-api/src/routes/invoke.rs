@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hangar_core::model::Instance;
@@ -21,8 +21,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::agents::{find, not_running};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Found, Kind};
 use crate::extract::{Body, Caller, Path};
 use crate::AppState;
 
@@ -59,12 +58,20 @@ struct InvokeRequest {
 
 /// Invoke an agent (sync, async with `"async": true`, or SSE with
 /// `Accept: text/event-stream`). With an `Idempotency-Key` header, a repeat
-/// returns the same job (async) or the same result (sync).
+/// returns the same job (async) or the same result (sync); a key cannot be
+/// combined with streaming (400): a repeat is answered from the job's
+/// record, which keeps a whole answer, not a stream.
 #[utoipa::path(post, path = "/v1/agents/{id}/invoke", tag = "agents", request_body = InvokeRequest,
-    params(("id" = String, Path, description = "Agent ID")),
-    responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}"),
+    params(("id" = String, Path, description = "Agent ID"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters: a repeat answers from the first request's job. Not with `Accept: text/event-stream` (400 INVALID_REQUEST, field `Idempotency-Key`).")),
+    responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}; with `Accept: text/event-stream`, SSE: start, chunk…, done — or an `error` event `{code, message}` with one of the codes below when the agent fails after the start"),
         (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
-        (status = 404, description = "AGENT_NOT_FOUND"), (status = 409, description = "AGENT_NOT_RUNNING, JOB_IN_PROGRESS (a repeated Idempotency-Key still running)")))]
+        (status = 400, description = "INVALID_REQUEST (+ field): a bad body, `options`, or `Idempotency-Key` (also: a key with `Accept: text/event-stream`)"),
+        (status = 404, description = "AGENT_NOT_FOUND"),
+        (status = 409, description = "AGENT_NOT_RUNNING (+ current_status); JOB_IN_PROGRESS, JOB_CANCELLED (a repeated Idempotency-Key)"),
+        (status = 502, description = "AGENT_ERROR (+ details.agent_status, details.agent_body): the agent answered non-2xx; AGENT_BAD_RESPONSE: its answer could not be read; AGENT_UNREACHABLE: its replica could not be reached or broke the connection"),
+        (status = 503, description = "AGENT_UNAVAILABLE: no replica ready and none coming; AGENT_OVERLOADED: every replica busy and the queue full; RUNTIME_UNAVAILABLE: this server has no runtime"),
+        (status = 504, description = "INVOKE_TIMEOUT: no answer within options.timeout")))]
 async fn invoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,6 +80,15 @@ async fn invoke(
     Body(body): Body<InvokeRequest>,
 ) -> ApiResult<Response> {
     let key = super::jobs::idempotency_key(&headers)?;
+    let stream = !body.is_async && wants_stream(&headers);
+    if stream && key.is_some() {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "cannot be combined with Accept: text/event-stream: a repeated key is answered \
+             from the first request's record, which keeps a whole answer, not a stream; \
+             send the key without streaming, or stream without a key",
+        ));
+    }
     if let Some(t) = body.options.timeout {
         if !(t.is_finite() && (1.0..=3600.0).contains(&t)) {
             return Err(ApiError::invalid(
@@ -92,57 +108,49 @@ async fn invoke(
         }
     }
     let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
-    if body.is_async && key.is_none() && running_route(&state, &caller, &id) {
-        let invocation = super::jobs::Invocation {
-            input: body.input,
-            timeout,
-            headers: body.options.headers,
-            key,
+    let invocation = super::jobs::Invocation {
+        input: body.input,
+        timeout,
+        headers: body.options.headers,
+        key,
+    };
+    if body.is_async || invocation.key.is_some() {
+        // Jobs: durable async invocations, and sync ones a repeated key
+        // answers. Only a running agent takes them.
+        let action = if body.is_async {
+            "queue a job for"
+        } else {
+            "invoke"
         };
-        return super::jobs::accept(&state, caller.org(), &id, invocation).await;
-    }
-    if body.is_async || key.is_some() {
-        // Jobs: durable async invocations, and sync ones a repeated key answers.
-        let view = find(&state, &caller, &id).await?;
-        if !is_running(&view) {
-            return Err(not_running(
-                &view,
-                if body.is_async {
-                    "queue a job for"
-                } else {
-                    "invoke"
-                },
-            ));
-        }
-        if let (Some(gateway), Some(instance)) = (&state.gateway, &view.default_instance) {
-            gateway.remember_route(RouteKey::Agent(id.clone()), instance.clone());
-        }
-        let invocation = super::jobs::Invocation {
-            input: body.input,
-            timeout,
-            headers: body.options.headers,
-            key,
+        let here = match target(&state, &caller, &id, action, true).await? {
+            Target::Here(gateway, instance) => Some((gateway, instance)),
+            Target::Elsewhere => None,
         };
         return if body.is_async {
-            super::jobs::accept(&state, caller.org(), &view.agent.id, invocation).await
+            super::jobs::accept(&state, caller.org(), &id, invocation).await
         } else {
-            super::jobs::invoke_keyed(&state, caller.org(), &view, invocation).await
+            super::jobs::invoke_keyed(&state, caller.org(), &id, here, invocation).await
         };
     }
-    let (gateway, instance) = route(&state, &caller, &id).await?;
-    if wants_stream(&headers) {
+    let Target::Here(gateway, instance) = target(&state, &caller, &id, "invoke", false).await?
+    else {
+        return Err(ApiError::RuntimeUnavailable(
+            "this server has no replica runtime attached",
+        ));
+    };
+    if stream {
         let events = match gateway
             .invoke_stream(
                 &instance,
-                &body.input,
+                &invocation.input,
                 timeout,
-                &body.options.headers,
+                &invocation.headers,
                 crate::context::request_id(),
             )
             .await
         {
             Ok(events) => events,
-            Err(err) => return Err(failed(&state, &caller, &id, err).await),
+            Err(err) => return Err(failed(&gateway, &caller, &id, err).await),
         };
         return Ok((
             [
@@ -157,11 +165,11 @@ async fn invoke(
             .into_response());
     }
     let invoked = match gateway
-        .invoke(&instance, &body.input, timeout, &body.options.headers)
+        .invoke(&instance, &invocation.input, timeout, &invocation.headers)
         .await
     {
         Ok(invoked) => invoked,
-        Err(err) => return Err(failed(&state, &caller, &id, err).await),
+        Err(err) => return Err(failed(&gateway, &caller, &id, err).await),
     };
     Ok(Json(serde_json::json!({
         "success": true,
@@ -190,98 +198,74 @@ fn wants_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The gateway and the agent's default instance: from the gateway's route
-/// cache, else from the store. A missing agent is 404, one with no instance
-/// (or a server with no runtime) 409.
-async fn route(
+/// Where an invocation of an agent goes.
+enum Target {
+    /// Through this server's gateway, to the agent's default instance.
+    Here(Arc<Gateway>, Arc<Instance>),
+    /// The agent runs, but this server has no runtime: only a job (run by
+    /// a server that has one) can reach it.
+    Elsewhere,
+}
+
+/// The agent's route, resolved by the gateway (its cache, then the store).
+/// A missing agent is 404; one with no instance — or, with `must_run`, one
+/// that is not running — 409 with its status. On a server without a
+/// runtime the store says whether the agent runs.
+async fn target(
     state: &AppState,
     caller: &Caller,
     id: &str,
-) -> ApiResult<(Arc<Gateway>, Arc<Instance>)> {
-    if let Some(gateway) = &state.gateway {
-        if let Some(instance) = gateway.route(&RouteKey::Agent(id.to_owned())) {
-            if instance.organization_id == caller.org() {
-                return Ok((gateway.clone(), instance));
-            }
+    action: &str,
+    must_run: bool,
+) -> ApiResult<Target> {
+    let Some(gateway) = &state.gateway else {
+        let view = state
+            .store
+            .get_agent(caller.org(), id)
+            .await?
+            .found(Kind::Agent, id)?;
+        let status = agent_status(
+            view.agent.desired_state,
+            view.latest_build_status,
+            view.default_instance.as_ref().map(|i| i.status),
+        );
+        return if status == AgentStatus::Running {
+            Ok(Target::Elsewhere)
+        } else {
+            Err(ApiError::agent_not_running(status, action))
+        };
+    };
+    let resolved = gateway
+        .resolve(&RouteKey::Agent(id.to_owned()), Some(caller.org()))
+        .await?
+        .found(Kind::Agent, id)?;
+    let status = resolved.agent_status.unwrap_or(AgentStatus::Created);
+    match resolved.instance {
+        Some(instance) if !must_run || status == AgentStatus::Running => {
+            Ok(Target::Here(gateway.clone(), instance))
         }
-    }
-    let view = find(state, caller, id).await?;
-    match (&state.gateway, view.default_instance.clone()) {
-        (Some(gateway), Some(instance)) => {
-            let key = RouteKey::Agent(id.to_owned());
-            Ok((gateway.clone(), gateway.remember_route(key, instance)))
-        }
-        _ => Err(not_running(&view, "invoke")),
+        _ => Err(ApiError::agent_not_running(status, action)),
     }
 }
 
 /// An invocation's failure in the envelope. With no replica to serve it,
-/// a stopped (or failed, or deploying) agent answers 409 with its status.
-async fn failed(state: &AppState, caller: &Caller, id: &str, err: InvokeError) -> ApiError {
+/// a stopped (or failed, or deploying) agent answers 409 with its status,
+/// as it is now rather than as the route cache had it.
+async fn failed(gateway: &Gateway, caller: &Caller, id: &str, err: InvokeError) -> ApiError {
     if matches!(err, InvokeError::NoReplica) {
-        match find(state, caller, id).await {
-            Ok(view) => {
-                let status = agent_status(
-                    view.agent.desired_state,
-                    view.latest_build_status,
-                    view.default_instance.as_ref().map(|i| i.status),
-                );
-                if status != AgentStatus::Running {
-                    return not_running(&view, "invoke");
+        match gateway
+            .reread(&RouteKey::Agent(id.to_owned()), Some(caller.org()))
+            .await
+        {
+            Ok(Some(resolved)) => match resolved.agent_status {
+                Some(status) if status != AgentStatus::Running => {
+                    return ApiError::agent_not_running(status, "invoke");
                 }
-            }
-            Err(err) => return err,
+                _ => {}
+            },
+            Ok(None) => return ApiError::not_found(Kind::Agent, id),
+            Err(err) => return err.into(),
         }
     }
-    invoke_error(err)
-}
-
-/// Whether the gateway's route cache (at most a second old, cleared on every
-/// change made through the API) has the agent's default instance running: an
-/// async invoke is then accepted without reading the agent from the store.
-/// Otherwise the store decides ([`is_running`]).
-fn running_route(state: &AppState, caller: &Caller, id: &str) -> bool {
-    state
-        .gateway
-        .as_ref()
-        .and_then(|gateway| gateway.route(&RouteKey::Agent(id.to_owned())))
-        .is_some_and(|instance| {
-            instance.organization_id == caller.org()
-                && instance.status == hangar_core::status::InstanceStatus::Running
-        })
-}
-
-/// Whether the agent is running (jobs are only accepted for running agents,
-/// like invocations).
-fn is_running(view: &hangar_core::model::AgentView) -> bool {
-    hangar_core::status::agent_status(
-        view.agent.desired_state,
-        view.latest_build_status,
-        view.default_instance.as_ref().map(|i| i.status),
-    ) == hangar_core::status::AgentStatus::Running
-}
-
-/// An invocation's failure in the envelope.
-pub(crate) fn invoke_error(err: InvokeError) -> ApiError {
-    let agent = |status: StatusCode, code: &'static str, details: Option<serde_json::Value>| {
-        ApiError::Agent {
-            status,
-            code,
-            message: err.to_string(),
-            details,
-        }
-    };
-    match &err {
-        // Running, but no replica is ready this moment (restarting, say).
-        InvokeError::NoReplica => agent(StatusCode::SERVICE_UNAVAILABLE, "AGENT_UNAVAILABLE", None),
-        InvokeError::Timeout(_) => agent(StatusCode::GATEWAY_TIMEOUT, "INVOKE_TIMEOUT", None),
-        InvokeError::AgentStatus { status, body } => agent(
-            StatusCode::BAD_GATEWAY,
-            "AGENT_ERROR",
-            Some(serde_json::json!({"agent_status": status, "agent_body": body})),
-        ),
-        InvokeError::BadResponse(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_BAD_RESPONSE", None),
-        InvokeError::Unreachable(_) => agent(StatusCode::BAD_GATEWAY, "AGENT_UNREACHABLE", None),
-        InvokeError::Overloaded => agent(StatusCode::SERVICE_UNAVAILABLE, "AGENT_OVERLOADED", None),
-    }
+    err.into()
 }

@@ -16,8 +16,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hangar_core::model::{AgentView, Job};
+use std::sync::Arc;
+
+use hangar_core::model::{Instance, Job};
 use hangar_core::status::JobStatus;
+use hangar_gateway::{ErrorClass, Gateway};
 use hangar_store::{JobOutcome, JobResult, NewJob};
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
@@ -125,15 +128,15 @@ pub(crate) async fn accept(
 pub(crate) async fn invoke_keyed(
     state: &AppState,
     org: &str,
-    view: &AgentView,
+    agent_id: &str,
+    here: Option<(Arc<Gateway>, Arc<Instance>)>,
     invocation: Invocation,
 ) -> ApiResult<Response> {
     let timeout = invocation.timeout;
-    let here = state.gateway.clone().zip(view.default_instance.clone());
     let owner = format!("sync/{}", crate::context::request_id());
     let (mut job, created) = state
         .store
-        .create_job(invocation.new_job(org, &view.agent.id, here.is_some().then(|| owner.clone())))
+        .create_job(invocation.new_job(org, agent_id, here.is_some().then(|| owner.clone())))
         .await?;
     match (created, here) {
         (true, Some((gateway, instance))) => {
@@ -251,7 +254,9 @@ fn sync_answer(job: &Job) -> ApiResult<Response> {
 }
 
 /// A failed job's stored `{code, message, details}` as the error a
-/// synchronous invoke answers with.
+/// synchronous invoke answers with: its code read back through the one
+/// table ([`ErrorClass::of_stored`]), so a keyed invocation answers as an
+/// unkeyed one would have.
 fn stored_error(error: Option<&Value>) -> ApiError {
     let text = |k: &str| {
         error
@@ -260,17 +265,8 @@ fn stored_error(error: Option<&Value>) -> ApiError {
             .unwrap_or_default()
             .to_owned()
     };
-    let (status, code) = match text("code").as_str() {
-        "AGENT_UNAVAILABLE" => (StatusCode::SERVICE_UNAVAILABLE, "AGENT_UNAVAILABLE"),
-        "INVOKE_TIMEOUT" => (StatusCode::GATEWAY_TIMEOUT, "INVOKE_TIMEOUT"),
-        "AGENT_BAD_RESPONSE" => (StatusCode::BAD_GATEWAY, "AGENT_BAD_RESPONSE"),
-        "AGENT_UNREACHABLE" => (StatusCode::BAD_GATEWAY, "AGENT_UNREACHABLE"),
-        "AGENT_NOT_FOUND" => (StatusCode::NOT_FOUND, "AGENT_NOT_FOUND"),
-        _ => (StatusCode::BAD_GATEWAY, "AGENT_ERROR"),
-    };
-    ApiError::Agent {
-        status,
-        code,
+    ApiError::Failed {
+        class: ErrorClass::of_stored(&text("code")),
         message: text("message"),
         details: error.and_then(|e| e.get("details")).cloned(),
     }
@@ -359,5 +355,16 @@ mod tests {
         ));
         assert_eq!(e.body()["error"]["details"]["agent_status"], 500);
         assert_eq!(stored_error(None).code(), "AGENT_ERROR");
+    }
+
+    #[test]
+    fn a_stored_full_queue_answers_503_like_a_live_one() {
+        let live = ApiError::from(hangar_gateway::InvokeError::Overloaded);
+        let stored = stored_error(Some(
+            &hangar_gateway::jobs::invoke_failure(&hangar_gateway::InvokeError::Overloaded).0,
+        ));
+        assert_eq!(stored.class(), live.class());
+        assert_eq!(stored.code(), "AGENT_OVERLOADED");
+        assert_eq!(stored.class().status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

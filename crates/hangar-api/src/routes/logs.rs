@@ -35,31 +35,31 @@ pub(crate) struct LogRequest {
     pub level: Option<LogLevel>,
 }
 
-/// How many stored lines a filtered request looks through, at most.
-const SCAN_LIMIT: u32 = 10_000;
+/// Most stored lines a resumed follow sends before going live (the rest
+/// it reads a page at a time, as a follower that fell behind does).
+const BACKLOG_LIMIT: u32 = 10_000;
 
-/// The stored lines `request` selects, oldest first.
+/// The stored lines `request` selects, oldest first. Every filter is the
+/// store's, so `until` and `level` reach back over every kept line.
 pub(crate) async fn stored(
     state: &AppState,
     instance_id: &str,
     request: &LogRequest,
 ) -> ApiResult<Vec<InstanceLogLine>> {
-    let filtered = request.until.is_some() || request.level.is_some();
     let query = hangar_store::LogQuery {
-        tail: Some(if filtered { SCAN_LIMIT } else { request.tail }),
+        tail: Some(request.tail),
         since: request.since,
         after_seq: None,
-        limit: SCAN_LIMIT,
+        limit: request.tail,
     };
-    let mut lines = state.store.instance_logs(instance_id, &query).await?;
-    lines.retain(|line| {
-        request.until.is_none_or(|until| line.timestamp <= until) && passes(line, request.level)
-    });
-    let tail = usize::try_from(request.tail).unwrap_or(usize::MAX);
-    if lines.len() > tail {
-        lines.drain(..lines.len() - tail);
-    }
-    Ok(lines)
+    let filter = hangar_store::LogFilter {
+        until: request.until,
+        min_level: request.level,
+    };
+    Ok(state
+        .store
+        .instance_logs_matching(instance_id, &query, &filter)
+        .await?)
 }
 
 /// A log line as the seeds show it (plus its stream and replica). A struct,
@@ -132,8 +132,8 @@ pub(crate) fn resume_after(
         .transpose()
 }
 
-/// The stored lines after `after` (oldest first, up to [`SCAN_LIMIT`]) that
-/// pass `level`: what a resumed follow sends before going live.
+/// The stored lines after `after` (oldest first, up to [`BACKLOG_LIMIT`])
+/// that pass `level`: what a resumed follow sends before going live.
 pub(crate) async fn stored_after(
     state: &AppState,
     instance_id: &str,
@@ -144,11 +144,16 @@ pub(crate) async fn stored_after(
         tail: None,
         since: None,
         after_seq: Some(after),
-        limit: SCAN_LIMIT,
+        limit: BACKLOG_LIMIT,
     };
-    let mut lines = state.store.instance_logs(instance_id, &query).await?;
-    lines.retain(|line| passes(line, level));
-    Ok(lines)
+    let filter = hangar_store::LogFilter {
+        until: None,
+        min_level: level,
+    };
+    Ok(state
+        .store
+        .instance_logs_matching(instance_id, &query, &filter)
+        .await?)
 }
 
 fn passes(line: &InstanceLogLine, level: Option<LogLevel>) -> bool {

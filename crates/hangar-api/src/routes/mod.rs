@@ -1,18 +1,21 @@
 //! Handlers, one module per API family.
 
 pub mod agents;
+pub(crate) mod builds;
 pub mod events;
-pub mod extras;
 pub mod instances;
 pub mod invoke;
 pub mod jobs;
 mod logs;
 pub(crate) mod metrics;
 pub(crate) mod proxy;
+pub(crate) mod secrets;
 pub mod tenancy;
 pub(crate) mod tokens;
+pub(crate) mod uploads;
+pub(crate) mod webhooks;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
@@ -32,4 +35,13 @@ pub(crate) struct PageQuery {
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// What deleting answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Deleted {
+    /// The deleted object's ID (or a secret's name).
+    pub id: String,
+    /// Always true.
+    pub deleted: bool,
 }

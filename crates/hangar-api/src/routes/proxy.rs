@@ -13,9 +13,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hangar_gateway::RouteKey;
+use hangar_gateway::{Resolved, RouteKey};
 
-use super::invoke::invoke_error;
 use crate::error::{ApiError, Kind};
 use crate::AppState;
 
@@ -70,14 +69,13 @@ async fn proxy(state: AppState, label: String, request: Request) -> Response {
         return ApiError::RuntimeUnavailable("this server has no replica runtime attached")
             .into_response();
     };
-    let key = RouteKey::Host(label.clone());
-    let instance = match gateway.route(&key) {
-        Some(instance) => instance,
-        None => match state.store.instance_at_host(&label).await {
-            Ok(Some(instance)) => gateway.remember_route(key, instance),
-            Ok(None) => return ApiError::not_found(Kind::Instance, label).into_response(),
-            Err(err) => return ApiError::from(err).into_response(),
-        },
+    let instance = match gateway.resolve(&RouteKey::Host(label.clone()), None).await {
+        Ok(Some(Resolved {
+            instance: Some(instance),
+            ..
+        })) => instance,
+        Ok(_) => return ApiError::not_found(Kind::Instance, label).into_response(),
+        Err(err) => return ApiError::from(err).into_response(),
     };
     let client = request
         .extensions()
@@ -85,7 +83,7 @@ async fn proxy(state: AppState, label: String, request: Request) -> Response {
         .map(|c| c.0);
     match gateway.proxy(&instance, request, client).await {
         Ok(response) => response.into_response(),
-        Err(err) => invoke_error(err).into_response(),
+        Err(err) => ApiError::from(err).into_response(),
     }
 }
 

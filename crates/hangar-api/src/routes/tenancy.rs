@@ -383,13 +383,30 @@ async fn list_clouds(
         .collect()))
 }
 
+/// Refuses a cloud whose driver this Hangar does not have, so nothing meant
+/// for it runs elsewhere: without a Kubernetes driver, replicas of a
+/// `kubernetes` cloud would start as local sandboxes. 501, not 4xx: the
+/// request is right and will succeed on a Hangar with the driver.
+pub(crate) fn driver_available(cloud: &str, driver: DriverKind) -> ApiResult<()> {
+    match driver {
+        DriverKind::Sandbox | DriverKind::Docker => Ok(()),
+        DriverKind::Kubernetes => Err(ApiError::DriverUnavailable {
+            driver: driver.to_string(),
+            message: format!(
+                "Cloud '{cloud}' needs the kubernetes driver, which this Hangar does not have yet; use a sandbox or docker cloud"
+            ),
+        }),
+    }
+}
+
 /// Body of `POST /v1/clouds`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateCloud {
     /// Unique within the organization.
     name: String,
-    /// `sandbox`, `docker` or `kubernetes`.
+    /// `sandbox` or `docker`; `kubernetes` is refused (501
+    /// `DRIVER_UNAVAILABLE`) until its driver lands.
     driver: DriverKind,
     /// Driver settings (an object). `docker`: `base_image`, the image a
     /// generated Dockerfile starts from; nothing else.
@@ -400,7 +417,8 @@ struct CreateCloud {
 
 /// Add a cloud (admins).
 #[utoipa::path(post, path = "/v1/clouds", tag = "tenancy", request_body = CreateCloud,
-    responses((status = 201, body = Envelope<CloudObject>), (status = 409, description = "CLOUD_NAME_TAKEN")))]
+    responses((status = 201, body = Envelope<CloudObject>), (status = 409, description = "CLOUD_NAME_TAKEN"),
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): a kubernetes cloud; this Hangar has no Kubernetes driver yet")))]
 async fn create_cloud(
     State(state): State<AppState>,
     caller: Caller,
@@ -415,6 +433,7 @@ async fn create_cloud(
             "must not start with 'cloud_' (cloud IDs do)",
         ));
     }
+    driver_available(&body.name, body.driver)?;
     if serde_json::to_string(&body.config).map_or(0, |s| s.len()) > 16 * 1024 {
         return Err(ApiError::invalid("config", "must be at most 16 KiB"));
     }

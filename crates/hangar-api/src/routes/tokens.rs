@@ -177,6 +177,20 @@ async fn create_token(
     ))
 }
 
+/// The `?access_token=` of a query, if any.
+fn access_token(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The ID of the API key that minted the valid stream token of `query`:
+/// whose rate a request with the token counts against.
+pub(crate) fn minting_key(signing_key: &[u8], query: Option<&str>) -> Option<String> {
+    let token = access_token(query)?;
+    verify(signing_key, &token, chrono::Utc::now().timestamp()).map(|claims| claims.k)
+}
+
 /// The caller of a streaming read: an API key's (any object of its
 /// organization), or a stream token's (one object).
 #[derive(Debug, Clone)]
@@ -240,11 +254,7 @@ impl FromRequestParts<AppState> for Reader {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts.uri.query().and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "access_token")
-                .map(|(_, v)| v.into_owned())
-        });
+        let token = access_token(parts.uri.query());
         let Some(token) = token.filter(|_| {
             !parts
                 .headers

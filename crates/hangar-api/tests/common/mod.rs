@@ -58,6 +58,8 @@ pub fn config() -> ApiConfig {
         ),
         max_upload_bytes: 1 << 20,
         cors_origins: vec!["http://console.test".into()],
+        // Tests send requests as fast as they can; rate_limit.rs tests the limit.
+        rate_limit: None,
     }
 }
 
@@ -74,6 +76,11 @@ where
 
 impl Harness {
     pub async fn new(backend: Backend) -> Self {
+        Self::with_config(backend, config()).await
+    }
+
+    /// A harness whose API runs with `config`.
+    pub async fn with_config(backend: Backend, config: ApiConfig) -> Self {
         let db = TestDb::new(backend).await;
         let store = db.store.clone();
         let boot = store.bootstrap(None).await.expect("bootstrap");
@@ -92,9 +99,9 @@ impl Harness {
             key: other.key.secret,
         };
         let app = hangar_api::app(AppState::from(Services {
-            intake: hangar_store::JobIntake::start(store.clone()),
+            intake: hangar_store::JobIntake::start(store.clone(), Default::default()).0,
             store,
-            config: Arc::new(config()),
+            config: Arc::new(config),
             runtime: None,
             builder: None,
             gateway: None,

@@ -60,6 +60,11 @@ const NETNS_FILE: &str = "netns";
 /// The file (in a sandbox's dir) holding the bridge config ADD ran with.
 const CNI_CONFIG_FILE: &str = "cni.json";
 
+/// The `PATH` the plugins run with (they look programs such as `iptables`
+/// up on it): the system's directories, as sudo's `secure_path`, not
+/// whatever the server inherited — the plugins run as root.
+const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The CNI spec version the configs are written in (plugins ≥ 1.0).
 const CNI_VERSION: &str = "1.0.0";
 
@@ -453,13 +458,9 @@ impl Plugin<'_> {
         };
         let binary = self.dir.join(name);
         let started = std::time::Instant::now();
-        // The plugins find `iptables` (masquerade) on PATH.
-        let path = std::env::var_os("PATH").unwrap_or_else(|| {
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-        });
         let mut child = Command::new(&binary)
             .env_clear()
-            .env("PATH", path)
+            .env("PATH", PLUGIN_PATH)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", self.id)
             .env("CNI_NETNS", self.netns)

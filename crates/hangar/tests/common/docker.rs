@@ -20,6 +20,10 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// A driver on the local engine with `owner`, or why there is none: a
 /// skip, except with `CI=true`, where it panics.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "CI=true makes a missing prerequisite a failure, not a skip"
+)]
 pub async fn driver_or_skip(test: &str, owner: &str) -> Option<DockerDriver> {
     let config = DockerDriverConfig {
         host: None,
