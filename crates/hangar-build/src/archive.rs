@@ -45,7 +45,7 @@ use std::io::{BufReader, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::source::BuildError;
+use crate::error::BuildError;
 
 /// Bounds on what one archive may unpack to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_entries: crate::source::MAX_ENTRIES,
+            max_entries: crate::artifact::MAX_ENTRIES,
             max_unpacked_bytes: 2 << 30,
         }
     }
@@ -739,6 +739,7 @@ pub fn check_links(root: &Path, max_entries: usize) -> Result<(), BuildError> {
     if entries.len() > max_entries {
         return Err(BuildError::TooManyEntries {
             dir: root.display().to_string(),
+            limit: max_entries,
         });
     }
     let canonical = root.canonicalize().map_err(|err| io(root, &err))?;

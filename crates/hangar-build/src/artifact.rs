@@ -14,6 +14,9 @@
 //! ([`give_to`]) and taken back afterwards ([`take_back`]), with every file
 //! made readable and no setuid bits, so the artifact is root's and immutable
 //! to every replica that shows it.
+//!
+//! [`MAX_ENTRIES`], the bound on every tree the builder takes, lives here,
+//! beneath [`crate::source`] and [`crate::archive`], which both apply it.
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -22,7 +25,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::source::BuildError;
+use crate::error::BuildError;
+
+/// Most entries (files, directories, symlinks) a tree the builder takes may
+/// have: a directory used in place, and by default an unpacked upload or a
+/// clone ([`crate::archive::Limits`]).
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// Bumped whenever the same source and recipe would build differently.
 const BUILDER_VERSION: &str = "hangar-build 1";

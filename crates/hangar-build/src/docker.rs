@@ -33,8 +33,9 @@ use hangar_core::spec::{RegistryCredentials, Source};
 use hangar_runtime::{BuildLimits, DockerDriver};
 use tokio::sync::mpsc;
 
+use crate::error::BuildError;
 use crate::recipe::{self, Recipe};
-use crate::source::{Artifact, BuildError, Fetched};
+use crate::source::{Artifact, Fetched};
 use crate::{artifact, blocking, path_text, remove_work_dir, Builder};
 
 /// Makes images on the engine that runs a docker cloud's replicas.

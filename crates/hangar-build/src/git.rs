@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::source::BuildError;
+use crate::error::BuildError;
 
 /// The repository URL a `github` source's `repo` names: `owner/name` is the
 /// GitHub repository, anything else is already a URL.

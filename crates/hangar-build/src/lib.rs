@@ -50,7 +50,8 @@
 //!
 //! # Layout
 //! - [`Builder`]: the loop over queued builds, the sandboxed build step, logs.
-//! - [`source`]: a source → a directory tree (and the error type, [`BuildError`]).
+//! - [`source`]: a source → a directory tree.
+//! - [`error`]: why a build failed ([`BuildError`]), below every other module.
 //! - [`archive`]: unpacking uploads without escaping the build dir.
 //! - [`git`]: the `git` command as a subprocess.
 //! - [`image`]: OCI images: resolve, pull, unpack as a root filesystem.
@@ -76,13 +77,15 @@ use tokio_util::sync::CancellationToken;
 pub mod archive;
 pub mod artifact;
 pub mod docker;
+pub mod error;
 pub mod git;
 pub mod image;
 pub mod recipe;
 pub mod source;
 
 pub use docker::ImageMaker;
-pub use source::{Artifact, BuildError, Fetched};
+pub use error::BuildError;
+pub use source::{Artifact, Fetched};
 
 /// How often the builder looks for queued builds when nobody wakes it (another
 /// Hangar process on the same database may have queued them).

@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use crate::source::BuildError;
+use crate::error::BuildError;
 
 /// A build step.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,170 +30,14 @@ use std::path::{Component, Path, PathBuf};
 
 use hangar_core::spec::Source;
 
-/// Most entries (files, directories, symlinks) a directory artifact may have.
-pub const MAX_ENTRIES: usize = 10_000;
+pub use crate::artifact::MAX_ENTRIES;
+use crate::error::BuildError;
 
 /// The uid the sandbox runs agents as; it owns none of the artifact's files.
 pub const SANDBOX_UID: u32 = 65_534;
 
 /// Files one of which an artifact must have for the agent contract to run it.
 pub const RUNNABLE_FILES: [&str; 4] = ["hangar.toml", "main.py", "app.py", "package.json"];
-
-/// Why a build failed. The message is what the build's `reason` and log say.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// This version of Hangar cannot build this kind of source.
-    #[error("building {kind} sources is not available yet in this version of Hangar")]
-    Unsupported {
-        /// `git`, `docker` or `upload`.
-        kind: &'static str,
-    },
-    /// The `file://` URL does not name a path on this server.
-    #[error("{repo} does not name an absolute path on this server (file:///path/to/dir)")]
-    BadFileUrl {
-        /// The URL.
-        repo: String,
-    },
-    /// A commit is pinned, but a plain directory has no commits.
-    #[error("commit {commit} is pinned, but {dir} is a plain directory, not a git repository: it has no commits (remove commit)")]
-    NoCommits {
-        /// The pinned commit.
-        commit: String,
-        /// The directory.
-        dir: String,
-    },
-    /// Nothing at the path.
-    #[error("the directory {path} does not exist")]
-    Missing {
-        /// The path.
-        path: String,
-    },
-    /// Something other than a directory at the path.
-    #[error("{path} is not a directory")]
-    NotADirectory {
-        /// The path.
-        path: String,
-    },
-    /// The source's `path` leads outside the source directory.
-    #[error("path '{path}' leads outside the source directory {dir}")]
-    Escapes {
-        /// The source's `path`.
-        path: String,
-        /// The source directory.
-        dir: String,
-    },
-    /// No file the agent contract runs.
-    #[error("nothing to run in {dir}: looked for hangar.toml, main.py, app.py and package.json")]
-    NothingToRun {
-        /// The artifact directory.
-        dir: String,
-    },
-    /// A file the sandbox's user could not read.
-    #[error("{path} is not readable by the sandbox's unprivileged user (uid {SANDBOX_UID}): its mode is {mode:o}; make it readable by others (chmod o+r)")]
-    FileNotReadable {
-        /// The file.
-        path: String,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// A directory the sandbox's user could not list or enter.
-    #[error("the directory {path} cannot be listed and entered by the sandbox's unprivileged user (uid {SANDBOX_UID}): its mode is {mode:o}; make it readable and searchable by others (chmod o+rx)")]
-    DirNotReadable {
-        /// The directory.
-        path: String,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// A device, socket or FIFO.
-    #[error("{path} is not a regular file, directory or symlink: devices, sockets and FIFOs cannot be part of an artifact")]
-    SpecialFile {
-        /// The entry.
-        path: String,
-    },
-    /// Too many entries.
-    #[error("{dir} has more than {MAX_ENTRIES} entries: this builder takes directories of at most {MAX_ENTRIES}")]
-    TooManyEntries {
-        /// The artifact directory.
-        dir: String,
-    },
-    /// The artifact's path cannot be stored as text.
-    #[error("{path} is not valid UTF-8")]
-    NotUtf8 {
-        /// The path, lossily.
-        path: String,
-    },
-    /// Reading the directory failed.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// What was read.
-        path: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// The build step itself crashed (a bug).
-    #[error("the builder crashed: {0}")]
-    Crashed(String),
-    /// The upload is not an archive this builder unpacks, or is corrupt.
-    #[error("{0}")]
-    Archive(String),
-    /// An archive entry that would escape the build dir or is not allowed.
-    #[error("refused archive entry '{entry}': {why}")]
-    UnsafeEntry {
-        /// The entry's name in the archive.
-        entry: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// An archive with too many entries.
-    #[error("the archive has more than {limit} entries")]
-    ArchiveTooManyEntries {
-        /// The limit.
-        limit: usize,
-    },
-    /// An archive whose files unpack to too many bytes.
-    #[error("the archive unpacks to more than {limit} bytes (at entry '{entry}')")]
-    ArchiveTooLarge {
-        /// The entry being unpacked when the limit was reached.
-        entry: String,
-        /// The limit.
-        limit: u64,
-    },
-    /// The upload has no archive yet, or is gone.
-    #[error("upload {id} has no archive: PUT the archive to its upload_url before deploying")]
-    UploadMissing {
-        /// The upload.
-        id: String,
-    },
-    /// Cloning or checking out failed.
-    #[error("{0}")]
-    Git(String),
-    /// `hangar.toml` is not usable.
-    #[error("{0}")]
-    Manifest(String),
-    /// A file the server reads from an artifact is a symlink.
-    #[error("{name} is a symlink: the files that say how to run an agent must be plain files")]
-    TopLevelSymlink {
-        /// The file.
-        name: String,
-    },
-    /// The build step ran and failed.
-    #[error("the build step ({step}) {outcome}")]
-    StepFailed {
-        /// The step.
-        step: String,
-        /// How it ended: "exited with code 1", "timed out after 900 s".
-        outcome: String,
-    },
-    /// The build step could not be run.
-    #[error("cannot run the build step: {0}")]
-    Sandbox(String),
-    /// An OCI image could not be pulled or is not one this builder runs.
-    #[error("{0}")]
-    Image(String),
-    /// The store failed (the build is retried, not failed).
-    #[error(transparent)]
-    Store(hangar_store::StoreError),
-}
 
 /// A built artifact: where it is and what the build log should say about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -519,6 +363,7 @@ fn check_tree(dir: &Path) -> Result<(), BuildError> {
         return Err(BuildError::DirNotReadable {
             path: shown(dir),
             mode,
+            uid: SANDBOX_UID,
         });
     }
     let mut pending = vec![dir.to_path_buf()];
@@ -535,7 +380,10 @@ fn check_tree(dir: &Path) -> Result<(), BuildError> {
         for path in entries {
             seen += 1;
             if seen > MAX_ENTRIES {
-                return Err(BuildError::TooManyEntries { dir: shown(dir) });
+                return Err(BuildError::TooManyEntries {
+                    dir: shown(dir),
+                    limit: MAX_ENTRIES,
+                });
             }
             let meta = path
                 .symlink_metadata()
@@ -549,6 +397,7 @@ fn check_tree(dir: &Path) -> Result<(), BuildError> {
                     return Err(BuildError::DirNotReadable {
                         path: shown(&path),
                         mode,
+                        uid: SANDBOX_UID,
                     });
                 }
                 subdirs.push(path);
@@ -557,6 +406,7 @@ fn check_tree(dir: &Path) -> Result<(), BuildError> {
                     return Err(BuildError::FileNotReadable {
                         path: shown(&path),
                         mode,
+                        uid: SANDBOX_UID,
                     });
                 }
             } else {

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::TempDir;
-use hangar_build::archive::{unpack, Limits};
+use hangar_build::archive::{check_links, unpack, Limits};
 use hangar_build::BuildError;
 
 /// One tar entry, written with raw names (tar's own setters refuse `..`).
@@ -301,6 +301,22 @@ fn too_many_entries_or_bytes_are_refused() {
     assert!(matches!(err, BuildError::ArchiveTooLarge { .. }), "{err}");
     assert!(err.to_string().contains("zeros.bin"), "{err}");
     case.nothing_outside();
+}
+
+/// A tree that was not unpacked here (a clone) is held to the limit it is
+/// checked with, and the message names that limit, not the default one.
+#[test]
+fn a_checked_tree_over_its_limit_names_that_limit() {
+    let case = Case::new();
+    for i in 0..5 {
+        std::fs::write(case.root().join(format!("f{i}")), "x").expect("write");
+    }
+    let err = check_links(&case.root(), 3).expect_err("too many");
+    assert!(
+        matches!(err, BuildError::TooManyEntries { limit: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("more than 3 entries"), "{err}");
 }
 
 #[test]

@@ -14,14 +14,17 @@
 //!   its exit status, and outlives the daemon.
 //! * [`SandboxDriver`]: the embedded default [`Driver`], one shim per replica.
 //! * [`DockerDriver`]: replicas as containers on a Docker engine (bollard).
-//! * [`fake`]: a [`Driver`] that runs nothing and records calls, for tests of
-//!   the layers above.
+//! * `fake` (only with the `testing` feature): a [`Driver`] that runs
+//!   nothing and records calls, for tests of the layers above.
 //!
 //! Still to come: the kubernetes (kube-rs) driver.
 
 pub mod docker;
 pub mod driver;
 mod driver_set;
+// Test fixtures stay out of release builds; the crate's own unit tests use
+// the fake too.
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod sandbox;
 mod sandbox_driver;

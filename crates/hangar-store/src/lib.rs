@@ -43,6 +43,7 @@ mod jobs;
 mod runtime;
 pub mod seal;
 mod tenancy;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use agents::NewAgent;
