@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hangar_core::logs::LiveLine;
-use hangar_runtime::driver::{DriverError, ExecResult, StdinWait};
+use hangar_runtime::driver::{DriverError, ExecResult};
 use hangar_runtime::Driver;
 use hangar_store::Store;
 use tokio::sync::{broadcast, mpsc};
@@ -57,6 +57,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ControlError;
+/// How long a stdin write collects the replica's answer ([`Controller::stdin`]).
+pub use hangar_runtime::driver::StdinWait;
 pub use launch::{command, PIDS_LIMIT};
 pub use scale::{Bounds, Traffic};
 

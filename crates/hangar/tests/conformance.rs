@@ -390,6 +390,28 @@ async fn stop_is_graceful_then_forced(s: Subject) {
     s.assert_nothing_left().await;
 }
 
+/// A program with no SIGTERM handler (a plain Python agent, `sleep`) ends
+/// by the SIGTERM of a graceful stop, not by the SIGKILL after the grace:
+/// PID 1 of the replica is an init that passes the signal on (a program
+/// that is PID 1 itself never hears it).
+async fn a_program_without_a_handler_ends_by_sigterm(s: Subject) {
+    let plain = s.id("plain");
+    s.driver
+        .create(&shell(&plain, "echo up; exec sleep 600"))
+        .await
+        .expect("create");
+    let mut output = s.driver.follow(&plain, 0).await.expect("follow");
+    read_until(&mut output, "up").await;
+    let exit = s
+        .driver
+        .stop(&plain, Duration::from_secs(120))
+        .await
+        .expect("stop");
+    assert_eq!(exit.signal, Some(15), "ended by SIGTERM: {exit:?}");
+    s.driver.remove(&plain).await.expect("remove");
+    s.assert_nothing_left().await;
+}
+
 /// A crash is reported with its code, at the end of the output and by
 /// inspect; the controller restarts by making the replica again.
 async fn crash_is_reported_and_the_replica_made_again(s: Subject) {
@@ -705,6 +727,7 @@ macro_rules! conformance {
 conformance!(
     http_replica_serves_execs_and_leaves_nothing,
     stop_is_graceful_then_forced,
+    a_program_without_a_handler_ends_by_sigterm,
     crash_is_reported_and_the_replica_made_again,
     oom_kill_is_reported,
     stdin_answers_and_a_new_driver_adopts_the_replica,

@@ -573,7 +573,7 @@ async fn stdin(
 
 /// When the output of a stdin write counts as complete: once the replica
 /// has printed something and then been quiet for 300 ms, or after 30 s.
-const STDIN_WAIT: hangar_runtime::driver::StdinWait = hangar_runtime::driver::StdinWait {
+const STDIN_WAIT: hangar_controller::StdinWait = hangar_controller::StdinWait {
     quiet: std::time::Duration::from_millis(300),
     timeout: std::time::Duration::from_secs(30),
 };

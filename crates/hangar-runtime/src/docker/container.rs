@@ -203,6 +203,10 @@ impl DockerDriver {
             )])),
             binds,
             network_mode: Some(network.clone()),
+            // The engine's init (tini) as PID 1, as the sandbox has its own:
+            // the agent hears SIGTERM (PID 1 ignores signals it has no
+            // handler for), orphans are reaped, and the exit is the agent's.
+            init: Some(true),
             ..Default::default()
         };
         let body = ContainerCreateBody {
