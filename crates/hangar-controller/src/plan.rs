@@ -1001,45 +1001,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn builds_that_are_not_ready_run_nothing() {
-        let now = Instant::now();
-        let failed = Desired {
-            build: Build::Failed,
-            ..desired(1)
-        };
-        let planned = plan(
-            &BTreeMap::new(),
-            &failed,
-            &Memory::default(),
-            &policy(),
-            now,
-        );
-        assert_eq!(
-            (planned.create, planned.status.status),
-            (0, InstanceStatus::Error)
-        );
-        assert_eq!(
-            planned.status.reason.as_deref(),
-            Some("build build_1 failed")
-        );
-        let waiting = Desired {
-            build: Build::Waiting(BuildStatus::Building),
-            ..desired(1)
-        };
-        let planned = plan(
-            &BTreeMap::new(),
-            &waiting,
-            &Memory::default(),
-            &policy(),
-            now,
-        );
-        assert_eq!(
-            (planned.create, planned.status.status),
-            (0, InstanceStatus::Starting)
-        );
-        assert_eq!(
-            planned.status.reason.as_deref(),
-            Some("waiting for build build_1 (building)")
-        );
+        let rows = [
+            (Build::Failed, InstanceStatus::Error, "build build_1 failed"),
+            (
+                Build::Waiting(BuildStatus::Building),
+                InstanceStatus::Starting,
+                "waiting for build build_1 (building)",
+            ),
+        ];
+        for (build, status, reason) in rows {
+            let wanted = Desired {
+                build,
+                ..desired(1)
+            };
+            let planned = plan(
+                &BTreeMap::new(),
+                &wanted,
+                &Memory::default(),
+                &policy(),
+                Instant::now(),
+            );
+            assert_eq!((planned.create, planned.status.status), (0, status));
+            assert_eq!(planned.status.reason.as_deref(), Some(reason));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,6 +186,16 @@ impl World {
     }
 }
 
+/// An exit with `code`, as a crash reports it.
+fn exited(code: i32) -> Exit {
+    Exit {
+        code: Some(code),
+        signal: None,
+        oom_killed: false,
+        at_ms: 0,
+    }
+}
+
 fn live(replicas: &[hangar_runtime::driver::ReplicaInfo]) -> usize {
     replicas.iter().filter(|r| r.exit.is_none()).count()
 }
@@ -254,15 +264,7 @@ async fn replicas_start_crash_restart_with_backoff_and_scale() {
         }
 
         // A crash: restarted, counted.
-        w.fake.exit(
-            &replica,
-            Exit {
-                code: Some(1),
-                signal: None,
-                oom_killed: false,
-                at_ms: 0,
-            },
-        );
+        w.fake.exit(&replica, exited(1));
         let restarted = w
             .until(
                 "restarted",
@@ -301,15 +303,7 @@ async fn replicas_start_crash_restart_with_backoff_and_scale() {
                 .expect("live")
                 .id;
             let before = creates(&w.fake.calls());
-            w.fake.exit(
-                &current,
-                Exit {
-                    code: Some(2),
-                    signal: None,
-                    oom_killed: false,
-                    at_ms: 0,
-                },
-            );
+            w.fake.exit(&current, exited(2));
             let t0 = Instant::now();
             let deadline = Instant::now() + Duration::from_secs(10);
             while creates(&w.fake.calls()) == before {
@@ -990,15 +984,7 @@ async fn a_failing_reconcile_backs_off_shows_why_and_recovers() {
 
         // The replica crashes and the driver cannot remove it, three times.
         w.fake.fail_removes(3);
-        w.fake.exit(
-            &first,
-            Exit {
-                code: Some(1),
-                signal: None,
-                oom_killed: false,
-                at_ms: 0,
-            },
-        );
+        w.fake.exit(&first, exited(1));
         let failing = w
             .until(
                 "the failure shown",
@@ -1062,15 +1048,7 @@ async fn shutting_down_ends_every_task_and_leaves_the_replicas_running() {
         assert_eq!(live(&w.fake.replicas()), 2, "replicas outlive the server");
         // Nothing acts any more: a crash is not seen, nothing is created.
         let replica = w.fake.replicas()[0].id.clone();
-        w.fake.exit(
-            &replica,
-            Exit {
-                code: Some(1),
-                signal: None,
-                oom_killed: false,
-                at_ms: 0,
-            },
-        );
+        w.fake.exit(&replica, exited(1));
         w.controller.wake(&inst.id);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let after: Vec<Call> = w.fake.calls().into_iter().skip(calls).collect();

@@ -424,7 +424,8 @@ while time.monotonic() < deadline:
     try:
         with open("/proc/%d/stat" % orphan) as stat:
             state = stat.read().rsplit(") ", 1)[1].split(" ")[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone between the lookup and the read: ESRCH, not ENOENT.
         print("reaped", flush=True)
         break
     time.sleep(0.05)
