@@ -396,9 +396,15 @@ impl Controller {
             tracing::info!(instance = %instance_id, replica = %info.id, running = info.exit.is_none(), "adopting a replica");
             let state = self.inner.state(&instance_id);
             let replica_id = info.id.clone();
+            let mut replica = Replica::new(info, generation);
+            if replica.phase.is_running() && replica.info.address.is_none() {
+                // Nothing to check: a stdin replica is ready while it runs.
+                replica.passed_check(0);
+                replica.response_time_ms = None;
+            }
             lock(&state.tracked)
                 .replicas
-                .insert(replica_id.clone(), Replica::new(info, generation));
+                .insert(replica_id.clone(), replica);
             tasks::spawn_replica_tasks(&self.inner, &state, &replica_id);
         }
         Ok(())
@@ -516,11 +522,15 @@ impl Controller {
         let state = self.inner.state(instance_id);
         let (allowed, woken) = {
             let mut tracked = lock(&state.tracked);
-            // Stopped, crash-looping or bounded to nothing: no replica is
-            // coming soon, and the request should hear so now.
-            let allowed = tracked.serving
-                && tracked.memory.crash_streak == 0
-                && tracked.bounds.is_some_and(|b| b.max > 0);
+            // Stopped, backing off after a failure, or bounded to nothing:
+            // no replica is coming soon, and the request should hear so now.
+            // Once a backoff has passed, a request may wake it again.
+            let backing_off = tracked
+                .memory
+                .next_start
+                .is_some_and(|at| at > tokio::time::Instant::now());
+            let allowed =
+                tracked.serving && !backing_off && tracked.bounds.is_some_and(|b| b.max > 0);
             let woken = allowed && tracked.autoscale.scale == Some(0);
             if woken {
                 tracked.autoscale.scale = Some(1);

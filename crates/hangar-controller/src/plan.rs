@@ -122,6 +122,17 @@ pub(crate) enum Why {
     Unhealthy,
     /// It was not ready within the start timeout.
     StartTimedOut,
+    /// An earlier stop of it did not finish.
+    Unfinished,
+}
+
+impl Why {
+    /// The replica's requests in flight are waited for before the stop: not
+    /// for one that fails its checks (they would not finish), nor when the
+    /// stop is forced.
+    pub(crate) fn drains(self) -> bool {
+        !matches!(self, Self::Unhealthy | Self::StartTimedOut)
+    }
 }
 
 /// A replica to stop.
@@ -274,19 +285,18 @@ pub(crate) fn plan(
         } else {
             policy.stop_grace
         };
+        // Every replica whose process runs, one whose earlier stop did not
+        // finish (its stop or removal failed) included.
         plan.stop = replicas
             .values()
-            .filter(|r| r.phase.can_stop())
+            .filter(|r| r.phase.is_running())
             .map(|r| Stop {
                 id: r.info.id.clone(),
                 grace,
                 why: Why::InstanceStopped,
             })
             .collect();
-        let stopping = replicas
-            .values()
-            .any(|r| r.phase == Phase::Stopping || r.phase.is_live());
-        if stopping {
+        if !plan.stop.is_empty() {
             plan.set(InstanceStatus::Stopping, None, 0);
             // Once the stops are done: `stopped`.
             plan.requeue = Some(Duration::ZERO);
@@ -317,6 +327,15 @@ pub(crate) fn plan(
         }
     };
 
+    // A stop that did not finish (its stop or removal failed) is done again.
+    for replica in replicas.values().filter(|r| r.phase == Phase::Stopping) {
+        plan.stop.push(Stop {
+            id: replica.info.id.clone(),
+            grace: policy.stop_grace,
+            why: Why::Unfinished,
+        });
+    }
+
     // Liveness: an unhealthy replica, or one never ready within the start
     // timeout, is replaced as after a crash.
     let mut lost_health = None;
@@ -324,7 +343,9 @@ pub(crate) fn plan(
     for replica in &live {
         let id = &replica.info.id;
         let why = replica.last_check_error.as_deref().unwrap_or("no answer");
-        let age = now.saturating_duration_since(replica.started);
+        // Measured from when this server began checking it: an adopted
+        // replica is not late for being old.
+        let age = now.saturating_duration_since(replica.probing_since);
         let (failure, stop_why) = match replica.phase {
             Phase::Unhealthy => {
                 let failure = format!(
@@ -342,7 +363,7 @@ pub(crate) fn plan(
                 Why::StartTimedOut,
             ),
             Phase::Starting => {
-                let deadline = replica.started + policy.start_timeout;
+                let deadline = replica.probing_since + policy.start_timeout;
                 next_look = Some(next_look.map_or(deadline, |at| at.min(deadline)));
                 continue;
             }
@@ -596,6 +617,7 @@ mod tests {
         };
         let mut replica = Replica::new(info, generation.to_owned());
         replica.started = now - age;
+        replica.probing_since = now - age;
         replica.phase = phase;
         if phase == Phase::Unhealthy {
             replica.failures = 3;
@@ -1111,5 +1133,46 @@ mod tests {
         };
         assert!(!plan(&replicas, &other, &Memory::default(), &policy(), now).deployed);
         assert!(plan(&replicas, &desired(1), &Memory::default(), &policy(), now).deployed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_that_did_not_finish_is_done_again() {
+        let now = Instant::now();
+        let left = || world(vec![replica("a", NEW, Phase::Stopping, SEC, now)]);
+        let stopped = Desired {
+            running: false,
+            ..desired(1)
+        };
+        let planned = plan(&left(), &stopped, &Memory::default(), &policy(), now);
+        assert_eq!(planned.stopped_for(Why::InstanceStopped), ["a"]);
+        assert_eq!(planned.status.status, InstanceStatus::Stopping);
+        let planned = plan(&left(), &desired(1), &Memory::default(), &policy(), now);
+        assert_eq!(planned.stopped_for(Why::Unfinished), ["a"]);
+        assert_eq!(planned.create, 1, "it is not counted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_replica_gets_its_whole_start_timeout() {
+        let now = Instant::now() + SEC * 3600;
+        let mut adopted = replica("a", NEW, Phase::Starting, SEC * 600, now);
+        adopted.probing_since = now;
+        let planned = plan(
+            &world(vec![adopted]),
+            &desired(1),
+            &Memory::default(),
+            &policy(),
+            now,
+        );
+        assert!(
+            planned.stop.is_empty(),
+            "old, but just adopted: {planned:?}"
+        );
+        assert_eq!(planned.requeue, Some(SEC * 120));
+    }
+
+    #[test]
+    fn replicas_failing_their_checks_are_stopped_without_waiting_for_their_requests() {
+        assert!(!Why::Unhealthy.drains() && !Why::StartTimedOut.drains());
+        assert!(Why::ScaledDown.drains() && Why::Rolled.drains() && Why::InstanceStopped.drains());
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::error::ReconcileError;
 use crate::plan::{self, Build, Desired, Plan, Policy, Status};
-use crate::replica::Replica;
+use crate::replica::{Phase, Replica};
 use crate::scale::Bounds;
 use crate::tell::{emit, system_log, Owner};
 use crate::{launch, lock, tasks, Inner, InstanceState};
@@ -101,6 +101,13 @@ pub(crate) async fn reconcile(
             .unwrap_or(if live > 0 { live } else { bounds.initial })
             .clamp(bounds.min, bounds.max);
         tracked.autoscale.scale = Some(scale);
+        // What the store shows, until this server records a status: a
+        // failure before then still has a status to show its reason on.
+        tracked.last_status.get_or_insert_with(|| Status {
+            status: instance.status,
+            reason: instance.status_reason.clone(),
+            ready: instance.ready_replicas,
+        });
         let stored_restarts = instance.restart_count;
         let memory = &mut tracked.memory;
         memory.restart_count = memory.restart_count.max(stored_restarts);
@@ -133,7 +140,21 @@ async fn apply(
     build: Option<(String, String)>,
     plan: Plan,
 ) -> Result<Action, ReconcileError> {
-    lock(&state.tracked).memory = plan.memory.clone();
+    {
+        let mut tracked = lock(&state.tracked);
+        tracked.memory = plan.memory.clone();
+        // Told once: a retry after a failed removal only removes.
+        for id in &plan.remove {
+            if let Some(replica) = tracked.replicas.get_mut(id) {
+                if let Phase::Exited { exit, .. } = replica.phase {
+                    replica.phase = Phase::Exited {
+                        exit,
+                        expected: true,
+                    };
+                }
+            }
+        }
+    }
     let owner = Owner::of(controlled);
     for note in plan.notes {
         system_log(inner, state, &note.replica, note.level, note.message).await;
@@ -149,12 +170,16 @@ async fn apply(
     if stopping {
         write_status(inner, state, controlled, plan.status.clone()).await?;
     }
-    let mut graces: BTreeMap<Duration, Vec<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Duration, bool), Vec<String>> = BTreeMap::new();
     for stop in &plan.stop {
-        graces.entry(stop.grace).or_default().push(stop.id.clone());
+        let drains = stop.why.drains() && !stop.grace.is_zero();
+        groups
+            .entry((stop.grace, drains))
+            .or_default()
+            .push(stop.id.clone());
     }
-    for (grace, ids) in graces {
-        stop_all(inner, state, &ids, grace).await?;
+    for ((grace, drains), ids) in groups {
+        stop_all(inner, state, &ids, grace, drains).await?;
     }
     if let Some((artifact, generation)) = build.filter(|_| plan.create > 0) {
         for _ in 0..plan.create {
@@ -286,12 +311,13 @@ async fn with_secrets(
 }
 
 /// Takes the replicas out of the rotation, waits for their requests in
-/// flight (unless the stop is forced), stops them and removes them.
+/// flight (when `drains`), stops them and removes them.
 async fn stop_all(
     inner: &Arc<Inner>,
     state: &Arc<InstanceState>,
     ids: &[String],
     grace: Duration,
+    drains: bool,
 ) -> Result<(), ReconcileError> {
     {
         let mut tracked = lock(&state.tracked);
@@ -301,7 +327,7 @@ async fn stop_all(
             }
         }
     }
-    if !grace.is_zero() {
+    if drains {
         drain(inner, state, ids).await;
     }
     let mut stops = tokio::task::JoinSet::new();

@@ -57,7 +57,8 @@ impl Phase {
         matches!(self, Self::Ready)
     }
 
-    /// The controller may stop it (stopping twice is never asked for).
+    /// The controller may begin stopping it (one already stopping stays so;
+    /// a stop that did not finish is done again without a new phase).
     pub(crate) fn can_stop(self) -> bool {
         self.is_live()
     }
@@ -80,6 +81,9 @@ pub(crate) struct Replica {
     /// another generation is rolled.
     pub generation: String,
     pub started: Instant,
+    /// When this server began checking it (made, or adopted): its start
+    /// timeout counts from here.
+    pub probing_since: Instant,
     pub phase: Phase,
     /// Health checks failed in a row.
     pub failures: u32,
@@ -116,6 +120,7 @@ impl Replica {
             started: Instant::now()
                 .checked_sub(Duration::from_millis(uptime))
                 .unwrap_or_else(Instant::now),
+            probing_since: Instant::now(),
             phase,
             failures: 0,
             last_check_error: None,
@@ -154,7 +159,7 @@ impl Replica {
 
     /// The controller is stopping it.
     pub(crate) fn stopping(&mut self) {
-        if self.phase.is_running() {
+        if self.phase.can_stop() {
             self.phase = Phase::Stopping;
         }
     }

@@ -76,6 +76,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // shutdown the tasks see as soon as they start.
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(forward_signals(shutdown.clone()));
+    // The controller stops last, once requests and jobs have drained: one
+    // still draining may need a replica started (a cold start) or watched.
+    let replicas_shutdown = CancellationToken::new();
 
     let data_dir = DataDir::open(&config.data_dir)?;
     let node_id = data_dir.node_id()?;
@@ -122,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let docker = connect_docker(&config, &data_dir).await;
     let (runtime, driver, controller_loop) =
-        start_runtime(&config, &store, &docker, &shutdown).await?;
+        start_runtime(&config, &store, &docker, &replicas_shutdown).await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
@@ -206,8 +209,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::error!(task = name, error = %err, "a background task failed");
         }
     }
-    // The controller's tasks end with the same signal; no replica is
-    // stopped (they keep running and the next start adopts them).
+    // Then the controller's tasks; no replica is stopped (they keep running
+    // and the next start adopts them).
+    replicas_shutdown.cancel();
     if let Some(controller_loop) = controller_loop {
         if let Err(err) = controller_loop.await {
             tracing::error!(task = "controller", error = %err, "a background task failed");
