@@ -63,25 +63,91 @@ pub(crate) const INSTANCE_COLUMNS: &str = "id, organization_id, agent_id, build_
     resources, env_vars, replicas, desired_state, status, status_reason, ready_replicas, restart_count, created_at, updated_at";
 
 pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
+    instance_from_columns(r, &INSTANCE_NAMES)
+}
+
+/// The names [`INSTANCE_COLUMNS`] are read back by, in its order.
+const INSTANCE_NAMES: [&str; 18] = [
+    "id",
+    "organization_id",
+    "agent_id",
+    "build_id",
+    "user_id",
+    "name",
+    "resource_name",
+    "config",
+    "resources",
+    "env_vars",
+    "replicas",
+    "desired_state",
+    "status",
+    "status_reason",
+    "ready_replicas",
+    "restart_count",
+    "created_at",
+    "updated_at",
+];
+
+/// An instance's columns joined beside another table's (`i.id AS i_id, …`),
+/// for reads that fetch both in one query.
+pub(crate) const JOINED_INSTANCE_COLUMNS: &str = "i.id AS i_id, i.organization_id AS i_organization_id, \
+    i.agent_id AS i_agent_id, i.build_id AS i_build_id, i.user_id AS i_user_id, i.name AS i_name, \
+    i.resource_name AS i_resource_name, i.config AS i_config, i.resources AS i_resources, \
+    i.env_vars AS i_env_vars, i.replicas AS i_replicas, i.desired_state AS i_desired_state, \
+    i.status AS i_status, i.status_reason AS i_status_reason, i.ready_replicas AS i_ready_replicas, \
+    i.restart_count AS i_restart_count, i.created_at AS i_created_at, i.updated_at AS i_updated_at";
+
+/// The names [`JOINED_INSTANCE_COLUMNS`] are read back by, in [`INSTANCE_NAMES`]' order.
+const JOINED_INSTANCE_NAMES: [&str; 18] = [
+    "i_id",
+    "i_organization_id",
+    "i_agent_id",
+    "i_build_id",
+    "i_user_id",
+    "i_name",
+    "i_resource_name",
+    "i_config",
+    "i_resources",
+    "i_env_vars",
+    "i_replicas",
+    "i_desired_state",
+    "i_status",
+    "i_status_reason",
+    "i_ready_replicas",
+    "i_restart_count",
+    "i_created_at",
+    "i_updated_at",
+];
+
+/// The instance in a row's [`JOINED_INSTANCE_COLUMNS`]; `None` when the outer
+/// join found none.
+pub(crate) fn joined_instance_from_row(r: &AnyRow) -> Result<Option<Instance>> {
+    if r.opt_text(JOINED_INSTANCE_NAMES[0])?.is_none() {
+        return Ok(None);
+    }
+    instance_from_columns(r, &JOINED_INSTANCE_NAMES).map(Some)
+}
+
+fn instance_from_columns(r: &AnyRow, c: &[&'static str; 18]) -> Result<Instance> {
     Ok(Instance {
-        id: r.text("id")?,
-        organization_id: r.text("organization_id")?,
-        agent_id: r.text("agent_id")?,
-        build_id: r.text("build_id")?,
-        user_id: r.text("user_id")?,
-        name: r.text("name")?,
-        resource_name: r.text("resource_name")?,
-        config: r.json("config")?,
-        resources: r.json("resources")?,
-        env_vars: r.json("env_vars")?,
-        replicas: r.count("replicas")?,
-        desired_state: r.parsed("desired_state")?,
-        status: r.parsed("status")?,
-        status_reason: r.opt_text("status_reason")?,
-        ready_replicas: r.count("ready_replicas")?,
-        restart_count: r.count("restart_count")?,
-        created_at: r.time("created_at")?,
-        updated_at: r.time("updated_at")?,
+        id: r.text(c[0])?,
+        organization_id: r.text(c[1])?,
+        agent_id: r.text(c[2])?,
+        build_id: r.text(c[3])?,
+        user_id: r.text(c[4])?,
+        name: r.text(c[5])?,
+        resource_name: r.text(c[6])?,
+        config: r.json(c[7])?,
+        resources: r.json(c[8])?,
+        env_vars: r.json(c[9])?,
+        replicas: r.count(c[10])?,
+        desired_state: r.parsed(c[11])?,
+        status: r.parsed(c[12])?,
+        status_reason: r.opt_text(c[13])?,
+        ready_replicas: r.count(c[14])?,
+        restart_count: r.count(c[15])?,
+        created_at: r.time(c[16])?,
+        updated_at: r.time(c[17])?,
     })
 }
 

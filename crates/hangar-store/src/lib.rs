@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use hangar_core::id::IdKind;
 use hangar_core::model::Timestamp;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Row};
 
 mod agents;
 mod backlog;
@@ -135,6 +135,10 @@ impl<T> Page<T> {
     }
 }
 
+/// How long a pooled connection may sit idle and still be handed out
+/// without a ping first.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -206,6 +210,21 @@ impl Store {
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out by default: a round
+            // trip per query (to PostgreSQL, or to SQLite's worker thread)
+            // that cost a point read as much as the read. A connection that
+            // was in use a moment ago is trusted; one idle for longer (the
+            // database may have restarted meanwhile) is still pinged, and
+            // replaced if it does not answer.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= TRUSTED_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
