@@ -479,28 +479,11 @@ pub(crate) fn plan(
                 .iter()
                 .find(|r| r.phase.serves())
                 .map_or_else(String::new, |r| r.info.id.clone());
-            let reason = format!("replica {id} passes its health checks");
-            plan.note(
-                "hangar",
-                LogLevel::Info,
-                format!("[hangar] healthy again: {reason}"),
-            );
-            plan.events.push(Event {
-                kind: "agent.health_changed",
-                data: serde_json::json!({"healthy": true, "reason": reason}),
-            });
+            plan.health_changed(true, format!("replica {id} passes its health checks"));
         }
     } else if let (None, Some(reason)) = (&plan.memory.unhealthy, lost_health) {
         plan.memory.unhealthy = Some(reason.clone());
-        plan.note(
-            "hangar",
-            LogLevel::Warn,
-            format!("[hangar] unhealthy: {reason}"),
-        );
-        plan.events.push(Event {
-            kind: "agent.health_changed",
-            data: serde_json::json!({"healthy": false, "reason": reason}),
-        });
+        plan.health_changed(false, reason);
     }
 
     // agent.deployed: every live replica of the build, as many ready as wanted.
@@ -547,6 +530,20 @@ impl Plan {
             reason,
             ready,
         };
+    }
+
+    /// `agent.health_changed`, and a line saying so in the instance's log.
+    fn health_changed(&mut self, healthy: bool, reason: String) {
+        let (level, said) = if healthy {
+            (LogLevel::Info, "healthy again")
+        } else {
+            (LogLevel::Warn, "unhealthy")
+        };
+        self.note("hangar", level, format!("[hangar] {said}: {reason}"));
+        self.events.push(Event {
+            kind: "agent.health_changed",
+            data: serde_json::json!({"healthy": healthy, "reason": reason}),
+        });
     }
 
     fn note(&mut self, replica: &str, level: LogLevel, message: String) {
