@@ -38,6 +38,7 @@ use hangar_core::image::{ImageRun, IMAGE_CONFIG_FILE, ROOTFS_DIR};
 use hangar_core::model::{DriverKind, Instance};
 use hangar_core::spec::DeploymentType;
 use hangar_runtime::driver::{labels, ReplicaSpec, ReplicaUser};
+use hangar_runtime::network::NetworkPolicy;
 use sha2::{Digest, Sha256};
 
 /// The smallest memory limit a replica gets.
@@ -373,6 +374,12 @@ fn common_spec(
         rootfs: None,
         user: None,
         image: None,
+        // One instance, one group: its replicas reach each other, no other
+        // instance's.
+        network: NetworkPolicy {
+            group: instance.id.clone(),
+            ..NetworkPolicy::default()
+        },
     }
 }
 

@@ -354,6 +354,7 @@ impl Controller {
         self.adopt().await?;
         let inner = self.inner.clone();
         inner.resync_all().await;
+        inner.spawn(tasks::driver_resync_loop(inner.clone()));
         inner.spawn(tasks::stats_loop(inner.clone()));
         inner.spawn(tasks::autoscale_loop(inner.clone()));
         if let Some(max_age) = inner.config.log_max_age {

@@ -271,6 +271,29 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
 
 /// Reads every running replica's counters each stats interval and keeps
 /// CPU % from the difference with the previous reading.
+/// Has the driver repair what it keeps on the host for every replica (the
+/// sandbox driver's packet filter) at once and then every `resync`: rules
+/// flushed behind Hangar's back are back within one period. A failure is
+/// logged when it starts and when it ends, not every period.
+pub(crate) async fn driver_resync_loop(inner: Arc<Inner>) {
+    let mut failing = false;
+    loop {
+        match inner.driver.resync().await {
+            Ok(()) if failing => {
+                tracing::info!("the driver's rules on the host are repaired");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                tracing::error!(error = %err, "the driver cannot repair its rules on the host; retrying every resync");
+                failing = true;
+            }
+            Err(err) => tracing::debug!(error = %err, "the driver's rules are still not repaired"),
+        }
+        tokio::time::sleep(inner.config.resync).await;
+    }
+}
+
 pub(crate) async fn stats_loop(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(inner.config.stats_interval).await;

@@ -18,6 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::network::NetworkPolicy;
+
 /// Labels every replica carries, for re-adoption.
 pub mod labels {
     /// The instance the replica belongs to.
@@ -84,6 +86,11 @@ pub struct ReplicaSpec {
     /// refuses it (it runs [`ReplicaSpec::rootfs`] instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// What the replica may reach ([`crate::network`]). A driver that cannot
+    /// enforce it refuses the replica. Absent (a replica of an earlier
+    /// version): a group of its own, open egress.
+    #[serde(default)]
+    pub network: NetworkPolicy,
 }
 
 /// A numeric user and group a replica runs as.
@@ -314,6 +321,14 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Resource usage counters now.
     async fn stats(&self, id: &str) -> Result<ReplicaStats, DriverError>;
+
+    /// Repairs what the driver keeps on the host for all its replicas (the
+    /// sandbox driver: its packet filter and egress rules), undoing what was
+    /// changed behind its back. The controller calls it at start and then
+    /// every few seconds. Default: nothing to repair.
+    async fn resync(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 /// Bytes as base64 text inside JSON.

@@ -215,6 +215,21 @@ impl Driver for DriverSet {
     async fn stats(&self, id: &str) -> Result<ReplicaStats, DriverError> {
         self.driver_of(id).await?.stats(id).await
     }
+
+    async fn resync(&self) -> Result<(), DriverError> {
+        // Every driver, whatever one of them says.
+        let mut failures = Vec::new();
+        for driver in &self.drivers {
+            if let Err(err) = driver.resync().await {
+                failures.push(format!("the {} driver: {err}", driver.name()));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(DriverError::Failed(failures.join("; ")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +259,7 @@ mod tests {
             rootfs: None,
             user: None,
             image: None,
+            network: Default::default(),
         }
     }
 

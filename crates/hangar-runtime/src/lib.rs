@@ -14,6 +14,7 @@
 //!   its exit status, and outlives the daemon.
 //! * [`SandboxDriver`]: the embedded default [`Driver`], one shim per replica.
 //! * [`DockerDriver`]: replicas as containers on a Docker engine (bollard).
+//! * [`network`]: what a replica may reach, the policy every driver enforces.
 //! * `fake` (only with the `testing` feature): a [`Driver`] that runs
 //!   nothing and records calls, for tests of the layers above.
 //!
@@ -26,6 +27,7 @@ mod driver_set;
 // the fake too.
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod network;
 pub mod sandbox;
 mod sandbox_driver;
 pub mod shim;

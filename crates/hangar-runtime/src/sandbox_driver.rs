@@ -481,6 +481,23 @@ impl Driver for SandboxDriver {
             other => Err(unexpected(&other)),
         }
     }
+
+    /// The bridge's egress rules and the sandboxes' packet filter, rebuilt
+    /// from what is on disk (see `sandbox::firewall`).
+    async fn resync(&self) -> Result<(), DriverError> {
+        if !self.bridged {
+            return Ok(());
+        }
+        let sandboxes = crate::sandbox::Sandboxes::new(&self.sandboxes_dir, &self.cgroup_parent)
+            .map_err(|err| DriverError::Failed(err.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            crate::sandbox::ensure_host_rules(sandboxes.bridge())?;
+            sandboxes.sync_firewall().map(drop)
+        })
+        .await
+        .map_err(|err| DriverError::Failed(format!("the packet filter's sync panicked: {err}")))?
+        .map_err(DriverError::Failed)
+    }
 }
 
 impl SandboxDriver {

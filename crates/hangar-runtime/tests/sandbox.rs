@@ -111,6 +111,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // The state dir itself only holds the lock file once sandboxes are gone.
         let _ = std::fs::remove_file(self.state_dir.join(".cgroups.lock"));
+        let _ = std::fs::remove_file(self.state_dir.join(".firewall.lock"));
         let _ = std::fs::remove_dir(&self.state_dir);
     }
 }
@@ -1171,6 +1172,291 @@ fn bridged_network_timing() {
         means[1].0 - means[0].0,
         means[1].1 - means[0].1
     );
+}
+
+// The packet filter (`hangar_runtime::network`): which bridged sandboxes,
+// host services and outside addresses a sandbox reaches.
+
+/// Whether `sandbox` can open a TCP connection to `host:port`: "ok",
+/// "refused", "timeout" or the errno.
+fn connect_from(sandbox: &Sandbox, host: &str, port: u16) -> String {
+    const PROBE: &str = "import socket, sys\n\
+        s = socket.socket(); s.settimeout(5)\n\
+        try:\n    s.connect((sys.argv[1], int(sys.argv[2]))); print('ok')\n\
+        except ConnectionRefusedError: print('refused')\n\
+        except socket.timeout: print('timeout')\n\
+        except OSError as e: print('errno', e.errno)\n";
+    let port = port.to_string();
+    let out = exec(
+        sandbox,
+        &["/usr/bin/python3", "-c", PROBE, host, &port],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn in_group(mut spec: SandboxSpec, group: &str, reach: &[&str]) -> SandboxSpec {
+    spec.network_policy.group = group.to_owned();
+    spec.network_policy.reach = reach.iter().map(|g| (*g).to_owned()).collect();
+    spec
+}
+
+/// The packet filter's table of `fx`'s sandboxes, as `nft` lists it; `None`
+/// when there is none.
+fn firewall_table(fx: &Fixture) -> Option<String> {
+    let name = hangar_runtime::sandbox::firewall_table_name(fx.sandboxes.state_dir());
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &name])
+        .output()
+        .expect("nft runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn bridged_sandboxes_reach_their_group_and_what_they_name_only() {
+    let Some(fx) = Fixture::new("bridge-groups") else {
+        return;
+    };
+    let ids = ["a1", "a2", "b", "c"].map(bridged_id);
+    let (mut a1, _p1) = fx.create(&in_group(http_server(&ids[0]), "a", &[]));
+    let (mut a2, _p2) = fx.create(&in_group(http_server(&ids[1]), "a", &["b"]));
+    let (mut b, _p3) = fx.create(&in_group(http_server(&ids[2]), "b", &[]));
+    let (mut c, _p4) = fx.create(&in_group(http_server(&ids[3]), "c", &[]));
+    for sandbox in [&mut a1, &mut a2, &mut b, &mut c] {
+        sandbox.start().unwrap_or_else(|err| fail(&err));
+    }
+    let ip = |sandbox: &Sandbox| sandbox.ip().expect("bridged").to_string();
+    // The host (Hangar's gateway) reaches every one of them.
+    for sandbox in [&a1, &a2, &b, &c] {
+        let status = http_get(std::net::SocketAddr::new(
+            sandbox.ip().expect("ip"),
+            HTTP_PORT,
+        ));
+        assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+    }
+    assert_eq!(connect_from(&a1, &ip(&a2), HTTP_PORT), "ok", "same group");
+    assert_eq!(connect_from(&a2, &ip(&a1), HTTP_PORT), "ok", "same group");
+    assert_eq!(
+        connect_from(&a1, &ip(&b), HTTP_PORT),
+        "refused",
+        "other group"
+    );
+    assert_eq!(connect_from(&a2, &ip(&b), HTTP_PORT), "ok", "a2 names b");
+    assert_eq!(
+        connect_from(&b, &ip(&a2), HTTP_PORT),
+        "refused",
+        "b names nobody"
+    );
+    assert_eq!(
+        connect_from(&c, &ip(&a1), HTTP_PORT),
+        "refused",
+        "other group"
+    );
+    assert_eq!(
+        connect_from(&b, &ip(&c), HTTP_PORT),
+        "refused",
+        "other group"
+    );
+
+    // A flushed table is rebuilt whole by a sync.
+    let table = hangar_runtime::sandbox::firewall_table_name(fx.sandboxes.state_dir());
+    let flushed = std::process::Command::new("nft")
+        .args(["flush", "table", "inet", &table])
+        .status()
+        .expect("nft runs");
+    assert!(flushed.success());
+    assert_eq!(connect_from(&c, &ip(&a1), HTTP_PORT), "ok", "no rules left");
+    assert_eq!(fx.sandboxes.sync_firewall(), Ok(4));
+    assert_eq!(connect_from(&c, &ip(&a1), HTTP_PORT), "refused", "repaired");
+
+    for sandbox in [a1, a2, b, c] {
+        sandbox.delete().unwrap_or_else(|err| fail(&err));
+    }
+    for id in &ids {
+        fx.assert_gone(id);
+    }
+    assert_eq!(
+        firewall_table(&fx),
+        None,
+        "the table goes with the last sandbox"
+    );
+}
+
+/// A listener on every address of the host, as a careless host service is.
+fn host_service() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+/// An address of the host outside the bridge: its default route's source.
+fn host_address() -> String {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    socket.connect("192.0.2.200:9").expect("a default route");
+    socket.local_addr().expect("addr").ip().to_string()
+}
+
+#[test]
+fn bridged_sandboxes_reach_no_host_service_but_their_host_ports() {
+    let Some(fx) = Fixture::new("bridge-host") else {
+        return;
+    };
+    let (_listener, port) = host_service();
+    let (_other, other_port) = host_service();
+    let id = bridged_id("host");
+    let mut spec = bridged(&id, argv(&["/usr/bin/sleep", "60"]));
+    spec.network_policy.host_ports = vec![port];
+    let (mut sandbox, _pipes) = fx.create(&spec);
+    sandbox.start().unwrap_or_else(|err| fail(&err));
+    let gateway = "10.231.0.1";
+    assert_eq!(connect_from(&sandbox, gateway, other_port), "refused");
+    assert_eq!(
+        connect_from(&sandbox, &host_address(), other_port),
+        "refused"
+    );
+    assert_eq!(connect_from(&sandbox, "172.17.0.1", other_port), "refused");
+    assert_eq!(connect_from(&sandbox, gateway, port), "ok", "a host port");
+    assert_eq!(connect_from(&sandbox, &host_address(), port), "ok");
+    // No IPv6 to go around the rules with.
+    let ipv6 = exec(
+        &sandbox,
+        &["/usr/bin/cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(String::from_utf8_lossy(&ipv6.stdout).trim(), "1");
+    sandbox.delete().unwrap_or_else(|err| fail(&err));
+    fx.assert_gone(&id);
+}
+
+/// A network namespace standing for the world outside the host: a veth pair
+/// with 198.51.100.1 on the host and 198.51.100.2 inside, and an HTTP server
+/// on port 80 and 81 inside.
+struct Outside {
+    name: String,
+    servers: Vec<std::process::Child>,
+}
+
+impl Outside {
+    const ADDRESS: &'static str = "198.51.100.2";
+
+    fn new() -> Self {
+        let name = format!("hgo{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip runs");
+            assert!(status.success(), "ip {args:?}");
+        };
+        let (host_end, inner_end) = (format!("{name}h"), format!("{name}i"));
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &inner_end,
+        ]);
+        ip(&["link", "set", &inner_end, "netns", &name]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", &host_end]);
+        ip(&["link", "set", &host_end, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "add", "198.51.100.2/24", "dev", &inner_end]);
+        inside(&["link", "set", &inner_end, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        let servers = ["80", "81"]
+            .into_iter()
+            .map(|port| {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &name, "python3", "-m", "http.server"])
+                    .args(["--bind", Self::ADDRESS, port])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("http server")
+            })
+            .collect();
+        let outside = Self { name, servers };
+        for port in [80, 81] {
+            let addr = std::net::SocketAddr::new(Self::ADDRESS.parse().expect("ip"), port);
+            let status = http_get(addr);
+            assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+        }
+        outside
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn bridged_sandboxes_reach_outside_as_their_egress_says() {
+    use hangar_runtime::network::Egress;
+    let Some(fx) = Fixture::new("bridge-egress") else {
+        return;
+    };
+    let outside = Outside::new();
+    let sleeper = |name: &str, egress: Egress| {
+        let mut spec = bridged(&bridged_id(name), argv(&["/usr/bin/sleep", "60"]));
+        spec.network_policy.egress = egress;
+        spec
+    };
+    let destination = |text: &str| text.parse().expect("destination");
+    let specs = [
+        sleeper("open", Egress::Open),
+        sleeper("none", Egress::None),
+        sleeper(
+            "allow",
+            Egress::Allow(vec![destination("198.51.100.0/24:80")]),
+        ),
+    ];
+    let mut sandboxes = Vec::new();
+    for spec in &specs {
+        let (mut sandbox, pipes) = fx.create(spec);
+        sandbox.start().unwrap_or_else(|err| fail(&err));
+        sandboxes.push((sandbox, pipes));
+    }
+    let reach = |index: usize, port: u16| connect_from(&sandboxes[index].0, Outside::ADDRESS, port);
+    assert_eq!(
+        (reach(0, 80), reach(0, 81)),
+        ("ok".into(), "ok".into()),
+        "open"
+    );
+    assert_eq!(
+        (reach(1, 80), reach(1, 81)),
+        ("refused".into(), "refused".into()),
+        "none"
+    );
+    assert_eq!(
+        (reach(2, 80), reach(2, 81)),
+        ("ok".into(), "refused".into()),
+        "allow port 80 only"
+    );
+    for (sandbox, _pipes) in sandboxes {
+        sandbox.delete().unwrap_or_else(|err| fail(&err));
+    }
+    for spec in &specs {
+        fx.assert_gone(&spec.id);
+    }
+    assert_eq!(firewall_table(&fx), None);
+    drop(outside);
 }
 
 #[test]

@@ -94,10 +94,22 @@ impl Subject {
                         .expect("state dir")
                         .flatten()
                         .map(|e| e.file_name())
-                        .filter(|name| name != ".cgroups.lock")
+                        // The state dir's lock files stay.
+                        .filter(|name| !name.to_string_lossy().starts_with('.'))
                         .collect();
                     assert!(left.is_empty(), "left in {sub}: {left:?}");
                 }
+                let table =
+                    hangar_runtime::sandbox::firewall_table_name(&self.state_dir.join("sandboxes"));
+                let listed = std::process::Command::new("nft")
+                    .args(["list", "table", "inet", &table])
+                    .output()
+                    .expect("nft runs");
+                assert!(
+                    !listed.status.success(),
+                    "packet filter table left: {}",
+                    String::from_utf8_lossy(&listed.stdout)
+                );
             }
             Some(driver) => {
                 let left = hangar_runtime::docker::leftovers(driver)
@@ -157,6 +169,7 @@ fn spec(id: &str, agent: &str) -> ReplicaSpec {
         rootfs: None,
         user: None,
         image: None,
+        network: Default::default(),
     }
 }
 

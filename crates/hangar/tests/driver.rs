@@ -51,7 +51,8 @@ impl Fixture {
                 .expect("state dir")
                 .flatten()
                 .map(|e| e.file_name())
-                .filter(|name| name != ".cgroups.lock")
+                // The state dir's lock files stay.
+                .filter(|name| !name.to_string_lossy().starts_with('.'))
                 .collect();
             assert!(left.is_empty(), "left in {sub}: {left:?}");
         }
@@ -98,6 +99,7 @@ fn spec(id: &str, agent_name: &str) -> ReplicaSpec {
         rootfs: None,
         user: None,
         image: None,
+        network: Default::default(),
     }
 }
 

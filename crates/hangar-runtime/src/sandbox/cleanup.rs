@@ -59,10 +59,18 @@ pub(super) fn remove_sandbox(
         failures.push(err);
     }
 
-    // After the container: nothing runs in the namespace any more. A no-op
-    // for sandboxes without a network of their own.
-    if let Err(err) = super::net::teardown(id, &dir) {
-        failures.push(err);
+    // Out of the packet filter before its address is given back: a new
+    // sandbox given the address must not inherit its peers. When that fails
+    // the address is kept, for a retry.
+    match super::firewall::release(sandboxes, id, &dir) {
+        Err(err) => failures.push(err),
+        // After the container: nothing runs in the namespace any more. A
+        // no-op for sandboxes without a network of their own.
+        Ok(()) => {
+            if let Err(err) = super::net::teardown(id, &dir) {
+                failures.push(err);
+            }
+        }
     }
 
     // An image root's overlay, mounted by create in this mount namespace.

@@ -106,6 +106,7 @@
 
 mod cleanup;
 mod exec;
+mod firewall;
 mod init;
 mod net;
 mod spec;
@@ -134,6 +135,7 @@ use oci_spec::OciSpecError;
 
 pub use cleanup::cgroup_roots;
 pub use exec::{ExecOutput, EXEC_OUTPUT_LIMIT};
+pub use firewall::table_name as firewall_table_name;
 pub use net::{
     ensure_host_rules, BridgeConfig, CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME,
     DEFAULT_SUBNET,
@@ -405,6 +407,18 @@ impl Sandboxes {
         &self.bridge
     }
 
+    /// The directory the sandboxes' own directories are in.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Rebuilds the packet filter of these sandboxes from their records
+    /// (see [`firewall`]), repairing whatever happened to it; removes it when
+    /// no sandbox is left. Returns how many sandboxes it covers.
+    pub fn sync_firewall(&self) -> Result<usize, String> {
+        firewall::sync(self)
+    }
+
     /// The directory holding sandbox `id`'s files.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join(id)
@@ -511,6 +525,10 @@ impl Sandboxes {
             None => None,
         };
         let (container, pid, exit_report) = created?;
+        // In force before the sandbox runs anything.
+        if let Some(ip) = ip {
+            firewall::admit(self, id, dir, ip, &spec.network_policy)?;
+        }
         Ok(Sandbox {
             id: id.to_owned(),
             sandboxes: self.clone(),

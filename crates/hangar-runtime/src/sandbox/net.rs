@@ -343,17 +343,36 @@ fn parse_record(record: &str) -> Option<(PathBuf, String)> {
 fn create_netns(path: &Path) -> Result<(), Errno> {
     let own = File::open("/proc/thread-self/ns/net").map_err(|err| errno_of(&err))?;
     unshare(CloneFlags::CLONE_NEWNET)?;
-    let bound = mount(
-        Some("/proc/thread-self/ns/net"),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    );
+    let bound = without_ipv6().and_then(|()| {
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    });
     // Returning must not fail silently: the thread would stay in the new
     // namespace and every later connection would go nowhere.
     setns(&own, CloneFlags::CLONE_NEWNET).expect("return to the caller's network namespace");
     bound
+}
+
+/// Turns IPv6 off in the calling thread's (new) network namespace, for the
+/// interfaces there and those made later (`eth0`): the packet filter
+/// ([`super::firewall`]) speaks IPv4 only, and link-local IPv6 would let
+/// sandboxes on one bridge talk past it. The sandbox has no capability to
+/// turn it back on. A kernel without IPv6 has nothing to turn off.
+fn without_ipv6() -> Result<(), Errno> {
+    for scope in ["default", "all"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
+        match fs::write(&path, b"1") {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(errno_of(&err)),
+        }
+    }
+    Ok(())
 }
 
 fn errno_of(err: &io::Error) -> Errno {

@@ -20,6 +20,7 @@ use oci_spec::runtime::{
 use oci_spec::OciSpecError;
 
 use super::SandboxError;
+use crate::network::NetworkPolicy;
 
 /// The nobody/nogroup ids on Debian: an unprivileged identity that owns nothing
 /// on the host.
@@ -61,7 +62,8 @@ pub enum Network {
     /// A network namespace of its own, wired with CNI: `lo` up, `eth0` a veth
     /// on the host's bridge with an address from its subnet
     /// ([`super::Sandbox::ip`], reachable from the host) and egress through
-    /// masquerade. Needs root, the CNI reference plugins and `iptables`.
+    /// masquerade, all of it under [`SandboxSpec::network_policy`] (no IPv6).
+    /// Needs root, the CNI reference plugins, `iptables` and `nft`.
     Bridge,
     /// The host's network namespace: the process sees and binds the host's
     /// interfaces. The fallback when a namespace cannot be wired.
@@ -127,6 +129,9 @@ pub struct SandboxSpec {
     /// image stays untouched and shared. `/proc`, `/dev` and `/tmp` are
     /// mounted fresh as always. `None` (the default): the host's.
     pub rootfs: Option<PathBuf>,
+    /// What a [`Network::Bridge`] sandbox may reach (see
+    /// [`crate::network`]). Defaults to a group of its own with open egress.
+    pub network_policy: NetworkPolicy,
 }
 
 /// Where [`SandboxSpec::app`] mounts.
@@ -154,6 +159,7 @@ impl SandboxSpec {
             app: None,
             app_writable: false,
             rootfs: None,
+            network_policy: NetworkPolicy::default(),
         }
     }
 

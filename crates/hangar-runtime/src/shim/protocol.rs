@@ -75,6 +75,7 @@ impl ShimConfig {
         sandbox.cpu_limit_millis = spec.cpu_limit_millis;
         sandbox.memory_limit_bytes = spec.memory_limit_bytes;
         sandbox.pids_limit = spec.pids_limit;
+        sandbox.network_policy.clone_from(&spec.network);
         sandbox
     }
 }

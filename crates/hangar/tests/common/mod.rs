@@ -294,7 +294,8 @@ impl Server {
                         .flatten()
                 })
                 .map(|e| e.file_name())
-                .filter(|n| n != ".cgroups.lock")
+                // The state dir's lock files stay.
+                .filter(|n| !n.to_string_lossy().starts_with('.'))
                 .collect();
             let procs = replica_pids(instance);
             if dirs.is_empty() && procs.is_empty() {

@@ -1,0 +1,495 @@
+//! The packet filter that keeps bridged sandboxes apart: one nftables table
+//! per state dir (`inet hangar_<hash of the state dir>`), rebuilt whole from
+//! the sandboxes' own records whenever one comes or goes.
+//!
+//! ```text
+//! <state_dir>/<id>/firewall.json   the sandbox's address and NetworkPolicy
+//! <state_dir>/.firewall.lock       held while a sync reads records and applies
+//! table inet hangar_<hash>         members, peers, open, allow, host_ports sets
+//! ```
+//!
+//! Why records and a whole-table rebuild, rather than adding and deleting
+//! elements as sandboxes come and go: the table is then a pure function of
+//! what is on disk ([`ruleset`], unit-tested), so a sync repairs anything —
+//! a `nft flush ruleset`, a reboot, a server killed halfway — and the table
+//! is removed with the last sandbox. The rebuild is one `nft -f` transaction
+//! (`delete table` and the new table at once), so no packet ever sees a
+//! half-built table. Each create and delete syncs under the lock, after
+//! writing or removing its record, so the last sync has seen every record;
+//! the driver also syncs on start and every few seconds
+//! ([`crate::SandboxDriver::resync`]).
+//!
+//! Why by source address: sandboxes have no capabilities (no
+//! `CAP_NET_RAW`, `CAP_NET_ADMIN`), so they cannot send from an address
+//! other than their own, and several state dirs (servers) may share one
+//! bridge: each table judges only its own members' packets and packets to
+//! them, never another table's.
+//!
+//! What the table does, for a packet from one of its members:
+//! - to the host (the `input` hook): replies, and TCP to the member's
+//!   `host_ports`; anything else is refused at once (TCP reset, ICMP
+//!   prohibited), so the caller fails fast rather than timing out;
+//! - to another sandbox on the bridge (the `forward` hook; bridged frames
+//!   reach it through `br_netfilter`, which a sync turns on with
+//!   `net.bridge.bridge-nf-call-iptables = 1`, as Docker and kube-proxy do):
+//!   only the pairs in `peers` may open connections (same group, or a group
+//!   the source names in `reach`), replies pass by conntrack;
+//! - elsewhere (`forward`): everything for `open` members, the `allow`
+//!   destinations for the others, refused otherwise.
+//!
+//! And to one of its members, from anything but the host itself: only
+//! replies and connections from its peers. Sandboxes have no IPv6 at all
+//! (see `net::create_netns`), so IPv4 rules are the whole story.
+//!
+//! The chains hook at priority `filter - 10` and only ever drop, reject or
+//! return: Docker's own chains (and iptables' `FORWARD`) still see what the
+//! table lets through, and nothing of theirs is changed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{io_error, SandboxError, Sandboxes};
+use crate::network::{Egress, NetworkPolicy};
+
+/// The file (in a sandbox's dir) that makes it a member of the table.
+const RECORD_FILE: &str = "firewall.json";
+
+/// Where `br_netfilter` says whether bridged IPv4 goes through the hooks.
+const BRIDGE_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// A sandbox's record: its address and policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    ip: Ipv4Addr,
+    policy: NetworkPolicy,
+}
+
+/// One member of the table, as [`ruleset`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    ip: Ipv4Addr,
+    /// The policy's group, or the sandbox's id when it names none.
+    group: String,
+    policy: NetworkPolicy,
+}
+
+/// The table of the sandboxes under `state_dir`: `hangar_` and 12 hex
+/// digits of the dir's hash (several servers may share a host).
+pub fn table_name(state_dir: &Path) -> String {
+    let hash = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("hangar_{}", hex::encode(&hash[..6]))
+}
+
+/// Makes sandbox `id` (at `ip`) a member with `policy` and syncs: when this
+/// returns, the rules for it are in force. Called before the sandbox starts.
+pub(super) fn admit(
+    sandboxes: &Sandboxes,
+    id: &str,
+    dir: &Path,
+    ip: IpAddr,
+    policy: &NetworkPolicy,
+) -> Result<(), SandboxError> {
+    let IpAddr::V4(ip) = ip else {
+        return Err(SandboxError::Network {
+            id: id.to_owned(),
+            action: "admit the sandbox to the packet filter",
+            reason: format!("{ip} is not an IPv4 address"),
+        });
+    };
+    let record = Record {
+        ip,
+        policy: policy.clone(),
+    };
+    let path = dir.join(RECORD_FILE);
+    let partial = dir.join(format!("{RECORD_FILE}.partial"));
+    let text = serde_json::to_vec(&record).expect("a record serializes");
+    fs::write(&partial, text).map_err(io_error(id, "write", &partial))?;
+    fs::rename(&partial, &path).map_err(io_error(id, "rename", &path))?;
+    sync(sandboxes)
+        .map(drop)
+        .map_err(|reason| SandboxError::Network {
+            id: id.to_owned(),
+            action: "apply the packet filter's rules",
+            reason,
+        })
+}
+
+/// Takes sandbox `id` out of the table, if it is in it, and syncs. Called
+/// before its address is given back.
+pub(super) fn release(sandboxes: &Sandboxes, id: &str, dir: &Path) -> Result<(), SandboxError> {
+    let path = dir.join(RECORD_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(io_error(id, "remove", &path)(err)),
+    }
+    sync(sandboxes)
+        .map(drop)
+        .map_err(|reason| SandboxError::Network {
+            id: id.to_owned(),
+            action: "apply the packet filter's rules",
+            reason,
+        })
+}
+
+/// Rebuilds the table of `sandboxes` from its members' records (removes it
+/// when there are none). Returns how many members it has.
+pub fn sync(sandboxes: &Sandboxes) -> Result<usize, String> {
+    let state_dir = sandboxes.state_dir();
+    let _lock = lock(state_dir)?;
+    let members = read_members(state_dir)?;
+    let subnet: Ipv4Net = sandboxes.bridge().subnet.parse().map_err(|_| {
+        format!(
+            "the bridge subnet {:?} is not IPv4",
+            sandboxes.bridge().subnet
+        )
+    })?;
+    if !members.is_empty() {
+        bridged_traffic_is_filtered()?;
+    }
+    let script = ruleset(&table_name(state_dir), subnet, &members);
+    nft(&script)?;
+    Ok(members.len())
+}
+
+fn lock(state_dir: &Path) -> Result<Flock<File>, String> {
+    let path = state_dir.join(".firewall.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| format!("cannot lock {}: {errno}", path.display()))
+}
+
+/// Every record under `state_dir`; one that cannot be read is an error (a
+/// sandbox left out would lose its peers, and its address could be
+/// mistaken for nobody's).
+fn read_members(state_dir: &Path) -> Result<Vec<Member>, String> {
+    let entries = match fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(format!("cannot list {}: {err}", state_dir.display())),
+    };
+    let mut members = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|err| format!("cannot list {}: {err}", state_dir.display()))?;
+        let path = entry.path().join(RECORD_FILE);
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue
+            }
+            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+        };
+        let record: Record = serde_json::from_slice(&text)
+            .map_err(|err| format!("{} is malformed: {err}", path.display()))?;
+        let group = if record.policy.group.is_empty() {
+            entry.file_name().to_string_lossy().into_owned()
+        } else {
+            record.policy.group.clone()
+        };
+        members.push(Member {
+            ip: record.ip,
+            group,
+            policy: record.policy,
+        });
+    }
+    members.sort_by_key(|member| member.ip);
+    Ok(members)
+}
+
+/// Makes sure bridged IPv4 frames go through the IPv4 hooks (see the module
+/// docs): without it, sandboxes on one bridge would reach each other unseen.
+fn bridged_traffic_is_filtered() -> Result<(), String> {
+    match fs::read_to_string(BRIDGE_CALL_IPTABLES) {
+        Ok(value) if value.trim() == "1" => Ok(()),
+        Ok(_) => fs::write(BRIDGE_CALL_IPTABLES, b"1")
+            .map_err(|err| format!("cannot set net.bridge.bridge-nf-call-iptables = 1: {err}")),
+        Err(_) => {
+            // Not loaded yet: `modprobe` is the only way in.
+            let loaded = Command::new("modprobe")
+                .arg("br_netfilter")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if loaded && Path::new(BRIDGE_CALL_IPTABLES).exists() {
+                return bridged_traffic_is_filtered();
+            }
+            Err(
+                "the br_netfilter kernel module is not loaded and cannot be \
+                 (modprobe br_netfilter): sandboxes on the bridge could reach each \
+                 other unfiltered"
+                    .to_owned(),
+            )
+        }
+    }
+}
+
+/// Runs `nft -f -` with `script`.
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run nft (Debian: nftables): {err}"))?;
+    let written = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes());
+    let output = child
+        .wait_with_output()
+        .map_err(|err| format!("cannot wait for nft: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "nft failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    written.map_err(|err| format!("cannot write to nft: {err}"))
+}
+
+/// The `nft -f` script that replaces table `table` with the rules for
+/// `members` of the bridge's `subnet` — or only removes it when there are
+/// none. See the module docs for what the rules do.
+fn ruleset(table: &str, subnet: Ipv4Net, members: &[Member]) -> String {
+    // `table` first: it makes the table if missing, so `delete` cannot fail.
+    let mut script = format!("table inet {table}\ndelete table inet {table}\n");
+    if members.is_empty() {
+        return script;
+    }
+    let groups: BTreeMap<&str, Vec<Ipv4Addr>> =
+        members.iter().fold(BTreeMap::new(), |mut groups, member| {
+            groups
+                .entry(member.group.as_str())
+                .or_default()
+                .push(member.ip);
+            groups
+        });
+    let mut peers = Vec::new();
+    let mut open = Vec::new();
+    let mut allow = Vec::new();
+    let mut host_ports = Vec::new();
+    for member in members {
+        let reached = std::iter::once(member.group.as_str())
+            .chain(member.policy.reach.iter().map(String::as_str));
+        for group in reached {
+            for ip in groups.get(group).into_iter().flatten() {
+                if *ip != member.ip {
+                    peers.push(format!("{} . {ip}", member.ip));
+                }
+            }
+        }
+        match &member.policy.egress {
+            Egress::Open => open.push(member.ip.to_string()),
+            Egress::None => {}
+            Egress::Allow(destinations) => {
+                for destination in destinations {
+                    let ports = match destination.port {
+                        Some(port) => port.to_string(),
+                        None => "0-65535".to_owned(),
+                    };
+                    allow.push(format!("{} . {} . {ports}", member.ip, destination.net));
+                }
+            }
+        }
+        for port in &member.policy.host_ports {
+            host_ports.push(format!("{} . {port}", member.ip));
+        }
+    }
+    peers.sort();
+    peers.dedup();
+    allow.sort();
+    allow.dedup();
+    host_ports.sort();
+    host_ports.dedup();
+    let members: Vec<String> = members.iter().map(|member| member.ip.to_string()).collect();
+    let set = |name: &str, kind: &str, flags: &str, elements: &[String]| {
+        let mut set = format!("  set {name} {{ type {kind};{flags}");
+        if !elements.is_empty() {
+            let _ = write!(set, " elements = {{ {} }}", elements.join(", "));
+        }
+        set.push_str(" }\n");
+        set
+    };
+    // Refused, not dropped: the caller learns at once.
+    let refuse =
+        "    meta l4proto tcp reject with tcp reset\n    reject with icmpx admin-prohibited\n";
+    script.push_str(&format!("table inet {table} {{\n"));
+    script.push_str(&set("members", "ipv4_addr", "", &members));
+    script.push_str(&set("peers", "ipv4_addr . ipv4_addr", "", &peers));
+    script.push_str(&set("open", "ipv4_addr", "", &open));
+    script.push_str(&set(
+        "allow",
+        "ipv4_addr . ipv4_addr . inet_service",
+        " flags interval;",
+        &allow,
+    ));
+    script.push_str(&set(
+        "host_ports",
+        "ipv4_addr . inet_service",
+        "",
+        &host_ports,
+    ));
+    let _ = write!(
+        script,
+        "  chain input {{
+    type filter hook input priority filter - 10; policy accept;
+    ip saddr @members jump to_host
+  }}
+  chain to_host {{
+    ct state established,related accept
+    ip saddr . tcp dport @host_ports accept
+{refuse}  }}
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    ip saddr @members jump from_member
+    ip daddr @members jump to_member
+  }}
+  chain from_member {{
+    ct state established,related accept
+    ip daddr {subnet} jump between
+    ip saddr @open accept
+    ip saddr . ip daddr . th dport @allow accept
+{refuse}  }}
+  chain between {{
+    ip saddr . ip daddr @peers accept
+{refuse}  }}
+  chain to_member {{
+    ct state established,related accept
+    ip saddr . ip daddr @peers accept
+    drop
+  }}
+}}
+"
+    );
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(ip: [u8; 4], group: &str, policy: NetworkPolicy) -> Member {
+        Member {
+            ip: Ipv4Addr::from(ip),
+            group: group.to_owned(),
+            policy,
+        }
+    }
+
+    fn subnet() -> Ipv4Net {
+        "10.231.0.0/16".parse().expect("subnet")
+    }
+
+    /// The elements of set `name` in `script`.
+    fn elements(script: &str, name: &str) -> Vec<String> {
+        let line = script
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("set {name} ")))
+            .unwrap_or_else(|| panic!("no set {name} in\n{script}"));
+        match line.split_once("elements = { ") {
+            Some((_, rest)) => rest
+                .trim_end_matches(" } }")
+                .split(", ")
+                .map(str::to_owned)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn no_members_only_removes_the_table() {
+        let script = ruleset("hangar_x", subnet(), &[]);
+        assert_eq!(script, "table inet hangar_x\ndelete table inet hangar_x\n");
+    }
+
+    #[test]
+    fn a_group_reaches_itself_and_what_it_names_only_one_way() {
+        let reach_b = NetworkPolicy {
+            reach: vec!["b".to_owned()],
+            ..NetworkPolicy::default()
+        };
+        let members = [
+            member([10, 231, 0, 2], "a", reach_b.clone()),
+            member([10, 231, 0, 3], "a", reach_b),
+            member([10, 231, 0, 4], "b", NetworkPolicy::default()),
+            member([10, 231, 0, 5], "c", NetworkPolicy::default()),
+        ];
+        let script = ruleset("hangar_x", subnet(), &members);
+        assert_eq!(
+            elements(&script, "peers"),
+            [
+                "10.231.0.2 . 10.231.0.3",
+                "10.231.0.2 . 10.231.0.4",
+                "10.231.0.3 . 10.231.0.2",
+                "10.231.0.3 . 10.231.0.4",
+            ]
+        );
+        assert_eq!(elements(&script, "members").len(), 4);
+        assert!(script.starts_with("table inet hangar_x\ndelete table inet hangar_x\n"));
+        assert!(script.contains("ip daddr 10.231.0.0/16 jump between"));
+    }
+
+    #[test]
+    fn egress_is_open_none_or_a_list_of_destinations() {
+        let allow = NetworkPolicy {
+            egress: Egress::Allow(vec![
+                "10.0.0.0/8:5432".parse().expect("destination"),
+                "192.0.2.7".parse().expect("destination"),
+            ]),
+            host_ports: vec![3128],
+            ..NetworkPolicy::default()
+        };
+        let none = NetworkPolicy {
+            egress: Egress::None,
+            ..NetworkPolicy::default()
+        };
+        let members = [
+            member([10, 231, 0, 2], "a", NetworkPolicy::default()),
+            member([10, 231, 0, 3], "b", allow),
+            member([10, 231, 0, 4], "c", none),
+        ];
+        let script = ruleset("hangar_x", subnet(), &members);
+        assert_eq!(elements(&script, "open"), ["10.231.0.2"]);
+        assert_eq!(
+            elements(&script, "allow"),
+            [
+                "10.231.0.3 . 10.0.0.0/8 . 5432",
+                "10.231.0.3 . 192.0.2.7/32 . 0-65535"
+            ]
+        );
+        assert_eq!(elements(&script, "host_ports"), ["10.231.0.3 . 3128"]);
+        assert!(elements(&script, "peers").is_empty());
+    }
+
+    #[test]
+    fn table_names_differ_per_state_dir_and_fit_nft() {
+        let a = table_name(Path::new("/var/lib/hangar/sandboxes"));
+        let b = table_name(Path::new("/tmp/other/sandboxes"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("hangar_") && a.len() == 19, "{a}");
+    }
+}
