@@ -36,9 +36,10 @@ use std::path::Path;
 use hangar_core::docker::{image_tag, DOCKERFILE};
 use hangar_core::image::{ImageRun, IMAGE_CONFIG_FILE, ROOTFS_DIR};
 use hangar_core::model::{DriverKind, Instance};
+use hangar_core::network::{Egress, EgressRule};
 use hangar_core::spec::DeploymentType;
 use hangar_runtime::driver::{labels, ReplicaSpec, ReplicaUser};
-use hangar_runtime::network::NetworkPolicy;
+use hangar_runtime::network::{self as runtime_network, NetworkPolicy};
 use sha2::{Digest, Sha256};
 
 /// The smallest memory limit a replica gets.
@@ -187,6 +188,33 @@ pub fn generation(instance: &Instance, artifact: &str) -> String {
         hash.update([0]);
     }
     hex::encode(&hash.finalize()[..8])
+}
+
+/// What `instance`'s replicas may reach ([`hangar_runtime::network`]): the
+/// replicas of their own instance and of the instances its
+/// `config.network.reach` names (one group per instance, named by
+/// organization and instance name, so no name reaches across
+/// organizations), and outside what its egress says, or `default_egress`.
+pub fn network_policy(instance: &Instance, default_egress: &Egress) -> NetworkPolicy {
+    let group = |name: &str| format!("{}/{name}", instance.organization_id);
+    let network = instance.config.network.clone().unwrap_or_default();
+    let egress = match network.egress.as_ref().unwrap_or(default_egress) {
+        Egress::Open => runtime_network::Egress::Open,
+        Egress::None => runtime_network::Egress::None,
+        Egress::Allow(rules) => runtime_network::Egress::Allow(
+            rules
+                .iter()
+                .filter_map(EgressRule::destination)
+                .copied()
+                .collect(),
+        ),
+    };
+    NetworkPolicy {
+        group: group(&instance.name),
+        reach: network.reach.iter().map(|name| group(name)).collect(),
+        egress,
+        host_ports: Vec::new(),
+    }
 }
 
 /// The spec of a new replica `replica_id` of `instance` running `artifact`
@@ -374,12 +402,7 @@ fn common_spec(
         rootfs: None,
         user: None,
         image: None,
-        // One instance, one group: its replicas reach each other, no other
-        // instance's.
-        network: NetworkPolicy {
-            group: instance.id.clone(),
-            ..NetworkPolicy::default()
-        },
+        network: network_policy(instance, &Egress::Open),
     }
 }
 

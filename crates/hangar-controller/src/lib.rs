@@ -114,6 +114,9 @@ pub struct ControllerConfig {
     /// A replica leaving (scale down, roll) gets this long to finish the
     /// requests in flight on it before it is stopped.
     pub drain_timeout: Duration,
+    /// What replicas may reach outside the host when their instance's
+    /// `config.network.egress` does not say.
+    pub default_egress: hangar_core::network::Egress,
 }
 
 impl Default for ControllerConfig {
@@ -138,6 +141,7 @@ impl Default for ControllerConfig {
             idle_timeout: Duration::from_secs(300),
             scale_down_window: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(300),
+            default_egress: hangar_core::network::Egress::Open,
         }
     }
 }

@@ -246,7 +246,8 @@ async fn create(
         .cloud
         .as_ref()
         .map(|(id, driver)| (id.as_str(), *driver));
-    let spec = launch::replica_spec(&instance, artifact, &replica_id, generation, cloud)?;
+    let mut spec = launch::replica_spec(&instance, artifact, &replica_id, generation, cloud)?;
+    spec.network = launch::network_policy(&instance, &inner.config.default_egress);
     let info = inner
         .driver
         .create(&spec)

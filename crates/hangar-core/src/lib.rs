@@ -22,6 +22,7 @@ pub mod id;
 pub mod image;
 pub mod logs;
 pub mod model;
+pub mod network;
 pub mod quantity;
 pub mod resources;
 pub mod spec;

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::network::NetworkConfig;
 use crate::validate;
 use crate::Invalid;
 
@@ -164,6 +165,11 @@ pub struct RuntimeConfig {
     /// is replaced (counted as a restart). Absent: the server's default, 120.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timeout_seconds: Option<u32>,
+    /// What replicas may reach besides their own instance's replicas
+    /// (see [`crate::network`]). Absent: no other instance, and the server's
+    /// default egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
 }
 
 /// Most failed checks in a row `liveness_failures` may ask for.
@@ -183,6 +189,7 @@ impl Default for RuntimeConfig {
             stdin_enabled: false,
             liveness_failures: None,
             start_timeout_seconds: None,
+            network: None,
         }
     }
 }
@@ -228,6 +235,10 @@ pub struct ConfigInput {
     /// Seconds (1–3600) a replica may take to become ready before it is
     /// replaced; default 120.
     pub start_timeout_seconds: Option<u32>,
+    /// What replicas may reach: `{"egress": "open" | "none" | {"allow": […]},
+    /// "reach": ["agent-name"]}`. Replaces the whole block when given;
+    /// changing it replaces the replicas.
+    pub network: Option<NetworkConfig>,
 }
 
 impl ConfigInput {
@@ -299,6 +310,10 @@ impl ConfigInput {
                 ));
             }
             c.start_timeout_seconds = Some(seconds);
+        }
+        if let Some(network) = &self.network {
+            network.validate()?;
+            c.network = Some(network.clone());
         }
         if let Some(r) = self.replicas {
             if r > MAX_REPLICAS {

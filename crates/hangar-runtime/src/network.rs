@@ -22,11 +22,9 @@
 //! Hangar's own connections to replicas (invocations, health checks) are
 //! the host's, and always reach them.
 
-use std::fmt;
-use std::str::FromStr;
-
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+pub use hangar_core::network::Destination;
 
 /// See the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,111 +58,9 @@ pub enum Egress {
     Allow(Vec<Destination>),
 }
 
-/// An IPv4 network and, optionally, one port of it: `10.0.0.0/8:5432`,
-/// `192.0.2.7` (a single address, every port), `192.0.2.7:443`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Destination {
-    /// The addresses.
-    pub net: Ipv4Net,
-    /// The port (TCP or UDP); `None`: every port.
-    pub port: Option<u16>,
-}
-
-impl FromStr for Destination {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addresses, port) = match text.rsplit_once(':') {
-            Some((addresses, port)) => {
-                let port: u16 = port.parse().ok().filter(|port| *port != 0).ok_or_else(|| {
-                    format!("{text:?}: the port must be a number from 1 to 65535")
-                })?;
-                (addresses, Some(port))
-            }
-            None => (text, None),
-        };
-        let net = if addresses.contains('/') {
-            addresses.parse::<Ipv4Net>().map_err(|_| {
-                format!("{text:?} is not an IPv4 network such as 10.0.0.0/8 or 10.0.0.0/8:5432")
-            })?
-        } else {
-            let address: std::net::Ipv4Addr = addresses.parse().map_err(|_| {
-                format!("{text:?} is not an IPv4 address such as 192.0.2.7 or 192.0.2.7:443")
-            })?;
-            Ipv4Net::from(address)
-        };
-        // `10.1.2.3/8` would be read as 10.0.0.0/8: say so instead.
-        if net.addr() != net.network() {
-            return Err(format!(
-                "{text:?} has host bits set: did you mean {}?",
-                net.trunc()
-            ));
-        }
-        Ok(Self { net, port })
-    }
-}
-
-impl fmt::Display for Destination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.net.prefix_len() == 32 {
-            write!(f, "{}", self.net.addr())?;
-        } else {
-            write!(f, "{}", self.net)?;
-        }
-        match self.port {
-            Some(port) => write!(f, ":{port}"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Serialize for Destination {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Destination {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn destinations_parse_and_print_back() {
-        for text in [
-            "10.0.0.0/8:5432",
-            "10.0.0.0/8",
-            "192.0.2.7",
-            "192.0.2.7:443",
-        ] {
-            let destination: Destination = text.parse().expect(text);
-            assert_eq!(destination.to_string(), text);
-        }
-        let single: Destination = "192.0.2.7/32".parse().expect("a /32");
-        assert_eq!(single.to_string(), "192.0.2.7");
-        assert_eq!(single.port, None);
-    }
-
-    #[test]
-    fn bad_destinations_say_why() {
-        for (text, why) in [
-            ("10.1.2.3/8", "did you mean 10.0.0.0/8"),
-            ("10.0.0.0/8:0", "port"),
-            ("10.0.0.0/8:70000", "port"),
-            ("api.openai.com", "not an IPv4 address"),
-            ("10.0.0.0/33", "not an IPv4 network"),
-            ("::1", "not an IPv4 address"),
-        ] {
-            let err = text.parse::<Destination>().expect_err(text);
-            assert!(err.contains(why), "{text}: {err}");
-        }
-    }
 
     #[test]
     fn a_policy_without_fields_is_open_and_of_its_own_group() {

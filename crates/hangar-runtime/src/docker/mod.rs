@@ -255,6 +255,19 @@ impl Driver for DockerDriver {
         if spec.argv.first().is_some_and(String::is_empty) {
             return Err(DriverError::Invalid("argv must name a program".to_owned()));
         }
+        // Not enforced here yet: refused rather than run with more reach
+        // than asked for.
+        let network = &spec.network;
+        if network.egress != crate::network::Egress::Open
+            || !network.reach.is_empty()
+            || !network.host_ports.is_empty()
+        {
+            return Err(DriverError::Invalid(
+                "the docker driver cannot enforce config.network yet (egress other than \"open\", \
+                 reach): run the agent on a sandbox cloud"
+                    .to_owned(),
+            ));
+        }
         let name = self.create_container(spec).await?;
         if let Err(err) = self.docker.start_container(&name, None).await {
             let _ = self.remove(&spec.id).await;
