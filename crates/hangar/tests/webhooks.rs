@@ -54,11 +54,13 @@ fn received(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-const FLAGS: [&str; 4] = [
+/// The receivers of these tests listen on loopback: the operator allows it.
+const FLAGS: [&str; 5] = [
     "--webhook-retry-schedule",
     "300ms,300ms,500ms,500ms,1s,1s,1s,2s,2s,2s,2s,3s,3s,3s,3s,3s,3s,3s",
     "--scale-to-zero-after",
     "1",
+    "--webhook-allow-private",
 ];
 
 #[tokio::test]
