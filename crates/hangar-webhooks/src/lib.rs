@@ -18,6 +18,16 @@
 //! at a time; deliveries of one subject to one endpoint go one after the
 //! other (the store's order), so a receiver never sees an agent's events out
 //! of order.
+//!
+//! Receivers on loopback, private and link-local addresses are refused
+//! unless the operator allows them ([`address`]); a refused attempt is
+//! failed at once, not retried: only a change of the server's
+//! configuration (and a redelivery) can make it succeed.
+//!
+//! Layout: this file sends and schedules; [`address`] decides which
+//! addresses a delivery may connect to.
+
+pub mod address;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +37,14 @@ use hangar_store::{Attempt, DueDelivery, Store};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub use address::AddressPolicy;
+use address::Receivers;
 
 /// The delays between attempts (after the first, which is at once).
 pub const DEFAULT_SCHEDULE: [Duration; 7] = [
@@ -90,19 +102,22 @@ pub fn payload(delivery: &DueDelivery) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Deliverer {
     store: Store,
-    client: Client<HttpsConnector<HttpConnector>, axum::body::Body>,
+    client: Client<HttpsConnector<Receivers>, axum::body::Body>,
+    policy: AddressPolicy,
     schedule: Arc<Vec<Duration>>,
     wake: Arc<Notify>,
     poll: Duration,
 }
 
 impl Deliverer {
-    /// A deliverer over `store` retrying after each delay of `schedule`.
+    /// A deliverer over `store` retrying after each delay of `schedule`,
+    /// connecting to the receiver addresses `policy` allows.
     #[must_use]
-    pub fn new(store: Store, schedule: Vec<Duration>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.enforce_http(false);
+    pub fn new(store: Store, schedule: Vec<Duration>, policy: AddressPolicy) -> Self {
+        let connector = Receivers::new(policy, |tcp| {
+            tcp.set_connect_timeout(Some(Duration::from_secs(5)));
+            tcp.enforce_http(false);
+        });
         // Receivers are usually HTTPS: the system's trusted roots (and
         // SSL_CERT_FILE / SSL_CERT_DIR, for a private CA) decide whom to
         // trust; a system without any falls back to Mozilla's. Plain
@@ -120,10 +135,17 @@ impl Deliverer {
         Self {
             store,
             client: Client::builder(TokioExecutor::new()).build(https),
+            policy,
             schedule: Arc::new(schedule),
             wake: Arc::new(Notify::new()),
             poll: Duration::from_millis(500),
         }
+    }
+
+    /// The receiver addresses this deliverer connects to.
+    #[must_use]
+    pub fn policy(&self) -> AddressPolicy {
+        self.policy
     }
 
     /// Looks at the outbox now (an event was just recorded).
@@ -261,7 +283,19 @@ impl Deliverer {
                 Some(status.as_u16()),
                 format!("the receiver answered {status}"),
             ),
-            Ok(Err(err)) => failed(None, format!("cannot reach the receiver: {err}")),
+            Ok(Err(err)) => match address::refusal(&err) {
+                // Given up at once: retrying cannot help until the
+                // operator changes the server's configuration.
+                Some(refused) => {
+                    tracing::info!(delivery = %id, url = %delivery.url, %refused, "webhook delivery refused");
+                    Attempt::Failed {
+                        status: None,
+                        error: refused.to_string(),
+                        retry_at: None,
+                    }
+                }
+                None => failed(None, format!("cannot reach the receiver: {err}")),
+            },
             Err(_) => failed(
                 None,
                 format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()),
@@ -318,6 +352,153 @@ mod tests {
         (url, got)
     }
 
+    /// A receiver that answers every request 204; counts them.
+    async fn answering_receiver() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        // Each delivery's body is small and follows its
+                        // head at once: a request ends with its JSON.
+                        if seen.ends_with(b"}") {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            seen.clear();
+                            let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+                            if socket.write_all(answer).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (port, got)
+    }
+
+    #[tokio::test]
+    async fn receivers_on_loopback_are_refused_unless_allowed_even_by_name() {
+        let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Sqlite).await;
+        let store = db.store.clone();
+        let org = store
+            .bootstrap(None)
+            .await
+            .expect("bootstrap")
+            .organization
+            .id;
+        let (port, got) = answering_receiver().await;
+        // A literal address, a name that resolves to it, and the IPv6 form
+        // of it that the kernel connects to the IPv4 listener.
+        let urls = [
+            (
+                format!("http://127.0.0.1:{port}/hook"),
+                "refused: 127.0.0.1 is a loopback address",
+            ),
+            (
+                format!("http://localhost:{port}/hook"),
+                "refused: localhost resolves to ",
+            ),
+            (
+                format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+                "refused: ::ffff:127.0.0.1 is a loopback address",
+            ),
+        ];
+        let mut hooks = Vec::new();
+        for (url, _) in &urls {
+            let (hook, _) = store
+                .create_webhook(hangar_store::NewWebhook {
+                    organization_id: org.clone(),
+                    url: url.clone(),
+                    events: Vec::new(),
+                    description: None,
+                    secret: None,
+                })
+                .await
+                .expect("webhook");
+            hooks.push(hook.id);
+        }
+        store
+            .record_event(&org, "agent.deployed", "agt_a", serde_json::json!({}))
+            .await
+            .expect("event");
+
+        let refusing = Deliverer::new(
+            store.clone(),
+            DEFAULT_SCHEDULE.to_vec(),
+            AddressPolicy::PublicOnly,
+        );
+        assert_eq!(refusing.round().await.expect("round"), urls.len());
+        for (hook, (url, reason)) in hooks.iter().zip(&urls) {
+            let deliveries = store
+                .list_deliveries(&org, hook, None, 10)
+                .await
+                .expect("deliveries");
+            assert_eq!(deliveries.len(), 1, "{url}");
+            let refused = &deliveries[0];
+            // Given up at once: no retry can succeed under this policy.
+            assert_eq!(
+                refused.status,
+                hangar_core::events::DeliveryStatus::Failed,
+                "{url}: {refused:?}"
+            );
+            assert_eq!(refused.attempts, 1);
+            let error = refused.last_error.as_deref().unwrap_or_default();
+            assert!(error.starts_with(reason), "{url}: {error}");
+            assert!(
+                error.ends_with("start the server with --webhook-allow-private to allow it"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            got.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a refused delivery reached the receiver"
+        );
+        assert!(store
+            .take_due_deliveries(10, 60_000)
+            .await
+            .expect("due")
+            .is_empty());
+
+        // The operator allows private receivers: the same URLs deliver.
+        store
+            .record_event(&org, "agent.deployed", "agt_b", serde_json::json!({}))
+            .await
+            .expect("event");
+        let allowing = Deliverer::new(
+            store.clone(),
+            DEFAULT_SCHEDULE.to_vec(),
+            AddressPolicy::AllowPrivate,
+        );
+        assert_eq!(allowing.round().await.expect("round"), urls.len());
+        for (hook, (url, _)) in hooks.iter().zip(&urls) {
+            let deliveries = store
+                .list_deliveries(&org, hook, None, 10)
+                .await
+                .expect("deliveries");
+            assert_eq!(
+                deliveries[0].status,
+                hangar_core::events::DeliveryStatus::Delivered,
+                "{url}: {:?}",
+                deliveries[0]
+            );
+        }
+        assert_eq!(got.load(std::sync::atomic::Ordering::SeqCst), urls.len());
+    }
+
     #[tokio::test]
     async fn an_attempt_cut_off_by_shutdown_is_due_again_at_once_under_its_id() {
         let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Sqlite).await;
@@ -344,7 +525,11 @@ mod tests {
             .await
             .expect("event");
         let shutdown = CancellationToken::new();
-        let deliverer = Deliverer::new(store.clone(), DEFAULT_SCHEDULE.to_vec());
+        let deliverer = Deliverer::new(
+            store.clone(),
+            DEFAULT_SCHEDULE.to_vec(),
+            AddressPolicy::AllowPrivate,
+        );
         let task = deliverer.clone().start(shutdown.clone(), Duration::ZERO);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while got.load(std::sync::atomic::Ordering::SeqCst) == 0 {

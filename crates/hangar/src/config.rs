@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// [env: HANGAR_WEBHOOK_RETRY_SCHEDULE] [default: that, about 28 h]
     #[arg(long, value_name = "DELAYS")]
     pub webhook_retry_schedule: Option<String>,
+    /// Deliver webhooks to loopback, private and link-local addresses too
+    /// (receivers on the operator's own network); refused otherwise, after
+    /// DNS resolution [env: HANGAR_WEBHOOK_ALLOW_PRIVATE=true] [default: refused]
+    #[arg(long)]
+    pub webhook_allow_private: bool,
     /// Most async jobs of one agent running at once, across every server
     /// sharing the database [env: HANGAR_JOB_CONCURRENCY] [default: 32]
     #[arg(long, value_name = "N")]
@@ -96,6 +101,7 @@ struct FileServer {
     scale_to_zero_after: Option<u64>,
     replica_concurrency: Option<usize>,
     webhook_retry_schedule: Option<String>,
+    webhook_allow_private: Option<bool>,
     job_concurrency: Option<u32>,
     max_upload_mb: Option<u64>,
     log_retention_lines: Option<u32>,
@@ -133,6 +139,8 @@ pub struct Config {
     pub replica_concurrency: usize,
     /// Delays between webhook attempts.
     pub webhook_retry_schedule: Vec<std::time::Duration>,
+    /// Which receiver addresses webhook deliveries may connect to.
+    pub webhook_addresses: hangar_webhooks::AddressPolicy,
     /// Per-agent cap on running async jobs (1–10000).
     pub job_concurrency: u32,
     /// Largest archive an upload URL takes, in bytes.
@@ -303,6 +311,27 @@ impl Config {
             Some(text) => parse_schedule(&text)?,
             None => hangar_webhooks::DEFAULT_SCHEDULE.to_vec(),
         };
+        let webhook_allow_private = if args.webhook_allow_private {
+            true
+        } else {
+            match env_get("HANGAR_WEBHOOK_ALLOW_PRIVATE") {
+                Some(v) => match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "HANGAR_WEBHOOK_ALLOW_PRIVATE '{v}' is not true or false"
+                        )))
+                    }
+                },
+                None => file.webhook_allow_private.unwrap_or(false),
+            }
+        };
+        let webhook_addresses = if webhook_allow_private {
+            hangar_webhooks::AddressPolicy::AllowPrivate
+        } else {
+            hangar_webhooks::AddressPolicy::PublicOnly
+        };
         let job_concurrency = match args.job_concurrency {
             Some(n) => n,
             None => match env_get("HANGAR_JOB_CONCURRENCY") {
@@ -400,6 +429,7 @@ impl Config {
             scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
             webhook_retry_schedule,
+            webhook_addresses,
             job_concurrency,
             max_upload_bytes: max_upload_mb << 20,
         })
@@ -695,6 +725,60 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
         assert_eq!(c.base_domain, "localhost");
         assert!(c.database_url.starts_with("sqlite://hangar-data"));
+        assert_eq!(
+            c.webhook_addresses,
+            hangar_webhooks::AddressPolicy::PublicOnly,
+            "private webhook receivers are refused by default"
+        );
+    }
+
+    #[test]
+    fn private_webhook_receivers_are_allowed_by_flag_env_or_file() {
+        use hangar_webhooks::AddressPolicy::{AllowPrivate, PublicOnly};
+        let path = std::env::temp_dir().join(format!(
+            "hangar-config-webhooks-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "[server]\nwebhook_allow_private = true\n").expect("write");
+        let file = path.to_str().expect("utf8");
+        let policy = |flag: bool, pairs: &[(&str, &str)]| {
+            Config::resolve(
+                ServeArgs {
+                    webhook_allow_private: flag,
+                    ..Default::default()
+                },
+                &env(pairs),
+            )
+            .map(|c| c.webhook_addresses)
+        };
+        assert_eq!(policy(true, &[]).expect("valid"), AllowPrivate);
+        assert_eq!(
+            policy(false, &[("HANGAR_WEBHOOK_ALLOW_PRIVATE", "true")]).expect("valid"),
+            AllowPrivate
+        );
+        assert_eq!(
+            policy(false, &[("HANGAR_CONFIG", file)]).expect("valid"),
+            AllowPrivate
+        );
+        assert_eq!(
+            policy(
+                false,
+                &[
+                    ("HANGAR_CONFIG", file),
+                    ("HANGAR_WEBHOOK_ALLOW_PRIVATE", "0")
+                ]
+            )
+            .expect("valid"),
+            PublicOnly,
+            "env beats file"
+        );
+        assert_eq!(
+            policy(true, &[("HANGAR_WEBHOOK_ALLOW_PRIVATE", "false")]).expect("valid"),
+            AllowPrivate,
+            "flag beats env"
+        );
+        assert!(policy(false, &[("HANGAR_WEBHOOK_ALLOW_PRIVATE", "yes please")]).is_err());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

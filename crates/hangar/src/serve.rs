@@ -144,8 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Every task the server starts, joined at shutdown (by name, for the log).
     let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
     tasks.push(("builder", builder.clone().start(shutdown.clone(), DRAIN)));
-    let deliverer =
-        hangar_webhooks::Deliverer::new(store.clone(), config.webhook_retry_schedule.clone());
+    let deliverer = hangar_webhooks::Deliverer::new(
+        store.clone(),
+        config.webhook_retry_schedule.clone(),
+        config.webhook_addresses,
+    );
     tasks.push((
         "webhook deliverer",
         deliverer.clone().start(shutdown.clone(), DRAIN),

@@ -136,7 +136,12 @@ impl Drop for Replicas<'_> {
     }
 }
 
-const FLAGS: [&str; 2] = ["--webhook-retry-schedule", "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s"];
+/// The webhook receiver listens on loopback: the operator allows it.
+const FLAGS: [&str; 3] = [
+    "--webhook-retry-schedule",
+    "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s",
+    "--webhook-allow-private",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_builds_jobs_and_deliveries_and_the_next_start_finishes_them() {

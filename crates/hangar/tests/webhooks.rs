@@ -3,7 +3,8 @@
 //! receiver that verifies every delivery with the `standardwebhooks` Python
 //! package (installed into a virtualenv by the test; needs `python3-venv`
 //! and the package index), down while events happen and while the server is
-//! killed and restarted. Needs root like `run.rs`:
+//! killed and restarted; and receivers on loopback refused unless the
+//! operator allows them. Needs root like `run.rs`:
 //! `cargo test -p hangar --test webhooks`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,11 +55,13 @@ fn received(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-const FLAGS: [&str; 4] = [
+/// The receivers of these tests listen on loopback: the operator allows it.
+const FLAGS: [&str; 5] = [
     "--webhook-retry-schedule",
     "300ms,300ms,500ms,500ms,1s,1s,1s,2s,2s,2s,2s,3s,3s,3s,3s,3s,3s,3s",
     "--scale-to-zero-after",
     "1",
+    "--webhook-allow-private",
 ];
 
 #[tokio::test]
@@ -455,4 +458,167 @@ async fn webhooks_reach_https_receivers_that_the_server_trusts() {
         Some(expected.as_str())
     );
     server.delete(&instance, true).await;
+}
+
+/// A receiver on loopback that answers 204 and counts what it gets.
+async fn counting_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let port = listener.local_addr().expect("addr").port();
+    let got = Arc::new(AtomicUsize::new(0));
+    let counted = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(axum::http::StatusCode::NO_CONTENT)
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, got)
+}
+
+#[tokio::test]
+async fn receivers_on_private_addresses_are_refused_unless_the_operator_allows_them() {
+    use std::sync::atomic::Ordering;
+    if !root_or_skip("private webhook receivers") {
+        return;
+    }
+    let dir = temp("hooks-private");
+    let (port, got) = counting_receiver().await;
+    let schedule = ["--webhook-retry-schedule", "300ms,300ms"];
+    let server = Server::start_with(&dir, &schedule);
+
+    // A literal private address is refused when the endpoint is made...
+    for url in [
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://[::1]:{port}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        format!("http://127.1:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "https://10.1.2.3/hook".to_owned(),
+    ] {
+        let (status, body, _, text) = server
+            .call(
+                reqwest::Method::POST,
+                "/v1/webhooks",
+                Some(json!({"url": url, "events": ["build.failed"]})),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {text}");
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{text}");
+        assert_eq!(body["error"]["field"], "url", "{text}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("--webhook-allow-private"), "{message}");
+    }
+    // ...and changed to.
+    let (status, hook, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": "https://hooks.example.com/x", "events": ["build.failed"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let hook_id = hook["data"]["id"].as_str().expect("id").to_owned();
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{hook_id}"),
+            Some(json!({"url": format!("http://127.0.0.1:{port}/hook")})),
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+
+    // A name is checked where it matters, at delivery, on the addresses
+    // it resolves to: `localhost` is refused there, and not retried.
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{hook_id}"),
+            Some(json!({"url": format!("http://localhost:{port}/hook")})),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).expect("broken agent dir");
+    std::fs::write(broken.join("main.py"), "print('never runs')\n").expect("main.py");
+    std::fs::write(
+        broken.join("hangar.toml"),
+        "[build]\ncommand = \"exit 3\"\n",
+    )
+    .expect("hangar.toml");
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({
+                "name": "broken",
+                "cloud_id": "local",
+                "source": {"type": "github", "repo": format!("file://{}", broken.display())},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let deliveries = format!("/v1/webhooks/{hook_id}/deliveries");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let refused = loop {
+        let list = server.get(&deliveries).await;
+        let first = list["data"][0].clone();
+        if first["status"] == "failed" {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "never refused: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refused["attempts"], 1, "given up at once: {refused}");
+    let error = refused["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("refused: localhost resolves to ")
+            && error.contains("a loopback address")
+            && error.ends_with("start the server with --webhook-allow-private to allow it"),
+        "{error}"
+    );
+    assert_eq!(got.load(Ordering::SeqCst), 0, "the receiver got a delivery");
+
+    // The operator allows private receivers: a redelivery arrives.
+    server.kill9();
+    let allowing: Vec<&str> = schedule
+        .iter()
+        .copied()
+        .chain(["--webhook-allow-private"])
+        .collect();
+    let server = Server::start_with(&dir, &allowing);
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "{deliveries}/{}/redeliver",
+                refused["id"].as_str().expect("id")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = server.get(&deliveries).await;
+        if list["data"][0]["status"] == "delivered" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(got.load(Ordering::SeqCst), 1);
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": format!("http://127.0.0.1:{port}/hook")})),
+        )
+        .await;
+    assert_eq!(status, 201, "allowed now: {text}");
 }

@@ -1,6 +1,12 @@
 //! Webhook endpoints under `/v1`: registering, reading, changing and
 //! removing them. Events and deliveries are `routes::events`'; sending them
 //! is `hangar_webhooks`'.
+//!
+//! A URL whose host is a literal loopback, private or link-local address
+//! is refused here when this server's deliverer would refuse it, so the
+//! mistake shows when it is made rather than as failed deliveries. Names
+//! are not resolved here: what a name resolves to can change, so the
+//! deliverer checks the addresses it connects to.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -58,7 +64,9 @@ async fn list_webhooks(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
-    /// Receiver URL (http or https).
+    /// Receiver URL (http or https). A loopback, private or link-local IP
+    /// address is refused unless the server allows private receivers
+    /// (`--webhook-allow-private`); names are checked when delivering.
     url: String,
     /// Event types to deliver (default: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     #[serde(default)]
@@ -67,6 +75,33 @@ struct CreateWebhook {
     description: Option<String>,
     /// Signing secret (`whsec_` + base64 of 24–64 bytes); generated when absent.
     secret: Option<String>,
+}
+
+/// Refuses a receiver URL whose host (as the URL parser normalized it:
+/// `127.1` is `127.0.0.1`) is an address this server's deliverer would
+/// refuse. A server that does not deliver has no say; the one that
+/// delivers checks every connection anyway.
+fn check_receiver(state: &AppState, host: Option<&str>) -> ApiResult<()> {
+    let Some(policy) = state
+        .deliverer
+        .as_ref()
+        .map(hangar_webhooks::Deliverer::policy)
+    else {
+        return Ok(());
+    };
+    let host = host.unwrap_or_default();
+    let refused = hangar_webhooks::address::literal_ip(host)
+        .and_then(|address| policy.refuses(host, address));
+    match refused {
+        Some(refused) => Err(ApiError::invalid(
+            "url",
+            format!(
+                "{} is {}: this server delivers webhooks to loopback, private and link-local addresses only when started with --webhook-allow-private",
+                refused.address, refused.range
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn check_webhook_secret(secret: &str) -> ApiResult<()> {
@@ -87,13 +122,15 @@ fn check_webhook_secret(secret: &str) -> ApiResult<()> {
 
 /// Register a webhook endpoint; its signing secret is in this response only.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
-    responses((status = 201, body = Envelope<WebhookObject>), (status = 400, description = "INVALID_REQUEST")))]
+    responses((status = 201, body = Envelope<WebhookObject>),
+        (status = 400, description = "INVALID_REQUEST: a field is invalid, or `url`'s host is a loopback, private or link-local IP address and the server was not started with `--webhook-allow-private`")))]
 async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<CreateWebhook>,
 ) -> ApiResult<impl IntoResponse> {
-    validate::http_url("url", &body.url)?;
+    let url = validate::http_url("url", &body.url)?;
+    check_receiver(&state, url.host_str())?;
     check_events(&body.events)?;
     if let Some(d) = &body.description {
         validate::text("description", d, 512)?;
@@ -137,7 +174,7 @@ async fn get_webhook(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateWebhook {
-    /// Receiver URL.
+    /// Receiver URL; refused like `POST /v1/webhooks`'.
     url: Option<String>,
     /// Event types (empty: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     events: Option<Vec<String>>,
@@ -149,7 +186,9 @@ struct UpdateWebhook {
 
 /// Change a webhook endpoint.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = UpdateWebhook, params(("id" = String, Path, description = "Webhook ID")),
-    responses((status = 200, body = Envelope<WebhookObject>), (status = 404, description = "WEBHOOK_NOT_FOUND")))]
+    responses((status = 200, body = Envelope<WebhookObject>),
+        (status = 400, description = "INVALID_REQUEST: a field is invalid, or `url`'s host is a loopback, private or link-local IP address and the server was not started with `--webhook-allow-private`"),
+        (status = 404, description = "WEBHOOK_NOT_FOUND")))]
 async fn update_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,7 +201,8 @@ async fn update_webhook(
         .await?
         .found(Kind::Webhook, &id)?;
     if let Some(url) = body.url {
-        validate::http_url("url", &url)?;
+        let parsed = validate::http_url("url", &url)?;
+        check_receiver(&state, parsed.host_str())?;
         w.url = url;
     }
     if let Some(events) = body.events {
