@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// [env: HANGAR_RATE_LIMIT_BURST] [default: twice the rate's N]
     #[arg(long, value_name = "N")]
     pub rate_limit_burst: Option<u32>,
+    /// What replicas may reach outside the host when their agent's
+    /// `config.network.egress` does not say: `open` (fine on a single-tenant
+    /// box) or `none` (recommended when several organizations share it)
+    /// [env: HANGAR_EGRESS_DEFAULT] [default: open]
+    #[arg(long, value_name = "open|none")]
+    pub egress_default: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -110,6 +116,7 @@ struct FileServer {
     docker_host: Option<String>,
     rate_limit: Option<String>,
     rate_limit_burst: Option<u32>,
+    egress_default: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +152,8 @@ pub struct Config {
     pub job_concurrency: u32,
     /// Largest archive an upload URL takes, in bytes.
     pub max_upload_bytes: u64,
+    /// Egress of replicas whose agent does not say.
+    pub egress_default: hangar_core::network::Egress,
     /// Browser origins allowed by CORS (`*` for any); empty for none.
     pub cors_origins: Vec<String>,
     /// Log lines kept per instance.
@@ -409,11 +418,22 @@ impl Config {
                     .or(file.rate_limit_burst),
             },
         )?;
+        let egress_default = match args
+            .egress_default
+            .or_else(|| env_get("HANGAR_EGRESS_DEFAULT"))
+            .or(file.egress_default)
+        {
+            Some(text) => text
+                .parse()
+                .map_err(|err| ConfigError(format!("egress default: {err}")))?,
+            None => hangar_core::network::Egress::Open,
+        };
         let build_step_env = hangar_build::STEP_ENV_NAMES
             .iter()
             .filter_map(|&name| env.get(name).map(|value| (name.to_owned(), value.clone())))
             .collect();
         Ok(Config {
+            egress_default,
             rate_limit,
             build_step_env,
             docker_host,

@@ -355,6 +355,7 @@ async fn start_runtime(
             target_concurrency: config.replica_concurrency as f64 * 0.7,
             log_lines_kept: config.log_retention_lines,
             log_max_age: Some(config.log_retention),
+            default_egress: config.egress_default.clone(),
             ..hangar_controller::ControllerConfig::default()
         },
     );
