@@ -1,0 +1,780 @@
+//! The egress proxy over real sockets: upstream HTTP and HTTPS servers (the
+//! HTTPS one with its own test CA), a real client (reqwest through the proxy,
+//! or raw bytes where reqwest would not misbehave), and the proxy between.
+//!
+//! Clients are told apart by source address: every `127.x.y.z` is loopback,
+//! so each test client binds its own (127.0.0.2 open, .3 an allow-list,
+//! .4 none, .9 unknown). Test names (`plain.test`, …) reach the upstreams
+//! through the proxy's name mapping.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hangar_egress::{
+    CertificateAuthority, ClientPolicy, DenyReason, Egress, EgressEvent, EgressProxy, Injection,
+    Policies, ProxyConfig,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const OPEN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const ALLOW: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+const NONE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+
+/// Names the upstream HTTPS server has a certificate for.
+const TLS_NAMES: [&str; 3] = ["secure.test", "tunnel.test", "other.test"];
+
+/// An upstream that answers with what it received: each header as
+/// `name: value` on a line, a blank line, then the request body.
+async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let mut text = format!("{} {}\n", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+    }
+    text.push('\n');
+    let mut out = text.into_bytes();
+    if let Ok(body) = body.collect().await {
+        out.extend_from_slice(&body.to_bytes());
+    }
+    Ok(Response::new(Full::new(Bytes::from(out))))
+}
+
+async fn serve_http(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let builder = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service_fn(echo))
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service_fn(echo))
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+struct Upstreams {
+    http: SocketAddr,
+    https: SocketAddr,
+    ca_pem: String,
+    ca_der: CertificateDer<'static>,
+    leaf_der: CertificateDer<'static>,
+}
+
+async fn upstreams() -> Upstreams {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "upstream test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(TLS_NAMES.map(str::to_owned).to_vec())
+        .expect("params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    )
+    .expect("config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstreams = Upstreams {
+        http: http.local_addr().expect("addr"),
+        https: https.local_addr().expect("addr"),
+        ca_pem: ca.pem(),
+        ca_der: ca.der().clone(),
+        leaf_der: leaf.der().clone(),
+    };
+    tokio::spawn(serve_http(http, None));
+    tokio::spawn(serve_http(
+        https,
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+    ));
+    upstreams
+}
+
+fn header(name: &'static str, value: &'static str) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    )
+}
+
+fn allow(rules: &[&str]) -> Egress {
+    Egress::Allow(rules.iter().map(|r| r.parse().expect("rule")).collect())
+}
+
+fn policies() -> HashMap<IpAddr, ClientPolicy> {
+    let inject = vec![
+        Injection {
+            host: "plain.test".into(),
+            headers: vec![header("authorization", "Bearer injected-plain")],
+        },
+        Injection {
+            host: "Secure.Test".into(),
+            headers: vec![
+                header("authorization", "Bearer injected-tls"),
+                header("x-api-key", "k1"),
+                header("x-api-key", "k2"),
+            ],
+        },
+    ];
+    HashMap::from([
+        (
+            OPEN,
+            ClientPolicy {
+                replica: "r-open".into(),
+                egress: Egress::Open,
+                inject,
+            },
+        ),
+        (
+            ALLOW,
+            ClientPolicy {
+                replica: "r-allow".into(),
+                egress: allow(&[
+                    "PLAIN.test",
+                    "*.wild.test",
+                    "ported.test:443",
+                    "tunnel.test:443",
+                ]),
+                inject: Vec::new(),
+            },
+        ),
+        (
+            NONE,
+            ClientPolicy {
+                replica: "r-none".into(),
+                egress: Egress::None,
+                inject: Vec::new(),
+            },
+        ),
+    ])
+}
+
+struct Harness {
+    proxy: SocketAddr,
+    events: mpsc::Receiver<EgressEvent>,
+    ca: Arc<CertificateAuthority>,
+    upstreams: Upstreams,
+    shutdown: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
+}
+
+impl Harness {
+    async fn start(name: &str) -> Harness {
+        Harness::start_with(name, |_, _| {}).await
+    }
+
+    /// A proxy in front of fresh upstreams; `adjust` changes its
+    /// configuration before it binds.
+    async fn start_with(name: &str, adjust: impl FnOnce(&mut ProxyConfig, &Upstreams)) -> Harness {
+        let upstreams = upstreams().await;
+        let dir =
+            std::env::temp_dir().join(format!("hangar-egress-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Arc::new(CertificateAuthority::load_or_create(&dir).expect("ca"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(upstreams.ca_der.clone()).expect("root");
+        let (events_tx, events) = mpsc::channel(256);
+        let mut config = ProxyConfig::new(ca.clone(), roots, events_tx);
+        config.resolve = HashMap::from([
+            ("plain.test".to_owned(), upstreams.http),
+            ("a.wild.test".to_owned(), upstreams.http),
+            ("x.a.wild.test".to_owned(), upstreams.http),
+            ("wild.test".to_owned(), upstreams.http),
+            ("ported.test".to_owned(), upstreams.http),
+            ("secure.test".to_owned(), upstreams.https),
+            ("tunnel.test".to_owned(), upstreams.https),
+            ("other.test".to_owned(), upstreams.https),
+            // Nothing listens on port 9 of loopback.
+            (
+                "down.test".to_owned(),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+            ),
+        ]);
+        adjust(&mut config, &upstreams);
+        let policies: Arc<dyn Policies> = Arc::new(policies());
+        let proxy = EgressProxy::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config, policies)
+            .await
+            .expect("bind");
+        let addr = proxy.local_addr();
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn(proxy.serve(shutdown.clone()));
+        Harness {
+            proxy: addr,
+            events,
+            ca,
+            upstreams,
+            shutdown,
+            served,
+            dir,
+        }
+    }
+
+    /// A client at `source` going through the proxy, trusting only the
+    /// given roots.
+    fn client(&self, source: IpAddr, roots: &[&str]) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(format!("http://{}", self.proxy)).expect("proxy"))
+            .local_address(source)
+            .tls_built_in_root_certs(false);
+        for pem in roots {
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"));
+        }
+        builder.build().expect("client")
+    }
+
+    /// The next event that `wanted` accepts; those before it are skipped.
+    async fn event(&mut self, wanted: impl Fn(&EgressEvent) -> bool) -> EgressEvent {
+        loop {
+            let event = self
+                .events
+                .recv()
+                .await
+                .expect("the proxy stopped reporting");
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+
+    async fn denied(&mut self, host: &str) -> EgressEvent {
+        self.event(|e| matches!(e, EgressEvent::Denied { host: h, .. } if h == host))
+            .await
+    }
+
+    async fn done(&mut self, host: &str) -> (String, u64, u64) {
+        match self
+            .event(|e| matches!(e, EgressEvent::Done { host: h, .. } if h == host))
+            .await
+        {
+            EgressEvent::Done {
+                replica,
+                bytes_up,
+                bytes_down,
+                ..
+            } => (replica, bytes_up, bytes_down),
+            EgressEvent::Denied { .. } => unreachable!("filtered"),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.served.await.expect("serve");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn plain_http_gets_the_injected_header_in_place_of_the_clients() {
+    let mut h = Harness::start("plain").await;
+    let body = "x".repeat(100_000);
+    let response = h
+        .client(OPEN, &[])
+        .post("http://plain.test/hello?q=1")
+        .header("authorization", "Bearer from-the-sandbox")
+        .header("x-kept", "yes")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let seen = response.text().await.expect("body");
+    assert!(seen.starts_with("POST /hello?q=1\n"), "{seen:.200}");
+    assert!(
+        seen.contains("\nauthorization: Bearer injected-plain\n"),
+        "{seen:.400}"
+    );
+    assert!(!seen.contains("from-the-sandbox"), "{seen:.400}");
+    assert!(seen.contains("\nx-kept: yes\n"));
+    assert!(seen.contains("\nhost: plain.test\n"));
+    assert!(seen.ends_with(&body));
+
+    let (replica, up, down) = h.done("plain.test").await;
+    assert_eq!(replica, "r-open");
+    assert!(up > 100_000, "up {up}");
+    assert!(down > 100_000, "down {down}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn https_to_a_host_with_injection_is_terminated_and_re_originated() {
+    let mut h = Harness::start("terminated").await;
+    let ca_pem = h.ca.cert_pem().to_owned();
+    let client = h.client(OPEN, &[&ca_pem]);
+    for _ in 0..2 {
+        // Twice: the second request rides the same tunnel and upstream.
+        let response = client
+            .get("https://secure.test/v1/models")
+            .header("authorization", "Bearer from-the-sandbox")
+            .header("x-api-key", "mine")
+            .send()
+            .await
+            .expect("send");
+        // The client trusts the Hangar CA only: the proxy answered TLS.
+        assert_eq!(response.status(), 200);
+        let seen = response.text().await.expect("body");
+        assert!(seen.starts_with("GET /v1/models\n"), "{seen}");
+        assert!(
+            seen.contains("\nauthorization: Bearer injected-tls\n"),
+            "{seen}"
+        );
+        assert!(seen.contains("\nx-api-key: k1\nx-api-key: k2\n"), "{seen}");
+        assert!(
+            !seen.contains("from-the-sandbox") && !seen.contains("mine"),
+            "{seen}"
+        );
+        assert!(seen.contains("\nhost: secure.test\n"), "{seen}");
+    }
+    // The upstream's own CA is not enough: nothing of its TLS reaches the
+    // client.
+    let upstream_ca = h.upstreams.ca_pem.clone();
+    let direct = h.client(OPEN, &[&upstream_ca]);
+    assert!(direct.get("https://secure.test/").send().await.is_err());
+    drop((client, direct));
+    let (replica, up, down) = h.done("secure.test").await;
+    assert_eq!(replica, "r-open");
+    assert!(up > 0 && down > 0, "up {up} down {down}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminated_upstream_is_verified_against_the_upstream_roots() {
+    // The proxy trusts no one upstream: the test upstream's certificate
+    // must fail, and the client gets a 502, not a connection.
+    let h = Harness::start_with("unverified", |config, _| {
+        config.upstream_roots = rustls::RootCertStore::empty();
+    })
+    .await;
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    let answer = exchange(
+        &mut stream,
+        b"CONNECT secure.test:443 HTTP/1.1\r\nhost: secure.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn https_without_injection_is_a_tunnel_to_the_upstreams_own_certificate() {
+    let mut h = Harness::start("tunnel").await;
+    let upstream_ca = h.upstreams.ca_pem.clone();
+    let response = h
+        .client(OPEN, &[&upstream_ca])
+        .get("https://tunnel.test/x")
+        .header("authorization", "Bearer mine")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let seen = response.text().await.expect("body");
+    assert!(seen.contains("\nauthorization: Bearer mine\n"), "{seen}");
+    let (replica, up, down) = h.done("tunnel.test").await;
+    assert_eq!(replica, "r-open");
+    // At least a ClientHello up and a certificate down.
+    assert!(up > 100 && down > 300, "up {up} down {down}");
+
+    // The certificate the client sees is the upstream's own, byte for byte.
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    let connect = b"CONNECT tunnel.test:443 HTTP/1.1\r\nhost: tunnel.test:443\r\n\r\n";
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let seen = handshake(stream, &h.upstreams.ca_der, Some("tunnel.test"))
+        .await
+        .expect("handshake");
+    assert_eq!(seen, h.upstreams.leaf_der);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn allow_lists_match_names_wildcards_case_and_ports() {
+    let mut h = Harness::start("allow").await;
+    let upstream_ca = h.upstreams.ca_pem.clone();
+    let client = h.client(ALLOW, &[&upstream_ca]);
+    for url in [
+        "http://plain.test/",
+        "http://A.Wild.TEST/",
+        "http://x.a.wild.test/",
+    ] {
+        let response = client.get(url).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{url}");
+    }
+    let response = client
+        .get("https://tunnel.test/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+
+    // The apex of a wildcard, a rule for another port, an unlisted host.
+    for (url, host) in [
+        ("http://wild.test/", "wild.test"),
+        ("http://ported.test/", "ported.test"),
+        ("http://other.test/", "other.test"),
+    ] {
+        let response = client.get(url).send().await.expect("send");
+        assert_eq!(response.status(), 403, "{url}");
+        assert_eq!(
+            response.text().await.expect("body"),
+            format!("egress to {host} denied by policy\n")
+        );
+        assert_eq!(
+            h.denied(host).await,
+            EgressEvent::Denied {
+                client: ALLOW,
+                replica: Some("r-allow".into()),
+                host: host.into(),
+                port: 80,
+                reason: DenyReason::NotAllowed,
+            }
+        );
+    }
+    // CONNECT to an unlisted host: refused before any tunnel.
+    let mut stream = connect_from(ALLOW, h.proxy).await;
+    let answer = exchange(
+        &mut stream,
+        b"CONNECT other.test:443 HTTP/1.1\r\nhost: other.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(client.get("https://other.test/").send().await.is_err());
+    assert!(matches!(
+        h.denied("other.test").await,
+        EgressEvent::Denied {
+            port: 443,
+            reason: DenyReason::NotAllowed,
+            ..
+        }
+    ));
+
+    // Egress none: nothing.
+    let none = h.client(NONE, &[&upstream_ca]);
+    let response = none.get("http://plain.test/").send().await.expect("send");
+    assert_eq!(response.status(), 403);
+    assert!(none.get("https://tunnel.test/").send().await.is_err());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_client_is_refused() {
+    let mut h = Harness::start("unknown").await;
+    let upstream_ca = h.upstreams.ca_pem.clone();
+    let client = h.client(UNKNOWN, &[&upstream_ca]);
+    let response = client.get("http://plain.test/").send().await.expect("send");
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        h.denied("plain.test").await,
+        EgressEvent::Denied {
+            client: UNKNOWN,
+            replica: None,
+            host: "plain.test".into(),
+            port: 80,
+            reason: DenyReason::UnknownClient,
+        }
+    );
+    assert!(client.get("https://tunnel.test/").send().await.is_err());
+    assert!(matches!(
+        h.denied("tunnel.test").await,
+        EgressEvent::Denied {
+            reason: DenyReason::UnknownClient,
+            ..
+        }
+    ));
+    h.stop().await;
+}
+
+/// A raw connection from `source` to the proxy.
+async fn connect_from(source: IpAddr, proxy: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind");
+    socket.connect(proxy).await.expect("connect")
+}
+
+/// Sends `head` and reads until the end of the answer's head.
+async fn exchange(stream: &mut TcpStream, head: &[u8]) -> String {
+    stream.write_all(head).await.expect("write");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => answer.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A TLS handshake through an open `CONNECT`, naming `sni` (or nothing).
+async fn handshake(
+    stream: TcpStream,
+    upstream_ca: &CertificateDer<'static>,
+    sni: Option<&str>,
+) -> std::io::Result<CertificateDer<'static>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(upstream_ca.clone()).expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.enable_sni = sni.is_some();
+    let name = ServerName::try_from(sni.unwrap_or("tunnel.test").to_owned()).expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await?;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: tunnel.test\r\n\r\n")
+        .await?;
+    let mut answer = [0u8; 16];
+    let n = tls.read(&mut answer).await?;
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| cert.clone().into_owned());
+    match peer {
+        Some(peer) if answer[..n].starts_with(b"HTTP/1.1 200") => Ok(peer),
+        _ => Err(std::io::Error::other("no answer")),
+    }
+}
+
+#[tokio::test]
+async fn a_tunnel_refuses_a_server_name_other_than_its_connect_host() {
+    let mut h = Harness::start("sni").await;
+    let connect = b"CONNECT tunnel.test:443 HTTP/1.1\r\nhost: tunnel.test:443\r\n\r\n";
+
+    // The control: the same CONNECT with the right name works.
+    let mut stream = connect_from(ALLOW, h.proxy).await;
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    handshake(stream, &h.upstreams.ca_der, Some("tunnel.test"))
+        .await
+        .expect("the matching name");
+
+    // other.test is served by the same upstream, and denied to this client.
+    let mut stream = connect_from(ALLOW, h.proxy).await;
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(handshake(stream, &h.upstreams.ca_der, Some("other.test"))
+        .await
+        .is_err());
+    assert!(matches!(
+        h.denied("tunnel.test").await,
+        EgressEvent::Denied {
+            reason: DenyReason::ServerNameMismatch { server_name },
+            ..
+        } if server_name == "other.test"
+    ));
+
+    // No server name at all, to a CONNECT by name.
+    let mut stream = connect_from(ALLOW, h.proxy).await;
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(handshake(stream, &h.upstreams.ca_der, None).await.is_err());
+    assert!(matches!(
+        h.denied("tunnel.test").await,
+        EgressEvent::Denied {
+            reason: DenyReason::NoServerName,
+            ..
+        }
+    ));
+
+    // Not TLS at all.
+    let mut stream = connect_from(ALLOW, h.proxy).await;
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    stream
+        .write_all(b"GET http://other.test/ HTTP/1.1\r\nhost: other.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(matches!(
+        h.denied("tunnel.test").await,
+        EgressEvent::Denied {
+            reason: DenyReason::NotTls,
+            ..
+        }
+    ));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminated_tunnel_refuses_requests_for_another_host() {
+    let mut h = Harness::start("fronting").await;
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    let connect = b"CONNECT secure.test:443 HTTP/1.1\r\nhost: secure.test:443\r\n\r\n";
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(h.ca.cert_der().clone()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("secure.test").expect("name"), stream)
+        .await
+        .expect("terminated by the proxy");
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: other.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 256];
+    let n = tls.read(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(matches!(
+        h.denied("secure.test").await,
+        EgressEvent::Denied {
+            reason: DenyReason::HostMismatch { requested },
+            ..
+        } if requested == "other.test"
+    ));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxy_never_connects_to_the_hosts_own_addresses() {
+    let mut h = Harness::start("forbidden").await;
+    let client = h.client(OPEN, &[]);
+    let port = h.upstreams.http.port();
+    for (url, host) in [
+        (format!("http://127.0.0.1:{port}/"), "127.0.0.1"),
+        (format!("http://localhost:{port}/"), "localhost"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/"), "127.0.0.1"),
+    ] {
+        let response = client.get(&url).send().await.expect("send");
+        assert_eq!(response.status(), 403, "{url}");
+        assert!(matches!(
+            h.denied(host).await,
+            EgressEvent::Denied {
+                reason: DenyReason::ForbiddenAddress,
+                ..
+            }
+        ));
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let h = Harness::start("down").await;
+    let response = h
+        .client(OPEN, &[])
+        .get("http://down.test/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 502);
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    let answer = exchange(
+        &mut stream,
+        b"CONNECT down.test:443 HTTP/1.1\r\nhost: down.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_and_the_proxy_keeps_serving() {
+    let h = Harness::start("hostile").await;
+    let cases: [(&[u8], &str); 5] = [
+        (b"\x16\x03\x01\x00\x05hello\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"GET / HTTP/1.1\r\nhost: plain.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"CONNECT plain.test HTTP/1.1\r\nhost: plain.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET https://plain.test/ HTTP/1.1\r\nhost: plain.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET http://bad_host!/ HTTP/1.1\r\nhost: x\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (request, expected) in cases {
+        let mut stream = connect_from(OPEN, h.proxy).await;
+        let answer = exchange(&mut stream, request).await;
+        assert!(
+            answer.starts_with(expected),
+            "{:?} → {answer:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // A head over the limit.
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    let mut huge = b"GET http://plain.test/ HTTP/1.1\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 200_000));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let answer = exchange(&mut stream, &huge).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    let response = h
+        .client(OPEN, &[])
+        .get("http://plain.test/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    h.stop().await;
+}
