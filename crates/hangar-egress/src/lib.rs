@@ -44,10 +44,13 @@
 //!   A tunnel carries TLS only: bytes that are not a ClientHello are
 //!   refused, since the proxy could not tell where they lead.
 //!
-//! Whatever the policy, the proxy does not connect to loopback, link-local
-//! (cloud metadata) or unspecified addresses ([`ProxyConfig::forbidden`]),
-//! checked on the addresses it resolved itself, so a name that resolves to
-//! the host cannot reach the host's own services.
+//! Whatever the policy, the proxy does not connect to an address of its own
+//! host, nor to loopback, link-local (cloud metadata) or unspecified
+//! addresses, nor to the ranges in [`ProxyConfig::forbidden`] (the server
+//! adds its replicas' networks there), checked on the addresses it resolved
+//! itself: the proxy connects from the host, outside the packet filter that
+//! fences replicas, so without this a replica with open egress could reach
+//! the host's services, or another tenant's replicas, through it.
 //!
 //! # Failures
 //!
@@ -95,14 +98,18 @@ pub struct ProxyConfig {
     pub upstream_roots: rustls::RootCertStore,
     /// Where denials and finished connections are reported. Sends wait when
     /// the channel is full, so a slow reader slows egress rather than losing
-    /// a denial.
+    /// a denial (except while the proxy shuts down: then what does not fit
+    /// is dropped).
     pub events: mpsc::Sender<EgressEvent>,
     /// Names resolved to a fixed address (port included, replacing the
     /// requested one) instead of through DNS: an operator's name mapping,
     /// and how tests reach servers with no DNS name. These addresses are
     /// trusted as given ([`ProxyConfig::forbidden`] is not applied).
     pub resolve: HashMap<String, SocketAddr>,
-    /// Addresses never connected to after resolving, whatever the policy.
+    /// Addresses never connected to after resolving, whatever the policy,
+    /// besides the host's own: by default loopback, link-local and
+    /// unspecified ([`Network::host_local`]); a server adds its replicas'
+    /// networks, so that the proxy cannot carry one replica to another.
     pub forbidden: Vec<Network>,
     /// How long a client has to send its request head, and its ClientHello
     /// after a `CONNECT`.
@@ -161,7 +168,9 @@ pub enum EgressEvent {
         /// Why.
         reason: DenyReason,
     },
-    /// An upstream connection ended.
+    /// An upstream connection ended: for plain HTTP, one per request (each
+    /// goes out on a connection of its own); for a `CONNECT`, one per
+    /// tunnel (terminated: every upstream connection the tunnel used).
     Done {
         /// The replica that used it.
         replica: String,
@@ -181,7 +190,8 @@ pub enum DenyReason {
     UnknownClient,
     /// The client's egress policy does not allow the host.
     NotAllowed,
-    /// The host resolved only to addresses the proxy never connects to.
+    /// The host resolved only to addresses the proxy never connects to
+    /// (the host's own, or [`ProxyConfig::forbidden`]).
     ForbiddenAddress,
     /// Inside an allowed `CONNECT`, the TLS server name named another host.
     ServerNameMismatch {

@@ -304,30 +304,39 @@ impl Shared {
             %reason,
             "egress denied",
         );
-        let _ = self
-            .events
-            .send(EgressEvent::Denied {
-                client,
-                replica,
-                host: target.host.clone(),
-                port: target.port,
-                reason,
-            })
-            .await;
+        self.report(EgressEvent::Denied {
+            client,
+            replica,
+            host: target.host.clone(),
+            port: target.port,
+            reason,
+        })
+        .await;
         Refusal::Denied(target.host.clone())
     }
 
     async fn done(&self, replica: String, host: String, counts: &Counts) {
         let (bytes_up, bytes_down) = counts.get();
-        let _ = self
-            .events
-            .send(EgressEvent::Done {
-                replica,
-                host,
-                bytes_up,
-                bytes_down,
-            })
-            .await;
+        self.report(EgressEvent::Done {
+            replica,
+            host,
+            bytes_up,
+            bytes_down,
+        })
+        .await;
+    }
+
+    /// Sends `event`, waiting while the channel is full, except once the
+    /// proxy is stopping: then an event that does not fit is dropped, so
+    /// that a reader that stopped reading cannot hold up the shutdown.
+    async fn report(&self, event: EgressEvent) {
+        tokio::select! {
+            biased;
+            _ = self.events.send(event.clone()) => {}
+            () = self.stop.cancelled() => {
+                let _ = self.events.try_send(event);
+            }
+        }
     }
 
     /// A TCP connection to `target`, counted into `counts`.

@@ -3,7 +3,10 @@
 //!
 //! The proxy resolves names itself and connects to the address it checked,
 //! so a name cannot pass the check with one address and be connected to
-//! another (DNS rebinding).
+//! another (DNS rebinding). It never connects to an address of its own
+//! host, nor to the ranges it is told to keep away from (the replicas'
+//! networks are the server's to add): the proxy's connections come from
+//! the host, where the packet filter that fences replicas does not apply.
 
 use std::collections::HashMap;
 use std::io;
@@ -77,6 +80,15 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
     }
 }
 
+/// Whether `ip` is an address of this host (any interface: the bridge's
+/// gateway, the public address, loopback): the kernel lets a socket bind
+/// only to those. The proxy runs on the host, so without this a replica
+/// could reach any host service through it, whatever the packet filter
+/// says about the replica's own packets.
+pub(crate) fn is_own(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Why no connection was made.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
@@ -106,7 +118,7 @@ pub(crate) async fn connect(
                 let permitted: Vec<SocketAddr> = found
                     .iter()
                     .copied()
-                    .filter(|a| !forbidden.iter().any(|n| n.contains(a.ip())))
+                    .filter(|a| !forbidden.iter().any(|n| n.contains(a.ip())) && !is_own(a.ip()))
                     .collect();
                 if permitted.is_empty() && !found.is_empty() {
                     return Err(ConnectError::Forbidden);
@@ -241,6 +253,14 @@ mod tests {
         assert!(net("0.0.0.0", 0).contains("192.0.2.1".parse().expect("ip")));
         assert!(!net("0.0.0.0", 0).contains("::1".parse().expect("ip")));
         assert!(Network::new("10.0.0.0".parse().expect("ip"), 33).is_none());
+    }
+
+    #[test]
+    fn own_addresses_are_the_hosts() {
+        assert!(is_own("127.0.0.1".parse().expect("ip")));
+        assert!(is_own("0.0.0.0".parse().expect("ip")));
+        // TEST-NET-3: assigned to no one, so never to this host.
+        assert!(!is_own("203.0.113.77".parse().expect("ip")));
     }
 
     #[test]

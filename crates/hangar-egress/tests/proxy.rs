@@ -687,11 +687,43 @@ async fn a_terminated_tunnel_refuses_requests_for_another_host() {
     h.stop().await;
 }
 
+/// The address this host sends from towards the outside (no packet is
+/// sent: a UDP `connect` only picks the route).
+fn own_outward_address() -> IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    socket
+        .connect("203.0.113.1:9")
+        .expect("this test needs a route off the host (any non-loopback interface)");
+    let ip = socket.local_addr().expect("addr").ip();
+    assert!(!ip.is_loopback(), "{ip}");
+    ip
+}
+
 #[tokio::test]
 async fn the_proxy_never_connects_to_the_hosts_own_addresses() {
     let mut h = Harness::start("forbidden").await;
     let client = h.client(OPEN, &[]);
     let port = h.upstreams.http.port();
+    // A service of the host on every interface, reached at the host's
+    // outward address (what a replica would use: the bridge's gateway or
+    // the public address).
+    let everywhere = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let everywhere_port = everywhere.local_addr().expect("addr").port();
+    tokio::spawn(serve_http(everywhere, None));
+    let own = own_outward_address();
+    let response = client
+        .get(format!("http://{own}:{everywhere_port}/"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 403, "{own}");
+    assert!(matches!(
+        h.denied(&own.to_string()).await,
+        EgressEvent::Denied {
+            reason: DenyReason::ForbiddenAddress,
+            ..
+        }
+    ));
     for (url, host) in [
         (format!("http://127.0.0.1:{port}/"), "127.0.0.1"),
         (format!("http://localhost:{port}/"), "localhost"),
