@@ -27,7 +27,12 @@
 //!
 //! # What is terminated and what is not
 //!
-//! - Plain HTTP (`GET http://host/…`): read, checked, injected, forwarded.
+//! - Plain HTTP (`GET http://host/…`): read, checked, forwarded. To a host
+//!   with an injection it goes out over TLS (port 80 becomes 443), verified
+//!   against [`ProxyConfig::upstream_roots`], with the headers injected: an
+//!   agent can call `http://api.openai.com/…` and trust no CA, and a secret
+//!   never crosses the network in clear. (An upstream that speaks only plain
+//!   HTTP cannot get injected headers.)
 //! - `CONNECT` to a host **with** an injection: the proxy answers 200,
 //!   completes the client's TLS handshake with a leaf for that host signed
 //!   by the server's [`CertificateAuthority`] (which the sandbox trusts),

@@ -159,6 +159,13 @@ impl EgressProxy {
     }
 }
 
+/// What an upstream connection is reported as when it ends.
+struct Done {
+    replica: String,
+    host: String,
+    counts: Arc<Counts>,
+}
+
 /// A host and port a client asked for.
 #[derive(Clone, Debug)]
 struct Target {
@@ -271,22 +278,40 @@ impl Shared {
     /// The client's policy, when it may reach `target`; a denial reported
     /// when not.
     async fn authorize(&self, client: IpAddr, target: &Target) -> Result<ClientPolicy, Refusal> {
-        let Some(policy) = self.policies.lookup(client) else {
-            return Err(self
-                .deny(client, None, target, DenyReason::UnknownClient)
-                .await);
-        };
-        if !policy.egress.allows(&target.host, target.port) {
-            return Err(self
-                .deny(
-                    client,
-                    Some(policy.replica.clone()),
-                    target,
-                    DenyReason::NotAllowed,
-                )
-                .await);
-        }
+        let policy = self.policy(client, target).await?;
+        self.check(client, &policy, target).await?;
         Ok(policy)
+    }
+
+    /// The client's policy; an unknown client denied.
+    async fn policy(&self, client: IpAddr, target: &Target) -> Result<ClientPolicy, Refusal> {
+        match self.policies.lookup(client) {
+            Some(policy) => Ok(policy),
+            None => Err(self
+                .deny(client, None, target, DenyReason::UnknownClient)
+                .await),
+        }
+    }
+
+    /// Whether `policy` lets its client reach `target`; a denial reported
+    /// when not.
+    async fn check(
+        &self,
+        client: IpAddr,
+        policy: &ClientPolicy,
+        target: &Target,
+    ) -> Result<(), Refusal> {
+        if policy.egress.allows(&target.host, target.port) {
+            return Ok(());
+        }
+        Err(self
+            .deny(
+                client,
+                Some(policy.replica.clone()),
+                target,
+                DenyReason::NotAllowed,
+            )
+            .await)
     }
 
     async fn deny(
@@ -373,16 +398,19 @@ impl Shared {
     }
 
     /// Runs an upstream HTTP/1 connection as a task of the proxy, so it
-    /// stops with it.
-    fn drive<F>(&self, connection: F)
+    /// stops with it; `done` is reported when it ends.
+    fn drive<F>(self: &Arc<Self>, connection: F, done: Option<Done>)
     where
         F: std::future::Future + Send + 'static,
     {
-        let stop = self.stop.clone();
+        let shared = self.clone();
         self.tasks.spawn(async move {
             tokio::select! {
                 _ = connection => {}
-                () = stop.cancelled() => {}
+                () = shared.stop.cancelled() => {}
+            }
+            if let Some(done) = done {
+                shared.done(done.replica, done.host, &done.counts).await;
             }
         });
     }
@@ -390,6 +418,13 @@ impl Shared {
     /// `GET http://host/path` and the like: checked, injected, forwarded on
     /// a connection of its own, which is reported when the response has
     /// been read.
+    ///
+    /// A request that gets injected headers goes upstream over TLS (to 443
+    /// for port 80, else to the port the URL names), verified like a
+    /// terminated `CONNECT`, and the policy is checked on that port:
+    /// a secret never crosses the network in clear, and an agent can call
+    /// `http://api.example/…` without trusting any CA. Other requests go as
+    /// they came, plain, to port 80 or the URL's.
     async fn forward_plain(
         self: Arc<Self>,
         client: IpAddr,
@@ -400,29 +435,38 @@ impl Shared {
                 "this is an egress proxy: send http:// URLs in absolute form, or CONNECT",
             ));
         }
-        let target = request
+        let mut target = request
             .uri()
             .authority()
             .and_then(|a| Target::parse(a, Some(80)))
             .ok_or(Refusal::BadRequest("the request names no valid host"))?;
-        let policy = self.authorize(client, &target).await?;
+        let policy = self.policy(client, &target).await?;
+        let injection = policy.injection_for(&target.host).cloned();
+        let tls = injection.is_some();
+        if tls && target.port == 80 {
+            target.port = 443;
+        }
+        let default_port = if tls { 443 } else { 80 };
+        self.check(client, &policy, &target).await?;
         let counts = Arc::new(Counts::default());
         let stream = self.open(client, &policy, &target, &counts).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Refusal::Unreachable(target.host.clone()))?;
-        let shared = self.clone();
-        let (replica, host) = (policy.replica.clone(), target.host.clone());
-        self.tasks.spawn(async move {
-            // Ends once the response body is read (or dropped): `sender`
-            // is gone by then, so the connection is not kept alive.
-            tokio::select! {
-                _ = connection => {}
-                () = shared.stop.cancelled() => {}
-            }
-            shared.done(replica, host, &counts).await;
-        });
-        let outbound = outbound(request, &target, 80, policy.injection_for(&target.host));
+        let done = Done {
+            replica: policy.replica.clone(),
+            host: target.host.clone(),
+            counts,
+        };
+        // `sender` is dropped once the response head is here, so the
+        // connection ends (and is reported) when the body has been read.
+        let mut sender = if tls {
+            self.tls_session(&target, stream, Some(done)).await?
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|_| Refusal::Unreachable(target.host.clone()))?;
+            self.drive(connection, Some(done));
+            sender
+        };
+        let outbound = outbound(request, &target, default_port, injection.as_ref());
         let response = sender.send_request(outbound).await.map_err(|error| {
             tracing::info!(host = %target.host, %error, "egress upstream failed");
             Refusal::Unreachable(target.host.clone())
@@ -449,7 +493,7 @@ impl Shared {
         let upgrade = hyper::upgrade::on(request);
         let shared = self.clone();
         if policy.injection_for(&target.host).is_some() {
-            let sender = self.tls_session(&target, stream).await?;
+            let sender = self.tls_session(&target, stream, None).await?;
             self.tasks.spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
                     let session = Arc::new(Terminated {
@@ -507,9 +551,10 @@ impl Shared {
     /// TLS to the upstream, verified against the upstream roots, and an
     /// HTTP/1 connection over it.
     async fn tls_session(
-        &self,
+        self: &Arc<Self>,
         target: &Target,
         stream: Counted<TcpStream>,
+        done: Option<Done>,
     ) -> Result<SendRequest<Incoming>, Refusal> {
         let unreachable = |error: &dyn std::fmt::Display| {
             tracing::info!(host = %target.host, %error, "egress upstream TLS failed");
@@ -526,7 +571,7 @@ impl Shared {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| unreachable(&e))?;
-        self.drive(connection);
+        self.drive(connection, done);
         Ok(sender)
     }
 }
@@ -647,7 +692,7 @@ impl Terminated {
                 .shared
                 .open(self.client, &policy, &self.target, &self.counts)
                 .await?;
-            let mut fresh = self.shared.tls_session(&self.target, stream).await?;
+            let mut fresh = self.shared.tls_session(&self.target, stream, None).await?;
             fresh
                 .ready()
                 .await

@@ -143,20 +143,14 @@ fn allow(rules: &[&str]) -> Egress {
 }
 
 fn policies() -> HashMap<IpAddr, ClientPolicy> {
-    let inject = vec![
-        Injection {
-            host: "plain.test".into(),
-            headers: vec![header("authorization", "Bearer injected-plain")],
-        },
-        Injection {
-            host: "Secure.Test".into(),
-            headers: vec![
-                header("authorization", "Bearer injected-tls"),
-                header("x-api-key", "k1"),
-                header("x-api-key", "k2"),
-            ],
-        },
-    ];
+    let inject = vec![Injection {
+        host: "Secure.Test".into(),
+        headers: vec![
+            header("authorization", "Bearer injected-tls"),
+            header("x-api-key", "k1"),
+            header("x-api-key", "k2"),
+        ],
+    }];
     HashMap::from([
         (
             OPEN,
@@ -307,14 +301,14 @@ impl Harness {
 }
 
 #[tokio::test]
-async fn plain_http_gets_the_injected_header_in_place_of_the_clients() {
+async fn plain_http_is_forwarded_as_it_came_and_counted() {
     let mut h = Harness::start("plain").await;
     let body = "x".repeat(100_000);
     let response = h
         .client(OPEN, &[])
         .post("http://plain.test/hello?q=1")
-        .header("authorization", "Bearer from-the-sandbox")
-        .header("x-kept", "yes")
+        .header("authorization", "Bearer the-sandboxes-own")
+        .header("proxy-authorization", "Basic for-the-proxy-only")
         .body(body.clone())
         .send()
         .await
@@ -323,11 +317,10 @@ async fn plain_http_gets_the_injected_header_in_place_of_the_clients() {
     let seen = response.text().await.expect("body");
     assert!(seen.starts_with("POST /hello?q=1\n"), "{seen:.200}");
     assert!(
-        seen.contains("\nauthorization: Bearer injected-plain\n"),
+        seen.contains("\nauthorization: Bearer the-sandboxes-own\n"),
         "{seen:.400}"
     );
-    assert!(!seen.contains("from-the-sandbox"), "{seen:.400}");
-    assert!(seen.contains("\nx-kept: yes\n"));
+    assert!(!seen.contains("proxy-authorization"), "{seen:.400}");
     assert!(seen.contains("\nhost: plain.test\n"));
     assert!(seen.ends_with(&body));
 
@@ -335,6 +328,39 @@ async fn plain_http_gets_the_injected_header_in_place_of_the_clients() {
     assert_eq!(replica, "r-open");
     assert!(up > 100_000, "up {up}");
     assert!(down > 100_000, "down {down}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_a_host_with_injection_goes_out_over_tls_with_the_header() {
+    let mut h = Harness::start("plain-injected").await;
+    // The client trusts no CA at all: it speaks plain HTTP to the proxy.
+    let response = h
+        .client(OPEN, &[])
+        .post("http://secure.test/v1/chat")
+        .header("authorization", "Bearer from-the-sandbox")
+        .header("x-kept", "yes")
+        .body("hello")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    // Only the HTTPS upstream could have answered.
+    let seen = response.text().await.expect("body");
+    assert!(seen.starts_with("POST /v1/chat\n"), "{seen}");
+    assert!(
+        seen.contains("\nauthorization: Bearer injected-tls\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("\nx-api-key: k1\nx-api-key: k2\n"), "{seen}");
+    assert!(!seen.contains("from-the-sandbox"), "{seen}");
+    assert!(seen.contains("\nx-kept: yes\n"), "{seen}");
+    assert!(seen.contains("\nhost: secure.test\n"), "{seen}");
+    assert!(seen.ends_with("\n\nhello"), "{seen}");
+    let (replica, up, down) = h.done("secure.test").await;
+    assert_eq!(replica, "r-open");
+    // A TLS handshake each way at least.
+    assert!(up > 200 && down > 500, "up {up} down {down}");
     h.stop().await;
 }
 
@@ -394,6 +420,14 @@ async fn a_terminated_upstream_is_verified_against_the_upstream_roots() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // The same for plain HTTP that goes out over TLS for its injection.
+    let response = h
+        .client(OPEN, &[])
+        .get("http://secure.test/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 502);
     h.stop().await;
 }
 
