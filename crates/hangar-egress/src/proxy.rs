@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -148,10 +148,9 @@ impl EgressProxy {
                 },
             };
             let connection = shared.clone();
-            shared.tasks.spawn(async move {
-                connection.serve_client(stream, peer).await;
-                drop(permit);
-            });
+            shared
+                .tasks
+                .spawn(connection.serve_client(stream, peer, Arc::new(permit)));
         }
         shared.stop.cancel();
         shared.tasks.close();
@@ -249,13 +248,21 @@ fn http1_server(timeout: Duration) -> hyper::server::conn::http1::Builder {
 }
 
 impl Shared {
-    async fn serve_client(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// Serves one client connection. `permit` is its place among
+    /// [`ProxyConfig::max_connections`], held as long as the connection or
+    /// a tunnel it opened lives.
+    async fn serve_client(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Arc<OwnedSemaphorePermit>,
+    ) {
         let client = peer.ip().to_canonical();
         let _ = stream.set_nodelay(true);
         let shared = self.clone();
         let service = service_fn(move |request| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.handle(client, request).await) }
+            let (shared, permit) = (shared.clone(), permit.clone());
+            async move { Ok::<_, Infallible>(shared.handle(client, request, permit).await) }
         });
         let connection = http1_server(self.client_timeout)
             .serve_connection(TokioIo::new(stream), service)
@@ -266,9 +273,14 @@ impl Shared {
         }
     }
 
-    async fn handle(self: Arc<Self>, client: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        client: IpAddr,
+        request: Request<Incoming>,
+        permit: Arc<OwnedSemaphorePermit>,
+    ) -> Response<Body> {
         let result = if request.method() == Method::CONNECT {
-            self.connect(client, request).await
+            self.connect(client, request, permit).await
         } else {
             self.forward_plain(client, request).await
         };
@@ -481,6 +493,7 @@ impl Shared {
         self: Arc<Self>,
         client: IpAddr,
         request: Request<Incoming>,
+        permit: Arc<OwnedSemaphorePermit>,
     ) -> Result<Response<Body>, Refusal> {
         let target = request
             .uri()
@@ -495,6 +508,7 @@ impl Shared {
         if policy.injection_for(&target.host).is_some() {
             let sender = self.tls_session(&target, stream, None).await?;
             self.tasks.spawn(async move {
+                let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
                     let session = Arc::new(Terminated {
                         shared: shared.clone(),
@@ -510,6 +524,7 @@ impl Shared {
             });
         } else {
             self.tasks.spawn(async move {
+                let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
                     tokio::select! {
                         () = shared.tunnel(client, &policy, &target, TokioIo::new(upgraded), stream) => {}
@@ -665,14 +680,18 @@ impl Terminated {
     }
 
     async fn try_forward(&self, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
-        if let Some(requested) = requested_host(&request) {
-            if requested.host != self.target.host || requested.port != self.target.port {
-                return Err(self
-                    .deny(DenyReason::HostMismatch {
-                        requested: requested.authority(443),
-                    })
-                    .await);
+        let mismatch = match requested_host(&request) {
+            None => None,
+            Some(Ok(requested))
+                if requested.host == self.target.host && requested.port == self.target.port =>
+            {
+                None
             }
+            Some(Ok(requested)) => Some(requested.authority(443)),
+            Some(Err(unparsable)) => Some(unparsable.chars().take(256).collect()),
+        };
+        if let Some(requested) = mismatch {
+            return Err(self.deny(DenyReason::HostMismatch { requested }).await);
         }
         // The policy may have changed since the CONNECT: asked again.
         let policy = self.shared.authorize(self.client, &self.target).await?;
@@ -710,20 +729,20 @@ impl Terminated {
     }
 }
 
-/// The host a request inside a terminated tunnel names: its absolute URI's
-/// or its `Host` header's; `None` when it names none (HTTP/1.0). A `Host`
-/// that does not parse names an impossible host, so it is refused too.
-fn requested_host(request: &Request<Incoming>) -> Option<Target> {
+/// The host a request inside a terminated tunnel names (its absolute URI's
+/// or its `Host` header's): `None` when it names none (HTTP/1.0), `Err`
+/// with what it sent when that is no host.
+fn requested_host(request: &Request<Incoming>) -> Option<Result<Target, String>> {
     let authority = match request.uri().authority() {
-        Some(authority) => Some(authority.clone()),
-        None => request.headers().get(header::HOST).map(|host| {
+        Some(authority) => Ok(authority.clone()),
+        None => {
+            let host = request.headers().get(header::HOST)?;
             Authority::try_from(host.as_bytes())
-                .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
-        }),
-    }?;
-    Some(Target::parse(&authority, Some(443)).unwrap_or(Target {
-        host: "invalid.invalid".into(),
-        port: 443,
+                .map_err(|_| String::from_utf8_lossy(host.as_bytes()).into_owned())
+        }
+    };
+    Some(authority.and_then(|authority| {
+        Target::parse(&authority, Some(443)).ok_or_else(|| authority.to_string())
     }))
 }
 
