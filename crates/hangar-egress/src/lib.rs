@@ -57,6 +57,14 @@
 //! fences replicas, so without this a replica with open egress could reach
 //! the host's services, or another tenant's replicas, through it.
 //!
+//! # Limits
+//!
+//! Inside a terminated tunnel the proxy speaks HTTP/1.1 (it offers only
+//! `http/1.1` by ALPN; HTTP/2 clients fall back, h2-only ones fail), and
+//! requests that ask to switch protocols (WebSocket) are not carried there
+//! or over plain HTTP; over a plain tunnel anything TLS goes. A host gets
+//! injected headers only over TLS.
+//!
 //! # Failures
 //!
 //! A denied request fails at once: `403` with `egress to <host> denied by

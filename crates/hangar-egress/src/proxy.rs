@@ -46,13 +46,14 @@ use crate::{
 };
 
 /// The largest request head a client may send (hyper's read buffer).
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The egress proxy, bound and ready to serve.
 pub struct EgressProxy {
     listener: TcpListener,
+    local_addr: SocketAddr,
     shared: Arc<Shared>,
 }
 
@@ -88,8 +89,10 @@ impl EgressProxy {
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
         Ok(EgressProxy {
             listener,
+            local_addr,
             shared: Arc::new(Shared {
                 ca: config.ca,
                 upstream_tls: TlsConnector::from(Arc::new(tls)),
@@ -110,15 +113,10 @@ impl EgressProxy {
         })
     }
 
-    /// The address it listens on.
-    ///
-    /// # Panics
-    /// Never in practice: a bound listener has an address.
+    /// The address it listens on (the port chosen when bound to port 0).
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.local_addr
     }
 
     /// Serves until `shutdown`, then cuts every connection and returns once

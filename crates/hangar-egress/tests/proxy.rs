@@ -718,6 +718,26 @@ async fn a_terminated_tunnel_refuses_requests_for_another_host() {
             ..
         } if requested == "other.test"
     ));
+
+    // Not TLS at all, to a host the proxy would terminate.
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: secure.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+    assert!(!String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"));
+    assert!(matches!(
+        h.denied("secure.test").await,
+        EgressEvent::Denied {
+            reason: DenyReason::NotTls,
+            ..
+        }
+    ));
     h.stop().await;
 }
 
