@@ -252,23 +252,32 @@ mod tests {
 
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    /// A directory removed when dropped (also when a test fails).
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> TempDir {
         let dir =
             std::env::temp_dir().join(format!("hangar-egress-ca-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+        TempDir(dir)
     }
 
     #[test]
     fn the_key_is_owner_only_and_the_ca_survives_a_reload() {
-        let dir = temp_dir("reload");
-        let first = CertificateAuthority::load_or_create(&dir).expect("create");
+        let tmp = temp_dir("reload");
+        let dir = &tmp.0;
+        let first = CertificateAuthority::load_or_create(dir).expect("create");
         let mode = fs::metadata(dir.join(KEY_FILE))
             .expect("key")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let second = CertificateAuthority::load_or_create(&dir).expect("load");
+        let second = CertificateAuthority::load_or_create(dir).expect("load");
         assert_eq!(first.cert_pem(), second.cert_pem());
         assert_eq!(first.key.serialize_der(), second.key.serialize_der());
 
@@ -296,34 +305,33 @@ mod tests {
                 rustls::pki_types::UnixTime::now(),
             )
             .expect("leaf chains to the stored CA");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_loose_key_file_is_tightened() {
-        let dir = temp_dir("loose");
-        drop(CertificateAuthority::load_or_create(&dir).expect("create"));
+        let tmp = temp_dir("loose");
+        let dir = &tmp.0;
+        drop(CertificateAuthority::load_or_create(dir).expect("create"));
         fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).expect("chmod");
-        drop(CertificateAuthority::load_or_create(&dir).expect("load"));
+        drop(CertificateAuthority::load_or_create(dir).expect("load"));
         let mode = fs::metadata(dir.join(KEY_FILE))
             .expect("key")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn leaves_are_cached_per_host() {
-        let dir = temp_dir("cache");
-        let ca = CertificateAuthority::load_or_create(&dir).expect("create");
+        let tmp = temp_dir("cache");
+        let dir = &tmp.0;
+        let ca = CertificateAuthority::load_or_create(dir).expect("create");
         let a = ca.server_config("a.example").expect("a");
         assert!(Arc::ptr_eq(
             &a,
             &ca.server_config("a.example").expect("a again")
         ));
         assert!(!Arc::ptr_eq(&a, &ca.server_config("b.example").expect("b")));
-        let _ = fs::remove_dir_all(&dir);
     }
 
     /// A parsed ClientHello to ask a resolver with.

@@ -184,6 +184,25 @@ fn policies() -> HashMap<IpAddr, ClientPolicy> {
     ])
 }
 
+/// A directory for the proxy's CA, removed when dropped (also when a test
+/// fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("hangar-egress-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Harness {
     proxy: SocketAddr,
     events: mpsc::Receiver<EgressEvent>,
@@ -191,7 +210,7 @@ struct Harness {
     upstreams: Upstreams,
     shutdown: CancellationToken,
     served: tokio::task::JoinHandle<()>,
-    dir: PathBuf,
+    _dir: TempDir,
 }
 
 impl Harness {
@@ -203,10 +222,8 @@ impl Harness {
     /// configuration before it binds.
     async fn start_with(name: &str, adjust: impl FnOnce(&mut ProxyConfig, &Upstreams)) -> Harness {
         let upstreams = upstreams().await;
-        let dir =
-            std::env::temp_dir().join(format!("hangar-egress-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ca = Arc::new(CertificateAuthority::load_or_create(&dir).expect("ca"));
+        let dir = TempDir::new(name);
+        let ca = Arc::new(CertificateAuthority::load_or_create(&dir.0).expect("ca"));
         let mut roots = rustls::RootCertStore::empty();
         roots.add(upstreams.ca_der.clone()).expect("root");
         let (events_tx, events) = mpsc::channel(256);
@@ -241,7 +258,7 @@ impl Harness {
             upstreams,
             shutdown,
             served,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -296,7 +313,6 @@ impl Harness {
     async fn stop(self) {
         self.shutdown.cancel();
         self.served.await.expect("serve");
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
