@@ -83,11 +83,13 @@
 //! - `hello`: the ClientHello's server name, before a tunnel opens.
 //! - `proxy`: the listener, plain HTTP, `CONNECT`, tunnels and terminated
 //!   TLS.
+//! - `pool`: plain HTTP's upstream connections, kept per replica and host.
 //! - `upstream`: resolving, the address check, connecting, byte counts.
 
 pub mod ca;
 mod hello;
 pub mod policy;
+mod pool;
 mod proxy;
 mod upstream;
 
@@ -181,9 +183,10 @@ pub enum EgressEvent {
         /// Why.
         reason: DenyReason,
     },
-    /// An upstream connection ended: for plain HTTP, one per request (each
-    /// goes out on a connection of its own); for a `CONNECT`, one per
-    /// tunnel (terminated: every upstream connection the tunnel used).
+    /// An upstream connection ended: for plain HTTP, one per upstream
+    /// connection (kept for the replica's next requests to the host, closed
+    /// after 30 s unused); for a `CONNECT`, one per tunnel (terminated:
+    /// every upstream connection the tunnel used).
     Done {
         /// The replica that used it.
         replica: String,

@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hello::{self, HelloError};
 use crate::policy::{is_dns_name, normalize_host};
+use crate::pool::{self, Pool};
 use crate::upstream::{self, ConnectError, Counted, Counts, Network};
 use crate::{
     crypto_provider, CertificateAuthority, ClientPolicy, DenyReason, EgressEvent, Injection,
@@ -68,6 +69,7 @@ struct Shared {
     connect_timeout: Duration,
     max_connections: usize,
     policies: Arc<dyn Policies>,
+    pool: Arc<Pool>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -107,6 +109,7 @@ impl EgressProxy {
                 connect_timeout: config.connect_timeout,
                 max_connections: config.max_connections.max(1),
                 policies,
+                pool: Arc::default(),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
             }),
@@ -124,6 +127,16 @@ impl EgressProxy {
     pub async fn serve(self, shutdown: CancellationToken) {
         let shared = self.shared;
         let permits = Arc::new(Semaphore::new(shared.max_connections));
+        let sweeper = shared.clone();
+        shared.tasks.spawn(async move {
+            let mut sweeps = tokio::time::interval(pool::IDLE_TIMEOUT / 2);
+            loop {
+                tokio::select! {
+                    _ = sweeps.tick() => sweeper.pool.sweep(),
+                    () = sweeper.stop.cancelled() => break,
+                }
+            }
+        });
         loop {
             // At the limit, connections wait in the listen backlog.
             let permit = tokio::select! {
@@ -151,6 +164,7 @@ impl EgressProxy {
                 .spawn(connection.serve_client(stream, peer, Arc::new(permit)));
         }
         shared.stop.cancel();
+        shared.pool.clear();
         shared.tasks.close();
         shared.tasks.wait().await;
     }
@@ -426,8 +440,8 @@ impl Shared {
     }
 
     /// `GET http://host/path` and the like: checked, injected, forwarded on
-    /// a connection of its own, which is reported when the response has
-    /// been read.
+    /// a connection of the replica's to that host, kept for its next
+    /// request (see [`pool`]).
     ///
     /// A request that gets injected headers goes upstream over TLS (to 443
     /// for port 80, else to the port the URL names), verified like a
@@ -458,30 +472,68 @@ impl Shared {
         }
         let default_port = if tls { 443 } else { 80 };
         self.check(client, &policy, &target).await?;
+        let key = pool::Key {
+            replica: policy.replica.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            tls,
+        };
+        let outbound = outbound(request, &target, default_port, injection.as_ref());
+        let (sender, response) = self
+            .send_plain(client, &policy, &target, &key, outbound)
+            .await?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = pool::Returning::new(body, self.pool.clone(), key, sender);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+
+    /// Sends a plain HTTP request on a kept connection of its replica to
+    /// its host, or on a new one.
+    async fn send_plain(
+        self: &Arc<Self>,
+        client: IpAddr,
+        policy: &ClientPolicy,
+        target: &Target,
+        key: &pool::Key,
+        mut request: Request<Incoming>,
+    ) -> Result<(SendRequest<Incoming>, Response<Incoming>), Refusal> {
+        let failed = |error: &dyn std::fmt::Display| {
+            tracing::info!(host = %target.host, %error, "egress upstream failed");
+            Refusal::Unreachable(target.host.clone())
+        };
+        while let Some(mut sender) = self.pool.checkout(key) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((sender, response)),
+                // Closed by the upstream before the request went out: it
+                // comes back, and goes on another connection.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(failed(error.error())),
+                },
+            }
+        }
         let counts = Arc::new(Counts::default());
-        let stream = self.open(client, &policy, &target, &counts).await?;
+        let stream = self.open(client, policy, target, &counts).await?;
         let done = Done {
             replica: policy.replica.clone(),
             host: target.host.clone(),
             counts,
         };
-        // `sender` is dropped once the response head is here, so the
-        // connection ends (and is reported) when the body has been read.
-        let mut sender = if tls {
-            self.tls_session(&target, stream, Some(done)).await?
+        let mut sender = if key.tls {
+            self.tls_session(target, stream, Some(done)).await?
         } else {
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|_| Refusal::Unreachable(target.host.clone()))?;
+                .map_err(|e| failed(&e))?;
             self.drive(connection, Some(done));
             sender
         };
-        let outbound = outbound(request, &target, default_port, injection.as_ref());
-        let response = sender.send_request(outbound).await.map_err(|error| {
-            tracing::info!(host = %target.host, %error, "egress upstream failed");
-            Refusal::Unreachable(target.host.clone())
-        })?;
-        Ok(inbound(response))
+        let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
+        Ok((sender, response))
     }
 
     /// `CONNECT host:port`: checked and connected upstream before it is

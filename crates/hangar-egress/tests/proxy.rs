@@ -7,10 +7,11 @@
 //! .4 none, .9 unknown). Test names (`plain.test`, …) reach the upstreams
 //! through the proxy's name mapping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use hangar_egress::{
     CertificateAuthority, ClientPolicy, DenyReason, Egress, EgressEvent, EgressProxy, Injection,
     Policies, ProxyConfig,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -39,8 +40,10 @@ const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
 const TLS_NAMES: [&str; 3] = ["secure.test", "tunnel.test", "other.test"];
 
 /// An upstream that answers with what it received: each header as
-/// `name: value` on a line, a blank line, then the request body.
-async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// `name: value` on a line, a blank line, then the request body. At
+/// `/chunked` the same in two chunks of unknown length; at `/empty`,
+/// nothing.
+async fn echo(request: Request<Incoming>) -> Result<Response<Chunks>, Infallible> {
     let (parts, body) = request.into_parts();
     let mut text = format!("{} {}\n", parts.method, parts.uri);
     for (name, value) in &parts.headers {
@@ -51,14 +54,62 @@ async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
     if let Ok(body) = body.collect().await {
         out.extend_from_slice(&body.to_bytes());
     }
-    Ok(Response::new(Full::new(Bytes::from(out))))
+    let out = Bytes::from(out);
+    let body = match parts.uri.path() {
+        "/empty" => Chunks::sized(Bytes::new()),
+        "/chunked" => {
+            let half = out.len() / 2;
+            Chunks(VecDeque::from([out.slice(..half), out.slice(half..)]), None)
+        }
+        _ => Chunks::sized(out),
+    };
+    Ok(Response::new(body))
 }
 
-async fn serve_http(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+/// A response body in frames; of unknown length (sent chunked) unless
+/// `sized`.
+struct Chunks(VecDeque<Bytes>, Option<u64>);
+
+impl Chunks {
+    fn sized(bytes: Bytes) -> Chunks {
+        let len = bytes.len() as u64;
+        Chunks(VecDeque::from([bytes]), Some(len))
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.1 {
+            Some(len) => hyper::body::SizeHint::with_exact(len),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    accepted: Arc<AtomicUsize>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let tls = tls.clone();
         tokio::spawn(async move {
             let builder = hyper::server::conn::http1::Builder::new();
@@ -83,6 +134,9 @@ async fn serve_http(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor
 struct Upstreams {
     http: SocketAddr,
     https: SocketAddr,
+    /// Connections each upstream accepted.
+    http_accepted: Arc<AtomicUsize>,
+    https_accepted: Arc<AtomicUsize>,
     ca_pem: String,
     ca_der: CertificateDer<'static>,
     leaf_der: CertificateDer<'static>,
@@ -119,14 +173,17 @@ async fn upstreams() -> Upstreams {
     let upstreams = Upstreams {
         http: http.local_addr().expect("addr"),
         https: https.local_addr().expect("addr"),
+        http_accepted: Arc::default(),
+        https_accepted: Arc::default(),
         ca_pem: ca.pem(),
         ca_der: ca.der().clone(),
         leaf_der: leaf.der().clone(),
     };
-    tokio::spawn(serve_http(http, None));
+    tokio::spawn(serve_http(http, None, upstreams.http_accepted.clone()));
     tokio::spawn(serve_http(
         https,
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        upstreams.https_accepted.clone(),
     ));
     upstreams
 }
@@ -311,14 +368,25 @@ impl Harness {
     }
 
     async fn stop(self) {
+        self.finish().await;
+    }
+
+    /// Stops the proxy (closing the upstream connections it kept) and
+    /// returns the events not read yet.
+    async fn finish(mut self) -> Vec<EgressEvent> {
         self.shutdown.cancel();
-        self.served.await.expect("serve");
+        (&mut self.served).await.expect("serve");
+        let mut rest = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            rest.push(event);
+        }
+        rest
     }
 }
 
 #[tokio::test]
 async fn plain_http_is_forwarded_as_it_came_and_counted() {
-    let mut h = Harness::start("plain").await;
+    let h = Harness::start("plain").await;
     let body = "x".repeat(100_000);
     let response = h
         .client(OPEN, &[])
@@ -340,16 +408,80 @@ async fn plain_http_is_forwarded_as_it_came_and_counted() {
     assert!(seen.contains("\nhost: plain.test\n"));
     assert!(seen.ends_with(&body));
 
-    let (replica, up, down) = h.done("plain.test").await;
+    // The upstream connection is kept for the next request: it is
+    // reported when the proxy closes it.
+    let (replica, up, down) = done_in(&h.finish().await, "plain.test");
     assert_eq!(replica, "r-open");
     assert!(up > 100_000, "up {up}");
     assert!(down > 100_000, "down {down}");
-    h.stop().await;
+}
+
+/// The one `Done` for `host` among `events`.
+fn done_in(events: &[EgressEvent], host: &str) -> (String, u64, u64) {
+    let done: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            EgressEvent::Done {
+                replica,
+                host: h,
+                bytes_up,
+                bytes_down,
+            } if h == host => Some((replica.clone(), *bytes_up, *bytes_down)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 1, "{events:?}");
+    done[0].clone()
+}
+
+#[tokio::test]
+async fn plain_http_reuses_a_replicas_upstream_connection_and_only_its_own() {
+    let h = Harness::start("reuse").await;
+    let open = h.client(OPEN, &[]);
+    for host in ["plain.test", "secure.test"] {
+        // Answers of all kinds: fixed length, none, chunked.
+        for path in ["/", "/empty", "/chunked", "/"] {
+            let url = format!("http://{host}{path}");
+            let response = open.post(&url).body("x").send().await.expect("send");
+            assert_eq!(response.status(), 200, "{url}");
+            let body = response.text().await.expect("body");
+            assert_eq!(body.is_empty(), path == "/empty", "{url}: {body}");
+            if path == "/chunked" {
+                assert!(body.ends_with("\n\nx"), "{body}");
+            }
+        }
+    }
+    assert_eq!(h.upstreams.http_accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(h.upstreams.https_accepted.load(Ordering::SeqCst), 1);
+
+    // Another replica gets a connection of its own.
+    let response = h
+        .client(ALLOW, &[])
+        .get("http://plain.test/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(!response.text().await.expect("body").is_empty());
+    assert_eq!(h.upstreams.http_accepted.load(Ordering::SeqCst), 2);
+
+    let events = h.finish().await;
+    let mut replicas: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            EgressEvent::Done { replica, host, .. } if host == "plain.test" => {
+                Some(replica.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    replicas.sort();
+    assert_eq!(replicas, ["r-allow", "r-open"]);
 }
 
 #[tokio::test]
 async fn plain_http_to_a_host_with_injection_goes_out_over_tls_with_the_header() {
-    let mut h = Harness::start("plain-injected").await;
+    let h = Harness::start("plain-injected").await;
     // The client trusts no CA at all: it speaks plain HTTP to the proxy.
     let response = h
         .client(OPEN, &[])
@@ -373,11 +505,10 @@ async fn plain_http_to_a_host_with_injection_goes_out_over_tls_with_the_header()
     assert!(seen.contains("\nx-kept: yes\n"), "{seen}");
     assert!(seen.contains("\nhost: secure.test\n"), "{seen}");
     assert!(seen.ends_with("\n\nhello"), "{seen}");
-    let (replica, up, down) = h.done("secure.test").await;
+    let (replica, up, down) = done_in(&h.finish().await, "secure.test");
     assert_eq!(replica, "r-open");
     // A TLS handshake each way at least.
     assert!(up > 200 && down > 500, "up {up} down {down}");
-    h.stop().await;
 }
 
 #[tokio::test]
@@ -779,7 +910,7 @@ async fn the_proxy_never_connects_to_the_hosts_own_addresses() {
     // the public address).
     let everywhere = TcpListener::bind("0.0.0.0:0").await.expect("bind");
     let everywhere_port = everywhere.local_addr().expect("addr").port();
-    tokio::spawn(serve_http(everywhere, None));
+    tokio::spawn(serve_http(everywhere, None, Arc::default()));
     let own = own_outward_address();
     let response = client
         .get(format!("http://{own}:{everywhere_port}/"))
