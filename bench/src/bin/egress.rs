@@ -20,7 +20,10 @@
 //!      verifies the upstream's certificate);
 //!    - terminated: `https://inject.bench/` through the proxy, which
 //!      terminates TLS with a leaf of its own CA, adds `x-injected` and
-//!      re-originates TLS to the upstream.
+//!      re-originates TLS to the upstream;
+//!    - plain → TLS: `http://inject.bench/` through the proxy, which adds
+//!      `x-injected` and sends the request on over TLS (how an agent that
+//!      trusts no CA calls a host with injected headers).
 //!
 //!    Each is measured twice: on a kept-alive connection (the request
 //!    alone) and on a fresh connection per request (TCP, `CONNECT` and the
@@ -276,6 +279,12 @@ fn main() -> Result<()> {
             Path {
                 name: "terminated",
                 url: "https://inject.bench/",
+                expect: format!("ok {INJECTED}"),
+                client: client(Some(proxy_addr), &hangar_pem, upstream, fresh)?,
+            },
+            Path {
+                name: "plain → TLS",
+                url: "http://inject.bench/",
                 expect: format!("ok {INJECTED}"),
                 client: client(Some(proxy_addr), &hangar_pem, upstream, fresh)?,
             },
