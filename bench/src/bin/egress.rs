@@ -33,7 +33,8 @@
 //! `--requests` timed per path, split into 10 blocks taken round-robin over
 //! the paths. Timed from sending the request to the last body byte; every
 //! answer is checked off the clock (200, `ok`, the injected value on the
-//! two paths to the host with an injection and no other), so an error never passes as fast.
+//! two paths to the host with an injection and no other), so an error
+//! never passes as fast.
 //!
 //! The binary exits 0 whether or not the figures are good: it is a
 //! measurement, not a test.
