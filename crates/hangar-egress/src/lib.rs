@@ -6,8 +6,9 @@
 //!
 //! A packet filter sees addresses; policies name hosts (`api.openai.com`,
 //! `*.github.com`), and one address serves many names. The proxy sees the
-//! name a client asks for — the `Host` of a plain HTTP request, the host of
-//! a `CONNECT` and the server name (SNI) of the TLS handshake inside it —
+//! name a client asks for — the host in a plain HTTP request's URL, the
+//! host of a `CONNECT` and the server name (SNI) of the TLS handshake inside
+//! it —
 //! and checks it against the client's [`Policies`] before anything leaves.
 //! Replicas are pointed at it with `HTTP_PROXY`/`HTTPS_PROXY`; the packet
 //! filter (not this crate) makes it the only way out for a replica whose
@@ -23,7 +24,9 @@
 //! holds no copy in its environment, files or memory, so code running there
 //! (the agent, a dependency, a prompt-injected tool) cannot read it; at most
 //! it can make requests to the host the secret is for, which the policy
-//! already allows.
+//! already allows. (A host that echoes request headers back in its answers
+//! would hand the secret to the sandbox: injections are for APIs, not for
+//! echo services.)
 //!
 //! # What is terminated and what is not
 //!
