@@ -556,7 +556,16 @@ impl Shared {
         let upgrade = hyper::upgrade::on(request);
         let shared = self.clone();
         if policy.injection_for(&target.host).is_some() {
-            let sender = self.tls_session(&target, stream, None).await?;
+            // The upstream connection is reported at the tunnel's end, or
+            // here when its TLS fails.
+            let sender = match self.tls_session(&target, stream, None).await {
+                Ok(sender) => sender,
+                Err(refusal) => {
+                    self.done(policy.replica.clone(), target.host.clone(), &counts)
+                        .await;
+                    return Err(refusal);
+                }
+            };
             self.tasks.spawn(async move {
                 let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
@@ -625,19 +634,32 @@ impl Shared {
             tracing::info!(host = %target.host, %error, "egress upstream TLS failed");
             Refusal::Unreachable(target.host.clone())
         };
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| unreachable(&e))?;
-        let tls = tokio::time::timeout(
-            self.connect_timeout,
-            self.upstream_tls.connect(name, stream),
-        )
-        .await
-        .map_err(|e| unreachable(&e))?
-        .map_err(|e| unreachable(&e))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let handshake = async {
+            let name = ServerName::try_from(target.host.clone()).map_err(|e| unreachable(&e))?;
+            let tls = tokio::time::timeout(
+                self.connect_timeout,
+                self.upstream_tls.connect(name, stream),
+            )
             .await
+            .map_err(|e| unreachable(&e))?
             .map_err(|e| unreachable(&e))?;
-        self.drive(connection, done);
-        Ok(sender)
+            hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(&e))
+        };
+        match handshake.await {
+            Ok((sender, connection)) => {
+                self.drive(connection, done);
+                Ok(sender)
+            }
+            Err(refusal) => {
+                // The connection was made: what went over it is reported.
+                if let Some(done) = done {
+                    self.done(done.replica, done.host, &done.counts).await;
+                }
+                Err(refusal)
+            }
+        }
     }
 }
 

@@ -556,7 +556,7 @@ async fn https_to_a_host_with_injection_is_terminated_and_re_originated() {
 async fn a_terminated_upstream_is_verified_against_the_upstream_roots() {
     // The proxy trusts no one upstream: the test upstream's certificate
     // must fail, and the client gets a 502, not a connection.
-    let h = Harness::start_with("unverified", |config, _| {
+    let mut h = Harness::start_with("unverified", |config, _| {
         config.upstream_roots = rustls::RootCertStore::empty();
     })
     .await;
@@ -567,6 +567,9 @@ async fn a_terminated_upstream_is_verified_against_the_upstream_roots() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // The bytes of the failed handshake count.
+    let (_, up, down) = h.done("secure.test").await;
+    assert!(up > 0 && down > 0, "up {up} down {down}");
     // The same for plain HTTP that goes out over TLS for its injection.
     let response = h
         .client(OPEN, &[])
