@@ -1014,3 +1014,35 @@ async fn bad_input_is_answered_and_the_proxy_keeps_serving() {
     assert_eq!(response.status(), 200);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_cuts_open_tunnels_and_reports_them() {
+    let h = Harness::start("shutdown").await;
+    let mut stream = connect_from(OPEN, h.proxy).await;
+    let connect = b"CONNECT tunnel.test:443 HTTP/1.1\r\nhost: tunnel.test:443\r\n\r\n";
+    assert!(exchange(&mut stream, connect)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(h.upstreams.ca_der.clone()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("tunnel.test").expect("name"), stream)
+        .await
+        .expect("through the tunnel");
+
+    // The tunnel is open and idle: shutting down must not wait for it.
+    let events = h.finish().await;
+    let (replica, up, down) = done_in(&events, "tunnel.test");
+    assert_eq!(replica, "r-open");
+    assert!(up > 0 && down > 0, "up {up} down {down}");
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    assert!(rest.is_empty());
+}
