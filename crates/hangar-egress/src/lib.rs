@@ -104,7 +104,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use ca::{CaError, CertificateAuthority};
-pub use policy::{ClientPolicy, Egress, HostPattern, Injection, PatternError, Policies};
+pub use policy::{ClientPolicy, Egress, EgressRule, HostPattern, Injection, Policies};
 pub use proxy::EgressProxy;
 pub use upstream::Network;
 
