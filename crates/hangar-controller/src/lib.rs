@@ -33,6 +33,7 @@
 //! Exec and stdin go to one running replica of the instance; logs are read
 //! from the store, live lines from [`Controller::subscribe_logs`].
 
+mod egress;
 mod error;
 mod launch;
 mod plan;
@@ -44,7 +45,7 @@ mod tasks;
 mod tell;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use egress::EgressProxyAddress;
 pub use error::ControlError;
 /// How long a stdin write collects the replica's answer ([`Controller::stdin`]).
 pub use hangar_runtime::driver::StdinWait;
@@ -117,6 +119,9 @@ pub struct ControllerConfig {
     /// What replicas may reach outside the host when their instance's
     /// `config.network.egress` does not say.
     pub default_egress: hangar_core::network::Egress,
+    /// Where replicas reach the egress proxy; `None`: the server runs none,
+    /// and replicas that need one are not made.
+    pub egress_proxy: Option<EgressProxyAddress>,
 }
 
 impl Default for ControllerConfig {
@@ -142,6 +147,7 @@ impl Default for ControllerConfig {
             scale_down_window: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(300),
             default_egress: hangar_core::network::Egress::Open,
+            egress_proxy: None,
         }
     }
 }
@@ -202,6 +208,10 @@ pub struct InstanceMetrics {
     /// Share of health checks that passed (of replicas that had been ready),
     /// since the server started; `None` before the first.
     pub uptime_percent: Option<f64>,
+    /// Connections the egress proxy refused, since the server started.
+    pub egress_denied_total: u64,
+    /// Bytes through the egress proxy, both ways, since the server started.
+    pub egress_bytes_total: u64,
 }
 
 /// See the module docs. Cheap to clone.
@@ -241,6 +251,10 @@ pub(crate) struct InstanceState {
     pub traffic: Arc<Traffic>,
     /// Notified when a replica becomes ready (cold starts wait on it).
     pub became_ready: tokio::sync::Notify,
+    /// Connections the egress proxy refused to its replicas.
+    pub egress_denied: AtomicU64,
+    /// Bytes its replicas sent and received through the egress proxy.
+    pub egress_bytes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -269,6 +283,8 @@ pub(crate) struct Tracked {
     /// passed: `health.uptime_percent`, since this server started.
     pub health_checks: u64,
     pub health_passes: u64,
+    /// The instance's rules for the egress proxy, if its replicas use it.
+    pub egress: Option<Arc<egress::EgressRules>>,
 }
 
 /// How long exec and stdin wait for an instance at zero to start a replica.
@@ -432,6 +448,18 @@ impl Controller {
         self.inner.state(instance_id).logs.subscribe()
     }
 
+    /// What the egress proxy asks on every request: the policy of the
+    /// replica at an address.
+    pub fn egress_policies(&self) -> Arc<dyn hangar_egress::Policies> {
+        Arc::new(egress::LivePolicies(Arc::downgrade(&self.inner)))
+    }
+
+    /// Takes what the egress proxy reports: a denial goes to the agent's
+    /// log and its count, bytes to its count.
+    pub async fn report_egress(&self, event: hangar_egress::EgressEvent) {
+        egress::report(&self.inner, event).await;
+    }
+
     /// The running replicas of an instance and their figures.
     pub fn metrics(&self, instance_id: &str) -> InstanceMetrics {
         let Some(state) = lock(&self.inner.instances).get(instance_id).cloned() else {
@@ -440,6 +468,8 @@ impl Controller {
         let tracked = lock(&state.tracked);
         let mut metrics = InstanceMetrics {
             requests_total: state.traffic.requests_total.load(Ordering::Relaxed),
+            egress_denied_total: state.egress_denied.load(Ordering::Relaxed),
+            egress_bytes_total: state.egress_bytes.load(Ordering::Relaxed),
             ..InstanceMetrics::default()
         };
         let mut times = Vec::new();
@@ -682,6 +712,8 @@ impl Inner {
                     tracked: Mutex::new(Tracked::default()),
                     traffic: Arc::new(Traffic::new(self.epoch)),
                     became_ready: tokio::sync::Notify::new(),
+                    egress_denied: AtomicU64::new(0),
+                    egress_bytes: AtomicU64::new(0),
                 })
             })
             .clone()

@@ -14,6 +14,7 @@ use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_store::ControlledInstance;
 use tokio::time::Instant;
 
+use crate::egress;
 use crate::error::ReconcileError;
 use crate::plan::{self, Build, Desired, Plan, Policy, Status};
 use crate::replica::{Phase, Replica};
@@ -78,6 +79,14 @@ pub(crate) async fn reconcile(
                 Duration::from_secs(u64::from(s))
             }),
     };
+    // The proxy's view of the instance follows its policy at once; one that
+    // cannot be worked out now (a secret unreadable) keeps the last.
+    match egress::rules(inner, instance).await {
+        Ok(rules) => lock(&state.tracked).egress = rules.map(Arc::new),
+        Err(err) => {
+            tracing::warn!(instance = %instance.id, error = %err, "the egress rules are not updated")
+        }
+    }
     let plan = {
         let bounds = Bounds::of(&controlled);
         let mut tracked = lock(&state.tracked);
@@ -248,6 +257,7 @@ async fn create(
         .map(|(id, driver)| (id.as_str(), *driver));
     let mut spec = launch::replica_spec(&instance, artifact, &replica_id, generation, cloud)?;
     spec.network = launch::network_policy(&instance, &inner.config.default_egress);
+    egress::prepare(inner, state, &instance, &mut spec).await?;
     let info = inner
         .driver
         .create(&spec)
@@ -280,7 +290,7 @@ async fn with_secrets(
     inner: &Inner,
     instance: &hangar_core::model::Instance,
 ) -> Result<hangar_core::model::Instance, String> {
-    let mut names: Vec<&str> = instance
+    let names: Vec<&str> = instance
         .env_vars
         .values()
         .flat_map(|v| hangar_core::validate::secret_refs(v).unwrap_or_default())
@@ -288,9 +298,23 @@ async fn with_secrets(
     if names.is_empty() {
         return Ok(instance.clone());
     }
+    let secrets = reveal_secrets(inner, instance, names).await?;
+    let mut resolved = instance.clone();
+    for value in resolved.env_vars.values_mut() {
+        *value = launch::resolve_secrets(value, &secrets)?;
+    }
+    Ok(resolved)
+}
+
+/// The values of the organization's secrets `names` (those it has).
+pub(crate) async fn reveal_secrets(
+    inner: &Inner,
+    instance: &hangar_core::model::Instance,
+    mut names: Vec<&str>,
+) -> Result<BTreeMap<String, String>, String> {
     names.sort_unstable();
     names.dedup();
-    let mut secrets = std::collections::BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     for name in names {
         let value = inner
             .store
@@ -304,11 +328,7 @@ async fn with_secrets(
             secrets.insert(name.to_owned(), value);
         }
     }
-    let mut resolved = instance.clone();
-    for value in resolved.env_vars.values_mut() {
-        *value = launch::resolve_secrets(value, &secrets)?;
-    }
-    Ok(resolved)
+    Ok(secrets)
 }
 
 /// Takes the replicas out of the rotation, waits for their requests in

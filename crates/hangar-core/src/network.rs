@@ -17,6 +17,7 @@
 //! replicas these may open connections to; without it, no other instance's.
 //! Nothing can name another organization's.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -44,6 +45,51 @@ pub struct NetworkConfig {
     /// these may connect to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reach: Vec<String>,
+    /// Headers the egress proxy adds to every request to a host, usually
+    /// with secrets (`${secrets.NAME}`): the values never enter the replica.
+    /// The host must also be allowed by `egress`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject: Vec<Injection>,
+}
+
+/// Headers the egress proxy adds to requests to one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Injection {
+    /// The host name, exactly (`api.openai.com`).
+    pub host: String,
+    /// Header names and values; values may refer to secrets as
+    /// `${secrets.NAME}`. They replace what the replica sent under those
+    /// names.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Most hosts in `inject`.
+pub const MAX_INJECTIONS: usize = 20;
+/// Most headers per injected host.
+pub const MAX_INJECTED_HEADERS: usize = 20;
+
+impl NetworkConfig {
+    /// Whether replicas need the egress proxy: it matches host names and
+    /// adds the injected headers.
+    #[must_use]
+    pub fn needs_proxy(&self) -> bool {
+        let names = matches!(
+            &self.egress,
+            Some(Egress::Allow(rules)) if rules.iter().any(|rule| rule.host().is_some())
+        );
+        names || !self.inject.is_empty()
+    }
+
+    /// Every secret the injected headers refer to.
+    #[must_use]
+    pub fn secret_refs(&self) -> Vec<&str> {
+        self.inject
+            .iter()
+            .flat_map(|injection| injection.headers.values())
+            .flat_map(|value| crate::validate::secret_refs(value).unwrap_or_default())
+            .collect()
+    }
 }
 
 impl NetworkConfig {
@@ -65,16 +111,65 @@ impl NetworkConfig {
                     format!("must have at most {MAX_ALLOW_RULES} rules"),
                 ));
             }
-            // Names are matched by the egress proxy, which no server runs
-            // yet: refused rather than accepted and never honoured.
-            if let Some(host) = rules.iter().find_map(EgressRule::host) {
+        }
+        if self.inject.len() > MAX_INJECTIONS {
+            return Err(Invalid::new(
+                "config.network.inject",
+                format!("must have at most {MAX_INJECTIONS} hosts"),
+            ));
+        }
+        for injection in &self.inject {
+            injection.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Injection {
+    fn validate(&self) -> Result<(), Invalid> {
+        let field = "config.network.inject";
+        let host: HostPattern = self
+            .host
+            .parse()
+            .map_err(|err: String| Invalid::new(field, err))?;
+        if host.wildcard || host.port.is_some() {
+            return Err(Invalid::new(
+                field,
+                format!("{}: a host is one name, without `*.` or a port", self.host),
+            ));
+        }
+        if self.headers.is_empty() || self.headers.len() > MAX_INJECTED_HEADERS {
+            return Err(Invalid::new(
+                field,
+                format!("{}: give 1 to {MAX_INJECTED_HEADERS} headers", self.host),
+            ));
+        }
+        for (name, value) in &self.headers {
+            let token = !name.is_empty()
+                && name.len() <= 256
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
                 return Err(Invalid::new(
-                    "config.network.egress.allow",
-                    format!(
-                        "{host}: host names need the egress proxy, which this server does not                          have yet; give IPv4 addresses or networks (10.0.0.0/8:5432)"
-                    ),
+                    field,
+                    format!("{name:?} is not a header name"),
                 ));
             }
+            let reserved = ["host", "content-length", "transfer-encoding", "connection"];
+            if reserved.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(Invalid::new(field, format!("{name} is the proxy's to set")));
+            }
+            if value.len() > crate::validate::MAX_ENV_VALUE_LEN
+                || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            {
+                return Err(Invalid::new(
+                    field,
+                    format!("the value of {name} must be printable text of at most 32 KiB"),
+                ));
+            }
+            crate::validate::secret_refs(value)
+                .map_err(|err| Invalid::new(field, format!("{name}: {}", err.message)))?;
         }
         Ok(())
     }
@@ -395,8 +490,8 @@ mod tests {
             "reach": ["search-agent"],
         }))
         .expect("block");
-        let err = block.validate().expect_err("no proxy for names yet");
-        assert!(err.to_string().contains("egress proxy"), "{err}");
+        block.validate().expect("valid");
+        assert!(block.needs_proxy());
         assert_eq!(
             serde_json::to_value(&block).expect("serializes"),
             serde_json::json!({
@@ -424,5 +519,41 @@ mod tests {
             ..NetworkConfig::default()
         };
         assert!(block.validate().is_err());
+    }
+
+    #[test]
+    fn injections_name_one_host_and_real_headers() {
+        let inject = |host: &str, name: &str, value: &str| NetworkConfig {
+            inject: vec![Injection {
+                host: host.to_owned(),
+                headers: [(name.to_owned(), value.to_owned())].into(),
+            }],
+            ..NetworkConfig::default()
+        };
+        let good = inject(
+            "api.openai.com",
+            "Authorization",
+            "Bearer ${secrets.OPENAI_KEY}",
+        );
+        good.validate().expect("valid");
+        assert!(good.needs_proxy());
+        assert_eq!(good.secret_refs(), ["OPENAI_KEY"]);
+        for (bad, why) in [
+            (inject("*.openai.com", "A", "b"), "one name"),
+            (inject("api.openai.com:443", "A", "b"), "one name"),
+            (
+                inject("api.openai.com", "Bad Name", "b"),
+                "not a header name",
+            ),
+            (inject("api.openai.com", "Host", "b"), "the proxy's"),
+            (inject("api.openai.com", "A", "line\nbreak"), "printable"),
+            (
+                inject("api.openai.com", "A", "${secrets.OPEN"),
+                "unterminated",
+            ),
+        ] {
+            let err = bad.validate().expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
     }
 }

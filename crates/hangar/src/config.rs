@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use clap::Args;
 use serde::Deserialize;
@@ -89,6 +90,16 @@ pub struct ServeArgs {
     /// [env: HANGAR_EGRESS_DEFAULT] [default: open]
     #[arg(long, value_name = "open|none")]
     pub egress_default: Option<String>,
+    /// Host names the egress proxy sends to a fixed address instead of
+    /// resolving them, comma-separated `name=ip:port` (an internal service,
+    /// a test server) [env: HANGAR_EGRESS_HOSTS] [default: none]
+    #[arg(long, value_name = "NAME=IP:PORT,...")]
+    pub egress_hosts: Option<String>,
+    /// More certificate authorities (a PEM file) the egress proxy trusts
+    /// upstream, besides the public web's [env: HANGAR_EGRESS_UPSTREAM_CA]
+    /// [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub egress_upstream_ca: Option<PathBuf>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -117,6 +128,8 @@ struct FileServer {
     rate_limit: Option<String>,
     rate_limit_burst: Option<u32>,
     egress_default: Option<String>,
+    egress_hosts: Option<String>,
+    egress_upstream_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +167,10 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Egress of replicas whose agent does not say.
     pub egress_default: hangar_core::network::Egress,
+    /// The egress proxy's fixed name mapping.
+    pub egress_hosts: std::collections::HashMap<String, SocketAddr>,
+    /// More roots the egress proxy trusts upstream (a PEM file).
+    pub egress_upstream_ca: Option<PathBuf>,
     /// Browser origins allowed by CORS (`*` for any); empty for none.
     pub cors_origins: Vec<String>,
     /// Log lines kept per instance.
@@ -428,12 +445,25 @@ impl Config {
                 .map_err(|err| ConfigError(format!("egress default: {err}")))?,
             None => hangar_core::network::Egress::Open,
         };
+        let egress_hosts = parse_egress_hosts(
+            args.egress_hosts
+                .or_else(|| env_get("HANGAR_EGRESS_HOSTS"))
+                .or(file.egress_hosts)
+                .as_deref()
+                .unwrap_or(""),
+        )?;
+        let egress_upstream_ca = args
+            .egress_upstream_ca
+            .or_else(|| env_get("HANGAR_EGRESS_UPSTREAM_CA").map(PathBuf::from))
+            .or(file.egress_upstream_ca);
         let build_step_env = hangar_build::STEP_ENV_NAMES
             .iter()
             .filter_map(|&name| env.get(name).map(|value| (name.to_owned(), value.clone())))
             .collect();
         Ok(Config {
             egress_default,
+            egress_hosts,
+            egress_upstream_ca,
             rate_limit,
             build_step_env,
             docker_host,
@@ -454,6 +484,28 @@ impl Config {
             max_upload_bytes: max_upload_mb << 20,
         })
     }
+}
+
+/// `name=ip:port,…` (empty: none).
+fn parse_egress_hosts(
+    text: &str,
+) -> Result<std::collections::HashMap<String, SocketAddr>, ConfigError> {
+    let mut hosts = std::collections::HashMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let parsed = entry.split_once('=').and_then(|(name, addr)| {
+            let name = name.trim().to_ascii_lowercase();
+            let valid = hangar_core::network::HostPattern::from_str(&name)
+                .is_ok_and(|pattern| !pattern.wildcard && pattern.port.is_none());
+            Some((name, addr.trim().parse::<SocketAddr>().ok()?)).filter(|_| valid)
+        });
+        let (name, addr) = parsed.ok_or_else(|| {
+            ConfigError(format!(
+                "egress host '{entry}' must be name=ip:port, such as api.internal=10.0.0.5:443"
+            ))
+        })?;
+        hosts.insert(name, addr);
+    }
+    Ok(hosts)
 }
 
 /// The per-key rate limit: `rate` is `N/s`, `N/m` or `N/h` (default

@@ -1,5 +1,6 @@
 //! The files `hangar serve` keeps in its data dir: `secret.key`,
-//! `admin.key`, `docker.owner` and `node.id`.
+//! `admin.key`, `docker.owner`, `node.id` and `egress.port` (the egress
+//! proxy's CA is in `egress/`, written by its crate).
 //!
 //! They are few, small and precious: a torn `secret.key` makes every sealed
 //! secret unreadable, a `node.id` that changes makes the server a stranger
@@ -30,6 +31,10 @@ pub const ADMIN_KEY: &str = "admin.key";
 const DOCKER_OWNER: &str = "docker.owner";
 /// This server's stable ID.
 const NODE_ID: &str = "node.id";
+/// The port the egress proxy listens on.
+const EGRESS_PORT: &str = "egress.port";
+/// The egress proxy's certificate authority.
+const EGRESS_CA_DIR: &str = "egress";
 
 /// A data dir, created (mode 0700) and resolved to an absolute path.
 #[derive(Debug, Clone)]
@@ -93,6 +98,31 @@ impl DataDir {
             path.display()
         );
         Ok(id.to_owned())
+    }
+
+    /// The egress proxy's port: picked (free at that moment) on first start
+    /// and kept, because running replicas were given it and outlive the
+    /// server.
+    pub fn egress_port(&self) -> anyhow::Result<u16> {
+        let bytes = self.create_once(EGRESS_PORT, || {
+            let port = std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|listener| listener.local_addr())
+                .map_or(0, |addr| addr.port());
+            format!("{port}\n").into_bytes()
+        })?;
+        let path = self.root.join(EGRESS_PORT);
+        String::from_utf8_lossy(&bytes)
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .with_context(|| format!("{} does not hold a port", path.display()))
+    }
+
+    /// Where the egress proxy's certificate authority is kept.
+    #[must_use]
+    pub fn egress_ca_dir(&self) -> PathBuf {
+        self.root.join(EGRESS_CA_DIR)
     }
 
     /// Keeps a generated bootstrap key for the operator; returns its path.

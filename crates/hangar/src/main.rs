@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod config;
 mod data_dir;
+mod egress;
 mod jobs;
 mod serve;
 

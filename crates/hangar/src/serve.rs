@@ -125,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let docker = connect_docker(&config, &data_dir).await;
     let (runtime, driver, controller_loop) =
-        start_runtime(&config, &store, &docker, &replicas_shutdown).await?;
+        start_runtime(&config, &data_dir, &store, &docker, &replicas_shutdown).await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
@@ -320,6 +320,7 @@ type Runtime = (
 
 async fn start_runtime(
     config: &Config,
+    data_dir: &DataDir,
     store: &hangar_store::Store,
     docker: &Result<Arc<hangar_runtime::DockerDriver>, String>,
     shutdown: &CancellationToken,
@@ -340,6 +341,13 @@ async fn start_runtime(
     })
     .context("preparing the sandbox driver's state dirs")?;
     tracing::info!(bridged = driver.bridged(), "sandbox driver ready");
+    // Replicas on the bridge reach the egress proxy at its gateway.
+    let proxy = if driver.bridged() {
+        let bridge = hangar_runtime::sandbox::BridgeConfig::default();
+        Some(crate::egress::bind(config, data_dir, &bridge).await?)
+    } else {
+        None
+    };
     let driver: Arc<dyn hangar_runtime::Driver> = Arc::new(driver);
     let drivers = hangar_runtime::DriverSet::new(driver.clone());
     let drivers = match docker {
@@ -356,6 +364,7 @@ async fn start_runtime(
             log_lines_kept: config.log_retention_lines,
             log_max_age: Some(config.log_retention),
             default_egress: config.egress_default.clone(),
+            egress_proxy: proxy.as_ref().map(|proxy| proxy.address.clone()),
             ..hangar_controller::ControllerConfig::default()
         },
     );
@@ -363,6 +372,19 @@ async fn start_runtime(
         .start(shutdown.clone())
         .await
         .map_err(|err| anyhow::anyhow!("starting the controller: {err}"))?;
+    // The proxy serves replicas, so it stops with the controller.
+    let proxy = proxy.map(|proxy| proxy.start(controller.clone(), shutdown.clone()));
+    let controller_loop = tokio::spawn(async move {
+        let controller = controller_loop.await;
+        if let Some(proxy) = proxy {
+            if let Err(err) = proxy.await {
+                tracing::error!(task = "egress proxy", error = %err, "a background task failed");
+            }
+        }
+        if let Err(err) = controller {
+            tracing::error!(task = "controller", error = %err, "a background task failed");
+        }
+    });
     Ok((Some(controller), Some(driver), Some(controller_loop)))
 }
 

@@ -258,9 +258,10 @@ async fn the_network_block_is_validated_and_shown_back() {
     for (network, field) in [
         (json!({"egress": "some"}), "config"),
         (json!({"egress": {"allow": ["10.1.2.3/8"]}}), "config"),
+        (json!({"egress": {"allow": ["*.com"]}}), "config"),
         (
-            json!({"egress": {"allow": ["api.openai.com"]}}),
-            "config.network.egress.allow",
+            json!({"inject": [{"host": "*.openai.com", "headers": {"A": "b"}}]}),
+            "config.network.inject",
         ),
         (json!({"reach": ["not a name"]}), "config.network.reach"),
         (json!({"unknown": true}), "config"),
@@ -283,7 +284,20 @@ async fn the_network_block_is_validated_and_shown_back() {
         let message = answer["error"].to_string();
         assert!(message.contains(field), "{network}: {answer}");
     }
-    let network = json!({"egress": {"allow": ["10.0.0.0/8:5432", "192.0.2.7"]}, "reach": ["beta"]});
+    let network = json!({
+        "egress": {"allow": ["10.0.0.0/8:5432", "192.0.2.7", "api.openai.com", "*.github.com:443"]},
+        "reach": ["beta"],
+        "inject": [{"host": "api.openai.com", "headers": {"Authorization": "Bearer ${secrets.KEY}"}}],
+    });
+    let (status, _) = call_as(
+        &server,
+        KEY,
+        reqwest::Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "KEY", "value": "not shown"})),
+    )
+    .await;
+    assert!(status == 201 || status == 200);
     let (agent, _) = deploy_as(&server, KEY, "shown", json!({"network": network})).await;
     let (_, view) = call_as(
         &server,

@@ -172,6 +172,8 @@ async fn instances(state: &AppState, registry: &mut Registry) -> ApiResult<()> {
     let memory: Family<Labels, Gauge> = Family::default();
     let rx: Family<Labels, Counter> = Family::default();
     let tx: Family<Labels, Counter> = Family::default();
+    let egress_denied: Family<Labels, Counter> = Family::default();
+    let egress_bytes: Family<Labels, Counter> = Family::default();
     let requests: Family<Labels, Counter> = Family::default();
     let recent: Family<Labels, Gauge> = Family::default();
     let recent_errors: Family<Labels, Gauge> = Family::default();
@@ -203,6 +205,12 @@ async fn instances(state: &AppState, registry: &mut Registry) -> ApiResult<()> {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         rx.get_or_create(&labels).inc_by(live.network_rx_bytes);
         tx.get_or_create(&labels).inc_by(live.network_tx_bytes);
+        egress_denied
+            .get_or_create(&labels)
+            .inc_by(live.egress_denied_total);
+        egress_bytes
+            .get_or_create(&labels)
+            .inc_by(live.egress_bytes_total);
         requests.get_or_create(&labels).inc_by(live.requests_total);
         let stats = state.requests(&i.id, window);
         recent
@@ -248,6 +256,16 @@ async fn instances(state: &AppState, registry: &mut Registry) -> ApiResult<()> {
         "instance_network_transmit_bytes",
         "Bytes its replicas sent",
         tx,
+    );
+    registry.register(
+        "instance_egress_denied",
+        "Connections the egress proxy refused its replicas, since this server started",
+        egress_denied,
+    );
+    registry.register(
+        "instance_egress_bytes",
+        "Bytes its replicas sent and received through the egress proxy, since this server started",
+        egress_bytes,
     );
     registry.register(
         "instance_invocations",
