@@ -33,7 +33,9 @@ pub const MAX_ALLOW_RULES: usize = 100;
 /// Most names in `reach`.
 pub const MAX_REACH: usize = 50;
 
-/// See the module docs.
+/// What an agent's replicas may reach besides their own instance's
+/// replicas: outside the host (`egress`), other agents of the organization
+/// (`reach`), and headers the egress proxy adds for them (`inject`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
