@@ -368,6 +368,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "agent.failed",
     "agent.scaled",
     "agent.health_changed",
+    "agent.policy_changed",
     "instance.started",
     "instance.stopped",
     "instance.crashed",

@@ -54,6 +54,48 @@ pub struct NetworkConfig {
     pub inject: Vec<Injection>,
 }
 
+/// What a change of `config.network` from `before` to `after` amounts to,
+/// for the `agent.policy_changed` event: `None` when it is no change.
+/// `widened` is true when replicas may reach anything they could not
+/// before — and whenever that cannot be told without the server's default
+/// egress (a change to or from an absent `egress`, unless from `open` or to
+/// `none`), so a widening is never missed.
+#[must_use]
+pub fn policy_change(
+    before: Option<&NetworkConfig>,
+    after: Option<&NetworkConfig>,
+) -> Option<serde_json::Value> {
+    let empty = NetworkConfig::default();
+    let (old, new) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    if old == new {
+        return None;
+    }
+    let egress_widened = match (&old.egress, &new.egress) {
+        (_, Some(Egress::None)) | (Some(Egress::Open), _) => false,
+        (Some(_), Some(Egress::Open)) | (None, Some(_)) | (Some(_), None) => true,
+        (Some(Egress::None), Some(Egress::Allow(_))) => true,
+        (Some(Egress::Allow(was)), Some(Egress::Allow(now))) => {
+            now.iter().any(|rule| !was.contains(rule))
+        }
+        (None, None) => false,
+    };
+    let reach_widened = new.reach.iter().any(|name| !old.reach.contains(name));
+    let injected: Vec<&str> = new
+        .inject
+        .iter()
+        .filter(|injection| !old.inject.contains(injection))
+        .map(|injection| injection.host.as_str())
+        .collect();
+    Some(serde_json::json!({
+        "before": before,
+        "after": after,
+        "widened": egress_widened || reach_widened,
+        "egress_widened": egress_widened,
+        "reach_widened": reach_widened,
+        "injection_changed_hosts": injected,
+    }))
+}
+
 /// Headers the egress proxy adds to requests to one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -521,6 +563,40 @@ mod tests {
             ..NetworkConfig::default()
         };
         assert!(block.validate().is_err());
+    }
+
+    #[test]
+    fn a_policy_change_says_whether_it_widens() {
+        let block = |value: serde_json::Value| -> NetworkConfig {
+            serde_json::from_value(value).expect("block")
+        };
+        let none = block(serde_json::json!({"egress": "none"}));
+        let open = block(serde_json::json!({"egress": "open"}));
+        let one = block(serde_json::json!({"egress": {"allow": ["api.openai.com"]}}));
+        let two = block(serde_json::json!({"egress": {"allow": ["api.openai.com", "10.0.0.0/8"]}}));
+        let reach = block(serde_json::json!({"egress": "none", "reach": ["b"]}));
+        let widened = |before: Option<&NetworkConfig>, after: Option<&NetworkConfig>| {
+            policy_change(before, after).map(|change| change["widened"] == true)
+        };
+        assert_eq!(widened(Some(&one), Some(&one)), None, "no change");
+        assert_eq!(widened(None, None), None);
+        assert_eq!(widened(Some(&none), Some(&one)), Some(true));
+        assert_eq!(widened(Some(&one), Some(&two)), Some(true));
+        assert_eq!(widened(Some(&two), Some(&one)), Some(false));
+        assert_eq!(widened(Some(&one), Some(&open)), Some(true));
+        assert_eq!(widened(Some(&open), Some(&none)), Some(false));
+        assert_eq!(
+            widened(Some(&none), Some(&reach)),
+            Some(true),
+            "reach added"
+        );
+        // The server's default is not known here: counted as a widening.
+        assert_eq!(widened(Some(&none), None), Some(true));
+        assert_eq!(widened(None, Some(&one)), Some(true));
+        assert_eq!(widened(None, Some(&none)), Some(false));
+        let change = policy_change(Some(&none), Some(&one)).expect("change");
+        assert_eq!(change["before"], serde_json::json!({"egress": "none"}));
+        assert_eq!(change["after"]["egress"]["allow"][0], "api.openai.com");
     }
 
     #[test]

@@ -275,7 +275,15 @@ impl Store {
         let Some(mut agent) = Self::lock_agent(&mut tx, org_id, id).await? else {
             return Ok(None);
         };
+        let before = agent.config.network.clone();
         change(&mut agent)?;
+        // Audited with the change itself: no policy changes unrecorded.
+        if let Some(data) =
+            hangar_core::network::policy_change(before.as_ref(), agent.config.network.as_ref())
+        {
+            let data = serde_json::json!({"agent_id": agent.id, "policy": data});
+            Self::record_event_in(&mut tx, org_id, "agent.policy_changed", &agent.id, data).await?;
+        }
         sqlx::query(
             "UPDATE agents SET name = $3, display_name = $4, version = $5, runtime = $6, resources = $7, scaling = $8, \
              config = $9, environment = $10, source = $11, metadata = $12, updated_at = $13 \

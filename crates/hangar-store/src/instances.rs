@@ -360,7 +360,26 @@ impl Store {
         .await
         .map_err(StoreError::from)?;
         let mut inst = instance_from_row(&row)?;
+        let before = inst.config.network.clone();
         change(&mut inst)?;
+        // Audited with the change itself, under the instance's agent.
+        if let Some(data) =
+            hangar_core::network::policy_change(before.as_ref(), inst.config.network.as_ref())
+        {
+            let data = serde_json::json!({
+                "agent_id": inst.agent_id,
+                "instance_id": inst.id,
+                "policy": data,
+            });
+            Self::record_event_in(
+                &mut tx,
+                org_id,
+                "agent.policy_changed",
+                &inst.agent_id,
+                data,
+            )
+            .await?;
+        }
         sqlx::query(
             "UPDATE instances SET name = $2, config = $3, resources = $4, env_vars = $5, replicas = $6, updated_at = $7 WHERE id = $1",
         )

@@ -308,4 +308,50 @@ async fn the_network_block_is_validated_and_shown_back() {
     )
     .await;
     assert_eq!(view["data"]["config"]["network"], network, "{view}");
+
+    // Changes of the policy are audited: narrowing, then widening.
+    let changes = [
+        (json!({"egress": "none"}), false),
+        (json!({"egress": {"allow": ["api.openai.com"]}}), true),
+        (
+            json!({"egress": {"allow": ["api.openai.com"]}, "reach": ["beta"]}),
+            true,
+        ),
+        (
+            json!({"egress": {"allow": ["api.openai.com"]}, "reach": ["beta"]}),
+            false,
+        ),
+    ];
+    for (network, _) in &changes {
+        let (status, body) = call_as(
+            &server,
+            KEY,
+            reqwest::Method::PATCH,
+            &format!("/v1/agents/{agent}"),
+            Some(json!({"config": {"network": network}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, events) = call_as(
+        &server,
+        KEY,
+        reqwest::Method::GET,
+        "/v1/events?type=agent.policy_changed&limit=100",
+        None,
+    )
+    .await;
+    let mut recorded: Vec<Value> = events["data"].as_array().expect("events").clone();
+    recorded.reverse();
+    // The last PATCH changed nothing: three events.
+    assert_eq!(recorded.len(), 3, "{events}");
+    for (event, (network, widened)) in recorded.iter().zip(&changes) {
+        assert_eq!(event["data"]["agent_id"], agent.as_str());
+        assert_eq!(event["data"]["policy"]["after"], *network, "{event}");
+        assert_eq!(event["data"]["policy"]["widened"], *widened, "{event}");
+    }
+    assert_eq!(
+        recorded[0]["data"]["policy"]["before"]["reach"],
+        json!(["beta"])
+    );
 }

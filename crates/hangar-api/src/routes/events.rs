@@ -30,7 +30,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 pub struct EventObject {
     /// `evt_…`
     pub id: String,
-    /// Its type: `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
+    /// Its type: `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     #[serde(rename = "type")]
     pub kind: String,
     /// What it is about (an agent, instance, build or job ID).
@@ -128,7 +128,7 @@ struct EventsQuery {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// Only events of this type (`agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`).
+    /// Only events of this type (`agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`).
     #[serde(rename = "type")]
     kind: Option<String>,
 }

@@ -68,7 +68,7 @@ struct CreateWebhook {
     /// address is refused unless the server allows private receivers
     /// (`--webhook-allow-private`); names are checked when delivering.
     url: String,
-    /// Event types to deliver (default: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
+    /// Event types to deliver (default: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     #[serde(default)]
     events: Vec<String>,
     /// Free text.
@@ -176,7 +176,7 @@ async fn get_webhook(
 struct UpdateWebhook {
     /// Receiver URL; refused like `POST /v1/webhooks`'.
     url: Option<String>,
-    /// Event types (empty: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
+    /// Event types (empty: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     events: Option<Vec<String>>,
     /// Free text.
     description: Option<String>,
