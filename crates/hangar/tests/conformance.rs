@@ -99,8 +99,12 @@ impl Subject {
                         .collect();
                     assert!(left.is_empty(), "left in {sub}: {left:?}");
                 }
-                let table =
-                    hangar_runtime::sandbox::firewall_table_name(&self.state_dir.join("sandboxes"));
+                // The first resync after the last replica removes the table,
+                // named after the driver's own (canonical) path.
+                self.driver.resync().await.expect("resync");
+                let sandboxes =
+                    std::fs::canonicalize(self.state_dir.join("sandboxes")).expect("state dir");
+                let table = hangar_runtime::sandbox::firewall_table_name(&sandboxes);
                 let listed = std::process::Command::new("nft")
                     .args(["list", "table", "inet", &table])
                     .output()

@@ -247,6 +247,36 @@ async fn replicas_reach_neither_other_tenants_nor_other_agents_nor_the_host() {
         .await;
         assert_eq!(status, 200, "{}: {body}", deployed.agent);
     }
+
+    // The rules are the kernel's: a server killed with -9 leaves them in
+    // force, and the next one repairs a flushed table within a resync.
+    let dir = server.dir.clone();
+    server.kill9();
+    let server = Server::start(&dir);
+    assert_eq!(
+        python_in(&server, &alpha, &connect(&theirs_ip, 8080)).await,
+        "refused"
+    );
+    let sandboxes = std::fs::canonicalize(dir.join("hangar-data/runtime/sandboxes")).expect("dir");
+    let table = hangar_runtime::sandbox::firewall_table_name(&sandboxes);
+    let flushed = std::process::Command::new("nft")
+        .args(["flush", "table", "inet", &table])
+        .status()
+        .expect("nft");
+    assert!(flushed.success());
+    assert_eq!(
+        python_in(&server, &alpha, &connect(&theirs_ip, 8080)).await,
+        "ok",
+        "flushed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while python_in(&server, &alpha, &connect(&theirs_ip, 8080)).await != "refused" {
+        assert!(
+            Instant::now() < deadline,
+            "the flushed table was never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test]

@@ -12,9 +12,12 @@
 //! elements as sandboxes come and go: the table is then a pure function of
 //! what is on disk ([`ruleset`], unit-tested), so a sync repairs anything —
 //! a `nft flush ruleset`, a reboot, a server killed halfway — and the table
-//! is removed with the last sandbox. The rebuild is one `nft -f` transaction
+//! is removed by the first sync after the last sandbox is gone. The rebuild is one `nft -f` transaction
 //! (`delete table` and the new table at once), so no packet ever sees a
-//! half-built table. Each create and delete syncs under the lock, after
+//! half-built table. Creates and deletes change only their own elements
+//! (a few ms, where a rebuild takes 20 ms, most of it the kernel's grace
+//! period for the deleted table, which a start would wait for), and fall
+//! back to a rebuild when the table is not as they expect. Each create and delete syncs under the lock, after
 //! writing or removing its record, so the last sync has seen every record;
 //! the driver also syncs on start and every few seconds
 //! ([`crate::SandboxDriver::resync`]).
@@ -115,7 +118,7 @@ pub(super) fn admit(
     let text = serde_json::to_vec(&record).expect("a record serializes");
     fs::write(&partial, text).map_err(io_error(id, "write", &partial))?;
     fs::rename(&partial, &path).map_err(io_error(id, "rename", &path))?;
-    sync(sandboxes)
+    apply(sandboxes, Change::Add)
         .map(drop)
         .map_err(|reason| SandboxError::Network {
             id: id.to_owned(),
@@ -128,12 +131,10 @@ pub(super) fn admit(
 /// before its address is given back.
 pub(super) fn release(sandboxes: &Sandboxes, id: &str, dir: &Path) -> Result<(), SandboxError> {
     let path = dir.join(RECORD_FILE);
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(io_error(id, "remove", &path)(err)),
+    if !path.exists() {
+        return Ok(());
     }
-    sync(sandboxes)
+    apply(sandboxes, Change::Remove(&path))
         .map(drop)
         .map_err(|reason| SandboxError::Network {
             id: id.to_owned(),
@@ -145,20 +146,64 @@ pub(super) fn release(sandboxes: &Sandboxes, id: &str, dir: &Path) -> Result<(),
 /// Rebuilds the table of `sandboxes` from its members' records (removes it
 /// when there are none). Returns how many members it has.
 pub fn sync(sandboxes: &Sandboxes) -> Result<usize, String> {
+    apply(sandboxes, Change::Rebuild)
+}
+
+/// How [`apply`] brings the table in line with the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change<'a> {
+    /// A record was added: add its elements (create the table if there is
+    /// none); rebuild when that fails.
+    Add,
+    /// Remove this record: delete its elements (the table with the last
+    /// one); rebuild when that fails.
+    Remove(&'a Path),
+    /// Rebuild the table whole.
+    Rebuild,
+}
+
+fn apply(sandboxes: &Sandboxes, change: Change<'_>) -> Result<usize, String> {
     let state_dir = sandboxes.state_dir();
     let _lock = lock(state_dir)?;
-    let members = read_members(state_dir)?;
     let subnet: Ipv4Net = sandboxes.bridge().subnet.parse().map_err(|_| {
         format!(
             "the bridge subnet {:?} is not IPv4",
             sandboxes.bridge().subnet
         )
     })?;
+    let table = table_name(state_dir);
+    let before = match change {
+        Change::Remove(record) => {
+            let before = read_members(state_dir)?;
+            match fs::remove_file(record) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                    return Err(format!("cannot remove {}: {err}", record.display()))
+                }
+                _ => Some(before),
+            }
+        }
+        Change::Add | Change::Rebuild => None,
+    };
+    let members = read_members(state_dir)?;
     if !members.is_empty() {
         bridged_traffic_is_filtered()?;
     }
-    let script = ruleset(&table_name(state_dir), subnet, &members);
-    nft(&script)?;
+    let elements = Elements::of(&members);
+    let quick = match (change, &before) {
+        (Change::Add, _) if !members.is_empty() => {
+            nft(&additions(&table, &elements)).is_ok()
+                || nft(&creation(&table, subnet, &elements)).is_ok()
+        }
+        // The last one leaves an empty table, for the next sync to remove:
+        // deleting a table waits for the kernel's grace period (20 ms).
+        (Change::Remove(_), Some(before)) => {
+            nft(&removals(&table, &Elements::of(before), &elements)).is_ok()
+        }
+        _ => false,
+    };
+    if !quick {
+        nft(&ruleset(&table, subnet, &members))?;
+    }
     Ok(members.len())
 }
 
@@ -271,88 +316,168 @@ fn nft(script: &str) -> Result<(), String> {
     written.map_err(|err| format!("cannot write to nft: {err}"))
 }
 
+/// The elements of the table's sets for `members`, each set's sorted.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Elements {
+    members: Vec<String>,
+    peers: Vec<String>,
+    open: Vec<String>,
+    allow: Vec<String>,
+    host_ports: Vec<String>,
+}
+
+impl Elements {
+    fn of(members: &[Member]) -> Self {
+        let groups: BTreeMap<&str, Vec<Ipv4Addr>> =
+            members.iter().fold(BTreeMap::new(), |mut groups, member| {
+                groups
+                    .entry(member.group.as_str())
+                    .or_default()
+                    .push(member.ip);
+                groups
+            });
+        let mut elements = Elements::default();
+        for member in members {
+            elements.members.push(member.ip.to_string());
+            let reached = std::iter::once(member.group.as_str())
+                .chain(member.policy.reach.iter().map(String::as_str));
+            for group in reached {
+                for ip in groups.get(group).into_iter().flatten() {
+                    if *ip != member.ip {
+                        elements.peers.push(format!("{} . {ip}", member.ip));
+                    }
+                }
+            }
+            match &member.policy.egress {
+                Egress::Open => elements.open.push(member.ip.to_string()),
+                Egress::None => {}
+                Egress::Allow(destinations) => {
+                    for destination in destinations {
+                        let ports = match destination.port {
+                            Some(port) => port.to_string(),
+                            None => "0-65535".to_owned(),
+                        };
+                        elements
+                            .allow
+                            .push(format!("{} . {} . {ports}", member.ip, destination.net));
+                    }
+                }
+            }
+            for port in &member.policy.host_ports {
+                elements.host_ports.push(format!("{} . {port}", member.ip));
+            }
+        }
+        for set in [
+            &mut elements.members,
+            &mut elements.peers,
+            &mut elements.open,
+            &mut elements.allow,
+            &mut elements.host_ports,
+        ] {
+            set.sort();
+            set.dedup();
+        }
+        elements
+    }
+
+    /// `(set, elements)` in the order the table declares them.
+    fn sets(&self) -> [(&'static str, &[String]); 5] {
+        [
+            ("members", &self.members),
+            ("peers", &self.peers),
+            ("open", &self.open),
+            ("allow", &self.allow),
+            ("host_ports", &self.host_ports),
+        ]
+    }
+}
+
+/// The `nft -f` script that adds `elements` to table `table` as it is:
+/// what a new member needs, in a few milliseconds, where [`ruleset`]'s
+/// whole rebuild waits for the kernel's grace period (about 20 ms here).
+/// Fails when the table or a set is missing: then [`ruleset`] it is.
+fn additions(table: &str, elements: &Elements) -> String {
+    let mut script = String::new();
+    for (set, values) in elements.sets() {
+        if !values.is_empty() {
+            let _ = writeln!(
+                script,
+                "add element inet {table} {set} {{ {} }}",
+                values.join(", ")
+            );
+        }
+    }
+    script
+}
+
 /// The `nft -f` script that replaces table `table` with the rules for
 /// `members` of the bridge's `subnet` — or only removes it when there are
 /// none. See the module docs for what the rules do.
 fn ruleset(table: &str, subnet: Ipv4Net, members: &[Member]) -> String {
     // `table` first: it makes the table if missing, so `delete` cannot fail.
     let mut script = format!("table inet {table}\ndelete table inet {table}\n");
-    if members.is_empty() {
-        return script;
+    if !members.is_empty() {
+        script.push_str(&table_block(table, subnet, &Elements::of(members)));
     }
-    let groups: BTreeMap<&str, Vec<Ipv4Addr>> =
-        members.iter().fold(BTreeMap::new(), |mut groups, member| {
-            groups
-                .entry(member.group.as_str())
-                .or_default()
-                .push(member.ip);
-            groups
-        });
-    let mut peers = Vec::new();
-    let mut open = Vec::new();
-    let mut allow = Vec::new();
-    let mut host_ports = Vec::new();
-    for member in members {
-        let reached = std::iter::once(member.group.as_str())
-            .chain(member.policy.reach.iter().map(String::as_str));
-        for group in reached {
-            for ip in groups.get(group).into_iter().flatten() {
-                if *ip != member.ip {
-                    peers.push(format!("{} . {ip}", member.ip));
-                }
-            }
-        }
-        match &member.policy.egress {
-            Egress::Open => open.push(member.ip.to_string()),
-            Egress::None => {}
-            Egress::Allow(destinations) => {
-                for destination in destinations {
-                    let ports = match destination.port {
-                        Some(port) => port.to_string(),
-                        None => "0-65535".to_owned(),
-                    };
-                    allow.push(format!("{} . {} . {ports}", member.ip, destination.net));
-                }
-            }
-        }
-        for port in &member.policy.host_ports {
-            host_ports.push(format!("{} . {port}", member.ip));
+    script
+}
+
+/// The `nft -f` script that makes table `table` for `elements`, and fails
+/// (changing nothing) when there is one already.
+fn creation(table: &str, subnet: Ipv4Net, elements: &Elements) -> String {
+    format!(
+        "create table inet {table}\n{}",
+        table_block(table, subnet, elements)
+    )
+}
+
+/// The `nft -f` script that takes out of table `table` the elements of
+/// `before` that `after` has not: what a departing member leaves.
+fn removals(table: &str, before: &Elements, after: &Elements) -> String {
+    let mut script = String::new();
+    for ((set, was), (_, now)) in before.sets().into_iter().zip(after.sets()) {
+        let gone: Vec<&str> = was
+            .iter()
+            .filter(|element| !now.contains(element))
+            .map(String::as_str)
+            .collect();
+        if !gone.is_empty() {
+            let _ = writeln!(
+                script,
+                "delete element inet {table} {set} {{ {} }}",
+                gone.join(", ")
+            );
         }
     }
-    peers.sort();
-    peers.dedup();
-    allow.sort();
-    allow.dedup();
-    host_ports.sort();
-    host_ports.dedup();
-    let members: Vec<String> = members.iter().map(|member| member.ip.to_string()).collect();
-    let set = |name: &str, kind: &str, flags: &str, elements: &[String]| {
-        let mut set = format!("  set {name} {{ type {kind};{flags}");
-        if !elements.is_empty() {
-            let _ = write!(set, " elements = {{ {} }}", elements.join(", "));
+    script
+}
+
+/// Table `table` with its sets holding `elements` and its chains (see the
+/// module docs for what they do).
+fn table_block(table: &str, subnet: Ipv4Net, elements: &Elements) -> String {
+    let mut script = String::new();
+    let kinds = [
+        ("members", "ipv4_addr", ""),
+        ("peers", "ipv4_addr . ipv4_addr", ""),
+        ("open", "ipv4_addr", ""),
+        (
+            "allow",
+            "ipv4_addr . ipv4_addr . inet_service",
+            " flags interval;",
+        ),
+        ("host_ports", "ipv4_addr . inet_service", ""),
+    ];
+    script.push_str(&format!("table inet {table} {{\n"));
+    for ((name, kind, flags), (_, values)) in kinds.into_iter().zip(elements.sets()) {
+        let _ = write!(script, "  set {name} {{ type {kind};{flags}");
+        if !values.is_empty() {
+            let _ = write!(script, " elements = {{ {} }}", values.join(", "));
         }
-        set.push_str(" }\n");
-        set
-    };
+        script.push_str(" }\n");
+    }
     // Refused, not dropped: the caller learns at once.
     let refuse =
         "    meta l4proto tcp reject with tcp reset\n    reject with icmpx admin-prohibited\n";
-    script.push_str(&format!("table inet {table} {{\n"));
-    script.push_str(&set("members", "ipv4_addr", "", &members));
-    script.push_str(&set("peers", "ipv4_addr . ipv4_addr", "", &peers));
-    script.push_str(&set("open", "ipv4_addr", "", &open));
-    script.push_str(&set(
-        "allow",
-        "ipv4_addr . ipv4_addr . inet_service",
-        " flags interval;",
-        &allow,
-    ));
-    script.push_str(&set(
-        "host_ports",
-        "ipv4_addr . inet_service",
-        "",
-        &host_ports,
-    ));
     let _ = write!(
         script,
         "  chain input {{
@@ -483,6 +608,39 @@ mod tests {
         );
         assert_eq!(elements(&script, "host_ports"), ["10.231.0.3 . 3128"]);
         assert!(elements(&script, "peers").is_empty());
+    }
+
+    #[test]
+    fn a_new_member_only_adds_elements() {
+        let members = [
+            member([10, 231, 0, 2], "a", NetworkPolicy::default()),
+            member([10, 231, 0, 3], "a", NetworkPolicy::default()),
+        ];
+        let script = additions("hangar_x", &Elements::of(&members));
+        assert_eq!(
+            script,
+            "add element inet hangar_x members { 10.231.0.2, 10.231.0.3 }\n\
+             add element inet hangar_x peers { 10.231.0.2 . 10.231.0.3, 10.231.0.3 . 10.231.0.2 }\n\
+             add element inet hangar_x open { 10.231.0.2, 10.231.0.3 }\n"
+        );
+        // The same elements as the whole table's.
+        let whole = ruleset("hangar_x", subnet(), &members);
+        assert_eq!(elements(&whole, "peers").len(), 2);
+    }
+
+    #[test]
+    fn a_departing_member_takes_only_its_elements() {
+        let a = member([10, 231, 0, 2], "a", NetworkPolicy::default());
+        let b = member([10, 231, 0, 3], "a", NetworkPolicy::default());
+        let c = member([10, 231, 0, 4], "c", NetworkPolicy::default());
+        let before = Elements::of(&[a.clone(), b.clone(), c]);
+        let after = Elements::of(&[a, b]);
+        assert_eq!(
+            removals("hangar_x", &before, &after),
+            "delete element inet hangar_x members { 10.231.0.4 }\n\
+             delete element inet hangar_x open { 10.231.0.4 }\n"
+        );
+        assert!(creation("hangar_x", subnet(), &after).starts_with("create table inet hangar_x\n"));
     }
 
     #[test]
