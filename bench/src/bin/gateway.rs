@@ -30,6 +30,10 @@
 //!    `GET /v1/agents/{id}` (the same API-key authentication and agent view
 //!    lookup the invoke route does) and `GET /healthz` (the same HTTP server
 //!    with no auth and no database).
+//! 4. With `--baseline <hangar>`, a second `hangar serve` of that binary (an
+//!    earlier build) beside the first, with the same agent deployed, whose
+//!    `GET /v1/agents/{id}` and `GET /healthz` are measured in the same
+//!    rounds: a before/after comparison under one machine load.
 //!
 //! Latency: sequential requests on one keep-alive connection per path,
 //! `--warmup` untimed first, then `--requests` timed, split into 10 blocks
@@ -114,6 +118,10 @@ struct Args {
     /// path's figure is the median of its rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Another `hangar` binary (an earlier build): its `GET /v1/agents/{id}`
+    /// and `GET /healthz` are measured too, in the same rounds.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// What generates the throughput load.
@@ -483,11 +491,24 @@ fn main() -> Result<()> {
     eprintln!("agent {agent}, instance {instance}, replica at {upstream}");
     let nginx = Nginx::start(&nginx_bin, &upstream)?;
     eprintln!("nginx at 127.0.0.1:{}", nginx.port);
+    let baseline = match &args.baseline {
+        Some(bin) => {
+            let base = Serve::start(&hangar_binary(Some(bin))?, "gwb", KEY, &[])?;
+            eprintln!(
+                "baseline hangar serve at {} in {}",
+                base.url,
+                base.dir.0.display()
+            );
+            let deployed = rt.block_on(base.deploy(&setup, "bench-fast", &agent_dir))?;
+            Some((base, deployed))
+        }
+        None => None,
+    };
 
     let echo = vec![ECHO.to_owned()];
     let hangar_pid = Some(serve.child.id());
     let nginx_pid = Some(nginx.child.id());
-    let targets = vec![
+    let mut targets = vec![
         Target {
             name: "direct: `POST <replica>:8080/invoke`",
             url: format!("http://{upstream}/invoke"),
@@ -543,6 +564,27 @@ fn main() -> Result<()> {
             expect: vec!["ok".to_owned()],
         },
     ];
+    if let Some((base, deployed)) = &baseline {
+        let pid = Some(base.child.id());
+        targets.push(Target {
+            name: "baseline build: `GET /v1/agents/{id}`",
+            url: format!("{}/v1/agents/{}", base.url, deployed.agent),
+            body: None,
+            auth: true,
+            host: None,
+            server: pid,
+            expect: vec![deployed.agent.clone()],
+        });
+        targets.push(Target {
+            name: "baseline build: `GET /healthz`",
+            url: format!("{}/healthz", base.url),
+            body: None,
+            auth: false,
+            host: None,
+            server: pid,
+            expect: vec!["ok".to_owned()],
+        });
+    }
 
     let load_before = load_average();
     let ticks = cpu_ticks();
@@ -591,6 +633,11 @@ fn main() -> Result<()> {
     // Clean up before reporting: the instance, then nginx and serve (drop).
     if let Err(err) = rt.block_on(serve.delete(&setup, &instance)) {
         eprintln!("warning: {err:#}");
+    }
+    if let Some((base, deployed)) = baseline {
+        if let Err(err) = rt.block_on(base.delete(&setup, &deployed.instance)) {
+            eprintln!("warning: {err:#}");
+        }
     }
     drop(nginx);
     drop(serve);

@@ -10,16 +10,16 @@ use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
 use hangar_core::model::{
-    AgentView, ApiKey, Build, Cloud, Instance, Job, Organization, SecretMeta, Timestamp, User,
+    Agent, ApiKey, Build, Cloud, Instance, Job, Organization, SecretMeta, Timestamp, User,
     WebhookEndpoint,
 };
 use hangar_core::resources::{AgentResources, InstanceResources};
 use hangar_core::spec::{DeploymentType, Runtime, RuntimeConfig, Source};
 use hangar_core::status::{
-    agent_status, endpoint_status, AgentStatus, EndpointStatus, InstanceStatus,
+    agent_status, endpoint_status, AgentStatus, BuildStatus, EndpointStatus, InstanceStatus,
 };
 use hangar_core::validate::redact_env;
-use hangar_store::Page;
+use hangar_store::{InstanceSummary, Page};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -295,7 +295,7 @@ pub fn instance_status(
             last_check: live
                 .last_check
                 .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            status: health_of(Some(i)).to_owned(),
+            status: health_of(Some((i.status, i.ready_replicas))).to_owned(),
             response_time_ms: live.response_time_ms,
         },
         resource_usage: ResourceUsage {
@@ -307,10 +307,12 @@ pub fn instance_status(
     }
 }
 
-fn health_of(i: Option<&Instance>) -> &'static str {
+/// The health of an instance of this status and ready replicas (`None`:
+/// no instance).
+fn health_of(i: Option<(InstanceStatus, u32)>) -> &'static str {
     match i {
-        Some(i) if i.status == InstanceStatus::Error => "unhealthy",
-        Some(i) if i.ready_replicas > 0 => "healthy",
+        Some((InstanceStatus::Error, _)) => "unhealthy",
+        Some((_, ready)) if ready > 0 => "healthy",
         _ => "unknown",
     }
 }
@@ -408,20 +410,20 @@ pub struct AgentObject {
     pub instance_id: Option<String>,
 }
 
-/// An agent in the Agents API's shape.
+/// An agent in the Agents API's shape, from the facts its status is
+/// derived from: its latest build's status and its default instance.
 #[must_use]
-pub fn agent(v: &AgentView, cfg: &ApiConfig) -> AgentObject {
-    let a = &v.agent;
-    let inst = v.default_instance.as_ref();
+pub fn agent(
+    a: &Agent,
+    latest_build_status: Option<BuildStatus>,
+    inst: Option<&InstanceSummary>,
+    cfg: &ApiConfig,
+) -> AgentObject {
     AgentObject {
         id: a.id.clone(),
         name: a.name.clone(),
         display_name: a.display_name.clone(),
-        status: agent_status(
-            a.desired_state,
-            v.latest_build_status,
-            inst.map(|i| i.status),
-        ),
+        status: agent_status(a.desired_state, latest_build_status, inst.map(|i| i.status)),
         cloud_id: a.cloud_id.clone(),
         version: a.version.clone(),
         created_at: ts(a.created_at),
@@ -441,7 +443,7 @@ pub fn agent(v: &AgentView, cfg: &ApiConfig) -> AgentObject {
             invoke: a.config.invoke_path.clone(),
         },
         health: AgentHealth {
-            status: health_of(inst).to_owned(),
+            status: health_of(inst.map(|i| (i.status, i.ready_replicas))).to_owned(),
             last_check: None,
             uptime_percent: None,
         },

@@ -10,7 +10,7 @@ use hangar_core::id::{new_id, random_suffix, IdKind};
 use hangar_core::model::{Agent, AgentView, Build, Instance};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{Runtime, RuntimeConfig, Scaling, Source};
-use hangar_core::status::{BuildStatus, DesiredState};
+use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_core::validate::slug;
 use sqlx::any::AnyRow;
 
@@ -18,8 +18,8 @@ use crate::instances::{
     instance_from_row, joined_instance_from_row, INSTANCE_COLUMNS, JOINED_INSTANCE_COLUMNS,
 };
 use crate::{
-    from_ms, name_taken, now_ms, page_limit, to_json, Conditions, Page, Result, RowExt, Store,
-    StoreError,
+    from_ms, name_taken, now_ms, page_limit, to_json, Conditions, FromRow, Page, Result, RowExt,
+    Store, StoreError,
 };
 use sqlx::{Any, Transaction};
 
@@ -58,7 +58,7 @@ pub(crate) const AGENT_COLUMNS: &str = "a.id, a.organization_id, a.user_id, a.cl
     a.runtime, a.resources, a.scaling, a.config, a.environment, a.source, a.metadata, a.desired_state, \
     a.latest_build_id, a.default_instance_id, a.created_at, a.updated_at, a.deployed_at";
 
-pub(crate) fn agent_from_row(r: &AnyRow) -> Result<Agent> {
+pub(crate) fn agent_from_row(r: &impl RowExt) -> Result<Agent> {
     Ok(Agent {
         id: r.text("id")?,
         organization_id: r.text("organization_id")?,
@@ -85,14 +85,103 @@ pub(crate) fn agent_from_row(r: &AnyRow) -> Result<Agent> {
 }
 
 /// The status of the agent's latest build, joined as `build_status`.
-fn build_status(r: &AnyRow) -> Result<Option<BuildStatus>> {
-    r.opt_text("build_status")?
-        .map(|s| s.parse())
+fn build_status(r: &impl RowExt) -> Result<Option<BuildStatus>> {
+    let status: Option<&str> = r.opt_str("build_status")?;
+    status
+        .map(str::parse)
         .transpose()
         .map_err(|e: hangar_core::UnknownVariant| StoreError::Corrupt {
             what: "build_status",
             detail: e.to_string(),
         })
+}
+
+/// An agent as the Agents API shows it: the agent and the facts its status
+/// is derived from — its latest build's status, and of its default instance
+/// only what is shown (an [`AgentView`] less the rest of the instance, which
+/// a read would copy and parse for nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSummary {
+    /// The blueprint.
+    pub agent: Agent,
+    /// Status of its latest build.
+    pub latest_build_status: Option<BuildStatus>,
+    /// Its default instance, when one exists.
+    pub default_instance: Option<InstanceSummary>,
+}
+
+/// What an agent's summary shows of its default instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSummary {
+    /// `inst_…`
+    pub id: String,
+    /// Status as last observed.
+    pub status: InstanceStatus,
+    /// Replicas passing health checks, as last observed.
+    pub ready_replicas: u32,
+}
+
+impl From<&Instance> for InstanceSummary {
+    fn from(instance: &Instance) -> Self {
+        Self {
+            id: instance.id.clone(),
+            status: instance.status,
+            ready_replicas: instance.ready_replicas,
+        }
+    }
+}
+
+/// An agent's summary by organization (`$1`) and ID (`$2`).
+static GET_AGENT_SUMMARY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {AGENT_COLUMNS}, b.status AS build_status, i.status AS i_status, i.ready_replicas AS i_ready_replicas \
+         FROM agents a LEFT JOIN builds b ON b.id = a.latest_build_id LEFT JOIN instances i ON i.id = a.default_instance_id \
+         WHERE a.organization_id = $1 AND a.id = $2 AND a.deleted_at IS NULL"
+    )
+});
+
+impl FromRow for AgentSummary {
+    fn from_row(row: &impl RowExt) -> Result<Self> {
+        let agent = agent_from_row(row)?;
+        let default_instance = match (&agent.default_instance_id, row.opt_str("i_status")?) {
+            (Some(id), Some(status)) => Some(InstanceSummary {
+                id: id.clone(),
+                status: status.parse().map_err(|e: hangar_core::UnknownVariant| {
+                    StoreError::Corrupt {
+                        what: "i_status",
+                        detail: e.to_string(),
+                    }
+                })?,
+                ready_replicas: row.count("i_ready_replicas")?,
+            }),
+            _ => None,
+        };
+        Ok(AgentSummary {
+            latest_build_status: build_status(row)?,
+            agent,
+            default_instance,
+        })
+    }
+}
+
+/// An agent with its latest build's status and its default instance
+/// ([`JOINED_INSTANCE_COLUMNS`]), by organization (`$1`) and ID (`$2`).
+static GET_AGENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {AGENT_COLUMNS}, b.status AS build_status, {JOINED_INSTANCE_COLUMNS} FROM agents a \
+         LEFT JOIN builds b ON b.id = a.latest_build_id LEFT JOIN instances i ON i.id = a.default_instance_id \
+         WHERE a.organization_id = $1 AND a.id = $2 AND a.deleted_at IS NULL"
+    )
+});
+
+impl FromRow for AgentView {
+    fn from_row(row: &impl RowExt) -> Result<Self> {
+        Ok(AgentView {
+            agent: agent_from_row(row)?,
+            latest_build_status: build_status(row)?,
+            default_instance: joined_instance_from_row(row)?,
+        })
+    }
 }
 
 impl Store {
@@ -219,21 +308,13 @@ impl Store {
     /// every API read of an agent (and the gateway's route lookups) pays for
     /// each round trip to the database.
     pub async fn get_agent(&self, org_id: &str, id: &str) -> Result<Option<AgentView>> {
-        let row = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, b.status AS build_status, {JOINED_INSTANCE_COLUMNS} FROM agents a \
-             LEFT JOIN builds b ON b.id = a.latest_build_id LEFT JOIN instances i ON i.id = a.default_instance_id \
-             WHERE a.organization_id = $1 AND a.id = $2 AND a.deleted_at IS NULL"
-        ))
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(AgentView {
-            agent: agent_from_row(&row)?,
-            latest_build_status: build_status(&row)?,
-            default_instance: joined_instance_from_row(&row)?,
-        }))
+        self.point_read(&GET_AGENT, &[org_id, id]).await
+    }
+
+    /// An agent of the organization as the Agents API shows it (see
+    /// [`AgentSummary`]), in one query; cheaper than [`Store::get_agent`].
+    pub async fn get_agent_summary(&self, org_id: &str, id: &str) -> Result<Option<AgentSummary>> {
+        self.point_read(&GET_AGENT_SUMMARY, &[org_id, id]).await
     }
 
     /// A page of the organization's agents, newest first, after the cursor ID.

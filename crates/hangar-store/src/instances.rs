@@ -121,14 +121,14 @@ const JOINED_INSTANCE_NAMES: [&str; 18] = [
 
 /// The instance in a row's [`JOINED_INSTANCE_COLUMNS`]; `None` when the outer
 /// join found none.
-pub(crate) fn joined_instance_from_row(r: &AnyRow) -> Result<Option<Instance>> {
-    if r.opt_text(JOINED_INSTANCE_NAMES[0])?.is_none() {
+pub(crate) fn joined_instance_from_row(r: &impl RowExt) -> Result<Option<Instance>> {
+    if r.opt_str(JOINED_INSTANCE_NAMES[0])?.is_none() {
         return Ok(None);
     }
     instance_from_columns(r, &JOINED_INSTANCE_NAMES).map(Some)
 }
 
-fn instance_from_columns(r: &AnyRow, c: &[&'static str; 18]) -> Result<Instance> {
+fn instance_from_columns(r: &impl RowExt, c: &[&'static str; 18]) -> Result<Instance> {
     Ok(Instance {
         id: r.text(c[0])?,
         organization_id: r.text(c[1])?,

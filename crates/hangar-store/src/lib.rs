@@ -20,6 +20,8 @@
 //! - `runtime`: what the runtime controller reads and records: the instances to
 //!   act on, their replicas' logs and each replica's log cursor.
 //! - [`Backlog`]: counts of work waiting, for metrics.
+//! - `reads`: the point reads every request makes, on SQLite outside the
+//!   pool (one hand-off to SQLite's thread instead of two, typed rows).
 //! - [`seal`]: encryption at rest for secret values.
 
 use std::str::FromStr;
@@ -40,13 +42,14 @@ mod extras;
 mod instances;
 mod intake;
 mod jobs;
+mod reads;
 mod runtime;
 pub mod seal;
 mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use agents::NewAgent;
+pub use agents::{AgentSummary, InstanceSummary, NewAgent};
 pub use backlog::Backlog;
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
@@ -176,6 +179,8 @@ pub struct Store {
     sealer: Arc<seal::Sealer>,
     /// Keys that authenticated lately (see [`tenancy::KeyCache`]).
     keys: Arc<tenancy::KeyCache>,
+    /// On SQLite, the connections of [`Store::point_read`].
+    reads: Option<Arc<reads::PointReads>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -249,11 +254,16 @@ impl Store {
             });
         let pool = options.connect(&url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        let reads = match backend {
+            Backend::Sqlite => Some(Arc::new(reads::PointReads::open(&url).await?)),
+            Backend::Postgres => None,
+        };
         Ok(Self {
             pool,
             backend,
             sealer: Arc::new(sealer),
             keys: Arc::default(),
+            reads,
         })
     }
 
@@ -271,8 +281,44 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        if let Some(reads) = &self.reads {
+            reads.close().await;
+        }
         self.pool.close().await;
     }
+
+    /// The one row `sql` selects with `binds` as `$1…`, decoded, if there
+    /// is one: for reads by key that every request makes. On SQLite it runs
+    /// on the point-read connections (see [`reads`]), elsewhere on the pool.
+    pub(crate) async fn point_read<T: FromRow>(
+        &self,
+        sql: &str,
+        binds: &[&str],
+    ) -> Result<Option<T>> {
+        if let Some(reads) = &self.reads {
+            return reads
+                .fetch_optional(sql, binds)
+                .await?
+                .as_ref()
+                .map(|row| T::from_row(row))
+                .transpose();
+        }
+        let mut query = sqlx::query(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(|row| T::from_row(row))
+            .transpose()
+    }
+}
+
+/// A value read from one row, on any backend.
+pub(crate) trait FromRow: Sized {
+    fn from_row(row: &impl RowExt) -> Result<Self>;
 }
 
 /// Now, in the store's unit (milliseconds).
@@ -288,10 +334,16 @@ pub(crate) fn from_ms(ms: i64) -> Timestamp {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// Typed column access with errors that name the column.
+/// Typed column access with errors that name the column, on the rows of
+/// every driver the store reads through: the pool's `Any` rows and the
+/// typed SQLite rows of [`reads`].
 pub(crate) trait RowExt {
     fn text(&self, col: &'static str) -> Result<String>;
     fn opt_text(&self, col: &'static str) -> Result<Option<String>>;
+    /// The text without copying it out of the row, for values that are
+    /// parsed rather than kept.
+    fn str(&self, col: &'static str) -> Result<&str>;
+    fn opt_str(&self, col: &'static str) -> Result<Option<&str>>;
     fn int(&self, col: &'static str) -> Result<i64>;
     fn opt_int(&self, col: &'static str) -> Result<Option<i64>>;
     fn time(&self, col: &'static str) -> Result<Timestamp> {
@@ -314,26 +366,39 @@ pub(crate) trait RowExt {
     where
         T::Err: std::fmt::Display,
     {
-        let s = self.text(col)?;
-        s.parse().map_err(|e: T::Err| StoreError::Corrupt {
-            what: col,
-            detail: e.to_string(),
-        })
+        self.str(col)?
+            .parse()
+            .map_err(|e: T::Err| StoreError::Corrupt {
+                what: col,
+                detail: e.to_string(),
+            })
     }
     fn json<T: serde::de::DeserializeOwned>(&self, col: &'static str) -> Result<T> {
-        let s = self.text(col)?;
-        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt {
+        serde_json::from_str(self.str(col)?).map_err(|e| StoreError::Corrupt {
             what: col,
             detail: e.to_string(),
         })
     }
 }
 
-impl RowExt for AnyRow {
+impl<R> RowExt for R
+where
+    R: Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     fn text(&self, col: &'static str) -> Result<String> {
         Ok(self.try_get(col)?)
     }
     fn opt_text(&self, col: &'static str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn str(&self, col: &'static str) -> Result<&str> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_str(&self, col: &'static str) -> Result<Option<&str>> {
         Ok(self.try_get(col)?)
     }
     fn int(&self, col: &'static str) -> Result<i64> {

@@ -778,3 +778,72 @@ async fn a_deployment_is_announced_once_per_build_of_the_default_instance() {
     })
     .await;
 }
+
+/// The Agents API's summary read holds the same facts as the full view, from
+/// an agent without an instance to one whose instance reports its replicas;
+/// another organization reads nothing.
+#[tokio::test]
+async fn an_agents_summary_shows_what_its_view_holds() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (agent, build) = store
+            .create_agent(new_agent(&o, "summarized"))
+            .await
+            .expect("agent");
+        let id = agent.agent.id.clone();
+        let same = |view: hangar_core::model::AgentView, summary: hangar_store::AgentSummary| {
+            assert_eq!(summary.agent, view.agent);
+            assert_eq!(summary.latest_build_status, view.latest_build_status);
+            assert_eq!(
+                summary.default_instance,
+                view.default_instance
+                    .as_ref()
+                    .map(hangar_store::InstanceSummary::from)
+            );
+            summary
+        };
+        let read = || async {
+            let view = store.get_agent(&o.id, &id).await.expect("view");
+            let summary = store.get_agent_summary(&o.id, &id).await.expect("summary");
+            same(view.expect("agent"), summary.expect("agent"))
+        };
+        let before = read().await;
+        assert_eq!(before.latest_build_status, Some(BuildStatus::Queued));
+        assert!(before.default_instance.is_none());
+
+        ready(&store, &build.id).await;
+        let inst = store
+            .deploy_build(&build.id)
+            .await
+            .expect("deploy")
+            .expect("deployed");
+        store
+            .record_instance_status(&inst.id, InstanceStatus::Running, None, 2, 0)
+            .await
+            .expect("status");
+        let after = read().await;
+        assert_eq!(after.latest_build_status, Some(BuildStatus::Ready));
+        let shown = after.default_instance.expect("default instance");
+        assert_eq!(
+            (shown.id.as_str(), shown.status, shown.ready_replicas),
+            (inst.id.as_str(), InstanceStatus::Running, 2)
+        );
+
+        let other = store
+            .create_organization("others", 1, "o@example.com")
+            .await
+            .expect("org");
+        assert!(store
+            .get_agent_summary(&other.organization.id, &id)
+            .await
+            .expect("read")
+            .is_none());
+        assert!(store.delete_agent(&o.id, &id).await.expect("delete"));
+        assert!(store
+            .get_agent_summary(&o.id, &id)
+            .await
+            .expect("read")
+            .is_none());
+    })
+    .await;
+}

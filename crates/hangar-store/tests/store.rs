@@ -426,3 +426,93 @@ async fn secrets_are_sealed_and_jobs_are_idempotent() {
     })
     .await;
 }
+
+/// Reads by key run on connections of their own on SQLite (outside the
+/// pool): each sees the write committed just before it, whichever
+/// connection made it, however many reads run at once.
+#[tokio::test]
+async fn agent_reads_see_every_write_committed_before_them() {
+    each_backend(|store| async move {
+        let boot = store.bootstrap(None).await.expect("bootstrap");
+        let (oid, uid) = (boot.organization.id.clone(), boot.admin.id.clone());
+        let cloud = store
+            .get_cloud(&oid, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let (agent, _) = store
+            .create_agent(new_agent(&oid, &uid, &cloud.id, "reread"))
+            .await
+            .expect("agent");
+        let id = agent.agent.id.clone();
+        for round in 0..20 {
+            let name = format!("reread-{round}");
+            store
+                .modify_agent::<StoreError>(&oid, &id, |a| {
+                    a.name.clone_from(&name);
+                    Ok(())
+                })
+                .await
+                .expect("rename")
+                .expect("exists");
+            // More reads at once than there are read connections.
+            let reads = (0..10).map(|_| store.get_agent(&oid, &id));
+            for view in futures_util::future::join_all(reads).await {
+                let view = view.expect("read").expect("found");
+                assert_eq!(view.agent.name, name, "round {round}: the rename is seen");
+            }
+        }
+        store
+            .set_agent_desired_state(&oid, &id, DesiredState::Stopped)
+            .await
+            .expect("stop");
+        let view = store
+            .get_agent(&oid, &id)
+            .await
+            .expect("read")
+            .expect("found");
+        assert_eq!(view.agent.desired_state, DesiredState::Stopped);
+        assert!(store.delete_agent(&oid, &id).await.expect("delete"));
+        assert!(
+            store.get_agent(&oid, &id).await.expect("read").is_none(),
+            "a deleted agent is gone at once"
+        );
+    })
+    .await;
+}
+
+/// A read whose caller went away midway (a client that hung up) leaves its
+/// connection usable: later reads answer.
+#[tokio::test]
+async fn an_abandoned_agent_read_leaves_its_connection_usable() {
+    each_backend(|store| async move {
+        let boot = store.bootstrap(None).await.expect("bootstrap");
+        let (oid, uid) = (boot.organization.id.clone(), boot.admin.id.clone());
+        let cloud = store
+            .get_cloud(&oid, "local")
+            .await
+            .expect("cloud")
+            .expect("local");
+        let (agent, _) = store
+            .create_agent(new_agent(&oid, &uid, &cloud.id, "abandoned"))
+            .await
+            .expect("agent");
+        let id = agent.agent.id.clone();
+        for _ in 0..20 {
+            // Polled once (the query is sent), then dropped.
+            let abandoned = (0..10).map(|_| {
+                tokio::time::timeout(std::time::Duration::ZERO, store.get_agent(&oid, &id))
+            });
+            futures_util::future::join_all(abandoned).await;
+        }
+        for _ in 0..10 {
+            let view = store
+                .get_agent(&oid, &id)
+                .await
+                .expect("read")
+                .expect("found");
+            assert_eq!(view.agent.id, id);
+        }
+    })
+    .await;
+}

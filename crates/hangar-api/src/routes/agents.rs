@@ -9,12 +9,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use hangar_core::model::AgentView;
+use hangar_core::model::{Agent, AgentView};
 use hangar_core::resources::{Resources, ResourcesInput};
 use hangar_core::spec::{ConfigInput, Runtime, RuntimeConfig, Scaling, ScalingInput, Source};
-use hangar_core::status::{agent_status, AgentStatus, DesiredState};
+use hangar_core::status::{agent_status, AgentStatus, BuildStatus, DesiredState};
 use hangar_core::validate;
-use hangar_store::NewAgent;
+use hangar_store::{AgentSummary, InstanceSummary, NewAgent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -41,8 +41,33 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 /// An agent as the Agents API shows it, with its request figures of the
 /// last 24 hours.
 fn agent_object(state: &AppState, view: &AgentView) -> AgentObject {
-    let mut object = render::agent(view, &state.config);
-    if let Some(instance) = &view.default_instance {
+    let instance = view.default_instance.as_ref().map(InstanceSummary::from);
+    shown(
+        state,
+        &view.agent,
+        view.latest_build_status,
+        instance.as_ref(),
+    )
+}
+
+/// [`agent_object`] of a summary read.
+fn summary_object(state: &AppState, view: &AgentSummary) -> AgentObject {
+    shown(
+        state,
+        &view.agent,
+        view.latest_build_status,
+        view.default_instance.as_ref(),
+    )
+}
+
+fn shown(
+    state: &AppState,
+    agent: &Agent,
+    latest_build_status: Option<BuildStatus>,
+    instance: Option<&InstanceSummary>,
+) -> AgentObject {
+    let mut object = render::agent(agent, latest_build_status, instance, &state.config);
+    if let Some(instance) = instance {
         let live = state.metrics(&instance.id);
         object.health.last_check = live.last_check.map(render::ts);
         object.health.uptime_percent = live.uptime_percent;
@@ -235,8 +260,13 @@ async fn get_agent(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Envelope<AgentObject>>> {
-    let view = find(&state, &caller, &id).await?;
-    Ok(ok(agent_object(&state, &view)))
+    // The summary read: of the default instance, only what is shown.
+    let view = state
+        .store
+        .get_agent_summary(caller.org(), &id)
+        .await?
+        .found(Kind::Agent, &id)?;
+    Ok(ok(summary_object(&state, &view)))
 }
 
 /// Validates a source and ties it to the caller: an upload must be one of the
