@@ -155,36 +155,45 @@ impl Policies for LivePolicies {
 /// Tells the replica's instance what the proxy did: a denial is counted and
 /// written to the agent's log; bytes are counted.
 pub(crate) async fn report(inner: &Inner, event: EgressEvent) {
-    let replica = match &event {
-        EgressEvent::Denied { replica, .. } => replica.clone(),
-        EgressEvent::Done { replica, .. } => Some(replica.clone()),
-    };
-    let Some(replica) = replica else {
-        return;
-    };
-    let state = {
-        let states: Vec<Arc<InstanceState>> = lock(&inner.instances).values().cloned().collect();
-        states
-            .into_iter()
-            .find(|state| lock(&state.tracked).replicas.contains_key(&replica))
-    };
-    let Some(state) = state else {
-        return;
-    };
     match event {
-        EgressEvent::Denied { host, port, .. } => {
-            state.egress_denied.fetch_add(1, Ordering::Relaxed);
-            let message = format!("[hangar] egress to {host}:{port} denied by policy");
-            tell::system_log(inner, &state, &replica, LogLevel::Error, message).await;
-        }
+        EgressEvent::Denied {
+            replica: Some(replica),
+            host,
+            port,
+            ..
+        } => refused(inner, &replica, &host, port).await,
+        // A client that is no replica: nobody's to tell.
+        EgressEvent::Denied { replica: None, .. } => {}
         EgressEvent::Done {
+            replica,
             bytes_up,
             bytes_down,
             ..
         } => {
-            state
-                .egress_bytes
-                .fetch_add(bytes_up.saturating_add(bytes_down), Ordering::Relaxed);
+            if let Some(state) = owner(inner, &replica) {
+                state
+                    .egress_bytes
+                    .fetch_add(bytes_up.saturating_add(bytes_down), Ordering::Relaxed);
+            }
         }
     }
+}
+
+/// Counts a connection `replica` was refused (by the proxy or the packet
+/// filter) and writes it to its agent's log.
+pub(crate) async fn refused(inner: &Inner, replica: &str, host: &str, port: u16) {
+    let Some(state) = owner(inner, replica) else {
+        return;
+    };
+    state.egress_denied.fetch_add(1, Ordering::Relaxed);
+    let message = format!("[hangar] egress to {host}:{port} denied by policy");
+    tell::system_log(inner, &state, replica, LogLevel::Error, message).await;
+}
+
+/// The instance `replica` is tracked under.
+fn owner(inner: &Inner, replica: &str) -> Option<Arc<InstanceState>> {
+    let states: Vec<Arc<InstanceState>> = lock(&inner.instances).values().cloned().collect();
+    states
+        .into_iter()
+        .find(|state| lock(&state.tracked).replicas.contains_key(replica))
 }

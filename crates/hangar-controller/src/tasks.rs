@@ -274,10 +274,28 @@ async fn health(inner: Arc<Inner>, state: Arc<InstanceState>, replica_id: String
 /// Has the driver repair what it keeps on the host for every replica (the
 /// sandbox driver's packet filter) at once and then every `resync`: rules
 /// flushed behind Hangar's back are back within one period. A failure is
-/// logged when it starts and when it ends, not every period.
+/// logged when it starts and when it ends, not every period. What the
+/// driver refused replicas since the last period goes to their agents' logs
+/// and counts, as the egress proxy's refusals do.
 pub(crate) async fn driver_resync_loop(inner: Arc<Inner>) {
     let mut failing = false;
     loop {
+        // Before the resync: a rebuilt table forgets what it refused.
+        match inner.driver.take_refusals().await {
+            Ok(refusals) => {
+                for refusal in refusals {
+                    let destination = refusal.destination;
+                    crate::egress::refused(
+                        &inner,
+                        &refusal.replica,
+                        &destination.ip().to_string(),
+                        destination.port(),
+                    )
+                    .await;
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot read what the driver refused"),
+        }
         match inner.driver.resync().await {
             Ok(()) if failing => {
                 tracing::info!("the driver's rules on the host are repaired");

@@ -329,6 +329,22 @@ pub trait Driver: Send + Sync + 'static {
     async fn resync(&self) -> Result<(), DriverError> {
         Ok(())
     }
+
+    /// The connections replicas tried and their [`ReplicaSpec::network`]
+    /// refused, since the last call (each source, destination and port
+    /// once). Default: none are recorded.
+    async fn take_refusals(&self) -> Result<Vec<Refusal>, DriverError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A connection a replica tried and its network policy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The replica.
+    pub replica: String,
+    /// Where it tried to go.
+    pub destination: SocketAddr,
 }
 
 /// Bytes as base64 text inside JSON.

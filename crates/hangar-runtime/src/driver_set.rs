@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::driver::{
-    labels, Driver, DriverError, ExecResult, Exit, OutputEvent, ReplicaInfo, ReplicaSpec,
+    labels, Driver, DriverError, ExecResult, Exit, OutputEvent, Refusal, ReplicaInfo, ReplicaSpec,
     ReplicaStats, StdinWait,
 };
 
@@ -214,6 +214,14 @@ impl Driver for DriverSet {
 
     async fn stats(&self, id: &str) -> Result<ReplicaStats, DriverError> {
         self.driver_of(id).await?.stats(id).await
+    }
+
+    async fn take_refusals(&self) -> Result<Vec<Refusal>, DriverError> {
+        let mut all = Vec::new();
+        for driver in &self.drivers {
+            all.extend(driver.take_refusals().await?);
+        }
+        Ok(all)
     }
 
     async fn resync(&self) -> Result<(), DriverError> {

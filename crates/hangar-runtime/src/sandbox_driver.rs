@@ -34,7 +34,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use crate::driver::{
-    now_ms, Driver, DriverError, ExecResult, Exit, OutputEvent, ReplicaInfo, ReplicaSpec,
+    now_ms, Driver, DriverError, ExecResult, Exit, OutputEvent, Refusal, ReplicaInfo, ReplicaSpec,
     ReplicaStats, StdinWait, FOLLOW_QUEUE,
 };
 use crate::sandbox::CNI_PLUGIN_DIR;
@@ -480,6 +480,27 @@ impl Driver for SandboxDriver {
             Reply::Stats(stats) => Ok(stats),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// What the packet filter refused (see `sandbox::firewall`); a
+    /// sandbox's id is its replica's.
+    async fn take_refusals(&self) -> Result<Vec<Refusal>, DriverError> {
+        if !self.bridged {
+            return Ok(Vec::new());
+        }
+        let sandboxes = crate::sandbox::Sandboxes::new(&self.sandboxes_dir, &self.cgroup_parent)
+            .map_err(|err| DriverError::Failed(err.to_string()))?;
+        let denials = tokio::task::spawn_blocking(move || sandboxes.take_denials())
+            .await
+            .map_err(|err| DriverError::Failed(format!("reading the refusals panicked: {err}")))?
+            .map_err(DriverError::Failed)?;
+        Ok(denials
+            .into_iter()
+            .map(|denial| Refusal {
+                replica: denial.sandbox,
+                destination: denial.destination.into(),
+            })
+            .collect())
     }
 
     /// The bridge's egress rules and the sandboxes' packet filter, rebuilt

@@ -1447,6 +1447,29 @@ fn bridged_sandboxes_reach_outside_as_their_egress_says() {
         ("ok".into(), "refused".into()),
         "allow port 80 only"
     );
+    // What was refused is kept for the driver to tell, once.
+    let mut denied: Vec<(String, String)> = fx
+        .sandboxes
+        .take_denials()
+        .unwrap_or_else(|err| panic!("{err}"))
+        .into_iter()
+        .map(|denial| (denial.sandbox, denial.destination.to_string()))
+        .collect();
+    denied.sort();
+    let at = |port: u16| format!("{}:{port}", Outside::ADDRESS);
+    assert_eq!(
+        denied,
+        [
+            (specs[2].id.clone(), at(81)),
+            (specs[1].id.clone(), at(80)),
+            (specs[1].id.clone(), at(81)),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(fx.sandboxes.take_denials(), Ok(Vec::new()));
     for (sandbox, _pipes) in sandboxes {
         sandbox.delete().unwrap_or_else(|err| fail(&err));
     }

@@ -266,6 +266,14 @@ async fn the_proxy_injects_secrets_allows_by_name_and_logs_what_it_refuses() {
     )
     .await;
     assert_eq!(out, "refused");
+    // Also written to the agent's log, at the next resync.
+    server
+        .wait_log(
+            &org,
+            &instance,
+            &format!("egress to {UPSTREAM}:443 denied by policy"),
+        )
+        .await;
 
     // The secret is nowhere in the replica: not in its environment, not in
     // any process's, not in a file it can read.
@@ -311,6 +319,7 @@ async fn the_proxy_injects_secrets_allows_by_name_and_logs_what_it_refuses() {
             .and_then(|value| value.parse().ok())
             .unwrap_or_else(|| panic!("no {name} for {instance} in\n{metrics}"))
     };
-    assert!(counter("hangar_instance_egress_denied_total") >= 1);
+    // The proxy's refusal and the packet filter's.
+    assert!(counter("hangar_instance_egress_denied_total") >= 2);
     drop(outside);
 }

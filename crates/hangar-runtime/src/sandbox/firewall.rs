@@ -52,7 +52,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -80,6 +80,8 @@ struct Record {
 /// One member of the table, as [`ruleset`] takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
+    /// The sandbox's id (its directory's name).
+    id: String,
     ip: Ipv4Addr,
     /// The policy's group, or the sandbox's id when it names none.
     group: String,
@@ -147,6 +149,86 @@ pub(super) fn release(sandboxes: &Sandboxes, id: &str, dir: &Path) -> Result<(),
 /// when there are none). Returns how many members it has.
 pub fn sync(sandboxes: &Sandboxes) -> Result<usize, String> {
     apply(sandboxes, Change::Rebuild)
+}
+
+/// A connection a sandbox tried and the packet filter refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The sandbox's id.
+    pub sandbox: String,
+    /// Where it tried to go (TCP or UDP).
+    pub destination: SocketAddrV4,
+}
+
+/// The connections refused since the last call (the kernel keeps each
+/// source, destination and port once, for 5 minutes, in the table's
+/// `denied` set), taken out of the set. A rebuild of the table loses what
+/// was not taken yet, so the driver takes them before it syncs.
+pub fn take_denials(sandboxes: &Sandboxes) -> Result<Vec<Denial>, String> {
+    let state_dir = sandboxes.state_dir();
+    let _lock = lock(state_dir)?;
+    let table = table_name(state_dir);
+    let output = Command::new("nft")
+        .args(["-j", "list", "set", "inet", &table, "denied"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run nft (Debian: nftables): {err}"))?;
+    if !output.status.success() {
+        // No table (no sandbox yet): nothing to take.
+        return Ok(Vec::new());
+    }
+    let entries = denied_entries(&output.stdout)?;
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed: Vec<String> = entries
+        .iter()
+        .map(|(source, destination)| {
+            format!("{source} . {} . {}", destination.ip(), destination.port())
+        })
+        .collect();
+    nft(&format!(
+        "delete element inet {table} denied {{ {} }}\n",
+        listed.join(", ")
+    ))?;
+    let members = read_members(state_dir)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(source, destination)| {
+            let member = members.iter().find(|member| member.ip == source)?;
+            Some(Denial {
+                sandbox: member.id.clone(),
+                destination,
+            })
+        })
+        .collect())
+}
+
+/// The `(source, destination)` elements of `nft -j list set`'s output.
+fn denied_entries(json: &[u8]) -> Result<Vec<(Ipv4Addr, SocketAddrV4)>, String> {
+    let value: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|err| format!("nft's listing of the denied set is not JSON: {err}"))?;
+    let mut entries = Vec::new();
+    let sets = value["nftables"].as_array().into_iter().flatten();
+    for element in sets
+        .filter_map(|item| item["set"]["elem"].as_array())
+        .flatten()
+    {
+        // With a timeout an element is {"elem": {"val": …}}; without, the value.
+        let concat = element["elem"]["val"]["concat"]
+            .as_array()
+            .or_else(|| element["concat"].as_array());
+        let parsed = concat.and_then(|parts| {
+            let source: Ipv4Addr = parts.first()?.as_str()?.parse().ok()?;
+            let address: Ipv4Addr = parts.get(1)?.as_str()?.parse().ok()?;
+            let port = u16::try_from(parts.get(2)?.as_u64()?).ok()?;
+            Some((source, SocketAddrV4::new(address, port)))
+        });
+        if let Some(entry) = parsed {
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
 }
 
 /// How [`apply`] brings the table in line with the records.
@@ -246,12 +328,14 @@ fn read_members(state_dir: &Path) -> Result<Vec<Member>, String> {
         };
         let record: Record = serde_json::from_slice(&text)
             .map_err(|err| format!("{} is malformed: {err}", path.display()))?;
+        let id = entry.file_name().to_string_lossy().into_owned();
         let group = if record.policy.group.is_empty() {
-            entry.file_name().to_string_lossy().into_owned()
+            id.clone()
         } else {
             record.policy.group.clone()
         };
         members.push(Member {
+            id,
             ip: record.ip,
             group,
             policy: record.policy,
@@ -475,9 +559,15 @@ fn table_block(table: &str, subnet: Ipv4Net, elements: &Elements) -> String {
         }
         script.push_str(" }\n");
     }
+    // What was refused, for `take_denials` to tell the replica's owner.
+    script.push_str(
+        "  set denied { type ipv4_addr . ipv4_addr . inet_service; flags dynamic,timeout; \
+         timeout 5m; size 65535; }\n",
+    );
     // Refused, not dropped: the caller learns at once.
     let refuse =
-        "    meta l4proto tcp reject with tcp reset\n    reject with icmpx admin-prohibited\n";
+        "    meta l4proto { tcp, udp } add @denied { ip saddr . ip daddr . th dport }\n    \
+                  meta l4proto tcp reject with tcp reset\n    reject with icmpx admin-prohibited\n";
     let _ = write!(
         script,
         "  chain input {{
@@ -519,6 +609,7 @@ mod tests {
 
     fn member(ip: [u8; 4], group: &str, policy: NetworkPolicy) -> Member {
         Member {
+            id: format!("s{}", ip[3]),
             ip: Ipv4Addr::from(ip),
             group: group.to_owned(),
             policy,
@@ -641,6 +732,26 @@ mod tests {
              delete element inet hangar_x open { 10.231.0.4 }\n"
         );
         assert!(creation("hangar_x", subnet(), &after).starts_with("create table inet hangar_x\n"));
+    }
+
+    #[test]
+    fn denials_are_read_from_nfts_listing() {
+        let listing =
+            br#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet",
+            "name": "denied", "table": "hangar_x", "elem": [
+            {"elem": {"val": {"concat": ["10.231.0.2", "198.51.100.2", 443]}, "expires": 299}},
+            {"elem": {"val": {"concat": ["10.231.0.3", "10.231.0.1", 7070]}, "expires": 12}}]}}]}"#;
+        let addr = |text: &str| text.parse::<SocketAddrV4>().expect("addr");
+        assert_eq!(
+            denied_entries(listing).expect("parses"),
+            [
+                (Ipv4Addr::new(10, 231, 0, 2), addr("198.51.100.2:443")),
+                (Ipv4Addr::new(10, 231, 0, 3), addr("10.231.0.1:7070")),
+            ]
+        );
+        let empty = br#"{"nftables": [{"set": {"name": "denied"}}]}"#;
+        assert_eq!(denied_entries(empty).expect("parses"), []);
+        assert!(denied_entries(b"not json").is_err());
     }
 
     #[test]

@@ -135,7 +135,7 @@ use oci_spec::OciSpecError;
 
 pub use cleanup::cgroup_roots;
 pub use exec::{ExecOutput, EXEC_OUTPUT_LIMIT};
-pub use firewall::table_name as firewall_table_name;
+pub use firewall::{table_name as firewall_table_name, Denial};
 pub use net::{
     ensure_host_rules, BridgeConfig, CNI_PLUGIN_DIR, DEFAULT_BRIDGE, DEFAULT_NETWORK_NAME,
     DEFAULT_SUBNET,
@@ -417,6 +417,12 @@ impl Sandboxes {
     /// no sandbox is left. Returns how many sandboxes it covers.
     pub fn sync_firewall(&self) -> Result<usize, String> {
         firewall::sync(self)
+    }
+
+    /// The connections the packet filter refused these sandboxes since the
+    /// last call (see [`firewall`]).
+    pub fn take_denials(&self) -> Result<Vec<Denial>, String> {
+        firewall::take_denials(self)
     }
 
     /// The directory holding sandbox `id`'s files.
