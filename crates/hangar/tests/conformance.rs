@@ -99,9 +99,8 @@ impl Subject {
                         .collect();
                     assert!(left.is_empty(), "left in {sub}: {left:?}");
                 }
-                // The first resync after the last replica removes the table,
-                // named after the driver's own (canonical) path.
-                self.driver.resync().await.expect("resync");
+                // The table goes with the last replica; it is named after the
+                // driver's own (canonical) path.
                 let sandboxes =
                     std::fs::canonicalize(self.state_dir.join("sandboxes")).expect("state dir");
                 let table = hangar_runtime::sandbox::firewall_table_name(&sandboxes);

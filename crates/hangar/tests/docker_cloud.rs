@@ -283,6 +283,30 @@ async fn an_uploaded_agent_is_built_from_a_generated_dockerfile_and_invoked() {
         (200, "/app", Some("0"))
     );
 
+    // The host is out of reach from the replica: a service on every address
+    // of the host, at the network's gateway.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let probe = format!(
+        "import socket, struct\n\
+         gateway = None\n\
+         for line in open('/proc/net/route').read().splitlines()[1:]:\n\
+         \x20   f = line.split()\n\
+         \x20   if f[1] == '00000000': gateway = socket.inet_ntoa(struct.pack('<L', int(f[2], 16)))\n\
+         s = socket.socket(); s.settimeout(5)\n\
+         try:\n    s.connect((gateway, {port})); print('ok')\n\
+         except ConnectionRefusedError: print('refused')\n\
+         except socket.timeout: print('timeout')\n\
+         except OSError as e: print('errno', e.errno)\n"
+    );
+    let (status, out, code) = server
+        .exec(&org, &instance, &["python3", "-c", &probe])
+        .await;
+    assert_eq!(
+        (status, out.trim(), code.as_deref()),
+        (200, "refused", Some("0"))
+    );
+
     delete_and_check_nothing_left(&server, &instance, &leftovers.owner).await;
 }
 

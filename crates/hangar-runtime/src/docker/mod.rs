@@ -12,7 +12,7 @@
 //!   is `hangar-<owner>-<replica id>`.
 //! * **Network.** One user-defined bridge network per cloud (the spec's
 //!   [`labels::CLOUD`](crate::driver::labels::CLOUD)), made on first use and removed with its last
-//!   replica: replicas of one cloud reach each other, other clouds' not. A
+//!   replica: replicas reach neither each other nor the host (see `network`). A
 //!   replica is reached at its own IP on that network and its
 //!   [`ReplicaSpec::port`].
 //! * **Restarts are Hangar's**: no Docker restart policy, so restart counts,
@@ -636,6 +636,17 @@ impl Driver for DockerDriver {
             pids: sample.pids_stats.and_then(|p| p.current).unwrap_or(0),
             at_ms: now_ms(),
         })
+    }
+
+    /// The guard of the replicas' networks (see `network`), put back if it
+    /// was flushed, gone once no network is left.
+    async fn resync(&self) -> Result<(), DriverError> {
+        tokio::task::spawn_blocking(|| network::host_guard(false))
+            .await
+            .map_err(|err| {
+                DriverError::Failed(format!("the packet filter's update panicked: {err}"))
+            })?
+            .map_err(DriverError::Failed)
     }
 }
 

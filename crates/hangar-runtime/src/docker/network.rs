@@ -2,6 +2,15 @@
 //! after the driver's owner and the cloud, made when a replica of the cloud
 //! is created and removed when none is left.
 //!
+//! Isolation: a cloud is one organization's, and Docker keeps its networks
+//! apart. Within a network, containers do not reach each other
+//! (`enable_icc = false`: replicas of another agent of the organization no
+//! more than their own), and the network's Linux bridge is named `hgd-…`,
+//! so a packet filter of Hangar's own ([`host_guard`]) refuses everything
+//! they open to the host (any of its addresses, any port) and everything
+//! the host's other networks (sandboxes, the LAN) open to them. Hangar's
+//! own connections to replicas start on the host and are not affected.
+//!
 //! Not here: joining a network (a container names it in its host config,
 //! `container`) or reading a replica's address on it.
 
@@ -37,9 +46,25 @@ impl DockerDriver {
             Err(err) if status_of(&err) == Some(404) => {}
             Err(err) => return Err(failed("inspecting a network", err)),
         }
+        tokio::task::spawn_blocking(|| host_guard(true))
+            .await
+            .map_err(|err| {
+                DriverError::Failed(format!("the packet filter's update panicked: {err}"))
+            })?
+            .map_err(DriverError::Failed)?;
         let request = NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([
+                (
+                    "com.docker.network.bridge.name".to_owned(),
+                    bridge_name(name),
+                ),
+                (
+                    "com.docker.network.bridge.enable_icc".to_owned(),
+                    "false".to_owned(),
+                ),
+            ])),
             labels: Some(HashMap::from([(
                 OWNER_LABEL.to_owned(),
                 self.owner.clone(),
@@ -76,5 +101,87 @@ impl DockerDriver {
         if let Err(err) = self.docker.remove_network(name).await {
             tracing::debug!(network = name, error = %engine_message(&err), "network not removed");
         }
+        // The guard goes with the last guarded bridge on the host.
+        match tokio::task::spawn_blocking(|| host_guard(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "the docker networks' packet filter is not updated");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the docker networks' packet filter update panicked")
+            }
+        }
+    }
+}
+
+/// The Linux bridge of network `name`: `hgd-` and 11 hex digits of its
+/// name's hash (a bridge name has at most 15 bytes).
+fn bridge_name(name: &str) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    format!("hgd-{}", &hex::encode(hash)[..11])
+}
+
+/// The table guarding every `hgd-*` bridge on the host.
+const GUARD_TABLE: &str = "hangar_docker";
+
+/// Makes sure the guard is in place while any `hgd-*` bridge exists (or
+/// `one_coming`: a network is about to be made), and gone otherwise. The
+/// table is the same whichever server writes it, so servers sharing a host
+/// share it. Needs root and `nft`.
+pub(crate) fn host_guard(one_coming: bool) -> Result<(), String> {
+    let bridges = std::fs::read_dir("/sys/class/net")
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.file_name().to_string_lossy().starts_with("hgd-"))
+        })
+        .unwrap_or(false);
+    let mut script = format!("table inet {GUARD_TABLE}\ndelete table inet {GUARD_TABLE}\n");
+    if bridges || one_coming {
+        script.push_str(&format!(
+            "table inet {GUARD_TABLE} {{
+  chain input {{
+    type filter hook input priority filter - 10; policy accept;
+    iifname \"hgd-*\" ct state established,related accept
+    iifname \"hgd-*\" meta l4proto tcp reject with tcp reset
+    iifname \"hgd-*\" reject with icmpx admin-prohibited
+  }}
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    oifname \"hgd-*\" iifname != \"hgd-*\" ct state new reject with icmpx admin-prohibited
+  }}
+}}
+"
+        ));
+    }
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| {
+            format!(
+                "cannot run nft (Debian: nftables) for the docker networks' packet filter: {err}"
+            )
+        })?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|err| format!("cannot write to nft: {err}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|err| format!("cannot wait for nft: {err}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft failed on the docker networks' packet filter: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }

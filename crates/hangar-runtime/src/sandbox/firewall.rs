@@ -1,26 +1,27 @@
 //! The packet filter that keeps bridged sandboxes apart: one nftables table
-//! per state dir (`inet hangar_<hash of the state dir>`), rebuilt whole from
-//! the sandboxes' own records whenever one comes or goes.
+//! per state dir (`inet hangar_<hash of the state dir>`), worked out from
+//! the sandboxes' own records.
 //!
 //! ```text
 //! <state_dir>/<id>/firewall.json   the sandbox's address and NetworkPolicy
-//! <state_dir>/.firewall.lock       held while a sync reads records and applies
-//! table inet hangar_<hash>         members, peers, open, allow, host_ports sets
+//! <state_dir>/.firewall.lock       held while the table is changed
+//! table inet hangar_<hash>         members, peers, open, allow, host_ports,
+//!                                  denied sets; the chains below
 //! ```
 //!
-//! Why records and a whole-table rebuild, rather than adding and deleting
-//! elements as sandboxes come and go: the table is then a pure function of
-//! what is on disk ([`ruleset`], unit-tested), so a sync repairs anything —
-//! a `nft flush ruleset`, a reboot, a server killed halfway — and the table
-//! is removed by the first sync after the last sandbox is gone. The rebuild is one `nft -f` transaction
-//! (`delete table` and the new table at once), so no packet ever sees a
-//! half-built table. Creates and deletes change only their own elements
-//! (a few ms, where a rebuild takes 20 ms, most of it the kernel's grace
-//! period for the deleted table, which a start would wait for), and fall
-//! back to a rebuild when the table is not as they expect. Each create and delete syncs under the lock, after
-//! writing or removing its record, so the last sync has seen every record;
-//! the driver also syncs on start and every few seconds
-//! ([`crate::SandboxDriver::resync`]).
+//! Why records: the table is then a pure function of what is on disk
+//! ([`ruleset`], unit-tested), so a sync rebuilds it whole and repairs
+//! anything — a `nft flush ruleset`, a reboot, a server killed halfway. The
+//! rebuild is one `nft -f` transaction (`delete table` and the new table at
+//! once), so no packet ever sees a half-built table. A rebuild takes about
+//! 20 ms, most of it the kernel's grace period for the deleted table, so a
+//! create only adds its elements (or creates the table) and a delete only
+//! takes its own out, a few ms each; either rebuilds when the table is not
+//! as it expects. The last sandbox's delete removes the table: an empty one
+//! would still hook every packet of the host. Creates and deletes change
+//! the table under the lock, after writing (or while removing) their
+//! record, so the table follows every record; the driver also syncs at
+//! start and every few seconds ([`crate::SandboxDriver::resync`]).
 //!
 //! Why by source address: sandboxes have no capabilities (no
 //! `CAP_NET_RAW`, `CAP_NET_ADMIN`), so they cannot send from an address
@@ -276,9 +277,9 @@ fn apply(sandboxes: &Sandboxes, change: Change<'_>) -> Result<usize, String> {
             nft(&additions(&table, &elements)).is_ok()
                 || nft(&creation(&table, subnet, &elements)).is_ok()
         }
-        // The last one leaves an empty table, for the next sync to remove:
-        // deleting a table waits for the kernel's grace period (20 ms).
-        (Change::Remove(_), Some(before)) => {
+        // The last one deletes the table (a rebuild with no members): an
+        // empty table would still hook every packet of the host.
+        (Change::Remove(_), Some(before)) if !members.is_empty() => {
             nft(&removals(&table, &Elements::of(before), &elements)).is_ok()
         }
         _ => false,
