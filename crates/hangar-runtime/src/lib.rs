@@ -28,6 +28,7 @@ mod driver_set;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod network;
+mod nft;
 pub mod sandbox;
 mod sandbox_driver;
 pub mod shim;

@@ -488,8 +488,7 @@ impl Driver for SandboxDriver {
         if !self.bridged {
             return Ok(Vec::new());
         }
-        let sandboxes = crate::sandbox::Sandboxes::new(&self.sandboxes_dir, &self.cgroup_parent)
-            .map_err(|err| DriverError::Failed(err.to_string()))?;
+        let sandboxes = self.sandboxes()?;
         let denials = tokio::task::spawn_blocking(move || sandboxes.take_denials())
             .await
             .map_err(|err| DriverError::Failed(format!("reading the refusals panicked: {err}")))?
@@ -509,8 +508,7 @@ impl Driver for SandboxDriver {
         if !self.bridged {
             return Ok(());
         }
-        let sandboxes = crate::sandbox::Sandboxes::new(&self.sandboxes_dir, &self.cgroup_parent)
-            .map_err(|err| DriverError::Failed(err.to_string()))?;
+        let sandboxes = self.sandboxes()?;
         tokio::task::spawn_blocking(move || {
             crate::sandbox::ensure_host_rules(sandboxes.bridge())?;
             sandboxes.sync_firewall().map(drop)
@@ -522,6 +520,12 @@ impl Driver for SandboxDriver {
 }
 
 impl SandboxDriver {
+    /// The sandbox layer over this driver's sandboxes dir.
+    fn sandboxes(&self) -> Result<crate::sandbox::Sandboxes, DriverError> {
+        crate::sandbox::Sandboxes::new(&self.sandboxes_dir, &self.cgroup_parent)
+            .map_err(|err| DriverError::Failed(err.to_string()))
+    }
+
     async fn start_shim(&self, spec: &ReplicaSpec, dir: &Path) -> Result<ReplicaInfo, DriverError> {
         let network = if self.bridged {
             ShimNetwork::Bridge

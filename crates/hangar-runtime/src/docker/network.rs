@@ -155,33 +155,5 @@ pub(crate) fn host_guard(one_coming: bool) -> Result<(), String> {
 "
         ));
     }
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|err| {
-            format!(
-                "cannot run nft (Debian: nftables) for the docker networks' packet filter: {err}"
-            )
-        })?;
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|err| format!("cannot write to nft: {err}"))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|err| format!("cannot wait for nft: {err}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft failed on the docker networks' packet filter: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    crate::nft::run(&script).map_err(|err| format!("the docker networks' packet filter: {err}"))
 }

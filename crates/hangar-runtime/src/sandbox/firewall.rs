@@ -52,7 +52,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -64,6 +64,7 @@ use sha2::{Digest, Sha256};
 
 use super::{io_error, SandboxError, Sandboxes};
 use crate::network::{Egress, NetworkPolicy};
+use crate::nft;
 
 /// The file (in a sandbox's dir) that makes it a member of the table.
 const RECORD_FILE: &str = "firewall.json";
@@ -188,7 +189,7 @@ pub fn take_denials(sandboxes: &Sandboxes) -> Result<Vec<Denial>, String> {
             format!("{source} . {} . {}", destination.ip(), destination.port())
         })
         .collect();
-    nft(&format!(
+    nft::run(&format!(
         "delete element inet {table} denied {{ {} }}\n",
         listed.join(", ")
     ))?;
@@ -274,18 +275,18 @@ fn apply(sandboxes: &Sandboxes, change: Change<'_>) -> Result<usize, String> {
     let elements = Elements::of(&members);
     let quick = match (change, &before) {
         (Change::Add, _) if !members.is_empty() => {
-            nft(&additions(&table, &elements)).is_ok()
-                || nft(&creation(&table, subnet, &elements)).is_ok()
+            nft::run(&additions(&table, &elements)).is_ok()
+                || nft::run(&creation(&table, subnet, &elements)).is_ok()
         }
         // The last one deletes the table (a rebuild with no members): an
         // empty table would still hook every packet of the host.
         (Change::Remove(_), Some(before)) if !members.is_empty() => {
-            nft(&removals(&table, &Elements::of(before), &elements)).is_ok()
+            nft::run(&removals(&table, &Elements::of(before), &elements)).is_ok()
         }
         _ => false,
     };
     if !quick {
-        nft(&ruleset(&table, subnet, &members))?;
+        nft::run(&ruleset(&table, subnet, &members))?;
     }
     Ok(members.len())
 }
@@ -373,32 +374,6 @@ fn bridged_traffic_is_filtered() -> Result<(), String> {
             )
         }
     }
-}
-
-/// Runs `nft -f -` with `script`.
-fn nft(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("cannot run nft (Debian: nftables): {err}"))?;
-    let written = child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes());
-    let output = child
-        .wait_with_output()
-        .map_err(|err| format!("cannot wait for nft: {err}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    written.map_err(|err| format!("cannot write to nft: {err}"))
 }
 
 /// The elements of the table's sets for `members`, each set's sorted.
