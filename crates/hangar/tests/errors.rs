@@ -244,6 +244,7 @@ async fn a_full_queue_is_agent_overloaded_every_way() {
     // The queue is full once a probe is shed at once. Until then a probe
     // waits in the queue (perhaps taking a holder's place, which is then
     // shed) and gives up after its 1 s limit: one more holder makes up for it.
+    // A probe that is answered got there before any holder took the slot.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body) = invoke(&server, &agent, &json!({}), 1, None, false).await;
@@ -251,8 +252,12 @@ async fn a_full_queue_is_agent_overloaded_every_way() {
             assert_eq!(body["error"]["code"], "AGENT_OVERLOADED", "{body}");
             break;
         }
-        assert_eq!(status, 504, "{body}");
         assert!(Instant::now() < deadline, "the queue never filled");
+        if status == 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(status, 504, "{body}");
         holders.push(hold(&server));
     }
     answers_alike(
