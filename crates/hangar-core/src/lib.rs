@@ -15,11 +15,13 @@
 //! - [`model`]: the records the store keeps and the API renders.
 //! - [`image`]: how a replica of an OCI image artifact runs (its `image.json`).
 //! - [`docker`]: docker clouds: the image a build makes, how it runs, the cloud's config.
+//! - [`kubernetes`]: kubernetes clouds: the cloud's config, the image a replica pulls.
 
 pub mod docker;
 pub mod events;
 pub mod id;
 pub mod image;
+pub mod kubernetes;
 pub mod logs;
 pub mod model;
 pub mod network;
