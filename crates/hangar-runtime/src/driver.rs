@@ -116,6 +116,24 @@ pub struct Exit {
 }
 
 impl Exit {
+    /// The exit of a container as an engine or a kubelet reports it: a
+    /// status, where 128 + n means killed by signal n.
+    #[must_use]
+    pub fn from_status(status: i64, oom_killed: bool, at_ms: i64) -> Self {
+        let status = i32::try_from(status).unwrap_or(-1);
+        let (code, signal) = if (129..=128 + 64).contains(&status) {
+            (None, Some(status - 128))
+        } else {
+            (Some(status), None)
+        };
+        Self {
+            code,
+            signal,
+            oom_killed,
+            at_ms,
+        }
+    }
+
     /// Exited with code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
@@ -362,6 +380,15 @@ mod bytes_base64 {
             .decode(text)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// Whether `id` may name a replica: `[a-z0-9_-]`, 1 to 64 bytes.
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -14,15 +14,16 @@
 //!   its exit status, and outlives the daemon.
 //! * [`SandboxDriver`]: the embedded default [`Driver`], one shim per replica.
 //! * [`DockerDriver`]: replicas as containers on a Docker engine (bollard).
+//! * [`KubernetesDriver`]: replicas as pods on Kubernetes clusters (kube-rs),
+//!   one cluster per kubernetes cloud.
 //! * [`network`]: what a replica may reach, the policy every driver enforces.
 //! * `fake` (only with the `testing` feature): a [`Driver`] that runs
 //!   nothing and records calls, for tests of the layers above.
-//!
-//! Still to come: the kubernetes (kube-rs) driver.
 
 pub mod docker;
 pub mod driver;
 mod driver_set;
+pub mod kubernetes;
 // Test fixtures stay out of release builds; the crate's own unit tests use
 // the fake too.
 #[cfg(any(test, feature = "testing"))]
@@ -36,4 +37,5 @@ pub mod shim;
 pub use docker::{BuildLimits, DockerDriver, DockerDriverConfig};
 pub use driver::Driver;
 pub use driver_set::DriverSet;
+pub use kubernetes::{Cluster, ClusterConfig, KubernetesDriver};
 pub use sandbox_driver::{SandboxDriver, SandboxDriverConfig};

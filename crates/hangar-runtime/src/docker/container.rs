@@ -24,22 +24,6 @@ use crate::driver::{now_ms, DriverError, Exit, ReplicaInfo, ReplicaSpec};
 /// The user a replica runs as when neither spec nor image names another.
 const NOBODY: &str = "65534:65534";
 
-/// An exit as the engine reports it: 128 + n is signal n.
-pub(super) fn exit_from_code(code: i64, oom_killed: bool, at_ms: i64) -> Exit {
-    let code = i32::try_from(code).unwrap_or(-1);
-    let (code, signal) = if (129..=128 + 64).contains(&code) {
-        (None, Some(code - 128))
-    } else {
-        (Some(code), None)
-    };
-    Exit {
-        code,
-        signal,
-        oom_killed,
-        at_ms,
-    }
-}
-
 impl DockerDriver {
     pub(super) async fn inspect_container(
         &self,
@@ -85,7 +69,7 @@ impl DockerDriver {
                 .as_deref()
                 .and_then(parse_time_ms)
                 .unwrap_or_else(now_ms);
-            exit_from_code(
+            Exit::from_status(
                 state.exit_code.unwrap_or(-1),
                 state.oom_killed.unwrap_or(false),
                 at_ms,
@@ -251,11 +235,11 @@ mod tests {
 
     #[test]
     fn exit_codes_over_128_are_signals() {
-        let killed = exit_from_code(137, false, 5);
+        let killed = Exit::from_status(137, false, 5);
         assert_eq!((killed.code, killed.signal), (None, Some(9)));
-        let crashed = exit_from_code(3, false, 5);
+        let crashed = Exit::from_status(3, false, 5);
         assert_eq!((crashed.code, crashed.signal), (Some(3), None));
-        assert_eq!(exit_from_code(255, false, 5).code, Some(255));
+        assert_eq!(Exit::from_status(255, false, 5).code, Some(255));
         assert_eq!(parse_time_ms("0001-01-01T00:00:00Z"), None);
     }
 }

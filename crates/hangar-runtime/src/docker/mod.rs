@@ -64,7 +64,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::driver::{
-    now_ms, Driver, DriverError, ExecResult, Exit, OutputEvent, ReplicaInfo, ReplicaSpec,
+    now_ms, valid_id, Driver, DriverError, ExecResult, Exit, OutputEvent, ReplicaInfo, ReplicaSpec,
     ReplicaStats, StdinWait,
 };
 
@@ -75,7 +75,6 @@ mod output;
 
 pub use image::BuildLimits;
 
-use container::exit_from_code;
 use output::{collect, LineSplitter, OutputFrames};
 
 /// Labels of the driver's own, kept out of [`ReplicaInfo::labels`].
@@ -140,14 +139,6 @@ fn status_of(err: &DockerError) -> Option<u16> {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time as the engine writes
@@ -469,7 +460,7 @@ impl Driver for DockerDriver {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let code = code.and_then(|c| exit_from_code(c, false, 0).code);
+        let code = code.and_then(|c| Exit::from_status(c, false, 0).code);
         Ok(ExecResult {
             stdout,
             stderr,
