@@ -143,6 +143,10 @@ pub enum ApiError {
         /// The key's limit, for a person (`50 per second, in bursts of 100`).
         limit: String,
     },
+    /// 422 `CLOUD_UNREACHABLE`: a new cloud's cluster, namespace or
+    /// registry cannot be used; the message says which and why.
+    #[error("{0}")]
+    CloudUnreachable(String),
     /// 501 `DRIVER_UNAVAILABLE` (+ `driver`): the cloud asks for a driver
     /// this Hangar does not have yet.
     #[error("{message}")]
@@ -242,6 +246,9 @@ impl ApiError {
             }
             ApiError::InstanceQuota { .. } => ErrorClass::RESOURCE_LIMIT_EXCEEDED,
             ApiError::RateLimited { .. } => own(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ApiError::CloudUnreachable(_) => {
+                own(StatusCode::UNPROCESSABLE_ENTITY, "CLOUD_UNREACHABLE")
+            }
             ApiError::DriverUnavailable { .. } => {
                 own(StatusCode::NOT_IMPLEMENTED, "DRIVER_UNAVAILABLE")
             }

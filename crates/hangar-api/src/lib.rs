@@ -123,6 +123,9 @@ pub struct Services {
     pub jobs: Option<hangar_gateway::jobs::JobRunner>,
     /// Stores accepted async jobs, a transaction per batch of requests.
     pub intake: hangar_store::JobIntake,
+    /// The kubernetes driver, if this server runs replicas: a new
+    /// kubernetes cloud's cluster is checked and connected through it.
+    pub kubernetes: Option<Arc<hangar_runtime::KubernetesDriver>>,
 }
 
 impl Services {

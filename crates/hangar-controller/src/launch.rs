@@ -30,6 +30,13 @@
 //! the command above, in `/app`. Its user is the driver's choice (the
 //! image's when not root). Every replica carries its cloud
 //! ([`labels::CLOUD`]).
+//!
+//! On a kubernetes cloud ([`hangar_core::kubernetes`]) the artifact is an
+//! image artifact with no root filesystem: the replica is a pod of the
+//! image the build pushed (or the `docker` source's), pinned to its digest,
+//! with the image's own command, working directory and environment, then
+//! the user's and Hangar's variables, as the image's user when numeric and
+//! not root, else 65534.
 
 use std::path::Path;
 
@@ -229,12 +236,9 @@ pub fn replica_spec(
     let app = Path::new(artifact);
     let mut spec = match cloud {
         Some((_, DriverKind::Docker)) => docker_spec(instance, app, replica_id, generation)?,
-        // The API refuses these clouds; one stored by an earlier version
-        // fails here, visibly, rather than run as local sandboxes.
-        Some((_, DriverKind::Kubernetes)) => return Err(
-            "the instance's cloud needs the kubernetes driver, which this Hangar does not have yet"
-                .to_owned(),
-        ),
+        Some((_, DriverKind::Kubernetes)) => {
+            kubernetes_spec(instance, app, replica_id, generation)?
+        }
         Some((_, DriverKind::Sandbox)) | None => {
             sandbox_spec(instance, app, replica_id, generation)?
         }
@@ -318,6 +322,38 @@ fn docker_spec(
     Ok(spec)
 }
 
+/// A pod of a kubernetes cloud's build: the image the build pushed (or the
+/// `docker` source's), pinned to its digest, running its own entrypoint,
+/// working directory and environment, as its (non-root) user.
+fn kubernetes_spec(
+    instance: &Instance,
+    app: &Path,
+    replica_id: &str,
+    generation: &str,
+) -> Result<ReplicaSpec, String> {
+    let run = image_run(app)?.ok_or_else(|| {
+        "this build was not made for a kubernetes cloud (it has no image to pull): build the agent again"
+            .to_owned()
+    })?;
+    let env = environment(instance, replica_id, Vec::new());
+    let (uid, gid) = run.uid_gid();
+    let mut spec = common_spec(
+        instance,
+        replica_id,
+        generation,
+        Vec::new(),
+        env,
+        String::new(),
+    );
+    spec.labels.insert(
+        labels::DRIVER.to_owned(),
+        DriverKind::Kubernetes.to_string(),
+    );
+    spec.image = Some(hangar_core::kubernetes::pinned_reference(&run));
+    spec.user = Some(ReplicaUser { uid, gid });
+    Ok(spec)
+}
+
 /// A sandbox replica of a source tree or an unpacked image artifact.
 fn sandbox_spec(
     instance: &Instance,
@@ -377,6 +413,8 @@ fn common_spec(
     ReplicaSpec {
         id: replica_id.to_owned(),
         labels: [
+            (labels::ORG.to_owned(), instance.organization_id.clone()),
+            (labels::AGENT.to_owned(), instance.agent_id.clone()),
             (labels::INSTANCE.to_owned(), instance.id.clone()),
             (labels::GENERATION.to_owned(), generation.to_owned()),
         ]
@@ -625,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_clouds_never_run_as_sandboxes() {
+    fn kubernetes_clouds_run_the_pushed_image_and_never_a_tree() {
         let tree = dir(&[("main.py", "")]);
         let err = replica_spec(
             &instance(&[]),
@@ -634,9 +672,60 @@ mod tests {
             "g1",
             Some(("cloud_k", DriverKind::Kubernetes)),
         )
-        .expect_err("no kubernetes driver");
-        assert!(err.contains("kubernetes driver"), "{err}");
+        .expect_err("a tree is not an image");
+        assert!(err.contains("no image to pull"), "{err}");
         std::fs::remove_dir_all(tree).expect("cleanup");
+
+        let run = ImageRun {
+            image: "127.0.0.1:5000/hangar/agent_1:k1".to_owned(),
+            digest: "sha256:ab".to_owned(),
+            user: "1000:1000".to_owned(),
+            entrypoint: vec!["/app/.venv/bin/python".to_owned()],
+            ..ImageRun::default()
+        };
+        let parent = dir(&[]);
+        let image = parent.join("oci-sha256-ab");
+        std::fs::create_dir(&image).expect("dir");
+        std::fs::write(
+            image.join(IMAGE_CONFIG_FILE),
+            serde_json::to_string(&run).expect("json"),
+        )
+        .expect("write");
+        let spec = replica_spec(
+            &instance(&[("MODE", "user")]),
+            image.to_str().expect("utf-8"),
+            "r1",
+            "g1",
+            Some(("cloud_k", DriverKind::Kubernetes)),
+        )
+        .expect("spec");
+        assert_eq!(
+            spec.image.as_deref(),
+            Some("127.0.0.1:5000/hangar/agent_1@sha256:ab")
+        );
+        assert_eq!(
+            spec.labels.get(labels::DRIVER).map(String::as_str),
+            Some("kubernetes")
+        );
+        assert_eq!(
+            spec.labels.get(labels::CLOUD).map(String::as_str),
+            Some("cloud_k")
+        );
+        assert!(
+            spec.argv.is_empty() && spec.cwd.is_empty(),
+            "the image's own"
+        );
+        assert_eq!((&spec.app, &spec.rootfs), (&None, &None));
+        assert_eq!(
+            spec.user,
+            Some(ReplicaUser {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!(get(&spec, "MODE"), Some("user"));
+        assert_eq!(get(&spec, "HANGAR_REPLICA_ID"), Some("r1"));
+        std::fs::remove_dir_all(parent).expect("cleanup");
     }
 
     fn docker(files: &[(&str, &str)], env: &[(&str, &str)]) -> ReplicaSpec {

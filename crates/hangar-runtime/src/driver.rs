@@ -22,6 +22,10 @@ use crate::network::NetworkPolicy;
 
 /// Labels every replica carries, for re-adoption.
 pub mod labels {
+    /// The organization the replica's instance belongs to.
+    pub const ORG: &str = "hangar.org";
+    /// The agent the replica runs.
+    pub const AGENT: &str = "hangar.agent";
     /// The instance the replica belongs to.
     pub const INSTANCE: &str = "hangar.instance";
     /// A hash of the instance spec the replica was made from: a replica whose
@@ -30,7 +34,7 @@ pub mod labels {
     /// The cloud the replica runs in: drivers that run several clouds keep
     /// them apart by it (the docker driver: one bridge network per cloud).
     pub const CLOUD: &str = "hangar.cloud";
-    /// Which driver runs the replica ("sandbox", "docker"), for a
+    /// Which driver runs the replica ("sandbox", "docker", "kubernetes"), for a
     /// [`crate::DriverSet`] to route by; absent: the set's default.
     pub const DRIVER: &str = "hangar.driver";
 }

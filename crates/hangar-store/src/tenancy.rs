@@ -607,6 +607,18 @@ impl Store {
         .await?;
         rows.iter().map(cloud_from_row).collect()
     }
+
+    /// Every organization's clouds run by `driver`, oldest first: what a
+    /// server connects to at start.
+    pub async fn clouds_of_driver(&self, driver: DriverKind) -> Result<Vec<Cloud>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CLOUD_COLUMNS} FROM clouds WHERE driver = $1 ORDER BY id"
+        ))
+        .bind(driver.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cloud_from_row).collect()
+    }
 }
 
 /// A principal from a row of `api_keys` joined with its user and organization

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use hangar_core::id::IdKind;
+use hangar_core::model::DriverKind;
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus, JobStatus};
@@ -101,6 +102,30 @@ async fn bootstrap_once_and_authenticate() {
                 .name,
             "local"
         );
+        // A server finds every organization's clouds of a driver at start.
+        let org = &first.organization.id;
+        let cluster = store
+            .create_cloud(
+                org,
+                "cluster",
+                DriverKind::Kubernetes,
+                &serde_json::json!({}),
+            )
+            .await
+            .expect("cloud");
+        let found = store
+            .clouds_of_driver(DriverKind::Kubernetes)
+            .await
+            .expect("clouds");
+        assert_eq!(
+            found.iter().map(|c| &c.id).collect::<Vec<_>>(),
+            [&cluster.id]
+        );
+        assert!(store
+            .clouds_of_driver(DriverKind::Docker)
+            .await
+            .expect("clouds")
+            .is_empty());
         // Configuring another admin key rotates the configured one.
         store
             .bootstrap(Some("rotated-admin-key-0123456789"))

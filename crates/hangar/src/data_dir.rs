@@ -29,6 +29,7 @@ const SECRET_KEY: &str = "secret.key";
 pub const ADMIN_KEY: &str = "admin.key";
 /// The mark of this server's Docker containers and networks.
 const DOCKER_OWNER: &str = "docker.owner";
+const KUBERNETES_OWNER: &str = "kubernetes.owner";
 /// This server's stable ID.
 const NODE_ID: &str = "node.id";
 /// The port the egress proxy listens on.
@@ -157,6 +158,22 @@ impl DataDir {
     /// Keeps `owner` as the data dir's mark.
     pub fn record_docker_owner(&self, owner: &str) -> anyhow::Result<()> {
         self.replace(DOCKER_OWNER, format!("{owner}\n").as_bytes())
+    }
+
+    /// The mark on this server's Kubernetes objects (`hangar.owner`): 16
+    /// random hex digits, made at the first start and kept, so servers
+    /// sharing a namespace never take each other's pods for their own.
+    pub fn kubernetes_owner(&self) -> anyhow::Result<String> {
+        let made = self.create_once(KUBERNETES_OWNER, || {
+            format!("{}\n", random_docker_owner()).into_bytes()
+        })?;
+        let owner = String::from_utf8_lossy(&made).trim().to_ascii_lowercase();
+        anyhow::ensure!(
+            owner.len() == 16 && owner.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{} does not hold 16 hex digits",
+            self.root.join(KUBERNETES_OWNER).display()
+        );
+        Ok(owner)
     }
 
     /// The mark builds before `docker.owner` used: a hash of the data

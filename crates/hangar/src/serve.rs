@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rate_limit: config.rate_limit,
     };
     let docker = connect_docker(&config, &data_dir).await;
-    let (runtime, driver, controller_loop) =
+    let (runtime, driver, controller_loop, kubernetes) =
         start_runtime(&config, &data_dir, &store, &docker, &replicas_shutdown).await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
@@ -189,6 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deliverer: Some(deliverer),
         jobs: runner,
         intake,
+        kubernetes,
     }));
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
@@ -316,6 +317,7 @@ type Runtime = (
     Option<hangar_controller::Controller>,
     Option<Arc<dyn hangar_runtime::Driver>>,
     Option<JoinHandle<()>>,
+    Option<Arc<hangar_runtime::KubernetesDriver>>,
 );
 
 async fn start_runtime(
@@ -331,7 +333,7 @@ async fn start_runtime(
              server runs no replicas; instances stay `starting`"
         );
         eprintln!("hangar: not running as root: agents will not run (sandboxes need root)");
-        return Ok((None, None, None));
+        return Ok((None, None, None, None));
     }
     let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;
     let driver = hangar_runtime::SandboxDriver::new(hangar_runtime::SandboxDriverConfig {
@@ -354,6 +356,8 @@ async fn start_runtime(
         Ok(engine) => drivers.with("docker", engine.clone()),
         Err(why) => drivers.without("docker", why.clone()),
     };
+    let kubernetes = start_kubernetes(store, data_dir).await?;
+    let drivers = drivers.with("kubernetes", kubernetes.clone());
     let controller = hangar_controller::Controller::new(
         store.clone(),
         Arc::new(drivers),
@@ -385,7 +389,55 @@ async fn start_runtime(
             tracing::error!(task = "controller", error = %err, "a background task failed");
         }
     });
-    Ok((Some(controller), Some(driver), Some(controller_loop)))
+    Ok((
+        Some(controller),
+        Some(driver),
+        Some(controller_loop),
+        Some(kubernetes),
+    ))
+}
+
+/// The kubernetes driver, with the cluster of every kubernetes cloud in the
+/// store connected (a cluster that does not answer now is tried again when
+/// a replica is made for it). Replicas are reached at their pod IPs: this
+/// server must be on the clusters' pod network (in a cluster, or on a node).
+async fn start_kubernetes(
+    store: &hangar_store::Store,
+    data_dir: &DataDir,
+) -> anyhow::Result<Arc<hangar_runtime::KubernetesDriver>> {
+    use hangar_core::kubernetes::KubernetesCloudConfig;
+    use hangar_runtime::kubernetes::{Cluster, ClusterConfig};
+    let owner = data_dir.kubernetes_owner()?;
+    let driver = Arc::new(
+        hangar_runtime::KubernetesDriver::new(&owner)
+            .map_err(|err| anyhow::anyhow!("the kubernetes driver: {err}"))?,
+    );
+    let clouds = store
+        .clouds_of_driver(hangar_core::model::DriverKind::Kubernetes)
+        .await
+        .context("reading the kubernetes clouds")?;
+    for cloud in clouds {
+        let config = match KubernetesCloudConfig::parse(&cloud.config) {
+            Ok(config) => ClusterConfig::from_cloud(&config),
+            Err(err) => {
+                tracing::warn!(cloud = %cloud.id, error = %err, "a kubernetes cloud's config is unusable: its agents will not run");
+                continue;
+            }
+        };
+        match Cluster::connect(&config).await {
+            Ok(cluster) => {
+                tracing::info!(cloud = %cloud.id, namespace = %cluster.namespace(), version = %cluster.version(),
+                    "kubernetes cloud connected: replicas are pods, reached at their pod IPs");
+                driver.add_cloud(&cloud.id, cluster);
+            }
+            Err(err) => {
+                tracing::warn!(cloud = %cloud.id, error = %err,
+                    "a kubernetes cloud's cluster does not answer: tried again when a replica is made");
+                driver.add_unreachable_cloud(&cloud.id, config);
+            }
+        }
+    }
+    Ok(driver)
 }
 
 /// Cancels `shutdown` at the first SIGTERM or SIGINT; at a second one, or

@@ -180,7 +180,7 @@ fn check_labels(display_name: Option<&String>, version: Option<&String>) -> ApiR
     responses((status = 201, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN"),
         (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
-        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this Hangar does not have (kubernetes)")))]
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)")))]
 async fn create_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -216,7 +216,7 @@ async fn create_agent(
         .get_cloud(caller.org(), &body.cloud_id)
         .await?
         .found(Kind::Cloud, &body.cloud_id)?;
-    super::tenancy::driver_available(&cloud.name, cloud.driver)?;
+    super::tenancy::driver_available(&state, &cloud.name, cloud.driver)?;
     // The agent will need an instance once built; refuse now rather than fail later.
     let org = state
         .store

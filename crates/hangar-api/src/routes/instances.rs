@@ -161,7 +161,7 @@ struct CreateInstance {
     responses((status = 201, body = InstanceObject), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "AGENT_NOT_FOUND / BUILD_NOT_FOUND / ORGANIZATION_NOT_FOUND"),
         (status = 409, description = "BUILD_NOT_READY / INSTANCE_NAME_TAKEN"), (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
-        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the agent's cloud needs a driver this Hangar does not have (kubernetes)")))]
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the agent's cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)")))]
 async fn create_instance(
     State(state): State<AppState>,
     caller: Caller,
@@ -183,9 +183,9 @@ async fn create_instance(
         .await?
         .found(Kind::Agent, &body.agent_id)?
         .agent;
-    // An agent of a kubernetes cloud made before such clouds were refused.
+    // An agent of a kubernetes cloud, on a server without the driver.
     if let Some(cloud) = state.store.get_cloud(caller.org(), &agent.cloud_id).await? {
-        super::tenancy::driver_available(&cloud.name, cloud.driver)?;
+        super::tenancy::driver_available(&state, &cloud.name, cloud.driver)?;
     }
     let config = body
         .config

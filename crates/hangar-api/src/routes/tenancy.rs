@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use hangar_core::kubernetes::KubernetesCloudConfig;
 use hangar_core::model::{DriverKind, Role, DEFAULT_MAX_INSTANCES};
 use hangar_core::validate;
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use crate::extract::{Body, Caller, Path};
 use crate::render::{
     self, ok, ApiKeyObject, CloudObject, Envelope, OrganizationObject, UserObject,
 };
-use crate::AppState;
+use crate::{AppState, Services};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -383,20 +384,76 @@ async fn list_clouds(
         .collect()))
 }
 
-/// Refuses a cloud whose driver this Hangar does not have, so nothing meant
-/// for it runs elsewhere: without a Kubernetes driver, replicas of a
-/// `kubernetes` cloud would start as local sandboxes. 501, not 4xx: the
-/// request is right and will succeed on a Hangar with the driver.
-pub(crate) fn driver_available(cloud: &str, driver: DriverKind) -> ApiResult<()> {
+/// Refuses a cloud whose driver this server does not have, so nothing meant
+/// for it runs elsewhere: replicas of a `kubernetes` cloud are never local
+/// sandboxes. 501, not 4xx: the request is right and will succeed on a
+/// Hangar with the driver (a server that runs replicas has it).
+pub(crate) fn driver_available(state: &Services, cloud: &str, driver: DriverKind) -> ApiResult<()> {
     match driver {
         DriverKind::Sandbox | DriverKind::Docker => Ok(()),
+        DriverKind::Kubernetes if state.kubernetes.is_some() => Ok(()),
         DriverKind::Kubernetes => Err(ApiError::DriverUnavailable {
             driver: driver.to_string(),
             message: format!(
-                "Cloud '{cloud}' needs the kubernetes driver, which this Hangar does not have yet; use a sandbox or docker cloud"
+                "Cloud '{cloud}' needs the kubernetes driver, which this server does not have (it runs no replicas); use a server that runs replicas"
             ),
         }),
     }
+}
+
+/// Connects to a new kubernetes cloud's cluster and checks what its
+/// replicas will need: the API server answers, the namespace is there (or
+/// is made), Secrets can be listed, and the registry (if any) answers.
+async fn check_cluster(config: &serde_json::Value) -> ApiResult<hangar_runtime::Cluster> {
+    let parsed = KubernetesCloudConfig::parse(config)?;
+    let cluster =
+        hangar_runtime::Cluster::connect(&hangar_runtime::ClusterConfig::from_cloud(&parsed))
+            .await
+            .map_err(|err| {
+                ApiError::CloudUnreachable(format!("The cluster cannot be used: {err}"))
+            })?;
+    if let Some(host) = parsed.registry_host() {
+        let scheme = if parsed.insecure_registry {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!("{scheme}://{host}/v2/");
+        let answer = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            // 401: it wants credentials, which pushes will bring.
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            }
+            Ok(r) => {
+                return Err(ApiError::CloudUnreachable(format!(
+                    "The registry {host} does not answer as an OCI registry ({url} gave {})",
+                    r.status()
+                )))
+            }
+            Err(err) => {
+                let why = if err.is_timeout() {
+                    "no answer within 10 s"
+                } else if err.is_connect() {
+                    "cannot connect"
+                } else {
+                    "the request failed"
+                };
+                return Err(ApiError::CloudUnreachable(format!(
+                    "The registry {host} cannot be reached over {scheme} ({why}){}",
+                    if parsed.insecure_registry {
+                        ""
+                    } else {
+                        "; a registry on plain HTTP needs insecure_registry: true"
+                    }
+                )));
+            }
+        }
+    }
+    Ok(cluster)
 }
 
 /// Body of `POST /v1/clouds`.
@@ -405,11 +462,19 @@ pub(crate) fn driver_available(cloud: &str, driver: DriverKind) -> ApiResult<()>
 struct CreateCloud {
     /// Unique within the organization.
     name: String,
-    /// `sandbox` or `docker`; `kubernetes` is refused (501
-    /// `DRIVER_UNAVAILABLE`) until its driver lands.
+    /// `sandbox`, `docker` or `kubernetes` (501 `DRIVER_UNAVAILABLE` on a
+    /// server that runs no replicas).
     driver: DriverKind,
     /// Driver settings (an object). `docker`: `base_image`, the image a
-    /// generated Dockerfile starts from; nothing else.
+    /// generated Dockerfile starts from; nothing else. `kubernetes`:
+    /// `kubeconfig` (a path on the server; absent: in-cluster, then
+    /// `$KUBECONFIG`), `context`, `namespace` (default `hangar`, made if
+    /// missing), `registry` (`host[:port]/prefix`, where built images are
+    /// pushed), `registry_credentials` (`{username, password:
+    /// "${secrets.NAME}"}`), `insecure_registry` (bool), `base_image`
+    /// (`{python, node}`), `runtime_class`, `node_selector` (object),
+    /// `image_pull_secret`. The cluster, namespace and registry are checked
+    /// before the cloud is added.
     #[serde(default)]
     #[schema(value_type = Object)]
     config: serde_json::Map<String, serde_json::Value>,
@@ -418,7 +483,9 @@ struct CreateCloud {
 /// Add a cloud (admins).
 #[utoipa::path(post, path = "/v1/clouds", tag = "tenancy", request_body = CreateCloud,
     responses((status = 201, body = Envelope<CloudObject>), (status = 409, description = "CLOUD_NAME_TAKEN"),
-        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): a kubernetes cloud; this Hangar has no Kubernetes driver yet")))]
+        (status = 400, description = "INVALID_REQUEST (+ `field`): a setting of `config` the driver does not take, or a bad value"),
+        (status = 422, description = "CLOUD_UNREACHABLE: a kubernetes cloud whose cluster does not answer, whose namespace cannot be made or used, or whose registry does not answer"),
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): a kubernetes cloud on a server that runs no replicas")))]
 async fn create_cloud(
     State(state): State<AppState>,
     caller: Caller,
@@ -433,20 +500,28 @@ async fn create_cloud(
             "must not start with 'cloud_' (cloud IDs do)",
         ));
     }
-    driver_available(&body.name, body.driver)?;
+    driver_available(&state, &body.name, body.driver)?;
     if serde_json::to_string(&body.config).map_or(0, |s| s.len()) > 16 * 1024 {
         return Err(ApiError::invalid("config", "must be at most 16 KiB"));
     }
     let config = serde_json::Value::Object(body.config);
-    if body.driver == DriverKind::Docker {
-        // What the builder reads from it; a typo is refused now, not
-        // ignored until a build behaves unexpectedly.
-        hangar_core::docker::DockerCloudConfig::parse(&config)?;
-    }
+    // What the builder and the drivers read from it; a typo is refused now,
+    // not ignored until a build or a replica behaves unexpectedly.
+    let cluster = match body.driver {
+        DriverKind::Docker => {
+            hangar_core::docker::DockerCloudConfig::parse(&config)?;
+            None
+        }
+        DriverKind::Kubernetes => Some(check_cluster(&config).await?),
+        DriverKind::Sandbox => None,
+    };
     let cloud = state
         .store
         .create_cloud(caller.org(), &body.name, body.driver, &config)
         .await?;
+    if let (Some(cluster), Some(driver)) = (cluster, &state.kubernetes) {
+        driver.add_cloud(&cloud.id, cluster);
+    }
     Ok((
         StatusCode::CREATED,
         ok(render::cloud(&cloud, &state.config)),

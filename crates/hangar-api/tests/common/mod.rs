@@ -100,6 +100,7 @@ impl Harness {
         };
         let app = hangar_api::app(AppState::from(Services {
             intake: hangar_store::JobIntake::start(store.clone(), Default::default()).0,
+            kubernetes: None,
             store,
             config: Arc::new(config),
             runtime: None,

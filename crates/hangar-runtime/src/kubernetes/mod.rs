@@ -259,6 +259,9 @@ pub struct KubernetesDriver {
     owner: String,
     /// Cloud id → its cluster.
     clusters: Arc<RwLock<BTreeMap<String, Cluster>>>,
+    /// Clouds whose cluster did not answer when added: tried again when a
+    /// replica is made for them.
+    unreachable: Arc<Mutex<BTreeMap<String, ClusterConfig>>>,
     /// Replica id → cloud id, as learned from `create` and `list`.
     homes: Arc<Mutex<HashMap<String, String>>>,
     /// One stdin exchange per replica at a time.
@@ -298,6 +301,7 @@ impl KubernetesDriver {
         Ok(Self {
             owner: owner.to_owned(),
             clusters: Arc::default(),
+            unreachable: Arc::default(),
             homes: Arc::default(),
             stdin_turns: Arc::default(),
         })
@@ -309,6 +313,41 @@ impl KubernetesDriver {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(cloud_id.to_owned(), cluster);
+    }
+
+    /// Cloud `cloud_id`'s cluster did not answer: the next replica made
+    /// for it connects again (and fails with the reason if it still cannot).
+    pub fn add_unreachable_cloud(&self, cloud_id: &str, config: ClusterConfig) {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cloud_id.to_owned(), config);
+    }
+
+    /// The cluster of `cloud_id`, connecting to it again if it did not
+    /// answer before.
+    async fn cluster_for_create(&self, cloud_id: &str) -> Result<Cluster, DriverError> {
+        if let Some(cluster) = self.cluster(cloud_id) {
+            return Ok(cluster);
+        }
+        let config = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cloud_id)
+            .cloned();
+        let Some(config) = config else {
+            return Err(DriverError::Failed(format!(
+                "kubernetes: cloud {cloud_id} has no cluster on this server"
+            )));
+        };
+        let cluster = Cluster::connect(&config).await?;
+        self.unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cloud_id);
+        self.add_cloud(cloud_id, cluster.clone());
+        Ok(cluster)
     }
 
     /// Whether cloud `cloud_id` has a cluster here.
@@ -526,11 +565,7 @@ impl Driver for KubernetesDriver {
                 "a kubernetes replica needs its cloud (label hangar.cloud)".to_owned(),
             )
         })?;
-        let cluster = self.cluster(cloud).ok_or_else(|| {
-            DriverError::Failed(format!(
-                "kubernetes: cloud {cloud} has no connected cluster on this server"
-            ))
-        })?;
+        let cluster = self.cluster_for_create(cloud).await?;
         let name = pod::object_name(&self.owner, &spec.id);
         let secret = pod::secret(&self.owner, spec);
         let secret = match cluster
