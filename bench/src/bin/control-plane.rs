@@ -418,6 +418,7 @@ fn main() -> Result<()> {
         .block_on(async { hangar_store::JobIntake::start(fx.store.clone(), Default::default()) });
     let app = hangar_api::app(AppState::from(Services {
         intake,
+        kubernetes: None,
         store: fx.store.clone(),
         config: Arc::new(ApiConfig {
             uploads_dir: None,
