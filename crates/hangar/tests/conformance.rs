@@ -1,13 +1,19 @@
 //! The driver conformance suite: every [`Driver`] answers the same calls the
 //! same way. Each test below runs once per driver — `sandbox::<test>` (real
-//! shims and youki sandboxes) and `docker::<test>` (containers on the local
-//! engine, from a Python base image the suite makes) — with the same specs:
-//! the test agents of `tests/agents/` at `/app`, run by `python3`.
+//! shims and youki sandboxes), `docker::<test>` (containers on the local
+//! engine, from a Python base image the suite makes) and
+//! `kubernetes::<test>` (pods on the cluster of `$KUBECONFIG`, from that
+//! image with the agents in it, pushed to the registry beside the cluster)
+//! — with the same specs: the test agents of `tests/agents/`, run by
+//! `python3`.
 //!
-//! `cargo test -p hangar --test conformance` as root with a Docker engine.
-//! Without them a test says why it is skipped, unless `CI=true`, where it
-//! fails instead. What only one driver has (a shim that dies, a follower
-//! that stalls a shim) is tested in that driver's own tests.
+//! `cargo test -p hangar --test conformance` as root with a Docker engine
+//! and a cluster. Without them a test says why it is skipped, unless
+//! `CI=true`, where it fails instead. What only one driver has (a shim that
+//! dies, a follower that stalls a shim) is tested in that driver's own
+//! tests. Where Kubernetes cannot do what the others do, the test says so
+//! where it asks less of it: its log does not tell stdout from stderr, it
+//! has no per-pod pids limit, and it does not show a pod's host PID.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,12 +27,17 @@ use hangar_runtime::{DockerDriver, Driver, SandboxDriver, SandboxDriverConfig};
 mod common;
 
 use common::docker as engine;
+use common::kubernetes as cluster;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Sandbox,
     Docker,
+    Kubernetes,
 }
+
+/// The cloud the kubernetes subject's replicas are labelled with.
+const CLOUD: &str = "cloud_conformance";
 
 /// One driver under test, with what it needs to be made again (a daemon
 /// restart) and to be checked for leftovers.
@@ -36,6 +47,8 @@ struct Subject {
     driver: Box<dyn Driver>,
     state_dir: PathBuf,
     docker: Option<DockerDriver>,
+    /// The kubernetes subject's image of the test agents.
+    image: Option<String>,
 }
 
 impl Subject {
@@ -54,6 +67,7 @@ impl Subject {
                     test,
                     state_dir,
                     docker: None,
+                    image: None,
                 })
             }
             Kind::Docker => {
@@ -64,9 +78,48 @@ impl Subject {
                     test,
                     state_dir,
                     docker: Some(driver),
+                    image: None,
+                })
+            }
+            Kind::Kubernetes => {
+                let driver = cluster::driver_or_skip(&test, &engine::owner(&test), CLOUD).await?;
+                let image = cluster::agents_image(&test).await;
+                Some(Self {
+                    kind,
+                    driver: Box::new(driver),
+                    test,
+                    state_dir,
+                    docker: None,
+                    image: Some(image),
                 })
             }
         }
+    }
+
+    /// A replica of the test agent `agent`: at `/app` from this host, or,
+    /// on a cluster, in the agents image.
+    fn spec(&self, id: &str, agent: &str) -> ReplicaSpec {
+        let mut spec = base_spec(id, agent);
+        if let Some(image) = &self.image {
+            spec.app = None;
+            spec.image = Some(image.clone());
+            spec.argv[2] = format!("/agents/{agent}/main.py");
+            spec.cwd = format!("/agents/{agent}");
+        }
+        spec
+    }
+
+    /// A replica running a shell script instead of an agent.
+    fn shell(&self, id: &str, script: &str) -> ReplicaSpec {
+        let mut spec = self.spec(id, "http");
+        spec.argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        spec.port = None;
+        spec
+    }
+
+    /// Whether the driver tells stdout from stderr.
+    fn has_streams(&self) -> bool {
+        self.kind != Kind::Kubernetes
     }
 
     /// A new driver over the same replicas, as after `hangar serve` restarts.
@@ -78,6 +131,11 @@ impl Subject {
                     .await
                     .expect("the engine answered a moment ago"),
             ),
+            Kind::Kubernetes => Box::new(
+                cluster::driver_or_skip(&self.test, &engine::owner(&self.test), CLOUD)
+                    .await
+                    .expect("the cluster answered a moment ago"),
+            ),
         }
     }
 
@@ -87,6 +145,11 @@ impl Subject {
 
     /// Nothing of any replica is left: no shim, sandbox, container or network.
     async fn assert_nothing_left(&self) {
+        if self.kind == Kind::Kubernetes {
+            let left = cluster::leftovers(&self.test, &engine::owner(&self.test)).await;
+            assert!(left.is_empty(), "left on the cluster: {left:?}");
+            return;
+        }
         match &self.docker {
             None => {
                 for sub in ["shims", "sandboxes"] {
@@ -127,9 +190,11 @@ impl Subject {
 impl Drop for Subject {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.state_dir);
-        if self.kind == Kind::Docker {
-            // A failed test leaves its replicas: gone with the test.
-            engine::remove_owned(&engine::owner(&self.test));
+        // A failed test leaves its replicas: gone with the test.
+        match self.kind {
+            Kind::Docker => engine::remove_owned(&engine::owner(&self.test)),
+            Kind::Kubernetes => cluster::remove_owned(&engine::owner(&self.test)),
+            Kind::Sandbox => {}
         }
     }
 }
@@ -144,7 +209,7 @@ fn sandbox(state_dir: &Path) -> SandboxDriver {
 }
 
 /// A replica of the test agent `agent`, the same for every driver.
-fn spec(id: &str, agent: &str) -> ReplicaSpec {
+fn base_spec(id: &str, agent: &str) -> ReplicaSpec {
     ReplicaSpec {
         id: id.to_owned(),
         labels: BTreeMap::from([
@@ -174,14 +239,6 @@ fn spec(id: &str, agent: &str) -> ReplicaSpec {
         image: None,
         network: Default::default(),
     }
-}
-
-/// A replica running a shell script instead of an agent.
-fn shell(id: &str, script: &str) -> ReplicaSpec {
-    let mut spec = spec(id, "http");
-    spec.argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
-    spec.port = None;
-    spec
 }
 
 fn argv(words: &[&str]) -> Vec<String> {
@@ -257,9 +314,10 @@ async fn wait_exit(driver: &dyn Driver, id: &str) -> Exit {
 /// a forced stop (no grace period), remove.
 async fn http_replica_serves_execs_and_leaves_nothing(s: Subject) {
     let id = s.id("http");
-    let info = s.driver.create(&spec(&id, "http")).await.expect("create");
+    let info = s.driver.create(&s.spec(&id, "http")).await.expect("create");
     assert!(info.exit.is_none());
-    assert!(info.pid > 0, "{info:?}");
+    // A pod's process is on a node: no host PID to tell.
+    assert!(info.pid > 0 || s.kind == Kind::Kubernetes, "{info:?}");
     assert_eq!(info.labels["hangar.instance"], "inst_test");
     wait_healthy(&info).await;
 
@@ -281,8 +339,13 @@ async fn http_replica_serves_execs_and_leaves_nothing(s: Subject) {
         seen.iter().any(|e| matches!(e, OutputEvent::Line(l) if l.seq == 1 && l.text == "INFO listening on 8080" && l.stream == OutputStream::Stdout)),
         "{seen:?}"
     );
+    let log_stream = if s.has_streams() {
+        OutputStream::Stderr
+    } else {
+        OutputStream::Stdout
+    };
     assert!(
-        seen.iter().any(|e| matches!(e, OutputEvent::Line(l) if l.stream == OutputStream::Stderr && l.text.starts_with("DEBUG"))),
+        seen.iter().any(|e| matches!(e, OutputEvent::Line(l) if l.stream == log_stream && l.text.starts_with("DEBUG"))),
         "the request log goes to stderr: {seen:?}"
     );
 
@@ -358,7 +421,7 @@ async fn http_replica_serves_execs_and_leaves_nothing(s: Subject) {
 async fn stop_is_graceful_then_forced(s: Subject) {
     let polite = s.id("polite");
     s.driver
-        .create(&shell(
+        .create(&s.shell(
             &polite,
             "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done",
         ))
@@ -378,10 +441,7 @@ async fn stop_is_graceful_then_forced(s: Subject) {
 
     let stubborn = s.id("stubborn");
     s.driver
-        .create(&shell(
-            &stubborn,
-            "trap '' TERM; while true; do sleep 0.1; done",
-        ))
+        .create(&s.shell(&stubborn, "trap '' TERM; while true; do sleep 0.1; done"))
         .await
         .expect("create");
     let started = Instant::now();
@@ -413,7 +473,7 @@ async fn stop_is_graceful_then_forced(s: Subject) {
 async fn a_program_without_a_handler_ends_by_sigterm(s: Subject) {
     let plain = s.id("plain");
     s.driver
-        .create(&shell(&plain, "echo up; exec sleep 600"))
+        .create(&s.shell(&plain, "echo up; exec sleep 600"))
         .await
         .expect("create");
     let mut output = s.driver.follow(&plain, 0).await.expect("follow");
@@ -432,7 +492,10 @@ async fn a_program_without_a_handler_ends_by_sigterm(s: Subject) {
 /// inspect; the controller restarts by making the replica again.
 async fn crash_is_reported_and_the_replica_made_again(s: Subject) {
     let id = s.id("crash");
-    s.driver.create(&spec(&id, "crash")).await.expect("create");
+    s.driver
+        .create(&s.spec(&id, "crash"))
+        .await
+        .expect("create");
     let mut output = s.driver.follow(&id, 0).await.expect("follow");
     let (lines, exit) = read_to_end(&mut output).await;
     assert_eq!(
@@ -447,11 +510,11 @@ async fn crash_is_reported_and_the_replica_made_again(s: Subject) {
         Some(exit)
     );
     assert!(matches!(
-        s.driver.create(&spec(&id, "crash")).await,
+        s.driver.create(&s.spec(&id, "crash")).await,
         Err(DriverError::Invalid(_))
     ));
     s.driver.remove(&id).await.expect("remove");
-    let again = s.driver.create(&spec(&id, "http")).await.expect("again");
+    let again = s.driver.create(&s.spec(&id, "http")).await.expect("again");
     wait_healthy(&again).await;
     s.driver.remove(&id).await.expect("remove");
     s.assert_nothing_left().await;
@@ -460,7 +523,7 @@ async fn crash_is_reported_and_the_replica_made_again(s: Subject) {
 /// Over its memory limit, a replica is killed and the kill is named.
 async fn oom_kill_is_reported(s: Subject) {
     let id = s.id("oom");
-    let mut oom = spec(&id, "oom");
+    let mut oom = s.spec(&id, "oom");
     oom.memory_limit_bytes = Some(64 << 20);
     oom.port = None;
     s.driver.create(&oom).await.expect("create");
@@ -475,7 +538,7 @@ async fn oom_kill_is_reported(s: Subject) {
 /// with its labels, talks to it, and follows its output from any line.
 async fn stdin_answers_and_a_new_driver_adopts_the_replica(s: Subject) {
     let id = s.id("echo");
-    let mut echo = spec(&id, "echo");
+    let mut echo = s.spec(&id, "echo");
     echo.stdin = true;
     echo.port = None;
     s.driver.create(&echo).await.expect("create");
@@ -509,7 +572,10 @@ async fn stdin_answers_and_a_new_driver_adopts_the_replica(s: Subject) {
     assert_eq!(texts, [(2, "echo: hello"), (3, "echo: again")]);
 
     let http = s.id("nostdin");
-    s.driver.create(&spec(&http, "http")).await.expect("create");
+    s.driver
+        .create(&s.spec(&http, "http"))
+        .await
+        .expect("create");
     assert!(matches!(
         s.driver.stdin(&http, b"x\n", wait).await,
         Err(DriverError::NoStdin(_))
@@ -523,7 +589,7 @@ async fn stdin_answers_and_a_new_driver_adopts_the_replica(s: Subject) {
 /// from either stream; a follower can start after any line.
 async fn a_slow_follower_gets_every_line(s: Subject) {
     let id = s.id("flood");
-    let mut flood = spec(&id, "http");
+    let mut flood = s.spec(&id, "http");
     flood.argv = argv(&[
         "python3",
         "-c",
@@ -552,7 +618,7 @@ async fn a_slow_follower_gets_every_line(s: Subject) {
     // The two streams are two pipes: their lines interleave as they are read.
     let stdout: Vec<_> = lines
         .iter()
-        .filter(|l| l.stream == OutputStream::Stdout)
+        .filter(|l| l.stream == OutputStream::Stdout && (s.has_streams() || l.text != "warn"))
         .map(|l| l.text.as_str())
         .collect();
     let wrong = stdout
@@ -562,7 +628,13 @@ async fn a_slow_follower_gets_every_line(s: Subject) {
     assert!(wrong.is_none(), "{wrong:?}");
     let stderr: Vec<_> = lines
         .iter()
-        .filter(|l| l.stream == OutputStream::Stderr)
+        .filter(|l| {
+            if s.has_streams() {
+                l.stream == OutputStream::Stderr
+            } else {
+                l.text == "warn"
+            }
+        })
         .map(|l| l.text.as_str())
         .collect();
     assert_eq!(stderr, ["warn"]);
@@ -580,7 +652,7 @@ async fn a_slow_follower_gets_every_line(s: Subject) {
 
 /// Bad ids and specs are refused; unknown replicas are not found.
 async fn bad_specs_and_unknown_replicas(s: Subject) {
-    let mut bad = spec("Bad/Id", "http");
+    let mut bad = s.spec("Bad/Id", "http");
     assert!(matches!(
         s.driver.create(&bad).await,
         Err(DriverError::Invalid(_))
@@ -620,7 +692,7 @@ async fn bad_specs_and_unknown_replicas(s: Subject) {
 /// busy loop under a 0.2-CPU cap gets about that.
 async fn limits_hold(s: Subject) {
     let forks = s.id("forks");
-    let mut limited = spec(&forks, "http");
+    let mut limited = s.spec(&forks, "http");
     limited.argv = argv(&[
         "python3",
         "-c",
@@ -628,6 +700,10 @@ async fn limits_hold(s: Subject) {
     ]);
     limited.port = None;
     limited.pids_limit = 16;
+    if s.kind == Kind::Kubernetes {
+        // A pod's pids limit is its node's, not its spec's.
+        return caps_hold(s).await;
+    }
     s.driver.create(&limited).await.expect("create");
     let mut output = s.driver.follow(&forks, 0).await.expect("follow");
     let seen = read_until(&mut output, "forked").await;
@@ -641,9 +717,14 @@ async fn limits_hold(s: Subject) {
     );
     let stats = s.driver.stats(&forks).await.expect("stats");
     assert!(stats.pids <= 16, "{stats:?}");
+    s.driver.remove(&forks).await.expect("remove");
+    caps_hold(s).await;
+}
 
+/// A busy loop under a 0.2-CPU cap gets about that.
+async fn caps_hold(s: Subject) {
     let busy = s.id("busy");
-    let mut capped = spec(&busy, "http");
+    let mut capped = s.spec(&busy, "http");
     capped.argv = argv(&["python3", "-c", "while True: pass"]);
     capped.port = None;
     capped.cpu_limit_millis = Some(200);
@@ -658,9 +739,7 @@ async fn limits_hold(s: Subject) {
         "a busy loop under a 0.2-CPU cap used {used} ns of CPU in {wall} ns"
     );
     assert!(used > 0);
-    for id in [forks, busy] {
-        s.driver.remove(&id).await.expect("remove");
-    }
+    s.driver.remove(&busy).await.expect("remove");
     s.assert_nothing_left().await;
 }
 
@@ -683,7 +762,7 @@ async fn docker_a_network_stays_for_a_replica_not_yet_started() {
     };
     let first = s.id("first");
     s.driver
-        .create(&shell(&first, "sleep 600"))
+        .create(&s.shell(&first, "sleep 600"))
         .await
         .expect("create");
     // What another create holds between making its container and starting it.
@@ -708,7 +787,7 @@ async fn docker_a_network_stays_for_a_replica_not_yet_started() {
     assert!(docker(&["rm", "-f", &made]).status.success());
     let last = s.id("last");
     s.driver
-        .create(&shell(&last, "sleep 600"))
+        .create(&s.shell(&last, "sleep 600"))
         .await
         .expect("create");
     s.driver.remove(&last).await.expect("remove");
@@ -732,6 +811,16 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $test() {
                     if let Some(s) = super::Subject::new(super::Kind::Docker, stringify!($test)).await {
+                        super::$test(s).await;
+                    }
+                }
+            )*
+        }
+        mod kubernetes {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(s) = super::Subject::new(super::Kind::Kubernetes, stringify!($test)).await {
                         super::$test(s).await;
                     }
                 }
