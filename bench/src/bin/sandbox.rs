@@ -271,6 +271,7 @@ impl Hangar {
             rootfs: None,
             user: None,
             image: None,
+            image_auth: None,
             network: Default::default(),
         }
     }

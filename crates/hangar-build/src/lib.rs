@@ -863,6 +863,7 @@ impl Builder {
             rootfs: None,
             user: None,
             image: None,
+            image_auth: None,
             network: Default::default(),
         };
         let _ = driver.remove(&replica).await;

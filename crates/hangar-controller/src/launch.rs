@@ -440,6 +440,7 @@ fn common_spec(
         rootfs: None,
         user: None,
         image: None,
+        image_auth: None,
         network: network_policy(instance, &Egress::Open),
     }
 }

@@ -90,11 +90,37 @@ pub struct ReplicaSpec {
     /// refuses it (it runs [`ReplicaSpec::rootfs`] instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Credentials for pulling [`ReplicaSpec::image`], for drivers whose
+    /// cluster pulls it (kubernetes); `None`: a public image, or one the
+    /// cluster can pull on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_auth: Option<RegistryAuth>,
     /// What the replica may reach ([`crate::network`]). A driver that cannot
     /// enforce it refuses the replica. Absent (a replica of an earlier
     /// version): a group of its own, open egress.
     #[serde(default)]
     pub network: NetworkPolicy,
+}
+
+/// A registry's address and the user and password to pull from it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    /// `host[:port]`, as in the image reference.
+    pub server: String,
+    /// The user.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"****")
+            .finish()
+    }
 }
 
 /// A numeric user and group a replica runs as.

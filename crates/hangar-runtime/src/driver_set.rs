@@ -267,6 +267,7 @@ mod tests {
             rootfs: None,
             user: None,
             image: None,
+            image_auth: None,
             network: Default::default(),
         }
     }

@@ -237,6 +237,7 @@ fn base_spec(id: &str, agent: &str) -> ReplicaSpec {
         rootfs: None,
         user: None,
         image: None,
+        image_auth: None,
         network: Default::default(),
     }
 }

@@ -99,6 +99,7 @@ fn spec(id: &str, agent_name: &str) -> ReplicaSpec {
         rootfs: None,
         user: None,
         image: None,
+        image_auth: None,
         network: Default::default(),
     }
 }

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::{AsyncBufReadExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as MetaStatus;
 use kube::api::{
     Api, AttachParams, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams,
@@ -208,6 +208,31 @@ impl Cluster {
                     &format!("cannot read namespace {}", config.namespace),
                     &err,
                 ))
+            }
+        }
+        // Pods need the namespace's default service account, which the
+        // cluster makes a moment after the namespace.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &config.namespace);
+        let mut tries = 0;
+        loop {
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => break,
+                Ok(None) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(None) => {
+                    return Err(DriverError::Failed(format!(
+                        "kubernetes: namespace {} has no default service account (is the controller manager running?)",
+                        config.namespace
+                    )))
+                }
+                Err(err) => {
+                    return Err(failed(
+                        &format!("cannot read namespace {}'s service accounts", config.namespace),
+                        &err,
+                    ))
+                }
             }
         }
         // Can this account make what a replica is made of?
@@ -583,10 +608,22 @@ impl Driver for KubernetesDriver {
             Err(err) => return Err(failed("cannot make the replica's Secret", &err)),
         };
         self.remember(&spec.id, cloud);
+        let pulled_with = match pod::pull_secret(&self.owner, spec, &secret) {
+            Some(pull) => cluster
+                .secrets()
+                .create(&PostParams::default(), &pull)
+                .await
+                .map(|_| ())
+                .map_err(|err| failed("cannot make the replica's image pull Secret", &err)),
+            None => Ok(()),
+        };
         let made = pod::pod(&self.owner, spec, image, &secret, &cluster.placement);
-        let started = match cluster.pods().create(&PostParams::default(), &made).await {
-            Ok(_) => self.wait_started(&cluster, &name).await,
-            Err(err) => Err(failed("cannot make the replica's pod", &err)),
+        let started = match pulled_with {
+            Ok(()) => match cluster.pods().create(&PostParams::default(), &made).await {
+                Ok(_) => self.wait_started(&cluster, &name).await,
+                Err(err) => Err(failed("cannot make the replica's pod", &err)),
+            },
+            Err(err) => Err(err),
         };
         let pod = match started {
             Ok(pod) => pod,
@@ -670,10 +707,12 @@ impl Driver for KubernetesDriver {
             Err(err) if is_not_found(&err) => {}
             Err(err) => return Err(failed("cannot delete a replica's pod", &err)),
         }
-        match found.cluster.secrets().delete(&found.name, &now).await {
-            Ok(_) => {}
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(failed("cannot delete a replica's Secret", &err)),
+        for secret in [pod::pull_secret_name(&found.name), found.name.clone()] {
+            match found.cluster.secrets().delete(&secret, &now).await {
+                Ok(_) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(failed("cannot delete a replica's Secret", &err)),
+            }
         }
         // Gone means gone: wait for the pod to leave the API.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

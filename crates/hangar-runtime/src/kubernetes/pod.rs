@@ -173,6 +173,49 @@ fn labels(owner: &str, spec: &ReplicaSpec) -> BTreeMap<String, String> {
     labels
 }
 
+/// The name of the Secret holding the credentials replica `name`'s image
+/// is pulled with.
+pub(super) fn pull_secret_name(name: &str) -> String {
+    format!("{name}-pull")
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret with the spec's pull
+/// credentials, owned by the replica's Secret; `None` without credentials.
+pub(super) fn pull_secret(owner: &str, spec: &ReplicaSpec, record: &Secret) -> Option<Secret> {
+    use base64::Engine as _;
+    let auth = spec.image_auth.as_ref()?;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", auth.username, auth.password));
+    let config = serde_json::json!({"auths": {auth.server.clone(): {
+        "username": auth.username, "password": auth.password, "auth": basic}}});
+    let name = object_name(owner, &spec.id);
+    Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(pull_secret_name(&name)),
+            labels: Some(labels(owner, spec)),
+            owner_references: Some(vec![owned_by(record, &name)]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            ByteString(config.to_string().into_bytes()),
+        )])),
+        type_: Some("kubernetes.io/dockerconfigjson".to_owned()),
+        ..Secret::default()
+    })
+}
+
+fn owned_by(record: &Secret, name: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "Secret".to_owned(),
+        name: name.to_owned(),
+        uid: record.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 /// The replica's pod, owned by `secret` (deleting the Secret deletes it).
 pub(super) fn pod(
     owner: &str,
@@ -254,19 +297,15 @@ pub(super) fn pod(
         image_pull_policy: Some("IfNotPresent".to_owned()),
         ..Container::default()
     };
-    let secret_uid = secret.metadata.uid.clone().unwrap_or_default();
+    let mut pull_secrets = placement.image_pull_secrets.clone();
+    if spec.image_auth.is_some() {
+        pull_secrets.push(pull_secret_name(&name));
+    }
     Pod {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             labels: Some(labels(owner, spec)),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "v1".to_owned(),
-                kind: "Secret".to_owned(),
-                name,
-                uid: secret_uid,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![owned_by(secret, &name)]),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
@@ -289,11 +328,10 @@ pub(super) fn pod(
             runtime_class_name: placement.runtime_class.clone(),
             node_selector: (!placement.node_selector.is_empty())
                 .then(|| placement.node_selector.clone()),
-            image_pull_secrets: (!placement.image_pull_secrets.is_empty()).then(|| {
-                placement
-                    .image_pull_secrets
-                    .iter()
-                    .map(|name| LocalObjectReference { name: name.clone() })
+            image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+                pull_secrets
+                    .into_iter()
+                    .map(|name| LocalObjectReference { name })
                     .collect()
             }),
             ..PodSpec::default()
@@ -480,6 +518,7 @@ mod tests {
             rootfs: None,
             user: None,
             image: Some("registry:5000/a@sha256:00".to_owned()),
+            image_auth: None,
             network: Default::default(),
         }
     }
@@ -525,6 +564,42 @@ mod tests {
         assert_eq!(labels["hangar.instance"], "inst_1");
         assert_eq!(labels["hangar.replica"], "rep_01abc");
         assert!(!labels.contains_key("odd key"));
+    }
+
+    #[test]
+    fn pull_credentials_go_in_a_secret_of_their_own() {
+        let mut spec = spec();
+        assert!(pull_secret("own", &spec, &secret("own", &spec)).is_none());
+        spec.image_auth = Some(crate::driver::RegistryAuth {
+            server: "registry:5000".to_owned(),
+            username: "u".to_owned(),
+            password: "p4ss".to_owned(),
+        });
+        let record = secret("own", &spec);
+        let pull = pull_secret("own", &spec, &record).expect("a pull secret");
+        assert_eq!(
+            pull.type_.as_deref(),
+            Some("kubernetes.io/dockerconfigjson")
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&pull.data.as_ref().expect("data")[".dockerconfigjson"].0)
+                .expect("json");
+        assert_eq!(config["auths"]["registry:5000"]["auth"], "dTpwNHNz");
+        let pod = pod("own", &spec, "img", &record, &Placement::default());
+        let names: Vec<_> = pod
+            .spec
+            .as_ref()
+            .expect("spec")
+            .image_pull_secrets
+            .as_ref()
+            .expect("pull")
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(names, [pull.metadata.name.clone().expect("name")]);
+        assert!(!serde_json::to_string(&pod).expect("json").contains("p4ss"));
+        // The pull Secret is no replica of its own.
+        assert!(info(&pull, None).is_none());
     }
 
     #[test]
