@@ -146,6 +146,18 @@ pub fn image_run(artifact: &Path) -> Result<Option<ImageRun>, String> {
     Ok(Some(run))
 }
 
+/// The registry an image reference names (`host[:port]`): its first part
+/// when that looks like a host, else Docker Hub's.
+#[must_use]
+pub fn registry_of(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_owned()
+        }
+        _ => "docker.io".to_owned(),
+    }
+}
+
 /// `value` with each `${secrets.NAME}` replaced by that secret's value from
 /// `secrets`; a name `secrets` lacks is the error, naming it.
 pub fn resolve_secrets(
@@ -661,6 +673,18 @@ mod tests {
         assert_eq!(spec.image, None);
         assert_eq!(spec.argv, ["python3", "-u", "/app/main.py"]);
         std::fs::remove_dir_all(tree).expect("cleanup");
+    }
+
+    #[test]
+    fn registries_are_read_from_references() {
+        assert_eq!(
+            registry_of("127.0.0.1:5000/a/b@sha256:00"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(registry_of("ghcr.io/u/a:v1"), "ghcr.io");
+        assert_eq!(registry_of("localhost/a"), "localhost");
+        assert_eq!(registry_of("library/python:3"), "docker.io");
+        assert_eq!(registry_of("busybox"), "docker.io");
     }
 
     #[test]

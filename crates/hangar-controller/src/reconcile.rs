@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::id::{new_id, IdKind};
+use hangar_core::kubernetes::KubernetesCloudConfig;
 use hangar_core::logs::LogLevel;
+use hangar_core::model::DriverKind;
+use hangar_core::spec::Source;
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
+use hangar_runtime::driver::RegistryAuth;
 use hangar_store::ControlledInstance;
 use tokio::time::Instant;
 
@@ -256,6 +260,9 @@ async fn create(
         .as_ref()
         .map(|(id, driver)| (id.as_str(), *driver));
     let mut spec = launch::replica_spec(&instance, artifact, &replica_id, generation, cloud)?;
+    if let Some((cloud_id, DriverKind::Kubernetes)) = cloud {
+        spec.image_auth = pull_auth(inner, &instance, cloud_id, spec.image.as_deref()).await?;
+    }
     spec.network = launch::network_policy(&instance, &inner.config.default_egress);
     egress::prepare(inner, state, &instance, &mut spec).await?;
     let info = inner
@@ -279,6 +286,66 @@ async fn create(
     }
     tasks::spawn_replica_tasks(inner, state, &replica_id);
     Ok(())
+}
+
+/// The credentials a cluster pulls `image` with: the `docker` source's own
+/// (for its registry), else the kubernetes cloud's registry credentials
+/// (for the images Hangar pushed there); `None` when neither applies.
+async fn pull_auth(
+    inner: &Inner,
+    instance: &hangar_core::model::Instance,
+    cloud_id: &str,
+    image: Option<&str>,
+) -> Result<Option<RegistryAuth>, String> {
+    let Some(image) = image else {
+        return Ok(None);
+    };
+    let server = launch::registry_of(image);
+    let org = &instance.organization_id;
+    let store_failed = |err: hangar_store::StoreError| {
+        tracing::warn!(instance = %instance.id, error = %err, "cannot read what a pull needs");
+        "cannot read the image's pull credentials (the store failed; the server's log says why)"
+            .to_owned()
+    };
+    let build = inner
+        .store
+        .get_build(org, &instance.build_id)
+        .await
+        .map_err(store_failed)?;
+    let mut credentials = match build.map(|b| b.source) {
+        Some(Source::Docker {
+            credentials: Some(credentials),
+            ..
+        }) => Some((credentials.username, credentials.password)),
+        _ => None,
+    };
+    if credentials.is_none() {
+        let cloud = inner
+            .store
+            .get_cloud(org, cloud_id)
+            .await
+            .map_err(store_failed)?;
+        let config = cloud
+            .map(|c| KubernetesCloudConfig::parse(&c.config))
+            .transpose()
+            .map_err(|err| format!("the cloud's config is unusable: {err}"))?;
+        if let Some(config) = config.filter(|c| c.registry_host() == Some(server.as_str())) {
+            credentials = config
+                .registry_credentials
+                .map(|c| (c.username, c.password));
+        }
+    }
+    let Some((username, password)) = credentials else {
+        return Ok(None);
+    };
+    let names = hangar_core::validate::secret_refs(&password).unwrap_or_default();
+    let secrets = reveal_secrets(inner, instance, names).await?;
+    let password = launch::resolve_secrets(&password, &secrets)?;
+    Ok(Some(RegistryAuth {
+        server,
+        username,
+        password,
+    }))
 }
 
 /// `instance` with `${secrets.NAME}` in its environment resolved from its
