@@ -935,7 +935,12 @@ impl Driver for KubernetesDriver {
             rx_bytes: number(&entry["network"]["rxBytes"]),
             tx_bytes: number(&entry["network"]["txBytes"]),
             pids: number(&entry["process_stats"]["process_count"]),
-            at_ms: now_ms(),
+            // When the kubelet sampled the counters: they lag by its
+            // housekeeping interval.
+            at_ms: container["cpu"]["time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or_else(now_ms, |t| t.timestamp_millis()),
         })
     }
 }

@@ -248,9 +248,14 @@ pub(super) fn pod(
             ..EnvVar::default()
         })
         .collect();
+    // Kubernetes wants a request no larger than its limit; a request over
+    // the cap could never be used anyway.
+    let cpu_request = spec
+        .cpu_limit_millis
+        .map_or(spec.cpu_millis, |cap| spec.cpu_millis.min(cap));
     let mut requests = BTreeMap::from([(
         "cpu".to_owned(),
-        Quantity(format!("{}m", spec.cpu_millis.max(1))),
+        Quantity(format!("{}m", cpu_request.max(1))),
     )]);
     let mut limits = BTreeMap::new();
     if let Some(cpu) = spec.cpu_limit_millis {
@@ -564,6 +569,18 @@ mod tests {
         assert_eq!(labels["hangar.instance"], "inst_1");
         assert_eq!(labels["hangar.replica"], "rep_01abc");
         assert!(!labels.contains_key("odd key"));
+        let mut capped = spec.clone();
+        capped.cpu_limit_millis = Some(200);
+        let capped = super::pod("own", &capped, "img", &secret, &Placement::default());
+        let capped_resources = capped.spec.as_ref().expect("spec").containers[0]
+            .resources
+            .clone()
+            .expect("resources");
+        assert_eq!(
+            capped_resources.requests.as_ref().expect("r")["cpu"].0,
+            "200m",
+            "no more than its cap"
+        );
     }
 
     #[test]
