@@ -61,6 +61,11 @@ pub struct KubernetesCloudConfig {
     /// An image pull Secret already in the namespace, for every pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<String>,
+    /// Reach replicas through the API server's port-forward (`true`) or at
+    /// their pod IPs (`false`); absent: at their pod IPs when this server
+    /// is on the cluster's pod network, else through port-forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_forward: Option<bool>,
 }
 
 /// A registry user and a password given as `${secrets.NAME}`.
@@ -86,7 +91,7 @@ pub struct BaseImages {
 }
 
 /// The settings a kubernetes cloud takes, for messages.
-const SETTINGS: &str = "kubeconfig, context, namespace, registry, registry_credentials, insecure_registry, base_image, runtime_class, node_selector, image_pull_secret";
+const SETTINGS: &str = "kubeconfig, context, namespace, registry, registry_credentials, insecure_registry, base_image, runtime_class, node_selector, image_pull_secret, port_forward";
 
 impl KubernetesCloudConfig {
     /// Reads and checks a cloud's `config`; errors name the field under

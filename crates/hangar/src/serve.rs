@@ -399,8 +399,9 @@ async fn start_runtime(
 
 /// The kubernetes driver, with the cluster of every kubernetes cloud in the
 /// store connected (a cluster that does not answer now is tried again when
-/// a replica is made for it). Replicas are reached at their pod IPs: this
-/// server must be on the clusters' pod network (in a cluster, or on a node).
+/// a replica is made for it). Replicas are reached at their pod IPs when
+/// this server is on a cluster's pod network (in it, or on a node), else
+/// through its API server's port-forward; the log says which.
 async fn start_kubernetes(
     store: &hangar_store::Store,
     data_dir: &DataDir,
@@ -426,8 +427,12 @@ async fn start_kubernetes(
         };
         match Cluster::connect(&config).await {
             Ok(cluster) => {
+                let reach = cluster.reach().map_or_else(
+                    || "at their pod IPs if this server is on the pod network, else through the API server's port-forward (the first pod tells)".to_owned(),
+                    |reach| reach.to_string(),
+                );
                 tracing::info!(cloud = %cloud.id, namespace = %cluster.namespace(), version = %cluster.version(),
-                    "kubernetes cloud connected: replicas are pods, reached at their pod IPs");
+                    "kubernetes cloud connected: replicas are pods, reached {reach}");
                 driver.add_cloud(&cloud.id, cluster);
             }
             Err(err) => {

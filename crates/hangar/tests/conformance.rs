@@ -762,6 +762,60 @@ async fn caps_hold(s: Subject) {
     s.assert_nothing_left().await;
 }
 
+/// A server off the cluster's pod network reaches replicas through the API
+/// server's port-forward: the address is a local port, and requests go
+/// through to the pod; removing the replica closes the port.
+#[tokio::test]
+async fn kubernetes_replicas_are_reached_through_port_forward_when_asked() {
+    let test = "k8s-port-forward";
+    let Some(cluster) =
+        cluster::cluster_or_skip_with(test, Some(hangar_runtime::kubernetes::Reach::PortForward))
+            .await
+    else {
+        return;
+    };
+    assert_eq!(
+        cluster.reach(),
+        Some(hangar_runtime::kubernetes::Reach::PortForward)
+    );
+    let owner = engine::owner(test);
+    let driver = hangar_runtime::KubernetesDriver::new(&owner).expect("owner");
+    driver.add_cloud(CLOUD, cluster);
+    let image = cluster::agents_image(test).await;
+    let id = format!("rep-{}-forward", std::process::id());
+    let mut spec = base_spec(&id, "http");
+    spec.app = None;
+    spec.image = Some(image);
+    spec.argv[2] = "/agents/http/main.py".to_owned();
+    spec.cwd = "/agents/http".to_owned();
+    let info = driver.create(&spec).await.expect("create");
+    let address = info.address.expect("an address");
+    assert!(address.ip().is_loopback(), "a local port: {address}");
+    wait_healthy(&info).await;
+    let invoked = reqwest::Client::new()
+        .post(format!("http://{address}/invoke"))
+        .json(&serde_json::json!({"through": "port-forward"}))
+        .send()
+        .await
+        .expect("invoke")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json");
+    assert_eq!(invoked["output"]["echo"]["through"], "port-forward");
+    assert_eq!(
+        driver.inspect(&id).await.expect("inspect").address,
+        Some(address),
+        "one forward per replica"
+    );
+    driver.remove(&id).await.expect("remove");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "the local port closes with the replica"
+    );
+    cluster::remove_owned(&owner);
+}
+
 /// A cloud's network stays while any replica is made for it, started or
 /// not: the engine lists only started containers on a network, and a
 /// replica being created is started after the driver's network lock is let

@@ -473,7 +473,8 @@ struct CreateCloud {
     /// pushed), `registry_credentials` (`{username, password:
     /// "${secrets.NAME}"}`), `insecure_registry` (bool), `base_image`
     /// (`{python, node}`), `runtime_class`, `node_selector` (object),
-    /// `image_pull_secret`. The cluster, namespace and registry are checked
+    /// `image_pull_secret`, `port_forward` (bool; absent: pod IPs when this
+    /// server is on the pod network). The cluster, namespace and registry are checked
     /// before the cloud is added.
     #[serde(default)]
     #[schema(value_type = Object)]

@@ -18,9 +18,12 @@
 //!   SIGKILL) and records its exit on the Secret; a pod deleted behind
 //!   Hangar's back reads as killed (signal 9), so the controller replaces
 //!   it and counts the restart.
-//! * **Reaching replicas**: at the pod's IP and the spec's port. That needs
-//!   this host on the cluster's pod network (Hangar inside the cluster, or
-//!   on a node); a port-forward through the API server is not built.
+//! * **Reaching replicas**: at the pod's IP and the spec's port when this
+//!   host is on the cluster's pod network (Hangar inside the cluster, or on
+//!   a node), else through the API server's port-forward from a local port
+//!   per replica ([`Reach`]). The cloud's config may say which; otherwise
+//!   the first pod tells: a connection made or refused at its IP means the
+//!   pod network is here.
 //! * **Output** is the pod's log, read from its start with the kubelet's
 //!   timestamps and numbered from 1, so [`Driver::follow`] resumes after any
 //!   line. Kubernetes' log API does not say which stream a line came from:
@@ -77,6 +80,27 @@ pub struct ClusterConfig {
     pub namespace: String,
     /// How pods are placed.
     pub placement: Placement,
+    /// How replicas are reached; `None`: found out at the first pod.
+    pub reach: Option<Reach>,
+}
+
+/// How this server reaches a cluster's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// At the pod's IP: this server is on the cluster's pod network (in the
+    /// cluster, or on a node).
+    PodIp,
+    /// Through the API server's port-forward, from a local port per replica.
+    PortForward,
+}
+
+impl std::fmt::Display for Reach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reach::PodIp => "at their pod IPs",
+            Reach::PortForward => "through the API server's port-forward",
+        })
+    }
 }
 
 impl ClusterConfig {
@@ -92,6 +116,13 @@ impl ClusterConfig {
                 node_selector: config.node_selector.clone(),
                 image_pull_secrets: config.image_pull_secret.iter().cloned().collect(),
             },
+            reach: config.port_forward.map(|forward| {
+                if forward {
+                    Reach::PortForward
+                } else {
+                    Reach::PodIp
+                }
+            }),
         }
     }
 }
@@ -104,6 +135,8 @@ pub struct Cluster {
     placement: Placement,
     /// The API server's version, for logs.
     version: String,
+    /// How its pods are reached, once known.
+    reach: Arc<tokio::sync::OnceCell<Reach>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -254,6 +287,10 @@ impl Cluster {
                 "{}.{} ({})",
                 version.major, version.minor, version.git_version
             ),
+            reach: Arc::new(match config.reach {
+                Some(reach) => tokio::sync::OnceCell::new_with(Some(reach)),
+                None => tokio::sync::OnceCell::new(),
+            }),
         })
     }
 
@@ -267,6 +304,37 @@ impl Cluster {
     #[must_use]
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// How its pods are reached, if known yet.
+    #[must_use]
+    pub fn reach(&self) -> Option<Reach> {
+        self.reach.get().copied()
+    }
+
+    /// How pods are reached, found out on the first one at `address`: a
+    /// connection made or refused there means this server is on the pod
+    /// network; no answer, port-forward.
+    async fn reach_for(&self, address: std::net::SocketAddr) -> Reach {
+        *self
+            .reach
+            .get_or_init(|| async move {
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(address),
+                )
+                .await;
+                let reach = match attempt {
+                    Ok(Ok(_)) => Reach::PodIp,
+                    Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        Reach::PodIp
+                    }
+                    _ => Reach::PortForward,
+                };
+                tracing::info!(namespace = %self.namespace, "kubernetes: replicas are reached {reach}");
+                reach
+            })
+            .await
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -291,6 +359,21 @@ pub struct KubernetesDriver {
     homes: Arc<Mutex<HashMap<String, String>>>,
     /// One stdin exchange per replica at a time.
     stdin_turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Replica id → the local address forwarding to its pod, where pods are
+    /// reached through port-forward.
+    forwards: Arc<Mutex<HashMap<String, Forward>>>,
+}
+
+/// A local listener whose connections go to a pod through port-forward.
+struct Forward {
+    address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for KubernetesDriver {
@@ -329,6 +412,7 @@ impl KubernetesDriver {
             unreachable: Arc::default(),
             homes: Arc::default(),
             stdin_turns: Arc::default(),
+            forwards: Arc::default(),
         })
     }
 
@@ -513,6 +597,71 @@ impl KubernetesDriver {
         }
     }
 
+    /// `info` with the address this server reaches the replica at: its pod
+    /// IP, or a local port forwarding to it.
+    async fn routed(&self, cluster: &Cluster, name: &str, mut info: ReplicaInfo) -> ReplicaInfo {
+        let Some(address) = info.address else {
+            return info;
+        };
+        if cluster.reach_for(address).await == Reach::PodIp {
+            return info;
+        }
+        info.address = self
+            .forward(cluster, &info.id, name, address.port())
+            .await
+            .ok();
+        info
+    }
+
+    /// The local address forwarding to replica `id`'s pod `name`, made on
+    /// first use.
+    async fn forward(
+        &self,
+        cluster: &Cluster,
+        id: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<std::net::SocketAddr, DriverError> {
+        if let Some(forward) = self
+            .forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+        {
+            return Ok(forward.address);
+        }
+        let local = |err: std::io::Error| {
+            DriverError::Failed(format!("kubernetes: a local port for port-forward: {err}"))
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(local)?;
+        let address = listener.local_addr().map_err(local)?;
+        let pods = cluster.pods();
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let pods = pods.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let Ok(mut forwarder) = pods.portforward(&name, &[port]).await else {
+                        return;
+                    };
+                    if let Some(mut upstream) = forwarder.take_stream(port) {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                    }
+                    forwarder.abort();
+                });
+            }
+        });
+        let mut forwards = self.forwards.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another call made one meanwhile: keep the first.
+        let forward = forwards
+            .entry(id.to_owned())
+            .or_insert(Forward { address, task });
+        Ok(forward.address)
+    }
+
     /// Records `exit` on the replica's Secret, so it outlives the pod.
     async fn record_exit(&self, found: &Found, exit: &Exit) -> Result<(), DriverError> {
         let patch = serde_json::json!({
@@ -632,9 +781,10 @@ impl Driver for KubernetesDriver {
                 return Err(err);
             }
         };
-        pod::info(&secret, Some(&pod)).ok_or_else(|| {
+        let info = pod::info(&secret, Some(&pod)).ok_or_else(|| {
             DriverError::Failed("kubernetes: the replica's record is unreadable".to_owned())
-        })
+        })?;
+        Ok(self.routed(&cluster, &name, info).await)
     }
 
     async fn list(&self) -> Result<Vec<ReplicaInfo>, DriverError> {
@@ -660,7 +810,7 @@ impl Driver for KubernetesDriver {
                 let name = secret.metadata.name.clone().unwrap_or_default();
                 if let Some(info) = pod::info(&secret, pods.get(&name)) {
                     self.remember(&info.id, &cloud);
-                    all.push(info);
+                    all.push(self.routed(&cluster, &name, info).await);
                 }
             }
         }
@@ -669,8 +819,9 @@ impl Driver for KubernetesDriver {
 
     async fn inspect(&self, id: &str) -> Result<ReplicaInfo, DriverError> {
         let found = self.find(id).await?;
-        pod::info(&found.secret, found.pod.as_ref())
-            .ok_or_else(|| DriverError::NotFound(id.to_owned()))
+        let info = pod::info(&found.secret, found.pod.as_ref())
+            .ok_or_else(|| DriverError::NotFound(id.to_owned()))?;
+        Ok(self.routed(&found.cluster, &found.name, info).await)
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<Exit, DriverError> {
@@ -724,6 +875,10 @@ impl Driver for KubernetesDriver {
             }
         }
         self.forget(id);
+        self.forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
         self.stdin_turns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -37,17 +37,27 @@ fn skip(test: &str, why: &str) {
 }
 
 /// The test cluster, connected and checked, or why there is none.
+pub async fn cluster_or_skip(test: &str) -> Option<Cluster> {
+    cluster_or_skip_with(test, None).await
+}
+
+/// The test cluster, its replicas reached as `reach` says (`None`: as the
+/// first pod tells), or why there is none.
 #[allow(
     clippy::disallowed_methods,
     reason = "the cluster the tests use is the one .ci/run points KUBECONFIG at"
 )]
-pub async fn cluster_or_skip(test: &str) -> Option<Cluster> {
+pub async fn cluster_or_skip_with(
+    test: &str,
+    reach: Option<hangar_runtime::kubernetes::Reach>,
+) -> Option<Cluster> {
     if std::env::var_os("KUBECONFIG").is_none() {
         skip(test, "no Kubernetes cluster: KUBECONFIG is not set");
         return None;
     }
     let config = ClusterConfig {
         namespace: NAMESPACE.to_owned(),
+        reach,
         ..ClusterConfig::default()
     };
     match Cluster::connect(&config).await {
