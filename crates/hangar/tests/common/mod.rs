@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod docker;
+pub mod registry;
 
 pub const KEY: &str = "hgr_runtests0000000000000000000000000000000000";
 
