@@ -523,7 +523,9 @@ async fn an_uploaded_agent_is_built_on_the_base_image_pushed_once_and_runs() {
     let build = world
         .agent("k8s", "greeter", upload(&world.data(), &tree))
         .await;
+    let started = std::time::Instant::now();
     let (built, log) = world.finished(&build).await;
+    eprintln!("first build: {:?}", started.elapsed());
     assert_eq!(built.status, BuildStatus::Ready, "{built:?}\n{log}");
     eprintln!("{log}");
     assert!(log.contains("build step (requirements.txt) on"), "{log}");
@@ -637,7 +639,9 @@ async fn an_uploaded_agent_is_built_on_the_base_image_pushed_once_and_runs() {
         .await
         .expect("queue")
         .expect("agent");
+    let started = std::time::Instant::now();
     let (rebuilt, log) = world.finished(&again).await;
+    eprintln!("second build of the same source: {:?}", started.elapsed());
     assert_eq!(rebuilt.status, BuildStatus::Ready, "{rebuilt:?}\n{log}");
     assert!(log.contains("reusing image"), "{log}");
     assert!(log.contains("nothing pushed"), "{log}");
