@@ -327,12 +327,6 @@ pub async fn resolve(pull: &Pull<'_>) -> Result<(Resolved, String), BuildError> 
             _ => None,
         },
     };
-    if run.argv().is_empty() {
-        return Err(BuildError::Image(format!(
-            "image {} names nothing to run: its config has no Entrypoint and no Cmd",
-            pull.image
-        )));
-    }
     Ok((
         Resolved {
             client,
@@ -345,6 +339,19 @@ pub async fn resolve(pull: &Pull<'_>) -> Result<(Resolved, String), BuildError> 
         },
         digest,
     ))
+}
+
+/// Fails when `resolved` names nothing to run (no `Entrypoint`, no `Cmd`):
+/// checked for an image replicas run as it is, not for a base image that
+/// a built image's entrypoint goes on.
+pub fn check_runnable(pull: &Pull<'_>, resolved: &Resolved) -> Result<(), BuildError> {
+    if resolved.run.argv().is_empty() {
+        return Err(BuildError::Image(format!(
+            "image {} names nothing to run: its config has no Entrypoint and no Cmd",
+            pull.image
+        )));
+    }
+    Ok(())
 }
 
 /// Fails unless every layer of `resolved` is one this builder unpacks

@@ -45,6 +45,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
 use crate::error::BuildError;
 use crate::image::{self, Credentials, Pull};
@@ -52,6 +53,9 @@ use crate::layer;
 use crate::recipe;
 use crate::source::{Artifact, Fetched};
 use crate::{artifact, blocking, path_text, Builder, StepRoot, STEP_TMP};
+
+/// How much of a blob is read and sent at once.
+const PUSH_PIECE: usize = 8 << 20;
 
 /// Bumped whenever the same tree on the same base would make another image.
 const IMAGE_LAYOUT: &str = "hangar-kubernetes-image 1";
@@ -303,18 +307,38 @@ impl Target {
         Ok(mounted.then_some(Placed::Mounted))
     }
 
+    /// Sends the blob in `file` as `digest`, a bounded piece at a time
+    /// (layers can be larger than this server's memory should hold).
     async fn push_file(
         &self,
         file: &Path,
         digest: &str,
         masked: &[String],
     ) -> Result<(), BuildError> {
-        let data = tokio::fs::read(file).await.map_err(|err| BuildError::Io {
+        let io = |err: std::io::Error| BuildError::Io {
             path: file.display().to_string(),
             source: err,
-        })?;
+        };
+        let opened = tokio::fs::File::open(file).await.map_err(io)?;
+        let size = opened.metadata().await.map_err(io)?.len();
+        let pieces = futures_util::stream::try_unfold(opened, |mut file| async move {
+            let mut piece = vec![0u8; PUSH_PIECE];
+            let mut filled = 0;
+            while filled < piece.len() {
+                match file.read(&mut piece[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(err) => return Err(OciDistributionError::IoError(err)),
+                }
+            }
+            if filled == 0 {
+                return Ok(None);
+            }
+            piece.truncate(filled);
+            Ok(Some((bytes::Bytes::from(piece), file)))
+        });
         self.client
-            .push_blob(&self.reference, data, digest)
+            .push_blob_stream(&self.reference, pieces, digest, Some(size))
             .await
             .map_err(|err| self.refused("push to", &err, masked))?;
         Ok(())
@@ -370,6 +394,7 @@ impl Builder {
             insecure_registries: insecure,
         };
         let (resolved, digest) = image::resolve(&pull).await?;
+        image::check_runnable(&pull, &resolved)?;
         let log = vec![format!(
             "image {reference}: manifest {digest}, {} layer(s), pulled by the cluster (not by this server)",
             resolved.layers.len()

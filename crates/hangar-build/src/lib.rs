@@ -744,6 +744,7 @@ impl Builder {
             insecure_registries: &self.config.insecure_registries,
         };
         let (resolved, digest) = image::resolve(&pull).await?;
+        image::check_runnable(&pull, &resolved)?;
         self.unpacked_image(build, work, &pull, resolved, &digest)
             .await
     }
