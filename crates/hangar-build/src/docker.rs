@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hangar_core::docker::{image_tag, DockerCloudConfig, DOCKERFILE};
+use hangar_core::kubernetes::KubernetesCloudConfig;
 use hangar_core::model::{Build, DriverKind};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RegistryCredentials, Source};
@@ -34,9 +35,10 @@ use hangar_runtime::{BuildLimits, DockerDriver};
 use tokio::sync::mpsc;
 
 use crate::error::BuildError;
+use crate::kubernetes::KubernetesCloud;
 use crate::recipe::{self, Recipe};
 use crate::source::{Artifact, Fetched};
-use crate::{artifact, blocking, path_text, remove_work_dir, Builder};
+use crate::{artifact, blocking, path_text, remove_work_dir, Builder, Road};
 
 /// Makes images on the engine that runs a docker cloud's replicas.
 #[async_trait::async_trait]
@@ -117,8 +119,20 @@ pub struct DockerCloud {
 /// `runtime.version` when it gives one.
 #[must_use]
 pub fn default_base_image(language: Option<&str>, version: Option<&str>, tree: &Path) -> String {
+    match (is_node(language, tree), version) {
+        (true, version) => format!("node:{}-slim", version.unwrap_or("20")),
+        (false, Some(version)) => format!("python:{version}-slim"),
+        (false, None) => DEFAULT_BASE_IMAGE.to_owned(),
+    }
+}
+
+/// Whether an agent is a Node one: its `runtime.language` says so, or, with
+/// none given, its tree has a `package.json` and no Python files. Else it
+/// is a Python one.
+#[must_use]
+pub fn is_node(language: Option<&str>, tree: &Path) -> bool {
     let is_file = |name: &str| tree.join(name).is_file();
-    let node = match language {
+    match language {
         Some(language) => {
             language.eq_ignore_ascii_case("node")
                 || language.eq_ignore_ascii_case("nodejs")
@@ -131,11 +145,6 @@ pub fn default_base_image(language: Option<&str>, version: Option<&str>, tree: &
                     .iter()
                     .any(|name| is_file(name))
         }
-    };
-    match (node, version) {
-        (true, version) => format!("node:{}-slim", version.unwrap_or("20")),
-        (false, Some(version)) => format!("python:{version}-slim"),
-        (false, None) => DEFAULT_BASE_IMAGE.to_owned(),
     }
 }
 
@@ -183,20 +192,17 @@ fn mask(text: &str, masked: &[String]) -> String {
 const LOG_BATCH: usize = 200;
 
 impl Builder {
-    /// The docker cloud `build`'s agent runs in, if it runs in one (a
+    /// Which road `build` takes: that of its agent's cloud's driver (a
     /// deleted agent's builds are made as for a sandbox: nothing will run
     /// them).
-    pub(crate) async fn docker_cloud(
-        &self,
-        build: &Build,
-    ) -> Result<Option<DockerCloud>, BuildError> {
+    pub(crate) async fn road(&self, build: &Build) -> Result<Road, BuildError> {
         let Some(view) = self
             .store
             .get_agent(&build.organization_id, &build.agent_id)
             .await
             .map_err(BuildError::Store)?
         else {
-            return Ok(None);
+            return Ok(Road::Sandbox);
         };
         let agent = view.agent;
         let Some(cloud) = self
@@ -205,20 +211,31 @@ impl Builder {
             .await
             .map_err(BuildError::Store)?
         else {
-            return Ok(None);
+            return Ok(Road::Sandbox);
         };
-        if cloud.driver != DriverKind::Docker {
-            return Ok(None);
-        }
-        let config = DockerCloudConfig::parse(&cloud.config).map_err(|err| {
+        let unusable = |err: hangar_core::Invalid| {
             BuildError::Image(format!("cloud {} has unusable settings: {err}", cloud.name))
-        })?;
-        Ok(Some(DockerCloud {
-            base_image: config.base_image,
-            language: agent.runtime.language,
-            version: agent.runtime.version,
-            resources: agent.resources,
-        }))
+        };
+        match cloud.driver {
+            DriverKind::Docker => {
+                let config = DockerCloudConfig::parse(&cloud.config).map_err(unusable)?;
+                Ok(Road::Docker(DockerCloud {
+                    base_image: config.base_image,
+                    language: agent.runtime.language,
+                    version: agent.runtime.version,
+                    resources: agent.resources,
+                }))
+            }
+            DriverKind::Kubernetes => {
+                let config = KubernetesCloudConfig::parse(&cloud.config).map_err(unusable)?;
+                Ok(Road::Kubernetes(KubernetesCloud {
+                    name: cloud.name.clone(),
+                    config,
+                    language: agent.runtime.language,
+                }))
+            }
+            _ => Ok(Road::Sandbox),
+        }
     }
 
     /// Makes `build`'s image on the engine and publishes its tree (see the

@@ -88,13 +88,17 @@ pub struct Pull<'a> {
 
 /// An image's manifest, resolved: what to pull and how it runs.
 pub struct Resolved {
-    client: Client,
-    reference: Reference,
-    auth: RegistryAuth,
+    pub(crate) client: Client,
+    pub(crate) reference: Reference,
+    pub(crate) auth: RegistryAuth,
     /// Its layers, lowest first.
     pub layers: Vec<OciDescriptor>,
     /// How it runs, from its config.
     pub run: ImageRun,
+    /// The manifest itself (for an image built on top of this one).
+    pub manifest: manifest::OciImageManifest,
+    /// The image configuration blob as the registry holds it.
+    pub config: String,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -147,7 +151,7 @@ pub fn is_loopback(registry: &str) -> bool {
 }
 
 /// `text` with every secret value in `masked` replaced by `****`.
-fn mask(text: &str, masked: &[String]) -> String {
+pub(crate) fn mask(text: &str, masked: &[String]) -> String {
     masked
         .iter()
         .filter(|value| !value.is_empty())
@@ -158,30 +162,96 @@ fn mask(text: &str, masked: &[String]) -> String {
 
 /// A registry failure as the build's reason says it.
 fn pull_error(pull: &Pull<'_>, what: &str, err: &OciDistributionError) -> BuildError {
-    let why = match err {
-        OciDistributionError::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|e| {
-                matches!(
-                    e.code,
-                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
-                )
-            }) =>
-        {
-            "not found in its registry (no such repository or tag)".to_owned()
-        }
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => {
-            format!("the registry refused the credentials ({err})")
-        }
-        OciDistributionError::ServerError { code: 404, .. } => {
-            "not found in its registry (no such repository or tag)".to_owned()
-        }
-        other => error_chain(other),
-    };
+    let registry = pull
+        .image
+        .parse::<Reference>()
+        .map(|r| r.resolve_registry().to_owned())
+        .unwrap_or_default();
     BuildError::Image(mask(
-        &format!("cannot {what} image {}: {why}", pull.image),
+        &format!(
+            "cannot {what} image {}: {}",
+            pull.image,
+            registry_why(&registry, err)
+        ),
         pull.masked,
     ))
+}
+
+/// Why talking to the registry at `registry` failed, in words a user can
+/// act on: the HTTP client's own text (addresses, OS error numbers, TLS
+/// library messages) is logged for the operator, never put in a reason.
+pub(crate) fn registry_why(registry: &str, err: &OciDistributionError) -> String {
+    let denied = |codes: &[OciErrorCode]| match err {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| codes.contains(&e.code))
+        }
+        _ => false,
+    };
+    if denied(&[OciErrorCode::ManifestUnknown, OciErrorCode::NameUnknown])
+        || matches!(err, OciDistributionError::ServerError { code: 404, .. })
+    {
+        return "not found in its registry (no such repository or tag)".to_owned();
+    }
+    if denied(&[OciErrorCode::Unauthorized, OciErrorCode::Denied])
+        || matches!(
+            err,
+            OciDistributionError::UnauthorizedError { .. }
+                | OciDistributionError::AuthenticationFailure(_)
+                | OciDistributionError::ServerError {
+                    code: 401 | 403,
+                    ..
+                }
+        )
+    {
+        return format!(
+            "the registry {registry} refused the credentials (check the user name and the password's secret)"
+        );
+    }
+    let chain = error_chain(err);
+    tracing::warn!(registry, error = %chain, "registry request failed");
+    match err {
+        OciDistributionError::RequestError(request) => {
+            let lower = chain.to_ascii_lowercase();
+            if ["certificate", "tls", "ssl", "handshake"]
+                .iter()
+                .any(|word| lower.contains(word))
+            {
+                format!("the registry {registry} could not be spoken to over HTTPS (a registry on plain HTTP needs the cloud's insecure_registry, or the server's list of insecure registries)")
+            } else if request.is_timeout() {
+                format!("the registry {registry} did not answer in time")
+            } else if request.is_connect() {
+                format!("cannot connect to the registry {registry} (is it running and reachable from this server?)")
+            } else {
+                format!("the connection to the registry {registry} failed")
+            }
+        }
+        OciDistributionError::ServerError { code: 405, .. } => {
+            format!(
+                "the registry {registry} takes no pushes (HTTP 405: is it read-only, or a mirror?)"
+            )
+        }
+        OciDistributionError::ServerError { code, .. } => {
+            format!("the registry {registry} answered HTTP {code}")
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}: {}", e.code, e.message))
+                .collect();
+            format!("the registry {registry} refused: {}", codes.join("; "))
+        }
+        other => chain_or(other, &chain),
+    }
+}
+
+/// The error's own words for failures that are not transport text
+/// (digests, manifests, media types).
+fn chain_or(err: &OciDistributionError, chain: &str) -> String {
+    match err {
+        OciDistributionError::IoError(_) => "reading or writing a blob failed".to_owned(),
+        _ => chain.to_owned(),
+    }
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -195,24 +265,31 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A registry client for `registry` (`host[:port]`): plain HTTP when it
+/// is on loopback or among `insecure`, else HTTPS; an image index resolves
+/// to its linux/amd64 manifest.
+#[must_use]
+pub fn client(registry: &str, insecure: &[String]) -> Client {
+    let mut insecure = insecure.to_vec();
+    if is_loopback(registry) {
+        insecure.push(registry.to_owned());
+    }
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        platform_resolver: Some(Box::new(linux_amd64_resolver)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        ..ClientConfig::default()
+    })
+}
+
 /// Resolves `pull.image` to its linux/amd64 manifest and config (see the
 /// module docs). Returns the manifest's digest too: the artifact's address.
 pub async fn resolve(pull: &Pull<'_>) -> Result<(Resolved, String), BuildError> {
     let reference: Reference = pull.image.parse().map_err(|err| {
         BuildError::Image(format!("{} is not an image reference: {err}", pull.image))
     })?;
-    let registry = reference.resolve_registry().to_owned();
-    let mut insecure = pull.insecure_registries.to_vec();
-    if is_loopback(&registry) {
-        insecure.push(registry);
-    }
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure),
-        platform_resolver: Some(Box::new(linux_amd64_resolver)),
-        connect_timeout: Some(CONNECT_TIMEOUT),
-        read_timeout: Some(READ_TIMEOUT),
-        ..ClientConfig::default()
-    });
+    let client = client(reference.resolve_registry(), pull.insecure_registries);
     let auth = match &pull.credentials {
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => RegistryAuth::Anonymous,
@@ -227,8 +304,8 @@ pub async fn resolve(pull: &Pull<'_>) -> Result<(Resolved, String), BuildError> 
             pull.image
         ))
     })?;
-    let config = parsed.config.unwrap_or_default();
-    let tcp_ports: Vec<u16> = config
+    let settings = parsed.config.unwrap_or_default();
+    let tcp_ports: Vec<u16> = settings
         .exposed_ports
         .unwrap_or_default()
         .keys()
@@ -240,42 +317,58 @@ pub async fn resolve(pull: &Pull<'_>) -> Result<(Resolved, String), BuildError> 
     let run = ImageRun {
         image: pull.image.to_owned(),
         digest: digest.clone(),
-        entrypoint: config.entrypoint.unwrap_or_default(),
-        cmd: config.cmd.unwrap_or_default(),
-        env: config.env.unwrap_or_default(),
-        working_dir: config.working_dir.unwrap_or_default(),
-        user: config.user.unwrap_or_default(),
+        entrypoint: settings.entrypoint.unwrap_or_default(),
+        cmd: settings.cmd.unwrap_or_default(),
+        env: settings.env.unwrap_or_default(),
+        working_dir: settings.working_dir.unwrap_or_default(),
+        user: settings.user.unwrap_or_default(),
         exposed_port: match tcp_ports[..] {
             [port] => Some(port),
             _ => None,
         },
     };
-    if run.argv().is_empty() {
-        return Err(BuildError::Image(format!(
-            "image {} names nothing to run: its config has no Entrypoint and no Cmd",
-            pull.image
-        )));
-    }
-    if let Some(layer) = manifest
-        .layers
-        .iter()
-        .find(|layer| !LAYER_TYPES.contains(&layer.media_type.as_str()))
-    {
-        return Err(BuildError::Image(format!(
-            "image {}: layer {} is {}, which this builder does not unpack (gzip or plain tar layers only)",
-            pull.image, layer.digest, layer.media_type
-        )));
-    }
     Ok((
         Resolved {
             client,
             reference,
             auth,
-            layers: manifest.layers,
+            layers: manifest.layers.clone(),
             run,
+            manifest,
+            config,
         },
         digest,
     ))
+}
+
+/// Fails when `resolved` names nothing to run (no `Entrypoint`, no `Cmd`):
+/// checked for an image replicas run as it is, not for a base image that
+/// a built image's entrypoint goes on.
+pub fn check_runnable(pull: &Pull<'_>, resolved: &Resolved) -> Result<(), BuildError> {
+    if resolved.run.argv().is_empty() {
+        return Err(BuildError::Image(format!(
+            "image {} names nothing to run: its config has no Entrypoint and no Cmd",
+            pull.image
+        )));
+    }
+    Ok(())
+}
+
+/// Fails unless every layer of `resolved` is one this builder unpacks
+/// (gzip or plain tar): checked before pulling an image to run it from
+/// its root filesystem, not for an image a cluster pulls itself.
+pub fn check_unpackable(pull: &Pull<'_>, resolved: &Resolved) -> Result<(), BuildError> {
+    match resolved
+        .layers
+        .iter()
+        .find(|layer| !LAYER_TYPES.contains(&layer.media_type.as_str()))
+    {
+        Some(layer) => Err(BuildError::Image(format!(
+            "image {}: layer {} is {}, which this builder does not unpack (gzip or plain tar layers only)",
+            pull.image, layer.digest, layer.media_type
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Pulls every layer of `resolved` into `dir` (one file each, in order),

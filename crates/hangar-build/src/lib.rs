@@ -38,6 +38,12 @@
 //! the build's log; no build step runs here, and the unbuilt tree is
 //! published for launch to read.
 //!
+//! An agent on a kubernetes cloud takes a third road ([`kubernetes`]): its
+//! artifact is an image in the cloud's registry, named by its digest
+//! (`artifacts/oci-<digest>/image.json`, no root filesystem); a `docker`
+//! source is only resolved (the cluster pulls it), an `upload` or `github`
+//! source is built on the cloud's base image in a sandbox and pushed.
+//!
 //! Statuses: `queued → building → ready | failed` (with a reason, also the
 //! last log line). A builder touches its build's heartbeat while it works;
 //! builds whose builder went silent (the process died mid-way) are failed
@@ -57,6 +63,9 @@
 //! - [`image`]: OCI images: resolve, pull, unpack as a root filesystem.
 //! - [`docker`]: builds for docker clouds: images made by the engine
 //!   ([`ImageMaker`]), generated Dockerfiles.
+//! - [`kubernetes`]: builds for kubernetes clouds: images pushed to the
+//!   cloud's registry, built without a Docker engine ([`layer`]).
+//! - [`layer`]: the layer, config and manifest of such an image.
 //! - [`recipe`]: which build step a tree asks for.
 //! - [`artifact`]: content hashes, ownership around the step, publishing.
 
@@ -80,6 +89,8 @@ pub mod docker;
 pub mod error;
 pub mod git;
 pub mod image;
+pub mod kubernetes;
+pub mod layer;
 pub mod recipe;
 pub mod source;
 
@@ -540,8 +551,12 @@ impl Builder {
     /// Fetches, addresses, builds and publishes `build`'s source (see the
     /// crate docs), its scratch dir at `work`.
     async fn produce(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
-        if let Some(cloud) = self.docker_cloud(build).await? {
-            return self.produce_for_docker(build, work, &cloud).await;
+        match self.road(build).await? {
+            Road::Docker(cloud) => return self.produce_for_docker(build, work, &cloud).await,
+            Road::Kubernetes(cloud) => {
+                return self.produce_for_kubernetes(build, work, &cloud).await
+            }
+            Road::Sandbox => {}
         }
         if let Source::Docker { image, credentials } = &build.source {
             return self
@@ -598,7 +613,7 @@ impl Builder {
             )
             .await
             .map_err(BuildError::Store)?;
-            self.run_step(build, &dir, recipe).await?;
+            self.run_step(build, &dir, recipe, None).await?;
         }
         let artifacts = self.config.artifacts_dir();
         let published_key = key.clone();
@@ -729,7 +744,25 @@ impl Builder {
             insecure_registries: &self.config.insecure_registries,
         };
         let (resolved, digest) = image::resolve(&pull).await?;
-        let key = hangar_core::image::artifact_name(&digest).ok_or_else(|| {
+        image::check_runnable(&pull, &resolved)?;
+        self.unpacked_image(build, work, &pull, resolved, &digest)
+            .await
+    }
+
+    /// The image artifact of the resolved image `digest` with its root
+    /// filesystem: reused when one exists, else its layers pulled into
+    /// `work` and unpacked. An artifact of the same digest that a
+    /// kubernetes cloud's build left without a root filesystem gets one.
+    pub(crate) async fn unpacked_image(
+        &self,
+        build: &Build,
+        work: &Path,
+        pull: &image::Pull<'_>,
+        resolved: image::Resolved,
+        digest: &str,
+    ) -> Result<Artifact, BuildError> {
+        let reference = pull.image;
+        let key = hangar_core::image::artifact_name(digest).ok_or_else(|| {
             BuildError::Image(format!(
                 "image {reference}: its manifest digest {digest} is not one this builder can address"
             ))
@@ -739,7 +772,7 @@ impl Builder {
             resolved.layers.len()
         )];
         let existing = self.config.artifacts_dir().join(&key);
-        if existing.is_dir() {
+        if image::rootfs_dir(&existing).is_dir() {
             log.push(format!(
                 "reusing artifact {key}: this image was pulled before"
             ));
@@ -748,6 +781,7 @@ impl Builder {
                 log,
             });
         }
+        image::check_unpackable(pull, &resolved)?;
         self.log(&build.id, "stdout", &log)
             .await
             .map_err(BuildError::Store)?;
@@ -761,7 +795,7 @@ impl Builder {
         })
         .await?;
         let layers = image::pull_layers(
-            &pull,
+            pull,
             &resolved,
             &work.join("layers"),
             self.config.image_limits.max_unpacked_bytes,
@@ -792,6 +826,20 @@ impl Builder {
             })?;
             archive::unpack_layers(&layers, &rootfs, limits)?;
             image::finish_rootfs(&rootfs, &run)?;
+            let existing = artifacts.join(&published_key);
+            if existing.is_dir() {
+                // Published by a kubernetes cloud's build, which needs no
+                // root filesystem: its image.json stays, the root joins it.
+                let target = image::rootfs_dir(&existing);
+                return match std::fs::rename(&rootfs, &target) {
+                    Ok(()) => Ok(existing),
+                    Err(_) if target.is_dir() => Ok(existing),
+                    Err(err) => Err(BuildError::Io {
+                        path: target.display().to_string(),
+                        source: err,
+                    }),
+                };
+            }
             image::write_run(&dir, &run)?;
             artifact::publish(&dir, &artifacts, &published_key)
         })
@@ -802,13 +850,15 @@ impl Builder {
         })
     }
 
-    /// Runs `recipe` in a one-shot sandbox with `dir` writable at `/app`; its
-    /// output goes to the build's log as it comes.
+    /// Runs `recipe` in a one-shot sandbox with `dir` writable at `/app`,
+    /// on the host's `/usr` or on `root`; its output goes to the build's log
+    /// as it comes.
     async fn run_step(
         &self,
         build: &Build,
         dir: &Path,
         recipe: &recipe::Recipe,
+        root: Option<&StepRoot>,
     ) -> Result<(), BuildError> {
         let driver = self.driver.clone().ok_or_else(|| {
             BuildError::Sandbox(
@@ -836,7 +886,10 @@ impl Builder {
         .await?;
         let limits = self.step_limits(&resources);
         let replica = step_replica(&build.id);
-        let mut env = vec![
+        // The image's environment first (its PATH finds its python): the
+        // step's own settings win.
+        let mut env: Vec<(String, String)> = root.map(|r| r.env.clone()).unwrap_or_default();
+        let step_env = vec![
             ("HOME".to_owned(), format!("/app/{STEP_TMP}")),
             ("TMPDIR".to_owned(), format!("/app/{STEP_TMP}")),
             ("PIP_NO_CACHE_DIR".to_owned(), "1".to_owned()),
@@ -845,7 +898,13 @@ impl Builder {
             ("HANGAR_AGENT_ID".to_owned(), build.agent_id.clone()),
             ("HANGAR_BUILD_ID".to_owned(), build.id.clone()),
         ];
-        env.extend(self.config.step_env.iter().cloned());
+        for (key, value) in step_env
+            .into_iter()
+            .chain(self.config.step_env.iter().cloned())
+        {
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
         let spec = ReplicaSpec {
             id: replica.clone(),
             labels: [(BUILD_LABEL.to_owned(), build.id.clone())].into(),
@@ -860,7 +919,7 @@ impl Builder {
             cpu_limit_millis: limits.cpu_limit_millis,
             memory_limit_bytes: Some(limits.memory_bytes),
             pids_limit: 512,
-            rootfs: None,
+            rootfs: root.map(|r| r.rootfs.clone()),
             user: None,
             image: None,
             image_auth: None,
@@ -964,6 +1023,28 @@ impl Builder {
             }
         }
     }
+}
+
+/// Where a build goes after its source is fetched: by its agent's cloud.
+#[derive(Debug)]
+pub(crate) enum Road {
+    /// Published as a tree (or an unpacked image) for sandboxes.
+    Sandbox,
+    /// Made into an image by a Docker engine ([`docker`]).
+    Docker(docker::DockerCloud),
+    /// Made into an image in a registry a cluster pulls from
+    /// ([`kubernetes`]).
+    Kubernetes(kubernetes::KubernetesCloud),
+}
+
+/// An OCI image's root filesystem a build step runs on instead of the
+/// host's `/usr` (a kubernetes cloud's base image), and its environment.
+#[derive(Debug, Clone)]
+pub(crate) struct StepRoot {
+    /// The unpacked root filesystem.
+    pub rootfs: PathBuf,
+    /// The image's `Env`, in order.
+    pub env: Vec<(String, String)>,
 }
 
 /// The build step's scratch dir (its `HOME` and `TMPDIR`) inside `/app`;

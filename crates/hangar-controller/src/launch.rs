@@ -40,6 +40,7 @@
 
 use std::path::Path;
 
+use hangar_core::contract;
 use hangar_core::docker::{image_tag, DOCKERFILE};
 use hangar_core::image::{ImageRun, IMAGE_CONFIG_FILE, ROOTFS_DIR};
 use hangar_core::model::{DriverKind, Instance};
@@ -57,69 +58,35 @@ pub const PIDS_LIMIT: i64 = 512;
 
 /// `hangar.toml`'s `[run] command` in `artifact`, if it has one.
 pub fn run_command(artifact: &Path) -> Result<Option<Vec<String>>, String> {
-    let manifest = artifact.join("hangar.toml");
-    if !manifest.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&manifest)
-        .map_err(|err| format!("cannot read hangar.toml: {err}"))?;
-    let value: toml::Table =
-        toml::from_str(&text).map_err(|err| format!("hangar.toml is not valid TOML: {err}"))?;
-    let Some(run) = value.get("run").and_then(|run| run.get("command")) else {
-        return Ok(None);
-    };
-    let argv: Vec<String> = match run {
-        toml::Value::String(line) => line.split_whitespace().map(str::to_owned).collect(),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or("hangar.toml: run.command must be a list of strings")?,
-        _ => return Err("hangar.toml: run.command must be a string or a list".to_owned()),
-    };
-    if argv.is_empty() {
-        return Err("hangar.toml: run.command is empty".to_owned());
-    }
-    Ok(Some(argv))
+    contract::run_command(&Tree(artifact))
 }
 
-/// The command an artifact runs, found as the module docs say.
+/// The command an artifact runs ([`hangar_core::contract`]).
 pub fn command(artifact: &Path) -> Result<Vec<String>, String> {
-    if let Some(argv) = run_command(artifact)? {
-        return Ok(argv);
-    }
-    // A build that installed dependencies left a virtualenv; its python sees
-    // them (the link itself points into the sandbox's /usr: not followed here).
-    let python = if artifact.join(".venv/bin/python").symlink_metadata().is_ok() {
-        "/app/.venv/bin/python"
-    } else {
-        "python3"
-    };
-    for file in ["main.py", "app.py"] {
-        if artifact.join(file).is_file() {
-            return Ok(vec![
-                python.to_owned(),
-                "-u".to_owned(),
-                format!("/app/{file}"),
-            ]);
+    contract::command(&Tree(artifact))
+}
+
+/// An artifact's files, as the agent contract reads them.
+struct Tree<'a>(&'a Path);
+
+impl contract::TreeFiles for Tree<'_> {
+    fn text(&self, name: &str) -> Result<Option<String>, String> {
+        let path = self.0.join(name);
+        if !path.is_file() {
+            return Ok(None);
         }
+        std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|err| format!("cannot read {name}: {err}"))
     }
-    let package = artifact.join("package.json");
-    if package.is_file() {
-        let text = std::fs::read_to_string(&package)
-            .map_err(|err| format!("cannot read package.json: {err}"))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|err| format!("package.json is not valid JSON: {err}"))?;
-        if json["scripts"]["start"].is_string() {
-            return Ok(vec!["npm".to_owned(), "start".to_owned()]);
-        }
-        let main = json["main"].as_str().unwrap_or("index.js");
-        let main = main.trim_start_matches("./");
-        if !main.contains("..") && artifact.join(main).is_file() {
-            return Ok(vec!["node".to_owned(), format!("/app/{main}")]);
-        }
+
+    fn is_file(&self, name: &str) -> bool {
+        self.0.join(name).is_file()
     }
-    Err("nothing to run: no hangar.toml [run] command, main.py, app.py or package.json".to_owned())
+
+    fn exists(&self, name: &str) -> bool {
+        self.0.join(name).symlink_metadata().is_ok()
+    }
 }
 
 /// How the image artifact at `artifact` runs, when it is one (see the

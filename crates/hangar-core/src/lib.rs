@@ -13,10 +13,12 @@
 //! - [`spec`]: the parts of an agent blueprint: runtime, scaling, config, source.
 //! - [`validate`]: names, environment maps, metadata, secret references, redaction.
 //! - [`model`]: the records the store keeps and the API renders.
+//! - [`contract`]: the run command a source tree's files ask for.
 //! - [`image`]: how a replica of an OCI image artifact runs (its `image.json`).
 //! - [`docker`]: docker clouds: the image a build makes, how it runs, the cloud's config.
 //! - [`kubernetes`]: kubernetes clouds: the cloud's config, the image a replica pulls.
 
+pub mod contract;
 pub mod docker;
 pub mod events;
 pub mod id;

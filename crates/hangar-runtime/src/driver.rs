@@ -77,8 +77,8 @@ pub struct ReplicaSpec {
     pub pids_limit: i64,
     /// An OCI image's unpacked root filesystem (a directory on the host) to
     /// run in instead of the host's `/usr` and `/etc`: read-only, with the
-    /// replica's writes in a layer of its own. [`ReplicaSpec::app`] is then
-    /// `None`.
+    /// replica's writes in a layer of its own. A replica of an image has
+    /// no [`ReplicaSpec::app`]; a build step on one has its tree there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<PathBuf>,
     /// Who the process runs as; `None`: the sandbox's unprivileged user.

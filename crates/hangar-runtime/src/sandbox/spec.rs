@@ -34,6 +34,9 @@ const USR_ALIASES: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"]
 /// Host directories bound read-only into every sandbox.
 const HOST_BINDS: &[&str] = &["/usr", "/etc"];
 
+/// The host's resolver configuration, shown in sandboxes on an image root.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Longest sandbox id: it is also the hostname, which Linux caps at 64 bytes.
 const MAX_ID_LEN: usize = 64;
 
@@ -127,7 +130,11 @@ pub struct SandboxSpec {
     /// read-only lower layer of an overlay whose upper layer is in the
     /// sandbox's state dir, so the sandbox may write anywhere in it while the
     /// image stays untouched and shared. `/proc`, `/dev` and `/tmp` are
-    /// mounted fresh as always. `None` (the default): the host's.
+    /// mounted fresh as always, and the host's `/etc/resolv.conf` is shown
+    /// read-only (as container engines do: an image has no resolver of its
+    /// own for the network the sandbox is on). [`SandboxSpec::app`] may be
+    /// shown over it: a build step on an image, its tree at `/app`. `None`
+    /// (the default): the host's.
     pub rootfs: Option<PathBuf>,
     /// What a [`Network::Bridge`] sandbox may reach (see
     /// [`crate::network`]). Defaults to a group of its own with open egress.
@@ -233,9 +240,6 @@ impl SandboxSpec {
                     "rootfs must be an absolute path without ',', ':' or '\\', got {}",
                     rootfs.display()
                 ));
-            }
-            if self.app.is_some() {
-                return invalid("an image rootfs has no /app artifact".to_owned());
             }
         }
         if self.tmp_size_mib == 0 {
@@ -522,6 +526,16 @@ fn mounts(
                 .build()?,
         );
     }
+    if spec.rootfs.is_some() {
+        mounts.push(
+            MountBuilder::default()
+                .destination(RESOLV_CONF)
+                .typ("bind")
+                .source(RESOLV_CONF)
+                .options(strings(&["bind", "ro", "nosuid", "nodev", "noexec"]))
+                .build()?,
+        );
+    }
     mounts.push(
         MountBuilder::default()
             .destination("/tmp")
@@ -764,6 +778,13 @@ mod tests {
         Ok(())
     }
 
+    fn mounts_of(
+        spec: &SandboxSpec,
+        layout: &[(&str, HostEntry)],
+    ) -> Result<Vec<Mount>, OciSpecError> {
+        mounts(spec, layout, None)
+    }
+
     #[test]
     fn an_image_root_has_nothing_of_the_host() -> Result<(), OciSpecError> {
         let mut image = spec();
@@ -786,9 +807,26 @@ mod tests {
             Some(false),
             "its writes land in the sandbox's own upper layer"
         );
+        let resolver = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new(RESOLV_CONF))
+            .ok_or_else(|| OciSpecError::Other("no resolv.conf".into()))?;
+        assert!(resolver.options().iter().flatten().any(|o| o == "ro"));
+        // A build step on an image: its tree writable at /app over the root.
         let mut with_app = image.clone();
-        with_app.app = Some(PathBuf::from("/data/app"));
-        assert!(with_app.validate().is_err());
+        with_app.app = Some(PathBuf::from("/data/builds/b/src"));
+        with_app.app_writable = true;
+        assert!(with_app.validate().is_ok());
+        let app = mounts_of(&with_app, &layout)?;
+        let app = app
+            .iter()
+            .find(|m| m.destination() == Path::new(APP_DIR))
+            .ok_or_else(|| OciSpecError::Other("no /app".into()))?;
+        assert_eq!(
+            app.source().as_deref(),
+            Some(Path::new("/data/builds/b/src"))
+        );
+        assert!(!app.options().iter().flatten().any(|o| o == "ro"));
         let mut relative = image;
         relative.rootfs = Some(PathBuf::from("rootfs"));
         assert!(relative.validate().is_err());

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 pub mod docker;
 pub mod kubernetes;
+pub mod registry;
 
 pub const KEY: &str = "hgr_runtests0000000000000000000000000000000000";
 
