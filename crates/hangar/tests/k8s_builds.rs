@@ -294,6 +294,24 @@ fn upload(data: &Path, dir: &Path) -> Source {
 
 // ------------------------------------------------------------------ the world
 
+/// A test's directory, removed when the test ends, passed or failed
+/// (declared first, so dropped after the registries and sandboxes in it).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = temp(tag);
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct World {
     _db: TestDb,
     store: Store,
@@ -503,8 +521,8 @@ async fn an_uploaded_agent_is_built_on_the_base_image_pushed_once_and_runs() {
     if !tools_or_skip("k8s_builds_upload") {
         return;
     }
-    let dir = temp("k8s-build-upload");
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = Scratch::new("k8s-build-upload");
+    let dir = scratch.0.clone();
     let registry = Registry::start(&dir.join("registry")).await;
     let base_layer = base_layer();
     let (base, base_layer_digest) = push_base(&registry, &base_layer).await;
@@ -675,7 +693,6 @@ async fn an_uploaded_agent_is_built_on_the_base_image_pushed_once_and_runs() {
     assert!(has_rootfs, "{log}");
     let output = run_image(&world, &artifact).await;
     assert_eq!(output, "Hello, kubernetes, from a dependency!");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -683,8 +700,8 @@ async fn a_docker_source_is_resolved_to_its_digest_without_pulling_layers() {
     if !tools_or_skip("k8s_builds_docker_source") {
         return;
     }
-    let dir = temp("k8s-build-docker");
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = Scratch::new("k8s-build-docker");
+    let dir = scratch.0.clone();
     let registry = Registry::start(&dir.join("registry")).await;
     let (base, layer_digest) = push_base(&registry, &base_layer()).await;
     let world = World::new(&dir).await;
@@ -723,7 +740,6 @@ async fn a_docker_source_is_resolved_to_its_digest_without_pulling_layers() {
             .any(|r| r.starts_with("GET ") && r.contains(&layer_digest)),
         "no layer was fetched: {requests:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// This machine's first address that is not loopback, if any.
@@ -743,8 +759,8 @@ async fn a_registry_on_plain_http_is_used_only_when_the_cloud_says_insecure_regi
         eprintln!("SKIPPED k8s_builds_insecure: no address besides loopback");
         return;
     };
-    let dir = temp("k8s-build-insecure");
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = Scratch::new("k8s-build-insecure");
+    let dir = scratch.0.clone();
     let registry = Registry::start_on(&dir.join("registry"), ip, false, true).await;
     let (base, _) = push_base(&registry, &base_layer()).await;
     let world = World::new(&dir).await;
@@ -778,7 +794,6 @@ async fn a_registry_on_plain_http_is_used_only_when_the_cloud_says_insecure_regi
     assert_eq!(built.status, BuildStatus::Ready, "{built:?}\n{log}");
     let (run, _) = image_artifact(built.artifact.as_deref().expect("artifact"));
     assert_eq!(run.entrypoint, ["python3", "-u", "/app/main.py"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -786,8 +801,8 @@ async fn failures_say_what_to_fix() {
     if !tools_or_skip("k8s_builds_failures") {
         return;
     }
-    let dir = temp("k8s-build-failures");
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = Scratch::new("k8s-build-failures");
+    let dir = scratch.0.clone();
     let registry = Registry::start(&dir.join("registry")).await;
     let layer = base_layer();
     let (base, _) = push_base(&registry, &layer).await;
@@ -896,5 +911,4 @@ async fn failures_say_what_to_fix() {
             "{name}: the reason is the log's last line"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
