@@ -2,8 +2,9 @@
 //! `CI=true` a failure, saying why), and a Python base image made here from
 //! the host's own files, since no registry is reachable: `FROM scratch`
 //! with the host's `python3`, the libraries it and its extension modules
-//! link, its standard library, and a static busybox for `/bin/sh` and the
-//! usual commands.
+//! link, its standard library (with `venv` and `ensurepip`, and Debian's
+//! pip wheels, so a build step on it makes virtualenvs), and a static
+//! busybox for `/bin/sh` and the usual commands.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,11 @@ use hangar_runtime::{DockerDriver, DockerDriverConfig};
 use tokio::sync::OnceCell;
 
 /// The tag of the base image; bump it when what goes in changes.
-pub const BASE_IMAGE: &str = "hangar-test-python:3";
+pub const BASE_IMAGE: &str = "hangar-test-python:4";
 
 const PYTHON: &str = "/usr/bin/python3";
 const BUSYBOX: &str = "/bin/busybox";
+const PYTHON_WHEELS: &str = "/usr/share/python-wheels";
 
 /// A driver on the local engine with `owner`, or why there is none: a
 /// skip, except with `CI=true`, where it panics.
@@ -115,13 +117,18 @@ fn make_context() -> PathBuf {
     let mut files: BTreeSet<PathBuf> = BTreeSet::new();
     files.insert(python.clone());
     files.insert(PathBuf::from(BUSYBOX));
+    // Debian's pip wheels, which its `ensurepip` installs from: a build step
+    // on this image makes virtualenvs with pip.
+    for wheel in walk(Path::new(PYTHON_WHEELS)) {
+        files.insert(wheel);
+    }
     let mut linked = vec![python.clone()];
     for entry in walk(&stdlib) {
         let relative = entry.strip_prefix(&stdlib).expect("under");
         let skip = relative.components().any(|c| {
             matches!(
                 c.as_os_str().to_str(),
-                Some("test" | "__pycache__" | "idlelib" | "tkinter" | "ensurepip")
+                Some("test" | "__pycache__" | "idlelib" | "tkinter")
             )
         });
         if skip {
