@@ -580,3 +580,178 @@ async fn an_uploaded_python_agent_runs_as_pods_through_its_whole_life() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// Logs the local engine in to `registry` for the life of the value.
+struct DockerLogin(String);
+
+impl DockerLogin {
+    fn new(registry: &str) -> Self {
+        use std::io::Write as _;
+        let mut login = std::process::Command::new("docker")
+            .args([
+                "login",
+                registry,
+                "-u",
+                common::registry::USER,
+                "--password-stdin",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("docker login");
+        login
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(common::registry::PASSWORD.as_bytes())
+            .expect("password");
+        assert!(login.wait().expect("docker login").success());
+        Self(registry.to_owned())
+    }
+}
+
+impl Drop for DockerLogin {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["logout", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_private_image_runs_as_a_pod_that_is_replaced_adopted_and_cleaned_up() {
+    let test = "k8s-e2e-docker";
+    if !root_or_skip(test) || cluster_or_skip(test).await.is_none() {
+        return;
+    }
+    common::docker::driver_or_skip(test, &common::docker::owner(test))
+        .await
+        .expect("the base image is made on the local Docker engine");
+    let namespace = TestNamespace::new("private");
+    let dir = temp(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // A registry that wants credentials, and the test agent's image in it.
+    let private = common::registry::Registry::start(&dir.join("registry")).await;
+    let image = format!("{}/agents/http:1", private.host);
+    let context = dir.join("context");
+    std::fs::create_dir_all(&context).expect("context");
+    std::fs::copy(
+        std::path::Path::new(&agent_dir("http")).join("main.py"),
+        context.join("main.py"),
+    )
+    .expect("main.py");
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY main.py /app/main.py\nWORKDIR /app\nCMD [\"python3\", \"-u\", \"/app/main.py\"]\n",
+            common::docker::BASE_IMAGE
+        ),
+    )
+    .expect("Dockerfile");
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        &image,
+        context.to_str().expect("utf-8"),
+    ]);
+    {
+        let _login = DockerLogin::new(&private.host);
+        docker(&["push", &image]);
+    }
+    docker(&["image", "rm", &image]);
+
+    let server = Server::start(&dir.join("server"));
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/secrets",
+            Some(json!({"name": "REGISTRY_PASSWORD", "value": common::registry::PASSWORD})),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{text}");
+    let (status, _, text) = add_cloud(&server, "k8s", json!({"namespace": namespace.name})).await;
+    assert_eq!(status, 201, "{text}");
+    let (status, created, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({"name": "private", "cloud_id": "k8s",
+                "source": {"type": "docker", "image": image,
+                    "credentials": {"username": common::registry::USER, "password": "${secrets.REGISTRY_PASSWORD}"}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let agent = created["data"]["id"].as_str().expect("id").to_owned();
+    let view = wait_agent(&server, &agent, "running", |a| a["status"] == "running").await;
+    let instance = view["instance_id"].as_str().expect("instance").to_owned();
+    let (status, answer, text) = invoke(&server, &agent, json!({"input": {"private": true}})).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        answer["data"]["output"]["echo"]["private"], true,
+        "{answer}"
+    );
+    // The kubelet pulled it with the source's credentials, which are in a
+    // Secret, not in the pod.
+    let pods = pods_of(&namespace.name, &instance).await;
+    assert_eq!(pods.len(), 1);
+    let pod = &pods[0];
+    let pod_text = serde_json::to_string(pod).expect("json");
+    assert!(!pod_text.contains(common::registry::PASSWORD), "{pod_text}");
+    let first = pod.metadata.name.clone().expect("name");
+
+    // A pod deleted behind Hangar's back is replaced, and counted.
+    let pod_api: Api<Pod> = Api::namespaced(client().await, &namespace.name);
+    pod_api
+        .delete(&first, &DeleteParams::default())
+        .await
+        .expect("delete the pod");
+    server
+        .wait_instance(&instance, "a restart", |i| {
+            i["deployment"]["restart_count"] == 1 && i["status"] == "running"
+        })
+        .await;
+    let pods = pods_of(&namespace.name, &instance).await;
+    let second: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0], first);
+    let (status, _, text) = invoke(&server, &agent, json!({"input": {"again": 1}})).await;
+    assert_eq!(status, 200, "{text}");
+
+    // A restarted server adopts its pod: the same one serves.
+    let data = dir.join("server");
+    server.kill9();
+    let server = Server::start(&data);
+    server
+        .wait_instance(&instance, "running", |i| i["status"] == "running")
+        .await;
+    let (status, _, text) = invoke(&server, &agent, json!({"input": {"adopted": 1}})).await;
+    assert_eq!(status, 200, "{text}");
+    let now: Vec<String> = pods_of(&namespace.name, &instance)
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(now, second, "adopted, not replaced");
+
+    // Deleted: nothing left in the namespace.
+    server.delete(&instance, true).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = objects_in(&namespace.name).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
