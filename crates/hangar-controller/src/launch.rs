@@ -330,6 +330,9 @@ fn kubernetes_spec(
     );
     spec.image = Some(hangar_core::kubernetes::pinned_reference(&run));
     spec.user = Some(ReplicaUser { uid, gid });
+    // An agent at /app (an image Hangar built) may write there, as on a
+    // sandbox; the rest of the image stays read-only.
+    spec.app_writable = run.cwd() == "/app";
     Ok(spec)
 }
 
@@ -673,6 +676,7 @@ mod tests {
             digest: "sha256:ab".to_owned(),
             user: "1000:1000".to_owned(),
             entrypoint: vec!["/app/.venv/bin/python".to_owned()],
+            working_dir: "/app".to_owned(),
             ..ImageRun::default()
         };
         let parent = dir(&[]);
@@ -717,6 +721,7 @@ mod tests {
         );
         assert_eq!(get(&spec, "MODE"), Some("user"));
         assert_eq!(get(&spec, "HANGAR_REPLICA_ID"), Some("r1"));
+        assert!(spec.app_writable, "an agent at /app writes there");
         std::fs::remove_dir_all(parent).expect("cleanup");
     }
 

@@ -57,7 +57,9 @@ pub struct ReplicaSpec {
     pub app: Option<PathBuf>,
     /// Show [`ReplicaSpec::app`] read-write, itself, instead of behind a
     /// throwaway overlay: a build writes its artifact there. Its files must
-    /// be writable by the sandbox's user.
+    /// be writable by the sandbox's user. For drivers that run images
+    /// (kubernetes): give the replica a writable copy of the image's
+    /// `/app` over a read-only root.
     #[serde(default)]
     pub app_writable: bool,
     /// The port an HTTP replica listens on, if it serves HTTP. A driver that

@@ -411,7 +411,8 @@ async fn start_kubernetes(
     let owner = data_dir.kubernetes_owner()?;
     let driver = Arc::new(
         hangar_runtime::KubernetesDriver::new(&owner)
-            .map_err(|err| anyhow::anyhow!("the kubernetes driver: {err}"))?,
+            .map_err(|err| anyhow::anyhow!("the kubernetes driver: {err}"))?
+            .with_grace(hangar_controller::ControllerConfig::default().stop_grace),
     );
     let clouds = store
         .clouds_of_driver(hangar_core::model::DriverKind::Kubernetes)

@@ -420,6 +420,16 @@ async fn an_uploaded_python_agent_runs_as_pods_through_its_whole_life() {
         .await;
     assert_eq!(status, 200, "{out}");
     assert!(out.contains("Hello, pods, from a dependency!"), "{out}");
+    // /app is the agent's to write; the rest of the image is read-only.
+    let (status, out, _) = server
+        .exec(
+            &org,
+            &instance,
+            &["/bin/sh", "-c", "echo kept > /app/note && cat /app/note && ! touch /etc/x 2>/dev/null && echo read-only"],
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert!(out.contains("kept") && out.contains("read-only"), "{out}");
 
     // Logs follow live.
     let mut follow = reqwest::Client::new()

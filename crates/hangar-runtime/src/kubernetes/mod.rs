@@ -33,6 +33,11 @@
 //!   command past its time limit is left to end on its own.
 //! * **Stats** come from the kubelet's summary (`/stats/summary`, through
 //!   the API server's node proxy): CPU, memory working set, network bytes.
+//! * **Hardening**: non-root, every capability dropped, no privilege
+//!   escalation, a read-only root with an `emptyDir` at `/tmp` and — for a
+//!   spec with [`ReplicaSpec::app_writable`] — a writable copy of the
+//!   image's `/app` (an init container copies it), no service account
+//!   token, no service links.
 //! * **Not enforced here**, and refused rather than ignored: egress rules,
 //!   reach between instances and host ports ([`crate::network`]). A pods
 //!   limit is the node's (`--pod-max-pids`), not the spec's.
@@ -66,6 +71,8 @@ const EXEC_OUTPUT_LIMIT: usize = 1 << 20;
 /// How long a new pod may take to run its program (an image pull
 /// included) before its creation fails.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
+/// The grace period pods get when deleted by others, unless told.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// How long a cluster may take to answer when a cloud is checked.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -362,6 +369,9 @@ pub struct KubernetesDriver {
     /// Replica id → the local address forwarding to its pod, where pods are
     /// reached through port-forward.
     forwards: Arc<Mutex<HashMap<String, Forward>>>,
+    /// The grace period a pod gets when something else deletes it (a
+    /// drain, `kubectl delete`): the controller's own for a stop.
+    grace: Duration,
 }
 
 /// A local listener whose connections go to a pod through port-forward.
@@ -413,7 +423,16 @@ impl KubernetesDriver {
             homes: Arc::default(),
             stdin_turns: Arc::default(),
             forwards: Arc::default(),
+            grace: DEFAULT_GRACE,
         })
+    }
+
+    /// Pods get `grace` to end after SIGTERM when something other than
+    /// [`Driver::stop`] deletes them.
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Replicas labelled with cloud `cloud_id` run on `cluster` from now on.
@@ -766,7 +785,14 @@ impl Driver for KubernetesDriver {
                 .map_err(|err| failed("cannot make the replica's image pull Secret", &err)),
             None => Ok(()),
         };
-        let made = pod::pod(&self.owner, spec, image, &secret, &cluster.placement);
+        let made = pod::pod(
+            &self.owner,
+            spec,
+            image,
+            &secret,
+            &cluster.placement,
+            self.grace,
+        );
         let started = match pulled_with {
             Ok(()) => match cluster.pods().create(&PostParams::default(), &made).await {
                 Ok(_) => self.wait_started(&cluster, &name).await,

@@ -216,13 +216,18 @@ fn owned_by(record: &Secret, name: &str) -> OwnerReference {
     }
 }
 
-/// The replica's pod, owned by `secret` (deleting the Secret deletes it).
+/// Where the init container puts its copy of the image's `/app`.
+const APP_COPY: &str = "/hangar-app";
+
+/// The replica's pod, owned by `secret` (deleting the Secret deletes it),
+/// given `grace` to end after SIGTERM when something else deletes it.
 pub(super) fn pod(
     owner: &str,
     spec: &ReplicaSpec,
     image: &str,
     secret: &Secret,
     placement: &Placement,
+    grace: std::time::Duration,
 ) -> Pod {
     let name = object_name(owner, &spec.id);
     // Each name once, in the order of its last setting.
@@ -268,6 +273,49 @@ pub(super) fn pod(
     let (uid, gid) = spec.user.map_or((NOBODY, NOBODY), |user| {
         (i64::from(user.uid), i64::from(user.gid))
     });
+    let security = SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(gid),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    };
+    let empty = |name: &str| Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    let mut mounts = vec![mount("tmp", "/tmp")];
+    let mut volumes = vec![empty("tmp")];
+    // A writable /app over the read-only root: an emptyDir filled with a
+    // copy of the image's /app before the program starts.
+    let init = spec.app_writable.then(|| {
+        mounts.push(mount("app", "/app"));
+        volumes.push(empty("app"));
+        Container {
+            name: "app".to_owned(),
+            image: Some(image.to_owned()),
+            command: Some(vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                format!("if [ -d /app ]; then cp -R /app/. {APP_COPY}/; fi"),
+            ]),
+            volume_mounts: Some(vec![mount("app", APP_COPY)]),
+            security_context: Some(security.clone()),
+            image_pull_policy: Some("IfNotPresent".to_owned()),
+            ..Container::default()
+        }
+    });
     let container = Container {
         name: CONTAINER.to_owned(),
         image: Some(image.to_owned()),
@@ -279,23 +327,8 @@ pub(super) fn pod(
             limits: (!limits.is_empty()).then_some(limits),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(uid),
-            run_as_group: Some(gid),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        security_context: Some(security),
+        volume_mounts: Some(mounts),
         stdin: Some(spec.stdin),
         stdin_once: Some(false),
         tty: Some(false),
@@ -315,7 +348,11 @@ pub(super) fn pod(
         },
         spec: Some(PodSpec {
             containers: vec![container],
+            init_containers: init.map(|init| vec![init]),
             restart_policy: Some("Never".to_owned()),
+            termination_grace_period_seconds: Some(
+                i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
+            ),
             // The pause container is PID 1, so the replica's program hears
             // SIGTERM even without a handler (a PID 1 ignores it).
             share_process_namespace: Some(true),
@@ -325,11 +362,7 @@ pub(super) fn pod(
                 fs_group: Some(gid),
                 ..PodSecurityContext::default()
             }),
-            volumes: Some(vec![Volume {
-                name: "tmp".to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            }]),
+            volumes: Some(volumes),
             runtime_class_name: placement.runtime_class.clone(),
             node_selector: (!placement.node_selector.is_empty())
                 .then(|| placement.node_selector.clone()),
@@ -413,6 +446,19 @@ pub(super) fn pod_exit(pod: &Pod) -> Option<Exit> {
 /// Why a pod cannot start, if it will not: an image that cannot be pulled,
 /// a config the kubelet refuses, a pod no node takes.
 pub(super) fn stuck(pod: &Pod) -> Option<String> {
+    let copied = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "app"))
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
+    if let Some(copy) = copied.filter(|t| t.exit_code != 0) {
+        return Some(format!(
+            "copying the image's /app to a writable volume failed (exit {}; the image needs /bin/sh and cp): {}",
+            copy.exit_code,
+            copy.message.as_deref().unwrap_or("no message")
+        ));
+    }
     if let Some(waiting) = container_state(pod).and_then(|s| s.waiting.as_ref()) {
         let reason = waiting.reason.as_deref().unwrap_or_default();
         if matches!(
@@ -498,6 +544,8 @@ fn pod_ip(pod: &Pod) -> Option<std::net::IpAddr> {
 mod tests {
     use super::*;
 
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
     fn spec() -> ReplicaSpec {
         ReplicaSpec {
             id: "rep_01abc".to_owned(),
@@ -532,7 +580,7 @@ mod tests {
     fn secrets_stay_out_of_the_pod_spec() {
         let spec = spec();
         let secret = secret("own", &spec);
-        let pod = pod("own", &spec, "img", &secret, &Placement::default());
+        let pod = pod("own", &spec, "img", &secret, &Placement::default(), GRACE);
         let text = serde_json::to_string(&pod).expect("json");
         assert!(!text.contains("s3cret"), "{text}");
         let container = &pod.spec.as_ref().expect("spec").containers[0];
@@ -550,7 +598,7 @@ mod tests {
     fn limits_and_hardening_map_one_to_one() {
         let spec = spec();
         let secret = secret("own", &spec);
-        let pod = pod("own", &spec, "img", &secret, &Placement::default());
+        let pod = pod("own", &spec, "img", &secret, &Placement::default(), GRACE);
         let pod_spec = pod.spec.as_ref().expect("spec");
         let container = &pod_spec.containers[0];
         let resources = container.resources.as_ref().expect("resources");
@@ -571,7 +619,7 @@ mod tests {
         assert!(!labels.contains_key("odd key"));
         let mut capped = spec.clone();
         capped.cpu_limit_millis = Some(200);
-        let capped = super::pod("own", &capped, "img", &secret, &Placement::default());
+        let capped = super::pod("own", &capped, "img", &secret, &Placement::default(), GRACE);
         let capped_resources = capped.spec.as_ref().expect("spec").containers[0]
             .resources
             .clone()
@@ -581,6 +629,36 @@ mod tests {
             "200m",
             "no more than its cap"
         );
+    }
+
+    #[test]
+    fn a_writable_app_is_a_copy_over_the_read_only_root() {
+        let mut spec = spec();
+        let secret = secret("own", &spec);
+        let plain = pod("own", &spec, "img", &secret, &Placement::default(), GRACE);
+        let plain_spec = plain.spec.as_ref().expect("spec");
+        assert!(plain_spec.init_containers.is_none());
+        assert_eq!(plain_spec.termination_grace_period_seconds, Some(10));
+        spec.app_writable = true;
+        let writable = pod("own", &spec, "img", &secret, &Placement::default(), GRACE);
+        let pod_spec = writable.spec.as_ref().expect("spec");
+        let init = &pod_spec
+            .init_containers
+            .as_ref()
+            .expect("an init container")[0];
+        assert_eq!(init.image.as_deref(), Some("img"));
+        let mounts = pod_spec.containers[0]
+            .volume_mounts
+            .as_ref()
+            .expect("mounts");
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == "/app" && m.name == "app"));
+        let security = pod_spec.containers[0]
+            .security_context
+            .as_ref()
+            .expect("security");
+        assert_eq!(security.read_only_root_filesystem, Some(true));
     }
 
     #[test]
@@ -602,7 +680,7 @@ mod tests {
             serde_json::from_slice(&pull.data.as_ref().expect("data")[".dockerconfigjson"].0)
                 .expect("json");
         assert_eq!(config["auths"]["registry:5000"]["auth"], "dTpwNHNz");
-        let pod = pod("own", &spec, "img", &record, &Placement::default());
+        let pod = pod("own", &spec, "img", &record, &Placement::default(), GRACE);
         let names: Vec<_> = pod
             .spec
             .as_ref()
