@@ -89,9 +89,9 @@ fn base_layer() -> (Vec<u8>, String) {
     let stdlib = Path::new("/usr/lib").join(python.file_name().expect("a name"));
     let mut files: BTreeSet<PathBuf> = BTreeSet::new();
     let mut linked = vec![python.clone()];
-    for entry in walk(&stdlib)
+    for entry in common::docker::walk(&stdlib)
         .into_iter()
-        .chain(walk(Path::new(PYTHON_WHEELS)))
+        .chain(common::docker::walk(Path::new(PYTHON_WHEELS)))
     {
         let skip = entry.components().any(|c| {
             matches!(
@@ -110,7 +110,7 @@ fn base_layer() -> (Vec<u8>, String) {
     files.insert(python.clone());
     files.insert(PathBuf::from(BUSYBOX));
     for binary in linked {
-        files.extend(libraries(&binary));
+        files.extend(common::docker::libraries(&binary));
     }
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for file in &files {
@@ -155,36 +155,6 @@ fn base_layer() -> (Vec<u8>, String) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).expect("gzip");
     (gz.finish().expect("gzip"), diff_id)
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let path = entry.path();
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            found.extend(walk(&path));
-        } else if kind.is_file() {
-            found.push(path);
-        }
-    }
-    found
-}
-
-/// The shared libraries `ldd` says `binary` loads, at the path the loader
-/// asks for.
-fn libraries(binary: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(binary).output().expect("ldd");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -240,36 +210,12 @@ async fn push_base(registry: &Registry, layer: &(Vec<u8>, String)) -> (String, S
 /// An agent that prints what its dependency says: `hangar-greeting`, a
 /// wheel it carries, installed with pip from there (no package index).
 fn agent_tree(dir: &Path) {
-    std::fs::create_dir_all(dir.join("wheels")).expect("dir");
+    with_greeting_dependency(dir);
     std::fs::write(
         dir.join("main.py"),
         "import hangar_greeting\nprint(hangar_greeting.hello('kubernetes'), flush=True)\n",
     )
     .expect("main.py");
-    std::fs::write(
-        dir.join("requirements.txt"),
-        "--no-index\n--find-links /app/wheels\nhangar-greeting==1.0\n",
-    )
-    .expect("requirements.txt");
-    // A wheel is a zip: written by the host's python, so nothing is fetched.
-    let script = r#"
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1], "w") as wheel:
-    files = {
-        "hangar_greeting/__init__.py": "def hello(name):\n    return 'Hello, ' + name + ', from a dependency!'\n",
-        "hangar_greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: hangar-greeting\nVersion: 1.0\n",
-        "hangar_greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hangar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    for name, text in files.items():
-        wheel.writestr(name, text)
-    wheel.writestr("hangar_greeting-1.0.dist-info/RECORD", "".join(n + ",,\n" for n in files) + "hangar_greeting-1.0.dist-info/RECORD,,\n")
-"#;
-    let out = Command::new(PYTHON)
-        .args(["-c", script])
-        .arg(dir.join("wheels/hangar_greeting-1.0-py3-none-any.whl"))
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{out:?}");
 }
 
 /// The tree at `dir` as an upload's archive in `data`'s uploads.

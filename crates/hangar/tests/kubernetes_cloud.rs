@@ -68,6 +68,22 @@ async fn objects_in(namespace: &str) -> Vec<String> {
     left
 }
 
+/// Waits (a minute at most) for `namespace` to hold nothing of Hangar's.
+async fn nothing_left_in(namespace: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = objects_in(namespace).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 async fn add_cloud(server: &Server, name: &str, config: Value) -> (u16, Value, String) {
     let (status, body, _, text) = server
         .call(
@@ -196,35 +212,12 @@ async fn base_image(test: &str) -> String {
 /// The streaming test agent with a dependency it carries as a wheel
 /// (`hangar-greeting`, installed by pip from there: no package index).
 fn agent_with_a_dependency(dir: &std::path::Path) {
-    std::fs::create_dir_all(dir.join("wheels")).expect("dir");
+    with_greeting_dependency(dir);
     std::fs::copy(
         std::path::Path::new(&agent_dir("stream")).join("main.py"),
         dir.join("main.py"),
     )
     .expect("main.py");
-    std::fs::write(
-        dir.join("requirements.txt"),
-        "--no-index\n--find-links /app/wheels\nhangar-greeting==1.0\n",
-    )
-    .expect("requirements.txt");
-    let script = r#"
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1], "w") as wheel:
-    files = {
-        "hangar_greeting/__init__.py": "def hello(name):\n    return 'Hello, ' + name + ', from a dependency!'\n",
-        "hangar_greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: hangar-greeting\nVersion: 1.0\n",
-        "hangar_greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hangar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    for name, text in files.items():
-        wheel.writestr(name, text)
-    wheel.writestr("hangar_greeting-1.0.dist-info/RECORD", "".join(n + ",,\n" for n in files) + "hangar_greeting-1.0.dist-info/RECORD,,\n")
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(dir.join("wheels/hangar_greeting-1.0-py3-none-any.whl"))
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{out:?}");
 }
 
 /// Opens an upload and PUTs the tree at `dir` to it, as a `.tar.gz`.
@@ -577,18 +570,7 @@ async fn an_uploaded_python_agent_runs_as_pods_through_its_whole_life() {
 
     // Deleted: nothing left in the namespace.
     server.delete(&instance, true).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let left = objects_in(&namespace.name).await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left behind: {left:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    nothing_left_in(&namespace.name).await;
 }
 
 /// Logs the local engine in to `registry` for the life of the value.
@@ -752,16 +734,5 @@ async fn a_private_image_runs_as_a_pod_that_is_replaced_adopted_and_cleaned_up()
 
     // Deleted: nothing left in the namespace.
     server.delete(&instance, true).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let left = objects_in(&namespace.name).await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left behind: {left:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    nothing_left_in(&namespace.name).await;
 }

@@ -155,7 +155,8 @@ fn make_context() -> PathBuf {
     context
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+/// Every regular file under `dir`, at any depth.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
         let path = entry.path();
@@ -171,7 +172,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// The shared libraries `ldd` says `binary` loads, resolved to real files
 /// but kept at the path the loader asks for.
-fn libraries(binary: &Path) -> Vec<PathBuf> {
+pub fn libraries(binary: &Path) -> Vec<PathBuf> {
     let out = Command::new("ldd").arg(binary).output().expect("ldd");
     String::from_utf8_lossy(&out.stdout)
         .lines()

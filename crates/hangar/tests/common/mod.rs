@@ -381,3 +381,34 @@ where
     }
     outputs
 }
+
+/// Gives the agent tree at `dir` a dependency it carries as a wheel:
+/// `hangar-greeting` (`hangar_greeting.hello(name)`), in `wheels/`, and a
+/// `requirements.txt` installing it from there with pip (no package index).
+pub fn with_greeting_dependency(dir: &Path) {
+    std::fs::create_dir_all(dir.join("wheels")).expect("dir");
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "--no-index\n--find-links /app/wheels\nhangar-greeting==1.0\n",
+    )
+    .expect("requirements.txt");
+    // A wheel is a zip: written by the host's python, so nothing is fetched.
+    let script = r#"
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w") as wheel:
+    files = {
+        "hangar_greeting/__init__.py": "def hello(name):\n    return 'Hello, ' + name + ', from a dependency!'\n",
+        "hangar_greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: hangar-greeting\nVersion: 1.0\n",
+        "hangar_greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hangar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    for name, text in files.items():
+        wheel.writestr(name, text)
+    wheel.writestr("hangar_greeting-1.0.dist-info/RECORD", "".join(n + ",,\n" for n in files) + "hangar_greeting-1.0.dist-info/RECORD,,\n")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.join("wheels/hangar_greeting-1.0-py3-none-any.whl"))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{out:?}");
+}
