@@ -577,7 +577,10 @@ impl KubernetesDriver {
     /// Waits for the pod to run its program (or end, or fail to start).
     async fn wait_started(&self, cluster: &Cluster, name: &str) -> Result<Pod, DriverError> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let mut pause = Duration::from_millis(50);
+        // The kubelet tells a pod runs on its once-a-second status report:
+        // look often at first, so the report is seen when it lands, then
+        // less (an image pull may take minutes).
+        let often_until = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let pod = cluster
                 .pods()
@@ -611,8 +614,12 @@ impl KubernetesDriver {
                     START_TIMEOUT.as_secs()
                 )));
             }
+            let pause = if tokio::time::Instant::now() < often_until {
+                Duration::from_millis(25)
+            } else {
+                Duration::from_millis(500)
+            };
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 
