@@ -2,8 +2,9 @@
 //! of the machine (CPU steal, load average, free ports, programs in `PATH`)
 //! that every report prints next to its figures, because on a shared VM the
 //! figures mean little without them, and what it takes to run crun (the
-//! baseline of the start targets) on a hybrid cgroup host; and, in
-//! [`serve`], a real `hangar serve` with an agent deployed on it.
+//! baseline of the start targets) on a hybrid cgroup host; in [`probe`],
+//! the first-byte HTTP probe the start benchmarks time readiness with; and,
+//! in [`serve`], a real `hangar serve` with an agent deployed on it.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub mod probe;
 pub mod serve;
 
 /// Where a hybrid cgroup host mounts its v2 hierarchy.

@@ -74,16 +74,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
+use hangar_bench::probe::first_byte;
 use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
 use hangar_runtime::driver::{labels, ReplicaSpec};
 use hangar_runtime::kubernetes::{Cluster, ClusterConfig};
@@ -91,8 +92,6 @@ use hangar_runtime::{Driver, KubernetesDriver, SandboxDriver, SandboxDriverConfi
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, WatchEvent, WatchParams};
 
-/// How often a starting server is polled.
-const POLL: Duration = Duration::from_millis(2);
 /// How long a start may take before the benchmark gives up (the first one
 /// may pull the image).
 const START_DEADLINE: Duration = Duration::from_secs(120);
@@ -111,8 +110,6 @@ const PIDS_LIMIT: i64 = 128;
 const NOBODY: u32 = 65_534;
 /// The cloud id the kubernetes driver's replicas are labelled with.
 const CLOUD: &str = "bench";
-/// The request every poll sends.
-const REQUEST: &[u8] = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n";
 /// The server, the same in every row.
 const SERVER: [&str; 7] = [
     "/app/busybox",
@@ -669,7 +666,8 @@ spec:
         let address = info
             .address
             .with_context(|| format!("kubernetes driver: replica {id} has no address"))?;
-        let ready = first_byte(address, t0, &self.marker).context("kubernetes driver")?;
+        let ready =
+            first_byte(address, t0, &self.marker, START_DEADLINE).context("kubernetes driver")?;
         let seen = watch.finish();
         let engine = self.engine(seen.name.as_deref(), wall0);
         Ok(Start {
@@ -706,8 +704,13 @@ spec:
             .rt
             .block_on(watch.ip())
             .with_context(|| format!("kubectl: pod {name}"))?;
-        let ready =
-            first_byte(SocketAddr::new(ip, CONTAINER_PORT), t0, &self.marker).context("kubectl")?;
+        let ready = first_byte(
+            SocketAddr::new(ip, CONTAINER_PORT),
+            t0,
+            &self.marker,
+            START_DEADLINE,
+        )
+        .context("kubectl")?;
         let seen = watch.finish();
         let engine = self.engine(Some(name), wall0);
         Ok(Start {
@@ -730,7 +733,8 @@ spec:
         let address = info
             .address
             .with_context(|| format!("sandbox driver: replica {id} has no address"))?;
-        let ready = first_byte(address, t0, &self.marker).context("sandbox driver")?;
+        let ready =
+            first_byte(address, t0, &self.marker, START_DEADLINE).context("sandbox driver")?;
         Ok(Start {
             call,
             ready,
@@ -909,63 +913,6 @@ fn output(command: &mut Command) -> Result<Output> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {:?}", command.get_program()))
-}
-
-/// Polls `address` every [`POLL`] until an HTTP answer's first byte arrives;
-/// returns when that was, counted from `t0`. The whole answer is checked (off
-/// the clock): status 200 and this run's `marker` in the body.
-fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration> {
-    let deadline = t0 + START_DEADLINE;
-    loop {
-        match http_get(address) {
-            Ok((at, answer)) => {
-                check_answer(&answer, marker)
-                    .with_context(|| format!("{address} answered, but not as expected"))?;
-                return Ok(at.duration_since(t0));
-            }
-            Err(err) if Instant::now() > deadline => {
-                bail!(
-                    "no HTTP answer from {address} within {} s (last: {err})",
-                    START_DEADLINE.as_secs()
-                )
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// One `GET`: when its first byte arrived, and the whole answer.
-fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(REQUEST)?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
-}
-
-fn check_answer(answer: &[u8], marker: &str) -> Result<()> {
-    let text = String::from_utf8_lossy(answer);
-    let status = text.lines().next().unwrap_or_default();
-    ensure!(
-        status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200"),
-        "status line {status:?}"
-    );
-    ensure!(
-        text.contains(marker),
-        "the body lacks this run's token: {text:?}"
-    );
-    Ok(())
 }
 
 /// Whether an ELF file asks for a dynamic loader (has a `PT_INTERP` header).
@@ -1376,15 +1323,6 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStatus, PodSpec, PodStatus,
     };
-
-    #[test]
-    fn answers_are_checked() {
-        let ok = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n<p>token 1</p>";
-        assert!(check_answer(ok, "token 1").is_ok());
-        assert!(check_answer(ok, "token 2").is_err());
-        let missing = b"HTTP/1.0 404 Not Found\r\n\r\ntoken 1";
-        assert!(check_answer(missing, "token 1").is_err());
-    }
 
     #[test]
     fn each_stage_is_stamped_when_first_seen() {

@@ -74,8 +74,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -83,6 +83,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::probe::first_byte;
 use hangar_bench::{
     cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
     sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
@@ -94,8 +95,6 @@ use hangar_runtime::sandbox::{
 use hangar_runtime::{Driver, SandboxDriver, SandboxDriverConfig};
 use serde_json::{json, Value};
 
-/// How often a starting server is polled.
-const POLL: Duration = Duration::from_millis(2);
 /// How long a start may take before the benchmark gives up.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long an exec may take.
@@ -114,8 +113,6 @@ const DOCKER_TARGET: f64 = 0.2;
 const EXEC_TARGET_MS: f64 = 30.0;
 /// The grace period of the graceful stops: the API's default.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// The request every poll sends.
-const REQUEST: &[u8] = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n";
 
 /// Measures sandbox start (to the first HTTP byte) and exec latency of Hangar
 /// against crun, runc and Docker. Needs root.
@@ -290,7 +287,7 @@ impl Hangar {
         let address = info
             .address
             .with_context(|| format!("Hangar: replica {id} has no address"))?;
-        let ready = first_byte(address, t0, marker).context("Hangar")?;
+        let ready = first_byte(address, t0, marker, START_DEADLINE).context("Hangar")?;
         Ok((call, ready))
     }
 
@@ -325,7 +322,7 @@ impl Hangar {
         let address = info
             .address
             .with_context(|| format!("Hangar: replica {id} has no address"))?;
-        first_byte(address, t0, marker).context("Hangar: the Python server")?;
+        first_byte(address, t0, marker, START_DEADLINE).context("Hangar: the Python server")?;
         let t0 = Instant::now();
         let exit = self
             .rt
@@ -477,7 +474,7 @@ impl Oci {
         self.run(&["run", "--detach", "--bundle", &bundle, id])?;
         let call = t0.elapsed();
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let ready = first_byte(address, t0, marker).context(self.name)?;
+        let ready = first_byte(address, t0, marker, START_DEADLINE).context(self.name)?;
         Ok((call, ready))
     }
 
@@ -523,8 +520,13 @@ impl Oci {
         self.live.push(id.to_owned());
         self.run(&["run", "--detach", "--bundle", &bundle, id])?;
         let call = t0.elapsed();
-        let ready =
-            first_byte(SocketAddr::new(ip, CONTAINER_PORT), t0, marker).context(self.name)?;
+        let ready = first_byte(
+            SocketAddr::new(ip, CONTAINER_PORT),
+            t0,
+            marker,
+            START_DEADLINE,
+        )
+        .context(self.name)?;
         Ok((call, ready))
     }
 
@@ -716,7 +718,7 @@ impl Docker {
         ])?;
         let call = t0.elapsed();
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let ready = first_byte(address, t0, marker).context("Docker")?;
+        let ready = first_byte(address, t0, marker, START_DEADLINE).context("Docker")?;
         Ok((call, ready))
     }
 
@@ -863,63 +865,6 @@ fn tail(path: &Path) -> String {
     } else {
         tail
     }
-}
-
-/// Polls `address` every [`POLL`] until an HTTP answer's first byte arrives;
-/// returns when that was, counted from `t0`. The whole answer is checked (off
-/// the clock): status 200 and this run's `marker` in the body.
-fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration> {
-    let deadline = t0 + START_DEADLINE;
-    loop {
-        match http_get(address) {
-            Ok((at, answer)) => {
-                check_answer(&answer, marker)
-                    .with_context(|| format!("{address} answered, but not as expected"))?;
-                return Ok(at.duration_since(t0));
-            }
-            Err(err) if Instant::now() > deadline => {
-                bail!(
-                    "no HTTP answer from {address} within {} s (last: {err})",
-                    START_DEADLINE.as_secs()
-                )
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// One `GET`: when its first byte arrived, and the whole answer.
-fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(REQUEST)?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
-}
-
-fn check_answer(answer: &[u8], marker: &str) -> Result<()> {
-    let text = String::from_utf8_lossy(answer);
-    let status = text.lines().next().unwrap_or_default();
-    ensure!(
-        status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200"),
-        "status line {status:?}"
-    );
-    ensure!(
-        text.contains(marker),
-        "the body lacks this run's token: {text:?}"
-    );
-    Ok(())
 }
 
 /// Whether an ELF file asks for a dynamic loader (has a `PT_INTERP` header).
@@ -1698,15 +1643,6 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_checked() {
-        let ok = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n<p>token 1</p>";
-        assert!(check_answer(ok, "token 1").is_ok());
-        assert!(check_answer(ok, "token 2").is_err());
-        let missing = b"HTTP/1.0 404 Not Found\r\n\r\ntoken 1";
-        assert!(check_answer(missing, "token 1").is_err());
-    }
 
     #[test]
     fn this_binary_is_an_elf_file() {
