@@ -2,7 +2,9 @@
 //! of the machine (CPU steal, load average, free ports, programs in `PATH`)
 //! that every report prints next to its figures, because on a shared VM the
 //! figures mean little without them, and what it takes to run crun (the
-//! baseline of the start targets) on a hybrid cgroup host; in [`probe`],
+//! baseline of the start targets) on a hybrid cgroup host; in [`host`],
+//! what every run sets up and tears down around its timing (root, the
+//! `hangar` binary, a temporary directory, child processes); in [`probe`],
 //! the first-byte HTTP probe the start benchmarks time readiness with; and,
 //! in [`serve`], a real `hangar serve` with an agent deployed on it.
 
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub mod host;
 pub mod probe;
 pub mod serve;
 

@@ -63,10 +63,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::host::{hangar_binary, require_root, tail, terminate, TempDir};
 use hangar_bench::{
     cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
     sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
@@ -140,37 +141,6 @@ fn order(round: usize) -> [Row; 3] {
     rows
 }
 
-/// A temporary directory (mode 0755, so `nobody` can read the agent in it),
-/// removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "hb-cs-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
 /// Creates directory `dir` with mode 0755, whatever the umask.
 fn mkdir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
@@ -180,25 +150,6 @@ fn mkdir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     Ok(())
-}
-
-/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
-fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -761,18 +712,6 @@ fn agent_env(port: u16) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The last lines of a log file, on one line.
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() {
-        "(no output)".to_owned()
-    } else {
-        tail
-    }
-}
-
 /// The `python3` a sandbox runs: the first in [`SANDBOX_PATH`] on the host
 /// (the sandbox binds the host's `/usr`).
 fn sandbox_python() -> Option<PathBuf> {
@@ -1037,24 +976,8 @@ fn make_rootfs(rootfs: &Path) -> Result<Vec<String>> {
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.samples >= 1, "--samples must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes; crun)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("hangar serve runs replicas in sandboxes; crun")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let Some(crun_bin) = find_program("crun") else {
         bail!(
             "crun is not installed (Debian: apt-get install crun): the target is stated against \
@@ -1068,7 +991,7 @@ fn main() -> Result<()> {
 
     // --- Set up -------------------------------------------------------------------
     let pid = std::process::id();
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("cs")?;
     let agent_dir = tmp.0.join("agent");
     mkdir(&agent_dir)?;
     fs::copy(&source, agent_dir.join("main.py")).context("copying the agent")?;

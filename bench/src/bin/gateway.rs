@@ -64,7 +64,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_bench::serve::{hangar_binary, terminate, Serve, TempDir};
+use hangar_bench::host::{hangar_binary, require_root, terminate, TempDir};
+use hangar_bench::serve::Serve;
 use hangar_bench::{
     cpu_ticks, find_program, free_port, load_average, median, percentile, process_tree_cpu,
     sorted_ms, steal_percent,
@@ -452,10 +453,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.requests >= 1, "--requests must be at least 1");
     ensure!(args.connections >= 1, "--connections must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes)"
-    );
+    require_root("hangar serve runs replicas in sandboxes")?;
     let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let nginx_bin = match &args.nginx {
         Some(path) => path.clone(),

@@ -78,12 +78,13 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
+use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, version, TempDir};
 use hangar_bench::probe::first_byte;
 use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
 use hangar_runtime::driver::{labels, ReplicaSpec};
@@ -173,39 +174,6 @@ impl Runtime {
             Runtime::Kubernetes => "k",
             Runtime::Kubectl => "a",
             Runtime::Sandbox => "s",
-        }
-    }
-}
-
-/// A temporary directory (mode 0755, so the sandbox's `nobody` can read the
-/// files in it), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it, and socket paths are limited
-        // to 107 bytes.
-        let path = std::env::temp_dir().join(format!(
-            "hb-k8s-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
         }
     }
 }
@@ -907,50 +875,6 @@ struct Samples {
     stages: [Vec<Stages>; 3],
 }
 
-/// Runs a command to completion, capturing its output.
-fn output(command: &mut Command) -> Result<Output> {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {:?}", command.get_program()))
-}
-
-/// Whether an ELF file asks for a dynamic loader (has a `PT_INTERP` header).
-fn is_dynamic(path: &Path) -> Result<bool> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(
-        bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "{} is not a 64-bit little-endian ELF file",
-        path.display()
-    );
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into()?) as usize;
-    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
-    for i in 0..count {
-        let at = phoff + i * entsize;
-        let header = bytes.get(at..at + 4).context("truncated ELF file")?;
-        if u32::from_le_bytes(header.try_into()?) == 3 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The first line a program prints about itself.
-fn version(program: &Path, args: &[&str]) -> String {
-    match output(Command::new(program).args(args)) {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            text.lines().next().unwrap_or_default().trim().to_owned()
-        }
-        Err(err) => format!("unknown ({err:#})"),
-    }
-}
-
 /// Summary statistics of some samples, in ms.
 struct Stats {
     p50: f64,
@@ -1153,24 +1077,8 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.iterations >= 1, "--iterations must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (the sandbox driver's namespaces, cgroups and mounts)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("the sandbox driver's namespaces, cgroups and mounts")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let kubectl = find_program("kubectl").context(
         "kubectl is not in PATH (the baseline is `kubectl apply`; see BENCHMARKS.md for a cluster)",
     )?;
@@ -1191,7 +1099,7 @@ fn main() -> Result<()> {
     );
 
     // --- Set up -------------------------------------------------------------------
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("k8s")?;
     let pid = std::process::id();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

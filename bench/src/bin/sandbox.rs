@@ -78,11 +78,12 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, tail, version, TempDir};
 use hangar_bench::probe::first_byte;
 use hangar_bench::{
     cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
@@ -184,39 +185,6 @@ impl Runtime {
             Runtime::CrunCni => "cc",
             Runtime::Runc => "r",
             Runtime::Docker => "d",
-        }
-    }
-}
-
-/// A temporary directory (mode 0755, so the sandbox's `nobody` can read the
-/// rootfs in it), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it, and socket paths are limited
-        // to 107 bytes.
-        let path = std::env::temp_dir().join(format!(
-            "hb-sandbox-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
         }
     }
 }
@@ -846,63 +814,6 @@ fn first_ip(result: &[u8]) -> Option<IpAddr> {
     address.split('/').next()?.parse().ok()
 }
 
-/// Runs a command to completion, capturing its output.
-fn output(command: &mut Command) -> Result<Output> {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {:?}", command.get_program()))
-}
-
-/// The last lines of a log file, on one line.
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(5);
-    let tail = lines[start..].join(" | ");
-    if tail.is_empty() {
-        "(no output)".to_owned()
-    } else {
-        tail
-    }
-}
-
-/// Whether an ELF file asks for a dynamic loader (has a `PT_INTERP` header).
-fn is_dynamic(path: &Path) -> Result<bool> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(
-        bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "{} is not a 64-bit little-endian ELF file",
-        path.display()
-    );
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into()?) as usize;
-    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
-    for i in 0..count {
-        let at = phoff + i * entsize;
-        let header = bytes.get(at..at + 4).context("truncated ELF file")?;
-        if u32::from_le_bytes(header.try_into()?) == 3 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The first line a program prints about itself.
-fn version(program: &Path, args: &[&str]) -> String {
-    match output(Command::new(program).args(args)) {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            text.lines().next().unwrap_or_default().trim().to_owned()
-        }
-        Err(err) => format!("unknown ({err:#})"),
-    }
-}
-
 /// Timed samples, by runtime ([`Runtime::index`]).
 #[derive(Default)]
 struct Samples {
@@ -1351,7 +1262,7 @@ fn measure_stops(hangar: &mut Hangar, marker: &str, n: usize) -> Result<()> {
 /// `--stop-only`: the graceful stops alone, with a driver and a served
 /// directory of their own.
 fn stops_only(args: &Args, hangar_bin: &Path) -> Result<()> {
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("sandbox")?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -1393,24 +1304,8 @@ fn stops_only(args: &Args, hangar_bin: &Path) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.iterations >= 1, "--iterations must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (namespaces, cgroups, mounts, crun, Docker)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("namespaces, cgroups, mounts, crun, Docker")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     if args.stop_only {
         return stops_only(&args, &hangar_bin);
     }
@@ -1442,7 +1337,7 @@ fn main() -> Result<()> {
     );
 
     // --- Set up -------------------------------------------------------------------
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("sandbox")?;
     let pid = std::process::id();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1638,15 +1533,4 @@ fn main() -> Result<()> {
     }
     drop(bench);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_binary_is_an_elf_file() {
-        let exe = std::env::current_exe().expect("current exe");
-        assert!(is_dynamic(&exe).is_ok());
-    }
 }
