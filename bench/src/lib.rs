@@ -1,4 +1,5 @@
-//! What the benchmark binaries share: nearest-rank percentiles, readings
+//! What the benchmark binaries share: nearest-rank percentiles and the
+//! summary ([`Stats`]) and ratio cells their tables print, readings
 //! of the machine (CPU steal, load average, free ports, programs in `PATH`)
 //! that every report prints next to its figures, because on a shared VM the
 //! figures mean little without them, and what it takes to run crun (the
@@ -51,6 +52,52 @@ pub fn median(values: &[f64]) -> f64 {
         0 => 0.0,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Summary statistics of some samples, in ms: every figure a report's
+/// table shows (each benchmark prints the columns its target is stated in).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Median (nearest rank, like the other percentiles).
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest sample.
+    pub max: f64,
+}
+
+impl Stats {
+    /// The summary of `samples`; `None` for none (a row not measured).
+    #[must_use]
+    pub fn of(samples: &[Duration]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let ms = sorted_ms(samples);
+        Some(Stats {
+            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+            p50: percentile(&ms, 50.0),
+            p90: percentile(&ms, 90.0),
+            p95: percentile(&ms, 95.0),
+            p99: percentile(&ms, 99.0),
+            max: ms[ms.len() - 1],
+        })
+    }
+}
+
+/// `a ÷ b` of medians, as a table cell (`—` without a baseline).
+#[must_use]
+pub fn ratio(a: &Stats, b: Option<&Stats>) -> String {
+    match b {
+        Some(b) if b.p50 > 0.0 => format!("{:.2}×", a.p50 / b.p50),
+        _ => "—".to_owned(),
     }
 }
 
@@ -236,6 +283,21 @@ mod tests {
         assert_eq!(percentile(&s, 99.0), 99.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn stats_and_ratios() {
+        assert_eq!(Stats::of(&[]), None);
+        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let s = Stats::of(&samples).expect("samples");
+        assert_eq!(
+            (s.p50, s.p90, s.p95, s.p99, s.max),
+            (50.0, 90.0, 95.0, 99.0, 100.0)
+        );
+        assert!((s.mean - 50.5).abs() < 1e-9);
+        let half = Stats::of(&[Duration::from_millis(25)]).expect("one sample");
+        assert_eq!(ratio(&half, Some(&s)), "0.50×");
+        assert_eq!(ratio(&half, None), "—");
     }
 
     #[test]

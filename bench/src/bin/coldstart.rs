@@ -69,8 +69,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, tail, terminate, TempDir};
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
-    sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
+    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, steal_percent,
+    unified_free_namespace, CgroupParent, Stats,
 };
 use serde_json::{json, Value};
 
@@ -835,29 +835,6 @@ impl Bench {
             );
         }
         Ok(samples)
-    }
-}
-
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    mean: f64,
-    p50: f64,
-    p95: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            mean: ms.iter().sum::<f64>() / ms.len() as f64,
-            p50: percentile(&ms, 50.0),
-            p95: percentile(&ms, 95.0),
-            max: ms[ms.len() - 1],
-        })
     }
 }
 

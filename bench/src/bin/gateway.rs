@@ -67,8 +67,8 @@ use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, terminate, TempDir};
 use hangar_bench::serve::Serve;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, load_average, median, percentile, process_tree_cpu,
-    sorted_ms, steal_percent,
+    cpu_ticks, find_program, free_port, load_average, median, process_tree_cpu, steal_percent,
+    Stats,
 };
 
 /// The admin key `hangar serve` is started with.
@@ -342,31 +342,6 @@ impl Target {
             self.url
         );
         Ok(took)
-    }
-}
-
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    mean: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            mean: ms.iter().sum::<f64>() / ms.len() as f64,
-            p50: percentile(&ms, 50.0),
-            p90: percentile(&ms, 90.0),
-            p99: percentile(&ms, 99.0),
-            max: ms[ms.len() - 1],
-        })
     }
 }
 

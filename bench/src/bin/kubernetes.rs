@@ -86,7 +86,7 @@ use clap::Parser;
 use futures_util::StreamExt as _;
 use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, version, TempDir};
 use hangar_bench::probe::first_byte;
-use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
+use hangar_bench::{cpu_ticks, find_program, load_average, ratio, steal_percent, Stats};
 use hangar_runtime::driver::{labels, ReplicaSpec};
 use hangar_runtime::kubernetes::{Cluster, ClusterConfig};
 use hangar_runtime::{Driver, KubernetesDriver, SandboxDriver, SandboxDriverConfig};
@@ -873,35 +873,6 @@ struct Samples {
     remove: [Vec<Duration>; 3],
     /// What the watches saw of the pods.
     stages: [Vec<Stages>; 3],
-}
-
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    p50: f64,
-    p90: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            p50: percentile(&ms, 50.0),
-            p90: percentile(&ms, 90.0),
-            max: ms[ms.len() - 1],
-        })
-    }
-}
-
-/// `a ÷ b` of medians, as a table cell.
-fn ratio(a: &Stats, b: Option<&Stats>) -> String {
-    match b {
-        Some(b) if b.p50 > 0.0 => format!("{:.2}×", a.p50 / b.p50),
-        _ => "—".to_owned(),
-    }
 }
 
 /// Prints one row per runtime with ratios of medians against kubectl and

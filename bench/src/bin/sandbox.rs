@@ -86,8 +86,8 @@ use clap::Parser;
 use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, tail, version, TempDir};
 use hangar_bench::probe::first_byte;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
-    sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
+    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, ratio,
+    steal_percent, unified_free_namespace, CgroupParent, Stats,
 };
 use hangar_runtime::driver::{Exit, ReplicaSpec};
 use hangar_runtime::sandbox::{
@@ -984,37 +984,6 @@ impl Bench {
     }
 }
 
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    mean: f64,
-    p50: f64,
-    p95: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            mean: ms.iter().sum::<f64>() / ms.len() as f64,
-            p50: percentile(&ms, 50.0),
-            p95: percentile(&ms, 95.0),
-            max: ms[ms.len() - 1],
-        })
-    }
-}
-
-/// `a ÷ b` of medians, as a table cell.
-fn ratio(a: Option<&Stats>, b: Option<&Stats>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b.p50 > 0.0 => format!("{:.2}×", a.p50 / b.p50),
-        _ => "—".to_owned(),
-    }
-}
-
 /// Prints one group of rows (one per runtime) with ratios of medians against
 /// crun and Docker.
 fn print_group(rows: &[(String, Option<Stats>)]) {
@@ -1029,12 +998,12 @@ fn print_group(rows: &[(String, Option<Stats>)]) {
                 let vs_crun = if i == Runtime::Crun.index() {
                     "—".to_owned()
                 } else {
-                    ratio(Some(s), crun)
+                    ratio(s, crun)
                 };
                 let vs_docker = if i == Runtime::Docker.index() {
                     "—".to_owned()
                 } else {
-                    ratio(Some(s), docker)
+                    ratio(s, docker)
                 };
                 println!(
                     "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {vs_crun} | {vs_docker} |",
