@@ -101,6 +101,20 @@ pub fn ratio(a: &Stats, b: Option<&Stats>) -> String {
     }
 }
 
+/// Prints the conditions a run was timed under, the lines every report
+/// puts above its tables: the CPU steal while timing (from
+/// [`steal_percent`]) and the load average before and after.
+pub fn print_conditions(steal: Option<f64>, load: &(String, String)) {
+    match steal {
+        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
+        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
+    }
+    println!(
+        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
+        load.0, load.1
+    );
+}
+
 /// CPU time counters of the whole machine, from `/proc/stat` (Linux): total
 /// and stolen (taken by the hypervisor for other guests), in ticks.
 #[must_use]

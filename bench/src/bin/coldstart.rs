@@ -69,8 +69,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, tail, terminate, TempDir};
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, steal_percent,
-    unified_free_namespace, CgroupParent, Stats,
+    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, print_conditions,
+    steal_percent, unified_free_namespace, CgroupParent, Stats,
 };
 use serde_json::{json, Value};
 
@@ -845,14 +845,7 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
          sample with Hangar at zero. Times in ms; ratios are of medians.",
         args.samples, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!("| measurement | mean ms | p50 ms | p95 ms | max ms | p50 ÷ crun p50 |");
     println!("|---|---:|---:|---:|---:|---:|");

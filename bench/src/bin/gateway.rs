@@ -67,8 +67,8 @@ use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, terminate, TempDir};
 use hangar_bench::serve::Serve;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, load_average, median, process_tree_cpu, steal_percent,
-    Stats,
+    cpu_ticks, find_program, free_port, load_average, median, print_conditions, process_tree_cpu,
+    steal_percent, Stats,
 };
 
 /// The admin key `hangar serve` is started with.
@@ -672,14 +672,7 @@ fn report(
          Times in ms.",
         args.requests, args.warmup, args.duration, args.connections
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!(
         "| path | mean ms | p50 ms | p90 ms | p99 ms | max ms | throughput req/s | server CPU \

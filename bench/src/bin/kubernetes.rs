@@ -86,7 +86,9 @@ use clap::Parser;
 use futures_util::StreamExt as _;
 use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, version, TempDir};
 use hangar_bench::probe::first_byte;
-use hangar_bench::{cpu_ticks, find_program, load_average, ratio, steal_percent, Stats};
+use hangar_bench::{
+    cpu_ticks, find_program, load_average, print_conditions, ratio, steal_percent, Stats,
+};
 use hangar_runtime::driver::{labels, ReplicaSpec};
 use hangar_runtime::kubernetes::{Cluster, ClusterConfig};
 use hangar_runtime::{Driver, KubernetesDriver, SandboxDriver, SandboxDriverConfig};
@@ -982,14 +984,7 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
          order. Times in ms; ratios are of medians.",
         args.iterations, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!("| measurement | p50 ms | p90 ms | max ms | p50 ÷ kubectl p50 | p50 ÷ sandbox p50 |");
     println!("|---|---:|---:|---:|---:|---:|");

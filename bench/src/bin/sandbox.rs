@@ -86,8 +86,8 @@ use clap::Parser;
 use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, tail, version, TempDir};
 use hangar_bench::probe::first_byte;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, ratio,
-    steal_percent, unified_free_namespace, CgroupParent, Stats,
+    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, print_conditions,
+    ratio, steal_percent, unified_free_namespace, CgroupParent, Stats,
 };
 use hangar_runtime::driver::{Exit, ReplicaSpec};
 use hangar_runtime::sandbox::{
@@ -1037,14 +1037,7 @@ fn report(
          container at a time, runtimes in rotating order. Times in ms; ratios are of medians.",
         args.iterations, args.iterations, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!(
         "| measurement | mean ms | p50 ms | p95 ms | max ms | p50 ÷ crun p50 | p50 ÷ docker p50 |"
