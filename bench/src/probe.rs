@@ -7,8 +7,9 @@
 //! each other's figures in BENCHMARKS.md, so they must probe the same way:
 //! one copy here keeps them from drifting apart.
 //!
-//! Not for the `coldstart` benchmark, which times a `POST` through Hangar's
-//! API and checks a different answer.
+//! The `coldstart` benchmark times a `POST` through Hangar's API and checks
+//! a different answer, so it polls its own way, but it times the first byte
+//! with the same [`exchange`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,12 +52,24 @@ pub fn first_byte(
     }
 }
 
-/// One `GET`: when its first byte arrived, and the whole answer.
+/// One `GET` of [`REQUEST`]: when its first byte arrived, and the whole
+/// answer.
 pub fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
+    exchange(address, REQUEST, Duration::from_secs(2))
+}
+
+/// Sends `request` on a new connection (waiting at most `read_timeout` for
+/// each read); returns when the first byte of the answer arrived, and the
+/// whole answer (read to the end, after that).
+pub fn exchange(
+    address: SocketAddr,
+    request: &[u8],
+    read_timeout: Duration,
+) -> io::Result<(Instant, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(REQUEST)?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    stream.write_all(request)?;
     let mut buf = [0u8; 4096];
     let n = stream.read(&mut buf)?;
     let at = Instant::now();

@@ -57,8 +57,8 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, tail, terminate, TempDir};
+use hangar_bench::probe::exchange;
 use hangar_bench::{
     cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, print_conditions,
     steal_percent, unified_free_namespace, CgroupParent, Stats,
@@ -175,27 +176,6 @@ fn post_request(path: &str, bearer: Option<&str>, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends `request` on a new connection; returns when the first byte of the
-/// answer arrived, and the whole answer (read to the end, after that).
-fn exchange(address: SocketAddr, request: &[u8]) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(START_DEADLINE))?;
-    stream.write_all(request)?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
-}
-
 /// The status code and body of a whole HTTP/1.x answer (a `Content-Length`
 /// body, a chunked one, or everything to the end).
 fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>)> {
@@ -294,7 +274,7 @@ fn first_byte(
     let request = post_request("/invoke", None, &json!({ "token": token }).to_string());
     let deadline = t0 + START_DEADLINE;
     loop {
-        match exchange(address, &request) {
+        match exchange(address, &request, START_DEADLINE) {
             Ok((at, answer)) => {
                 check_agent(&answer, token)
                     .with_context(|| format!("{address} answered, but not as expected"))?;
@@ -493,7 +473,8 @@ impl Serve {
         let body = json!({"input": {"token": token}}).to_string();
         let request = post_request(&format!("/v1/agents/{agent}/invoke"), Some(KEY), &body);
         let t0 = Instant::now();
-        let (at, answer) = exchange(self.address, &request).context("invoking the agent")?;
+        let (at, answer) =
+            exchange(self.address, &request, START_DEADLINE).context("invoking the agent")?;
         let took = at.duration_since(t0);
         let latency = check_hangar(&answer, token).context("Hangar's invoke answer")?;
         Ok((took, latency))
