@@ -1,5 +1,8 @@
 //! The probe the start benchmarks (`sandbox`, `kubernetes`) time a server's
-//! readiness with: one plain HTTP/1.0 `GET` over a fresh connection,
+//! readiness with, and the server it probes: a static busybox `httpd`
+//! serving this run's token from a root filesystem of nothing else
+//! ([`server_rootfs`]). The probe is one plain HTTP/1.0 `GET` over a fresh
+//! connection,
 //! repeated every [`POLL`] until the first byte of an answer arrives. The
 //! clock stops at that first byte; the rest of the answer (status 200 and
 //! this run's token, so a stale server from another run cannot pass) is read
@@ -11,11 +14,17 @@
 //! a different answer, so it polls its own way, but it times the first byte
 //! with the same [`exchange`].
 
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+use crate::host::{is_dynamic, output};
 
 /// How often a starting server is polled.
 pub const POLL: Duration = Duration::from_millis(2);
@@ -99,6 +108,63 @@ pub fn check_answer(answer: &[u8], marker: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `busybox` can be the whole server: a file, statically
+/// linked (`why_static` says what holds nothing but it) and with the
+/// `httpd` applet.
+pub fn check_busybox(busybox: &Path, why_static: &str) -> Result<()> {
+    ensure!(
+        busybox.is_file(),
+        "{} not found (Debian: apt-get install busybox-static)",
+        busybox.display()
+    );
+    ensure!(
+        !is_dynamic(busybox)?,
+        "{} is dynamically linked; {why_static}, so it must be static (Debian: apt-get install \
+         busybox-static, or pass --busybox)",
+        busybox.display()
+    );
+    let applets = output(Command::new(busybox).arg("--list"))?;
+    ensure!(
+        String::from_utf8_lossy(&applets.stdout)
+            .lines()
+            .any(|l| l == "httpd"),
+        "{} has no httpd applet",
+        busybox.display()
+    );
+    Ok(())
+}
+
+/// Fills `rootfs` with the server: `busybox` and `www/index.html` holding
+/// `marker`, plus the empty directories `mount_points` (where a runtime
+/// mounts `/proc` and the like). Everything is world-readable whatever the
+/// umask, because the server runs as `nobody`.
+pub fn server_rootfs(
+    rootfs: &Path,
+    busybox: &Path,
+    marker: &str,
+    mount_points: &[&str],
+) -> Result<()> {
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o755);
+    let subdirs = ["www"].iter().chain(mount_points).map(|d| rootfs.join(d));
+    for dir in std::iter::once(rootfs.to_path_buf()).chain(subdirs) {
+        dirs.create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    }
+    fs::copy(busybox, rootfs.join("busybox")).context("copying busybox")?;
+    fs::set_permissions(rootfs.join("busybox"), fs::Permissions::from_mode(0o755))?;
+    fs::write(
+        rootfs.join("www/index.html"),
+        format!("<!doctype html><p>{marker}</p>\n"),
+    )?;
+    fs::set_permissions(
+        rootfs.join("www/index.html"),
+        fs::Permissions::from_mode(0o644),
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +176,28 @@ mod tests {
         assert!(check_answer(ok, "token 2").is_err());
         let missing = b"HTTP/1.0 404 Not Found\r\n\r\ntoken 1";
         assert!(check_answer(missing, "token 1").is_err());
+    }
+
+    #[test]
+    fn the_server_rootfs_holds_busybox_and_the_token() {
+        let tmp = crate::host::TempDir::new("rootfs").expect("temporary directory");
+        let rootfs = tmp.0.join("rootfs");
+        let busybox = std::env::current_exe().expect("current exe");
+        server_rootfs(&rootfs, &busybox, "token 1", &["proc", "dev"]).expect("rootfs");
+        let index = fs::read_to_string(rootfs.join("www/index.html")).expect("index");
+        assert!(check_answer(
+            format!("HTTP/1.0 200 OK\r\n\r\n{index}").as_bytes(),
+            "token 1"
+        )
+        .is_ok());
+        for dir in ["", "www", "proc", "dev"] {
+            let mode = fs::metadata(rootfs.join(dir))
+                .expect("dir")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755, "{dir}");
+        }
+        assert!(rootfs.join("busybox").is_file());
     }
 
     #[test]

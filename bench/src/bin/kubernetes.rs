@@ -76,7 +76,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,8 +83,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
-use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, version, TempDir};
-use hangar_bench::probe::first_byte;
+use hangar_bench::host::{hangar_binary, output, require_root, version, TempDir};
+use hangar_bench::probe::{check_busybox, first_byte, server_rootfs};
 use hangar_bench::{
     cpu_ticks, find_program, load_average, print_conditions, ratio, steal_percent, Stats,
 };
@@ -1052,17 +1051,7 @@ fn main() -> Result<()> {
         find_program("docker").is_some(),
         "the docker CLI is not installed: it builds and pushes the server's image"
     );
-    ensure!(
-        args.busybox.is_file(),
-        "{} not found (Debian: apt-get install busybox-static)",
-        args.busybox.display()
-    );
-    ensure!(
-        !is_dynamic(&args.busybox)?,
-        "{} is dynamically linked; the image holds nothing but busybox, so it must be static \
-         (Debian: apt-get install busybox-static, or pass --busybox)",
-        args.busybox.display()
-    );
+    check_busybox(&args.busybox, "the image holds nothing but busybox")?;
 
     // --- Set up -------------------------------------------------------------------
     let tmp = TempDir::new("k8s")?;
@@ -1072,24 +1061,7 @@ fn main() -> Result<()> {
         .map_or(0, |d| d.as_nanos());
     let marker = format!("hangar-bench-kubernetes {pid} {nanos}");
     let rootfs = tmp.0.join("rootfs");
-    let mut dirs = fs::DirBuilder::new();
-    dirs.recursive(true).mode(0o755);
-    for dir in [rootfs.clone(), rootfs.join("www")] {
-        dirs.create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        // Whatever the umask: `nobody` reads these.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-    }
-    fs::copy(&args.busybox, rootfs.join("busybox")).context("copying busybox")?;
-    fs::set_permissions(rootfs.join("busybox"), fs::Permissions::from_mode(0o755))?;
-    fs::write(
-        rootfs.join("www/index.html"),
-        format!("<!doctype html><p>{marker}</p>\n"),
-    )?;
-    fs::set_permissions(
-        rootfs.join("www/index.html"),
-        fs::Permissions::from_mode(0o644),
-    )?;
+    server_rootfs(&rootfs, &args.busybox, &marker, &[])?;
     let image = Image::push(&tmp.0, &rootfs, &args.registry, &format!("{pid}-{nanos}"))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -83,8 +83,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, tail, version, TempDir};
-use hangar_bench::probe::first_byte;
+use hangar_bench::host::{hangar_binary, output, require_root, tail, version, TempDir};
+use hangar_bench::probe::{check_busybox, first_byte, server_rootfs};
 use hangar_bench::{
     cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, print_conditions,
     ratio, steal_percent, unified_free_namespace, CgroupParent, Stats,
@@ -1277,26 +1277,10 @@ fn main() -> Result<()> {
              against `crun run`, so the benchmark cannot run without it"
         );
     };
-    ensure!(
-        args.busybox.is_file(),
-        "{} not found (Debian: apt-get install busybox-static)",
-        args.busybox.display()
-    );
-    ensure!(
-        !is_dynamic(&args.busybox)?,
-        "{} is dynamically linked; the crun and Docker root filesystems hold nothing but \
-         busybox, so it must be static (Debian: apt-get install busybox-static, or pass \
-         --busybox)",
-        args.busybox.display()
-    );
-    let applets = output(Command::new(&args.busybox).arg("--list"))?;
-    ensure!(
-        String::from_utf8_lossy(&applets.stdout)
-            .lines()
-            .any(|l| l == "httpd"),
-        "{} has no httpd applet",
-        args.busybox.display()
-    );
+    check_busybox(
+        &args.busybox,
+        "the crun and Docker root filesystems hold nothing but busybox",
+    )?;
 
     // --- Set up -------------------------------------------------------------------
     let tmp = TempDir::new("sandbox")?;
@@ -1306,28 +1290,7 @@ fn main() -> Result<()> {
         .map_or(0, |d| d.as_nanos());
     let marker = format!("hangar-bench-sandbox {pid} {nanos}");
     let rootfs = tmp.0.join("rootfs");
-    let mut dirs = fs::DirBuilder::new();
-    dirs.recursive(true).mode(0o755);
-    for dir in [rootfs.clone()].into_iter().chain(
-        ["www", "proc", "dev", "sys"]
-            .into_iter()
-            .map(|d| rootfs.join(d)),
-    ) {
-        dirs.create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        // Whatever the umask: the sandbox's `nobody` reads these.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-    }
-    fs::copy(&args.busybox, rootfs.join("busybox")).context("copying busybox")?;
-    fs::set_permissions(rootfs.join("busybox"), fs::Permissions::from_mode(0o755))?;
-    fs::write(
-        rootfs.join("www/index.html"),
-        format!("<!doctype html><p>{marker}</p>\n"),
-    )?;
-    fs::set_permissions(
-        rootfs.join("www/index.html"),
-        fs::Permissions::from_mode(0o644),
-    )?;
+    server_rootfs(&rootfs, &args.busybox, &marker, &["proc", "dev", "sys"])?;
     let cgroups = CgroupParent(format!("hangar-bench-{pid}"));
     let longest_socket = tmp
         .0
@@ -1363,7 +1326,10 @@ fn main() -> Result<()> {
     let bridged = hangar.driver.bridged();
 
     let bundle = tmp.0.join("bundle");
-    dirs.create(&bundle)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&bundle)?;
     let spec = output(Command::new(&crun_bin).arg("spec").current_dir(&bundle))?;
     ensure!(
         spec.status.success(),
