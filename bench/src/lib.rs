@@ -202,6 +202,22 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// The running kernel's release (empty when unknown), for the line each
+/// report prints about the machine.
+#[must_use]
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// How many CPUs this process may run on (0 when unknown).
+#[must_use]
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+}
+
 /// A program in `PATH`.
 #[must_use]
 #[allow(

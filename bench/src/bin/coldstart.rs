@@ -70,8 +70,8 @@ use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, tail, terminate, TempDir};
 use hangar_bench::probe::exchange;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, print_conditions,
-    steal_percent, unified_free_namespace, CgroupParent, Stats,
+    cpu_count, cpu_ticks, find_program, free_port, hybrid_with_controllers, kernel_release,
+    load_average, print_conditions, steal_percent, unified_free_namespace, CgroupParent, Stats,
 };
 use serde_json::{json, Value};
 
@@ -1020,10 +1020,8 @@ fn main() -> Result<()> {
         "Agent: bench/agents/fast/main.py with {} ({}); kernel {}, {} CPUs",
         python.display(),
         first_line(Command::new(&python).arg("--version")),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     let mut bench = Bench {

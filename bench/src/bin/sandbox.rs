@@ -86,8 +86,9 @@ use clap::Parser;
 use hangar_bench::host::{hangar_binary, output, require_root, tail, version, TempDir};
 use hangar_bench::probe::{check_busybox, first_byte, server_rootfs};
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, print_conditions,
-    ratio, steal_percent, unified_free_namespace, CgroupParent, Stats,
+    cpu_count, cpu_ticks, find_program, free_port, hybrid_with_controllers, kernel_release,
+    load_average, print_conditions, ratio, steal_percent, unified_free_namespace, CgroupParent,
+    Stats,
 };
 use hangar_runtime::driver::{Exit, ReplicaSpec};
 use hangar_runtime::sandbox::{
@@ -1429,10 +1430,8 @@ fn main() -> Result<()> {
         "Server: {} httpd -f, serving {} bytes; kernel {}, {} CPUs",
         version(&args.busybox, &[]),
         fs::metadata(rootfs.join("www/index.html"))?.len(),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     let mut bench = Bench {
