@@ -86,7 +86,8 @@ use futures_util::StreamExt as _;
 use hangar_bench::host::{hangar_binary, output, require_root, version, TempDir};
 use hangar_bench::probe::{check_busybox, first_byte, server_rootfs};
 use hangar_bench::{
-    cpu_ticks, find_program, load_average, print_conditions, ratio, steal_percent, Stats,
+    cpu_count, cpu_ticks, find_program, kernel_release, load_average, print_conditions, ratio,
+    steal_percent, Stats,
 };
 use hangar_runtime::driver::{labels, ReplicaSpec};
 use hangar_runtime::kubernetes::{Cluster, ClusterConfig};
@@ -626,17 +627,8 @@ spec:
         let watch = self.rt.block_on(PodWatch::open(&self.pods, &params))?;
         self.live.push((Runtime::Kubernetes, id.to_owned()));
         let wall0 = SystemTime::now();
-        let t0 = Instant::now();
-        let info = self
-            .rt
-            .block_on(self.kubernetes.create(&spec))
-            .with_context(|| format!("kubernetes driver: creating replica {id}"))?;
-        let call = t0.elapsed();
-        let address = info
-            .address
-            .with_context(|| format!("kubernetes driver: replica {id} has no address"))?;
-        let ready =
-            first_byte(address, t0, &self.marker, START_DEADLINE).context("kubernetes driver")?;
+        let (t0, call, ready) =
+            self.create_and_probe(&self.kubernetes, &spec, "kubernetes driver")?;
         let seen = watch.finish();
         let engine = self.engine(seen.name.as_deref(), wall0);
         Ok(Start {
@@ -645,6 +637,30 @@ spec:
             stages: Some(Stages::since(t0, &seen, engine)),
             pod: seen.name,
         })
+    }
+
+    /// Creates a replica through `driver` and probes it; returns when the
+    /// clock started (just before the create call), how long the call took
+    /// and how long until the first HTTP byte.
+    fn create_and_probe(
+        &self,
+        driver: &dyn Driver,
+        spec: &ReplicaSpec,
+        what: &str,
+    ) -> Result<(Instant, Duration, Duration)> {
+        let id = &spec.id;
+        let t0 = Instant::now();
+        let info = self
+            .rt
+            .block_on(driver.create(spec))
+            .with_context(|| format!("{what}: creating replica {id}"))?;
+        let call = t0.elapsed();
+        let address = info
+            .address
+            .with_context(|| format!("{what}: replica {id} has no address"))?;
+        let ready =
+            first_byte(address, t0, &self.marker, START_DEADLINE).context(what.to_owned())?;
+        Ok((t0, call, ready))
     }
 
     fn start_kubectl(&mut self, name: &str) -> Result<Start> {
@@ -693,17 +709,7 @@ spec:
     fn start_sandbox(&mut self, id: &str) -> Result<Start> {
         let spec = self.sandbox_spec(id);
         self.live.push((Runtime::Sandbox, id.to_owned()));
-        let t0 = Instant::now();
-        let info = self
-            .rt
-            .block_on(self.sandbox.create(&spec))
-            .with_context(|| format!("sandbox driver: creating replica {id}"))?;
-        let call = t0.elapsed();
-        let address = info
-            .address
-            .with_context(|| format!("sandbox driver: replica {id} has no address"))?;
-        let ready =
-            first_byte(address, t0, &self.marker, START_DEADLINE).context("sandbox driver")?;
+        let (_, call, ready) = self.create_and_probe(&self.sandbox, &spec, "sandbox driver")?;
         Ok(Start {
             call,
             ready,
@@ -1129,10 +1135,8 @@ fn main() -> Result<()> {
     println!(
         "Server: {} httpd -f; kernel {}, {} CPUs",
         version(&args.busybox, &[]),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     let mut bench = Bench {
