@@ -1,13 +1,21 @@
-//! What the benchmark binaries share: nearest-rank percentiles and the
-//! summary ([`Stats`]) and ratio cells their tables print, readings
-//! of the machine (CPU steal, load average, free ports, programs in `PATH`)
-//! that every report prints next to its figures, because on a shared VM the
-//! figures mean little without them, and what it takes to run crun (the
-//! baseline of the start targets) on a hybrid cgroup host; in [`host`],
-//! what every run sets up and tears down around its timing (root, the
-//! `hangar` binary, a temporary directory, child processes); in [`probe`],
-//! the first-byte HTTP probe the start benchmarks time readiness with; and,
-//! in [`serve`], a real `hangar serve` with an agent deployed on it.
+//! What the benchmark binaries share. Each binary measures one thing its
+//! own way; what they have in common lives here once, so two benchmarks
+//! whose figures BENCHMARKS.md sets side by side cannot drift apart in how
+//! they probe, summarise or set up, and a fix lands in all of them.
+//!
+//! # Layout
+//! - this file: nearest-rank percentiles, the summary ([`Stats`]) and ratio
+//!   cells the tables print; readings of the machine (CPU steal, load
+//!   average, kernel, CPUs, free ports, programs in `PATH`) that every
+//!   report prints next to its figures, because on a shared VM the figures
+//!   mean little without them ([`print_conditions`]); and what it takes to
+//!   run crun (the baseline of the start targets) on a hybrid cgroup host.
+//! - [`host`]: what every run sets up and tears down around its timing
+//!   (root, the `hangar` binary, a temporary directory, child processes,
+//!   programs' versions).
+//! - [`probe`]: the first-byte HTTP probe the start benchmarks time
+//!   readiness with, and the static busybox server it probes.
+//! - [`serve`]: a real `hangar serve` with an agent deployed on it.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
