@@ -1,9 +1,21 @@
-//! What the benchmark binaries share: nearest-rank percentiles, readings
-//! of the machine (CPU steal, load average, free ports, programs in `PATH`)
-//! that every report prints next to its figures, because on a shared VM the
-//! figures mean little without them, and what it takes to run crun (the
-//! baseline of the start targets) on a hybrid cgroup host; and, in
-//! [`serve`], a real `hangar serve` with an agent deployed on it.
+//! What the benchmark binaries share. Each binary measures one thing its
+//! own way; what they have in common lives here once, so two benchmarks
+//! whose figures BENCHMARKS.md sets side by side cannot drift apart in how
+//! they probe, summarise or set up, and a fix lands in all of them.
+//!
+//! # Layout
+//! - this file: nearest-rank percentiles, the summary ([`Stats`]) and ratio
+//!   cells the tables print; readings of the machine (CPU steal, load
+//!   average, kernel, CPUs, free ports, programs in `PATH`) that every
+//!   report prints next to its figures, because on a shared VM the figures
+//!   mean little without them ([`print_conditions`]); and what it takes to
+//!   run crun (the baseline of the start targets) on a hybrid cgroup host.
+//! - [`host`]: what every run sets up and tears down around its timing
+//!   (root, the `hangar` binary, a temporary directory, child processes,
+//!   programs' versions).
+//! - [`probe`]: the first-byte HTTP probe the start benchmarks time
+//!   readiness with, and the static busybox server it probes.
+//! - [`serve`]: a real `hangar serve` with an agent deployed on it.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -13,6 +25,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub mod host;
+pub mod probe;
 pub mod serve;
 
 /// Where a hybrid cgroup host mounts its v2 hierarchy.
@@ -47,6 +61,66 @@ pub fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Summary statistics of some samples, in ms: every figure a report's
+/// table shows (each benchmark prints the columns its target is stated in).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Median (nearest rank, like the other percentiles).
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest sample.
+    pub max: f64,
+}
+
+impl Stats {
+    /// The summary of `samples`; `None` for none (a row not measured).
+    #[must_use]
+    pub fn of(samples: &[Duration]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let ms = sorted_ms(samples);
+        Some(Stats {
+            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+            p50: percentile(&ms, 50.0),
+            p90: percentile(&ms, 90.0),
+            p95: percentile(&ms, 95.0),
+            p99: percentile(&ms, 99.0),
+            max: ms[ms.len() - 1],
+        })
+    }
+}
+
+/// `a ÷ b` of medians, as a table cell (`—` without a baseline).
+#[must_use]
+pub fn ratio(a: &Stats, b: Option<&Stats>) -> String {
+    match b {
+        Some(b) if b.p50 > 0.0 => format!("{:.2}×", a.p50 / b.p50),
+        _ => "—".to_owned(),
+    }
+}
+
+/// Prints the conditions a run was timed under, the lines every report
+/// puts above its tables: the CPU steal while timing (from
+/// [`steal_percent`]) and the load average before and after.
+pub fn print_conditions(steal: Option<f64>, load: &(String, String)) {
+    match steal {
+        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
+        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
+    }
+    println!(
+        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
+        load.0, load.1
+    );
 }
 
 /// CPU time counters of the whole machine, from `/proc/stat` (Linux): total
@@ -134,6 +208,22 @@ pub fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// The running kernel's release (empty when unknown), for the line each
+/// report prints about the machine.
+#[must_use]
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// How many CPUs this process may run on (0 when unknown).
+#[must_use]
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
 }
 
 /// A program in `PATH`.
@@ -231,6 +321,21 @@ mod tests {
         assert_eq!(percentile(&s, 99.0), 99.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn stats_and_ratios() {
+        assert_eq!(Stats::of(&[]), None);
+        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let s = Stats::of(&samples).expect("samples");
+        assert_eq!(
+            (s.p50, s.p90, s.p95, s.p99, s.max),
+            (50.0, 90.0, 95.0, 99.0, 100.0)
+        );
+        assert!((s.mean - 50.5).abs() < 1e-9);
+        let half = Stats::of(&[Duration::from_millis(25)]).expect("one sample");
+        assert_eq!(ratio(&half, Some(&s)), "0.50×");
+        assert_eq!(ratio(&half, None), "—");
     }
 
     #[test]

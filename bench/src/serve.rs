@@ -9,87 +9,14 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-/// A temporary directory (mode 0755, so sandboxed agents can read below
-/// it), removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// A new directory `hb-<tag>-<pid>-<n>` in the system's temporary
-    /// directory. Kept short: shim sockets live below it, and socket paths
-    /// are limited to 107 bytes.
-    pub fn new(tag: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "hb-{tag}-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
-pub fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// The `hangar` binary a benchmark runs: `explicit` (its `--hangar`), else
-/// `hangar` next to the benchmark's own binary, where `cargo build --release
-/// -p hangar -p hangar-bench` puts it.
-pub fn hangar_binary(explicit: Option<&Path>) -> Result<PathBuf> {
-    let path = match explicit {
-        Some(path) => path.to_path_buf(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        path.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        path.display()
-    );
-    Ok(path)
-}
+use crate::host::{terminate, TempDir};
 
 /// An agent deployed by [`Serve::deploy`], running.
 #[derive(Debug, Clone)]

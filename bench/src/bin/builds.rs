@@ -27,13 +27,14 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::host::{hangar_binary, require_root, terminate, TempDir};
 use hangar_bench::{cpu_ticks, free_port, load_average, percentile, sorted_ms, steal_percent};
 use serde_json::{json, Value};
 
@@ -53,56 +54,6 @@ struct Args {
     /// The `hangar` binary (default: `hangar` in the directory of this binary).
     #[arg(long)]
     hangar: Option<PathBuf>,
-}
-
-/// A temporary directory (mode 0755), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it (socket paths ≤ 107 bytes).
-        let path = std::env::temp_dir().join(format!(
-            "hb-{tag}-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
-fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A running `hangar serve`, stopped on drop with its replicas removed.
@@ -347,24 +298,8 @@ fn tar_gz(dir: &Path) -> Result<Vec<u8>> {
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("hangar serve runs replicas in sandboxes")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let agent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fast");
     let main_py = fs::read_to_string(agent_dir.join("main.py")).context("agents/fast/main.py")?;
 

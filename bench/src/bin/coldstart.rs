@@ -57,19 +57,21 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use hangar_bench::host::{hangar_binary, require_root, tail, terminate, TempDir};
+use hangar_bench::probe::exchange;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, hybrid_with_controllers, load_average, percentile,
-    sorted_ms, steal_percent, unified_free_namespace, CgroupParent,
+    cpu_count, cpu_ticks, find_program, free_port, hybrid_with_controllers, kernel_release,
+    load_average, print_conditions, steal_percent, unified_free_namespace, CgroupParent, Stats,
 };
 use serde_json::{json, Value};
 
@@ -140,37 +142,6 @@ fn order(round: usize) -> [Row; 3] {
     rows
 }
 
-/// A temporary directory (mode 0755, so `nobody` can read the agent in it),
-/// removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "hb-cs-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
 /// Creates directory `dir` with mode 0755, whatever the umask.
 fn mkdir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
@@ -180,25 +151,6 @@ fn mkdir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     Ok(())
-}
-
-/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
-fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -222,27 +174,6 @@ fn post_request(path: &str, bearer: Option<&str>, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-/// Sends `request` on a new connection; returns when the first byte of the
-/// answer arrived, and the whole answer (read to the end, after that).
-fn exchange(address: SocketAddr, request: &[u8]) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(START_DEADLINE))?;
-    stream.write_all(request)?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
 }
 
 /// The status code and body of a whole HTTP/1.x answer (a `Content-Length`
@@ -343,7 +274,7 @@ fn first_byte(
     let request = post_request("/invoke", None, &json!({ "token": token }).to_string());
     let deadline = t0 + START_DEADLINE;
     loop {
-        match exchange(address, &request) {
+        match exchange(address, &request, START_DEADLINE) {
             Ok((at, answer)) => {
                 check_agent(&answer, token)
                     .with_context(|| format!("{address} answered, but not as expected"))?;
@@ -542,7 +473,8 @@ impl Serve {
         let body = json!({"input": {"token": token}}).to_string();
         let request = post_request(&format!("/v1/agents/{agent}/invoke"), Some(KEY), &body);
         let t0 = Instant::now();
-        let (at, answer) = exchange(self.address, &request).context("invoking the agent")?;
+        let (at, answer) =
+            exchange(self.address, &request, START_DEADLINE).context("invoking the agent")?;
         let took = at.duration_since(t0);
         let latency = check_hangar(&answer, token).context("Hangar's invoke answer")?;
         Ok((took, latency))
@@ -761,18 +693,6 @@ fn agent_env(port: u16) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The last lines of a log file, on one line.
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() {
-        "(no output)".to_owned()
-    } else {
-        tail
-    }
-}
-
 /// The `python3` a sandbox runs: the first in [`SANDBOX_PATH`] on the host
 /// (the sandbox binds the host's `/usr`).
 fn sandbox_python() -> Option<PathBuf> {
@@ -899,29 +819,6 @@ impl Bench {
     }
 }
 
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    mean: f64,
-    p50: f64,
-    p95: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            mean: ms.iter().sum::<f64>() / ms.len() as f64,
-            p50: percentile(&ms, 50.0),
-            p95: percentile(&ms, 95.0),
-            max: ms[ms.len() - 1],
-        })
-    }
-}
-
 fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, String)) {
     println!();
     println!(
@@ -929,14 +826,7 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
          sample with Hangar at zero. Times in ms; ratios are of medians.",
         args.samples, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!("| measurement | mean ms | p50 ms | p95 ms | max ms | p50 ÷ crun p50 |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -1037,24 +927,8 @@ fn make_rootfs(rootfs: &Path) -> Result<Vec<String>> {
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.samples >= 1, "--samples must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes; crun)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("hangar serve runs replicas in sandboxes; crun")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let Some(crun_bin) = find_program("crun") else {
         bail!(
             "crun is not installed (Debian: apt-get install crun): the target is stated against \
@@ -1068,7 +942,7 @@ fn main() -> Result<()> {
 
     // --- Set up -------------------------------------------------------------------
     let pid = std::process::id();
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("cs")?;
     let agent_dir = tmp.0.join("agent");
     mkdir(&agent_dir)?;
     fs::copy(&source, agent_dir.join("main.py")).context("copying the agent")?;
@@ -1146,10 +1020,8 @@ fn main() -> Result<()> {
         "Agent: bench/agents/fast/main.py with {} ({}); kernel {}, {} CPUs",
         python.display(),
         first_line(Command::new(&python).arg("--version")),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     let mut bench = Bench {

@@ -36,13 +36,13 @@
 //! measurement, not a test. It fails only on real errors.
 
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_api::{ApiConfig, AppState, Services};
+use hangar_bench::host::TempDir;
 use hangar_bench::{cpu_ticks, percentile, sorted_ms, steal_percent};
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
@@ -88,27 +88,6 @@ struct Args {
     /// Seed of the random choice of instance IDs and cursors.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-/// A temporary directory removed on drop (also when the run fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("hangar-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&path).context("creating the temporary directory")?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The seeded organization.
@@ -381,7 +360,7 @@ fn main() -> Result<()> {
     let (url, _tmp) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            let dir = TempDir::new()?;
+            let dir = TempDir::new("cp")?;
             let url = format!("sqlite://{}", dir.0.join("bench.db").display());
             (url, Some(dir))
         }

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use hangar_bench::serve::TempDir;
+use hangar_bench::host::TempDir;
 use hangar_bench::{cpu_ticks, load_average, percentile, sorted_ms, steal_percent};
 use hangar_egress::{
     CertificateAuthority, ClientPolicy, Egress, EgressProxy, Injection, Policies, ProxyConfig,

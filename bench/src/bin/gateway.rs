@@ -64,10 +64,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_bench::serve::{hangar_binary, terminate, Serve, TempDir};
+use hangar_bench::host::{hangar_binary, require_root, terminate, TempDir};
+use hangar_bench::serve::Serve;
 use hangar_bench::{
-    cpu_ticks, find_program, free_port, load_average, median, percentile, process_tree_cpu,
-    sorted_ms, steal_percent,
+    cpu_ticks, find_program, free_port, load_average, median, print_conditions, process_tree_cpu,
+    steal_percent, Stats,
 };
 
 /// The admin key `hangar serve` is started with.
@@ -344,31 +345,6 @@ impl Target {
     }
 }
 
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    mean: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            mean: ms.iter().sum::<f64>() / ms.len() as f64,
-            p50: percentile(&ms, 50.0),
-            p90: percentile(&ms, 90.0),
-            p99: percentile(&ms, 99.0),
-            max: ms[ms.len() - 1],
-        })
-    }
-}
-
 /// A client like the load tool's: keep-alive, no proxy.
 fn client(idle: usize) -> Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -452,10 +428,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.requests >= 1, "--requests must be at least 1");
     ensure!(args.connections >= 1, "--connections must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes)"
-    );
+    require_root("hangar serve runs replicas in sandboxes")?;
     let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let nginx_bin = match &args.nginx {
         Some(path) => path.clone(),
@@ -699,14 +672,7 @@ fn report(
          Times in ms.",
         args.requests, args.warmup, args.duration, args.connections
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!(
         "| path | mean ms | p50 ms | p90 ms | p99 ms | max ms | throughput req/s | server CPU \

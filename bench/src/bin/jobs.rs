@@ -33,7 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_bench::serve::{hangar_binary, Deployed, Serve};
+use hangar_bench::host::{hangar_binary, require_root};
+use hangar_bench::serve::{Deployed, Serve};
 use hangar_bench::{cpu_ticks, load_average, steal_percent};
 use serde_json::{json, Value};
 
@@ -192,10 +193,7 @@ fn main() -> Result<()> {
         args.jobs >= 1 && args.connections >= 1,
         "--jobs and --connections must be at least 1"
     );
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes)"
-    );
+    require_root("hangar serve runs replicas in sandboxes")?;
     let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let agent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fast");
     let rt = tokio::runtime::Builder::new_multi_thread()

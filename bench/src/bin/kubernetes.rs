@@ -74,25 +74,27 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
-use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
+use hangar_bench::host::{hangar_binary, output, require_root, version, TempDir};
+use hangar_bench::probe::{check_busybox, first_byte, server_rootfs};
+use hangar_bench::{
+    cpu_count, cpu_ticks, find_program, kernel_release, load_average, print_conditions, ratio,
+    steal_percent, Stats,
+};
 use hangar_runtime::driver::{labels, ReplicaSpec};
 use hangar_runtime::kubernetes::{Cluster, ClusterConfig};
 use hangar_runtime::{Driver, KubernetesDriver, SandboxDriver, SandboxDriverConfig};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, WatchEvent, WatchParams};
 
-/// How often a starting server is polled.
-const POLL: Duration = Duration::from_millis(2);
 /// How long a start may take before the benchmark gives up (the first one
 /// may pull the image).
 const START_DEADLINE: Duration = Duration::from_secs(120);
@@ -111,8 +113,6 @@ const PIDS_LIMIT: i64 = 128;
 const NOBODY: u32 = 65_534;
 /// The cloud id the kubernetes driver's replicas are labelled with.
 const CLOUD: &str = "bench";
-/// The request every poll sends.
-const REQUEST: &[u8] = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n";
 /// The server, the same in every row.
 const SERVER: [&str; 7] = [
     "/app/busybox",
@@ -176,39 +176,6 @@ impl Runtime {
             Runtime::Kubernetes => "k",
             Runtime::Kubectl => "a",
             Runtime::Sandbox => "s",
-        }
-    }
-}
-
-/// A temporary directory (mode 0755, so the sandbox's `nobody` can read the
-/// files in it), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it, and socket paths are limited
-        // to 107 bytes.
-        let path = std::env::temp_dir().join(format!(
-            "hb-k8s-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
         }
     }
 }
@@ -660,16 +627,8 @@ spec:
         let watch = self.rt.block_on(PodWatch::open(&self.pods, &params))?;
         self.live.push((Runtime::Kubernetes, id.to_owned()));
         let wall0 = SystemTime::now();
-        let t0 = Instant::now();
-        let info = self
-            .rt
-            .block_on(self.kubernetes.create(&spec))
-            .with_context(|| format!("kubernetes driver: creating replica {id}"))?;
-        let call = t0.elapsed();
-        let address = info
-            .address
-            .with_context(|| format!("kubernetes driver: replica {id} has no address"))?;
-        let ready = first_byte(address, t0, &self.marker).context("kubernetes driver")?;
+        let (t0, call, ready) =
+            self.create_and_probe(&self.kubernetes, &spec, "kubernetes driver")?;
         let seen = watch.finish();
         let engine = self.engine(seen.name.as_deref(), wall0);
         Ok(Start {
@@ -678,6 +637,30 @@ spec:
             stages: Some(Stages::since(t0, &seen, engine)),
             pod: seen.name,
         })
+    }
+
+    /// Creates a replica through `driver` and probes it; returns when the
+    /// clock started (just before the create call), how long the call took
+    /// and how long until the first HTTP byte.
+    fn create_and_probe(
+        &self,
+        driver: &dyn Driver,
+        spec: &ReplicaSpec,
+        what: &str,
+    ) -> Result<(Instant, Duration, Duration)> {
+        let id = &spec.id;
+        let t0 = Instant::now();
+        let info = self
+            .rt
+            .block_on(driver.create(spec))
+            .with_context(|| format!("{what}: creating replica {id}"))?;
+        let call = t0.elapsed();
+        let address = info
+            .address
+            .with_context(|| format!("{what}: replica {id} has no address"))?;
+        let ready =
+            first_byte(address, t0, &self.marker, START_DEADLINE).context(what.to_owned())?;
+        Ok((t0, call, ready))
     }
 
     fn start_kubectl(&mut self, name: &str) -> Result<Start> {
@@ -706,8 +689,13 @@ spec:
             .rt
             .block_on(watch.ip())
             .with_context(|| format!("kubectl: pod {name}"))?;
-        let ready =
-            first_byte(SocketAddr::new(ip, CONTAINER_PORT), t0, &self.marker).context("kubectl")?;
+        let ready = first_byte(
+            SocketAddr::new(ip, CONTAINER_PORT),
+            t0,
+            &self.marker,
+            START_DEADLINE,
+        )
+        .context("kubectl")?;
         let seen = watch.finish();
         let engine = self.engine(Some(name), wall0);
         Ok(Start {
@@ -721,16 +709,7 @@ spec:
     fn start_sandbox(&mut self, id: &str) -> Result<Start> {
         let spec = self.sandbox_spec(id);
         self.live.push((Runtime::Sandbox, id.to_owned()));
-        let t0 = Instant::now();
-        let info = self
-            .rt
-            .block_on(self.sandbox.create(&spec))
-            .with_context(|| format!("sandbox driver: creating replica {id}"))?;
-        let call = t0.elapsed();
-        let address = info
-            .address
-            .with_context(|| format!("sandbox driver: replica {id} has no address"))?;
-        let ready = first_byte(address, t0, &self.marker).context("sandbox driver")?;
+        let (_, call, ready) = self.create_and_probe(&self.sandbox, &spec, "sandbox driver")?;
         Ok(Start {
             call,
             ready,
@@ -903,136 +882,6 @@ struct Samples {
     stages: [Vec<Stages>; 3],
 }
 
-/// Runs a command to completion, capturing its output.
-fn output(command: &mut Command) -> Result<Output> {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {:?}", command.get_program()))
-}
-
-/// Polls `address` every [`POLL`] until an HTTP answer's first byte arrives;
-/// returns when that was, counted from `t0`. The whole answer is checked (off
-/// the clock): status 200 and this run's `marker` in the body.
-fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration> {
-    let deadline = t0 + START_DEADLINE;
-    loop {
-        match http_get(address) {
-            Ok((at, answer)) => {
-                check_answer(&answer, marker)
-                    .with_context(|| format!("{address} answered, but not as expected"))?;
-                return Ok(at.duration_since(t0));
-            }
-            Err(err) if Instant::now() > deadline => {
-                bail!(
-                    "no HTTP answer from {address} within {} s (last: {err})",
-                    START_DEADLINE.as_secs()
-                )
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// One `GET`: when its first byte arrived, and the whole answer.
-fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(REQUEST)?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
-}
-
-fn check_answer(answer: &[u8], marker: &str) -> Result<()> {
-    let text = String::from_utf8_lossy(answer);
-    let status = text.lines().next().unwrap_or_default();
-    ensure!(
-        status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200"),
-        "status line {status:?}"
-    );
-    ensure!(
-        text.contains(marker),
-        "the body lacks this run's token: {text:?}"
-    );
-    Ok(())
-}
-
-/// Whether an ELF file asks for a dynamic loader (has a `PT_INTERP` header).
-fn is_dynamic(path: &Path) -> Result<bool> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(
-        bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "{} is not a 64-bit little-endian ELF file",
-        path.display()
-    );
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into()?) as usize;
-    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
-    for i in 0..count {
-        let at = phoff + i * entsize;
-        let header = bytes.get(at..at + 4).context("truncated ELF file")?;
-        if u32::from_le_bytes(header.try_into()?) == 3 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The first line a program prints about itself.
-fn version(program: &Path, args: &[&str]) -> String {
-    match output(Command::new(program).args(args)) {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            text.lines().next().unwrap_or_default().trim().to_owned()
-        }
-        Err(err) => format!("unknown ({err:#})"),
-    }
-}
-
-/// Summary statistics of some samples, in ms.
-struct Stats {
-    p50: f64,
-    p90: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        let ms = sorted_ms(samples);
-        Some(Stats {
-            p50: percentile(&ms, 50.0),
-            p90: percentile(&ms, 90.0),
-            max: ms[ms.len() - 1],
-        })
-    }
-}
-
-/// `a ÷ b` of medians, as a table cell.
-fn ratio(a: &Stats, b: Option<&Stats>) -> String {
-    match b {
-        Some(b) if b.p50 > 0.0 => format!("{:.2}×", a.p50 / b.p50),
-        _ => "—".to_owned(),
-    }
-}
-
 /// Prints one row per runtime with ratios of medians against kubectl and
 /// the sandbox driver.
 fn print_group(names: [&str; 3], samples: &[Vec<Duration>; 3]) {
@@ -1140,14 +989,7 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
          order. Times in ms; ratios are of medians.",
         args.iterations, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!("| measurement | p50 ms | p90 ms | max ms | p50 ÷ kubectl p50 | p50 ÷ sandbox p50 |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -1206,24 +1048,8 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.iterations >= 1, "--iterations must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (the sandbox driver's namespaces, cgroups and mounts)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("the sandbox driver's namespaces, cgroups and mounts")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let kubectl = find_program("kubectl").context(
         "kubectl is not in PATH (the baseline is `kubectl apply`; see BENCHMARKS.md for a cluster)",
     )?;
@@ -1231,44 +1057,17 @@ fn main() -> Result<()> {
         find_program("docker").is_some(),
         "the docker CLI is not installed: it builds and pushes the server's image"
     );
-    ensure!(
-        args.busybox.is_file(),
-        "{} not found (Debian: apt-get install busybox-static)",
-        args.busybox.display()
-    );
-    ensure!(
-        !is_dynamic(&args.busybox)?,
-        "{} is dynamically linked; the image holds nothing but busybox, so it must be static \
-         (Debian: apt-get install busybox-static, or pass --busybox)",
-        args.busybox.display()
-    );
+    check_busybox(&args.busybox, "the image holds nothing but busybox")?;
 
     // --- Set up -------------------------------------------------------------------
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("k8s")?;
     let pid = std::process::id();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let marker = format!("hangar-bench-kubernetes {pid} {nanos}");
     let rootfs = tmp.0.join("rootfs");
-    let mut dirs = fs::DirBuilder::new();
-    dirs.recursive(true).mode(0o755);
-    for dir in [rootfs.clone(), rootfs.join("www")] {
-        dirs.create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        // Whatever the umask: `nobody` reads these.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-    }
-    fs::copy(&args.busybox, rootfs.join("busybox")).context("copying busybox")?;
-    fs::set_permissions(rootfs.join("busybox"), fs::Permissions::from_mode(0o755))?;
-    fs::write(
-        rootfs.join("www/index.html"),
-        format!("<!doctype html><p>{marker}</p>\n"),
-    )?;
-    fs::set_permissions(
-        rootfs.join("www/index.html"),
-        fs::Permissions::from_mode(0o644),
-    )?;
+    server_rootfs(&rootfs, &args.busybox, &marker, &[])?;
     let image = Image::push(&tmp.0, &rootfs, &args.registry, &format!("{pid}-{nanos}"))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1336,10 +1135,8 @@ fn main() -> Result<()> {
     println!(
         "Server: {} httpd -f; kernel {}, {} CPUs",
         version(&args.busybox, &[]),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     let mut bench = Bench {
@@ -1376,15 +1173,6 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStatus, PodSpec, PodStatus,
     };
-
-    #[test]
-    fn answers_are_checked() {
-        let ok = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n<p>token 1</p>";
-        assert!(check_answer(ok, "token 1").is_ok());
-        assert!(check_answer(ok, "token 2").is_err());
-        let missing = b"HTTP/1.0 404 Not Found\r\n\r\ntoken 1";
-        assert!(check_answer(missing, "token 1").is_err());
-    }
 
     #[test]
     fn each_stage_is_stamped_when_first_seen() {

@@ -67,7 +67,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_bench::serve::{hangar_binary, terminate, Deployed, Serve};
+use hangar_bench::host::{hangar_binary, require_root, terminate};
+use hangar_bench::serve::{Deployed, Serve};
 use hangar_bench::{
     cpu_ticks, find_program, free_port, load_average, median, percentile, process_cpu, sorted_ms,
     steal_percent,
@@ -912,10 +913,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.lines >= 1, "--lines must be at least 1");
     ensure!(args.ticks >= 1, "--ticks must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs replicas in sandboxes)"
-    );
+    require_root("hangar serve runs replicas in sandboxes")?;
     let hangar = hangar_binary(args.hangar.as_deref())?;
     let python = find_program("python3").context("python3 is not in PATH")?;
     let agent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/logs");
