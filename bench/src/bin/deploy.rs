@@ -571,7 +571,7 @@ impl Bench {
     }
 
     /// The pod `kubectl apply` makes: what the kubernetes driver's pod has
-    /// for this agent (`pod_for` in the runtime's `kubernetes/pod.rs`): the
+    /// for this agent (`pod` in the runtime's `kubernetes/pod.rs`): the
     /// image by digest and its own command, the requests and limits, the
     /// non-root read-only security context, the `/tmp` emptyDir,
     /// `restartPolicy: Never`, a shared process namespace, no service-account
