@@ -52,12 +52,13 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
+use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, terminate, TempDir};
 use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
@@ -132,45 +133,6 @@ impl Path3 {
             Path3::Local => "l",
         }
     }
-}
-
-/// A temporary directory (mode 0755), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it (socket paths ≤ 107 bytes).
-        let path = std::env::temp_dir().join(format!(
-            "hb-dep-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// Runs a command to completion, capturing its output.
-fn output(command: &mut Command) -> Result<Output> {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {:?}", command.get_program()))
 }
 
 /// The agent's image in the registry; removed from the local engine and the
@@ -277,25 +239,6 @@ impl Drop for Image {
             }
         }
     }
-}
-
-/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
-fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A running `hangar serve` (as `bench/src/bin/builds.rs` starts it),
@@ -881,28 +824,6 @@ fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
     Ok((at, answer))
 }
 
-/// Whether an ELF file asks for a dynamic loader (a `PT_INTERP` header);
-/// the image holds nothing but busybox, so it must be static.
-fn is_dynamic(path: &Path) -> Result<bool> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(
-        bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "{} is not a 64-bit little-endian ELF file",
-        path.display()
-    );
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into()?) as usize;
-    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
-    for i in 0..count {
-        let at = phoff + i * entsize;
-        let header = bytes.get(at..at + 4).context("truncated ELF file")?;
-        if u32::from_le_bytes(header.try_into()?) == 3 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// p50, p90 and max of some samples, in ms.
 fn stats(samples: &[Duration]) -> Option<(f64, f64, f64)> {
     if samples.is_empty() {
@@ -1021,24 +942,8 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.iterations >= 1, "--iterations must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs the local cloud's sandboxes)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("hangar serve runs the local cloud's sandboxes")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let kubectl = find_program("kubectl").context(
         "kubectl is not in PATH (the baseline is `kubectl apply`; see BENCHMARKS.md for a cluster)",
     )?;
@@ -1054,7 +959,7 @@ fn main() -> Result<()> {
     );
 
     // --- Set up, off the clock -----------------------------------------------
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("dep")?;
     let pid = std::process::id();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
