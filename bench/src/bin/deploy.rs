@@ -48,7 +48,7 @@
 //! run whatever the figures: it is a measurement, not a test.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -59,7 +59,11 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
 use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, terminate, TempDir};
-use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
+use hangar_bench::probe::{check_answer, http_get};
+use hangar_bench::{
+    cpu_count, cpu_ticks, find_program, kernel_release, load_average, print_conditions, ratio,
+    steal_percent, Stats,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
 use serde_json::{json, Value};
@@ -780,7 +784,8 @@ fn settle(namespace: &str, pod: Option<&str>) {
     }
 }
 
-/// Polls `address` every [`POLL`] until an HTTP answer's first byte
+/// Polls `address` every [`POLL`] (not the probe's own, finer period:
+/// this benchmark's rows all poll alike) until an HTTP answer's first byte
 /// arrives; returns when, counted from `t0`. Status 200 and `marker` in the
 /// body are checked off the clock.
 fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration> {
@@ -788,12 +793,8 @@ fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration
     loop {
         match http_get(address) {
             Ok((at, answer)) => {
-                let text = String::from_utf8_lossy(&answer);
-                let status = text.lines().next().unwrap_or_default();
-                ensure!(
-                    status.split_whitespace().nth(1) == Some("200") && text.contains(marker),
-                    "{address} answered, but not as expected: {text:?}"
-                );
+                check_answer(&answer, marker)
+                    .with_context(|| format!("{address} answered, but not as expected"))?;
                 return Ok(at.duration_since(t0));
             }
             Err(err) if Instant::now() > deadline => {
@@ -804,47 +805,6 @@ fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration
     }
 }
 
-/// One `GET /index.html`: when its first byte arrived, and the answer.
-fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n")?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
-}
-
-/// p50, p90 and max of some samples, in ms.
-fn stats(samples: &[Duration]) -> Option<(f64, f64, f64)> {
-    if samples.is_empty() {
-        return None;
-    }
-    let ms = sorted_ms(samples);
-    Some((
-        percentile(&ms, 50.0),
-        percentile(&ms, 90.0),
-        ms[ms.len() - 1],
-    ))
-}
-
-/// `a ÷ b` of medians, as a table cell.
-fn ratio(a: &[Duration], b: &[Duration]) -> String {
-    match (stats(a), stats(b)) {
-        (Some(a), Some(b)) if b.0 > 0.0 => format!("{:.2}×", a.0 / b.0),
-        _ => "—".to_owned(),
-    }
-}
-
 fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, String)) {
     println!();
     println!(
@@ -852,14 +812,7 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
          Times in ms; ratios are of medians.",
         args.iterations, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!(
         "| measurement | p50 ms | p90 ms | max ms | p50 ÷ kubectl p50 | p50 ÷ local cloud p50 |"
@@ -901,40 +854,43 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
         ),
     ];
     for (name, all, i) in rows {
-        let Some((p50, p90, max)) = stats(&all[i]) else {
+        let Some(this) = Stats::of(&all[i]) else {
             println!("| {name} | not measured | | | | |");
             continue;
         };
         let vs_kubectl = if i == a {
             "—".to_owned()
         } else {
-            ratio(&all[i], &all[a])
+            ratio(&this, Stats::of(&all[a]).as_ref())
         };
         let vs_local = if i == l {
             "—".to_owned()
         } else {
-            ratio(&all[i], &all[l])
+            ratio(&this, Stats::of(&all[l]).as_ref())
         };
-        println!("| {name} | {p50:.1} | {p90:.1} | {max:.1} | {vs_kubectl} | {vs_local} |");
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {vs_kubectl} | {vs_local} |",
+            this.p50, this.p90, this.max
+        );
     }
     println!();
     println!("Deploy → first byte, ratios of medians:");
     if let (Some(kk), Some(aa), Some(ll)) = (
-        stats(&samples.ready[k]),
-        stats(&samples.ready[a]),
-        stats(&samples.ready[l]),
+        Stats::of(&samples.ready[k]),
+        Stats::of(&samples.ready[a]),
+        Stats::of(&samples.ready[l]),
     ) {
         println!(
             "- kubernetes cloud ÷ kubectl apply: {:.1} ms ÷ {:.1} ms = {:.2}×",
-            kk.0,
-            aa.0,
-            kk.0 / aa.0
+            kk.p50,
+            aa.p50,
+            kk.p50 / aa.p50
         );
         println!(
             "- kubernetes cloud ÷ local cloud: {:.1} ms ÷ {:.1} ms = {:.2}×",
-            kk.0,
-            ll.0,
-            kk.0 / ll.0
+            kk.p50,
+            ll.p50,
+            kk.p50 / ll.p50
         );
     }
 }
@@ -1050,10 +1006,8 @@ fn main() -> Result<()> {
         "Hangar: {} serve at {}; kernel {}, {} CPUs",
         hangar_bin.display(),
         bench.serve()?.url,
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     // --- Measure -------------------------------------------------------------
