@@ -48,25 +48,26 @@
 //! run whatever the figures: it is a measurement, not a test.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
-use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, terminate, TempDir};
+use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, TempDir};
 use hangar_bench::probe::{check_answer, http_get};
+use hangar_bench::serve::Serve;
 use hangar_bench::{
     cpu_count, cpu_ticks, find_program, kernel_release, load_average, print_conditions, ratio,
     steal_percent, Stats,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The admin key `hangar serve` is started with.
 const KEY: &str = "hgr_benchdeploy0000000000000000000000000000000";
@@ -245,101 +246,6 @@ impl Drop for Image {
     }
 }
 
-/// A running `hangar serve` (as `bench/src/bin/builds.rs` starts it),
-/// stopped on drop with its sandboxes removed.
-struct Serve {
-    child: Child,
-    url: String,
-    hangar: PathBuf,
-    data: PathBuf,
-}
-
-impl Serve {
-    fn start(hangar: &Path, dir: &Path) -> Result<Self> {
-        let log = fs::File::create(dir.join("serve.log"))?;
-        let mut child = Command::new(hangar)
-            .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("HANGAR_ADMIN_KEY", KEY)
-            .env("HANGAR_RATE_LIMIT", "1000000/s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawning {} serve", hangar.display()))?;
-        let stdout = child.stdout.take().context("serve's stdout")?;
-        let mut serve = Self {
-            child,
-            url: String::new(),
-            hangar: hangar.to_path_buf(),
-            data: dir.join("hangar-data"),
-        };
-        let mut reader = BufReader::new(stdout);
-        serve.url = loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                bail!(
-                    "hangar serve exited before listening: {}",
-                    fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-                );
-            }
-            if let Some(rest) = line.strip_prefix("hangar listening on ") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .context("no URL in the listening line")?
-                    .to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(serve)
-    }
-
-    fn shims(&self) -> Vec<PathBuf> {
-        fs::read_dir(self.data.join("runtime/shims"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    }
-
-    async fn call(
-        &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(KEY)
-            .timeout(Duration::from_secs(60));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("calling {path}"))?;
-        let status = res.status().as_u16();
-        let text = res.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        for shim in self.shims() {
-            let _ = Command::new(&self.hangar)
-                .args(["shim", "cleanup"])
-                .arg(&shim)
-                .status();
-        }
-    }
-}
-
 /// One timed deploy.
 struct Deploy {
     /// The agent was `running` (cloud rows) or the pod had an IP (kubectl).
@@ -396,7 +302,7 @@ impl Bench {
         let mut created_id = None;
         let result = self.rt.block_on(async {
             let t0 = Instant::now();
-            let (status, created) = serve
+            let (status, created, _) = serve
                 .call(http, reqwest::Method::POST, "/v1/agents", Some(body))
                 .await?;
             ensure!(status == 201, "POST /v1/agents: {status} {created}");
@@ -404,7 +310,7 @@ impl Bench {
             created_id = Some(agent.clone());
             let deadline = t0 + START_DEADLINE;
             let view = loop {
-                let (_, view) = serve
+                let (_, view, _) = serve
                     .call(
                         http,
                         reqwest::Method::GET,
@@ -425,7 +331,7 @@ impl Bench {
                 .as_str()
                 .with_context(|| format!("a running agent without an instance: {view}"))?
                 .to_owned();
-            let (status, inst) = serve
+            let (status, inst, _) = serve
                 .call(
                     http,
                     reqwest::Method::GET,
@@ -476,7 +382,7 @@ impl Bench {
     fn delete_agent(&mut self, agent: &str, instance: Option<&str>) -> Result<()> {
         let serve = self.serve()?;
         self.rt.block_on(async {
-            let (status, body) = serve
+            let (status, body, _) = serve
                 .call(
                     &self.http,
                     reqwest::Method::DELETE,
@@ -961,9 +867,7 @@ fn main() -> Result<()> {
             version,
         ))
     })?;
-    let server_dir = tmp.0.join("serve");
-    fs::DirBuilder::new().mode(0o755).create(&server_dir)?;
-    let serve = Serve::start(&hangar_bin, &server_dir)?;
+    let serve = Serve::start(&hangar_bin, "deps", KEY, &[])?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(4)
@@ -983,7 +887,7 @@ fn main() -> Result<()> {
         agents: Vec::new(),
         kubectl_pods: Vec::new(),
     };
-    let (status, cloud) = bench.rt.block_on(bench.serve()?.call(
+    let (status, cloud, _) = bench.rt.block_on(bench.serve()?.call(
         &bench.http,
         reqwest::Method::POST,
         "/v1/clouds",
