@@ -1,5 +1,5 @@
 //! A real `hangar serve` for the benchmarks that measure through it (the
-//! gateway and logs benchmarks): started in a fresh temporary directory on
+//! gateway, logs and deploy benchmarks): started in a fresh temporary directory on
 //! SQLite with a known admin key, an agent deployed from a directory of the
 //! repository (a `file://` source) and waited for until it runs, its replica
 //! found on the bridge, and everything removed again — also when the

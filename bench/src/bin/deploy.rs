@@ -48,20 +48,26 @@
 //! run whatever the figures: it is a measurement, not a test.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
-use hangar_bench::{cpu_ticks, find_program, load_average, percentile, sorted_ms, steal_percent};
+use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, TempDir};
+use hangar_bench::probe::{check_answer, http_get};
+use hangar_bench::serve::Serve;
+use hangar_bench::{
+    cpu_count, cpu_ticks, find_program, kernel_release, load_average, print_conditions, ratio,
+    steal_percent, Stats,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The admin key `hangar serve` is started with.
 const KEY: &str = "hgr_benchdeploy0000000000000000000000000000000";
@@ -132,45 +138,6 @@ impl Path3 {
             Path3::Local => "l",
         }
     }
-}
-
-/// A temporary directory (mode 0755), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // Short: shim sockets live below it (socket paths ≤ 107 bytes).
-        let path = std::env::temp_dir().join(format!(
-            "hb-dep-{}-{}",
-            std::process::id(),
-            nanos % 1_000_000
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// Runs a command to completion, capturing its output.
-fn output(command: &mut Command) -> Result<Output> {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {:?}", command.get_program()))
 }
 
 /// The agent's image in the registry; removed from the local engine and the
@@ -279,120 +246,6 @@ impl Drop for Image {
     }
 }
 
-/// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
-fn terminate(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A running `hangar serve` (as `bench/src/bin/builds.rs` starts it),
-/// stopped on drop with its sandboxes removed.
-struct Serve {
-    child: Child,
-    url: String,
-    hangar: PathBuf,
-    data: PathBuf,
-}
-
-impl Serve {
-    fn start(hangar: &Path, dir: &Path) -> Result<Self> {
-        let log = fs::File::create(dir.join("serve.log"))?;
-        let mut child = Command::new(hangar)
-            .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("HANGAR_ADMIN_KEY", KEY)
-            .env("HANGAR_RATE_LIMIT", "1000000/s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawning {} serve", hangar.display()))?;
-        let stdout = child.stdout.take().context("serve's stdout")?;
-        let mut serve = Self {
-            child,
-            url: String::new(),
-            hangar: hangar.to_path_buf(),
-            data: dir.join("hangar-data"),
-        };
-        let mut reader = BufReader::new(stdout);
-        serve.url = loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                bail!(
-                    "hangar serve exited before listening: {}",
-                    fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-                );
-            }
-            if let Some(rest) = line.strip_prefix("hangar listening on ") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .context("no URL in the listening line")?
-                    .to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(serve)
-    }
-
-    fn shims(&self) -> Vec<PathBuf> {
-        fs::read_dir(self.data.join("runtime/shims"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    }
-
-    async fn call(
-        &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(KEY)
-            .timeout(Duration::from_secs(60));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("calling {path}"))?;
-        let status = res.status().as_u16();
-        let text = res.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        for shim in self.shims() {
-            let _ = Command::new(&self.hangar)
-                .args(["shim", "cleanup"])
-                .arg(&shim)
-                .status();
-        }
-    }
-}
-
 /// One timed deploy.
 struct Deploy {
     /// The agent was `running` (cloud rows) or the pod had an IP (kubectl).
@@ -449,7 +302,7 @@ impl Bench {
         let mut created_id = None;
         let result = self.rt.block_on(async {
             let t0 = Instant::now();
-            let (status, created) = serve
+            let (status, created, _) = serve
                 .call(http, reqwest::Method::POST, "/v1/agents", Some(body))
                 .await?;
             ensure!(status == 201, "POST /v1/agents: {status} {created}");
@@ -457,7 +310,7 @@ impl Bench {
             created_id = Some(agent.clone());
             let deadline = t0 + START_DEADLINE;
             let view = loop {
-                let (_, view) = serve
+                let (_, view, _) = serve
                     .call(
                         http,
                         reqwest::Method::GET,
@@ -478,7 +331,7 @@ impl Bench {
                 .as_str()
                 .with_context(|| format!("a running agent without an instance: {view}"))?
                 .to_owned();
-            let (status, inst) = serve
+            let (status, inst, _) = serve
                 .call(
                     http,
                     reqwest::Method::GET,
@@ -529,7 +382,7 @@ impl Bench {
     fn delete_agent(&mut self, agent: &str, instance: Option<&str>) -> Result<()> {
         let serve = self.serve()?;
         self.rt.block_on(async {
-            let (status, body) = serve
+            let (status, body, _) = serve
                 .call(
                     &self.http,
                     reqwest::Method::DELETE,
@@ -837,7 +690,8 @@ fn settle(namespace: &str, pod: Option<&str>) {
     }
 }
 
-/// Polls `address` every [`POLL`] until an HTTP answer's first byte
+/// Polls `address` every [`POLL`] (not the probe's own, finer period:
+/// this benchmark's rows all poll alike) until an HTTP answer's first byte
 /// arrives; returns when, counted from `t0`. Status 200 and `marker` in the
 /// body are checked off the clock.
 fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration> {
@@ -845,12 +699,8 @@ fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration
     loop {
         match http_get(address) {
             Ok((at, answer)) => {
-                let text = String::from_utf8_lossy(&answer);
-                let status = text.lines().next().unwrap_or_default();
-                ensure!(
-                    status.split_whitespace().nth(1) == Some("200") && text.contains(marker),
-                    "{address} answered, but not as expected: {text:?}"
-                );
+                check_answer(&answer, marker)
+                    .with_context(|| format!("{address} answered, but not as expected"))?;
                 return Ok(at.duration_since(t0));
             }
             Err(err) if Instant::now() > deadline => {
@@ -861,69 +711,6 @@ fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration
     }
 }
 
-/// One `GET /index.html`: when its first byte arrived, and the answer.
-fn http_get(address: SocketAddr) -> io::Result<(Instant, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n")?;
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf)?;
-    let at = Instant::now();
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without answering",
-        ));
-    }
-    let mut answer = buf[..n].to_vec();
-    stream.read_to_end(&mut answer)?;
-    Ok((at, answer))
-}
-
-/// Whether an ELF file asks for a dynamic loader (a `PT_INTERP` header);
-/// the image holds nothing but busybox, so it must be static.
-fn is_dynamic(path: &Path) -> Result<bool> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(
-        bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "{} is not a 64-bit little-endian ELF file",
-        path.display()
-    );
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into()?) as usize;
-    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
-    for i in 0..count {
-        let at = phoff + i * entsize;
-        let header = bytes.get(at..at + 4).context("truncated ELF file")?;
-        if u32::from_le_bytes(header.try_into()?) == 3 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// p50, p90 and max of some samples, in ms.
-fn stats(samples: &[Duration]) -> Option<(f64, f64, f64)> {
-    if samples.is_empty() {
-        return None;
-    }
-    let ms = sorted_ms(samples);
-    Some((
-        percentile(&ms, 50.0),
-        percentile(&ms, 90.0),
-        ms[ms.len() - 1],
-    ))
-}
-
-/// `a ÷ b` of medians, as a table cell.
-fn ratio(a: &[Duration], b: &[Duration]) -> String {
-    match (stats(a), stats(b)) {
-        (Some(a), Some(b)) if b.0 > 0.0 => format!("{:.2}×", a.0 / b.0),
-        _ => "—".to_owned(),
-    }
-}
-
 fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, String)) {
     println!();
     println!(
@@ -931,14 +718,7 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
          Times in ms; ratios are of medians.",
         args.iterations, args.warmup
     );
-    match steal {
-        Some(p) => println!("CPU time stolen by the hypervisor while timing: {p:.1}%."),
-        None => println!("CPU steal while timing: unknown (no /proc/stat)."),
-    }
-    println!(
-        "Load average (1, 5, 15 min) before timing: {}; after: {}.",
-        load.0, load.1
-    );
+    print_conditions(steal, &load);
     println!();
     println!(
         "| measurement | p50 ms | p90 ms | max ms | p50 ÷ kubectl p50 | p50 ÷ local cloud p50 |"
@@ -980,40 +760,43 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
         ),
     ];
     for (name, all, i) in rows {
-        let Some((p50, p90, max)) = stats(&all[i]) else {
+        let Some(this) = Stats::of(&all[i]) else {
             println!("| {name} | not measured | | | | |");
             continue;
         };
         let vs_kubectl = if i == a {
             "—".to_owned()
         } else {
-            ratio(&all[i], &all[a])
+            ratio(&this, Stats::of(&all[a]).as_ref())
         };
         let vs_local = if i == l {
             "—".to_owned()
         } else {
-            ratio(&all[i], &all[l])
+            ratio(&this, Stats::of(&all[l]).as_ref())
         };
-        println!("| {name} | {p50:.1} | {p90:.1} | {max:.1} | {vs_kubectl} | {vs_local} |");
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {vs_kubectl} | {vs_local} |",
+            this.p50, this.p90, this.max
+        );
     }
     println!();
     println!("Deploy → first byte, ratios of medians:");
     if let (Some(kk), Some(aa), Some(ll)) = (
-        stats(&samples.ready[k]),
-        stats(&samples.ready[a]),
-        stats(&samples.ready[l]),
+        Stats::of(&samples.ready[k]),
+        Stats::of(&samples.ready[a]),
+        Stats::of(&samples.ready[l]),
     ) {
         println!(
             "- kubernetes cloud ÷ kubectl apply: {:.1} ms ÷ {:.1} ms = {:.2}×",
-            kk.0,
-            aa.0,
-            kk.0 / aa.0
+            kk.p50,
+            aa.p50,
+            kk.p50 / aa.p50
         );
         println!(
             "- kubernetes cloud ÷ local cloud: {:.1} ms ÷ {:.1} ms = {:.2}×",
-            kk.0,
-            ll.0,
-            kk.0 / ll.0
+            kk.p50,
+            ll.p50,
+            kk.p50 / ll.p50
         );
     }
 }
@@ -1021,24 +804,8 @@ fn report(samples: &Samples, args: &Args, steal: Option<f64>, load: (String, Str
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.iterations >= 1, "--iterations must be at least 1");
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this benchmark needs root (hangar serve runs the local cloud's sandboxes)"
-    );
-    let hangar_bin = match &args.hangar {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this binary")?
-            .parent()
-            .context("this binary has no directory")?
-            .join("hangar"),
-    };
-    ensure!(
-        hangar_bin.is_file(),
-        "{} not found: build it next to this benchmark with `cargo build --release -p hangar -p \
-         hangar-bench`, or pass --hangar <path>",
-        hangar_bin.display()
-    );
+    require_root("hangar serve runs the local cloud's sandboxes")?;
+    let hangar_bin = hangar_binary(args.hangar.as_deref())?;
     let kubectl = find_program("kubectl").context(
         "kubectl is not in PATH (the baseline is `kubectl apply`; see BENCHMARKS.md for a cluster)",
     )?;
@@ -1054,7 +821,7 @@ fn main() -> Result<()> {
     );
 
     // --- Set up, off the clock -----------------------------------------------
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("dep")?;
     let pid = std::process::id();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1100,9 +867,7 @@ fn main() -> Result<()> {
             version,
         ))
     })?;
-    let server_dir = tmp.0.join("serve");
-    fs::DirBuilder::new().mode(0o755).create(&server_dir)?;
-    let serve = Serve::start(&hangar_bin, &server_dir)?;
+    let serve = Serve::start(&hangar_bin, "deps", KEY, &[])?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(4)
@@ -1122,7 +887,7 @@ fn main() -> Result<()> {
         agents: Vec::new(),
         kubectl_pods: Vec::new(),
     };
-    let (status, cloud) = bench.rt.block_on(bench.serve()?.call(
+    let (status, cloud, _) = bench.rt.block_on(bench.serve()?.call(
         &bench.http,
         reqwest::Method::POST,
         "/v1/clouds",
@@ -1145,10 +910,8 @@ fn main() -> Result<()> {
         "Hangar: {} serve at {}; kernel {}, {} CPUs",
         hangar_bin.display(),
         bench.serve()?.url,
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        kernel_release(),
+        cpu_count()
     );
 
     // --- Measure -------------------------------------------------------------
