@@ -1257,22 +1257,18 @@ impl KubernetesDriver {
         // Its exit: on the pod, or recorded when it was stopped.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            if let Ok(info) = self.inspect(id).await {
-                if let Some(exit) = info.exit {
-                    let recorded = self
-                        .find(id)
-                        .await
-                        .ok()
-                        .and_then(|f| pod::recorded_exit(&f.secret));
-                    // A stop under way records the exit it saw: wait for it,
-                    // so every reader is told the same.
-                    let pod_gone = self.find(id).await.is_ok_and(|f| f.pod.is_none());
-                    if recorded.is_some() || !pod_gone {
-                        let _ = tx.send(OutputEvent::End(recorded.unwrap_or(exit))).await;
-                        return;
-                    }
-                }
-            } else {
+            let Ok(found) = self.find(id).await else {
+                return;
+            };
+            let exit = match (pod::recorded_exit(&found.secret), found.pod.as_ref()) {
+                (Some(recorded), _) => Some(recorded),
+                (None, Some(pod)) => pod::pod_exit(pod),
+                // Gone without a record: a stop under way records the exit it
+                // saw; wait for it, so every reader is told the same.
+                (None, None) => None,
+            };
+            if let Some(exit) = exit {
+                let _ = tx.send(OutputEvent::End(exit)).await;
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
