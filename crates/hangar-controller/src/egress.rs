@@ -34,6 +34,9 @@ pub struct EgressProxyAddress {
     pub url: String,
     /// Its port on the host, which the packet filter lets replicas reach.
     pub port: u16,
+    /// Its CA certificate (PEM), which replicas whose headers it injects
+    /// trust, so that it can terminate their TLS to those hosts.
+    pub ca_pem: String,
 }
 
 /// An instance's rules for the proxy, secrets resolved.
@@ -118,6 +121,9 @@ pub(crate) async fn prepare(
         spec.env.retain(|(k, _)| k != key);
         spec.env
             .push((key.to_owned(), "localhost,127.0.0.1".to_owned()));
+    }
+    if !rules.inject.is_empty() {
+        spec.network.trusted_ca = Some(proxy.ca_pem.clone());
     }
     lock(&state.tracked).egress = Some(Arc::new(rules));
     Ok(())

@@ -200,6 +200,7 @@ pub fn network_policy(instance: &Instance, default_egress: &Egress) -> NetworkPo
         reach: network.reach.iter().map(|name| group(name)).collect(),
         egress,
         host_ports: Vec::new(),
+        trusted_ca: None,
     }
 }
 

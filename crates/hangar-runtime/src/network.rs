@@ -42,6 +42,13 @@ pub struct NetworkPolicy {
     /// TCP ports on the host it may connect to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<u16>,
+    /// A CA certificate (PEM) the replica trusts besides its root's own: the
+    /// egress proxy's, so that it can terminate TLS to hosts it injects
+    /// headers for. The sandbox driver shows it at
+    /// [`crate::sandbox::CA_DIR`] with a bundle of the root's CAs and names
+    /// them in the variables TLS libraries read; other drivers refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<String>,
 }
 
 /// What a replica may reach outside the host, by address.

@@ -63,6 +63,7 @@ pub async fn bind(
         .context("the bridge subnet has no address for its gateway")?;
     let ca = CertificateAuthority::load_or_create(&data_dir.egress_ca_dir())
         .context("loading the egress proxy's certificate authority")?;
+    let ca_pem = ca.cert_pem().to_owned();
     let mut roots = hangar_egress::public_roots();
     if let Some(path) = &config.egress_upstream_ca {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -102,6 +103,7 @@ pub async fn bind(
     let address = EgressProxyAddress {
         url: format!("http://{gateway}:{port}"),
         port,
+        ca_pem,
     };
     tracing::info!(url = %address.url, "egress proxy ready");
     Ok(Proxy {

@@ -237,6 +237,25 @@ async fn the_proxy_injects_secrets_allows_by_name_and_logs_what_it_refuses() {
     assert_eq!(code.as_deref(), Some("0"), "{out}");
     assert_eq!(out, format!("/echo Bearer {SECRET}"));
 
+    // Over HTTPS too: the proxy terminates TLS to a host it injects for with
+    // a certificate of Hangar's CA, which the replica trusts (Python reads
+    // the bundle Hangar shows it through SSL_CERT_FILE), without losing the
+    // public CAs of its root.
+    let (out, code) = python(
+        &server,
+        &org,
+        &instance,
+        "import json, os, ssl, urllib.request\n\
+         request = urllib.request.Request('https://upstream.test/tls', headers={'Authorization': 'Bearer forged'})\n\
+         seen = json.load(urllib.request.urlopen(request, timeout=20))\n\
+         headers = {k.lower(): v for k, v in seen['headers'].items()}\n\
+         bundle = open(os.environ['SSL_CERT_FILE']).read()\n\
+         print(seen['path'], headers.get('authorization'), bundle.count('BEGIN CERTIFICATE') > 1)",
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("0"), "{out}");
+    assert_eq!(out, format!("/tls Bearer {SECRET} True"));
+
     // A host the policy does not name: 403 from the proxy, in the agent's log.
     let (out, _) = python(
         &server,

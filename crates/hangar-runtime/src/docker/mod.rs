@@ -252,6 +252,7 @@ impl Driver for DockerDriver {
         if network.egress != crate::network::Egress::Open
             || !network.reach.is_empty()
             || !network.host_ports.is_empty()
+            || network.trusted_ca.is_some()
         {
             return Err(DriverError::Invalid(
                 "the docker driver cannot enforce config.network yet (egress other than \"open\", \

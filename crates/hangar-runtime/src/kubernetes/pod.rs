@@ -118,6 +118,7 @@ pub(super) fn check(spec: &ReplicaSpec) -> Result<&str, DriverError> {
     if !matches!(network.egress, crate::network::Egress::Open)
         || !network.reach.is_empty()
         || !network.host_ports.is_empty()
+        || network.trusted_ca.is_some()
     {
         return Err(DriverError::Invalid(
             "the kubernetes driver cannot enforce egress rules or reach yet: this instance's network settings need a sandbox cloud"

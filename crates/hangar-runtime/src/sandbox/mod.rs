@@ -111,6 +111,7 @@ mod init;
 mod net;
 mod spec;
 mod stats;
+mod trust;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -145,6 +146,7 @@ pub use spec::{
     MIN_MEMORY_BYTES, NOBODY,
 };
 pub use stats::SandboxStats;
+pub use trust::{BUNDLE_FILE as CA_BUNDLE_FILE, CA_DIR, CA_FILE};
 
 /// How often [`Sandbox::stop`] checks whether the process has exited.
 const STOP_POLL: Duration = Duration::from_millis(5);
@@ -511,6 +513,20 @@ impl Sandboxes {
                 layout
             }
         };
+        let trusted_ca = match &spec.network_policy.trusted_ca {
+            Some(pem) => {
+                // The image's root is mounted at `rootfs` by now; the host's
+                // is the host's.
+                let root = if spec.rootfs.is_some() {
+                    rootfs.as_path()
+                } else {
+                    Path::new("/")
+                };
+                let written = trust::write(dir, root, pem);
+                Some(written.map_err(io_error(id, "write the trusted CA", dir.join("ca")))?)
+            }
+            None => None,
+        };
         // The network is wired while the container is created: the plugins
         // work in the namespace the container joins, and are waited for
         // before the sandbox can start.
@@ -521,7 +537,14 @@ impl Sandboxes {
             ),
             Network::Isolated | Network::Host => (None, None),
         };
-        let created = self.create_container(dir, spec, stdio, &layout, netns.as_deref());
+        let created = self.create_container(
+            dir,
+            spec,
+            stdio,
+            &layout,
+            netns.as_deref(),
+            trusted_ca.as_deref(),
+        );
         let ip = match pending {
             Some(pending) => {
                 // Waited for even when the container failed: the cleanup's
@@ -557,6 +580,7 @@ impl Sandboxes {
         stdio: SandboxStdio,
         layout: &[(&str, spec::HostEntry)],
         netns: Option<&Path>,
+        trusted_ca: Option<&Path>,
     ) -> Result<(Container, Pid, File), SandboxError> {
         let id = spec.id.as_str();
         let bundle = dir.join("bundle");
@@ -566,11 +590,16 @@ impl Sandboxes {
             }
             _ => None,
         };
-        let oci = spec::oci_spec(spec, layout, &self.cgroup_path(id), netns, app.as_ref())
-            .map_err(|source| SandboxError::Spec {
+        let extra = spec::ExtraMounts {
+            app: app.as_ref(),
+            trusted_ca,
+        };
+        let oci = spec::oci_spec(spec, layout, &self.cgroup_path(id), netns, extra).map_err(
+            |source| SandboxError::Spec {
                 id: id.to_owned(),
                 source,
-            })?;
+            },
+        )?;
         let config = bundle.join("config.json");
         oci.save(&config).map_err(|source| SandboxError::Spec {
             id: id.to_owned(),

@@ -193,6 +193,9 @@ impl SandboxSpec {
         if self.argv.iter().any(|arg| arg.contains('\0')) {
             return invalid("argv must not contain NUL bytes".to_owned());
         }
+        if let Some(pem) = &self.network_policy.trusted_ca {
+            super::trust::check(pem).or_else(invalid)?;
+        }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
                 return invalid(format!("invalid environment variable name {key:?}"));
@@ -335,12 +338,7 @@ pub(super) fn process(spec: &SandboxSpec) -> Result<Process, OciSpecError> {
                 .build()?,
         )
         .args(spec.argv.clone())
-        .env(
-            spec.env
-                .iter()
-                .map(|(key, value)| format!("{key}={value}"))
-                .collect::<Vec<_>>(),
-        )
+        .env(environment(spec))
         .cwd(spec.cwd.clone())
         .capabilities(capabilities)
         .no_new_privileges(true)
@@ -350,6 +348,18 @@ pub(super) fn process(spec: &SandboxSpec) -> Result<Process, OciSpecError> {
             .hard(1024_u64)
             .build()?])
         .build()
+}
+
+/// The process's environment: [`SandboxSpec::env`], and with a trusted CA
+/// the variables naming it (but those the spec sets).
+fn environment(spec: &SandboxSpec) -> Vec<String> {
+    let mut env = spec.env.clone();
+    if spec.network_policy.trusted_ca.is_some() {
+        super::trust::add_variables(&mut env);
+    }
+    env.into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect()
 }
 
 /// The upper and work directories of the `/app` overlay
@@ -384,16 +394,26 @@ impl RootLayers {
     }
 }
 
+/// What the sandbox's directory holds for mounts of [`oci_spec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ExtraMounts<'a> {
+    /// For [`SandboxSpec::app`] behind an overlay: the overlay's own layers.
+    pub app: Option<&'a AppLayers>,
+    /// For a [`NetworkPolicy::trusted_ca`]: the directory shown at
+    /// [`super::CA_DIR`].
+    pub trusted_ca: Option<&'a Path>,
+}
+
 /// The OCI runtime spec for `spec`, with its root filesystem at `rootfs`
 /// (relative to the bundle), its cgroup at `cgroups_path`, for
-/// [`Network::Bridge`] the network namespace bound at `netns`, and for
-/// [`SandboxSpec::app`] the overlay's own layers.
+/// [`Network::Bridge`] the network namespace bound at `netns`, and the
+/// directories of `extra`.
 pub(super) fn oci_spec(
     spec: &SandboxSpec,
     layout: &[(&str, HostEntry)],
     cgroups_path: &Path,
     netns: Option<&Path>,
-    app: Option<&AppLayers>,
+    extra: ExtraMounts<'_>,
 ) -> Result<Spec, OciSpecError> {
     let process = process(spec)?;
 
@@ -453,7 +473,7 @@ pub(super) fn oci_spec(
                 .build()?,
         )
         .hostname(spec.id.clone())
-        .mounts(mounts(spec, layout, app)?)
+        .mounts(mounts(spec, layout, extra)?)
         .process(process)
         .linux(linux)
         .build()
@@ -493,8 +513,9 @@ fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, OciSpecError> {
 fn mounts(
     spec: &SandboxSpec,
     layout: &[(&str, HostEntry)],
-    app: Option<&AppLayers>,
+    extra: ExtraMounts<'_>,
 ) -> Result<Vec<Mount>, OciSpecError> {
+    let app = extra.app;
     let mut mounts: Vec<Mount> = get_default_mounts()
         .into_iter()
         .filter(|mount| !mount.destination().starts_with("/sys"))
@@ -549,6 +570,22 @@ fn mounts(
             ])
             .build()?,
     );
+    match (spec.network_policy.trusted_ca.is_some(), extra.trusted_ca) {
+        (true, Some(dir)) => mounts.push(
+            MountBuilder::default()
+                .destination(super::CA_DIR)
+                .typ("bind")
+                .source(dir)
+                .options(strings(&["bind", "ro", "nosuid", "nodev", "noexec"]))
+                .build()?,
+        ),
+        (false, _) => {}
+        (true, None) => {
+            return Err(OciSpecError::Other(
+                "a trusted CA needs its directory".to_owned(),
+            ))
+        }
+    }
     match (&spec.app, app) {
         (Some(dir), _) if spec.app_writable => mounts.push(
             MountBuilder::default()
@@ -655,7 +692,13 @@ mod tests {
         limited.cpu_limit_millis = Some(2000);
         limited.memory_limit_bytes = Some(256 << 20);
         limited.pids_limit = 64;
-        let oci = oci_spec(&limited, &[], Path::new("/hangar/replica-1"), None, None)?;
+        let oci = oci_spec(
+            &limited,
+            &[],
+            Path::new("/hangar/replica-1"),
+            None,
+            ExtraMounts::default(),
+        )?;
         let resources = oci
             .linux()
             .as_ref()
@@ -678,7 +721,13 @@ mod tests {
         assert_eq!(resources.pids().as_ref().map(|p| p.limit()), Some(64));
 
         // Defaults: the default weight, no cap, no memory limit, 512 pids.
-        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None, None)?;
+        let oci = oci_spec(
+            &spec(),
+            &[],
+            Path::new("/hangar/replica-1"),
+            None,
+            ExtraMounts::default(),
+        )?;
         let resources = oci
             .linux()
             .as_ref()
@@ -694,7 +743,13 @@ mod tests {
 
     #[test]
     fn oci_spec_drops_privileges_and_isolates() -> Result<(), OciSpecError> {
-        let oci = oci_spec(&spec(), &[], Path::new("/hangar/replica-1"), None, None)?;
+        let oci = oci_spec(
+            &spec(),
+            &[],
+            Path::new("/hangar/replica-1"),
+            None,
+            ExtraMounts::default(),
+        )?;
         let process = oci
             .process()
             .as_ref()
@@ -727,7 +782,13 @@ mod tests {
 
         let mut host = spec();
         host.network = Network::Host;
-        let oci = oci_spec(&host, &[], Path::new("/hangar/replica-1"), None, None)?;
+        let oci = oci_spec(
+            &host,
+            &[],
+            Path::new("/hangar/replica-1"),
+            None,
+            ExtraMounts::default(),
+        )?;
         let linux = oci
             .linux()
             .as_ref()
@@ -741,9 +802,9 @@ mod tests {
         let mut bridged = spec();
         bridged.network = Network::Bridge;
         let cgroup = Path::new("/hangar/replica-1");
-        assert!(oci_spec(&bridged, &[], cgroup, None, None).is_err());
+        assert!(oci_spec(&bridged, &[], cgroup, None, ExtraMounts::default()).is_err());
         let netns = Path::new("/state/replica-1/netns");
-        let oci = oci_spec(&bridged, &[], cgroup, Some(netns), None)?;
+        let oci = oci_spec(&bridged, &[], cgroup, Some(netns), ExtraMounts::default())?;
         let linux = oci
             .linux()
             .as_ref()
@@ -759,12 +820,61 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_ca_is_shown_read_only_and_named_in_the_environment() -> Result<(), OciSpecError> {
+        let mut trusting = spec();
+        trusting.network_policy.trusted_ca =
+            Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned());
+        assert!(trusting.validate().is_ok());
+        let dir = Path::new("/state/replica-1/ca");
+        let extra = ExtraMounts {
+            app: None,
+            trusted_ca: Some(dir),
+        };
+        let oci = oci_spec(&trusting, &[], Path::new("/hangar/replica-1"), None, extra)?;
+        let mount = oci
+            .mounts()
+            .iter()
+            .flatten()
+            .find(|m| m.destination() == Path::new(super::super::CA_DIR))
+            .ok_or_else(|| OciSpecError::Other("no CA mount".to_owned()))?;
+        assert_eq!(mount.source().as_deref(), Some(dir));
+        assert!(mount.options().iter().flatten().any(|o| o == "ro"));
+        let env = oci
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().clone())
+            .unwrap_or_default();
+        assert!(
+            env.contains(&"SSL_CERT_FILE=/run/hangar/ca/ca-bundle.pem".to_owned()),
+            "{env:?}"
+        );
+        // Without its directory, no spec; without a CA, no mount, no variable.
+        assert!(oci_spec(
+            &trusting,
+            &[],
+            Path::new("/h"),
+            None,
+            ExtraMounts::default()
+        )
+        .is_err());
+        let plain = oci_spec(&spec(), &[], Path::new("/h"), None, extra)?;
+        assert!(!plain
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| m.destination() == Path::new(super::super::CA_DIR)));
+        trusting.network_policy.trusted_ca = Some("not a certificate".to_owned());
+        assert!(trusting.validate().is_err());
+        Ok(())
+    }
+
+    #[test]
     fn mounts_bind_host_dirs_read_only_and_skip_sys() -> Result<(), OciSpecError> {
         let layout = [
             ("bin", HostEntry::Symlink(PathBuf::from("usr/bin"))),
             ("lib32", HostEntry::Dir),
         ];
-        let mounts = mounts(&spec(), &layout, None)?;
+        let mounts = mounts(&spec(), &layout, ExtraMounts::default())?;
         let find = |dest: &str| mounts.iter().find(|m| m.destination() == Path::new(dest));
         for dir in ["/usr", "/etc", "/lib32"] {
             let mount = find(dir).ok_or_else(|| OciSpecError::Other(format!("no {dir}")))?;
@@ -782,7 +892,7 @@ mod tests {
         spec: &SandboxSpec,
         layout: &[(&str, HostEntry)],
     ) -> Result<Vec<Mount>, OciSpecError> {
-        mounts(spec, layout, None)
+        mounts(spec, layout, ExtraMounts::default())
     }
 
     #[test]
@@ -791,7 +901,7 @@ mod tests {
         image.rootfs = Some(PathBuf::from("/data/artifacts/oci-sha256-ab/rootfs"));
         assert!(image.validate().is_ok());
         let layout = [("lib32", HostEntry::Dir)];
-        let mounts = mounts(&image, &layout, None)?;
+        let mounts = mounts(&image, &layout, ExtraMounts::default())?;
         for host in ["/usr", "/etc", "/lib32", "/app"] {
             assert!(
                 !mounts.iter().any(|m| m.destination() == Path::new(host)),
@@ -801,7 +911,13 @@ mod tests {
         for fresh in ["/proc", "/dev", "/tmp"] {
             assert!(mounts.iter().any(|m| m.destination() == Path::new(fresh)));
         }
-        let oci = oci_spec(&image, &layout, Path::new("/hangar/replica-1"), None, None)?;
+        let oci = oci_spec(
+            &image,
+            &layout,
+            Path::new("/hangar/replica-1"),
+            None,
+            ExtraMounts::default(),
+        )?;
         assert_eq!(
             oci.root().as_ref().and_then(|root| root.readonly()),
             Some(false),
