@@ -41,11 +41,11 @@ const STEPS: &[&str] = &[
     "logs",
     "create-instance",
     "list-get",
-    "update",
     "status",
     "exec",
     "stdin",
     "instance-logs",
+    "update",
     "delete",
 ];
 
@@ -259,12 +259,18 @@ fn check(step: &str, out: &str) {
                 told.contains(&"analyzed 10 tokens: positive (0.95)"),
                 "{out}"
             );
-            // Then the follow's first events: the oldest stored lines.
+            // Then the follow's first events: the stored lines, oldest first.
             assert!(out.lines().any(|l| l.ends_with("id: 1")), "{out}");
             let followed = events(out);
             assert_eq!(
                 followed.first().map(|e| &e["message"]),
-                Some(&Value::from("sentiment analyzer listening on 8080")),
+                Some(&first["data"][0]["message"]),
+                "{out}"
+            );
+            assert!(
+                followed
+                    .iter()
+                    .all(|e| e["timestamp"].is_string() && e["level"].is_string()),
                 "{out}"
             );
         }
