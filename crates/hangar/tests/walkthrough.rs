@@ -64,10 +64,10 @@ struct Step {
     code: String,
 }
 
-/// The section's marked `sh` blocks, in order. Panics (naming the line) on a
-/// marker not followed by an `sh` block, or an `sh` block without a marker
-/// other than the first one (which sets `HANGAR` and `KEY` for a reader; the
-/// test sets them itself).
+/// The section's marked `sh` blocks, in order. Panics on a marker not right
+/// above an `sh` block, and on an unmarked `sh` block other than the first
+/// one (which sets `HANGAR` and `KEY` for a reader; the test sets them
+/// itself), since nothing would run it.
 fn steps(readme: &str) -> Vec<Step> {
     let start = readme
         .find(&format!("\n{SECTION}\n"))
@@ -107,7 +107,9 @@ fn steps(readme: &str) -> Vec<Step> {
 }
 
 /// The script: each block in braces (so what it sets stays set), its output
-/// to files of its own, its name appended to `done` once it succeeded.
+/// to files of its own, its name appended to `done` once it succeeded; with
+/// `set -e`, a failing command (a build that fails, an agent that never
+/// runs) stops the walkthrough there.
 fn script(steps: &[Step], out: &Path) -> String {
     let mut script = String::from("set -eu\n");
     for step in steps {
