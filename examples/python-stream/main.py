@@ -1,5 +1,14 @@
-"""A standard-library streaming agent. POST /invoke with {"mode": …}:
-- "sse": the words of input "text" as SSE events ({"content": word}), a
+"""A standard-library streaming agent.
+
+POST /invoke with {"prompt": …} (the Agents API's streaming example, "Write a
+poem about AI") writes a short poem about the prompt's topic, always the same
+for the same topic. Asked for `text/event-stream` (as Hangar's gateway does for
+a streaming invoke) it streams the poem word by word as SSE events
+({"content": " word"}), then {"usage": {"tokens": n}} and [DONE]; otherwise it
+answers it whole, {"output": poem, "usage": {"tokens": n}}.
+
+POST /invoke with {"text": …, "mode": …} shows the other ways an agent can stream:
+- "sse" (the default): the words of "text" as SSE events ({"content": word}), a
   usage event, then [DONE];
 - "text": the words as chunked text/plain, one HTTP chunk each;
 - "json": {"output": text, "usage": {...}} in one piece;
@@ -9,9 +18,39 @@
 """
 import json
 import os
+import re
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+POEM = """In silicon dreams {topic} wakes
+and counts the light the morning makes;
+it learns our words, it hums them back,
+a lantern on a midnight track.
+Not flesh, not stone, but something new:
+{topic} keeps asking what is true,
+and in the glow of what we make
+we find ourselves, for {topic}'s sake."""
+
+
+def topic_of(prompt):
+    """What the poem is about: the words after "about" ("a poem about AI" → AI),
+    else the whole prompt."""
+    found = re.search(r"\babout\s+(.+)", prompt, re.IGNORECASE)
+    topic = (found.group(1) if found else prompt).strip().rstrip(".!?")
+    return topic or "silence"
+
+
+def poem_chunks(prompt):
+    """The poem as the pieces a model would stream: each word with the space or
+    line break before it."""
+    text = POEM.format(topic=topic_of(prompt))
+    chunks = []
+    for n, line in enumerate(text.split("\n")):
+        for m, word in enumerate(line.split()):
+            chunks.append(("" if n == 0 else "\n") + word if m == 0 else " " + word)
+    return chunks
 
 
 class Agent(BaseHTTPRequestHandler):
@@ -41,9 +80,28 @@ class Agent(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"error": "not found"})
 
+    def _poem(self, prompt):
+        chunks = poem_chunks(prompt)
+        usage = {"tokens": len(chunks)}
+        print(f"INFO writing a poem about {topic_of(prompt)!r}: {len(chunks)} tokens", flush=True)
+        if "text/event-stream" not in self.headers.get("Accept", ""):
+            self._reply(200, {"output": "".join(chunks), "usage": usage})
+            return
+        self._start_chunked("text/event-stream")
+        for chunk in chunks:
+            self._chunk(b"data: " + json.dumps({"content": chunk}).encode() + b"\n\n")
+            # As a model's tokens come: the caller sees the poem grow.
+            time.sleep(0.02)
+        self._chunk(b"data: " + json.dumps({"usage": usage}).encode() + b"\n\n")
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"null") or {}
+        if isinstance(body, dict) and isinstance(body.get("prompt"), str) and "mode" not in body:
+            self._poem(body["prompt"])
+            return
         mode = body.get("mode", "sse")
         words = [w + " " for w in body.get("text", "").split()]
         if mode == "fail":

@@ -8,7 +8,8 @@
 //! 1. `hangar.toml` in the artifact with `[run] command = ["prog", "arg", …]`
 //!    (or a string, split on whitespace);
 //! 2. `main.py`, else `app.py` → `python3 -u /app/<file>` (the build's
-//!    virtualenv's `/app/.venv/bin/python` when there is one);
+//!    virtualenv's `/app/.venv/bin/python` when there is one, its `bin`
+//!    then first on the replica's `PATH`);
 //! 3. `package.json` with `scripts.start` → `npm start`; else `main` or
 //!    `index.js` → `node /app/<file>`.
 //!
@@ -49,6 +50,12 @@ use hangar_core::spec::DeploymentType;
 use hangar_runtime::driver::{labels, ReplicaSpec, ReplicaUser};
 use hangar_runtime::network::{self as runtime_network, NetworkPolicy};
 use sha2::{Digest, Sha256};
+
+/// Where the build step's virtualenv keeps its programs, in the artifact.
+const VENV_BIN: &str = ".venv/bin";
+
+/// A sandbox's `PATH` with the agent's virtualenv first.
+const VENV_PATH: &str = "/app/.venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
 /// The smallest memory limit a replica gets.
 const MIN_MEMORY_BYTES: u64 = 16 << 20;
@@ -357,6 +364,13 @@ fn sandbox_spec(
     );
     if image.is_none() {
         set_tree_defaults(&mut env);
+        // A Python agent built into a virtualenv runs from it, and so does
+        // what an exec names: `python`, `pip`, the dependencies' commands (the
+        // host's `/usr` has `python3` at most). A generated Dockerfile does the
+        // same on docker clouds; the user's own `PATH` wins.
+        if app.join(VENV_BIN).is_dir() && !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".to_owned(), VENV_PATH.to_owned()));
+        }
     } else if !env.iter().any(|(k, _)| k == "HOME") {
         env.push(("HOME".to_owned(), "/".to_owned()));
     }
@@ -643,6 +657,25 @@ mod tests {
         assert_eq!(spec.app.as_deref(), Some(tree.as_path()));
         assert_eq!(spec.image, None);
         assert_eq!(spec.argv, ["python3", "-u", "/app/main.py"]);
+        std::fs::remove_dir_all(tree).expect("cleanup");
+    }
+
+    #[test]
+    fn a_tree_with_a_virtualenv_runs_with_it_first_on_its_path() {
+        let tree = dir(&[("main.py", "")]);
+        let path = tree.to_str().expect("utf-8");
+        let bare = replica_spec(&instance(&[]), path, "r1", "g1", None).expect("spec");
+        assert_eq!(get(&bare, "PATH"), None, "the sandbox's own");
+
+        std::fs::create_dir_all(tree.join(".venv/bin")).expect("venv");
+        let venv = replica_spec(&instance(&[]), path, "r1", "g1", None).expect("spec");
+        assert_eq!(
+            get(&venv, "PATH"),
+            Some("/app/.venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        );
+        let own =
+            replica_spec(&instance(&[("PATH", "/opt/bin")]), path, "r1", "g1", None).expect("spec");
+        assert_eq!(get(&own, "PATH"), Some("/opt/bin"), "the user's wins");
         std::fs::remove_dir_all(tree).expect("cleanup");
     }
 
