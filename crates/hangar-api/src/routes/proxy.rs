@@ -66,8 +66,7 @@ pub(crate) async fn instance_hosts(
 
 async fn proxy(state: AppState, label: String, request: Request) -> Response {
     let Some(gateway) = state.gateway.clone() else {
-        return ApiError::RuntimeUnavailable("this server has no replica runtime attached")
-            .into_response();
+        return state.runtime_unavailable().into_response();
     };
     let instance = match gateway.resolve(&RouteKey::Host(label.clone()), None).await {
         Ok(Some(Resolved {
