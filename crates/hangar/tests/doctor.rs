@@ -449,3 +449,73 @@ async fn a_server_not_run_as_root_says_so_first_and_refuses_work_for_agents() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether the local Docker engine answers; with `CI=true` it must.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "CI=true makes a missing prerequisite a failure, not a skip"
+)]
+async fn docker_answers(test: &str) -> bool {
+    let connected = hangar_runtime::DockerDriver::connect(hangar_runtime::DockerDriverConfig {
+        host: None,
+        owner: "doctortest".to_owned(),
+        default_image: "debian:bookworm-slim".to_owned(),
+    })
+    .await;
+    if let Err(err) = connected {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no Docker engine ({err}), and CI=true"
+        );
+        eprintln!("SKIPPED {test} (the docker half): no Docker engine: {err}");
+        return false;
+    }
+    true
+}
+
+#[tokio::test]
+async fn engines_that_answer_are_ok_and_missing_ones_only_warn() {
+    let dir = temp("doctor-engines");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let missing_kubeconfig = dir.join("no-such-kubeconfig");
+    // Nothing there: a warning each, with the fix, never a failure.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hangar"));
+    command.env("KUBECONFIG", &missing_kubeconfig);
+    let (_, report) = doctor(command, &dir, &["--docker-host", "tcp://127.0.0.1:1"]);
+    let docker = line(&report, "docker");
+    assert!(
+        docker.starts_with("  warn")
+            && docker.contains("tcp://127.0.0.1:1")
+            && docker.contains(" — fix: "),
+        "{docker}"
+    );
+    let kubernetes = line(&report, "kubernetes");
+    assert!(
+        kubernetes.starts_with("  warn")
+            && kubernetes.contains("no-such-kubeconfig")
+            && kubernetes.contains(" — fix: "),
+        "{kubernetes}"
+    );
+
+    // The engine and the cluster this machine has (CI=true: both), as
+    // serve would find them.
+    let (_, report) = doctor(Command::new(env!("CARGO_BIN_EXE_hangar")), &dir, &[]);
+    if docker_answers("engines").await {
+        let docker = line(&report, "docker");
+        assert!(
+            docker.starts_with("  ok") && docker.contains("docker clouds build and run here"),
+            "{docker}"
+        );
+    }
+    if kubernetes::cluster_or_skip("doctor engines")
+        .await
+        .is_some()
+    {
+        let kubernetes = line(&report, "kubernetes");
+        assert!(
+            kubernetes.starts_with("  ok") && kubernetes.contains("answers"),
+            "{kubernetes}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
