@@ -239,10 +239,20 @@ async fn doctor_checks_the_database_serve_would_open() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `hangar serve` as `NOBODY` in `dir`: the child, its URL, and the
+/// A server process, killed when the test ends, failed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `hangar serve` as `NOBODY` in `dir`: the process, its URL, and the
 /// stderr lines printed before it listened.
-fn serve_as_nobody(dir: &Path) -> (std::process::Child, String, Vec<String>) {
-    let mut child = as_nobody()
+fn serve_as_nobody(dir: &Path) -> (Running, String, Vec<String>) {
+    let child = as_nobody()
         .current_dir(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("HANGAR_ADMIN_KEY", KEY)
@@ -252,14 +262,15 @@ fn serve_as_nobody(dir: &Path) -> (std::process::Child, String, Vec<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hangar serve as nobody");
+    let mut child = Running(child);
     let (lines, seen) = mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             let _ = lines.send(line);
         }
     });
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
     let url = loop {
         let mut line = String::new();
         assert!(
@@ -334,7 +345,7 @@ async fn a_server_not_run_as_root_says_so_first_and_refuses_work_for_agents() {
     kill_replicas_under(&dir);
     chown_tree(&dir);
 
-    let (mut child, url, first) = serve_as_nobody(&dir);
+    let (server, url, first) = serve_as_nobody(&dir);
     // The notice comes first, before any log line, and says what to run.
     assert!(
         first.first().is_some_and(
@@ -445,8 +456,7 @@ async fn a_server_not_run_as_root_says_so_first_and_refuses_work_for_agents() {
     .await;
     assert_eq!(status, 200, "{body}");
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
