@@ -10,9 +10,11 @@
 //! databases it would connect to ([`all`]), each limited to
 //! [`NETWORK_TIMEOUT`] so a host that does not answer cannot hang it.
 //!
-//! What it is not: a fixer (it changes nothing, creates nothing — not even
-//! the data dir) nor a test of every agent (a check passes when what
-//! Hangar needs is present, not when every build will succeed).
+//! What it is not: a fixer (it creates nothing — not even the data dir or
+//! the database; an existing database is opened as `hangar serve` opens
+//! it, to read its kubernetes clouds) nor a test of every agent (a check
+//! passes when what Hangar needs is present, not when every build will
+//! succeed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -166,7 +168,7 @@ pub async fn all(config: &Config) -> Vec<Finding> {
             )]
         });
     let (database, docker, kubernetes) =
-        tokio::join!(database(config), docker(config), kubernetes());
+        tokio::join!(database(config), docker(config), kubernetes(config));
     findings.extend([database, docker, kubernetes]);
     findings
 }
@@ -670,10 +672,8 @@ pub fn git(found: Option<PathBuf>) -> Finding {
 /// (or the directory it will be made in) writable.
 async fn database(config: &Config) -> Finding {
     let url = &config.database_url;
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let path = rest.trim_start_matches("//");
-        let path = Path::new(path.split('?').next().unwrap_or(path));
-        return sqlite(path, space(path).map(|(_, space)| space.writable));
+    if let Some(path) = sqlite_path(url) {
+        return sqlite(&path, space(&path).map(|(_, space)| space.writable));
     }
     let shown = redact_url(url);
     let connecting = async {
@@ -756,24 +756,126 @@ pub fn docker_finding(engine: &str, answer: Result<String, String>) -> Finding {
     }
 }
 
-/// The cluster the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`, or
-/// in a pod its service account) names, as a kubernetes cloud without a
-/// `kubeconfig` of its own uses (optional).
-async fn kubernetes() -> Finding {
+/// Kubernetes clouds: the cluster of every kubernetes cloud in the
+/// database `hangar serve` would open (its `config.kubeconfig` and
+/// `context`, as the driver reads them), or, with none there yet, the
+/// cluster the default kubeconfig names — what a new cloud without a
+/// kubeconfig of its own would use. Optional: only their agents need it.
+async fn kubernetes(config: &Config) -> Finding {
+    let clouds = match tokio::time::timeout(NETWORK_TIMEOUT, kubernetes_clouds(config)).await {
+        Ok(Ok(clouds)) => clouds,
+        // No database yet, or one that does not answer (its own check
+        // says so): the default kubeconfig is what there is to check.
+        Ok(Err(_)) | Err(_) => Vec::new(),
+    };
+    if clouds.is_empty() {
+        let answer = cluster_version(&ClusterAddress::default()).await;
+        return default_cluster_finding(answer);
+    }
+    let mut asking = tokio::task::JoinSet::new();
+    for (name, address) in clouds {
+        asking.spawn(async move {
+            let answer = cluster_version(&address).await;
+            (name, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asking.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort();
+    clouds_finding(&answers)
+}
+
+/// A cluster's API server address and Kubernetes version, or why it did
+/// not answer.
+type ClusterAnswer = Result<(String, String), String>;
+
+/// Where a cloud's cluster is: a kubeconfig file and its context (`None`:
+/// in-cluster, then `$KUBECONFIG`, then `~/.kube/config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ClusterAddress {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+}
+
+/// The kubernetes clouds of the database `config` names, by name, when
+/// that database exists (a SQLite file that is not there is not made).
+async fn kubernetes_clouds(config: &Config) -> Result<Vec<(String, ClusterAddress)>, String> {
+    if let Some(path) = sqlite_path(&config.database_url) {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+    }
+    // Clouds are not sealed: a throwaway key reads them.
+    let sealer = hangar_store::seal::Sealer::new(&hangar_store::seal::Sealer::generate_key())
+        .map_err(|err| err.to_string())?;
+    let store = hangar_store::Store::connect(&config.database_url, sealer)
+        .await
+        .map_err(|err| err.to_string())?;
+    let clouds = store
+        .clouds_of_driver(hangar_core::model::DriverKind::Kubernetes)
+        .await
+        .map_err(|err| err.to_string());
+    store.close().await;
+    Ok(clouds?
+        .into_iter()
+        .map(|cloud| {
+            let parsed = hangar_core::kubernetes::KubernetesCloudConfig::parse(&cloud.config).ok();
+            let address = ClusterAddress {
+                kubeconfig: parsed
+                    .as_ref()
+                    .and_then(|c| c.kubeconfig.as_ref().map(PathBuf::from)),
+                context: parsed.and_then(|c| c.context),
+            };
+            (cloud.name, address)
+        })
+        .collect())
+}
+
+/// The file of a `sqlite:` URL.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
+}
+
+/// The version of the API server at `address`, or why there is none (read
+/// as the kubernetes driver reads it, but only asked for its version).
+async fn cluster_version(address: &ClusterAddress) -> ClusterAnswer {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
     let asking = async {
-        let config = kube::Config::infer().await.map_err(|err| {
-            // kube tells why each way failed; the kubeconfig's is the one
-            // an operator acts on.
-            let text = err.to_string();
-            let why = text
-                .split_once("kubeconfig: (")
-                .map_or(text.as_str(), |(_, why)| {
-                    why.strip_suffix(')').unwrap_or(why)
-                });
-            format!(
-                "no usable kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a cluster: {why}"
-            )
-        })?;
+        let options = KubeConfigOptions {
+            context: address.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = match &address.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|err| {
+                    format!("cannot read the kubeconfig {}: {err}", path.display())
+                })?;
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|err| format!("unusable kubeconfig {}: {err}", path.display()))?
+            }
+            None if address.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|err| format!("unusable kubeconfig: {err}"))?,
+            None => kube::Config::infer().await.map_err(|err| {
+                // kube tells why each way failed; the kubeconfig's is the
+                // one an operator acts on.
+                let text = err.to_string();
+                let why = text
+                    .split_once("kubeconfig: (")
+                    .map_or(text.as_str(), |(_, why)| {
+                        why.strip_suffix(')').unwrap_or(why)
+                    });
+                format!(
+                    "no usable kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a cluster: {why}"
+                )
+            })?,
+        };
         let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config).map_err(|err| err.to_string())?;
         let version = client
@@ -782,25 +884,74 @@ async fn kubernetes() -> Finding {
             .map_err(|err| format!("{server} does not answer: {err}"))?;
         Ok((server, version.git_version))
     };
-    let answer = tokio::time::timeout(NETWORK_TIMEOUT, asking)
+    tokio::time::timeout(NETWORK_TIMEOUT, asking)
         .await
         .unwrap_or_else(|_| {
             Err(format!(
                 "the cluster did not answer within {} s",
                 NETWORK_TIMEOUT.as_secs()
             ))
-        });
+        })
+}
+
+/// The finding for the default kubeconfig's cluster (no kubernetes cloud yet).
+fn default_cluster_finding(answer: ClusterAnswer) -> Finding {
     match answer {
         Ok((server, version)) => Finding::ok(
             "kubernetes",
-            format!("cluster at {server} answers (Kubernetes {version}): kubernetes clouds can use it"),
+            format!(
+                "no kubernetes cloud yet; the default kubeconfig's cluster at {server} answers                  (Kubernetes {version}): a kubernetes cloud can use it"
+            ),
         ),
         Err(why) => Finding::warn(
             "kubernetes",
-            format!("{why}: only kubernetes clouds that name a kubeconfig of their own can run"),
-            "set KUBECONFIG to a cluster's kubeconfig (or give each kubernetes cloud `config.kubeconfig`); only needed for kubernetes clouds",
+            format!(
+                "no kubernetes cloud yet, and {why}: a kubernetes cloud needs a kubeconfig of its own"
+            ),
+            "set KUBECONFIG to a cluster's kubeconfig, or give the cloud `config.kubeconfig`; only needed for kubernetes clouds",
         ),
     }
+}
+
+/// The finding for the kubernetes clouds' clusters, by cloud name.
+#[must_use]
+fn clouds_finding(answers: &[(String, ClusterAnswer)]) -> Finding {
+    let down: Vec<String> = answers
+        .iter()
+        .filter_map(|(name, answer)| {
+            answer
+                .as_ref()
+                .err()
+                .map(|why| format!("cloud '{name}': {why}"))
+        })
+        .collect();
+    if down.is_empty() {
+        let up: Vec<String> = answers
+            .iter()
+            .filter_map(|(name, answer)| {
+                answer
+                    .as_ref()
+                    .ok()
+                    .map(|(server, version)| format!("'{name}' at {server} (Kubernetes {version})"))
+            })
+            .collect();
+        return Finding::ok(
+            "kubernetes",
+            format!(
+                "the clusters of every kubernetes cloud answer: {}",
+                up.join(", ")
+            ),
+        );
+    }
+    Finding::warn(
+        "kubernetes",
+        format!(
+            "{}: agents on {} will not build or run",
+            down.join("; "),
+            if down.len() == 1 { "that cloud" } else { "those clouds" }
+        ),
+        "bring the cluster up, or make the file the cloud's `config.kubeconfig` names (and its `context`) reach it; only agents on those clouds need it",
+    )
 }
 
 #[cfg(test)]
@@ -926,6 +1077,41 @@ mod tests {
             docker_finding("the local socket", Err("refused".into())).status,
             Status::Warn
         );
+    }
+
+    #[test]
+    fn kubernetes_clouds_are_named_when_their_cluster_does_not_answer() {
+        let up = || Ok(("https://10.0.0.1:6443/".to_owned(), "v1.30.0".to_owned()));
+        let all_up = clouds_finding(&[("a".into(), up()), ("b".into(), up())]);
+        assert_eq!(all_up.status, Status::Ok);
+        assert!(all_up
+            .detail
+            .contains("'a' at https://10.0.0.1:6443/ (Kubernetes v1.30.0)"));
+        let one_down = clouds_finding(&[
+            ("a".into(), up()),
+            (
+                "b".into(),
+                Err("cannot read the kubeconfig /k: gone".into()),
+            ),
+        ]);
+        assert_eq!(one_down.status, Status::Warn, "only that cloud's agents");
+        assert!(
+            one_down
+                .detail
+                .starts_with("cloud 'b': cannot read the kubeconfig /k")
+                && one_down.detail.contains("that cloud"),
+            "{one_down:?}"
+        );
+        assert_eq!(default_cluster_finding(up()).status, Status::Ok);
+        assert_eq!(
+            default_cluster_finding(Err("no kubeconfig".into())).status,
+            Status::Warn
+        );
+        assert_eq!(
+            sqlite_path("sqlite://hangar-data/hangar.db?mode=rwc"),
+            Some(PathBuf::from("hangar-data/hangar.db"))
+        );
+        assert_eq!(sqlite_path("postgres://h/db"), None);
     }
 
     #[test]

@@ -529,3 +529,47 @@ async fn engines_that_answer_are_ok_and_missing_ones_only_warn() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_clusters_of_the_kubernetes_clouds_in_the_database_are_checked() {
+    let dir = temp("doctor-clouds");
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("dir");
+    // A database as serve leaves it, with a kubernetes cloud whose
+    // kubeconfig is gone (the API checks a new cloud's cluster; a file can
+    // vanish later).
+    let url = format!("sqlite://{}", data.join("hangar.db").display());
+    let sealer = hangar_store::seal::Sealer::new(&hangar_store::seal::Sealer::generate_key())
+        .expect("sealer");
+    let store = hangar_store::Store::connect(&url, sealer)
+        .await
+        .expect("store");
+    let boot = store.bootstrap(None).await.expect("bootstrap");
+    let gone = dir.join("gone.kubeconfig");
+    store
+        .create_cloud(
+            &boot.organization.id,
+            "k8s-gone",
+            hangar_core::model::DriverKind::Kubernetes,
+            &json!({"kubeconfig": gone.to_string_lossy()}),
+        )
+        .await
+        .expect("cloud");
+    store.close().await;
+
+    let (_, report) = doctor(
+        Command::new(env!("CARGO_BIN_EXE_hangar")),
+        &dir,
+        &["--data-dir", "data"],
+    );
+    let kubernetes = line(&report, "kubernetes");
+    assert!(
+        kubernetes.starts_with("  warn")
+            && kubernetes.contains("cloud 'k8s-gone'")
+            && kubernetes.contains(&gone.to_string_lossy().into_owned())
+            && kubernetes.contains(" — fix: "),
+        "{kubernetes}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
