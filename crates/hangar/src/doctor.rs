@@ -123,9 +123,10 @@ impl Finding {
     }
 }
 
-/// Why this server will not run agents, when running as `euid_root` says
-/// it will not: the one refusal `hangar serve` makes on its own (the API
-/// answers 503 `RUNTIME_UNAVAILABLE` with it).
+/// Why a server will not run agents: `None` as root; otherwise the reason
+/// the API gives with 503 `RUNTIME_UNAVAILABLE` — the one refusal `hangar
+/// serve` makes on its own (other failed checks are the driver's to report,
+/// replica by replica).
 #[must_use]
 pub fn no_agents_reason(euid_root: bool) -> Option<&'static str> {
     (!euid_root).then_some(
