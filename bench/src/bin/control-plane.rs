@@ -120,6 +120,7 @@ async fn seed(url: &str, instances: u32) -> Result<Fixture> {
             organization_id: org_id.clone(),
             user_id: user_id.clone(),
             cloud_id: cloud.id,
+            url_base: None,
             name: "bench-agent".into(),
             display_name: Some("Benchmark agent".into()),
             version: Some("1.0.0".into()),

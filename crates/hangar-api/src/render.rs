@@ -333,7 +333,10 @@ pub struct ScalingObject {
 /// `endpoints` of an agent.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Endpoints {
-    /// The agent's public URL.
+    /// The agent's URL: `<its cloud's base URL>/agents/<name>`; any method
+    /// and path under it reaches a replica (the prefix stripped). An agent
+    /// made before agent URLs whose name an older agent had shows its
+    /// host-style URL until renamed.
     pub base_url: String,
     /// Health path.
     pub health: String,
@@ -438,7 +441,13 @@ pub fn agent(
             target_cpu_percent: a.scaling.target_cpu_percent,
         },
         endpoints: Endpoints {
-            base_url: cfg.resource_url(&a.resource_name),
+            base_url: match &a.url_key {
+                Some(_) => hangar_core::agent_url::url(
+                    a.url_base.as_deref().unwrap_or(&cfg.public_url),
+                    &a.name,
+                ),
+                None => cfg.resource_url(&a.resource_name),
+            },
             health: a.config.health_path.clone(),
             invoke: a.config.invoke_path.clone(),
         },
@@ -690,7 +699,8 @@ pub struct CloudObject {
     /// Driver settings.
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
-    /// Where its agents' URLs live.
+    /// Where its agents' URLs live (`<base_url>/agents/<name>`): its own
+    /// origin, or the server's public URL.
     pub base_url: String,
     /// When created.
     pub created_at: String,
@@ -704,7 +714,7 @@ pub fn cloud(c: &Cloud, cfg: &ApiConfig) -> CloudObject {
         name: c.name.clone(),
         driver: c.driver,
         config: c.config.clone(),
-        base_url: cfg.public_url.clone(),
+        base_url: c.base_url.clone().unwrap_or_else(|| cfg.public_url.clone()),
         created_at: ts(c.created_at),
     }
 }

@@ -39,7 +39,7 @@ async fn deploy_example_and_the_agent_object() {
         assert_eq!(a["scaling"], json!({"min_instances": 1, "max_instances": 10, "current_instances": 0, "target_cpu_percent": 70}));
         assert_eq!(a["endpoints"]["health"], "/health");
         assert_eq!(a["endpoints"]["invoke"], "/invoke");
-        assert!(a["endpoints"]["base_url"].as_str().expect("base_url").starts_with("http://sentiment-analyzer-"));
+        assert_eq!(a["endpoints"]["base_url"], "http://127.0.0.1:7070/agents/sentiment-analyzer", "path-style, under the cloud's base URL");
         assert_eq!(a["environment"], json!({"OPENAI_API_KEY": "****", "LOG_LEVEL": "info"}));
         assert_eq!(a["source"], json!({"type": "github", "repo": "myorg/sentiment-agent", "branch": "main"}));
         for k in ["requests_24h", "avg_latency_ms", "error_rate_percent"] {

@@ -29,7 +29,13 @@ fn assert_refused(r: &Reply) {
 /// A kubernetes cloud as an earlier Hangar stored it.
 async fn stored_kubernetes_cloud(h: &Harness) -> String {
     h.db.store
-        .create_cloud(&h.a.org, "cluster", DriverKind::Kubernetes, &json!({}))
+        .create_cloud(
+            &h.a.org,
+            "cluster",
+            DriverKind::Kubernetes,
+            &json!({}),
+            None,
+        )
         .await
         .expect("cloud")
         .id
@@ -99,6 +105,7 @@ async fn an_instance_of_an_agent_on_a_kubernetes_cloud_is_refused() {
                     organization_id: h.a.org.clone(),
                     user_id: h.a.user.clone(),
                     cloud_id: cloud,
+                    url_base: None,
                     name: "remote".into(),
                     display_name: None,
                     version: None,

@@ -43,6 +43,7 @@ async fn agent(store: &Store, o: &Org, name: &str, source: Source) -> (String, B
             organization_id: o.id.clone(),
             user_id: o.user.clone(),
             cloud_id: o.cloud.clone(),
+            url_base: None,
             name: name.into(),
             display_name: None,
             version: None,

@@ -118,7 +118,7 @@ async fn world(config: serde_json::Value) -> World {
     let boot = store.bootstrap(None).await.expect("bootstrap");
     let org = boot.organization.id.clone();
     let cloud = store
-        .create_cloud(&org, "dock", DriverKind::Docker, &config)
+        .create_cloud(&org, "dock", DriverKind::Docker, &config, None)
         .await
         .expect("cloud");
     World {
@@ -139,6 +139,7 @@ impl World {
                 organization_id: self.org.clone(),
                 user_id: self.user.clone(),
                 cloud_id: self.cloud.clone(),
+                url_base: None,
                 name: name.into(),
                 display_name: None,
                 version: None,

@@ -109,6 +109,7 @@ impl World {
                 organization_id: org.clone(),
                 user_id: self.user.clone(),
                 cloud_id: cloud.id,
+                url_base: None,
                 name: format!(
                     "agent-{}",
                     hangar_core::id::new_id(hangar_core::id::IdKind::Agent)
@@ -532,6 +533,7 @@ impl World {
                 organization_id: self.org.clone(),
                 user_id: self.user.clone(),
                 cloud_id: cloud.id,
+                url_base: None,
                 name: format!(
                     "agent-{}",
                     hangar_core::id::new_id(hangar_core::id::IdKind::Agent)
@@ -874,7 +876,13 @@ async fn replicas_of_a_docker_cloud_run_its_build_image_on_the_docker_driver() {
         w.controller = Controller::new(w.store.clone(), Arc::new(set), config());
         let dock = w
             .store
-            .create_cloud(&w.org, "dock", DriverKind::Docker, &serde_json::json!({}))
+            .create_cloud(
+                &w.org,
+                "dock",
+                DriverKind::Docker,
+                &serde_json::json!({}),
+                None,
+            )
             .await
             .expect("cloud");
         let local = w
@@ -927,7 +935,13 @@ async fn a_docker_cloud_without_an_engine_says_why_its_replicas_do_not_start() {
         );
         w.controller = Controller::new(w.store.clone(), Arc::new(set), config());
         w.store
-            .create_cloud(&w.org, "dock", DriverKind::Docker, &serde_json::json!({}))
+            .create_cloud(
+                &w.org,
+                "dock",
+                DriverKind::Docker,
+                &serde_json::json!({}),
+                None,
+            )
             .await
             .expect("cloud");
         let inst = w.instance_in("dock", 1, BTreeMap::new()).await;

@@ -5,6 +5,7 @@
 //! on one meaning of every field, and so that it can be tested without a database.
 //!
 //! # Layout
+//! - [`agent_url`]: path-style agent URLs (`<cloud base URL>/agents/<name>`).
 //! - [`id`]: opaque, prefixed, sortable identifiers (`agent_…`, `inst_…`).
 //! - [`logs`]: a level and a message from whatever a replica prints; stored log lines.
 //! - [`quantity`]: Kubernetes-style quantities (`"0.5"`, `"250m"`, `"512Mi"`).
@@ -18,6 +19,7 @@
 //! - [`docker`]: docker clouds: the image a build makes, how it runs, the cloud's config.
 //! - [`kubernetes`]: kubernetes clouds: the cloud's config, the image a replica pulls.
 
+pub mod agent_url;
 pub mod contract;
 pub mod docker;
 pub mod events;

@@ -105,6 +105,9 @@ pub struct Cloud {
     pub driver: DriverKind,
     /// Driver-specific settings (Docker host, kubeconfig context, …).
     pub config: serde_json::Value,
+    /// Where its agents' URLs live: an origin of its own
+    /// ([`crate::agent_url::origin`]), or `None` for the server's public URL.
+    pub base_url: Option<String>,
     /// When created.
     pub created_at: Timestamp,
 }
@@ -124,6 +127,14 @@ pub struct Agent {
     pub name: String,
     /// DNS label of its URL, also used by its default instance.
     pub resource_name: String,
+    /// Its cloud's own base URL when the cloud has one (`None`: the
+    /// server's public URL), as it was when the agent was made; its agent URL
+    /// is `<base>/agents/<name>` ([`crate::agent_url`]).
+    pub url_base: Option<String>,
+    /// What makes its agent URL unique ([`crate::agent_url::key`]); `None`
+    /// for an agent with no agent URL (made before there were agent URLs,
+    /// with a name an older agent had, until it is renamed).
+    pub url_key: Option<String>,
     /// Free-text display name.
     pub display_name: Option<String>,
     /// Free-text version.

@@ -83,6 +83,9 @@ pub enum RouteKey {
     Agent(String),
     /// The first DNS label of an instance URL's host.
     Host(String),
+    /// The URL keys an agent URL may mean, the cloud's own first
+    /// ([`hangar_core::agent_url::candidates`]): the agent's default instance.
+    AgentUrl([String; 2]),
 }
 
 /// See the module docs. One per server.
@@ -187,8 +190,8 @@ impl Gateway {
     /// What `key` leads to: from the route cache (read from the store
     /// within [`ROUTE_TTL`]), else from the store, remembered when there is
     /// an instance. `None` when there is nothing by that key, or (with
-    /// `org`) it is another organization's, which looks the same. Host keys
-    /// are public (instance URLs): they take no `org`.
+    /// `org`) it is another organization's, which looks the same. Host and
+    /// agent URL keys are public (instance and agent URLs): they take no `org`.
     pub async fn resolve(
         &self,
         key: &RouteKey,
@@ -230,6 +233,15 @@ impl Gateway {
             (RouteKey::Host(label), _) => self
                 .store
                 .instance_at_host(label)
+                .await?
+                .filter(|i| org.is_none_or(|org| i.organization_id == org))
+                .map(|instance| Resolved {
+                    instance: Some(Arc::new(instance)),
+                    agent_status: None,
+                }),
+            (RouteKey::AgentUrl(keys), _) => self
+                .store
+                .instance_at_agent_url(keys)
                 .await?
                 .filter(|i| org.is_none_or(|org| i.organization_id == org))
                 .map(|instance| Resolved {

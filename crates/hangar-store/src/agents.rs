@@ -32,6 +32,8 @@ pub struct NewAgent {
     pub user_id: String,
     /// Target cloud (its ID).
     pub cloud_id: String,
+    /// The cloud's own base URL for agent URLs (`None`: the server's).
+    pub url_base: Option<String>,
     /// Unique within the cloud.
     pub name: String,
     /// Display name.
@@ -54,7 +56,7 @@ pub struct NewAgent {
     pub metadata: BTreeMap<String, String>,
 }
 
-pub(crate) const AGENT_COLUMNS: &str = "a.id, a.organization_id, a.user_id, a.cloud_id, a.name, a.resource_name, a.display_name, a.version, \
+pub(crate) const AGENT_COLUMNS: &str = "a.id, a.organization_id, a.user_id, a.cloud_id, a.name, a.resource_name, a.url_base, a.url_key, a.display_name, a.version, \
     a.runtime, a.resources, a.scaling, a.config, a.environment, a.source, a.metadata, a.desired_state, \
     a.latest_build_id, a.default_instance_id, a.created_at, a.updated_at, a.deployed_at";
 
@@ -66,6 +68,8 @@ pub(crate) fn agent_from_row(r: &impl RowExt) -> Result<Agent> {
         cloud_id: r.text("cloud_id")?,
         name: r.text("name")?,
         resource_name: r.text("resource_name")?,
+        url_base: r.opt_text("url_base")?,
+        url_key: r.opt_text("url_key")?,
         display_name: r.opt_text("display_name")?,
         version: r.opt_text("version")?,
         runtime: r.json("runtime")?,
@@ -207,6 +211,11 @@ impl Store {
             organization_id: new.organization_id,
             user_id: new.user_id,
             cloud_id: new.cloud_id,
+            url_key: Some(hangar_core::agent_url::key(
+                new.url_base.as_deref(),
+                &new.name,
+            )),
+            url_base: new.url_base,
             name: new.name,
             resource_name,
             display_name: new.display_name,
@@ -228,8 +237,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO agents (id, organization_id, user_id, cloud_id, name, resource_name, display_name, version, runtime, \
-             resources, scaling, config, environment, source, metadata, desired_state, latest_build_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18)",
+             resources, scaling, config, environment, source, metadata, desired_state, latest_build_id, created_at, updated_at, \
+             url_base, url_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19, $20)",
         )
         .bind(&agent.id)
         .bind(&agent.organization_id)
@@ -249,6 +259,8 @@ impl Store {
         .bind(agent.desired_state.as_str())
         .bind(&build.id)
         .bind(now)
+        .bind(&agent.url_base)
+        .bind(&agent.url_key)
         .execute(&mut *tx)
         .await
         .map_err(|e| name_taken(e, IdKind::Agent, &agent.name))?;
@@ -357,7 +369,14 @@ impl Store {
             return Ok(None);
         };
         let before = agent.config.network.clone();
+        let name_before = agent.name.clone();
         change(&mut agent)?;
+        if agent.name != name_before {
+            agent.url_key = Some(hangar_core::agent_url::key(
+                agent.url_base.as_deref(),
+                &agent.name,
+            ));
+        }
         // Audited with the change itself: no policy changes unrecorded.
         if let Some(data) =
             hangar_core::network::policy_change(before.as_ref(), agent.config.network.as_ref())
@@ -367,7 +386,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE agents SET name = $3, display_name = $4, version = $5, runtime = $6, resources = $7, scaling = $8, \
-             config = $9, environment = $10, source = $11, metadata = $12, updated_at = $13 \
+             config = $9, environment = $10, source = $11, metadata = $12, updated_at = $13, url_key = $14 \
              WHERE organization_id = $1 AND id = $2",
         )
         .bind(&agent.organization_id)
@@ -383,6 +402,7 @@ impl Store {
         .bind(to_json(&agent.source))
         .bind(to_json(&agent.metadata))
         .bind(now_ms())
+        .bind(&agent.url_key)
         .execute(&mut *tx)
         .await
         .map_err(|e| name_taken(e, IdKind::Agent, &agent.name))?;

@@ -301,6 +301,22 @@ impl Store {
         row.as_ref().map(instance_from_row).transpose()
     }
 
+    /// The default instance of the live agent with one of the URL keys
+    /// `keys` ([`hangar_core::agent_url::candidates`]), the first key's
+    /// agent when both have one: what an agent URL leads to.
+    pub async fn instance_at_agent_url(&self, keys: &[String; 2]) -> Result<Option<Instance>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE deleted_at IS NULL AND id = \
+             (SELECT default_instance_id FROM agents WHERE url_key IN ($1, $2) AND deleted_at IS NULL \
+              ORDER BY CASE WHEN url_key = $1 THEN 0 ELSE 1 END LIMIT 1)"
+        ))
+        .bind(&keys[0])
+        .bind(&keys[1])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
     /// A page of the organization's instances, newest first, after the cursor ID.
     pub async fn list_instances(
         &self,

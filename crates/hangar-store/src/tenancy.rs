@@ -98,7 +98,7 @@ const ORG_COLUMNS: &str = "id, name, max_instances, is_operator, created_at";
 const USER_COLUMNS: &str = "id, organization_id, email, name, role, created_at";
 const KEY_COLUMNS: &str =
     "id, organization_id, user_id, name, prefix, created_at, last_used_at, revoked_at";
-const CLOUD_COLUMNS: &str = "id, organization_id, name, driver, config, created_at";
+const CLOUD_COLUMNS: &str = "id, organization_id, name, driver, config, base_url, created_at";
 
 fn org_from_row(r: &AnyRow) -> Result<Organization> {
     Ok(Organization {
@@ -141,6 +141,7 @@ fn cloud_from_row(r: &AnyRow) -> Result<Cloud> {
         name: r.text("name")?,
         driver: r.parsed("driver")?,
         config: r.json("config")?,
+        base_url: r.opt_text("base_url")?,
         created_at: r.time("created_at")?,
     })
 }
@@ -556,13 +557,15 @@ impl Store {
         self.get_api_key(org_id, id).await
     }
 
-    /// Adds a cloud.
+    /// Adds a cloud; `base_url` is its own origin for agent URLs (`None`:
+    /// the server's public URL).
     pub async fn create_cloud(
         &self,
         org_id: &str,
         name: &str,
         driver: DriverKind,
         config: &serde_json::Value,
+        base_url: Option<&str>,
     ) -> Result<Cloud> {
         let cloud = Cloud {
             id: new_id(IdKind::Cloud),
@@ -570,14 +573,16 @@ impl Store {
             name: name.to_owned(),
             driver,
             config: config.clone(),
+            base_url: base_url.map(str::to_owned),
             created_at: from_ms(now_ms()),
         };
-        sqlx::query("INSERT INTO clouds (id, organization_id, name, driver, config, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO clouds (id, organization_id, name, driver, config, base_url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&cloud.id)
             .bind(org_id)
             .bind(name)
             .bind(driver.as_str())
             .bind(to_json(config))
+            .bind(base_url)
             .bind(crate::to_ms(cloud.created_at))
             .execute(&self.pool)
             .await

@@ -53,6 +53,7 @@ fn new_agent(o: &Org, name: &str) -> NewAgent {
         organization_id: o.id.clone(),
         user_id: o.user.clone(),
         cloud_id: o.cloud.clone(),
+        url_base: None,
         name: name.into(),
         display_name: None,
         version: None,

@@ -49,6 +49,7 @@ async fn fixture(store: &Store, n: usize) -> (String, Vec<String>) {
                 organization_id: org.clone(),
                 user_id: boot.admin.id.clone(),
                 cloud_id: cloud.id.clone(),
+                url_base: None,
                 name: format!("agent-{i}"),
                 display_name: None,
                 version: None,

@@ -51,6 +51,7 @@ async fn fixture(store: &Store) -> Fixture {
             organization_id: org.clone(),
             user_id: user.clone(),
             cloud_id: cloud.id,
+            url_base: None,
             name: "runner".into(),
             display_name: None,
             version: None,

@@ -27,6 +27,7 @@ fn new_agent(org: &str, user: &str, cloud: &str, name: &str) -> NewAgent {
         organization_id: org.into(),
         user_id: user.into(),
         cloud_id: cloud.into(),
+        url_base: None,
         name: name.into(),
         display_name: None,
         version: None,
@@ -110,6 +111,7 @@ async fn bootstrap_once_and_authenticate() {
                 "cluster",
                 DriverKind::Kubernetes,
                 &serde_json::json!({}),
+                None,
             )
             .await
             .expect("cloud");
@@ -538,6 +540,117 @@ async fn an_abandoned_agent_read_leaves_its_connection_usable() {
                 .expect("found");
             assert_eq!(view.agent.id, id);
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_urls_lead_to_one_agent_across_organizations() {
+    each_backend(|store| async move {
+        store.bootstrap(None).await.expect("bootstrap");
+        let mut orgs = Vec::new();
+        for name in ["one", "two"] {
+            let org = store
+                .create_organization(name, 10, &format!("a@{name}.example"))
+                .await
+                .expect("org");
+            let cloud = store
+                .get_cloud(&org.organization.id, "local")
+                .await
+                .expect("cloud")
+                .expect("local");
+            orgs.push((org.organization.id, org.admin.id, cloud.id));
+        }
+        let (o1, u1, local1) = orgs[0].clone();
+        let (o2, u2, local2) = orgs[1].clone();
+        let (shared, build) = store
+            .create_agent(new_agent(&o1, &u1, &local1, "bot"))
+            .await
+            .expect("agent");
+        assert_eq!(shared.agent.url_key.as_deref(), Some("/bot"));
+        // Another organization's cloud at the server's URL: the name is taken.
+        let taken = store
+            .create_agent(new_agent(&o2, &u2, &local2, "bot"))
+            .await
+            .expect_err("same URL");
+        assert!(
+            matches!(
+                taken,
+                StoreError::NameTaken {
+                    what: IdKind::Agent,
+                    ..
+                }
+            ),
+            "{taken:?}"
+        );
+        // A cloud with its own base URL: the same name is another URL.
+        let edge = store
+            .create_cloud(
+                &o2,
+                "edge",
+                DriverKind::Sandbox,
+                &serde_json::json!({}),
+                Some("https://agents.two.example"),
+            )
+            .await
+            .expect("cloud");
+        assert_eq!(edge.base_url.as_deref(), Some("https://agents.two.example"));
+        let mut on_edge = new_agent(&o2, &u2, &edge.id, "bot");
+        on_edge.url_base = edge.base_url.clone();
+        let (own, own_build) = store.create_agent(on_edge).await.expect("agent");
+        assert_eq!(own.agent.url_key.as_deref(), Some("agents.two.example/bot"));
+
+        // Each leads to its default instance; the cloud's own host first.
+        for (org, user, agent, build, name) in [
+            (&o1, &u1, &shared.agent.id, &build.id, "s"),
+            (&o2, &u2, &own.agent.id, &own_build.id, "o"),
+        ] {
+            store
+                .set_build_status(build, BuildStatus::Ready, None, Some("sha256:x"))
+                .await
+                .expect("ready");
+            let mut new = new_instance(org, agent, build, user, name);
+            new.make_default = true;
+            store.create_instance(new).await.expect("instance");
+        }
+        let at = |host: Option<&'static str>| {
+            let store = store.clone();
+            async move {
+                store
+                    .instance_at_agent_url(&hangar_core::agent_url::candidates(host, "bot"))
+                    .await
+                    .expect("read")
+                    .map(|i| i.name)
+            }
+        };
+        assert_eq!(at(Some("agents.two.example")).await.as_deref(), Some("o"));
+        assert_eq!(
+            at(Some("AGENTS.two.example:443")).await.as_deref(),
+            Some("o")
+        );
+        assert_eq!(at(Some("127.0.0.1:7070")).await.as_deref(), Some("s"));
+        assert_eq!(at(None).await.as_deref(), Some("s"));
+
+        // A rename moves the URL; the old name is free again.
+        store
+            .modify_agent::<StoreError>(&o1, &shared.agent.id, |a| {
+                a.name = "bot2".into();
+                Ok(())
+            })
+            .await
+            .expect("rename")
+            .expect("agent");
+        assert_eq!(at(Some("127.0.0.1")).await, None);
+        let moved = store
+            .instance_at_agent_url(&hangar_core::agent_url::candidates(None, "bot2"))
+            .await
+            .expect("read")
+            .map(|i| i.name);
+        assert_eq!(moved.as_deref(), Some("s"));
+        store
+            .create_agent(new_agent(&o2, &u2, &local2, "bot"))
+            .await
+            .expect("the name is free");
     })
     .await;
 }

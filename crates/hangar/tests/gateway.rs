@@ -381,6 +381,71 @@ async fn a_roll_drains_requests_in_flight_before_stopping_a_replica() {
     server.wait_nothing_left(&instance).await;
 }
 
+/// Opens a websocket to the app behind `host` and `path` on `server`, and
+/// checks it echoes two messages.
+async fn websocket_echoes(server: &Server, host: &str, path: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let address = server.url.strip_prefix("http://").expect("addr");
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("handshake");
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.expect("line");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for message in ["hello", "again"] {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | message.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        stream.get_mut().write_all(&frame).await.expect("frame");
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await.expect("answer header");
+        assert_eq!(header[0], 0x81);
+        let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
+        stream.read_exact(&mut payload).await.expect("payload");
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            format!("echo: {message}")
+        );
+    }
+}
+
+/// A 3 MiB body, and its SHA-256 in hex.
+fn big_body() -> (Vec<u8>, String) {
+    use sha2::Digest;
+    let body: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let digest = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    (body, digest)
+}
+
 /// The host of a URL the API handed out (`http://host:port`).
 fn host_of(url: &Value) -> String {
     url.as_str()
@@ -404,8 +469,6 @@ async fn instance_urls_proxy_any_request_and_websockets() {
         .await;
     let agent = agent_id(&server, &instance).await;
     let host = host_of(&inst["deployment"]["url"]);
-    let agent_view = server.get(&format!("/v1/agents/{agent}")).await;
-    let agent_host = host_of(&agent_view["data"]["endpoints"]["base_url"]);
     let http = reqwest::Client::new();
 
     // Any method, path, query and header; no API key; the agent's headers back.
@@ -454,29 +517,20 @@ async fn instance_urls_proxy_any_request_and_websockets() {
         }
     }
 
-    // A 3 MiB body arrives whole, through the agent's URL as well.
-    let body: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let digest = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    for h in [&host, &agent_host] {
-        let res = http
-            .put(format!("{}/upload", server.url))
-            .header("host", h)
-            .body(body.clone())
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(res.status(), 200);
-        let seen: Value = res.json().await.expect("json");
-        assert_eq!(seen["method"], "PUT");
-        assert_eq!(seen["body_bytes"], 3 << 20);
-        assert_eq!(seen["body_sha256"], digest.as_str());
-    }
+    // A 3 MiB body arrives whole.
+    let (body, digest) = big_body();
+    let res = http
+        .put(format!("{}/upload", server.url))
+        .header("host", &host)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let seen: Value = res.json().await.expect("json");
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["body_bytes"], 3 << 20);
+    assert_eq!(seen["body_sha256"], digest.as_str());
 
     // An unknown name under the base domain: 404; the API's own host: the API.
     let port = server.url.rsplit(':').next().expect("port");
@@ -492,57 +546,157 @@ async fn instance_urls_proxy_any_request_and_websockets() {
     server.get("/v1/me").await;
 
     // A websocket through the instance URL.
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let address = server.url.strip_prefix("http://").expect("addr");
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let mut stream = BufReader::new(stream);
-    stream
-        .get_mut()
-        .write_all(
-            format!(
-                "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("handshake");
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        stream.read_line(&mut line).await.expect("line");
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line);
-    }
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // RFC 6455's example key and its accept value.
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-        "{head}"
-    );
-    for message in ["hello", "again"] {
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | message.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        stream.get_mut().write_all(&frame).await.expect("frame");
-        let mut header = [0u8; 2];
-        stream.read_exact(&mut header).await.expect("answer header");
-        assert_eq!(header[0], 0x81);
-        let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
-        stream.read_exact(&mut payload).await.expect("payload");
-        assert_eq!(
-            String::from_utf8_lossy(&payload),
-            format!("echo: {message}")
-        );
-    }
-    drop(stream);
+    websocket_echoes(&server, &host, "/ws").await;
 
+    server.delete(&instance, true).await;
+    server.wait_nothing_left(&instance).await;
+}
+
+#[tokio::test]
+async fn agent_urls_reach_an_agent_by_path_under_its_clouds_base_url() {
+    if !root_or_skip("agent URLs") {
+        return;
+    }
+    let dir = temp("agenturls");
+    let server = Server::start(&dir);
+    let port = server.url.rsplit(':').next().expect("port").to_owned();
+    let label = json!({"environment": {"APP_LABEL": "shared"}});
+    let (agent, instance) = server.deploy_running("site", "web", label).await;
+    let view = server.get(&format!("/v1/agents/{agent}")).await;
+    let base = format!("{}/agents/site", server.url);
+    assert_eq!(view["data"]["endpoints"]["base_url"], base.as_str());
+    let http = reqwest::Client::new();
+
+    // Any method, path and query under it, the prefix stripped and named in
+    // X-Forwarded-Prefix; a 3 MiB body arrives whole; no API key.
+    let (body, digest) = big_body();
+    let res = http
+        .put(format!("{base}/upload/here?x=1"))
+        .header("x-custom", "kept")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-app"], "web");
+    let seen: Value = res.json().await.expect("json");
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/upload/here");
+    assert_eq!(seen["query"], "x=1");
+    assert_eq!(seen["headers"]["x-forwarded-prefix"], "/agents/site");
+    assert_eq!(seen["headers"]["x-custom"], "kept");
+    assert_eq!(seen["body_bytes"], 3 << 20);
+    assert_eq!(seen["body_sha256"], digest.as_str());
+    assert_eq!(seen["label"], "shared");
+    let seen: Value = http
+        .get(&base)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["path"], "/", "the bare agent URL is the app's root");
+
+    // A streamed answer comes as it is written: the app never ends it, so a
+    // proxy that waited for the end would pass nothing on.
+    let mut res = http
+        .get(format!("{base}/stream"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), 200);
+    let mut got = String::new();
+    while got.matches('\n').count() < 3 {
+        let chunk = res.chunk().await.expect("chunk").expect("more");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(got.starts_with("line 0\nline 1\nline 2\n"), "{got}");
+    drop(res);
+
+    websocket_echoes(&server, &format!("127.0.0.1:{port}"), "/agents/site/ws").await;
+
+    // No agent by that name: 404; `/v1/agents` is still the API.
+    let res = http
+        .get(format!("{}/agents/nobody/x", server.url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 404);
+    let error: Value = res.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "AGENT_NOT_FOUND");
+
+    // A base URL must be an origin outside the instance hosts' domain.
+    for bad in [
+        "http://edge.example.test/base",
+        "http://x.localhost",
+        "edge",
+    ] {
+        let (status, error, _, text) = server
+            .call(
+                reqwest::Method::POST,
+                "/v1/clouds",
+                Some(json!({"name": "bad", "driver": "sandbox", "base_url": bad})),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert_eq!(error["error"]["field"], "base_url", "{text}");
+    }
+
+    // A cloud with a base URL of its own: its agents answer at that host, and
+    // may have a name an agent at the server's URL has.
+    let edge_host = format!("edge.example.test:{port}");
+    let (status, cloud, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/clouds",
+            Some(json!({"name": "edge", "driver": "sandbox",
+                "base_url": format!("http://Edge.Example.test:{port}/")})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(cloud["data"]["base_url"], format!("http://{edge_host}"));
+    let label = json!({"cloud_id": "edge", "environment": {"APP_LABEL": "edge"}});
+    let (edge_agent, edge_instance) = server.deploy_running("site", "web", label).await;
+    let view = server.get(&format!("/v1/agents/{edge_agent}")).await;
+    assert_eq!(
+        view["data"]["endpoints"]["base_url"],
+        format!("http://{edge_host}/agents/site")
+    );
+    for (host, want) in [(edge_host.as_str(), "edge"), ("127.0.0.1", "shared")] {
+        let res = http
+            .post(format!("{base}/x"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200);
+        let seen: Value = res.json().await.expect("json");
+        assert_eq!(seen["label"], want, "through {host}");
+    }
+
+    // Clouds at the server's URL share agent names: a second `site` there is
+    // refused, saying so.
+    let (status, _, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/clouds",
+            Some(json!({"name": "second", "driver": "sandbox"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let (status, error, _, text) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({"name": "site", "cloud_id": "second",
+                "source": {"type": "github", "repo": format!("file://{}", agent_dir("web"))}})),
+        )
+        .await;
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(error["error"]["code"], "AGENT_NAME_TAKEN", "{text}");
+
+    server.delete(&edge_instance, true).await;
     server.delete(&instance, true).await;
     server.wait_nothing_left(&instance).await;
 }

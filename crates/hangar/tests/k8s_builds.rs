@@ -299,7 +299,7 @@ impl World {
 
     async fn cloud(&self, name: &str, config: Value) -> String {
         self.store
-            .create_cloud(&self.org, name, DriverKind::Kubernetes, &config)
+            .create_cloud(&self.org, name, DriverKind::Kubernetes, &config, None)
             .await
             .expect("cloud")
             .id
@@ -318,6 +318,7 @@ impl World {
                 organization_id: self.org.clone(),
                 user_id: self.user.clone(),
                 cloud_id: cloud.id,
+                url_base: None,
                 name: name.into(),
                 display_name: None,
                 version: None,

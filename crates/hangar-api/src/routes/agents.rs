@@ -178,7 +178,7 @@ fn check_labels(display_name: Option<&String>, version: Option<&String>) -> ApiR
 /// Deploy a new agent: creates it and queues its first build.
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = CreateAgent,
     responses((status = 201, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"),
-        (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN"),
+        (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN: the cloud has an agent of that name, or another agent already answers at the same agent URL (`<cloud base_url>/agents/<name>`: clouds that share a base URL share agent names)"),
         (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
         (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)"),
         (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
@@ -239,6 +239,7 @@ async fn create_agent(
             organization_id: caller.org().to_owned(),
             user_id: caller.0.user_id.clone(),
             cloud_id: cloud.id,
+            url_base: cloud.base_url,
             name: body.name,
             display_name: body.display_name,
             version: body.version,
@@ -348,7 +349,8 @@ fn merge(target: &mut BTreeMap<String, String>, patch: BTreeMap<String, Option<S
 /// Update an agent's configuration.
 #[utoipa::path(patch, path = "/v1/agents/{id}", tag = "agents", request_body = UpdateAgent,
     params(("id" = String, Path, description = "Agent ID")),
-    responses((status = 200, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"), (status = 404, description = "AGENT_NOT_FOUND")))]
+    responses((status = 200, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"), (status = 404, description = "AGENT_NOT_FOUND"),
+        (status = 409, description = "AGENT_NAME_TAKEN: a new name the cloud already has, or that another agent already answers at (`<cloud base_url>/agents/<name>`)")))]
 async fn update_agent(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,25 +1,31 @@
-//! Instance URLs: a request whose `Host` is `<label>.<base domain>` (any
-//! port) is not an API call but traffic for the instance (or the agent's
-//! default instance) with that resource name, handed to the gateway's
-//! proxy. Every other host reaches the API.
+//! Instance and agent URLs, which are not API calls but traffic for a
+//! replica, handed to the gateway's proxy:
+//! - a request whose `Host` is `<label>.<base domain>` (any port) goes to
+//!   the instance (or the agent's default instance) with that resource
+//!   name, path as is: the Instances API's `deployment.url`;
+//! - on any other host, a request whose path is under `/agents/<name>` goes
+//!   to that agent's default instance with the prefix stripped and
+//!   `X-Forwarded-Prefix` set: the Agents API's `endpoints.base_url`
+//!   ([`hangar_core::agent_url`] says which agent a host and name mean).
 //!
-//! Instance URLs are public, as the seeds' "public URL for this instance"
-//! says: no API key is asked for, and the agent authenticates its callers
-//! itself if it wants to.
+//! Every other request reaches the API. Both kinds of URL are public, as
+//! the seeds' "public URL for this instance" says: no API key is asked for,
+//! and the agent authenticates its callers itself if it wants to.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hangar_core::agent_url;
 use hangar_gateway::{Resolved, RouteKey};
 
 use crate::error::{ApiError, Kind};
 use crate::AppState;
 
 /// The first label of `host` when it is `<label>.<base_domain>[:port]`.
-fn instance_label<'h>(host: &'h str, base_domain: &str) -> Option<&'h str> {
+pub(super) fn instance_label<'h>(host: &'h str, base_domain: &str) -> Option<&'h str> {
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
@@ -42,7 +48,8 @@ fn instance_label<'h>(host: &'h str, base_domain: &str) -> Option<&'h str> {
     ok.then_some(label)
 }
 
-/// Middleware (outermost): instance hosts go to the proxy, the rest on.
+/// Middleware (outermost): instance hosts and agent URLs go to the proxy,
+/// the rest on.
 pub(crate) async fn instance_hosts(
     State(state): State<AppState>,
     request: Request,
@@ -54,26 +61,69 @@ pub(crate) async fn instance_hosts(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
-    let Some(label) = host
+    if let Some(label) = host
         .as_deref()
         .and_then(|h| instance_label(h, &state.config.base_domain))
         .map(str::to_ascii_lowercase)
+    {
+        let target = Target {
+            key: RouteKey::Host(label.clone()),
+            missing: (Kind::Instance, label),
+        };
+        return crate::context::with_request_id(proxy(state, target, request)).await;
+    }
+    let Some((name, path)) = agent_url::split_path(request.uri().path())
+        .map(|(name, path)| (name.to_owned(), path.to_owned()))
     else {
         return next.run(request).await;
     };
-    crate::context::with_request_id(proxy(state, label, request)).await
+    let (name, path) = (name.as_str(), path.as_str());
+    let target = Target {
+        key: RouteKey::AgentUrl(agent_url::candidates(host.as_deref(), name)),
+        missing: (Kind::Agent, name.to_owned()),
+    };
+    let request = match strip_agent_prefix(request, name, path) {
+        Ok(request) => request,
+        Err(err) => return err.into_response(),
+    };
+    crate::context::with_request_id(proxy(state, target, request)).await
 }
 
-async fn proxy(state: AppState, label: String, request: Request) -> Response {
+/// Where a request goes, and what to call it when nothing is there.
+struct Target {
+    key: RouteKey,
+    missing: (Kind, String),
+}
+
+/// `/agents/<name>/rest?q` → `/rest?q`, with `X-Forwarded-Prefix:
+/// /agents/<name>` so the agent can build its own links.
+fn strip_agent_prefix(mut request: Request, name: &str, path: &str) -> Result<Request, ApiError> {
+    let uri = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let prefix = format!("{}{name}", agent_url::PREFIX);
+    let bad = |_| ApiError::invalid("path", "is not a valid request target");
+    *request.uri_mut() = uri.parse::<Uri>().map_err(bad)?;
+    let prefix = HeaderValue::try_from(prefix)
+        .map_err(|_| ApiError::invalid("path", "is not a valid request target"))?;
+    request.headers_mut().insert("x-forwarded-prefix", prefix);
+    Ok(request)
+}
+
+async fn proxy(state: AppState, target: Target, request: Request) -> Response {
     let Some(gateway) = state.gateway.clone() else {
         return state.runtime_unavailable().into_response();
     };
-    let instance = match gateway.resolve(&RouteKey::Host(label.clone()), None).await {
+    let instance = match gateway.resolve(&target.key, None).await {
         Ok(Some(Resolved {
             instance: Some(instance),
             ..
         })) => instance,
-        Ok(_) => return ApiError::not_found(Kind::Instance, label).into_response(),
+        Ok(_) => {
+            let (kind, name) = target.missing;
+            return ApiError::not_found(kind, name).into_response();
+        }
         Err(err) => return ApiError::from(err).into_response(),
     };
     let client = request

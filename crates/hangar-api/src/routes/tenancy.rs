@@ -479,6 +479,13 @@ struct CreateCloud {
     #[serde(default)]
     #[schema(value_type = Object)]
     config: serde_json::Map<String, serde_json::Value>,
+    /// Where its agents' URLs live: an origin (`https://agents.example.com`,
+    /// no path) that reaches this server. Agent URLs are
+    /// `<base_url>/agents/<name>`. Absent: the server's public URL, which
+    /// every cloud without its own shares, so agent names are unique across
+    /// them.
+    #[schema(format = "uri", example = "https://agents.example.com")]
+    base_url: Option<String>,
 }
 
 /// Add a cloud (admins).
@@ -506,6 +513,24 @@ async fn create_cloud(
         return Err(ApiError::invalid("config", "must be at most 16 KiB"));
     }
     let config = serde_json::Value::Object(body.config);
+    let base_url = body
+        .base_url
+        .as_deref()
+        .map(|url| hangar_core::agent_url::origin("base_url", url))
+        .transpose()?
+        .filter(|url| *url != state.config.public_url.trim_end_matches('/'));
+    if let Some(url) = &base_url {
+        let host = hangar_core::agent_url::authority(url);
+        if super::proxy::instance_label(host, &state.config.base_domain).is_some() {
+            return Err(ApiError::invalid(
+                "base_url",
+                format!(
+                    "must not be a name under {}, where instance URLs live",
+                    state.config.base_domain
+                ),
+            ));
+        }
+    }
     // What the builder and the drivers read from it; a typo is refused now,
     // not ignored until a build or a replica behaves unexpectedly.
     let cluster = match body.driver {
@@ -518,7 +543,13 @@ async fn create_cloud(
     };
     let cloud = state
         .store
-        .create_cloud(caller.org(), &body.name, body.driver, &config)
+        .create_cloud(
+            caller.org(),
+            &body.name,
+            body.driver,
+            &config,
+            base_url.as_deref(),
+        )
         .await?;
     if let (Some(cluster), Some(driver)) = (cluster, &state.kubernetes) {
         driver.add_cloud(&cloud.id, cluster);

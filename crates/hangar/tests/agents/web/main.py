@@ -2,6 +2,8 @@
 - any method on any path (but those below): JSON with the method, path,
   query, headers and the length of the body it read;
 - GET /health: 200;
+- GET /stream: a chunked answer of numbered lines, one every 50 ms, until
+  the caller goes away;
 - GET /ws: a websocket that answers each text message with "echo: <text>".
 """
 import base64
@@ -10,6 +12,7 @@ import json
 import os
 import struct
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -21,6 +24,8 @@ class App(BaseHTTPRequestHandler):
     def _echo(self):
         if self.path == "/health":
             return self._reply(200, {"status": "ok"})
+        if self.path == "/stream":
+            return self._stream()
         if self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             return self._websocket()
         length = int(self.headers.get("Content-Length") or 0)
@@ -43,7 +48,24 @@ class App(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_bytes": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
+            "label": os.environ.get("APP_LABEL"),
         })
+
+    def _stream(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        n = 0
+        try:
+            while True:
+                line = b"line %d\n" % n
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+                n += 1
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _echo
 
