@@ -446,6 +446,10 @@ async fn a_server_not_run_as_root_says_so_first_and_refuses_work_for_agents() {
         .await,
         "stdin",
     );
+    refused(
+        call(&url, Method::GET, "/agents/echo/", Value::Null).await,
+        "the agent's URL",
+    );
     // What needs no agent running still works.
     let (status, body) = call(
         &url,
@@ -553,6 +557,7 @@ async fn the_clusters_of_the_kubernetes_clouds_in_the_database_are_checked() {
             "k8s-gone",
             hangar_core::model::DriverKind::Kubernetes,
             &json!({"kubeconfig": gone.to_string_lossy()}),
+            None,
         )
         .await
         .expect("cloud");
