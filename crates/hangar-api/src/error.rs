@@ -168,9 +168,11 @@ pub enum ApiError {
         /// The agent's status and the start of its answer, for `AGENT_ERROR`.
         details: Option<Value>,
     },
-    /// 503 `RUNTIME_UNAVAILABLE`: the operation needs a runtime this server lacks.
+    /// 503 `RUNTIME_UNAVAILABLE`: the operation needs a runtime this server
+    /// lacks; the message says why (not running as root, say) when the
+    /// server knows.
     #[error("{0}")]
-    RuntimeUnavailable(&'static str),
+    RuntimeUnavailable(std::borrow::Cow<'static, str>),
     /// 500 `INTERNAL_ERROR`: logged, never shown.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -126,9 +126,35 @@ pub struct Services {
     /// The kubernetes driver, if this server runs replicas: a new
     /// kubernetes cloud's cluster is checked and connected through it.
     pub kubernetes: Option<Arc<hangar_runtime::KubernetesDriver>>,
+    /// Why this server runs no agents, when it knows (`hangar serve` not
+    /// running as root). Work that needs agents to run here — creating or
+    /// starting agents and instances, invoke, exec, stdin — is refused with
+    /// 503 `RUNTIME_UNAVAILABLE` and this reason, rather than accepted and
+    /// left `starting` for ever. `None` with no runtime: the API alone
+    /// (tests), which accepts such work.
+    pub no_agents_reason: Option<String>,
 }
 
 impl Services {
+    /// 503 `RUNTIME_UNAVAILABLE` for work that needs a runtime this server
+    /// lacks, saying why when the server knows.
+    #[must_use]
+    pub fn runtime_unavailable(&self) -> ApiError {
+        ApiError::RuntimeUnavailable(match &self.no_agents_reason {
+            Some(reason) => reason.clone().into(),
+            None => "this server has no replica runtime attached".into(),
+        })
+    }
+
+    /// Refuses work that would need agents to run here, on a server that
+    /// runs none ([`Services::no_agents_reason`]).
+    pub fn runs_agents(&self) -> Result<(), ApiError> {
+        match self.no_agents_reason {
+            Some(_) => Err(self.runtime_unavailable()),
+            None => Ok(()),
+        }
+    }
+
     /// Asks the controller (if any) to reconcile instance `id` now.
     /// Also forgets the gateway's routes: the instance (or its agent)
     /// changed.

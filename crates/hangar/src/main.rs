@@ -1,4 +1,5 @@
-//! The `hangar` binary: `hangar serve` runs the platform; `login`, `deploy`,
+//! The `hangar` binary: `hangar serve` runs the platform; `hangar doctor`
+//! says whether this host lets it run agents; `login`, `deploy`,
 //! `agents`, `invoke` and `logs` are its client (in [`cli`]). This file only
 //! parses the command line and maps failures to exit codes (64 for bad
 //! configuration or usage, 1 for anything else).
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod config;
 mod data_dir;
+mod doctor;
 mod egress;
 mod jobs;
 mod serve;
@@ -30,6 +32,11 @@ struct Cli {
 enum Command {
     /// Run the Hangar server (API, gateway and instance URLs on one listener).
     Serve(Box<config::ServeArgs>),
+    /// Check what `hangar serve` needs on this host (root, cgroups,
+    /// networking, engines, the database, disk, toolchains), one line each
+    /// with the fix; exit 0 when it can run agents, 1 otherwise. Takes
+    /// `serve`'s flags, so it checks the data dir and database serve would use.
+    Doctor(Box<config::ServeArgs>),
     #[command(flatten)]
     Client(cli::Command),
     /// Internal: the per-replica process the sandbox driver starts.
@@ -89,6 +96,26 @@ fn main() -> ExitCode {
                 ShimCommand::Cleanup { dir } => hangar_runtime::shim::cleanup(&dir),
             };
             ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Doctor(args) => {
+            let config = match config::Config::resolve(*args, &env) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hangar: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hangar: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            ExitCode::from(runtime.block_on(doctor::run(&config)))
         }
         Command::Serve(args) => {
             let config = match config::Config::resolve(*args, &env) {

@@ -5,6 +5,10 @@
 //! The listener is bound first: a server that cannot listen (the port is
 //! taken) must fail before it creates anything — no data dir, no database,
 //! no organization, no admin key printed for a server that never ran.
+//! Then the host's checks ([`crate::doctor::local`]) are printed as one
+//! short block on stderr — what is not ok, and whether agents will run —
+//! before anything else, so a server that will not run agents (not root)
+//! says so in its first lines, not in a log line among many.
 //!
 //! Shutdown is one [`CancellationToken`], cancelled by the first signal and
 //! handed to every background task at its start. The listener stops
@@ -72,6 +76,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    let checked = config.clone();
+    let findings = tokio::task::spawn_blocking(move || crate::doctor::local(&checked))
+        .await
+        .context("checking the host")?;
+    for line in crate::doctor::start_block(&findings) {
+        eprintln!("{line}");
+    }
     // Signals are taken from here on: one during the start-up below is a
     // shutdown the tasks see as soon as they start.
     let shutdown = CancellationToken::new();
@@ -190,6 +201,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jobs: runner,
         intake,
         kubernetes,
+        no_agents_reason: crate::doctor::no_agents_reason(nix::unistd::geteuid().is_root())
+            .map(str::to_owned),
     }));
     println!(
         "hangar listening on http://{local} (organization {}, database {})",
@@ -310,7 +323,8 @@ async fn connect_docker(
 /// for docker clouds ([`hangar_runtime::DriverSet`]), and the controller
 /// over them. Replicas left running by an earlier process are adopted
 /// before the listener opens. Sandboxes need root: without it the server
-/// runs without a runtime (the API works; nothing runs), and says so.
+/// runs without a runtime (the API works, refusing work for agents with
+/// [`crate::doctor::no_agents_reason`]); the start-up block said so.
 /// The sandbox driver is returned too: the builder runs build steps on it;
 /// and the controller's loop.
 type Runtime = (
@@ -327,12 +341,8 @@ async fn start_runtime(
     docker: &Result<Arc<hangar_runtime::DockerDriver>, String>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Runtime> {
-    if !nix::unistd::geteuid().is_root() {
-        tracing::warn!(
-            "NOT RUNNING AS ROOT: sandboxes need root (namespaces, cgroups, mounts), so this \
-             server runs no replicas; instances stay `starting`"
-        );
-        eprintln!("hangar: not running as root: agents will not run (sandboxes need root)");
+    if let Some(reason) = crate::doctor::no_agents_reason(nix::unistd::geteuid().is_root()) {
+        tracing::warn!("NOT RUNNING AS ROOT: {reason}");
         return Ok((None, None, None, None));
     }
     let shim_program = std::env::current_exe().context("finding the hangar binary for shims")?;

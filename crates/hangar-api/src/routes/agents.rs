@@ -180,7 +180,8 @@ fn check_labels(display_name: Option<&String>, version: Option<&String>) -> ApiR
     responses((status = 201, body = Envelope<AgentObject>), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "CLOUD_NOT_FOUND"), (status = 409, description = "AGENT_NAME_TAKEN: the cloud has an agent of that name, or another agent already answers at the same agent URL (`<cloud base_url>/agents/<name>`: clouds that share a base URL share agent names)"),
         (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
-        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)")))]
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
 async fn create_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -217,6 +218,8 @@ async fn create_agent(
         .await?
         .found(Kind::Cloud, &body.cloud_id)?;
     super::tenancy::driver_available(&state, &cloud.name, cloud.driver)?;
+    // Accepted, it would build and then stay `starting` for ever.
+    state.runs_agents()?;
     // The agent will need an instance once built; refuse now rather than fail later.
     let org = state
         .store
@@ -436,14 +439,17 @@ async fn delete_agent(
     }
 }
 
-pub(crate) fn not_running(view: &AgentView, action: &str) -> ApiError {
+/// Why a request that needs the agent running cannot be served: it is not
+/// running, or (running, on a server without a runtime) nothing here
+/// could serve it.
+pub(crate) fn not_running(state: &AppState, view: &AgentView, action: &str) -> ApiError {
     let status = agent_status(
         view.agent.desired_state,
         view.latest_build_status,
         view.default_instance.as_ref().map(|i| i.status),
     );
     if status == AgentStatus::Running {
-        ApiError::RuntimeUnavailable("this server has no replica runtime attached")
+        state.runtime_unavailable()
     } else {
         ApiError::NotRunning {
             kind: Kind::Agent,
@@ -475,12 +481,15 @@ async fn set_desired(
 
 /// Start a stopped agent.
 #[utoipa::path(post, path = "/v1/agents/{id}/start", tag = "agents", params(("id" = String, Path, description = "Agent ID")),
-    responses((status = 200, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND")))]
+    responses((status = 200, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
 async fn start(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Envelope<AgentObject>>> {
+    find(&state, &caller, &id).await?;
+    state.runs_agents()?;
     set_desired(&state, &caller, &id, DesiredState::Running).await
 }
 
@@ -506,13 +515,16 @@ struct RedeployRequest {
 /// Redeploy with the latest code: queues a build; the instance rolls onto it once ready.
 #[utoipa::path(post, path = "/v1/agents/{id}/redeploy", tag = "agents", request_body = Option<RedeployRequest>,
     params(("id" = String, Path, description = "Agent ID")),
-    responses((status = 202, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND")))]
+    responses((status = 202, body = Envelope<AgentObject>), (status = 404, description = "AGENT_NOT_FOUND"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
 async fn redeploy(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     OptionalBody(body): OptionalBody<RedeployRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    find(&state, &caller, &id).await?;
+    state.runs_agents()?;
     let source = match body.and_then(|b| b.source) {
         Some(source) => Some(check_source(&state, &caller, source).await?),
         None => None,
@@ -551,7 +563,8 @@ struct LogsQuery {
 /// Retrieve or stream an agent's logs.
 #[utoipa::path(get, path = "/v1/agents/{id}/logs", tag = "agents", params(("id" = String, Path, description = "Agent ID"), LogsQuery),
     responses((status = 200, description = "Log lines, or SSE with follow=true"), (status = 404, description = "AGENT_NOT_FOUND"),
-        (status = 409, description = "AGENT_NOT_RUNNING")))]
+        (status = 409, description = "AGENT_NOT_RUNNING"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE (follow=true): no runtime here to follow the agent's replicas; the message says why")))]
 async fn logs(
     State(state): State<AppState>,
     reader: super::tokens::Reader,
@@ -589,11 +602,12 @@ async fn logs(
     let view = find(&state, caller, &id).await?;
     // The agent's log is its default instance's.
     let Some(instance) = &view.default_instance else {
-        return Err(not_running(&view, "read logs of"));
+        return Err(not_running(&state, &view, "read logs of"));
     };
     let live = match (&state.runtime, q.follow) {
         (Some(runtime), true) => Some(runtime.subscribe_logs(&instance.id)),
-        (None, true) => return Err(not_running(&view, "follow logs of")),
+        (None, true) if state.no_agents_reason.is_some() => return Err(state.runtime_unavailable()),
+        (None, true) => return Err(not_running(&state, &view, "follow logs of")),
         (_, false) => None,
     };
     let level = q

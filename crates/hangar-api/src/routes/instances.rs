@@ -161,7 +161,8 @@ struct CreateInstance {
     responses((status = 201, body = InstanceObject), (status = 400, description = "INVALID_REQUEST"),
         (status = 404, description = "AGENT_NOT_FOUND / BUILD_NOT_FOUND / ORGANIZATION_NOT_FOUND"),
         (status = 409, description = "BUILD_NOT_READY / INSTANCE_NAME_TAKEN"), (status = 422, description = "RESOURCE_LIMIT_EXCEEDED"),
-        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the agent's cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)")))]
+        (status = 501, description = "DRIVER_UNAVAILABLE (+ `driver`): the agent's cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas)"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
 async fn create_instance(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +188,8 @@ async fn create_instance(
     if let Some(cloud) = state.store.get_cloud(caller.org(), &agent.cloud_id).await? {
         super::tenancy::driver_available(&state, &cloud.name, cloud.driver)?;
     }
+    // Accepted, it would stay `starting` for ever.
+    state.runs_agents()?;
     let config = body
         .config
         .apply(&agent.config)
@@ -342,11 +345,12 @@ async fn instance_status(
     )))
 }
 
-/// Why a request that needs a live replica cannot be served: the instance is not
-/// running, or (while no runtime is attached to this server) nothing could serve it.
-fn no_replica(inst: &Instance, action: &str) -> ApiError {
-    if inst.status == InstanceStatus::Running {
-        ApiError::RuntimeUnavailable("this server has no replica runtime attached")
+/// Why a request that needs a live replica cannot be served: this server
+/// runs no agents (and says why), the instance is not running, or (while
+/// no runtime is attached to this server) nothing could serve it.
+fn no_replica(state: &AppState, inst: &Instance, action: &str) -> ApiError {
+    if state.no_agents_reason.is_some() || inst.status == InstanceStatus::Running {
+        state.runtime_unavailable()
     } else {
         not_running(inst, action)
     }
@@ -383,7 +387,7 @@ async fn replica_runtime<'s>(
     limit: std::time::Duration,
 ) -> ApiResult<(&'s hangar_controller::Controller, Instance)> {
     let Some(runtime) = &state.runtime else {
-        return Err(no_replica(&inst, action));
+        return Err(no_replica(state, &inst, action));
     };
     let deadline = tokio::time::Instant::now() + limit;
     let mut woken = false;
@@ -472,7 +476,7 @@ const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
         (status = 404, description = "INSTANCE_NOT_FOUND"),
         (status = 409, description = "INSTANCE_NOT_RUNNING (+ current_status): stopped, stopping, failed, or no replica started within 60 s"),
         (status = 500, description = "INTERNAL_ERROR (+ request_id): the runtime failed; the cause is logged"),
-        (status = 503, description = "RUNTIME_UNAVAILABLE: this server has no runtime")))]
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
 async fn exec(
     State(state): State<AppState>,
     caller: Caller,
@@ -545,7 +549,7 @@ struct StdinInput {
         (status = 404, description = "INSTANCE_NOT_FOUND"),
         (status = 409, description = "INSTANCE_NOT_RUNNING (+ current_status): stopped, stopping, failed, or no replica started within 30 s; STDIN_NOT_ENABLED"),
         (status = 500, description = "INTERNAL_ERROR (+ request_id): the runtime failed; the cause is logged"),
-        (status = 503, description = "RUNTIME_UNAVAILABLE: this server has no runtime")))]
+        (status = 503, description = "RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix")))]
 async fn stdin(
     State(state): State<AppState>,
     caller: Caller,
@@ -599,7 +603,8 @@ struct LogsQuery {
 #[utoipa::path(get, path = "/instances/{org_id}/{instance_id}/logs", tag = "instances",
     params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID"), LogsQuery),
     responses((status = 200, description = "{\"logs\": [{timestamp, level, message}]}, or SSE with follow=true"),
-        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING")))]
+        (status = 404, description = "INSTANCE_NOT_FOUND"), (status = 409, description = "INSTANCE_NOT_RUNNING"),
+        (status = 503, description = "RUNTIME_UNAVAILABLE (follow=true): no runtime here to follow a running instance's replicas; the message says why")))]
 async fn logs(
     State(state): State<AppState>,
     reader: super::tokens::Reader,
@@ -624,7 +629,7 @@ async fn logs(
     let inst = find_in(&state, caller, &org_id, &id).await?;
     let live = match (&state.runtime, q.follow) {
         (Some(runtime), true) => Some(runtime.subscribe_logs(&inst.id)),
-        (None, true) => return Err(no_replica(&inst, "follow logs of")),
+        (None, true) => return Err(no_replica(&state, &inst, "follow logs of")),
         (_, false) => None,
     };
     let request = super::logs::LogRequest {

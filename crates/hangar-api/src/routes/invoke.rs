@@ -70,7 +70,7 @@ struct InvokeRequest {
         (status = 404, description = "AGENT_NOT_FOUND"),
         (status = 409, description = "AGENT_NOT_RUNNING (+ current_status); JOB_IN_PROGRESS, JOB_CANCELLED (a repeated Idempotency-Key)"),
         (status = 502, description = "AGENT_ERROR (+ details.agent_status, details.agent_body): the agent answered non-2xx; AGENT_BAD_RESPONSE: its answer could not be read; AGENT_UNREACHABLE: its replica could not be reached or broke the connection"),
-        (status = 503, description = "AGENT_UNAVAILABLE: no replica ready and none coming; AGENT_OVERLOADED: every replica busy and the queue full; RUNTIME_UNAVAILABLE: this server has no runtime"),
+        (status = 503, description = "AGENT_UNAVAILABLE: no replica ready and none coming; AGENT_OVERLOADED: every replica busy and the queue full; RUNTIME_UNAVAILABLE: this server runs no agents, the message says why (not running as root; `hangar doctor` on the server tells what to fix)"),
         (status = 504, description = "INVOKE_TIMEOUT: no answer within options.timeout")))]
 async fn invoke(
     State(state): State<AppState>,
@@ -134,9 +134,7 @@ async fn invoke(
     }
     let Target::Here(gateway, instance) = target(&state, &caller, &id, "invoke", false).await?
     else {
-        return Err(ApiError::RuntimeUnavailable(
-            "this server has no replica runtime attached",
-        ));
+        return Err(state.runtime_unavailable());
     };
     if stream {
         let events = match gateway
@@ -210,7 +208,9 @@ enum Target {
 /// The agent's route, resolved by the gateway (its cache, then the store).
 /// A missing agent is 404; one with no instance — or, with `must_run`, one
 /// that is not running — 409 with its status. On a server without a
-/// runtime the store says whether the agent runs.
+/// runtime the store says whether the agent runs; one that runs no agents
+/// (not root) takes no invocation, not even a job, rather than queue work
+/// that may never run.
 async fn target(
     state: &AppState,
     caller: &Caller,
@@ -224,6 +224,7 @@ async fn target(
             .get_agent(caller.org(), id)
             .await?
             .found(Kind::Agent, id)?;
+        state.runs_agents()?;
         let status = agent_status(
             view.agent.desired_state,
             view.latest_build_status,

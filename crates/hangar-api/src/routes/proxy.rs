@@ -113,8 +113,7 @@ fn strip_agent_prefix(mut request: Request, name: &str, path: &str) -> Result<Re
 
 async fn proxy(state: AppState, target: Target, request: Request) -> Response {
     let Some(gateway) = state.gateway.clone() else {
-        return ApiError::RuntimeUnavailable("this server has no replica runtime attached")
-            .into_response();
+        return state.runtime_unavailable().into_response();
     };
     let instance = match gateway.resolve(&target.key, None).await {
         Ok(Some(Resolved {

@@ -166,7 +166,7 @@ async fn put_upload_content(
     }
     let Some(dir) = state.config.uploads_dir.clone() else {
         return Err(ApiError::RuntimeUnavailable(
-            "this server does not take uploads",
+            "this server does not take uploads".into(),
         ));
     };
     let upload = state

@@ -108,6 +108,7 @@ impl Harness {
             gateway: None,
             deliverer: None,
             jobs: None,
+            no_agents_reason: None,
         }));
         Harness { db, app, a, b }
     }
