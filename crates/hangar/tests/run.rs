@@ -45,6 +45,13 @@ async fn python_agent_runs_isolated_restarts_and_is_deleted() {
     );
     let (_, _, code) = server.exec(&org, &a, &["sh", "-c", "exit 3"]).await;
     assert_eq!(code.as_deref(), Some("3"));
+    // A program the replica does not have: what a shell says, not a 500.
+    let (status, out, code) = server.exec(&org, &a, &["no-such-program", "x"]).await;
+    assert_eq!((status, code.as_deref()), (200, Some("127")), "{out}");
+    assert!(
+        out.contains("executable 'no-such-program' not found in $PATH"),
+        "{out}"
+    );
 
     // Its own IP, reachable from the host: /health and /invoke answer there.
     let (_, ip, _) = server

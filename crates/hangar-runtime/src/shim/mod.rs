@@ -237,13 +237,44 @@ fn run_exec(dir: &Path) -> Result<ExecResult, DriverError> {
                 DriverError::Invalid(error_chain(&err))
             }
             other => DriverError::Failed(error_chain(&other)),
-        })?;
+        });
+    let output = match output {
+        Ok(output) => output,
+        Err(DriverError::Failed(chain)) => {
+            return unstartable(&chain).ok_or(DriverError::Failed(chain))
+        }
+        Err(err) => return Err(err),
+    };
     Ok(ExecResult {
         stdout: output.stdout,
         stderr: output.stderr,
         truncated: output.stdout_truncated || output.stderr_truncated,
         code: output.status.code(),
         timed_out: output.timed_out,
+    })
+}
+
+/// A program the sandbox could not start — not in the replica's `PATH`, or
+/// not executable — answered as a shell answers it: exit status 127 or 126,
+/// and why on stderr. It is the caller's command that is wrong, not the
+/// replica. `chain` is the exec's error chain; libcontainer (0.7) checks
+/// the program in the replica before it execs, and says so in these words.
+fn unstartable(chain: &str) -> Option<ExecResult> {
+    let code = if chain.contains("not found in $PATH") {
+        127
+    } else if chain.contains("does not have correct permissions") {
+        126
+    } else {
+        return None;
+    };
+    let start = chain.find("executable '")?;
+    let reason = chain[start..].split(": ").next().unwrap_or_default();
+    Some(ExecResult {
+        stdout: Vec::new(),
+        stderr: format!("hangar: {reason}\n").into_bytes(),
+        truncated: false,
+        code: Some(code),
+        timed_out: false,
     })
 }
 
@@ -302,5 +333,25 @@ fn kill_shims_of(dir: &Path) {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_that_cannot_start_is_an_exit_status_like_a_shells() {
+        let missing = "container: create the tenant: executable 'python' not found in $PATH";
+        let result = unstartable(missing).expect("an exit status");
+        assert_eq!(result.code, Some(127));
+        assert_eq!(
+            String::from_utf8_lossy(&result.stderr),
+            "hangar: executable 'python' not found in $PATH\n"
+        );
+        let denied =
+            "x: executable 'run' at path '\"/app/run\"' does not have correct permissions: y";
+        assert_eq!(unstartable(denied).and_then(|r| r.code), Some(126));
+        assert!(unstartable("container: out of memory").is_none());
     }
 }
