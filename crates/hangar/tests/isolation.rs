@@ -33,9 +33,15 @@ async fn call_as(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// Deploys agent `name` (the `http` test agent) as the holder of `key` and
-/// waits for it to run; returns its id and its instance's.
-async fn deploy_as(server: &Server, key: &str, name: &str, config: Value) -> (String, String) {
+/// Deploys agent `name` (the `http` test agent) on `cloud` as the holder of
+/// `key` and waits for it to run; returns its id and its instance's.
+async fn deploy_as(
+    server: &Server,
+    key: &str,
+    cloud: &str,
+    name: &str,
+    config: Value,
+) -> (String, String) {
     // Uploaded: `file://` sources are the operator organization's only.
     let archive = std::process::Command::new("tar")
         .args(["czf", "-", "-C", &agent_dir("http"), "."])
@@ -57,7 +63,7 @@ async fn deploy_as(server: &Server, key: &str, name: &str, config: Value) -> (St
     assert_eq!(put.status(), 200);
     let body = json!({
         "name": name,
-        "cloud_id": "local",
+        "cloud_id": cloud,
         "source": {"type": "upload", "archive_url": url},
         "config": config,
     });
@@ -96,13 +102,13 @@ struct Deployed {
     instance: String,
 }
 
-async fn deploy(server: &Server, key: &str, name: &str, config: Value) -> Deployed {
+async fn deploy(server: &Server, key: &str, cloud: &str, name: &str, config: Value) -> Deployed {
     let (_, me) = call_as(server, key, reqwest::Method::GET, "/v1/me", None).await;
     let org = me["organization_id"]
         .as_str()
         .expect("organization_id")
         .to_owned();
-    let (agent, instance) = deploy_as(server, key, name, config).await;
+    let (agent, instance) = deploy_as(server, key, cloud, name, config).await;
     Deployed {
         key: key.to_owned(),
         org,
@@ -170,17 +176,29 @@ async fn replicas_reach_neither_other_tenants_nor_other_agents_nor_the_host() {
         .expect("key")
         .to_owned();
 
-    let alpha = deploy(&server, KEY, "alpha", json!({})).await;
-    let beta = deploy(&server, KEY, "beta", json!({})).await;
+    let alpha = deploy(&server, KEY, "local", "alpha", json!({})).await;
+    let beta = deploy(&server, KEY, "local", "beta", json!({})).await;
     let gamma = deploy(
         &server,
         KEY,
+        "local",
         "gamma",
         json!({"network": {"reach": ["beta"]}}),
     )
     .await;
-    // Another organization's agent, of the same name as one of ours.
-    let theirs = deploy(&server, &other_key, "beta", json!({})).await;
+    // Another organization's agent, of the same name as one of ours: on a
+    // cloud of its own base URL, as agent URLs need (clouds at the server's
+    // URL share agent names).
+    let (status, created) = call_as(
+        &server,
+        &other_key,
+        reqwest::Method::POST,
+        "/v1/clouds",
+        Some(json!({"name": "own", "driver": "sandbox", "base_url": "http://other.example.test"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let theirs = deploy(&server, &other_key, "own", "beta", json!({})).await;
     assert_ne!(theirs.org, alpha.org);
 
     let beta_ip = python_in(&server, &beta, OWN_ADDRESS).await;
@@ -328,7 +346,7 @@ async fn the_network_block_is_validated_and_shown_back() {
     )
     .await;
     assert!(status == 201 || status == 200);
-    let (agent, _) = deploy_as(&server, KEY, "shown", json!({"network": network})).await;
+    let (agent, _) = deploy_as(&server, KEY, "local", "shown", json!({"network": network})).await;
     let (_, view) = call_as(
         &server,
         KEY,

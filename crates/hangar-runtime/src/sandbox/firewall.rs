@@ -274,6 +274,13 @@ fn apply(sandboxes: &Sandboxes, change: Change<'_>) -> Result<usize, String> {
     }
     let elements = Elements::of(&members);
     let quick = match (change, &before) {
+        // The only member: the last one to leave deleted the table, so it is
+        // most likely missing — create it, one `nft` run instead of a failed
+        // addition and then the creation. `create` fails if it is there.
+        (Change::Add, _) if members.len() == 1 => {
+            nft::run(&creation(&table, subnet, &elements)).is_ok()
+                || nft::run(&additions(&table, &elements)).is_ok()
+        }
         (Change::Add, _) if !members.is_empty() => {
             nft::run(&additions(&table, &elements)).is_ok()
                 || nft::run(&creation(&table, subnet, &elements)).is_ok()
