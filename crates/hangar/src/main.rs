@@ -100,41 +100,23 @@ fn main() -> ExitCode {
         Command::Doctor(args) => {
             let config = match config::Config::resolve(*args, &env) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("hangar: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
+                Err(e) => return usage_error(&e),
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("hangar: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             ExitCode::from(runtime.block_on(doctor::run(&config)))
         }
         Command::Serve(args) => {
             let config = match config::Config::resolve(*args, &env) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("hangar: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
+                Err(e) => return usage_error(&e),
             };
             serve::init_tracing(&env);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("hangar: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let served = runtime.block_on(serve::run(config));
             // Every task that must finish was joined by `run`; blocking work
@@ -150,6 +132,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A configuration that cannot be used: said, and the usage exit code.
+fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("hangar: {error}");
+    ExitCode::from(EX_USAGE)
+}
+
+/// The async runtime `builder` makes, or the failure said.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("hangar: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// The shim logs to a file in its directory, never to fd 1 or 2: stdout is

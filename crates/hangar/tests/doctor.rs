@@ -323,24 +323,7 @@ async fn a_server_not_run_as_root_says_so_first_and_refuses_work_for_agents() {
     let _ = std::fs::remove_dir_all(&dir);
     let root = Server::start(&dir);
     let org = root.org().await;
-    let instance = root
-        .deploy(
-            "echo",
-            "echo",
-            json!({
-                "config": {"enable_http": false, "stdin_enabled": true},
-                "scaling": {"min_instances": 0, "max_instances": 1},
-            }),
-        )
-        .await;
-    let agent = root.instance(&instance).await["agent_id"]
-        .as_str()
-        .expect("agent_id")
-        .to_owned();
-    let build = root.get(&format!("/v1/agents/{agent}")).await["data"]["latest_build_id"]
-        .as_str()
-        .expect("latest_build_id")
-        .to_owned();
+    let (instance, agent, build) = root.deploy_echo_at_zero().await;
     root.kill9();
     kill_replicas_under(&dir);
     chown_tree(&dir);

@@ -17,25 +17,7 @@ async fn stdin_and_exec_on_a_new_instance_of_a_scale_to_zero_agent_are_answered(
     }
     let server = Server::start(&temp("inst-stdin"));
     let org = server.org().await;
-    let default_instance = server
-        .deploy(
-            "echo",
-            "echo",
-            json!({
-                "config": {"enable_http": false, "stdin_enabled": true},
-                "scaling": {"min_instances": 0, "max_instances": 1},
-            }),
-        )
-        .await;
-    let agent_id = server.instance(&default_instance).await["agent_id"]
-        .as_str()
-        .expect("agent_id")
-        .to_owned();
-    let agent = server.get(&format!("/v1/agents/{agent_id}")).await;
-    let build_id = agent["data"]["latest_build_id"]
-        .as_str()
-        .expect("latest_build_id")
-        .to_owned();
+    let (default_instance, agent_id, build_id) = server.deploy_echo_at_zero().await;
 
     // No `config.replicas`: the agent's floor (0), at least one.
     let (status, created, _, text) = server

@@ -179,6 +179,30 @@ impl Server {
         }
     }
 
+    /// Deploys the `echo` stdin agent scaled to zero (`min_instances: 0`);
+    /// returns its default instance's id, the agent's and its build's.
+    pub async fn deploy_echo_at_zero(&self) -> (String, String, String) {
+        let instance = self
+            .deploy(
+                "echo",
+                "echo",
+                json!({
+                    "config": {"enable_http": false, "stdin_enabled": true},
+                    "scaling": {"min_instances": 0, "max_instances": 1},
+                }),
+            )
+            .await;
+        let agent = self.instance(&instance).await["agent_id"]
+            .as_str()
+            .expect("agent_id")
+            .to_owned();
+        let build = self.get(&format!("/v1/agents/{agent}")).await["data"]["latest_build_id"]
+            .as_str()
+            .expect("latest_build_id")
+            .to_owned();
+        (instance, agent, build)
+    }
+
     /// Deploys an agent and waits for its default instance to run; returns
     /// the agent's id and the instance's.
     pub async fn deploy_running(&self, name: &str, agent: &str, extra: Value) -> (String, String) {
