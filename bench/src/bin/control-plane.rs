@@ -402,6 +402,7 @@ fn main() -> Result<()> {
         no_agents_reason: None,
         store: fx.store.clone(),
         config: Arc::new(ApiConfig {
+            node_dead_after: Duration::from_secs(15),
             uploads_dir: None,
             max_upload_bytes: 0,
             cors_origins: Vec::new(),

@@ -66,6 +66,8 @@ pub struct ApiConfig {
     pub cors_origins: Vec<String>,
     /// How fast one API key may send requests; `None`: as fast as it likes.
     pub rate_limit: Option<RateLimit>,
+    /// A server silent (no heartbeat) for longer than this is shown `dead`.
+    pub node_dead_after: Duration,
 }
 
 impl ApiConfig {
@@ -259,7 +261,8 @@ pub fn decode_cursor(cursor: Option<&str>, prefix: &str) -> Result<Option<String
         (name = "uploads", description = "Archive uploads"),
         (name = "secrets", description = "Encrypted secrets referenced as ${secrets.NAME}"),
         (name = "webhooks", description = "Webhook endpoints"),
-        (name = "tenancy", description = "Organizations, users, API keys and clouds")
+        (name = "tenancy", description = "Organizations, users, API keys and clouds"),
+        (name = "nodes", description = "The servers on this database")
     )
 )]
 struct ApiDoc;
@@ -290,6 +293,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::invoke::routes())
         .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())
+        .merge(routes::nodes::routes())
         .merge(routes::builds::routes())
         .merge(routes::uploads::routes())
         .merge(routes::secrets::routes())

@@ -448,6 +448,23 @@ impl Controller {
         self.inner.state(instance_id).logs.subscribe()
     }
 
+    /// The replicas this controller runs now (the live ones of every
+    /// instance): what its server reports as its node's.
+    pub fn replica_count(&self) -> usize {
+        let states: Vec<Arc<InstanceState>> =
+            lock(&self.inner.instances).values().cloned().collect();
+        states
+            .iter()
+            .map(|state| {
+                lock(&state.tracked)
+                    .replicas
+                    .values()
+                    .filter(|replica| replica.phase.is_live())
+                    .count()
+            })
+            .sum()
+    }
+
     /// What the egress proxy asks on every request: the policy of the
     /// replica at an address.
     pub fn egress_policies(&self) -> Arc<dyn hangar_egress::Policies> {

@@ -19,6 +19,7 @@
 //! - `extras`: uploads, secrets, webhooks.
 //! - `runtime`: what the runtime controller reads and records: the instances to
 //!   act on, their replicas' logs and each replica's log cursor.
+//! - `nodes`: the servers on this database and their heartbeats.
 //! - [`Backlog`]: counts of work waiting, for metrics.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool (one hand-off to SQLite's thread instead of two, typed rows).
@@ -42,6 +43,7 @@ mod extras;
 mod instances;
 mod intake;
 mod jobs;
+mod nodes;
 mod reads;
 mod runtime;
 pub mod seal;
@@ -56,6 +58,7 @@ pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
 pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
+pub use nodes::{store_now, Node, NodeBeat, NodeStatus};
 pub use runtime::{ControlledInstance, LogFilter, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 

@@ -654,3 +654,42 @@ async fn agent_urls_lead_to_one_agent_across_organizations() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn nodes_beat_restart_and_stop() {
+    each_backend(|store| async move {
+        let beat = hangar_store::NodeBeat {
+            id: "node-a".into(),
+            address: "http://10.0.0.5:7070".into(),
+            version: "0.1.0".into(),
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+            replicas: 0,
+        };
+        store.node_heartbeat(&beat, true).await.expect("start");
+        let started = store.list_nodes().await.expect("nodes")[0].started_at;
+        let busy = hangar_store::NodeBeat {
+            replicas: 3,
+            ..beat.clone()
+        };
+        store.node_heartbeat(&busy, false).await.expect("beat");
+        let nodes = store.list_nodes().await.expect("nodes");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].beat, busy);
+        assert_eq!(nodes[0].started_at, started, "a beat is not a start");
+        assert!(nodes[0].heartbeat_at >= started);
+        store.node_stopped("node-a").await.expect("stop");
+        let stopped = &store.list_nodes().await.expect("nodes")[0];
+        assert!(stopped.stopped_at.is_some());
+        assert_eq!(stopped.beat.replicas, 0);
+        let now = hangar_store::store_now();
+        let wait = std::time::Duration::from_secs(15);
+        assert_eq!(stopped.status(now, wait), hangar_store::NodeStatus::Stopped);
+        // Started again: the stop is forgotten.
+        store.node_heartbeat(&beat, true).await.expect("restart");
+        let again = &store.list_nodes().await.expect("nodes")[0];
+        assert_eq!(again.stopped_at, None);
+        assert_eq!(again.status(now, wait), hangar_store::NodeStatus::Ready);
+    })
+    .await;
+}

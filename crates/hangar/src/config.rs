@@ -37,6 +37,11 @@ pub struct ServeArgs {
     /// zero does [env: HANGAR_SCALE_TO_ZERO_AFTER] [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub scale_to_zero_after: Option<u64>,
+    /// Seconds without a heartbeat after which a server on the same database
+    /// is shown dead; servers beat every third of it
+    /// [env: HANGAR_NODE_DEAD_AFTER] [default: 15]
+    #[arg(long, value_name = "SECONDS")]
+    pub node_dead_after: Option<u64>,
     /// Requests in flight per replica; more wait in a bounded queue
     /// [env: HANGAR_REPLICA_CONCURRENCY] [default: 100]
     #[arg(long, value_name = "N")]
@@ -116,6 +121,7 @@ struct FileServer {
     admin_key: Option<String>,
     public_url: Option<String>,
     scale_to_zero_after: Option<u64>,
+    node_dead_after: Option<u64>,
     replica_concurrency: Option<usize>,
     webhook_retry_schedule: Option<String>,
     webhook_allow_private: Option<bool>,
@@ -155,6 +161,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Idle time before an instance that may scale to zero does.
     pub scale_to_zero_after: std::time::Duration,
+    /// Silence after which a server on the same database is shown dead.
+    pub node_dead_after: std::time::Duration,
     /// Requests in flight per replica.
     pub replica_concurrency: usize,
     /// Delays between webhook attempts.
@@ -322,6 +330,13 @@ impl Config {
             300,
             30 * 24 * 3600,
         )?;
+        let node_dead_after = number(
+            "HANGAR_NODE_DEAD_AFTER",
+            args.node_dead_after,
+            file.node_dead_after,
+            15,
+            3600,
+        )?;
         let replica_concurrency = number(
             "HANGAR_REPLICA_CONCURRENCY",
             args.replica_concurrency.map(|v| v as u64),
@@ -477,6 +492,7 @@ impl Config {
             admin_key,
             public_url,
             scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
+            node_dead_after: std::time::Duration::from_secs(node_dead_after),
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
             webhook_retry_schedule,
             webhook_addresses,

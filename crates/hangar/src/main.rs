@@ -15,6 +15,7 @@ mod data_dir;
 mod doctor;
 mod egress;
 mod jobs;
+mod node;
 mod serve;
 
 #[derive(Debug, Parser)]

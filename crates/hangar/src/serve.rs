@@ -133,6 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_upload_bytes: config.max_upload_bytes,
         cors_origins: config.cors_origins.clone(),
         rate_limit: config.rate_limit,
+        node_dead_after: config.node_dead_after,
     };
     let docker = connect_docker(&config, &data_dir).await;
     let (runtime, driver, controller_loop, kubernetes) =
@@ -154,6 +155,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Every task the server starts, joined at shutdown (by name, for the log).
     let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
+    let counted = runtime.clone();
+    let heartbeat = crate::node::start(
+        store.clone(),
+        node_id.clone(),
+        api_config.public_url.clone(),
+        config.node_dead_after,
+        move || {
+            counted
+                .as_ref()
+                .map_or(0, hangar_controller::Controller::replica_count)
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.push(("node heartbeat", heartbeat));
     tasks.push(("builder", builder.clone().start(shutdown.clone(), DRAIN)));
     let deliverer = hangar_webhooks::Deliverer::new(
         store.clone(),

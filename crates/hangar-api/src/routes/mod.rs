@@ -8,6 +8,7 @@ pub mod invoke;
 pub mod jobs;
 mod logs;
 pub(crate) mod metrics;
+pub(crate) mod nodes;
 pub(crate) mod proxy;
 pub(crate) mod secrets;
 pub mod tenancy;

@@ -47,6 +47,7 @@ impl Reply {
 
 pub fn config() -> ApiConfig {
     ApiConfig {
+        node_dead_after: Duration::from_secs(15),
         base_domain: "localhost".into(),
         public_port: 7070,
         public_url: "http://127.0.0.1:7070".into(),
