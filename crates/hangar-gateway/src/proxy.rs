@@ -210,8 +210,10 @@ async fn tunnel(
     request: Request<axum::body::Body>,
     downstream: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<axum::body::Body>, String> {
-    let stream = TcpStream::connect(slot.address)
+    let connecting = TcpStream::connect(slot.address);
+    let stream = tokio::time::timeout(crate::upstream::CONNECT_TIMEOUT, connecting)
         .await
+        .map_err(|_| "connect: the replica did not accept a connection in time".to_owned())?
         .map_err(|err| format!("connect: {err}"))?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))

@@ -48,6 +48,14 @@ pub const MAX_IDLE_PER_REPLICA: usize = 64;
 /// may have been closed by the replica while it sat in the pool).
 const IDLE_ATTEMPTS: usize = 3;
 
+/// How long a replica may take to accept a connection. It is on the host's
+/// bridge or loopback, so a healthy one accepts within a millisecond; one
+/// that does not answer at all (its address gone a moment ago, say) would
+/// otherwise hold the request for TCP's whole SYN retry schedule, about two
+/// minutes. Past it the connection counts as refused: the request was never
+/// sent, and goes to another replica.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A request body the connections can write.
 pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
@@ -271,8 +279,14 @@ impl<B: RequestBody> Upstreams<B> {
 }
 
 async fn connect<B: RequestBody>(address: SocketAddr) -> Result<Conn<B>, UpstreamError> {
-    let stream = TcpStream::connect(address)
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
         .await
+        .map_err(|_| {
+            UpstreamError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+            ))
+        })?
         .map_err(UpstreamError::Connect)?;
     stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
     let (sender, driver) = http1::Builder::new()
@@ -417,6 +431,33 @@ mod tests {
             .await
             .expect("body")
             .to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_never_accepts_counts_as_refused() {
+        // A listener whose accept queue is full: Linux drops further SYNs,
+        // so a connect would wait through TCP's retries.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let address = listener.local_addr().expect("address");
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let attempt =
+                tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(address));
+            if let Ok(Ok(stream)) = attempt.await {
+                queued.push(stream);
+            }
+        }
+        let upstreams = Arc::new(Upstreams::default());
+        let Err(err) = upstreams.send(address, post(address)).await else {
+            panic!("a replica that never accepts gave an answer");
+        };
+        assert!(err.is_connect(), "{err}");
+        assert!(err.to_string().contains("no connection within"), "{err}");
+        drop((queued, listener));
     }
 
     #[tokio::test]
