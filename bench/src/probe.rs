@@ -42,6 +42,17 @@ pub fn first_byte(
     marker: &str,
     deadline: Duration,
 ) -> Result<Duration> {
+    first_byte_every(address, t0, marker, deadline, POLL)
+}
+
+/// [`first_byte`], polling every `poll` instead.
+pub fn first_byte_every(
+    address: SocketAddr,
+    t0: Instant,
+    marker: &str,
+    deadline: Duration,
+    poll: Duration,
+) -> Result<Duration> {
     let give_up = t0 + deadline;
     loop {
         match http_get(address) {
@@ -56,7 +67,7 @@ pub fn first_byte(
                     deadline.as_secs()
                 )
             }
-            Err(_) => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(poll),
         }
     }
 }

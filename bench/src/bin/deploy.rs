@@ -59,7 +59,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt as _;
 use hangar_bench::host::{hangar_binary, is_dynamic, output, require_root, TempDir};
-use hangar_bench::probe::{check_answer, http_get};
+use hangar_bench::probe::first_byte_every;
 use hangar_bench::serve::Serve;
 use hangar_bench::{
     cpu_count, cpu_ticks, find_program, kernel_release, load_average, print_conditions, ratio,
@@ -508,7 +508,15 @@ spec:
             })?
             .context("no IP")?;
         let running = t0.elapsed();
-        let ready = first_byte(SocketAddr::new(address, PORT), t0, &self.marker)?;
+        // Every [`POLL`], not the probe's finer period: this benchmark's
+        // rows all poll alike.
+        let ready = first_byte_every(
+            SocketAddr::new(address, PORT),
+            t0,
+            &self.marker,
+            START_DEADLINE,
+            POLL,
+        )?;
         Ok(Deploy { running, ready })
     }
 
@@ -687,27 +695,6 @@ fn settle(namespace: &str, pod: Option<&str>) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Polls `address` every [`POLL`] (not the probe's own, finer period:
-/// this benchmark's rows all poll alike) until an HTTP answer's first byte
-/// arrives; returns when, counted from `t0`. Status 200 and `marker` in the
-/// body are checked off the clock.
-fn first_byte(address: SocketAddr, t0: Instant, marker: &str) -> Result<Duration> {
-    let deadline = t0 + START_DEADLINE;
-    loop {
-        match http_get(address) {
-            Ok((at, answer)) => {
-                check_answer(&answer, marker)
-                    .with_context(|| format!("{address} answered, but not as expected"))?;
-                return Ok(at.duration_since(t0));
-            }
-            Err(err) if Instant::now() > deadline => {
-                bail!("no HTTP answer from {address} in time (last: {err})")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
     }
 }
 
