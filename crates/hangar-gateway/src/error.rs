@@ -240,6 +240,7 @@ impl Classify for StoreError {
             StoreError::Corrupt { .. }
             | StoreError::Seal(_)
             | StoreError::Database(_)
+            | StoreError::Read(_)
             | StoreError::Migrate(_) => ErrorClass::INTERNAL_ERROR,
         }
     }

@@ -22,7 +22,7 @@
 //! - `nodes`: the servers on this database and their heartbeats.
 //! - [`Backlog`]: counts of work waiting, for metrics.
 //! - `reads`: the point reads every request makes, on SQLite outside the
-//!   pool (one hand-off to SQLite's thread instead of two, typed rows).
+//!   pool, on the request's own thread (no hand-off, rows read in place).
 //! - [`seal`]: encryption at rest for secret values.
 
 use std::str::FromStr;
@@ -104,6 +104,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A point read on SQLite failed (see `reads`).
+    #[error("database error: {0}")]
+    Read(#[from] rusqlite::Error),
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -258,7 +261,10 @@ impl Store {
         let pool = options.connect(&url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let reads = match backend {
-            Backend::Sqlite => Some(Arc::new(reads::PointReads::open(&url).await?)),
+            Backend::Sqlite => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
+                Some(Arc::new(reads::PointReads::open(options.get_filename())?))
+            }
             Backend::Postgres => None,
         };
         Ok(Self {
@@ -285,7 +291,7 @@ impl Store {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         if let Some(reads) = &self.reads {
-            reads.close().await;
+            reads.close();
         }
         self.pool.close().await;
     }
@@ -299,12 +305,10 @@ impl Store {
         binds: &[&str],
     ) -> Result<Option<T>> {
         if let Some(reads) = &self.reads {
-            return reads
-                .fetch_optional(sql, binds)
-                .await?
-                .as_ref()
-                .map(|row| T::from_row(row))
-                .transpose();
+            // Busy: the pool below waits for SQLite without holding a thread.
+            if let Ok(read) = reads.read(sql, binds) {
+                return read;
+            }
         }
         let mut query = sqlx::query(sql);
         for bind in binds {
