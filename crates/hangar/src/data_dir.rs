@@ -12,6 +12,10 @@
 //! and the directory fsynced so the name survives a crash. A reader sees the
 //! old file or the new one, never a part.
 //!
+//! `secret.key` is the key of a server whose configuration gives none
+//! (`--secret-key-file`, `HANGAR_SECRET_KEY`): servers sharing a database
+//! must share a key, which a data dir cannot give them.
+//!
 //! What is not here: the database (SQLite's own file, its own journal), the
 //! runtime's state dir and the builder's dirs, which their crates own.
 

@@ -10,6 +10,14 @@
 //! before anything else, so a server that will not run agents (not root)
 //! says so in its first lines, not in a log line among many.
 //!
+//! Next the secret key (configured, or the data dir's `secret.key`) is
+//! checked against the fingerprint the database keeps of the key of the
+//! first server on it ([`hangar_store::seal`]): a server with another key
+//! refuses before it bootstraps, joins the nodes or, with a configured key
+//! on PostgreSQL, makes its data dir. Uploads' archives and build artifacts
+//! go to the blob store `blobs` names ([`hangar_store::blobs`]); the
+//! controller fetches from it the artifacts other servers built.
+//!
 //! Shutdown is one [`CancellationToken`], cancelled by the first signal and
 //! handed to every background task at its start. The listener stops
 //! accepting and in-flight requests finish; the builder, the webhook
