@@ -15,6 +15,12 @@
 //!   a blob's list of chunks is written in one transaction after them, so a
 //!   reader finds a blob whole or not at all, and a chunk's hash is checked
 //!   again when it is read.
+//! - [`BucketBlobs`], objects in an S3-compatible bucket through the
+//!   `object_store` crate (`s3://bucket/prefix`, credentials, region and
+//!   endpoint from the usual `AWS_*` variables): for servers sharing a
+//!   database whose blobs should not live in it. An object is written
+//!   whole (a single put, or a multipart upload completed at the end) or
+//!   not at all.
 //!
 //! What is not here: what a blob holds (an archive, an artifact packed as a
 //! tar — the builder's business) and the cache of artifacts a server keeps
@@ -47,6 +53,14 @@ pub enum BlobError {
         key: String,
         /// What failed.
         source: sqlx::Error,
+    },
+    /// The bucket failed.
+    #[error("blob {key}: the bucket failed: {source}")]
+    Bucket {
+        /// The blob.
+        key: String,
+        /// What failed.
+        source: object_store::Error,
     },
     /// What was read back is not what was stored.
     #[error("blob {key} is damaged: {detail}")]
@@ -421,6 +435,150 @@ impl Blobs for DatabaseBlobs {
             .await
             .map_err(db(key))?
             .is_some())
+    }
+}
+
+/// Blobs as objects in an S3-compatible bucket (see the module docs).
+#[derive(Debug, Clone)]
+pub struct BucketBlobs {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    /// `s3://bucket/prefix`, as configured.
+    url: String,
+    /// Where under the bucket the blobs are (no slash at either end).
+    prefix: String,
+}
+
+/// Bytes sent per part of a multipart upload (S3 takes at least 5 MiB).
+const PART_BYTES: usize = 8 << 20;
+
+impl BucketBlobs {
+    /// The bucket of `url` (`s3://bucket[/prefix]`), with the settings of
+    /// the `AWS_*` variables among `env` (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` for a server
+    /// other than AWS, `AWS_ALLOW_HTTP`, …) as `object_store` reads them.
+    /// Nothing is sent until a blob is used.
+    pub fn s3<'a>(
+        url: &str,
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, object_store::Error> {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        let mut builder = AmazonS3Builder::new();
+        for (name, value) in env {
+            if name.starts_with("AWS_") {
+                if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+        }
+        let prefix = url
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(_, prefix)| prefix.trim_matches('/').to_owned())
+            .unwrap_or_default();
+        let store = builder.with_url(url).build()?;
+        Ok(Self {
+            store: std::sync::Arc::new(store),
+            url: url.to_owned(),
+            prefix,
+        })
+    }
+
+    fn path(&self, key: &BlobKey) -> object_store::path::Path {
+        if self.prefix.is_empty() {
+            object_store::path::Path::from(key.as_str())
+        } else {
+            object_store::path::Path::from(format!("{}/{}", self.prefix, key.as_str()))
+        }
+    }
+}
+
+fn bucket(key: &BlobKey) -> impl FnOnce(object_store::Error) -> BlobError + '_ {
+    move |source| BlobError::Bucket {
+        key: key.to_string(),
+        source,
+    }
+}
+
+#[async_trait]
+impl Blobs for BucketBlobs {
+    fn describe(&self) -> String {
+        format!("the bucket {}", self.url)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn local_path(&self, _key: &BlobKey) -> Option<PathBuf> {
+        None
+    }
+
+    async fn put_file(&self, key: &BlobKey, from: &Path) -> Result<u64, BlobError> {
+        let mut file = tokio::fs::File::open(from).await.map_err(io(key))?;
+        // A small file is one put; a larger one a multipart upload, which
+        // shows nothing under the key until it is completed.
+        let mut out = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            self.path(key),
+            PART_BYTES,
+        );
+        let size = match tokio::io::copy(&mut file, &mut out).await {
+            Ok(size) => size,
+            Err(err) => {
+                // The parts sent so far are dropped, not left in the bucket.
+                let _ = out.abort().await;
+                return Err(io(key)(err));
+            }
+        };
+        out.shutdown().await.map_err(io(key))?;
+        Ok(size)
+    }
+
+    async fn get_file(&self, key: &BlobKey, to: &Path) -> Result<bool, BlobError> {
+        use futures_util::StreamExt as _;
+        let got = match self.store.get(&self.path(key)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(err) => return Err(bucket(key)(err)),
+        };
+        let expected = got.meta.size;
+        let written = async {
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)
+                .await
+                .map_err(io(key))?;
+            let mut stream = got.into_stream();
+            let mut size: u64 = 0;
+            while let Some(bytes) = stream.next().await {
+                let bytes = bytes.map_err(bucket(key))?;
+                size += bytes.len() as u64;
+                file.write_all(&bytes).await.map_err(io(key))?;
+            }
+            if size != expected {
+                return Err(BlobError::Corrupt {
+                    key: key.to_string(),
+                    detail: format!("{size} bytes read of {expected}"),
+                });
+            }
+            file.flush().await.map_err(io(key))?;
+            file.sync_all().await.map_err(io(key))?;
+            Ok(true)
+        }
+        .await;
+        if written.is_err() {
+            let _ = tokio::fs::remove_file(to).await;
+        }
+        written
+    }
+
+    async fn exists(&self, key: &BlobKey) -> Result<bool, BlobError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(err) => Err(bucket(key)(err)),
+        }
     }
 }
 

@@ -1,11 +1,15 @@
 //! What servers sharing one database share through it, against real
 //! databases (SQLite always, PostgreSQL when configured and always in CI):
 //! the fingerprint of their key, and blobs kept as chunks in the database;
-//! and blobs kept in a directory, as one server does alone.
+//! blobs kept in a directory, as one server does alone; and blobs in an
+//! S3-compatible bucket, when `HANGAR_TEST_S3_ENDPOINT` names a server that
+//! takes any credentials (moto's, as CI runs it; always in CI).
 
 use std::path::{Path, PathBuf};
 
-use hangar_store::blobs::{BlobError, BlobKey, Blobs, DatabaseBlobs, DirBlobs, CHUNK_BYTES};
+use hangar_store::blobs::{
+    BlobError, BlobKey, Blobs, BucketBlobs, DatabaseBlobs, DirBlobs, CHUNK_BYTES,
+};
 use hangar_store::seal::{fingerprint, KeyCheck, Sealer};
 use hangar_store::testing::{backends, TestDb};
 use sqlx::{Connection, Executor};
@@ -205,4 +209,82 @@ async fn blobs_in_the_database_are_chunks_shared_and_checked() {
         assert!(!damaged.exists(), "no part of a damaged blob is left");
         other.close().await;
     }
+}
+
+/// The S3-compatible server of the bucket tests, or `None` (not in CI).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test support: where the test S3 server is, as CI sets it"
+)]
+fn s3_endpoint() -> Option<String> {
+    let endpoint = std::env::var("HANGAR_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if endpoint.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but HANGAR_TEST_S3_ENDPOINT is not set: the bucket blobs would not be tested"
+        );
+        eprintln!("SKIPPED: no S3-compatible server (HANGAR_TEST_S3_ENDPOINT)");
+    }
+    endpoint
+}
+
+#[tokio::test]
+async fn blobs_in_a_bucket_are_objects_under_its_prefix() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let bucket = format!("hangar-test-{:016x}", rand::random::<u64>());
+    // A test server makes buckets on an unsigned PUT.
+    let made = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("make the bucket");
+    assert!(made.status().is_success(), "{made:?}");
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "hangar"),
+        ("AWS_SECRET_ACCESS_KEY", "hangar"),
+        ("AWS_REGION", "us-east-1"),
+        ("HOME", "/nowhere"),
+    ];
+    let blobs = BucketBlobs::s3(&format!("s3://{bucket}/hangar/blobs"), env).expect("bucket blobs");
+    assert!(blobs.shared());
+    assert_eq!(
+        blobs.local_path(&BlobKey::upload("upl_x").expect("key")),
+        None
+    );
+    let scratch = Scratch::new("bucket-blobs");
+    round_trip(&blobs, &scratch.0).await;
+    // Under the prefix, as any S3 client sees it.
+    let client = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_access_key_id("hangar")
+        .with_secret_access_key("hangar")
+        .with_region("us-east-1")
+        .with_bucket_name(&bucket)
+        .build()
+        .expect("client");
+    let object = object_store::ObjectStore::get(
+        &client,
+        &object_store::path::Path::from("hangar/blobs/uploads/upl_exact"),
+    )
+    .await
+    .expect("the object")
+    .bytes()
+    .await
+    .expect("bytes");
+    assert!(object.as_ref() == bytes(CHUNK_BYTES, 2).as_slice());
+    // A bucket that is not there: an error, not "no such blob".
+    let missing = BucketBlobs::s3(&format!("s3://{bucket}-missing"), env).expect("bucket blobs");
+    let from = scratch.0.join("x.in");
+    std::fs::write(&from, b"x").expect("write");
+    assert!(missing
+        .put_file(&BlobKey::upload("upl_x").expect("key"), &from)
+        .await
+        .is_err());
 }

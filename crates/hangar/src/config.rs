@@ -113,9 +113,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub secret_key_file: Option<PathBuf>,
     /// Where uploads' archives and build artifacts are kept: `data_dir` (this
-    /// server's disk) or `store` (the database, shared by every server on
-    /// it) [env: HANGAR_BLOBS] [default: data_dir on SQLite, store on PostgreSQL]
-    #[arg(long, value_name = "data_dir|store")]
+    /// server's disk), `store` (the database, shared by every server on
+    /// it) or `s3://bucket[/prefix]` (credentials, region and endpoint from
+    /// the AWS_* variables) [env: HANGAR_BLOBS]
+    /// [default: data_dir on SQLite, store on PostgreSQL]
+    #[arg(long, value_name = "data_dir|store|s3://BUCKET/PREFIX")]
     pub blobs: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
@@ -240,12 +242,37 @@ impl std::fmt::Debug for SecretKey {
 
 /// Where uploads' archives and build artifacts are kept
 /// ([`hangar_store::blobs`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobHome {
     /// Files in this server's data dir: for one server alone.
     DataDir,
     /// Chunks in the database, read by every server on it.
     Store,
+    /// Objects in an S3-compatible bucket.
+    Bucket(Bucket),
+}
+
+/// An S3-compatible bucket: `s3://bucket[/prefix]` and the `AWS_*`
+/// variables of the environment (credentials, region, endpoint), which
+/// `Debug` does not show.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// `s3://bucket[/prefix]`.
+    pub url: String,
+    /// The `AWS_*` variables, for `object_store`.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("url", &self.url)
+            .field(
+                "env",
+                &self.env.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// The names of the settings that give the secret key, for messages that
@@ -610,13 +637,36 @@ impl Config {
         {
             Some("data_dir") => BlobHome::DataDir,
             Some("store") => BlobHome::Store,
+            Some(url) if url.starts_with("s3://") => {
+                let bucket = url["s3://".len()..].split('/').next().unwrap_or_default();
+                let ok = (3..=63).contains(&bucket.len())
+                    && bucket
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                    && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !ok {
+                    return Err(ConfigError(format!(
+                        "blobs '{url}' must be s3://bucket[/prefix] with an S3 bucket name"
+                    )));
+                }
+                let mut env: Vec<(String, String)> = env
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("AWS_"))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                env.sort();
+                BlobHome::Bucket(Bucket {
+                    url: url.to_owned(),
+                    env,
+                })
+            }
             // One server alone on SQLite; servers sharing PostgreSQL must
             // read each other's uploads and artifacts.
             None if database_url.starts_with("sqlite:") => BlobHome::DataDir,
             None => BlobHome::Store,
             Some(other) => {
                 return Err(ConfigError(format!(
-                    "blobs '{other}' must be data_dir (this server's disk) or store (the database)"
+                    "blobs '{other}' must be data_dir (this server's disk), store (the database) or s3://bucket[/prefix]"
                 )))
             }
         };
@@ -1194,6 +1244,32 @@ mod tests {
             BlobHome::DataDir
         );
         assert!(blobs(ServeArgs::default(), &[("HANGAR_BLOBS", "s4://x")]).is_err());
+        assert!(blobs(ServeArgs::default(), &[("HANGAR_BLOBS", "s3://No_Such")]).is_err());
+        let bucket = blobs(
+            ServeArgs {
+                blobs: Some("s3://hangar-blobs/prod".into()),
+                ..Default::default()
+            },
+            &[
+                ("AWS_SECRET_ACCESS_KEY", "very secret"),
+                ("AWS_REGION", "eu-west-1"),
+                ("HOME", "/root"),
+            ],
+        )
+        .expect("valid");
+        let BlobHome::Bucket(bucket) = bucket else {
+            panic!("not a bucket: {bucket:?}")
+        };
+        assert_eq!(bucket.url, "s3://hangar-blobs/prod");
+        assert_eq!(
+            bucket
+                .env
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["AWS_REGION", "AWS_SECRET_ACCESS_KEY"]
+        );
+        assert!(!format!("{bucket:?}").contains("very secret"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hangar_api::{ApiConfig, AppState, Services};
-use hangar_store::blobs::{Blobs, DirBlobs};
+use hangar_store::blobs::{Blobs, BucketBlobs, DirBlobs};
 use hangar_store::seal::{fingerprint, KeyCheck, Sealer};
 use hangar_store::Store;
 use hmac::{Hmac, Mac};
@@ -190,9 +190,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         println!("  {generated}");
     }
-    let blobs: Arc<dyn Blobs> = match config.blobs {
+    let blobs: Arc<dyn Blobs> = match &config.blobs {
         BlobHome::DataDir => Arc::new(DirBlobs::new(data_dir.path())),
         BlobHome::Store => Arc::new(store.database_blobs()),
+        BlobHome::Bucket(bucket) => Arc::new(
+            BucketBlobs::s3(
+                &bucket.url,
+                bucket.env.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            )
+            .with_context(|| format!("the blob bucket {}", bucket.url))?,
+        ),
     };
     tracing::info!(blobs = %blobs.describe(), "uploads' archives and build artifacts are kept in {}", blobs.describe());
 

@@ -202,22 +202,91 @@ async fn an_archive_one_server_took_is_built_by_another_and_run_by_a_third() {
     }
     let Some(db) = postgres().await else { return };
     let dir = temp("shared-blobs");
-    let _ = std::fs::remove_dir_all(&dir);
-    let key = key_file(&dir, "hangar.key");
-    let flags = [
+    shared_blobs(&db, &dir, &[], &[], "the database").await;
+}
+
+/// The S3-compatible server of the bucket test, or `None` (not in CI).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test support: where the test S3 server is, as CI sets it"
+)]
+fn s3_endpoint() -> Option<String> {
+    let endpoint = std::env::var("HANGAR_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if endpoint.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but HANGAR_TEST_S3_ENDPOINT is not set"
+        );
+        eprintln!("SKIPPED: no S3-compatible server (HANGAR_TEST_S3_ENDPOINT)");
+    }
+    endpoint
+}
+
+#[tokio::test]
+async fn an_archive_and_an_artifact_go_through_a_bucket_as_well() {
+    if !root_or_skip("shared blobs in a bucket") {
+        return;
+    }
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let Some(db) = postgres().await else { return };
+    let bucket = format!("hangar-test-{:016x}", rand::random::<u64>());
+    // A test server makes buckets on an unsigned PUT.
+    let made = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("make the bucket");
+    assert!(made.status().is_success(), "{made:?}");
+    let url = format!("s3://{bucket}/hangar");
+    let dir = temp("shared-bucket");
+    shared_blobs(
+        &db,
+        &dir,
+        &["--blobs", url.as_str()],
+        &[
+            ("AWS_ENDPOINT", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "hangar"),
+            ("AWS_SECRET_ACCESS_KEY", "hangar"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+        &format!("the bucket {url}"),
+    )
+    .await;
+}
+
+/// A takes an archive and is gone with its data dir; B builds it and is
+/// gone with its data dir; C runs it. `flags` and `env` choose the blob
+/// store, which the servers' logs call `blobs`.
+async fn shared_blobs(
+    db: &hangar_store::testing::TestDb,
+    dir: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    blobs: &str,
+) {
+    let _ = std::fs::remove_dir_all(dir);
+    let key = key_file(dir, "hangar.key");
+    let mut all = vec![
         "--database-url",
         db.url.as_str(),
         "--secret-key-file",
         key.to_str().expect("utf-8"),
     ];
+    all.extend_from_slice(flags);
+    let flags = all.as_slice();
 
     // A takes the archive, and is gone with its data dir.
-    let a = Server::start_with(&dir.join("a"), &flags);
+    let a = Server::start_full(&dir.join("a"), flags, env);
     let upload = upload_across(&a, &a, tar_gz("http")).await;
     gone(a);
 
     // B builds it (the archive is only in the database now) and runs it.
-    let b = Server::start_with(&dir.join("b"), &flags);
+    let b = Server::start_full(&dir.join("b"), flags, env);
     let (status, created, _, text) = b
         .call(
             reqwest::Method::POST,
@@ -238,7 +307,10 @@ async fn an_archive_one_server_took_is_built_by_another_and_run_by_a_third() {
     let built = finished(&b, &build).await;
     assert_eq!(built["status"], "ready", "{built}");
     let logs = b.get(&format!("/v1/builds/{build}/logs")).await.to_string();
-    assert!(logs.contains("artifact stored in the database"), "{logs}");
+    assert!(
+        logs.contains(&format!("artifact stored in {blobs}")),
+        "{logs}"
+    );
     let stored = db
         .store
         .get_build(&b.org().await, &build)
@@ -257,7 +329,7 @@ async fn an_archive_one_server_took_is_built_by_another_and_run_by_a_third() {
 
     // C never saw the archive or the build: its replica runs from the
     // artifact it fetched.
-    let c = Server::start_with(&dir.join("c"), &flags);
+    let c = Server::start_full(&dir.join("c"), flags, env);
     let deadline = Instant::now() + Duration::from_secs(120);
     let answer = loop {
         let (status, body, _, text) = c
@@ -298,7 +370,10 @@ async fn an_archive_one_server_took_is_built_by_another_and_run_by_a_third() {
         copy.display()
     );
     let log = std::fs::read_to_string(c.dir.join("serve.log")).unwrap_or_default();
-    assert!(log.contains("artifact fetched from the database"), "{log}");
+    assert!(
+        log.contains(&format!("artifact fetched from {blobs}")),
+        "{log}"
+    );
     drop(c);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
