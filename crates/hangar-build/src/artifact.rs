@@ -217,11 +217,20 @@ pub fn check_top_level(dir: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The blob the artifact at `artifact` is packed into: `artifacts/<name>.tar`.
+/// The blob the artifact at `artifact` is packed into: `artifacts/<name>.tar`;
+/// `None` when its name is not an artifact's ([`key`], or an image
+/// artifact's): a directory used in place is never packed.
 #[must_use]
 pub fn blob_key(artifact: &Path) -> Option<BlobKey> {
     let name = artifact.file_name()?.to_str()?;
-    BlobKey::artifact(&format!("{name}.tar"))
+    let addressed = (name.len() == 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        || hangar_core::image::is_image_artifact_name(name);
+    addressed
+        .then(|| BlobKey::artifact(&format!("{name}.tar")))
+        .flatten()
 }
 
 /// Packs the tree at `dir` into a plain tar at `to`: directories, files and
