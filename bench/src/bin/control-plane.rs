@@ -404,6 +404,7 @@ fn main() -> Result<()> {
         config: Arc::new(ApiConfig {
             node_dead_after: Duration::from_secs(15),
             uploads_dir: None,
+            blobs: None,
             max_upload_bytes: 0,
             cors_origins: Vec::new(),
             base_domain: "localhost".into(),

@@ -55,9 +55,13 @@ pub struct ApiConfig {
     pub upload_ttl: Duration,
     /// Key that signs upload URLs.
     pub signing_key: Vec<u8>,
-    /// Where archives PUT to upload URLs are stored (the builder reads them
-    /// there); `None`: this server takes no archives.
+    /// Where archives PUT to upload URLs are received, and kept as `<id>`
+    /// when there are no [`ApiConfig::blobs`]; `None`: this server takes no
+    /// archives.
     pub uploads_dir: Option<std::path::PathBuf>,
+    /// Where a received archive is kept for the builder (of any server on
+    /// the database, with shared blobs); `None`: in `uploads_dir`.
+    pub blobs: Option<std::sync::Arc<dyn hangar_store::blobs::Blobs>>,
     /// Largest archive an upload URL takes.
     pub max_upload_bytes: u64,
     /// Origins whose pages may call the API from a browser (CORS): exact

@@ -176,6 +176,22 @@ pub fn unpack_layers(layers: &[PathBuf], root: &Path, limits: Limits) -> Result<
     Ok(())
 }
 
+/// Unpacks a packed artifact (a plain tar made by
+/// [`crate::artifact::pack`], read back from the blob store) into `root` (an
+/// empty directory) within `limits`. As an image layer: owners and
+/// permission bits are kept (never setuid or setgid), symlinks may point
+/// anywhere (they resolve inside a replica's root), but nothing is written
+/// through one; unlike a layer, a `.wh.` name is a file like any other.
+pub fn unpack_artifact(packed: &Path, root: &Path, limits: Limits) -> Result<(), BuildError> {
+    let file = File::open(packed).map_err(|err| BuildError::Io {
+        path: packed.display().to_string(),
+        source: err,
+    })?;
+    let mut out = Unpacker::new(root, limits, Mode::Artifact);
+    out.tar(BufReader::new(file))?;
+    out.end_layer()
+}
+
 /// What one entry is.
 enum Kind<'a> {
     Dir,
@@ -191,6 +207,8 @@ enum Mode {
     Upload,
     /// An image layer over the layers before it (see the module docs).
     Layer,
+    /// A packed artifact ([`unpack_artifact`]): as a layer, without whiteouts.
+    Artifact,
 }
 
 /// A layer entry's owner and permission bits, as its header gives them.
@@ -360,7 +378,7 @@ impl Unpacker {
             let kind = header.entry_type();
             let mode = header.mode().unwrap_or(0o644);
             let executable = mode & 0o111 != 0;
-            let owner = (self.mode == Mode::Layer).then(|| Owner {
+            let owner = (self.mode != Mode::Upload).then(|| Owner {
                 uid: header
                     .uid()
                     .ok()
@@ -470,7 +488,7 @@ impl Unpacker {
         let existing = path.symlink_metadata().ok();
         let is_dir = matches!(kind, Kind::Dir);
         self.write(name, &rel, &path, kind, existing.as_ref())?;
-        if self.mode == Mode::Layer {
+        if self.mode != Mode::Upload {
             // A layer's parents count as its own too: its opaque whiteout
             // must not take them away from under its entries.
             for ancestor in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
@@ -510,7 +528,7 @@ impl Unpacker {
         match kind {
             Kind::Dir => match existing {
                 Some(meta) if meta.is_dir() => Ok(()),
-                Some(_) if self.mode == Mode::Layer => {
+                Some(_) if self.mode != Mode::Upload => {
                     remove_any(path).map_err(|err| io(name, &err))?;
                     make_dir(path).map_err(|err| io(name, &err))
                 }
@@ -542,7 +560,7 @@ impl Unpacker {
                     .map_err(|err| io(name, &err))
             }
             Kind::Symlink(target) => {
-                if self.mode == Mode::Layer {
+                if self.mode != Mode::Upload {
                     if target.as_os_str().is_empty() {
                         return Err(refuse(name, "a symlink with an empty target"));
                     }
@@ -597,7 +615,7 @@ impl Unpacker {
     ) -> Result<(), BuildError> {
         match existing {
             None => Ok(()),
-            Some(meta) if meta.is_dir() && self.mode == Mode::Layer => {
+            Some(meta) if meta.is_dir() && self.mode != Mode::Upload => {
                 std::fs::remove_dir_all(path).map_err(|err| io(name, &err))
             }
             Some(meta) if meta.is_dir() => Err(refuse(name, "replaces a directory")),

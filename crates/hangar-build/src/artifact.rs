@@ -17,12 +17,23 @@
 //!
 //! [`MAX_ENTRIES`], the bound on every tree the builder takes, lives here,
 //! beneath [`crate::source`] and [`crate::archive`], which both apply it.
+//!
+//! Servers sharing a database share artifacts through the blob store
+//! ([`hangar_store::blobs`]) when it is shared: a published artifact is
+//! packed as a plain tar (owners, modes and symlinks as they are) into the
+//! blob `artifacts/<name>.tar` ([`share`]), and a server that must start a
+//! replica of an artifact another server built unpacks that blob into its
+//! own `artifacts/<name>` first and keeps it there ([`local_copy`]). A build
+//! records the artifact's path on the server that built it; the name (the
+//! content address) is what servers agree on. With blobs in the data dir
+//! nothing is packed: the artifacts dir is the only copy, as before.
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use hangar_store::blobs::{BlobKey, Blobs};
 use sha2::{Digest, Sha256};
 
 use crate::error::BuildError;
@@ -204,4 +215,137 @@ pub fn check_top_level(dir: &Path) -> Result<(), BuildError> {
         }
     }
     Ok(())
+}
+
+/// The blob the artifact at `artifact` is packed into: `artifacts/<name>.tar`;
+/// `None` when its name is not an artifact's ([`key`], or an image
+/// artifact's): a directory used in place is never packed.
+#[must_use]
+pub fn blob_key(artifact: &Path) -> Option<BlobKey> {
+    let name = artifact.file_name()?.to_str()?;
+    let addressed = (name.len() == 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        || hangar_core::image::is_image_artifact_name(name);
+    addressed
+        .then(|| BlobKey::artifact(&format!("{name}.tar")))
+        .flatten()
+}
+
+/// Packs the tree at `dir` into a plain tar at `to`: directories, files and
+/// symlinks (not followed), with their owners and modes.
+pub fn pack(dir: &Path, to: &Path) -> Result<(), BuildError> {
+    let file = std::fs::File::create(to).map_err(|err| io(to, err))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir).map_err(|err| io(dir, err))?;
+    let mut out = tar.into_inner().map_err(|err| io(to, err))?;
+    std::io::Write::flush(&mut out).map_err(|err| io(to, err))?;
+    out.get_ref().sync_all().map_err(|err| io(to, err))
+}
+
+/// Runs blocking work on a blocking thread; a panic there is an error.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
+) -> Result<T, BuildError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(BuildError::Crashed(err.to_string())))
+}
+
+/// A scratch name beside `name` in `dir`, hidden and unique.
+fn scratch(dir: &Path, name: &str, suffix: &str) -> PathBuf {
+    dir.join(format!(".{name}.{:016x}{suffix}", rand::random::<u64>()))
+}
+
+/// Puts the artifact published at `artifact` (under `artifacts`) in the
+/// blob store, when the store is shared and does not have it yet, so every
+/// server can start its replicas; `true` when it was packed and stored now.
+/// An artifact outside `artifacts` (a directory used in place) is not
+/// packed: it is where the build found it.
+pub async fn share(
+    artifact: &Path,
+    artifacts: &Path,
+    blobs: &dyn Blobs,
+) -> Result<bool, BuildError> {
+    if !blobs.shared() || artifact.parent() != Some(artifacts) {
+        return Ok(false);
+    }
+    let Some(key) = blob_key(artifact) else {
+        return Ok(false);
+    };
+    if blobs.exists(&key).await? {
+        return Ok(false);
+    }
+    let name = key.as_str().trim_start_matches("artifacts/").to_owned();
+    let packed = scratch(artifacts, &name, "");
+    let (dir, to) = (artifact.to_path_buf(), packed.clone());
+    let stored = async {
+        blocking(move || pack(&dir, &to)).await?;
+        blobs.put_file(&key, &packed).await?;
+        Ok(true)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&packed).await;
+    stored
+}
+
+/// The artifact a build recorded as `recorded` (its path on the server
+/// that built it), readable on this server: `recorded` itself when blobs
+/// are not shared, when it is under this server's `artifacts`, or when the
+/// blob store does not have it (a directory used in place, an artifact from
+/// before blobs were shared); else this server's copy,
+/// `artifacts/<name>`, unpacked from the blob store first when missing.
+pub async fn local_copy(
+    recorded: &str,
+    artifacts: &Path,
+    blobs: &dyn Blobs,
+) -> Result<PathBuf, BuildError> {
+    let path = Path::new(recorded);
+    if !blobs.shared() || path.parent() == Some(artifacts) {
+        return Ok(path.to_path_buf());
+    }
+    let (Some(key), Some(name)) = (blob_key(path), path.file_name()) else {
+        return Ok(path.to_path_buf());
+    };
+    let copy = artifacts.join(name);
+    if copy.is_dir() {
+        return Ok(copy);
+    }
+    if !blobs.exists(&key).await? {
+        return Ok(path.to_path_buf());
+    }
+    tokio::fs::create_dir_all(artifacts)
+        .await
+        .map_err(|err| io(artifacts, err))?;
+    let name = name.to_string_lossy().into_owned();
+    let packed = scratch(artifacts, &name, ".tar");
+    if !blobs.get_file(&key, &packed).await? {
+        return Ok(path.to_path_buf());
+    }
+    let unpacked = scratch(artifacts, &name, "");
+    let (from, into, artifacts_dir, published) = (
+        packed.clone(),
+        unpacked.clone(),
+        artifacts.to_path_buf(),
+        name.clone(),
+    );
+    let copied = blocking(move || {
+        std::fs::create_dir(&into).map_err(|err| io(&into, err))?;
+        std::fs::set_permissions(&into, std::fs::Permissions::from_mode(0o755))
+            .map_err(|err| io(&into, err))?;
+        crate::archive::unpack_artifact(&from, &into, crate::archive::Limits::image())?;
+        publish(&into, &artifacts_dir, &published)
+    })
+    .await;
+    let _ = tokio::fs::remove_file(&packed).await;
+    match &copied {
+        Ok(copy) => tracing::info!(artifact = %name, copy = %copy.display(),
+            "artifact fetched from {}: built by another server", blobs.describe()),
+        Err(_) => {
+            let _ = tokio::fs::remove_dir_all(&unpacked).await;
+        }
+    }
+    copied
 }

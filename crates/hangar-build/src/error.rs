@@ -173,4 +173,8 @@ pub enum BuildError {
     /// The store failed (the build is retried, not failed).
     #[error(transparent)]
     Store(hangar_store::StoreError),
+    /// An upload's archive or an artifact could not be read from or kept in
+    /// the blob store.
+    #[error("the blob store failed: {0}")]
+    Blobs(#[from] hangar_store::blobs::BlobError),
 }

@@ -78,6 +78,7 @@ use hangar_core::resources::Resources;
 use hangar_core::spec::Source;
 use hangar_core::status::BuildStatus;
 use hangar_runtime::driver::{Driver, OutputEvent, OutputStream, ReplicaSpec};
+use hangar_store::blobs::{BlobKey, Blobs};
 use hangar_store::{Store, StoreError};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -201,6 +202,9 @@ pub struct Builder {
     driver: Option<Arc<dyn Driver>>,
     /// Where docker clouds' images are made, or why there is no engine.
     images: Result<Arc<dyn ImageMaker>, String>,
+    /// Where uploads' archives are read and artifacts shared; `None`: the
+    /// data dir's `uploads/`, and nothing shared.
+    blobs: Option<Arc<dyn Blobs>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -211,6 +215,7 @@ impl std::fmt::Debug for Builder {
             .field("on_deployed", &self.on_deployed.is_some())
             .field("driver", &self.driver.as_ref().map(|d| d.name()))
             .field("images", &self.images.as_ref().map(|_| "engine"))
+            .field("blobs", &self.blobs.as_ref().map(|b| b.describe()))
             .finish_non_exhaustive()
     }
 }
@@ -236,7 +241,18 @@ impl Builder {
             config: Arc::new(BuildConfig::new(std::env::temp_dir().join("hangar-build"))),
             driver: None,
             images: Err("none is configured".to_owned()),
+            blobs: None,
         }
+    }
+
+    /// Reads uploads' archives from `blobs`, and puts every artifact it
+    /// publishes there when they are shared ([`artifact::share`]), so any
+    /// server on the database can build an upload another one took and
+    /// start replicas of what this one built.
+    #[must_use]
+    pub fn with_blobs(mut self, blobs: Arc<dyn Blobs>) -> Self {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Works under `config.data_dir`, within its bounds.
@@ -410,7 +426,7 @@ impl Builder {
             tokio::time::sleep(drain).await;
         };
         let outcome = tokio::select! {
-            outcome = self.produce(build, &work) => Some(outcome),
+            outcome = self.produce_shared(build, &work) => Some(outcome),
             () = drained => None,
         };
         let work_gone = work.clone();
@@ -548,6 +564,21 @@ impl Builder {
         }
     }
 
+    /// [`Builder::produce`], then the artifact in the blob store when it is
+    /// shared: a build is ready only once every server can run it.
+    async fn produce_shared(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
+        let mut artifact = self.produce(build, work).await?;
+        if let Some(blobs) = &self.blobs {
+            let path = Path::new(&artifact.path);
+            if artifact::share(path, &self.config.artifacts_dir(), blobs.as_ref()).await? {
+                artifact
+                    .log
+                    .push(format!("artifact stored in {}", blobs.describe()));
+            }
+        }
+        Ok(artifact)
+    }
+
     /// Fetches, addresses, builds and publishes `build`'s source (see the
     /// crate docs), its scratch dir at `work`.
     async fn produce(&self, build: &Build, work: &Path) -> Result<Artifact, BuildError> {
@@ -667,13 +698,17 @@ impl Builder {
         let config = self.config.clone();
         let source = build.source.clone();
         let scratch = work.to_path_buf();
+        let fresh = scratch.clone();
         blocking(move || {
-            remove_work_dir(&scratch);
-            std::fs::create_dir_all(&scratch).map_err(|err| BuildError::Io {
-                path: scratch.display().to_string(),
+            remove_work_dir(&fresh);
+            std::fs::create_dir_all(&fresh).map_err(|err| BuildError::Io {
+                path: fresh.display().to_string(),
                 source: err,
-            })?;
-            let uploads = config.uploads_dir();
+            })
+        })
+        .await?;
+        let uploads = self.uploads_dir(&build.source, work).await?;
+        blocking(move || {
             source::fetch(
                 &source,
                 &source::Fetch {
@@ -686,6 +721,33 @@ impl Builder {
             )
         })
         .await
+    }
+
+    /// The directory where an `upload` source's archive is, as `<id>`: the
+    /// blob store's own when it keeps files here, else `work/uploads`, the
+    /// archive copied there from the blob store (left out when the store
+    /// does not have it: the fetch then says the upload has no archive).
+    async fn uploads_dir(&self, source: &Source, work: &Path) -> Result<PathBuf, BuildError> {
+        let (Some(blobs), Some(id)) = (&self.blobs, source::upload_id(source)) else {
+            return Ok(self.config.uploads_dir());
+        };
+        let Some(key) = BlobKey::upload(&id) else {
+            return Ok(self.config.uploads_dir());
+        };
+        if let Some(local) = blobs.local_path(&key) {
+            return Ok(local
+                .parent()
+                .map_or_else(|| self.config.uploads_dir(), Path::to_path_buf));
+        }
+        let dir = work.join("uploads");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|err| BuildError::Io {
+                path: dir.display().to_string(),
+                source: err,
+            })?;
+        blobs.get_file(&key, &dir.join(&id)).await?;
+        Ok(dir)
     }
 
     /// `value` with each `${secrets.NAME}` resolved from the build's

@@ -148,21 +148,10 @@ pub fn fetch(source: &Source, ctx: &Fetch<'_>) -> Result<Fetched, BuildError> {
         Source::Docker { image, .. } => Err(BuildError::Image(format!(
             "image {image} is pulled by the builder, not fetched as a source tree"
         ))),
-        Source::Upload {
-            upload_id,
-            archive_url,
-        } => {
-            let id = upload_id
-                .clone()
-                .or_else(|| archive_url.as_deref().and_then(upload_id_from_url))
-                .filter(|id| {
-                    id.starts_with("upl_")
-                        && id.len() < 64
-                        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                })
-                .ok_or_else(|| BuildError::UploadMissing {
-                    id: upload_id.clone().unwrap_or_default(),
-                })?;
+        Source::Upload { upload_id, .. } => {
+            let id = self::upload_id(source).ok_or_else(|| BuildError::UploadMissing {
+                id: upload_id.clone().unwrap_or_default(),
+            })?;
             let archive = ctx.uploads.join(&id);
             if !archive.is_file() {
                 return Err(BuildError::UploadMissing { id });
@@ -175,6 +164,27 @@ pub fn fetch(source: &Source, ctx: &Fetch<'_>) -> Result<Fetched, BuildError> {
             })
         }
     }
+}
+
+/// The upload an `upload` source names (by id, or by its upload URL), when
+/// it names one that can be.
+#[must_use]
+pub fn upload_id(source: &Source) -> Option<String> {
+    let Source::Upload {
+        upload_id,
+        archive_url,
+    } = source
+    else {
+        return None;
+    };
+    upload_id
+        .clone()
+        .or_else(|| archive_url.as_deref().and_then(upload_id_from_url))
+        .filter(|id| {
+            id.starts_with("upl_")
+                && id.len() < 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 /// The upload id in an `upload_url` (`…/v1/uploads/{id}/content?…`).

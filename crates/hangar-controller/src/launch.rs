@@ -32,6 +32,13 @@
 //! image's when not root). Every replica carries its cloud
 //! ([`labels::CLOUD`]).
 //!
+//! The artifact a build recorded is a path on the server that built it.
+//! With several servers on one database, the server starting a replica may
+//! not have it: an [`ArtifactFetch`] (the builder's blob store, wired in by
+//! the binary) gives the copy on this server, fetched first when missing,
+//! and the replica is made from that. The generation still hashes the
+//! recorded artifact, so every server agrees on which replicas are current.
+//!
 //! On a kubernetes cloud ([`hangar_core::kubernetes`]) the artifact is an
 //! image artifact with no root filesystem: the replica is a pod of the
 //! image the build pushed (or the `docker` source's), pinned to its digest,
@@ -50,6 +57,32 @@ use hangar_core::spec::DeploymentType;
 use hangar_runtime::driver::{labels, ReplicaSpec, ReplicaUser};
 use hangar_runtime::network::{self as runtime_network, NetworkPolicy};
 use sha2::{Digest, Sha256};
+
+/// Makes the artifact a build recorded readable on this server (see the
+/// module docs).
+#[async_trait::async_trait]
+pub trait ArtifactFetch: Send + Sync + std::fmt::Debug {
+    /// The artifact recorded as `recorded`, on this server: itself, or a
+    /// copy fetched from where every server can read it. The error is a
+    /// sentence for the instance's log.
+    async fn local(&self, recorded: &str) -> Result<std::path::PathBuf, String>;
+}
+
+/// The artifact a replica is made from on this server: `recorded` itself
+/// without an [`ArtifactFetch`].
+pub async fn local_artifact(
+    fetch: Option<&dyn ArtifactFetch>,
+    recorded: &str,
+) -> Result<String, String> {
+    let Some(fetch) = fetch else {
+        return Ok(recorded.to_owned());
+    };
+    let local = fetch.local(recorded).await?;
+    local
+        .to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the artifact's copy {} is not UTF-8", local.display()))
+}
 
 /// Where the build step's virtualenv keeps its programs, in the artifact.
 const VENV_BIN: &str = ".venv/bin";

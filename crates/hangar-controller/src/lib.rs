@@ -61,7 +61,7 @@ pub use egress::EgressProxyAddress;
 pub use error::ControlError;
 /// How long a stdin write collects the replica's answer ([`Controller::stdin`]).
 pub use hangar_runtime::driver::StdinWait;
-pub use launch::{command, PIDS_LIMIT};
+pub use launch::{command, ArtifactFetch, PIDS_LIMIT};
 pub use scale::{Bounds, Traffic};
 
 use queue::Work;
@@ -122,6 +122,10 @@ pub struct ControllerConfig {
     /// Where replicas reach the egress proxy; `None`: the server runs none,
     /// and replicas that need one are not made.
     pub egress_proxy: Option<EgressProxyAddress>,
+    /// Where an artifact built by another server is fetched from before a
+    /// replica of it starts here; `None`: artifacts are read where the
+    /// build recorded them.
+    pub artifacts: Option<Arc<dyn ArtifactFetch>>,
 }
 
 impl Default for ControllerConfig {
@@ -148,6 +152,7 @@ impl Default for ControllerConfig {
             drain_timeout: Duration::from_secs(300),
             default_egress: hangar_core::network::Egress::Open,
             egress_proxy: None,
+            artifacts: None,
         }
     }
 }

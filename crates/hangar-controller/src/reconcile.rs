@@ -259,7 +259,8 @@ async fn create(
         .cloud
         .as_ref()
         .map(|(id, driver)| (id.as_str(), *driver));
-    let mut spec = launch::replica_spec(&instance, artifact, &replica_id, generation, cloud)?;
+    let artifact = launch::local_artifact(inner.config.artifacts.as_deref(), artifact).await?;
+    let mut spec = launch::replica_spec(&instance, &artifact, &replica_id, generation, cloud)?;
     if let Some((cloud_id, DriverKind::Kubernetes)) = cloud {
         spec.image_auth = pull_auth(inner, &instance, cloud_id, spec.image.as_deref()).await?;
     }

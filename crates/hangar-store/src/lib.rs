@@ -23,7 +23,10 @@
 //! - [`Backlog`]: counts of work waiting, for metrics.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool, on the request's own thread (no hand-off, rows read in place).
-//! - [`seal`]: encryption at rest for secret values.
+//! - [`seal`]: encryption at rest for secret values; the fingerprint of the
+//!   key every server on one database must share.
+//! - [`blobs`]: uploads' archives and build artifacts, in the data dir or in
+//!   the database, behind one trait.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use sqlx::{AnyPool, Connection, Row};
 
 mod agents;
 mod backlog;
+pub mod blobs;
 mod builds;
 mod events;
 mod extras;

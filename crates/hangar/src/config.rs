@@ -105,6 +105,20 @@ pub struct ServeArgs {
     /// [default: none]
     #[arg(long, value_name = "FILE")]
     pub egress_upstream_ca: Option<PathBuf>,
+    /// File holding the 32-byte key secrets are sealed with and stream
+    /// tokens and upload URLs are signed with (raw bytes, or 64 hex digits,
+    /// or base64): the same on every server sharing a database
+    /// [env: HANGAR_SECRET_KEY_FILE; or the key itself in HANGAR_SECRET_KEY]
+    /// [default: secret.key in the data dir, made at the first start]
+    #[arg(long, value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// Where uploads' archives and build artifacts are kept: `data_dir` (this
+    /// server's disk), `store` (the database, shared by every server on
+    /// it) or `s3://bucket[/prefix]` (credentials, region and endpoint from
+    /// the AWS_* variables) [env: HANGAR_BLOBS]
+    /// [default: data_dir on SQLite, store on PostgreSQL]
+    #[arg(long, value_name = "data_dir|store|s3://BUCKET/PREFIX")]
+    pub blobs: Option<String>,
     /// Configuration file [env: HANGAR_CONFIG] [default: ./hangar.toml when present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -136,6 +150,8 @@ struct FileServer {
     egress_default: Option<String>,
     egress_hosts: Option<String>,
     egress_upstream_ca: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    blobs: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +208,147 @@ pub struct Config {
     /// The operator's package index settings, passed on to build steps
     /// (those of [`hangar_build::STEP_ENV_NAMES`] that are set).
     pub build_step_env: Vec<(String, String)>,
+    /// The configured secret key; `None`: the data dir's `secret.key`.
+    pub secret_key: Option<SecretKey>,
+    /// Where uploads' archives and build artifacts are kept.
+    pub blobs: BlobHome,
+}
+
+/// A secret key from the configuration, and which setting gave it (for
+/// messages). Its bytes are never shown, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey {
+    key: [u8; 32],
+    /// The setting it came from: `HANGAR_SECRET_KEY`, or the file's path
+    /// and the setting that named it.
+    pub source: String,
+}
+
+impl SecretKey {
+    /// The key's 32 bytes.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where uploads' archives and build artifacts are kept
+/// ([`hangar_store::blobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobHome {
+    /// Files in this server's data dir: for one server alone.
+    DataDir,
+    /// Chunks in the database, read by every server on it.
+    Store,
+    /// Objects in an S3-compatible bucket.
+    Bucket(Bucket),
+}
+
+/// An S3-compatible bucket: `s3://bucket[/prefix]` and the `AWS_*`
+/// variables of the environment (credentials, region, endpoint), which
+/// `Debug` does not show.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// `s3://bucket[/prefix]`.
+    pub url: String,
+    /// The `AWS_*` variables, for `object_store`.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("url", &self.url)
+            .field(
+                "env",
+                &self.env.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The names of the settings that give the secret key, for messages that
+/// ask for one.
+pub const SECRET_KEY_SETTINGS: &str =
+    "--secret-key-file, HANGAR_SECRET_KEY_FILE, secret_key_file in hangar.toml, or HANGAR_SECRET_KEY";
+
+/// A 32-byte key written as raw bytes, 64 hex digits or base64 (padded or
+/// not), surrounding whitespace aside; `None` for anything else.
+fn decode_key(bytes: &[u8]) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
+        // Raw bytes, as a data dir's secret.key holds them; text of that
+        // length is neither hex nor base64 of 32 bytes.
+        return Some(raw);
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let decoded = if text.len() == 64 {
+        hex::decode(text).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .ok()?
+    };
+    <[u8; 32]>::try_from(decoded.as_slice()).ok()
+}
+
+/// The configured secret key: the file named by the flag, the environment
+/// or `hangar.toml`, or the key itself in `HANGAR_SECRET_KEY`; one of them
+/// at most.
+fn secret_key(
+    flag: Option<PathBuf>,
+    env_get: &dyn Fn(&str) -> Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<SecretKey>, ConfigError> {
+    let path = match (flag, env_get("HANGAR_SECRET_KEY_FILE"), file) {
+        (Some(path), _, _) => Some((path, "--secret-key-file")),
+        (None, Some(path), _) => Some((PathBuf::from(path), "HANGAR_SECRET_KEY_FILE")),
+        (None, None, Some(path)) => Some((path, "secret_key_file in hangar.toml")),
+        (None, None, None) => None,
+    };
+    let value = env_get("HANGAR_SECRET_KEY");
+    let shape = "32 bytes: raw, 64 hex digits or base64 (e.g. `openssl rand -hex 32`)";
+    match (path, value) {
+        (Some((_, setting)), Some(_)) => Err(ConfigError(format!(
+            "both {setting} and HANGAR_SECRET_KEY give the secret key: set one"
+        ))),
+        (Some((path, setting)), None) => {
+            let bytes = std::fs::read(&path).map_err(|err| {
+                ConfigError(format!(
+                    "cannot read the secret key file {} ({setting}): {err}",
+                    path.display()
+                ))
+            })?;
+            let key = decode_key(&bytes).ok_or_else(|| {
+                ConfigError(format!(
+                    "the secret key file {} ({setting}) must hold {shape}",
+                    path.display()
+                ))
+            })?;
+            Ok(Some(SecretKey {
+                key,
+                source: format!("{} ({setting})", path.display()),
+            }))
+        }
+        (None, Some(value)) => {
+            let key = decode_key(value.as_bytes())
+                .ok_or_else(|| ConfigError(format!("HANGAR_SECRET_KEY must be {shape}")))?;
+            Ok(Some(SecretKey {
+                key,
+                source: "HANGAR_SECRET_KEY".to_owned(),
+            }))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The process environment, read once at start (by `main`) and handed to
@@ -471,11 +628,55 @@ impl Config {
             .egress_upstream_ca
             .or_else(|| env_get("HANGAR_EGRESS_UPSTREAM_CA").map(PathBuf::from))
             .or(file.egress_upstream_ca);
+        let secret_key = secret_key(args.secret_key_file, &env_get, file.secret_key_file)?;
+        let blobs = match args
+            .blobs
+            .or_else(|| env_get("HANGAR_BLOBS"))
+            .or(file.blobs)
+            .as_deref()
+        {
+            Some("data_dir") => BlobHome::DataDir,
+            Some("store") => BlobHome::Store,
+            Some(url) if url.starts_with("s3://") => {
+                let bucket = url["s3://".len()..].split('/').next().unwrap_or_default();
+                let ok = (3..=63).contains(&bucket.len())
+                    && bucket
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                    && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !ok {
+                    return Err(ConfigError(format!(
+                        "blobs '{url}' must be s3://bucket[/prefix] with an S3 bucket name"
+                    )));
+                }
+                let mut env: Vec<(String, String)> = env
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("AWS_"))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                env.sort();
+                BlobHome::Bucket(Bucket {
+                    url: url.to_owned(),
+                    env,
+                })
+            }
+            // One server alone on SQLite; servers sharing PostgreSQL must
+            // read each other's uploads and artifacts.
+            None if database_url.starts_with("sqlite:") => BlobHome::DataDir,
+            None => BlobHome::Store,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "blobs '{other}' must be data_dir (this server's disk), store (the database) or s3://bucket[/prefix]"
+                )))
+            }
+        };
         let build_step_env = hangar_build::STEP_ENV_NAMES
             .iter()
             .filter_map(|&name| env.get(name).map(|value| (name.to_owned(), value.clone())))
             .collect();
         Ok(Config {
+            secret_key,
+            blobs,
             egress_default,
             egress_hosts,
             egress_upstream_ca,
@@ -945,6 +1146,130 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn the_secret_key_comes_from_a_file_or_the_environment_never_both() {
+        let dir = std::env::temp_dir().join(format!(
+            "hangar-config-key-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 7).expect("byte"));
+        let resolve = |args: ServeArgs, pairs: &[(&str, &str)]| {
+            Config::resolve(args, &env(pairs)).map(|c| c.secret_key)
+        };
+        // None configured: the data dir's.
+        assert_eq!(resolve(ServeArgs::default(), &[]).expect("valid"), None);
+        // Raw bytes (a data dir's secret.key, copied), hex, base64.
+        let raw = dir.join("raw.key");
+        std::fs::write(&raw, key).expect("write");
+        let hex_file = dir.join("hex.key");
+        std::fs::write(&hex_file, format!("{}\n", hex::encode(key))).expect("write");
+        for (args, pairs) in [
+            (
+                ServeArgs {
+                    secret_key_file: Some(raw.clone()),
+                    ..Default::default()
+                },
+                vec![],
+            ),
+            (
+                ServeArgs::default(),
+                vec![("HANGAR_SECRET_KEY_FILE", hex_file.to_str().expect("utf8"))],
+            ),
+        ] {
+            let found = resolve(args, &pairs).expect("valid").expect("a key");
+            assert_eq!(found.bytes(), &key);
+        }
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+        let found = resolve(ServeArgs::default(), &[("HANGAR_SECRET_KEY", &encoded)])
+            .expect("valid")
+            .expect("a key");
+        assert_eq!(
+            (found.bytes(), found.source.as_str()),
+            (&key, "HANGAR_SECRET_KEY")
+        );
+        assert!(
+            !format!("{found:?}").contains(&hex::encode(key))
+                && !format!("{found:?}").contains(&encoded),
+            "Debug shows no key"
+        );
+        // Both, a short key, a missing file: refused, naming the setting.
+        let both = resolve(
+            ServeArgs {
+                secret_key_file: Some(raw.clone()),
+                ..Default::default()
+            },
+            &[("HANGAR_SECRET_KEY", &encoded)],
+        )
+        .expect_err("both");
+        assert!(both.to_string().contains("set one"), "{both}");
+        let short =
+            resolve(ServeArgs::default(), &[("HANGAR_SECRET_KEY", "abcd")]).expect_err("short");
+        assert!(short.to_string().contains("HANGAR_SECRET_KEY"), "{short}");
+        let missing = resolve(
+            ServeArgs::default(),
+            &[("HANGAR_SECRET_KEY_FILE", "/nonexistent/hangar.key")],
+        )
+        .expect_err("missing");
+        assert!(
+            missing.to_string().contains("HANGAR_SECRET_KEY_FILE"),
+            "{missing}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn blobs_default_to_the_data_dir_alone_and_the_store_when_shared() {
+        let blobs = |args: ServeArgs, pairs: &[(&str, &str)]| {
+            Config::resolve(args, &env(pairs)).map(|c| c.blobs)
+        };
+        assert_eq!(
+            blobs(ServeArgs::default(), &[]).expect("valid"),
+            BlobHome::DataDir
+        );
+        let postgres = ServeArgs {
+            database_url: Some("postgres://h/db".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            blobs(postgres.clone(), &[]).expect("valid"),
+            BlobHome::Store
+        );
+        assert_eq!(
+            blobs(postgres, &[("HANGAR_BLOBS", "data_dir")]).expect("valid"),
+            BlobHome::DataDir
+        );
+        assert!(blobs(ServeArgs::default(), &[("HANGAR_BLOBS", "s4://x")]).is_err());
+        assert!(blobs(ServeArgs::default(), &[("HANGAR_BLOBS", "s3://No_Such")]).is_err());
+        let bucket = blobs(
+            ServeArgs {
+                blobs: Some("s3://hangar-blobs/prod".into()),
+                ..Default::default()
+            },
+            &[
+                ("AWS_SECRET_ACCESS_KEY", "very secret"),
+                ("AWS_REGION", "eu-west-1"),
+                ("HOME", "/root"),
+            ],
+        )
+        .expect("valid");
+        let BlobHome::Bucket(bucket) = bucket else {
+            panic!("not a bucket: {bucket:?}")
+        };
+        assert_eq!(bucket.url, "s3://hangar-blobs/prod");
+        assert_eq!(
+            bucket
+                .env
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["AWS_REGION", "AWS_SECRET_ACCESS_KEY"]
+        );
+        assert!(!format!("{bucket:?}").contains("very secret"));
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! and the directory fsynced so the name survives a crash. A reader sees the
 //! old file or the new one, never a part.
 //!
+//! `secret.key` is the key of a server whose configuration gives none
+//! (`--secret-key-file`, `HANGAR_SECRET_KEY`): servers sharing a database
+//! must share a key, which a data dir cannot give them.
+//!
 //! What is not here: the database (SQLite's own file, its own journal), the
 //! runtime's state dir and the builder's dirs, which their crates own.
 
@@ -64,7 +68,8 @@ impl DataDir {
         &self.root
     }
 
-    /// The data dir's 32-byte key, made on first start.
+    /// The data dir's 32-byte key, made on first start: the key of a server
+    /// whose configuration gives none (see `--secret-key-file`).
     pub fn secret_key(&self) -> anyhow::Result<Vec<u8>> {
         let key = self.create_once(SECRET_KEY, || Sealer::generate_key().to_vec())?;
         anyhow::ensure!(
@@ -73,6 +78,15 @@ impl DataDir {
             self.root.join(SECRET_KEY).display()
         );
         Ok(key)
+    }
+
+    /// Where the data dir's key is, said for messages.
+    #[must_use]
+    pub fn secret_key_source(&self) -> String {
+        format!(
+            "{} (made by this server at its first start)",
+            self.root.join(SECRET_KEY).display()
+        )
     }
 
     /// This server's ID: random, made on first start, the same for the

@@ -10,6 +10,14 @@
 //! before anything else, so a server that will not run agents (not root)
 //! says so in its first lines, not in a log line among many.
 //!
+//! Next the secret key (configured, or the data dir's `secret.key`) is
+//! checked against the fingerprint the database keeps of the key of the
+//! first server on it ([`hangar_store::seal`]): a server with another key
+//! refuses before it bootstraps, joins the nodes or, with a configured key
+//! on PostgreSQL, makes its data dir. Uploads' archives and build artifacts
+//! go to the blob store `blobs` names ([`hangar_store::blobs`]); the
+//! controller fetches from it the artifacts other servers built.
+//!
 //! Shutdown is one [`CancellationToken`], cancelled by the first signal and
 //! handed to every background task at its start. The listener stops
 //! accepting and in-flight requests finish; the builder, the webhook
@@ -27,14 +35,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hangar_api::{ApiConfig, AppState, Services};
-use hangar_store::seal::Sealer;
+use hangar_store::blobs::{Blobs, BucketBlobs, DirBlobs};
+use hangar_store::seal::{fingerprint, KeyCheck, Sealer};
 use hangar_store::Store;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, BlobHome, Config, SECRET_KEY_SETTINGS};
 use crate::data_dir::{random_docker_owner, DataDir};
 
 /// From the first signal to the forced exit.
@@ -70,6 +79,53 @@ fn derive_key(key: &[u8], purpose: &str) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+/// Records this server's key's fingerprint as the store's, or checks it
+/// against the one recorded by the first server: a server with another key
+/// would seal secrets no other server opens and sign tokens none accepts,
+/// so it refuses to start, saying which setting to fix.
+async fn check_key(store: &Store, key: &[u8], source: &str, server: &str) -> anyhow::Result<()> {
+    let check = store
+        .claim_key_fingerprint("secret", &fingerprint(key), server)
+        .await
+        .context("checking the secret key against the database's")?;
+    match check {
+        KeyCheck::Recorded => {
+            tracing::info!(key = %source, "this server's secret key is the database's now");
+            Ok(())
+        }
+        KeyCheck::Matches => Ok(()),
+        KeyCheck::Differs {
+            recorded_by,
+            recorded_at,
+        } => anyhow::bail!(
+            "the secret key ({source}) is not the one the servers on this database use \
+             (its fingerprint was recorded by the server at {recorded_by} on {recorded_at}): secrets they \
+             sealed would not open here. Give every server the same key with {SECRET_KEY_SETTINGS} \
+             (the first server's is its data dir's secret.key, which can be used as it is)"
+        ),
+    }
+}
+
+/// Artifacts another server built, fetched from the blob store into this
+/// server's `artifacts/` before a replica of them starts here.
+#[derive(Debug)]
+struct SharedArtifacts {
+    artifacts_dir: std::path::PathBuf,
+    blobs: Arc<dyn Blobs>,
+}
+
+#[async_trait::async_trait]
+impl hangar_controller::ArtifactFetch for SharedArtifacts {
+    async fn local(&self, recorded: &str) -> Result<std::path::PathBuf, String> {
+        hangar_build::artifact::local_copy(recorded, &self.artifacts_dir, self.blobs.as_ref())
+            .await
+            .map_err(|err| {
+                tracing::warn!(artifact = %recorded, error = %err, "cannot fetch an artifact from the blob store");
+                format!("cannot fetch the artifact from {} (the server's log says why)", self.blobs.describe())
+            })
+    }
+}
+
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -91,13 +147,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // still draining may need a replica started (a cold start) or watched.
     let replicas_shutdown = CancellationToken::new();
 
-    let data_dir = DataDir::open(&config.data_dir)?;
-    let node_id = data_dir.node_id()?;
-    let key = data_dir.secret_key()?;
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{host}:{}", local.port()));
+    // The key before anything else is made: a server whose key is not the
+    // store's refuses with nothing created (with a configured key on
+    // PostgreSQL, not even its data dir).
+    let (key, key_source) = match &config.secret_key {
+        Some(configured) => (configured.bytes().to_vec(), configured.source.clone()),
+        None => {
+            let dir = DataDir::open(&config.data_dir)?;
+            (dir.secret_key()?, dir.secret_key_source())
+        }
+    };
+    if config.database_url.starts_with("sqlite:") {
+        // SQLite's file is in the data dir unless told otherwise.
+        DataDir::open(&config.data_dir)?;
+    }
     let sealer = Sealer::new(&derive_key(&key, "hangar secrets v1")).context("secret key")?;
     let store = Store::connect(&config.database_url, sealer)
         .await
         .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
+    check_key(&store, &key, &key_source, &public_url).await?;
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let node_id = data_dir.node_id()?;
     let boot = store
         .bootstrap(config.admin_key.as_deref())
         .await
@@ -111,36 +190,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         println!("  {generated}");
     }
-
-    let host = if local.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        local.ip().to_string()
+    let blobs: Arc<dyn Blobs> = match &config.blobs {
+        BlobHome::DataDir => Arc::new(DirBlobs::new(data_dir.path())),
+        BlobHome::Store => Arc::new(store.database_blobs()),
+        BlobHome::Bucket(bucket) => Arc::new(
+            BucketBlobs::s3(
+                &bucket.url,
+                bucket.env.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            )
+            .with_context(|| format!("the blob bucket {}", bucket.url))?,
+        ),
     };
+    tracing::info!(blobs = %blobs.describe(), "uploads' archives and build artifacts are kept in {}", blobs.describe());
+
     let mut build_config = hangar_build::BuildConfig::new(data_dir.path());
     build_config.step_env.clone_from(&config.build_step_env);
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
-        public_url: config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{host}:{}", local.port())),
+        public_url,
         max_body_bytes: 2 << 20,
         upload_ttl: Duration::from_secs(3600),
         signing_key: derive_key(&key, "hangar upload urls v1"),
         uploads_dir: Some(build_config.uploads_dir()),
+        blobs: Some(blobs.clone()),
         max_upload_bytes: config.max_upload_bytes,
         cors_origins: config.cors_origins.clone(),
         rate_limit: config.rate_limit,
         node_dead_after: config.node_dead_after,
     };
     let docker = connect_docker(&config, &data_dir).await;
-    let (runtime, driver, controller_loop, kubernetes) =
-        start_runtime(&config, &data_dir, &store, &docker, &replicas_shutdown).await?;
+    let artifacts = Arc::new(SharedArtifacts {
+        artifacts_dir: build_config.artifacts_dir(),
+        blobs: blobs.clone(),
+    });
+    let (runtime, driver, controller_loop, kubernetes) = start_runtime(
+        &config,
+        &data_dir,
+        &store,
+        &docker,
+        artifacts,
+        &replicas_shutdown,
+    )
+    .await?;
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
+        .with_blobs(blobs)
         .with_on_deployed(move |instance| {
             if let Some(runtime) = &woken {
                 runtime.wake(&instance.id);
@@ -355,6 +451,7 @@ async fn start_runtime(
     data_dir: &DataDir,
     store: &hangar_store::Store,
     docker: &Result<Arc<hangar_runtime::DockerDriver>, String>,
+    artifacts: Arc<SharedArtifacts>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Runtime> {
     if let Some(reason) = crate::doctor::no_agents_reason(nix::unistd::geteuid().is_root()) {
@@ -395,6 +492,7 @@ async fn start_runtime(
             log_max_age: Some(config.log_retention),
             default_egress: config.egress_default.clone(),
             egress_proxy: proxy.as_ref().map(|proxy| proxy.address.clone()),
+            artifacts: Some(artifacts),
             ..hangar_controller::ControllerConfig::default()
         },
     );

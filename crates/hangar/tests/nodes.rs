@@ -40,8 +40,19 @@ async fn servers_on_one_database_see_each_other_beat_stop_and_die() {
         return;
     }
     let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = ["--database-url", db.url.as_str(), "--node-dead-after", "2"];
     let dir = temp("nodes");
+    // Servers on one database share one secret key.
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("hangar.key");
+    std::fs::write(&key, rand::random::<[u8; 32]>()).expect("key");
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--node-dead-after",
+        "2",
+        "--secret-key-file",
+        key.to_str().expect("utf-8"),
+    ];
     let a = Server::start_with(&dir.join("a"), &flags);
     let b = Server::start_with(&dir.join("b"), &flags);
 

@@ -1,6 +1,11 @@
 //! Uploads under `/v1`: a slot for an agent's archive (`POST /v1/uploads`)
 //! and the signed URL its bytes are `PUT` to, checked and stored whole or
 //! not at all. What an archive holds is checked when it is built.
+//!
+//! The body is received into a file of this server's; once whole and
+//! sniffed it is kept in the blob store ([`hangar_store::blobs`]): the data
+//! dir of a server alone, or the database every server's builder reads, so
+//! an archive PUT to one server is built by whichever claims the build.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -132,6 +137,30 @@ impl Drop for PartialFile {
     }
 }
 
+/// Keeps the whole archive at `part` as upload `id`'s: in the blob store,
+/// where every server's builder finds it, or as `<id>` beside it. (The
+/// part file left behind by a blob store that copies is removed by its
+/// guard.)
+async fn keep_archive(
+    state: &AppState,
+    dir: &std::path::Path,
+    id: &str,
+    part: &std::path::Path,
+) -> ApiResult<()> {
+    let Some(blobs) = &state.config.blobs else {
+        return tokio::fs::rename(part, dir.join(id))
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)));
+    };
+    let key = hangar_store::blobs::BlobKey::upload(id)
+        .ok_or_else(|| ApiError::invalid("id", "is not an upload ID"))?;
+    blobs
+        .put_file(&key, part)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::Internal(Box::new(e)))
+}
+
 /// Take an upload's archive: the signed `upload_url` from `POST /v1/uploads`
 /// (no API key: the signature is the authority). The body is the archive
 /// (`.tar.gz`, `.tar` or `.zip`), streamed to disk; an upload takes one.
@@ -198,7 +227,7 @@ async fn put_upload_content(
         "{id}.part-{}",
         hangar_core::id::new_id(hangar_core::id::IdKind::Request)
     ));
-    let mut guard = PartialFile(Some(part.clone()));
+    let _guard = PartialFile(Some(part.clone()));
     let mut file = tokio::fs::File::create(&part)
         .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
@@ -242,10 +271,7 @@ async fn put_upload_content(
             message: format!("upload {id} already has its archive: open another upload"),
         });
     }
-    tokio::fs::rename(&part, dir.join(&id))
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    guard.0 = None;
+    keep_archive(&state, &dir, &id, &part).await?;
     let completed = state
         .store
         .find_upload(&id)

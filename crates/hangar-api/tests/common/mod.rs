@@ -57,6 +57,7 @@ pub fn config() -> ApiConfig {
         uploads_dir: Some(
             std::env::temp_dir().join(format!("hangar-api-uploads-{}", std::process::id())),
         ),
+        blobs: None,
         max_upload_bytes: 1 << 20,
         cors_origins: vec!["http://console.test".into()],
         // Tests send requests as fast as they can; rate_limit.rs tests the limit.
