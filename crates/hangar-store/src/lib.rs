@@ -116,6 +116,29 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// The schema's migrations. A database that a newer Hangar migrated
+/// further is used as it is: during a rolling upgrade servers of the
+/// version before run beside the new ones, and every migration is
+/// backward compatible with the version before it (additive only: see
+/// `tests/migrations.rs`, which checks it). Without this, sqlx would refuse
+/// to start on a database with migrations it does not know.
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Versions applied by this call, oldest first.
+    pub applied: Vec<i64>,
+    /// The database's schema version now.
+    pub version: i64,
+    /// The newest version this build knows.
+    pub latest: i64,
+}
+
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -263,7 +286,7 @@ impl Store {
                 })
             });
         let pool = options.connect(&url).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        migrator().run(&pool).await?;
         let reads = match backend {
             Backend::Sqlite => {
                 let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
@@ -277,6 +300,42 @@ impl Store {
             sealer: Arc::new(sealer),
             keys: Arc::default(),
             reads,
+        })
+    }
+
+    /// Applies the migrations `url`'s database lacks and nothing else (no
+    /// organization, no key, no point-read connections): for upgrading a
+    /// database before servers of the new version start on it. Answers the
+    /// versions applied now and the schema's version after.
+    pub async fn migrate(url: &str) -> Result<Migrated> {
+        use sqlx::migrate::Migrate;
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            // Create the file on first start, as `connect` does.
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_owned()
+        };
+        let migrator = migrator();
+        let mut connection = sqlx::AnyConnection::connect(&url).await?;
+        connection.ensure_migrations_table().await?;
+        let before: std::collections::HashSet<i64> = connection
+            .list_applied_migrations()
+            .await?
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        migrator.run(&mut connection).await?;
+        let after = connection.list_applied_migrations().await?;
+        connection.close().await?;
+        Ok(Migrated {
+            applied: after
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| !before.contains(v))
+                .collect(),
+            version: after.iter().map(|m| m.version).max().unwrap_or(0),
+            latest: migrator.iter().map(|m| m.version).max().unwrap_or(0),
         })
     }
 

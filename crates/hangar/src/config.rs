@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// sqlite://… or postgres://… [env: HANGAR_DATABASE_URL] [default: SQLite in the data dir]
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Apply the database's pending migrations, say what was applied, and exit
+    /// without serving (the first step of an upgrade; see the README's Upgrades)
+    #[arg(long)]
+    pub migrate_only: bool,
     /// Instance URLs are http://<name>.<DOMAIN>:<port> [env: HANGAR_BASE_DOMAIN] [default: localhost]
     #[arg(long, value_name = "DOMAIN")]
     pub base_domain: Option<String>,
@@ -169,6 +173,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database URL.
     pub database_url: String,
+    /// Only migrate the database, then exit.
+    pub migrate_only: bool,
     /// Base domain of instance URLs.
     pub base_domain: String,
     /// Bootstrap key, when configured.
@@ -675,6 +681,7 @@ impl Config {
             .filter_map(|&name| env.get(name).map(|value| (name.to_owned(), value.clone())))
             .collect();
         Ok(Config {
+            migrate_only: args.migrate_only,
             secret_key,
             blobs,
             egress_default,

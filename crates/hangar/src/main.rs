@@ -119,7 +119,11 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            let served = runtime.block_on(serve::run(config));
+            let served = if config.migrate_only {
+                runtime.block_on(serve::migrate_only(&config))
+            } else {
+                runtime.block_on(serve::run(config))
+            };
             // Every task that must finish was joined by `run`; blocking work
             // a drain cut off (unpacking a build's archive, say) is not
             // waited for: its results are thrown away at the next start.

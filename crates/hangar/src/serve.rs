@@ -126,6 +126,33 @@ impl hangar_controller::ArtifactFetch for SharedArtifacts {
     }
 }
 
+/// `hangar serve --migrate-only`: brings the database's schema to this
+/// build's and exits, touching nothing else (no organization, no key, no
+/// node row; the data dir only when the SQLite file is in it). Servers of
+/// the version before keep running on the migrated database (every
+/// migration is additive), so an upgrade is: migrate, then replace the
+/// servers one at a time.
+pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
+    if config.database_url.starts_with("sqlite:") {
+        DataDir::open(&config.data_dir)?;
+    }
+    let database = redact_url(&config.database_url);
+    let migrated = Store::migrate(&config.database_url)
+        .await
+        .with_context(|| format!("migrating database {database}"))?;
+    let applied = if migrated.applied.is_empty() {
+        "nothing to apply".to_owned()
+    } else {
+        let versions: Vec<String> = migrated.applied.iter().map(i64::to_string).collect();
+        format!("applied {}", versions.join(", "))
+    };
+    println!(
+        "database {database}: {applied}; schema version {} (this build's: {})",
+        migrated.version, migrated.latest
+    );
+    Ok(())
+}
+
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
