@@ -11,7 +11,8 @@
 //! CNI plugin's lock), while its state dir and packet-filter table are the
 //! data dir's own, so the two do not meet. Invokes go through the node
 //! that runs the instance: forwarding a request to another node's replica
-//! is a later step. Needs root (sandboxes) and PostgreSQL
+//! is a later step (through the other node an invoke answers 503
+//! `AGENT_UNAVAILABLE`). Needs root (sandboxes) and PostgreSQL
 //! (`HANGAR_TEST_POSTGRES_URL`); with `CI=true` their absence fails the
 //! test.
 
@@ -137,6 +138,11 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
         (b, a, a_id)
     };
     wait_replicas(&other, &[(&owner_id, 2), (&other_id, 0)]).await;
+    // Through the other node a request finds no replica (forwarding to the
+    // owner comes later), and does not make one start there.
+    let (status, body, text) = invoke(&other, &agent, json!({"n": 0})).await;
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(body["error"]["code"], "AGENT_UNAVAILABLE", "{text}");
     // Past the other node's resync (10 s), which visits every instance.
     tokio::time::sleep(Duration::from_secs(12)).await;
     wait_replicas(&other, &[(&owner_id, 2), (&other_id, 0)]).await;
