@@ -54,7 +54,7 @@
 //! instance: one acquisition per instance, then one small write per
 //! reconcile and per renewal period.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,6 +147,43 @@ impl Leases {
             .map(|(id, held)| (id.clone(), held.generation))
             .collect()
     }
+}
+
+/// The instances another node runs now: their lease unexpired, their
+/// holder ready. The resync leaves them out (unless this node still has
+/// replicas of one), so a node pays one read per resync for the instances
+/// it does not run rather than an acquisition attempt for each. None when
+/// the store cannot say (every instance is then visited, as each reconcile
+/// checks its lease anyway).
+pub(crate) async fn run_elsewhere(inner: &Inner) -> HashSet<String> {
+    let (leases, nodes) = match tokio::try_join!(
+        inner.store.instance_leases(None),
+        inner.store.list_nodes()
+    ) {
+        Ok(read) => read,
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot read the instance leases: every instance is visited");
+            return HashSet::new();
+        }
+    };
+    let now = hangar_store::store_now();
+    let dead_after = inner.leases.terms.node_dead_after;
+    let gone: HashSet<&str> = nodes
+        .iter()
+        .filter(|n| n.status(now, dead_after) != NodeStatus::Ready)
+        .map(|n| n.beat.id.as_str())
+        .collect();
+    leases
+        .into_iter()
+        .filter(|lease| {
+            lease
+                .node_id
+                .as_deref()
+                .is_some_and(|holder| holder != inner.leases.node && !gone.contains(holder))
+                && lease.expires_at > now
+        })
+        .map(|lease| lease.instance_id)
+        .collect()
 }
 
 /// Renews every held lease each [`Leases::renew_every`]; a lease the store

@@ -797,6 +797,15 @@ impl Inner {
         }
         ids.sort();
         ids.dedup();
+        // Another node's instances are left to it, but for replicas of them
+        // this node still has (they are removed by the reconcile).
+        let elsewhere = leases::run_elsewhere(self).await;
+        ids.retain(|id| {
+            !elsewhere.contains(id)
+                || lock(&self.instances)
+                    .get(id)
+                    .is_some_and(|state| !lock(&state.tracked).replicas.is_empty())
+        });
         for id in ids {
             self.schedule(&id);
         }

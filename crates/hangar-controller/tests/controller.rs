@@ -1215,26 +1215,31 @@ async fn a_node_whose_lease_is_taken_stops_its_replicas_and_a_clean_stop_hands_o
 
         // Another node takes the lease (as it would once a's had run out
         // while a was cut off): a's next renewal is refused at its
-        // generation, and a stops its replicas.
-        let taken = [(inst.id.clone(), 1)];
-        assert_eq!(
-            w.store
-                .release_instance_leases("node-a", &taken)
-                .await
-                .expect("release"),
-            1
-        );
+        // generation, and a stops its replicas. (Released, the lease is
+        // free for a too: taken again until x has it.)
         let terms = hangar_store::LeaseTerms {
             duration: Duration::from_secs(600),
             node_dead_after: Duration::from_secs(600),
         };
-        assert_eq!(
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (node, generation) = holder(&w.store, &inst.id).await.expect("held");
+            assert_eq!(node, "node-a");
+            let held = [(inst.id.clone(), generation)];
             w.store
+                .release_instance_leases("node-a", &held)
+                .await
+                .expect("release");
+            let taken = w
+                .store
                 .acquire_instance_lease(&inst.id, "node-x", terms)
                 .await
-                .expect("acquire"),
-            Some(2)
-        );
+                .expect("acquire");
+            if taken.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "x never got the lease");
+        }
         wait_for("a's replicas stopped", || fa.replicas().is_empty()).await;
         assert_eq!(a.replica_count(), 0);
         tokio::time::sleep(config().resync * 3).await;

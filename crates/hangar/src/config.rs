@@ -43,8 +43,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS")]
     pub node_dead_after: Option<u64>,
     /// Seconds an instance's lease lasts: the server that holds it is the
-    /// only one that runs the instance, renews it every third of this, and
-    /// another server takes the instance over once it runs out
+    /// only one that runs the instance and renews it every third of this
+    /// (or of --node-dead-after when shorter); another server takes the
+    /// instance over once it runs out
     /// [env: HANGAR_INSTANCE_LEASE] [default: 15]
     #[arg(long, value_name = "SECONDS")]
     pub instance_lease: Option<u64>,
