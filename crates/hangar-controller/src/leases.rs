@@ -8,7 +8,8 @@
 //! and another node's requests for that instance find no replica here.
 //!
 //! - **Taking.** A reconcile of an instance this node does not hold (a
-//!   wake, or the resync that visits every instance) tries to acquire it:
+//!   wake, or the resync, which visits every instance but those another
+//!   ready node holds an unexpired lease of) tries to acquire it:
 //!   that succeeds when the lease is free, ran out, is this node's own from
 //!   before a restart, or its holder stopped or is dead. Otherwise the
 //!   reconcile does nothing — no replica, no status — beyond removing any
@@ -52,7 +53,8 @@
 //!
 //! With one server (SQLite, or a lone server on PostgreSQL) it holds every
 //! instance: one acquisition per instance, then one small write per
-//! reconcile and per renewal period.
+//! reconcile (about what the reconcile's read of the instance costs) and
+//! one per renewal period.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
