@@ -1166,7 +1166,7 @@ async fn one_node_runs_an_instance_another_takes_it_over_and_the_first_back_lets
         wait_for("running on a", || live(&fa.replicas()) == 2).await;
         assert_eq!(holder(&w.store, &inst.id).await, Some(("node-a".into(), 1)));
         let b_stop = tokio_util::sync::CancellationToken::new();
-        let _b_running = b.start(b_stop.clone()).await.expect("start b");
+        let b_stopped = b.start(b_stop.clone()).await.expect("start b");
 
         // b visits the instance every resync and leaves it alone.
         for _ in 0..5 {
@@ -1189,8 +1189,9 @@ async fn one_node_runs_an_instance_another_takes_it_over_and_the_first_back_lets
         // a comes back: it adopts its old replicas, finds the instance is
         // b's, and removes them; nothing of it is started on a again.
         let a_again = Controller::new(w.store.clone(), fa.clone(), leased("node-a"));
-        let _a_running = a_again
-            .start(tokio_util::sync::CancellationToken::new())
+        let a_again_stop = tokio_util::sync::CancellationToken::new();
+        let a_again_stopped = a_again
+            .start(a_again_stop.clone())
             .await
             .expect("start a again");
         wait_for("a's orphans removed", || fa.replicas().is_empty()).await;
@@ -1199,7 +1200,12 @@ async fn one_node_runs_an_instance_another_takes_it_over_and_the_first_back_lets
         assert_eq!(live(&fb.replicas()), 2);
         assert_eq!(creates(&fb.calls()), 2);
         assert_eq!(holder(&w.store, &inst.id).await, Some(("node-b".into(), 2)));
+        // Stopped before the database goes: nothing of theirs is left
+        // mid-transaction.
+        a_again_stop.cancel();
         b_stop.cancel();
+        a_again_stopped.await.expect("a stopped");
+        b_stopped.await.expect("b stopped");
     }
 }
 
@@ -1272,16 +1278,22 @@ async fn a_node_whose_lease_is_taken_stops_its_replicas_and_a_clean_stop_hands_o
         c_stop.cancel();
         c_stopped.await.expect("c stopped");
         assert!(fc.replicas().is_empty(), "{:?}", fc.replicas());
-        assert_eq!(holder(&w.store, &second.id).await, None, "released");
+        assert_eq!(
+            holder(&w.store, &second.id).await,
+            None,
+            "released: {:?} {:?}",
+            w.store.instance_leases(None).await,
+            w.store.list_nodes().await
+        );
         let (d, fd) = node(&w, "node-d");
-        let _d_running = d
-            .start(tokio_util::sync::CancellationToken::new())
-            .await
-            .expect("start d");
+        let d_stop = tokio_util::sync::CancellationToken::new();
+        let d_stopped = d.start(d_stop.clone()).await.expect("start d");
         wait_for("running on d", || live(&fd.replicas()) == 1).await;
         assert_eq!(
             holder(&w.store, &second.id).await,
             Some(("node-d".into(), 2))
         );
+        d_stop.cancel();
+        d_stopped.await.expect("d stopped");
     }
 }
