@@ -110,8 +110,15 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
         "3",
     ];
     let dir = temp("leases");
-    let a = Server::start_with(&dir.join("a"), &flags);
-    let b = Server::start_with(&dir.join("b"), &flags);
+    // Servers on one database share one secret key (where the server
+    // takes it from configuration).
+    let key: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let env = [("HANGAR_SECRET_KEY", key.as_str())];
+    let a = Server::start_full(&dir.join("a"), &flags, &env);
+    let b = Server::start_full(&dir.join("b"), &flags, &env);
     let (a_id, b_id) = (node_id(&a).await, node_id(&b).await);
 
     let instance = a
@@ -193,7 +200,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
 
     // The dead node comes back: it starts nothing of the instance and
     // removes the replicas it left behind; the instance stays where it is.
-    let back = Server::start_with(&owner_dir, &flags);
+    let back = Server::start_full(&owner_dir, &flags, &env);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !back.replica_ids().is_empty() {
         assert!(
