@@ -38,6 +38,11 @@ pub(crate) enum ReconcileError {
         /// The driver's error.
         source: DriverError,
     },
+    /// This node's lease of the instance may have run out (it could not be
+    /// renewed in time): nothing more is done to the instance until a
+    /// renewal says whether it is still held.
+    #[error("this server's lease of the instance lapsed")]
+    LeaseLapsed,
 }
 
 impl ReconcileError {
@@ -49,6 +54,7 @@ impl ReconcileError {
             Self::Remove { replica, source } => {
                 format!("cannot remove replica {replica}: {source}")
             }
+            Self::LeaseLapsed => "this server's lease of the instance lapsed".to_owned(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! ```text
 //! wake(id) / requeue timer / resync tick ──► queue ──► reconcile(id)   (one at a time per instance)
 //!   observe   store.controlled_instance(id) + the tracked replicas
+//!   own       this node's lease of it: acquired, or renewed at its
+//!             generation; another node's: nothing more (leases.rs)
 //!   plan      pure: what to remove, stop, create; status; events (plan.rs)
 //!   apply     carry it out; answer Action::Requeue(after) | AwaitChange
 //!   on error  retried after a capped backoff, shown in status_reason
@@ -16,19 +18,22 @@
 //!                    the autoscaler
 //! ```
 //!
-//! Layout: `queue` (when), `reconcile` (observe and apply), `plan` (what),
+//! Layout: `queue` (when), `leases` (which instances are this node's),
+//! `reconcile` (observe and apply), `plan` (what),
 //! `replica` (a replica's phase), `tasks` (per-replica and periodic work),
 //! `scale` (how many), `launch` (a replica's spec), `tell` (log lines and
 //! events), `error`.
 //!
 //! Every task the controller spawns is tracked and watches one shutdown
 //! token: [`Controller::start`]'s handle ends when all of them have.
-//! Replicas outlive the server: a shutdown stops no replica.
+//! Replicas outlive the server: a shutdown stops no replica, unless another
+//! node is ready to take its instances over (see `leases`).
 //!
 //! On start it lists the driver's replicas and adopts those labelled with an
 //! instance: after a restart of `hangar serve` the same processes keep
 //! running, their logs continue from the stored cursor, and the first
-//! reconcile finishes whatever transition was half done.
+//! reconcile finishes whatever transition was half done — or, when another
+//! node took the instance over meanwhile, removes them.
 //!
 //! Exec and stdin go to one running replica of the instance; logs are read
 //! from the store, live lines from [`Controller::subscribe_logs`].
@@ -36,6 +41,7 @@
 mod egress;
 mod error;
 mod launch;
+mod leases;
 mod plan;
 mod queue;
 mod reconcile;
@@ -126,6 +132,13 @@ pub struct ControllerConfig {
     /// replica of it starts here; `None`: artifacts are read where the
     /// build recorded them.
     pub artifacts: Option<Arc<dyn ArtifactFetch>>,
+    /// This server's node ID: the holder its instance leases name (see
+    /// `leases`). The default is new each time: a node of its own.
+    pub node_id: String,
+    /// An instance's lease runs out this long after its last renewal.
+    pub instance_lease: Duration,
+    /// A node silent this long is dead: its leases may be taken at once.
+    pub node_dead_after: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -153,6 +166,10 @@ impl Default for ControllerConfig {
             default_egress: hangar_core::network::Egress::Open,
             egress_proxy: None,
             artifacts: None,
+            node_id: hangar_core::id::new_id(hangar_core::id::IdKind::Request)
+                .replace("req_", "node-"),
+            instance_lease: Duration::from_secs(15),
+            node_dead_after: Duration::from_secs(15),
         }
     }
 }
@@ -230,6 +247,8 @@ pub(crate) struct Inner {
     pub driver: Arc<dyn Driver>,
     pub config: ControllerConfig,
     pub http: reqwest::Client,
+    /// The instances this node runs.
+    pub leases: leases::Leases,
     /// Lines stored since the last trim, per instance: the log is trimmed to
     /// [`ControllerConfig::log_lines_kept`] every [`TRIM_EVERY`] lines.
     pub untrimmed: Mutex<HashMap<String, u32>>,
@@ -340,12 +359,20 @@ impl Controller {
             .pool_max_idle_per_host(2)
             .build()
             .unwrap_or_default();
+        let leases = leases::Leases::new(
+            config.node_id.clone(),
+            hangar_store::LeaseTerms {
+                duration: config.instance_lease,
+                node_dead_after: config.node_dead_after,
+            },
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
                 driver,
                 config,
                 http,
+                leases,
                 instances: Mutex::new(HashMap::new()),
                 untrimmed: Mutex::new(HashMap::new()),
                 epoch: Instant::now(),
@@ -387,6 +414,7 @@ impl Controller {
             inner.spawn(expire_logs_loop(inner.store.clone(), max_age, every));
         }
         inner.spawn(queue::run(inner.clone(), work));
+        inner.spawn(leases::keep(inner.clone()));
         Ok(tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
@@ -395,6 +423,8 @@ impl Controller {
             inner.shutdown.cancel();
             inner.tasks.close();
             inner.tasks.wait().await;
+            // Nothing acts on any instance any more: now they may go.
+            leases::hand_over(&inner).await;
             tracing::debug!("controller stopped");
         }))
     }
@@ -772,6 +802,15 @@ impl Inner {
         }
         ids.sort();
         ids.dedup();
+        // Another node's instances are left to it, but for replicas of them
+        // this node still has (they are removed by the reconcile).
+        let elsewhere = leases::run_elsewhere(self).await;
+        ids.retain(|id| {
+            !elsewhere.contains(id)
+                || lock(&self.instances)
+                    .get(id)
+                    .is_some_and(|state| !lock(&state.tracked).replicas.is_empty())
+        });
         for id in ids {
             self.schedule(&id);
         }

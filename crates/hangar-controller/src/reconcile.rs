@@ -50,8 +50,12 @@ pub(crate) async fn reconcile(
             remove(inner, state, &id).await?;
         }
         inner.forget(&state.id);
+        inner.leases.forget(&state.id);
         return Ok(Action::AwaitChange);
     };
+    if !own(inner, state).await? {
+        return Ok(Action::AwaitChange);
+    }
     let instance = &controlled.instance;
     let running = !controlled.deleted && instance.desired_state == DesiredState::Running;
     let ready_build = match (&controlled.build_status, &controlled.artifact) {
@@ -144,6 +148,69 @@ pub(crate) async fn reconcile(
     apply(inner, state, &controlled, ready_build, plan).await
 }
 
+/// Whether this node may act on the instance now: it holds the lease,
+/// renewed here at the generation it holds (the fencing check before any
+/// effect), or it has just acquired it. When another node runs the
+/// instance, this node's replicas of it (if any) are stopped and forgotten.
+async fn own(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<bool, ReconcileError> {
+    let leases = &inner.leases;
+    let sent = Instant::now();
+    if let Some(generation) = leases.generation(&state.id) {
+        let held = inner
+            .store
+            .renew_instance_lease(&state.id, &leases.node, generation, leases.terms.duration)
+            .await?;
+        if held {
+            leases.written(&state.id, generation, sent);
+            return Ok(true);
+        }
+        tracing::warn!(instance = %state.id, generation, "another node took this instance over");
+        leases.lost(&state.id, generation);
+    }
+    let sent = Instant::now();
+    match inner
+        .store
+        .acquire_instance_lease(&state.id, &leases.node, leases.terms)
+        .await?
+    {
+        Some(generation) => {
+            leases.written(&state.id, generation, sent);
+            tracing::info!(instance = %state.id, generation, "this node runs the instance now");
+            Ok(true)
+        }
+        None => {
+            let_go(inner, state).await?;
+            Ok(false)
+        }
+    }
+}
+
+/// Stops and removes this node's replicas of an instance another node
+/// runs (left from before it lost the lease, or from before a restart),
+/// and forgets what it knew of the instance.
+async fn let_go(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<(), ReconcileError> {
+    let ids: Vec<String> = lock(&state.tracked).replicas.keys().cloned().collect();
+    if !ids.is_empty() {
+        tracing::warn!(instance = %state.id, replicas = ids.len(),
+            "another node runs this instance: stopping this node's replicas of it");
+        stop_all(inner, state, &ids, inner.config.stop_grace, false).await?;
+    }
+    let mut tracked = lock(&state.tracked);
+    if tracked.serving || tracked.last_status.is_some() {
+        *tracked = crate::Tracked::default();
+    }
+    Ok(())
+}
+
+/// Fails the reconcile when this node may no longer act on the instance:
+/// checked before every effect of a plan.
+fn still_held(inner: &Inner, state: &InstanceState) -> Result<(), ReconcileError> {
+    match inner.leases.holds(&state.id) {
+        Some(_) => Ok(()),
+        None => Err(ReconcileError::LeaseLapsed),
+    }
+}
+
 /// Carries a plan out: tells what happened, removes, stops, creates,
 /// records the status, announces.
 async fn apply(
@@ -153,6 +220,7 @@ async fn apply(
     build: Option<(String, String)>,
     plan: Plan,
 ) -> Result<Action, ReconcileError> {
+    still_held(inner, state)?;
     {
         let mut tracked = lock(&state.tracked);
         tracked.memory = plan.memory.clone();
@@ -180,6 +248,7 @@ async fn apply(
         remove(inner, state, id).await?;
     }
     let stopping = plan.status.status == InstanceStatus::Stopping;
+    still_held(inner, state)?;
     if stopping {
         write_status(inner, state, controlled, plan.status.clone()).await?;
     }
@@ -192,10 +261,12 @@ async fn apply(
             .push(stop.id.clone());
     }
     for ((grace, drains), ids) in groups {
+        still_held(inner, state)?;
         stop_all(inner, state, &ids, grace, drains).await?;
     }
     if let Some((artifact, generation)) = build.filter(|_| plan.create > 0) {
         for _ in 0..plan.create {
+            still_held(inner, state)?;
             if let Err(err) = create(inner, state, controlled, &artifact, &generation).await {
                 let delay = {
                     let mut tracked = lock(&state.tracked);
@@ -223,6 +294,7 @@ async fn apply(
         }
     }
     if !stopping {
+        still_held(inner, state)?;
         write_status(inner, state, controlled, plan.status).await?;
     }
     if plan.deployed {
@@ -240,6 +312,7 @@ async fn apply(
     if plan.reap {
         inner.store.mark_instance_reaped(&state.id).await?;
         inner.forget(&state.id);
+        inner.leases.forget(&state.id);
         lock(&inner.untrimmed).remove(&state.id);
         return Ok(Action::AwaitChange);
     }
@@ -540,6 +613,10 @@ pub(crate) async fn record_failure(
     err: &ReconcileError,
     retry_in: Duration,
 ) {
+    // Only the instance's node speaks for it.
+    if inner.leases.holds(&state.id).is_none() {
+        return;
+    }
     let (last, restart_count) = {
         let tracked = lock(&state.tracked);
         (tracked.last_status.clone(), tracked.memory.restart_count)

@@ -19,8 +19,11 @@ use hangar_runtime::DriverSet;
 use hangar_store::testing::{backends, TestDb};
 use hangar_store::{LogQuery, NewAgent, NewInstance, Store};
 
+/// One node's: a restarted controller is the same node again, as a server
+/// restarted on its data dir is.
 fn config() -> ControllerConfig {
     ControllerConfig {
+        node_id: "node-test".to_owned(),
         resync: Duration::from_millis(200),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
@@ -403,10 +406,8 @@ async fn a_new_controller_adopts_running_replicas() {
     for backend in backends() {
         let w = world(TestDb::new(backend).await).await;
         let inst = w.instance(2).await;
-        w.controller
-            .start(tokio_util::sync::CancellationToken::new())
-            .await
-            .expect("start");
+        let first = tokio_util::sync::CancellationToken::new();
+        let first_stopped = w.controller.start(first.clone()).await.expect("start");
         w.until(
             "running",
             |i, r| i.ready_replicas == 2 && live(r) == 2,
@@ -418,7 +419,10 @@ async fn a_new_controller_adopts_running_replicas() {
         w.fake
             .print(&replica, OutputStream::Stdout, "before the restart");
 
-        // "Restart" the daemon: a second controller over the same driver.
+        // Restart the daemon: a second controller over the same driver,
+        // once the first has stopped.
+        first.cancel();
+        first_stopped.await.expect("first stopped");
         let again = Controller::new(w.store.clone(), w.fake.clone(), config());
         again
             .start(tokio_util::sync::CancellationToken::new())
@@ -451,7 +455,7 @@ async fn a_new_controller_adopts_running_replicas() {
                 .iter()
                 .filter(|l| l.message.contains("the restart"))
                 .collect();
-            // Each line once, though two controllers follow the replica.
+            // Each line once, though followed again from the stored cursor.
             if mine.len() == 2 {
                 break;
             }
@@ -691,8 +695,10 @@ async fn a_deployment_is_announced_once_the_instance_runs_the_new_build() {
         let w = world(TestDb::new(backend).await).await;
         let endpoint = HealthEndpoint::start();
         let (agent, first, inst) = w.http_agent(endpoint.port).await;
-        w.controller
-            .start(tokio_util::sync::CancellationToken::new())
+        let before_restart = tokio_util::sync::CancellationToken::new();
+        let stopped = w
+            .controller
+            .start(before_restart.clone())
             .await
             .expect("start");
         w.controller.wake(&inst.id);
@@ -730,6 +736,8 @@ async fn a_deployment_is_announced_once_the_instance_runs_the_new_build() {
         // A restart of the server re-adopts the replica running the same
         // build: nothing new to announce. A third build shows the controller
         // is past any reconcile that would have repeated the second.
+        before_restart.cancel();
+        stopped.await.expect("stopped");
         let again = Controller::new(w.store.clone(), w.fake.clone(), config());
         again
             .start(tokio_util::sync::CancellationToken::new())
@@ -1108,5 +1116,184 @@ async fn an_instance_of_zero_replicas_is_woken_by_exec_and_stdin() {
         .expect("exec");
         assert_eq!(out.stdout, b"echo awake\n");
         assert_eq!(live(&w.fake.replicas()), 1);
+    }
+}
+
+/// Another node's controller on the same database, over a driver of its own.
+fn node(w: &World, id: &str) -> (Controller, Arc<FakeDriver>) {
+    let fake = Arc::new(FakeDriver::new());
+    let controller = Controller::new(w.store.clone(), fake.clone(), leased(id));
+    (controller, fake)
+}
+
+/// Short leases, so that a takeover comes within a test's patience.
+fn leased(node_id: &str) -> ControllerConfig {
+    ControllerConfig {
+        node_id: node_id.to_owned(),
+        instance_lease: Duration::from_millis(600),
+        node_dead_after: Duration::from_secs(600),
+        ..config()
+    }
+}
+
+async fn holder(store: &Store, instance: &str) -> Option<(String, i64)> {
+    store
+        .instance_leases(None)
+        .await
+        .expect("leases")
+        .into_iter()
+        .find(|l| l.instance_id == instance)
+        .and_then(|l| l.node_id.map(|node| (node, l.generation)))
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_node_runs_an_instance_another_takes_it_over_and_the_first_back_lets_go() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let inst = w.instance(2).await;
+        let (a, fa) = node(&w, "node-a");
+        let (b, fb) = node(&w, "node-b");
+        let a_stop = tokio_util::sync::CancellationToken::new();
+        let a_stopped = a.start(a_stop.clone()).await.expect("start a");
+        wait_for("running on a", || live(&fa.replicas()) == 2).await;
+        assert_eq!(holder(&w.store, &inst.id).await, Some(("node-a".into(), 1)));
+        let b_stop = tokio_util::sync::CancellationToken::new();
+        let b_stopped = b.start(b_stop.clone()).await.expect("start b");
+
+        // b visits the instance every resync and leaves it alone.
+        for _ in 0..5 {
+            b.wake(&inst.id);
+            tokio::time::sleep(config().resync).await;
+        }
+        assert!(fb.calls().is_empty(), "b acted: {:?}", fb.calls());
+        assert_eq!(w.get(&inst.id).await.ready_replicas, 2);
+
+        // a goes away without a word (alone as far as it knows, it keeps
+        // its lease and its replicas run on): b takes the instance over once
+        // the lease runs out.
+        a_stop.cancel();
+        a_stopped.await.expect("a stopped");
+        assert_eq!(live(&fa.replicas()), 2, "a's replicas outlive it");
+        wait_for("running on b", || live(&fb.replicas()) == 2).await;
+        assert_eq!(holder(&w.store, &inst.id).await, Some(("node-b".into(), 2)));
+        assert_eq!(b.replica_count(), 2);
+
+        // a comes back: it adopts its old replicas, finds the instance is
+        // b's, and removes them; nothing of it is started on a again.
+        let a_again = Controller::new(w.store.clone(), fa.clone(), leased("node-a"));
+        let a_again_stop = tokio_util::sync::CancellationToken::new();
+        let a_again_stopped = a_again
+            .start(a_again_stop.clone())
+            .await
+            .expect("start a again");
+        wait_for("a's orphans removed", || fa.replicas().is_empty()).await;
+        assert_eq!(a_again.replica_count(), 0);
+        assert_eq!(creates(&fa.calls()), 2, "a created nothing more");
+        assert_eq!(live(&fb.replicas()), 2);
+        assert_eq!(creates(&fb.calls()), 2);
+        assert_eq!(holder(&w.store, &inst.id).await, Some(("node-b".into(), 2)));
+        // Stopped before the database goes: nothing of theirs is left
+        // mid-transaction.
+        a_again_stop.cancel();
+        b_stop.cancel();
+        a_again_stopped.await.expect("a stopped");
+        b_stopped.await.expect("b stopped");
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_lease_is_taken_stops_its_replicas_and_a_clean_stop_hands_over() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let inst = w.instance(2).await;
+        let (a, fa) = node(&w, "node-a");
+        let a_stop = tokio_util::sync::CancellationToken::new();
+        let a_stopped = a.start(a_stop.clone()).await.expect("start a");
+        wait_for("running on a", || live(&fa.replicas()) == 2).await;
+
+        // Another node takes the lease (as it would once a's had run out
+        // while a was cut off): a's next renewal is refused at its
+        // generation, and a stops its replicas. (Released, the lease is
+        // free for a too: taken again until x has it.)
+        let terms = hangar_store::LeaseTerms {
+            duration: Duration::from_secs(600),
+            node_dead_after: Duration::from_secs(600),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (node, generation) = holder(&w.store, &inst.id).await.expect("held");
+            assert_eq!(node, "node-a");
+            let held = [(inst.id.clone(), generation)];
+            w.store
+                .release_instance_leases("node-a", &held)
+                .await
+                .expect("release");
+            let taken = w
+                .store
+                .acquire_instance_lease(&inst.id, "node-x", terms)
+                .await
+                .expect("acquire");
+            if taken.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "x never got the lease");
+        }
+        wait_for("a's replicas stopped", || fa.replicas().is_empty()).await;
+        assert_eq!(a.replica_count(), 0);
+        tokio::time::sleep(config().resync * 3).await;
+        assert_eq!(creates(&fa.calls()), 2, "a started nothing of x's");
+        a_stop.cancel();
+        a_stopped.await.expect("a stopped");
+
+        // A clean stop while another node is ready: the leases go at once,
+        // and with them the replicas.
+        let second = w.instance(1).await;
+        let beat = |id: &str| hangar_store::NodeBeat {
+            id: id.to_owned(),
+            address: format!("http://{id}"),
+            version: "0".into(),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            replicas: 0,
+        };
+        for id in ["node-c", "node-d"] {
+            w.store.node_heartbeat(&beat(id), true).await.expect("beat");
+        }
+        let (c, fc) = node(&w, "node-c");
+        let c_stop = tokio_util::sync::CancellationToken::new();
+        let c_stopped = c.start(c_stop.clone()).await.expect("start c");
+        wait_for("running on c", || live(&fc.replicas()) == 1).await;
+        assert_eq!(
+            holder(&w.store, &second.id).await,
+            Some(("node-c".into(), 1))
+        );
+        c_stop.cancel();
+        c_stopped.await.expect("c stopped");
+        assert!(fc.replicas().is_empty(), "{:?}", fc.replicas());
+        assert_eq!(
+            holder(&w.store, &second.id).await,
+            None,
+            "released: {:?} {:?}",
+            w.store.instance_leases(None).await,
+            w.store.list_nodes().await
+        );
+        let (d, fd) = node(&w, "node-d");
+        let d_stop = tokio_util::sync::CancellationToken::new();
+        let d_stopped = d.start(d_stop.clone()).await.expect("start d");
+        wait_for("running on d", || live(&fd.replicas()) == 1).await;
+        assert_eq!(
+            holder(&w.store, &second.id).await,
+            Some(("node-d".into(), 2))
+        );
+        d_stop.cancel();
+        d_stopped.await.expect("d stopped");
     }
 }

@@ -20,6 +20,8 @@
 //! - `runtime`: what the runtime controller reads and records: the instances to
 //!   act on, their replicas' logs and each replica's log cursor.
 //! - `nodes`: the servers on this database and their heartbeats.
+//! - `leases`: which node runs each instance (a lease with a fencing
+//!   generation).
 //! - [`Backlog`]: counts of work waiting, for metrics.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool, on the request's own thread (no hand-off, rows read in place).
@@ -47,6 +49,7 @@ mod extras;
 mod instances;
 mod intake;
 mod jobs;
+mod leases;
 mod nodes;
 mod reads;
 mod runtime;
@@ -62,6 +65,7 @@ pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
 pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
+pub use leases::{InstanceLease, LeaseTerms};
 pub use nodes::{store_now, Node, NodeBeat, NodeStatus};
 pub use runtime::{ControlledInstance, LogFilter, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};

@@ -503,7 +503,7 @@ impl Store {
     }
 
     /// Records that every replica of a deleted instance is gone: the controller
-    /// stops looking at it, and its logs and replica cursors are deleted. Doing it
+    /// stops looking at it, and its logs, replica cursors and lease are deleted. Doing it
     /// again is harmless; an instance that is not deleted (or unknown) is
     /// [`StoreError::NotFound`], since reaping a live one would orphan its
     /// replicas.
@@ -530,6 +530,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM replica_log_cursors WHERE instance_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        // No node runs it any more.
+        sqlx::query("DELETE FROM instance_leases WHERE instance_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;

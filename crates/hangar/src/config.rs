@@ -46,6 +46,13 @@ pub struct ServeArgs {
     /// [env: HANGAR_NODE_DEAD_AFTER] [default: 15]
     #[arg(long, value_name = "SECONDS")]
     pub node_dead_after: Option<u64>,
+    /// Seconds an instance's lease lasts: the server that holds it is the
+    /// only one that runs the instance and renews it every third of this
+    /// (or of --node-dead-after when shorter); another server takes the
+    /// instance over once it runs out
+    /// [env: HANGAR_INSTANCE_LEASE] [default: 15]
+    #[arg(long, value_name = "SECONDS")]
+    pub instance_lease: Option<u64>,
     /// Requests in flight per replica; more wait in a bounded queue
     /// [env: HANGAR_REPLICA_CONCURRENCY] [default: 100]
     #[arg(long, value_name = "N")]
@@ -140,6 +147,7 @@ struct FileServer {
     public_url: Option<String>,
     scale_to_zero_after: Option<u64>,
     node_dead_after: Option<u64>,
+    instance_lease: Option<u64>,
     replica_concurrency: Option<usize>,
     webhook_retry_schedule: Option<String>,
     webhook_allow_private: Option<bool>,
@@ -185,6 +193,8 @@ pub struct Config {
     pub scale_to_zero_after: std::time::Duration,
     /// Silence after which a server on the same database is shown dead.
     pub node_dead_after: std::time::Duration,
+    /// How long an instance's lease lasts without a renewal.
+    pub instance_lease: std::time::Duration,
     /// Requests in flight per replica.
     pub replica_concurrency: usize,
     /// Delays between webhook attempts.
@@ -500,6 +510,13 @@ impl Config {
             15,
             3600,
         )?;
+        let instance_lease = number(
+            "HANGAR_INSTANCE_LEASE",
+            args.instance_lease,
+            file.instance_lease,
+            15,
+            3600,
+        )?;
         let replica_concurrency = number(
             "HANGAR_REPLICA_CONCURRENCY",
             args.replica_concurrency.map(|v| v as u64),
@@ -701,6 +718,7 @@ impl Config {
             public_url,
             scale_to_zero_after: std::time::Duration::from_secs(scale_to_zero_after),
             node_dead_after: std::time::Duration::from_secs(node_dead_after),
+            instance_lease: std::time::Duration::from_secs(instance_lease),
             replica_concurrency: usize::try_from(replica_concurrency).unwrap_or(usize::MAX),
             webhook_retry_schedule,
             webhook_addresses,
@@ -1277,6 +1295,44 @@ mod tests {
             ["AWS_REGION", "AWS_SECRET_ACCESS_KEY"]
         );
         assert!(!format!("{bucket:?}").contains("very secret"));
+    }
+
+    #[test]
+    fn instance_leases_last_15_s_unless_a_flag_env_or_file_says() {
+        use std::time::Duration;
+        let lease = |args: ServeArgs, pairs: &[(&str, &str)]| {
+            Config::resolve(args, &env(pairs)).map(|c| c.instance_lease)
+        };
+        assert_eq!(
+            lease(ServeArgs::default(), &[]).expect("default"),
+            Duration::from_secs(15)
+        );
+        let path =
+            std::env::temp_dir().join(format!("hangar-config-lease-{}.toml", std::process::id()));
+        std::fs::write(&path, "[server]\ninstance_lease = 30\n").expect("write");
+        let file = path.to_str().expect("utf8");
+        assert_eq!(
+            lease(ServeArgs::default(), &[("HANGAR_CONFIG", file)]).expect("file"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            lease(
+                ServeArgs::default(),
+                &[("HANGAR_CONFIG", file), ("HANGAR_INSTANCE_LEASE", "20")]
+            )
+            .expect("env"),
+            Duration::from_secs(20)
+        );
+        let flag = ServeArgs {
+            instance_lease: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            lease(flag, &[("HANGAR_INSTANCE_LEASE", "20")]).expect("flag"),
+            Duration::from_secs(5)
+        );
+        assert!(lease(ServeArgs::default(), &[("HANGAR_INSTANCE_LEASE", "0")]).is_err());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! This server as a node of its database: a heartbeat row that says where
 //! it is, what it has and how many replicas it runs, kept fresh every third
 //! of `node_dead_after` so that every server on the database can tell it is
-//! alive (`GET /v1/nodes`), and marked stopped when it stops cleanly.
+//! alive (`GET /v1/nodes`), and marked stopped when it stops cleanly. A
+//! stopped node's instance leases may be taken at once, so the stop is
+//! recorded only once its controller no longer acts (the `shutdown` it is
+//! given is the controller's).
 
 use std::time::Duration;
 

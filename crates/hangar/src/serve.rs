@@ -26,8 +26,12 @@
 //! queued again, a webhook attempt is due again, a job is released); the
 //! job intake stores every job it was handed. Every task is joined before
 //! the store is closed. A second signal, or the end of [`GRACE_PERIOD`],
-//! ends the process at once (exit 1). Replicas are never stopped by a
-//! server's shutdown: they keep running and the next start adopts them.
+//! ends the process at once (exit 1). Replicas are not stopped by a
+//! server's shutdown: they keep running and the next start adopts them —
+//! unless another server on the database is ready, which then takes this
+//! one's instances over (their leases are released and its replicas
+//! stopped; see the controller's `leases`). The node's heartbeat stops
+//! last, recording the stop once the controller has ended.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,6 +250,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rate_limit: config.rate_limit,
         node_dead_after: config.node_dead_after,
     };
+    // This node is recorded as started before its controller takes any
+    // instance lease: until then a lease it held before a clean stop may be
+    // taken by any other node. Its heartbeat goes on until the controller
+    // has stopped, and only then is the stop recorded, so no other node
+    // takes its instances while it still acts on them (see the controller's
+    // `leases`).
+    let counted: Arc<std::sync::OnceLock<hangar_controller::Controller>> = Arc::default();
+    let heartbeat = {
+        let counted = counted.clone();
+        crate::node::start(
+            store.clone(),
+            node_id.clone(),
+            api_config.public_url.clone(),
+            config.node_dead_after,
+            move || {
+                counted
+                    .get()
+                    .map_or(0, hangar_controller::Controller::replica_count)
+            },
+            replicas_shutdown.clone(),
+        )
+        .await?
+    };
     let docker = connect_docker(&config, &data_dir).await;
     let artifacts = Arc::new(SharedArtifacts {
         artifacts_dir: build_config.artifacts_dir(),
@@ -253,6 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let (runtime, driver, controller_loop, kubernetes) = start_runtime(
         &config,
+        &node_id,
         &data_dir,
         &store,
         &docker,
@@ -260,6 +288,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &replicas_shutdown,
     )
     .await?;
+    if let Some(runtime) = &runtime {
+        let _ = counted.set(runtime.clone());
+    }
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
         .with_config(build_config)
@@ -278,21 +309,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Every task the server starts, joined at shutdown (by name, for the log).
     let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
-    let counted = runtime.clone();
-    let heartbeat = crate::node::start(
-        store.clone(),
-        node_id.clone(),
-        api_config.public_url.clone(),
-        config.node_dead_after,
-        move || {
-            counted
-                .as_ref()
-                .map_or(0, hangar_controller::Controller::replica_count)
-        },
-        shutdown.clone(),
-    )
-    .await?;
-    tasks.push(("node heartbeat", heartbeat));
     tasks.push(("builder", builder.clone().start(shutdown.clone(), DRAIN)));
     let deliverer = hangar_webhooks::Deliverer::new(
         store.clone(),
@@ -366,12 +382,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     // Then the controller's tasks; no replica is stopped (they keep running
-    // and the next start adopts them).
+    // and the next start adopts them) unless another node is ready to take
+    // this node's instances over. Then the node's heartbeat, which records
+    // the stop.
     replicas_shutdown.cancel();
     if let Some(controller_loop) = controller_loop {
         if let Err(err) = controller_loop.await {
             tracing::error!(task = "controller", error = %err, "a background task failed");
         }
+    }
+    if let Err(err) = heartbeat.await {
+        tracing::error!(task = "node heartbeat", error = %err, "a background task failed");
     }
     signals.abort();
     store.close().await;
@@ -475,6 +496,7 @@ type Runtime = (
 
 async fn start_runtime(
     config: &Config,
+    node_id: &str,
     data_dir: &DataDir,
     store: &hangar_store::Store,
     docker: &Result<Arc<hangar_runtime::DockerDriver>, String>,
@@ -520,6 +542,9 @@ async fn start_runtime(
             default_egress: config.egress_default.clone(),
             egress_proxy: proxy.as_ref().map(|proxy| proxy.address.clone()),
             artifacts: Some(artifacts),
+            node_id: node_id.to_owned(),
+            instance_lease: config.instance_lease,
+            node_dead_after: config.node_dead_after,
             ..hangar_controller::ControllerConfig::default()
         },
     );
