@@ -120,6 +120,16 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// `url`, made to create a SQLite file on first start (unless it says a
+/// mode of its own).
+fn creating(url: &str) -> String {
+    if url.starts_with("sqlite:") && !url.contains("mode=") {
+        format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+    } else {
+        url.to_owned()
+    }
+}
+
 /// The schema's migrations. A database that a newer Hangar migrated
 /// further is used as it is: during a rolling upgrade servers of the
 /// version before run beside the new ones, and every migration is
@@ -238,17 +248,7 @@ impl Store {
         } else {
             Backend::Postgres
         };
-        let url = match backend {
-            // Create the file on first start.
-            Backend::Sqlite if !url.contains("mode=") => {
-                if url.contains('?') {
-                    format!("{url}&mode=rwc")
-                } else {
-                    format!("{url}?mode=rwc")
-                }
-            }
-            _ => url.to_owned(),
-        };
+        let url = creating(url);
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .acquire_timeout(Duration::from_secs(10))
@@ -314,12 +314,7 @@ impl Store {
     pub async fn migrate(url: &str) -> Result<Migrated> {
         use sqlx::migrate::Migrate;
         sqlx::any::install_default_drivers();
-        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
-            // Create the file on first start, as `connect` does.
-            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
-        } else {
-            url.to_owned()
-        };
+        let url = creating(url);
         let migrator = migrator();
         let mut connection = sqlx::AnyConnection::connect(&url).await?;
         connection.ensure_migrations_table().await?;
