@@ -462,6 +462,12 @@ pub(super) fn stuck(pod: &Pod) -> Option<String> {
     }
     if let Some(waiting) = container_state(pod).and_then(|s| s.waiting.as_ref()) {
         let reason = waiting.reason.as_deref().unwrap_or_default();
+        let message = waiting.message.as_deref().unwrap_or("no message");
+        // The kubelet had not yet synced its cache of the pod's Secret (a busy
+        // node): it tries again by itself, and the pod starts.
+        if reason == "CreateContainerConfigError" && message.starts_with("failed to sync") {
+            return None;
+        }
         if matches!(
             reason,
             "ErrImagePull"
@@ -472,10 +478,7 @@ pub(super) fn stuck(pod: &Pod) -> Option<String> {
                 | "CreateContainerError"
                 | "RunContainerError"
         ) {
-            return Some(format!(
-                "{reason}: {}",
-                waiting.message.as_deref().unwrap_or("no message")
-            ));
+            return Some(format!("{reason}: {message}"));
         }
     }
     None
@@ -544,6 +547,37 @@ fn pod_ip(pod: &Pod) -> Option<std::net::IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn waiting(reason: &str, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{
+                "name": CONTAINER, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}}
+            }]}
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn a_kubelet_whose_secret_cache_lags_is_waited_for_and_a_missing_secret_is_not() {
+        assert_eq!(
+            stuck(&waiting(
+                "CreateContainerConfigError",
+                "failed to sync secret cache: timed out waiting for the condition"
+            )),
+            None
+        );
+        assert_eq!(
+            stuck(&waiting(
+                "CreateContainerConfigError",
+                "secret \"x\" not found"
+            ))
+            .as_deref(),
+            Some("CreateContainerConfigError: secret \"x\" not found")
+        );
+        assert!(stuck(&waiting("ContainerCreating", "")).is_none());
+    }
 
     const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
