@@ -399,6 +399,7 @@ fn main() -> Result<()> {
     let app = hangar_api::app(AppState::from(Services {
         intake,
         kubernetes: None,
+        hops: None,
         no_agents_reason: None,
         store: fx.store.clone(),
         config: Arc::new(ApiConfig {

@@ -33,6 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod context;
 pub mod error;
 pub mod extract;
+mod hop;
 pub mod rate_limit;
 pub mod render;
 mod routes;
@@ -124,6 +125,9 @@ pub struct Services {
     pub gateway: Option<Arc<hangar_gateway::Gateway>>,
     /// The webhook deliverer, if this server delivers: redeliveries wake it.
     pub deliverer: Option<hangar_webhooks::Deliverer>,
+    /// Requests for instances another node on the database runs go there;
+    /// `None`: this server answers everything itself.
+    pub hops: Option<Arc<hangar_gateway::hop::Hops>>,
     /// The job runner, if this server runs jobs: accepted jobs wake it,
     /// cancels abort its requests.
     pub jobs: Option<hangar_gateway::jobs::JobRunner>,
@@ -306,6 +310,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::tokens::routes())
         .routes(utoipa_axum::routes!(routes::metrics::scrape));
     rate_limit::document(routes.get_openapi_mut());
+    hop::document(routes.get_openapi_mut());
     routes
 }
 
@@ -387,9 +392,12 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 ///    page to read), the request id and metrics (a 429 cites its id and is
 ///    counted) and the panic catcher; and before any handler, so a refused
 ///    request costs one key lookup and reads no body;
-/// 6. body limit — oversized bodies are refused before they are buffered.
+/// 6. the hop to the node that runs the instance a request is about, when
+///    that is another node ([`hop`]);
+/// 7. body limit — oversized bodies are refused before they are buffered.
 pub fn app(state: AppState) -> Router {
     let hosts = state.clone();
+    let hop_state = state.clone();
     let limiter = state.config.rate_limit.map(|limit| {
         axum::middleware::from_fn_with_state(
             rate_limit::Limiter {
@@ -421,6 +429,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            hop_state,
+            hop::to_holder,
+        ))
         .layer(axum::Extension(metrics.clone()))
         .layer(tower::util::option_layer(limiter))
         .layer(CatchPanicLayer::custom(

@@ -150,6 +150,10 @@ pub(crate) async fn per_key(
     request: Request,
     next: Next,
 ) -> Response {
+    if crate::hop::forwarded(&limiter.state, request.headers()) {
+        // Counted where it arrived.
+        return next.run(request).await;
+    }
     let (mut parts, body) = request.into_parts();
     let key_id = if parts
         .headers

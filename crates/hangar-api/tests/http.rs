@@ -170,6 +170,25 @@ fn openapi_documents_every_invoke_and_control_error_code() {
             class.status
         );
     }
+    // Every route a server may forward to the node that runs its instance
+    // documents the hop's failure.
+    for (path, method) in [
+        ("/v1/agents/{id}/invoke", "post"),
+        ("/v1/agents/{id}", "get"),
+        ("/v1/agents/{id}/logs", "get"),
+        ("/instances/{instance_id}", "get"),
+        ("/instances/{org_id}/{instance_id}/exec", "post"),
+        ("/instances/{org_id}/{instance_id}/stdin", "post"),
+        ("/instances/status/{org_id}/{instance_id}", "get"),
+    ] {
+        let description = doc["paths"][path][method]["responses"]["503"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.contains("NODE_UNREACHABLE"),
+            "{method} {path}: {description:?}"
+        );
+    }
     let job_error = doc["components"]["schemas"]["JobObject"]["properties"]["error"].to_string();
     for class in ErrorClass::INVOKE {
         assert!(

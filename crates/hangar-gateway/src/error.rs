@@ -54,6 +54,10 @@ impl ErrorClass {
     /// The replica could not be reached or broke the connection.
     pub const AGENT_UNREACHABLE: Self =
         Self::new(StatusCode::BAD_GATEWAY, "AGENT_UNREACHABLE", true);
+    /// The node that runs the instance (another server on the database)
+    /// could not be reached by the one asked.
+    pub const NODE_UNREACHABLE: Self =
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "NODE_UNREACHABLE", true);
     /// The agent answered with a non-2xx status.
     pub const AGENT_ERROR: Self = Self::new(StatusCode::BAD_GATEWAY, "AGENT_ERROR", false);
     /// The agent's answer could not be read (not what it says it is, too large).

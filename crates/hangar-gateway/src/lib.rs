@@ -28,6 +28,7 @@
 //! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
 
 pub mod error;
+pub mod hop;
 pub mod invoke;
 pub mod jobs;
 pub mod proxy;

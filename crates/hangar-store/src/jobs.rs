@@ -291,6 +291,14 @@ impl PreparedJob {
     }
 }
 
+/// The condition on a `jobs` row that its agent's default instance is not
+/// held by another running node ([`Store::claim_jobs`]): `$3` is now, `$7`
+/// this node's ID.
+const HELD_ELSEWHERE: &str = "NOT EXISTS (SELECT 1 FROM agents a \
+     JOIN instance_leases l ON l.instance_id = a.default_instance_id \
+     JOIN nodes n ON n.id = l.node_id \
+     WHERE a.id = jobs.agent_id AND l.node_id <> $7 AND l.expires_at > $3 AND n.stopped_at IS NULL)";
+
 impl Store {
     /// Accepts a job; with an idempotency key already used for this agent,
     /// returns the existing job instead (`false` in the second field).
@@ -411,6 +419,14 @@ impl Store {
     /// `owner`, leased for `lease`, such that no agent has more than
     /// `per_agent_cap` running jobs afterwards, counting those of every server.
     /// Each claimed job's `attempts` goes up by one and `started_at` is now.
+    ///
+    /// A job runs where its agent runs: a job whose agent's default
+    /// instance is leased to another node (one that has not stopped, under
+    /// a lease that has not run out) is left for that node, which can reach
+    /// the agent's replicas. `owner` is `<node ID>/<process>`, as the job
+    /// runner names itself; the node is the part before the first `/`. A
+    /// holder that dies stops renewing, so once its lease runs out its
+    /// agents' jobs are anyone's again.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -424,6 +440,7 @@ impl Store {
         let now = now_ms();
         let until = now.saturating_add(ms(lease));
         let window = i64::from(limit.saturating_mul(CLAIM_WINDOW_FACTOR));
+        let node = owner.split('/').next().unwrap_or(owner);
         match self.backend {
             Backend::Sqlite => {
                 // One statement: SQLite runs one writer at a time, so the
@@ -436,7 +453,8 @@ impl Store {
                      WHERE id IN ( \
                        SELECT id FROM ( \
                          SELECT c.id, c.agent_id, ROW_NUMBER() OVER (PARTITION BY c.agent_id ORDER BY c.id) AS rn \
-                         FROM (SELECT id, agent_id FROM jobs WHERE status = 'pending' AND not_before <= $3 ORDER BY id LIMIT $5) c \
+                         FROM (SELECT id, agent_id FROM jobs WHERE status = 'pending' AND not_before <= $3 \
+                               AND {HELD_ELSEWHERE} ORDER BY id LIMIT $5) c \
                        ) ranked \
                        WHERE ranked.rn + (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = ranked.agent_id AND r.status = 'running') <= $4 \
                        ORDER BY ranked.id LIMIT $6 \
@@ -448,6 +466,7 @@ impl Store {
                 .bind(i64::from(per_agent_cap))
                 .bind(window)
                 .bind(i64::from(limit))
+                .bind(node)
                 .fetch_all(&self.pool)
                 .await?;
                 let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -455,15 +474,17 @@ impl Store {
                 Ok(jobs)
             }
             Backend::Postgres => {
-                self.claim_jobs_postgres(owner, limit, per_agent_cap, now, until, window)
+                self.claim_jobs_postgres(owner, node, limit, per_agent_cap, now, until, window)
                     .await
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn claim_jobs_postgres(
         &self,
         owner: &str,
+        node: &str,
         limit: u32,
         per_agent_cap: u32,
         now: i64,
@@ -473,12 +494,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Rows another claimer holds are skipped, never waited for: two
         // claimers never take the same job.
-        let candidates = sqlx::query(
+        let candidates = sqlx::query(&format!(
             "SELECT id, agent_id FROM jobs WHERE status = 'pending' AND not_before <= $1 \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
+             AND {} ORDER BY id LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED",
+            HELD_ELSEWHERE.replace("$3", "$1").replace("$7", "$3")
+        ))
         .bind(now)
         .bind(window)
+        .bind(node)
         .fetch_all(&mut *tx)
         .await?;
         let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();

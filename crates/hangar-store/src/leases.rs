@@ -205,6 +205,61 @@ impl Store {
     }
 }
 
+/// Whose lease is asked for: an instance's, or an agent's default instance's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseOf<'a> {
+    /// The instance with this ID.
+    Instance(&'a str),
+    /// The default instance of the live agent with this ID.
+    Agent(&'a str),
+}
+
+/// Who holds an instance's lease, as the store has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The instance.
+    pub instance_id: String,
+    /// The holding node, as it last said of itself.
+    pub node: crate::Node,
+    /// When the lease runs out unless renewed (the holder's clock).
+    pub expires_at: Timestamp,
+}
+
+impl Store {
+    /// The node holding the lease of `of`, with the lease's expiry: where
+    /// requests for an instance another node runs are sent. `None` when no
+    /// node holds it (never taken, released, reaped, or unknown).
+    pub async fn lease_holder(&self, of: LeaseOf<'_>) -> Result<Option<LeaseHolder>> {
+        let (filter, id) = match of {
+            LeaseOf::Instance(id) => ("l.instance_id = $1", id),
+            LeaseOf::Agent(id) => (
+                "l.instance_id = (SELECT default_instance_id FROM agents WHERE id = $1 AND deleted_at IS NULL)",
+                id,
+            ),
+        };
+        let row = sqlx::query(&format!(
+            "SELECT l.instance_id, l.expires_at AS lease_expires_at, {} \
+             FROM instance_leases l JOIN nodes n ON n.id = l.node_id WHERE {filter}",
+            crate::nodes::NODE_COLUMNS
+                .split(", ")
+                .map(|c| format!("n.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(LeaseHolder {
+                instance_id: r.text("instance_id")?,
+                node: crate::nodes::node_from_row(&r)?,
+                expires_at: r.time("lease_expires_at")?,
+            })
+        })
+        .transpose()
+    }
+}
+
 /// Records `node_id`'s heartbeat time (a node that stopped cleanly stays
 /// stopped).
 async fn beat(tx: &mut sqlx::Transaction<'_, sqlx::Any>, node_id: &str, now: i64) -> Result<()> {

@@ -65,7 +65,7 @@ pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
 pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
-pub use leases::{InstanceLease, LeaseTerms};
+pub use leases::{InstanceLease, LeaseHolder, LeaseOf, LeaseTerms};
 pub use nodes::{store_now, Node, NodeBeat, NodeStatus};
 pub use runtime::{ControlledInstance, LogFilter, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};

@@ -76,9 +76,9 @@ impl Node {
     }
 }
 
-const NODE_COLUMNS: &str = "id, address, version, cpu_millis, memory_bytes, replicas, started_at, heartbeat_at, stopped_at";
+pub(crate) const NODE_COLUMNS: &str = "id, address, version, cpu_millis, memory_bytes, replicas, started_at, heartbeat_at, stopped_at";
 
-fn node_from_row(r: &impl RowExt) -> Result<Node> {
+pub(crate) fn node_from_row(r: &impl RowExt) -> Result<Node> {
     let unsigned = |col| r.int(col).map(|v| u64::try_from(v).unwrap_or(0));
     Ok(Node {
         beat: NodeBeat {

@@ -9,7 +9,7 @@ use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_store::seal::Sealer;
 use hangar_store::testing::{backends, TestDb};
-use hangar_store::{LeaseTerms, NewAgent, NewInstance, NodeBeat, Store};
+use hangar_store::{LeaseTerms, NewAgent, NewInstance, NewJob, NodeBeat, Store};
 
 const TERMS: LeaseTerms = LeaseTerms {
     duration: Duration::from_secs(60),
@@ -34,8 +34,8 @@ async fn second(url: &str) -> Store {
         .expect("second store")
 }
 
-/// The bootstrap organization, an agent, and `n` instances of it; returns
-/// the organization and the instances' IDs.
+/// The bootstrap organization, an agent, and `n` instances of it (the
+/// first its default); returns the organization and the instances' IDs.
 async fn instances(store: &Store, n: usize) -> (String, Vec<String>) {
     let boot = store.bootstrap(None).await.expect("bootstrap");
     let org = boot.organization.id.clone();
@@ -82,7 +82,7 @@ async fn instances(store: &Store, n: usize) -> (String, Vec<String>) {
                 resources: Resources::default(),
                 env_vars: BTreeMap::new(),
                 replicas: 1,
-                make_default: false,
+                make_default: i == 0,
             })
             .await
             .expect("instance");
@@ -432,6 +432,74 @@ async fn a_reaped_instance_has_no_lease_and_none_is_taken() {
             None
         );
         assert!(store.instance_leases(None).await.expect("all").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_agents_jobs_are_claimed_only_by_the_node_that_holds_its_instance() {
+    let terms = LeaseTerms {
+        duration: Duration::from_millis(300),
+        node_dead_after: Duration::from_secs(60),
+    };
+    each_backend(|store, _| async move {
+        let (org, ids) = instances(&store, 1).await;
+        let instance = store
+            .get_instance(&org, &ids[0])
+            .await
+            .expect("read")
+            .expect("instance");
+        let (job, _) = store
+            .create_job(NewJob {
+                organization_id: org.clone(),
+                agent_id: instance.agent_id.clone(),
+                input: serde_json::json!({}),
+                ..NewJob::default()
+            })
+            .await
+            .expect("job");
+        beat(&store, "a").await;
+        beat(&store, "b").await;
+        store
+            .acquire_instance_lease(&instance.id, "a", terms)
+            .await
+            .expect("acquire")
+            .expect("a holds it");
+        let claim = |owner: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .claim_jobs(owner, 10, 10, Duration::from_secs(60))
+                    .await
+                    .expect("claim")
+            }
+        };
+        // Another node leaves it for the holder.
+        assert!(claim("b/boot").await.is_empty(), "b took a's agent's job");
+        // Once the holder's lease has run out, any node may run it.
+        tokio::time::sleep(terms.duration + Duration::from_millis(50)).await;
+        let taken = claim("b/boot").await;
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(taken[0].id, job.id);
+        // The holder claims its agent's jobs as before.
+        let (second, _) = store
+            .create_job(NewJob {
+                organization_id: org.clone(),
+                agent_id: instance.agent_id.clone(),
+                input: serde_json::json!({}),
+                ..NewJob::default()
+            })
+            .await
+            .expect("job");
+        store
+            .acquire_instance_lease(&instance.id, "a", terms)
+            .await
+            .expect("acquire")
+            .expect("a holds it again");
+        assert!(claim("b/boot").await.is_empty());
+        let mine = claim("a/boot").await;
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine[0].id, second.id);
     })
     .await;
 }

@@ -346,6 +346,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let (intake, intake_task) = hangar_store::JobIntake::start(store.clone(), shutdown.clone());
     tasks.push(("job intake", intake_task));
+    // Requests for instances another node holds go there, with a token
+    // every node derives from the key they share.
+    let hops = Arc::new(
+        hangar_gateway::hop::Hops::new(
+            store.clone(),
+            node_id.clone(),
+            &derive_key(&key, "hangar cluster hops v1"),
+            config.node_dead_after,
+        )
+        .context("TLS roots for requests to other nodes")?,
+    );
     let app = hangar_api::app(AppState::from(Services {
         store: store.clone(),
         config: Arc::new(api_config),
@@ -354,6 +365,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         builder: Some(builder),
         deliverer: Some(deliverer),
         jobs: runner,
+        hops: Some(hops),
         intake,
         kubernetes,
         no_agents_reason: crate::doctor::no_agents_reason(nix::unistd::geteuid().is_root())

@@ -381,60 +381,6 @@ async fn a_roll_drains_requests_in_flight_before_stopping_a_replica() {
     server.wait_nothing_left(&instance).await;
 }
 
-/// Opens a websocket to the app behind `host` and `path` on `server`, and
-/// checks it echoes two messages.
-async fn websocket_echoes(server: &Server, host: &str, path: &str) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let address = server.url.strip_prefix("http://").expect("addr");
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let mut stream = BufReader::new(stream);
-    stream
-        .get_mut()
-        .write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("handshake");
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        stream.read_line(&mut line).await.expect("line");
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line);
-    }
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // RFC 6455's example key and its accept value.
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-        "{head}"
-    );
-    for message in ["hello", "again"] {
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | message.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        stream.get_mut().write_all(&frame).await.expect("frame");
-        let mut header = [0u8; 2];
-        stream.read_exact(&mut header).await.expect("answer header");
-        assert_eq!(header[0], 0x81);
-        let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
-        stream.read_exact(&mut payload).await.expect("payload");
-        assert_eq!(
-            String::from_utf8_lossy(&payload),
-            format!("echo: {message}")
-        );
-    }
-}
-
 /// A 3 MiB body, and its SHA-256 in hex.
 fn big_body() -> (Vec<u8>, String) {
     use sha2::Digest;

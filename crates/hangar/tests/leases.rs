@@ -9,10 +9,9 @@
 //! the sandbox driver's bridge and address pool are host-wide by design
 //! (shared by every server on the host, addresses handed out under the
 //! CNI plugin's lock), while its state dir and packet-filter table are the
-//! data dir's own, so the two do not meet. Invokes go through the node
-//! that runs the instance: forwarding a request to another node's replica
-//! is a later step (through the other node an invoke answers 503
-//! `AGENT_UNAVAILABLE`). Needs root (sandboxes) and PostgreSQL
+//! data dir's own, so the two do not meet. A request to the node that does
+//! not run the instance is forwarded to the one that does (`forwarding.rs`
+//! tests every kind). Needs root (sandboxes) and PostgreSQL
 //! (`HANGAR_TEST_POSTGRES_URL`); with `CI=true` their absence fails the
 //! test.
 
@@ -23,50 +22,6 @@ use serde_json::{json, Value};
 mod common;
 
 use common::*;
-
-/// The node (ID) holding `instance`'s lease and its generation, as stored.
-async fn holder(db: &hangar_store::testing::TestDb, instance: &str) -> Option<(String, i64)> {
-    db.store
-        .instance_leases(None)
-        .await
-        .expect("leases")
-        .into_iter()
-        .find(|l| l.instance_id == instance)
-        .and_then(|l| l.node_id.map(|node| (node, l.generation)))
-}
-
-/// The node ID of `server`, from `GET /v1/nodes` (it lists its address).
-async fn node_id(server: &Server) -> String {
-    let nodes = server.get("/v1/nodes").await;
-    nodes["data"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["address"] == server.url.as_str())
-        .and_then(|n| n["id"].as_str())
-        .expect("the server lists itself")
-        .to_owned()
-}
-
-/// Waits until `GET /v1/nodes` on `server` shows these replica counts for
-/// these ready nodes.
-async fn wait_replicas(server: &Server, want: &[(&str, u64)]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let nodes = server.get("/v1/nodes").await;
-        let listed = nodes["data"].as_array().expect("nodes").clone();
-        let matches = want.iter().all(|(id, count)| {
-            listed
-                .iter()
-                .any(|n| n["id"] == *id && n["status"] == "ready" && n["replicas"] == *count)
-        });
-        if matches {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {want:?}: {listed:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The replicas whose shims run under a server's dir (see
 /// [`Server::replica_ids`]), sorted: also of a server that is not running.
@@ -110,12 +65,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
         "3",
     ];
     let dir = temp("leases");
-    // Servers on one database share one secret key (where the server
-    // takes it from configuration).
-    let key: String = rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = shared_key();
     let env = [("HANGAR_SECRET_KEY", key.as_str())];
     let a = Server::start_full(&dir.join("a"), &flags, &env);
     let b = Server::start_full(&dir.join("b"), &flags, &env);
@@ -145,11 +95,12 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
         (b, a, a_id)
     };
     wait_replicas(&other, &[(&owner_id, 2), (&other_id, 0)]).await;
-    // Through the other node a request finds no replica (forwarding to the
-    // owner comes later), and does not make one start there.
+    // Through the other node a request is answered by the owner's replica
+    // (forwarded), and makes none start there.
     let (status, body, text) = invoke(&other, &agent, json!({"n": 0})).await;
-    assert_eq!(status, 503, "{text}");
-    assert_eq!(body["error"]["code"], "AGENT_UNAVAILABLE", "{text}");
+    assert_eq!(status, 200, "{text}");
+    let answered = body["data"]["output"]["replica"].as_str().expect("replica");
+    assert!(owner.replica_ids().iter().any(|r| r == answered), "{body}");
     // Past the other node's resync (10 s), which visits every instance.
     tokio::time::sleep(Duration::from_secs(12)).await;
     wait_replicas(&other, &[(&owner_id, 2), (&other_id, 0)]).await;

@@ -19,6 +19,7 @@ use axum::http::{header, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hangar_core::agent_url;
+use hangar_gateway::hop::HopKey;
 use hangar_gateway::{Resolved, RouteKey};
 
 use crate::error::{ApiError, Kind};
@@ -69,6 +70,7 @@ pub(crate) async fn instance_hosts(
         let target = Target {
             key: RouteKey::Host(label.clone()),
             missing: (Kind::Instance, label),
+            strip: None,
         };
         return crate::context::with_request_id(proxy(state, target, request)).await;
     }
@@ -81,10 +83,7 @@ pub(crate) async fn instance_hosts(
     let target = Target {
         key: RouteKey::AgentUrl(agent_url::candidates(host.as_deref(), name)),
         missing: (Kind::Agent, name.to_owned()),
-    };
-    let request = match strip_agent_prefix(request, name, path) {
-        Ok(request) => request,
-        Err(err) => return err.into_response(),
+        strip: Some((name.to_owned(), path.to_owned())),
     };
     crate::context::with_request_id(proxy(state, target, request)).await
 }
@@ -93,6 +92,10 @@ pub(crate) async fn instance_hosts(
 struct Target {
     key: RouteKey,
     missing: (Kind, String),
+    /// For an agent URL, its name and the path under it: the prefix is
+    /// stripped where the request is served (a node it is forwarded to
+    /// gets it as it came).
+    strip: Option<(String, String)>,
 }
 
 /// `/agents/<name>/rest?q` → `/rest?q`, with `X-Forwarded-Prefix:
@@ -125,6 +128,18 @@ async fn proxy(state: AppState, target: Target, request: Request) -> Response {
             return ApiError::not_found(kind, name).into_response();
         }
         Err(err) => return ApiError::from(err).into_response(),
+    };
+    let key = Some(HopKey::Instance(instance.id.clone()));
+    let request = match crate::hop::here(&state, key, request).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let request = match &target.strip {
+        Some((name, path)) => match strip_agent_prefix(request, name, path) {
+            Ok(request) => request,
+            Err(err) => return err.into_response(),
+        },
+        None => request,
     };
     let client = request
         .extensions()

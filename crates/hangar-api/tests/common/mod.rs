@@ -110,6 +110,7 @@ impl Harness {
             gateway: None,
             deliverer: None,
             jobs: None,
+            hops: None,
             no_agents_reason: None,
         }));
         Harness { db, app, a, b }

@@ -436,3 +436,112 @@ with zipfile.ZipFile(sys.argv[1], "w") as wheel:
         .expect("python3");
     assert!(out.status.success(), "{out:?}");
 }
+
+// Several servers on one database.
+
+/// A secret key for servers that share one database (they must share it),
+/// as `HANGAR_SECRET_KEY` takes it.
+pub fn shared_key() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The node (ID) holding `instance`'s lease and its generation, as stored.
+pub async fn holder(db: &hangar_store::testing::TestDb, instance: &str) -> Option<(String, i64)> {
+    db.store
+        .instance_leases(None)
+        .await
+        .expect("leases")
+        .into_iter()
+        .find(|l| l.instance_id == instance)
+        .and_then(|l| l.node_id.map(|node| (node, l.generation)))
+}
+
+/// The node ID of `server`, from `GET /v1/nodes` (it lists its address).
+pub async fn node_id(server: &Server) -> String {
+    let nodes = server.get("/v1/nodes").await;
+    nodes["data"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["address"] == server.url.as_str())
+        .and_then(|n| n["id"].as_str())
+        .expect("the server lists itself")
+        .to_owned()
+}
+
+/// Waits until `GET /v1/nodes` on `server` shows these replica counts for
+/// these ready nodes.
+pub async fn wait_replicas(server: &Server, want: &[(&str, u64)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = server.get("/v1/nodes").await;
+        let listed = nodes["data"].as_array().expect("nodes").clone();
+        let matches = want.iter().all(|(id, count)| {
+            listed
+                .iter()
+                .any(|n| n["id"] == *id && n["status"] == "ready" && n["replicas"] == *count)
+        });
+        if matches {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {want:?}: {listed:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Opens a websocket to the app behind `host` and `path` on `server`, and
+/// checks it echoes two messages.
+pub async fn websocket_echoes(server: &Server, host: &str, path: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let address = server.url.strip_prefix("http://").expect("addr");
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("handshake");
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.expect("line");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for message in ["hello", "again"] {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | message.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        stream.get_mut().write_all(&frame).await.expect("frame");
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await.expect("answer header");
+        assert_eq!(header[0], 0x81);
+        let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
+        stream.read_exact(&mut payload).await.expect("payload");
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            format!("echo: {message}")
+        );
+    }
+}
