@@ -44,6 +44,7 @@ fn noun(kind: Kind) -> &'static str {
         Kind::Webhook => "Webhook",
         Kind::Delivery => "Delivery",
         Kind::Event => "Event",
+        Kind::Node => "Node",
     }
 }
 

@@ -305,6 +305,155 @@ pub(crate) async fn hand_over(inner: &Inner) {
     stops.join_all().await;
 }
 
+/// How long a drain waits for the node it hands an instance to to run it
+/// before it stops this node's replicas anyway.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(60);
+
+/// Drains this node while [`Inner::draining`]: each instance it holds goes
+/// to the ready, undrained node with the fewest replicas, one at a time,
+/// with the usual roll — the lease handed straight to that node (a new
+/// generation), this node's replicas left serving (not reconciled here)
+/// until the store shows the new node took the lease up and records the
+/// instance running with a ready replica, then stopped here once the
+/// requests in flight on them have finished. Meanwhile a request for the
+/// instance reaching this node is served by its replicas here until its
+/// route is read again (within a second), then forwarded to the new node,
+/// which holds requests through its cold start. Ends when nothing is left
+/// or the drain is called off; with no node to go to it waits for one.
+pub(crate) async fn drain_away(inner: Arc<Inner>) {
+    use std::sync::atomic::Ordering;
+    let mut told_alone = false;
+    while inner.draining.load(Ordering::SeqCst) && !inner.shutdown.is_cancelled() {
+        let held = inner.leases.all();
+        if held.is_empty() {
+            tracing::info!("this node is drained: it runs no instance");
+            return;
+        }
+        let Some(target) = least_busy(&inner).await else {
+            if !told_alone {
+                tracing::warn!("no other node is ready: the drain waits for one");
+                told_alone = true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        told_alone = false;
+        let (instance, generation) = &held[0];
+        hand_to(&inner, instance, *generation, &target).await;
+    }
+}
+
+/// The ready node other than this one, not drained, with the fewest
+/// replicas.
+async fn least_busy(inner: &Inner) -> Option<String> {
+    let now = hangar_store::store_now();
+    let nodes = inner.store.list_nodes().await.ok()?;
+    nodes
+        .into_iter()
+        .filter(|n| {
+            n.beat.id != inner.leases.node
+                && n.draining_at.is_none()
+                && n.status(now, inner.leases.terms.node_dead_after) == NodeStatus::Ready
+        })
+        .min_by_key(|n| n.beat.replicas)
+        .map(|n| n.beat.id)
+}
+
+/// Hands one instance to node `to` (see [`drain_away`]).
+async fn hand_to(inner: &Arc<Inner>, instance: &str, generation: i64, to: &str) {
+    let state = inner.state(instance);
+    let had_replicas = lock(&state.tracked)
+        .replicas
+        .values()
+        .any(|r| r.phase.is_live());
+    lock(&inner.handing_over).insert(instance.to_owned());
+    let handed = inner
+        .store
+        .transfer_instance_lease(
+            instance,
+            &inner.leases.node,
+            generation,
+            to,
+            inner.leases.terms.duration,
+        )
+        .await;
+    match handed {
+        Ok(Some(new_generation)) => {
+            inner.leases.forget(instance);
+            tracing::info!(%instance, node = %to, generation = new_generation, "drain: the instance moves to another node");
+            crate::tell::system_log(
+                inner,
+                &state,
+                "hangar",
+                hangar_core::logs::LogLevel::Info,
+                format!("[hangar] this node is drained: the instance moves to node {to}"),
+            )
+            .await;
+            let deadline = Instant::now() + HAND_OVER_WAIT;
+            while !taken_up(inner, instance, to, new_generation, had_replicas).await {
+                if Instant::now() >= deadline {
+                    tracing::warn!(%instance, node = %to, "drain: the new node does not run the instance yet; stopping the replicas here anyway");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(None) => {
+            // Lost meanwhile: the next reconcile sees to it.
+            inner.leases.lost(instance, generation);
+        }
+        Err(err) => {
+            tracing::warn!(%instance, error = %err, "drain: cannot hand the instance over; trying again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    lock(&inner.handing_over).remove(instance);
+    // Not held any more: the reconcile stops the replicas here, once
+    // their requests in flight have finished.
+    inner.wake(instance);
+}
+
+/// Whether node `to` took the instance up after it was handed over at
+/// `generation`: it holds a later generation (its own acquisition, made
+/// by its reconcile) and, when the instance had replicas here, records it
+/// running with a ready replica.
+async fn taken_up(
+    inner: &Inner,
+    instance: &str,
+    to: &str,
+    generation: i64,
+    replicas: bool,
+) -> bool {
+    let holder = match inner
+        .store
+        .lease_holder(hangar_store::LeaseOf::Instance(instance))
+        .await
+    {
+        Ok(holder) => holder,
+        Err(_) => return false,
+    };
+    match holder {
+        Some(holder) if holder.node.beat.id == to => {
+            if holder.generation <= generation {
+                return false;
+            }
+        }
+        // Gone elsewhere, released or reaped: nothing to wait for.
+        _ => return true,
+    }
+    if !replicas {
+        return true;
+    }
+    match inner.store.controlled_instance(instance).await {
+        Ok(Some(controlled)) => {
+            controlled.instance.status == hangar_core::status::InstanceStatus::Running
+                && controlled.instance.ready_replicas > 0
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,6 +261,13 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Every task the controller spawned.
     tasks: TaskTracker,
+    /// An operator drains this node: it takes no instance, and hands those
+    /// it runs to other nodes ([`leases::drain_away`]).
+    pub draining: AtomicBool,
+    /// Instances whose lease this node handed to another node and whose
+    /// replicas here still serve until that node runs them: not reconciled
+    /// here meanwhile.
+    pub handing_over: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What the controller tracks of one instance.
@@ -273,8 +280,12 @@ pub(crate) struct InstanceState {
     pub tracked: Mutex<Tracked>,
     /// What the gateway reports of its requests.
     pub traffic: Arc<Traffic>,
-    /// Notified when a replica becomes ready (cold starts wait on it).
+    /// Notified when a replica becomes ready (cold starts wait on it), and
+    /// after every reconcile.
     pub became_ready: tokio::sync::Notify,
+    /// Reconciles finished: a request waiting for a replica learns from the
+    /// next one whether any is coming.
+    pub reconciled: AtomicU64,
     /// Connections the egress proxy refused to its replicas.
     pub egress_denied: AtomicU64,
     /// Bytes its replicas sent and received through the egress proxy.
@@ -309,6 +320,8 @@ pub(crate) struct Tracked {
     pub health_passes: u64,
     /// The instance's rules for the egress proxy, if its replicas use it.
     pub egress: Option<Arc<egress::EgressRules>>,
+    /// Another node runs the instance, as the last reconcile found.
+    pub elsewhere: bool,
 }
 
 /// How long exec and stdin wait for an instance at zero to start a replica.
@@ -380,7 +393,23 @@ impl Controller {
                 work_rx: Mutex::new(Some(work_rx)),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                draining: AtomicBool::new(false),
+                handing_over: Mutex::new(std::collections::HashSet::new()),
             }),
+        }
+    }
+
+    /// Drains this node (`true`: it takes no instance and hands those it
+    /// runs to other ready nodes, one at a time, each once its new node
+    /// runs it) or stops draining it. Told after every heartbeat.
+    pub fn set_draining(&self, draining: bool) {
+        let was = self.inner.draining.swap(draining, Ordering::SeqCst);
+        if draining && !was {
+            tracing::info!("this node is drained: its instances move to other nodes");
+            let inner = self.inner.clone();
+            self.inner.spawn(leases::drain_away(inner));
+        } else if was && !draining {
+            tracing::info!("this node is no longer drained: it takes instances again");
         }
     }
 
@@ -616,8 +645,12 @@ impl Controller {
                 .memory
                 .next_start
                 .is_some_and(|at| at > tokio::time::Instant::now());
-            let allowed =
-                tracked.serving && !backing_off && tracked.bounds.is_some_and(|b| b.max > 0);
+            // Never reconciled here (this node has just taken the instance
+            // over, or a request came first): a reconcile is asked for, and
+            // the request waits for what it decides.
+            let unknown = tracked.bounds.is_none() && !tracked.elsewhere;
+            let allowed = unknown
+                || (tracked.serving && !backing_off && tracked.bounds.is_some_and(|b| b.max > 0));
             let woken = allowed && tracked.autoscale.scale == Some(0);
             if woken {
                 tracked.autoscale.scale = Some(1);
@@ -652,9 +685,16 @@ impl Controller {
     }
 
     /// Waits until the instance has a ready replica (an HTTP one in the
-    /// rotation, or a stdin one running), or `deadline`. True if it has one.
+    /// rotation, or a stdin one running), or `deadline`, or a reconcile
+    /// finds that none is coming (stopped, or run by another node). True if
+    /// it has one.
     pub async fn wait_ready(&self, instance_id: &str, deadline: tokio::time::Instant) -> bool {
         let state = self.inner.state(instance_id);
+        let since = state.reconciled.load(Ordering::SeqCst);
+        let coming = || {
+            let tracked = lock(&state.tracked);
+            tracked.serving && !tracked.elsewhere && tracked.bounds.is_some_and(|b| b.max > 0)
+        };
         let serves = || {
             lock(&state.tracked)
                 .replicas
@@ -665,6 +705,9 @@ impl Controller {
             let notified = state.became_ready.notified();
             if serves() {
                 return true;
+            }
+            if state.reconciled.load(Ordering::SeqCst) > since && !coming() {
+                return false;
             }
             // The notification, or a look every 100 ms (a replica may have
             // become ready between the check and the wait).
@@ -764,6 +807,7 @@ impl Inner {
                     tracked: Mutex::new(Tracked::default()),
                     traffic: Arc::new(Traffic::new(self.epoch)),
                     became_ready: tokio::sync::Notify::new(),
+                    reconciled: AtomicU64::new(0),
                     egress_denied: AtomicU64::new(0),
                     egress_bytes: AtomicU64::new(0),
                 })

@@ -93,6 +93,8 @@ impl Inner {
             loop {
                 while state.dirty.swap(false, Ordering::SeqCst) {
                     let outcome = reconcile::reconcile(&inner, &state).await;
+                    state.reconciled.fetch_add(1, Ordering::SeqCst);
+                    state.became_ready.notify_waiters();
                     inner.follow_up(&state, outcome).await;
                 }
                 state.busy.store(false, Ordering::SeqCst);

@@ -53,6 +53,10 @@ pub(crate) async fn reconcile(
         inner.leases.forget(&state.id);
         return Ok(Action::AwaitChange);
     };
+    if lock(&inner.handing_over).contains(&state.id) {
+        // Its replicas here serve until its new node runs it (a drain).
+        return Ok(Action::AwaitChange);
+    }
     if !own(inner, state).await? {
         return Ok(Action::AwaitChange);
     }
@@ -99,6 +103,7 @@ pub(crate) async fn reconcile(
         let bounds = Bounds::of(&controlled);
         let mut tracked = lock(&state.tracked);
         tracked.serving = running;
+        tracked.elsewhere = false;
         tracked.bounds = Some(bounds);
         tracked.owner = Some(Owner::of(&controlled));
         tracked.liveness_failures = Some(policy.liveness_failures);
@@ -167,6 +172,11 @@ async fn own(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<bool, Rec
         tracing::warn!(instance = %state.id, generation, "another node took this instance over");
         leases.lost(&state.id, generation);
     }
+    if inner.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        // A drained node takes nothing.
+        let_go(inner, state).await?;
+        return Ok(false);
+    }
     let sent = Instant::now();
     match inner
         .store
@@ -193,12 +203,14 @@ async fn let_go(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<(), Re
     if !ids.is_empty() {
         tracing::warn!(instance = %state.id, replicas = ids.len(),
             "another node runs this instance: stopping this node's replicas of it");
-        stop_all(inner, state, &ids, inner.config.stop_grace, false).await?;
+        // Requests in flight on them finish first.
+        stop_all(inner, state, &ids, inner.config.stop_grace, true).await?;
     }
     let mut tracked = lock(&state.tracked);
     if tracked.serving || tracked.last_status.is_some() {
         *tracked = crate::Tracked::default();
     }
+    tracked.elsewhere = true;
     Ok(())
 }
 

@@ -45,6 +45,8 @@ crate::string_enum! {
         Delivery = "dlv",
         /// An event.
         Event = "evt",
+        /// A server on the database (its IDs are made by the server).
+        Node = "node",
     }
 }
 

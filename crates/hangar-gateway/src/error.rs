@@ -145,6 +145,7 @@ impl ErrorClass {
             IdKind::Webhook => "WEBHOOK_NOT_FOUND",
             IdKind::Delivery => "DELIVERY_NOT_FOUND",
             IdKind::Event => "EVENT_NOT_FOUND",
+            IdKind::Node => "NODE_NOT_FOUND",
         };
         Self::new(StatusCode::NOT_FOUND, code, false)
     }
@@ -168,6 +169,7 @@ impl ErrorClass {
             IdKind::Webhook => "WEBHOOK_NAME_TAKEN",
             IdKind::Delivery => "DELIVERY_NAME_TAKEN",
             IdKind::Event => "EVENT_NAME_TAKEN",
+            IdKind::Node => "NODE_NAME_TAKEN",
         };
         Self::new(StatusCode::CONFLICT, code, false)
     }

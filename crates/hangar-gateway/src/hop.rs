@@ -142,6 +142,12 @@ impl Hops {
         })
     }
 
+    /// This node's ID.
+    #[must_use]
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Whether `headers` say the request was forwarded by another node:
     /// `Ok(false)` without the header, `Err` with a wrong token.
     ///

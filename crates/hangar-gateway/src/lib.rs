@@ -314,7 +314,12 @@ impl Gateway {
                     return Err(InvokeError::NoReplica);
                 }
                 if !self.controller.wait_ready(instance_id, deadline).await {
-                    return Err(InvokeError::Timeout(timeout));
+                    // None is coming (a reconcile said so), or time is up.
+                    return Err(if tokio::time::Instant::now() < deadline {
+                        InvokeError::NoReplica
+                    } else {
+                        InvokeError::Timeout(timeout)
+                    });
                 }
                 continue;
             }

@@ -171,6 +171,35 @@ impl Store {
         Ok(released)
     }
 
+    /// Hands instance `instance_id`'s lease from `from`, which holds it at
+    /// `generation`, straight to node `to` (a drain): a new generation,
+    /// running out `duration` from now unless `to` renews it. Returns the
+    /// new generation, or `None` when `from` no longer holds it at that
+    /// generation. `to` takes it up at its next reconcile of the instance
+    /// (an acquisition of its own lease).
+    pub async fn transfer_instance_lease(
+        &self,
+        instance_id: &str,
+        from: &str,
+        generation: i64,
+        to: &str,
+        duration: Duration,
+    ) -> Result<Option<i64>> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE instance_leases SET node_id = $4, generation = generation + 1, expires_at = $5 \
+             WHERE instance_id = $1 AND node_id = $2 AND generation = $3 RETURNING generation",
+        )
+        .bind(instance_id)
+        .bind(from)
+        .bind(generation)
+        .bind(to)
+        .bind(now.saturating_add(ms(duration)))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.int("generation")).transpose()
+    }
+
     /// The leases `node_id` holds (by the store: some may have run out), or
     /// with `None` every lease, by instance.
     pub async fn instance_leases(&self, node_id: Option<&str>) -> Result<Vec<InstanceLease>> {
@@ -221,6 +250,8 @@ pub struct LeaseHolder {
     pub instance_id: String,
     /// The holding node, as it last said of itself.
     pub node: crate::Node,
+    /// The lease's fencing generation.
+    pub generation: i64,
     /// When the lease runs out unless renewed (the holder's clock).
     pub expires_at: Timestamp,
 }
@@ -238,7 +269,7 @@ impl Store {
             ),
         };
         let row = sqlx::query(&format!(
-            "SELECT l.instance_id, l.expires_at AS lease_expires_at, {} \
+            "SELECT l.instance_id, l.generation, l.expires_at AS lease_expires_at, {} \
              FROM instance_leases l JOIN nodes n ON n.id = l.node_id WHERE {filter}",
             crate::nodes::NODE_COLUMNS
                 .split(", ")
@@ -253,6 +284,7 @@ impl Store {
             Ok(LeaseHolder {
                 instance_id: r.text("instance_id")?,
                 node: crate::nodes::node_from_row(&r)?,
+                generation: r.int("generation")?,
                 expires_at: r.time("lease_expires_at")?,
             })
         })

@@ -35,6 +35,8 @@ pub struct Node {
     pub heartbeat_at: Timestamp,
     /// When it stopped, if it stopped cleanly and has not started again.
     pub stopped_at: Option<Timestamp>,
+    /// Since when it is being drained, if it is.
+    pub draining_at: Option<Timestamp>,
 }
 
 /// Whether a node is there, as any node on the database sees it.
@@ -76,7 +78,7 @@ impl Node {
     }
 }
 
-pub(crate) const NODE_COLUMNS: &str = "id, address, version, cpu_millis, memory_bytes, replicas, started_at, heartbeat_at, stopped_at";
+pub(crate) const NODE_COLUMNS: &str = "id, address, version, cpu_millis, memory_bytes, replicas, started_at, heartbeat_at, stopped_at, draining_at";
 
 pub(crate) fn node_from_row(r: &impl RowExt) -> Result<Node> {
     let unsigned = |col| r.int(col).map(|v| u64::try_from(v).unwrap_or(0));
@@ -92,6 +94,7 @@ pub(crate) fn node_from_row(r: &impl RowExt) -> Result<Node> {
         started_at: r.time("started_at")?,
         heartbeat_at: r.time("heartbeat_at")?,
         stopped_at: r.opt_time("stopped_at")?,
+        draining_at: r.opt_time("draining_at")?,
     })
 }
 
@@ -101,19 +104,21 @@ fn signed(value: u64) -> i64 {
 
 impl Store {
     /// Records a node's heartbeat; with `starting`, also that it (re)started
-    /// now, which clears a clean stop.
-    pub async fn node_heartbeat(&self, beat: &NodeBeat, starting: bool) -> Result<()> {
+    /// now, which clears a clean stop. Returns whether the node is being
+    /// drained (an operator's word, which outlives restarts).
+    pub async fn node_heartbeat(&self, beat: &NodeBeat, starting: bool) -> Result<bool> {
         let now = now_ms();
         let sql = if starting {
             "INSERT INTO nodes (id, address, version, cpu_millis, memory_bytes, replicas, started_at, heartbeat_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO UPDATE SET address = $2, version = $3, \
-             cpu_millis = $4, memory_bytes = $5, replicas = $6, started_at = $7, heartbeat_at = $7, stopped_at = NULL"
+             cpu_millis = $4, memory_bytes = $5, replicas = $6, started_at = $7, heartbeat_at = $7, stopped_at = NULL \
+             RETURNING draining_at"
         } else {
             "INSERT INTO nodes (id, address, version, cpu_millis, memory_bytes, replicas, started_at, heartbeat_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO UPDATE SET address = $2, version = $3, \
-             cpu_millis = $4, memory_bytes = $5, replicas = $6, heartbeat_at = $7"
+             cpu_millis = $4, memory_bytes = $5, replicas = $6, heartbeat_at = $7 RETURNING draining_at"
         };
-        sqlx::query(sql)
+        let row = sqlx::query(sql)
             .bind(&beat.id)
             .bind(&beat.address)
             .bind(&beat.version)
@@ -121,9 +126,28 @@ impl Store {
             .bind(signed(beat.memory_bytes))
             .bind(signed(beat.replicas))
             .bind(now)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(())
+        Ok(row.opt_int("draining_at")?.is_some())
+    }
+
+    /// Marks node `id` draining (since now, unless it already was) or not;
+    /// returns it as it is then, `None` when there is no such node.
+    pub async fn set_node_draining(&self, id: &str, draining: bool) -> Result<Option<Node>> {
+        let since = draining.then(now_ms);
+        sqlx::query(
+            "UPDATE nodes SET draining_at = CASE WHEN $2 IS NULL THEN NULL ELSE COALESCE(draining_at, $2) END \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(node_from_row).transpose()
     }
 
     /// Records that a node stopped cleanly.
@@ -171,6 +195,7 @@ mod tests {
             started_at: at(0),
             heartbeat_at: at(10_000),
             stopped_at: None,
+            draining_at: None,
         };
         let dead_after = Duration::from_secs(15);
         assert_eq!(node.status(at(25_000), dead_after), NodeStatus::Ready);

@@ -31,14 +31,16 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 }
 
 /// Records this node's start, then beats every `dead_after / 3` until
-/// `shutdown`, then records a clean stop. `replicas` counts what it runs.
-/// A heartbeat that fails is logged and tried again at the next beat.
+/// `shutdown`, then records a clean stop. `replicas` counts what it runs;
+/// `draining` is told, after every beat, whether an operator drains the
+/// node. A heartbeat that fails is logged and tried again at the next beat.
 pub async fn start(
     store: Store,
     id: String,
     address: String,
     dead_after: Duration,
     replicas: impl Fn() -> usize + Send + 'static,
+    draining: impl Fn(bool) + Send + 'static,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let (cpu_millis, memory_bytes) = capacity();
@@ -51,10 +53,11 @@ pub async fn start(
         replicas: replicas as u64,
     };
     let first = beat(replicas());
-    store
+    let drained = store
         .node_heartbeat(&first, true)
         .await
         .map_err(|err| anyhow::anyhow!("recording this node in the database: {err}"))?;
+    draining(drained);
     let every = (dead_after / 3).max(Duration::from_millis(100));
     Ok(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -64,8 +67,11 @@ pub async fn start(
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => {
-                    if let Err(err) = store.node_heartbeat(&beat(replicas()), false).await {
-                        tracing::warn!(error = %err, "node heartbeat failed; trying again at the next");
+                    match store.node_heartbeat(&beat(replicas()), false).await {
+                        Ok(drained) => draining(drained),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "node heartbeat failed; trying again at the next");
+                        }
                     }
                 }
             }

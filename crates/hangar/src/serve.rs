@@ -264,10 +264,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_id.clone(),
             api_config.public_url.clone(),
             config.node_dead_after,
-            move || {
-                counted
-                    .get()
-                    .map_or(0, hangar_controller::Controller::replica_count)
+            {
+                let counted = counted.clone();
+                move || {
+                    counted
+                        .get()
+                        .map_or(0, hangar_controller::Controller::replica_count)
+                }
+            },
+            move |draining| {
+                if let Some(controller) = counted.get() {
+                    controller.set_draining(draining);
+                }
             },
             replicas_shutdown.clone(),
         )
