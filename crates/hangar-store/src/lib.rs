@@ -11,7 +11,8 @@
 //! - [`Store`]: the pool, connecting and migrating.
 //! - `tenancy`: organizations, users, API keys, clouds.
 //! - `agents`: agents (blueprints).
-//! - `builds`: builds, the build queue and build logs.
+//! - `builds`: builds, the build queue (claimed under a builder's lease,
+//!   queued again when the builder falls silent) and build logs.
 //! - `instances`: instances and the instance quota.
 //! - `jobs`: the durable job queue (accept, claim under a lease, renew,
 //!   finish, reclaim, cancel).
@@ -60,6 +61,7 @@ pub mod testing;
 
 pub use agents::{AgentSummary, InstanceSummary, NewAgent};
 pub use backlog::Backlog;
+pub use builds::{Reclaimed, MAX_BUILD_ATTEMPTS};
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
