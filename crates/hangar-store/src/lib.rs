@@ -24,6 +24,8 @@
 //! - `leases`: which node runs each instance (a lease with a fencing
 //!   generation).
 //! - [`Backlog`]: counts of work waiting, for metrics.
+//! - `requests`: invocations per instance, minute and node, summed by
+//!   readers over every node.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool, on the request's own thread (no hand-off, rows read in place).
 //! - [`seal`]: encryption at rest for secret values; the fingerprint of the
@@ -53,6 +55,7 @@ mod jobs;
 mod leases;
 mod nodes;
 mod reads;
+mod requests;
 mod runtime;
 pub mod seal;
 mod tenancy;
@@ -69,6 +72,7 @@ pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
 pub use leases::{InstanceLease, LeaseHolder, LeaseOf, LeaseTerms};
 pub use nodes::{store_now, Node, NodeBeat, NodeStatus};
+pub use requests::{RequestCounts, RequestMinute};
 pub use runtime::{ControlledInstance, LogFilter, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 
