@@ -511,7 +511,7 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
     .await;
     let build = latest_build(&servers[0], &agent).await;
     // Its step's replica: `build-<id>-<the builder's boot>`.
-    let step = format!("build-{}-", build.trim_start_matches("build_"));
+    let step = format!("build-{}", build.trim_start_matches("build_"));
     let deadline = Instant::now() + Duration::from_secs(120);
     let building = loop {
         let log = build_log(&servers[0], &build).await;
