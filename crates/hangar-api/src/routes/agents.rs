@@ -703,7 +703,7 @@ struct AgentMetrics {
     agent_id: String,
     /// The window the request figures cover.
     window: String,
-    /// Invocations in the window.
+    /// Invocations in the window, through every server on the database.
     requests: u64,
     /// Invocations in the last 24 hours.
     requests_24h: u64,
