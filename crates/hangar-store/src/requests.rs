@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{value_rows, Result, RowExt, Store, INSERT_CHUNK};
+use crate::{value_rows, FromRow, Result, RowExt, Store, INSERT_CHUNK};
 
 /// Invocations counted together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,6 +61,23 @@ pub struct RequestMinute {
     /// What was counted.
     pub counts: RequestCounts,
 }
+
+impl FromRow for RequestCounts {
+    fn from_row(row: &impl RowExt) -> Result<Self> {
+        Ok(Self {
+            requests: unsigned(row.int("requests")?),
+            errors: unsigned(row.int("errors")?),
+            latency_us: unsigned(row.int("latency_us")?),
+        })
+    }
+}
+
+/// The sums of one instance's rows from a minute on: one row, whatever the
+/// rows (zeros for none).
+const ONE_INSTANCE: &str = "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS requests, \
+     CAST(COALESCE(SUM(errors), 0) AS BIGINT) AS errors, \
+     CAST(COALESCE(SUM(latency_us), 0) AS BIGINT) AS latency_us \
+     FROM request_counts WHERE instance_id = $1 AND at_minute >= CAST($2 AS BIGINT)";
 
 fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -112,13 +129,24 @@ impl Store {
     }
 
     /// The stored counts of each of `instance_ids` from minute `since` on,
-    /// summed over every node (instances with none are left out).
+    /// summed over every node (instances with none are left out). One
+    /// instance (what `GET /v1/agents/{id}` shows) is a point read: on
+    /// SQLite on the request's own thread, without the pool's hand-offs.
     pub async fn request_counts(
         &self,
         instance_ids: &[&str],
         since: i64,
     ) -> Result<HashMap<String, RequestCounts>> {
         let mut out = HashMap::new();
+        if let [id] = instance_ids {
+            let since = since.to_string();
+            let counts: Option<RequestCounts> =
+                self.point_read(ONE_INSTANCE, &[id, &since]).await?;
+            if let Some(counts) = counts.filter(|c| !c.is_empty()) {
+                out.insert((*id).to_owned(), counts);
+            }
+            return Ok(out);
+        }
         for chunk in instance_ids.chunks(INSERT_CHUNK) {
             let ids = (2..chunk.len() + 2)
                 .map(|i| format!("${i}"))
@@ -134,14 +162,7 @@ impl Store {
                 query = query.bind(*id);
             }
             for row in query.fetch_all(&self.pool).await? {
-                out.insert(
-                    row.text("instance_id")?,
-                    RequestCounts {
-                        requests: unsigned(row.int("requests")?),
-                        errors: unsigned(row.int("errors")?),
-                        latency_us: unsigned(row.int("latency_us")?),
-                    },
-                );
+                out.insert(row.text("instance_id")?, RequestCounts::from_row(&row)?);
             }
         }
         Ok(out)
