@@ -190,17 +190,44 @@ impl Services {
         }
     }
 
-    /// Invocations of instance `id` within `window` (zeros without a
-    /// runtime, or before the first).
-    pub fn requests(
+    /// This process's invocations of instance `id` within `window` (zeros
+    /// without a runtime, or before the first): Prometheus' figures, which
+    /// are per process (each server is scraped).
+    pub fn local_requests(
         &self,
         instance_id: &str,
         window: std::time::Duration,
     ) -> hangar_controller::scale::RequestStats {
         self.runtime
             .as_ref()
-            .map(|runtime| runtime.request_stats(instance_id, window))
+            .map(|runtime| runtime.local_request_stats(instance_id, window))
             .unwrap_or_default()
+    }
+
+    /// Invocations of each of `instance_ids` within `window`, through every
+    /// server on the database: the stored counts of every node, plus what
+    /// this one has not stored yet (zeros for an instance nobody invoked).
+    pub async fn request_figures(
+        &self,
+        instance_ids: &[&str],
+        window: std::time::Duration,
+    ) -> Result<std::collections::HashMap<String, hangar_controller::scale::RequestStats>, ApiError>
+    {
+        let since = hangar_controller::scale::unix_minute()
+            - hangar_controller::scale::window_minutes(window)
+            + 1;
+        let figures = match &self.runtime {
+            Some(runtime) => runtime.request_stats(instance_ids, window).await?,
+            // A server that runs nothing counts nothing: the store has it all.
+            None => self
+                .store
+                .request_counts(instance_ids, since)
+                .await?
+                .into_iter()
+                .map(|(id, counts)| (id, counts.into()))
+                .collect(),
+        };
+        Ok(figures)
     }
 
     /// Tells the job runner (if any) a job was accepted.

@@ -137,7 +137,7 @@ pub struct InstanceConfig {
 pub struct InstanceMetrics {
     /// Seconds since its oldest replica started.
     pub uptime_seconds: u64,
-    /// Requests served.
+    /// Requests served, through this server since it started.
     pub requests_total: u64,
     /// CPU use across replicas.
     pub cpu_usage_percent: f64,
@@ -358,7 +358,8 @@ pub struct AgentHealth {
 /// `metrics` of an agent.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentMetricsSummary {
-    /// Invocations in the last 24 hours.
+    /// Invocations in the last 24 hours, through every server on the
+    /// database.
     pub requests_24h: u64,
     /// Mean latency of those.
     pub avg_latency_ms: f64,

@@ -45,9 +45,15 @@
 //! source is built on the cloud's base image in a sandbox and pushed.
 //!
 //! Statuses: `queued → building → ready | failed` (with a reason, also the
-//! last log line). A builder touches its build's heartbeat while it works;
-//! builds whose builder went silent (the process died mid-way) are failed
-//! by [`Builder::start`], so none stays `building` forever. A server that
+//! last log line). A claim is a lease of the builder's (`<node>/<boot>`,
+//! [`Builder::with_owner`]): the builder touches its build's heartbeat
+//! while it works, every quarter of [`BuildConfig::lease`]. A build whose
+//! builder went silent for a whole lease (its server was killed mid-way)
+//! is queued again by whichever builder looks first ([`Builder::start`]),
+//! and built from the start, on any server on the database; after
+//! [`hangar_store::MAX_BUILD_ATTEMPTS`] it is failed instead, so none
+//! stays `building` forever. A builder whose heartbeat finds the build is
+//! no longer its own stops working on it and records nothing. A server that
 //! stops (SIGTERM) lets the build under way finish within its drain time,
 //! or puts it back to `queued` to be built again from the start. A finished build
 //! is final, and its outcome is an event (`build.succeeded`, `build.failed`)
@@ -103,11 +109,9 @@ pub use source::{Artifact, Fetched};
 /// Hangar process on the same database may have queued them).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How often a builder touches the heartbeat of the build it works on.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A build whose heartbeat is older than this has lost its builder.
-pub const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+/// How long a build's claim lasts without a heartbeat, unless configured
+/// ([`BuildConfig::lease`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The uid build steps run as (the sandbox's unprivileged user).
 pub const BUILD_UID: u32 = 65_534;
@@ -143,6 +147,9 @@ pub struct BuildConfig {
     /// configuration; `pip.conf` in `/etc` is visible in the sandbox
     /// already).
     pub step_env: Vec<(String, String)>,
+    /// A build whose builder gave no heartbeat for this long has lost its
+    /// builder: it is queued again. Heartbeats come every quarter of it.
+    pub lease: Duration,
 }
 
 /// The variables of the server's environment passed on to build steps
@@ -169,6 +176,7 @@ impl BuildConfig {
             image_limits: archive::Limits::image(),
             insecure_registries: Vec::new(),
             step_env: Vec::new(),
+            lease: DEFAULT_LEASE,
         }
     }
 
@@ -186,6 +194,10 @@ impl BuildConfig {
 
     fn work_dir(&self, build_id: &str) -> PathBuf {
         self.data_dir.join("builds").join(build_id)
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        (self.lease / 4).max(Duration::from_millis(100))
     }
 }
 
@@ -205,6 +217,8 @@ pub struct Builder {
     /// Where uploads' archives are read and artifacts shared; `None`: the
     /// data dir's `uploads/`, and nothing shared.
     blobs: Option<Arc<dyn Blobs>>,
+    /// Who claims builds: `<node>/<boot>`.
+    owner: Arc<str>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -216,6 +230,7 @@ impl std::fmt::Debug for Builder {
             .field("driver", &self.driver.as_ref().map(|d| d.name()))
             .field("images", &self.images.as_ref().map(|_| "engine"))
             .field("blobs", &self.blobs.as_ref().map(|b| b.describe()))
+            .field("owner", &self.owner)
             .finish_non_exhaustive()
     }
 }
@@ -242,7 +257,16 @@ impl Builder {
             driver: None,
             images: Err("none is configured".to_owned()),
             blobs: None,
+            owner: owner("builder"),
         }
+    }
+
+    /// Claims builds as this process of node `node_id` (`<node>/<boot>`),
+    /// as the server's other workers claim their work.
+    #[must_use]
+    pub fn with_owner(mut self, node_id: &str) -> Self {
+        self.owner = owner(node_id);
+        self
     }
 
     /// Reads uploads' archives from `blobs`, and puts every artifact it
@@ -309,8 +333,8 @@ impl Builder {
         self.wake.notify_one();
     }
 
-    /// Runs the builder until `shutdown`: fails abandoned builds (whose
-    /// builder died), builds whatever is queued, then waits for
+    /// Runs the builder until `shutdown`: queues abandoned builds again
+    /// (whose builder died), builds whatever is queued, then waits for
     /// [`Builder::wake`] or [`POLL_INTERVAL`], and again. Store errors are
     /// logged and retried at the next round.
     ///
@@ -323,7 +347,7 @@ impl Builder {
         tokio::spawn(async move {
             self.forget_leftover_steps().await;
             while !shutdown.is_cancelled() {
-                if let Err(err) = self.fail_abandoned().await {
+                if let Err(err) = self.reclaim_abandoned().await {
                     tracing::warn!(error = %err, "builder: cannot look for abandoned builds; retrying");
                 }
                 if let Err(err) = self.run_pending_until(&shutdown, drain).await {
@@ -355,7 +379,7 @@ impl Builder {
     ) -> Result<usize, StoreError> {
         let mut taken = 0;
         while !shutdown.is_cancelled() {
-            let Some(build) = self.store.claim_queued_build().await? else {
+            let Some(build) = self.store.claim_queued_build(&self.owner).await? else {
                 break;
             };
             taken += 1;
@@ -364,19 +388,26 @@ impl Builder {
         Ok(taken)
     }
 
-    /// Fails the builds whose builder went silent (see the crate docs).
-    pub async fn fail_abandoned(&self) -> Result<usize, StoreError> {
+    /// Queues again (or, their attempts used up, fails) the builds whose
+    /// builder went silent (see the crate docs); returns how many.
+    pub async fn reclaim_abandoned(&self) -> Result<usize, StoreError> {
         let cutoff = chrono::Utc::now()
-            - chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX);
-        let failed = self.store.fail_abandoned_builds(cutoff).await?;
-        for build in &failed {
-            tracing::warn!(build = %build.id, agent = %build.agent_id, "build abandoned by its builder: failed");
+            - chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::MAX);
+        let reclaimed = self.store.reclaim_abandoned_builds(cutoff).await?;
+        for build in &reclaimed.requeued {
+            tracing::warn!(build = %build.id, agent = %build.agent_id, "build abandoned by its builder: queued again");
         }
-        Ok(failed.len())
+        for build in &reclaimed.failed {
+            tracing::warn!(build = %build.id, agent = %build.agent_id, "build abandoned by its builder, attempts used up: failed");
+        }
+        if !reclaimed.requeued.is_empty() {
+            self.wake();
+        }
+        Ok(reclaimed.requeued.len() + reclaimed.failed.len())
     }
 
     /// Removes build-step replicas an earlier process left behind (their
-    /// builds are failed as abandoned).
+    /// builds are queued again as abandoned).
     async fn forget_leftover_steps(&self) {
         let Some(driver) = &self.driver else { return };
         let Ok(replicas) = driver.list().await else {
@@ -409,12 +440,26 @@ impl Builder {
     ) -> Result<(), StoreError> {
         let store = self.store.clone();
         let id = build.id.clone();
+        let owner = self.owner.clone();
+        let every = self.config.heartbeat_interval();
+        // Cancelled when a heartbeat finds the build is no longer this
+        // builder's: it was queued again (this builder was taken for dead)
+        // and may be another's by now.
+        let lost = CancellationToken::new();
+        let lose = lost.clone();
         let _heartbeat = Heartbeat(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                if let Err(err) = store.build_heartbeat(&id).await {
-                    tracing::warn!(build = %id, error = %err, "cannot record the build's heartbeat");
+                match store.build_heartbeat(&id, &owner).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lose.cancel();
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(build = %id, error = %err, "cannot record the build's heartbeat");
+                    }
                 }
             }
         }));
@@ -426,13 +471,21 @@ impl Builder {
             tokio::time::sleep(drain).await;
         };
         let outcome = tokio::select! {
-            outcome = self.produce_shared(build, &work) => Some(outcome),
+            outcome = self.produce_shared(build, &work) => Some(Ok(outcome)),
             () = drained => None,
+            () = lost.cancelled() => Some(Err(())),
         };
         let work_gone = work.clone();
         let _ = tokio::task::spawn_blocking(move || remove_work_dir(&work_gone)).await;
-        let Some(outcome) = outcome else {
-            return self.requeue(build).await;
+        let outcome = match outcome {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(())) => {
+                self.remove_step(build).await;
+                tracing::warn!(build = %build.id, agent = %build.agent_id,
+                    "build no longer this builder's (queued again while it was silent): stopped");
+                return Ok(());
+            }
+            None => return self.requeue(build).await,
         };
         let artifact = match outcome {
             Ok(artifact) => artifact,
@@ -444,7 +497,13 @@ impl Builder {
                     .append_build_log(&build.id, "stderr", &[reason.as_str()])
                     .await?;
                 self.store
-                    .set_build_status(&build.id, BuildStatus::Failed, Some(&reason), None)
+                    .finish_build(
+                        &build.id,
+                        &self.owner,
+                        BuildStatus::Failed,
+                        Some(&reason),
+                        None,
+                    )
                     .await?;
                 return Ok(());
             }
@@ -452,13 +511,19 @@ impl Builder {
         self.log(&build.id, "stdout", &artifact.log).await?;
         let finished = self
             .store
-            .set_build_status(&build.id, BuildStatus::Ready, None, Some(&artifact.path))
+            .finish_build(
+                &build.id,
+                &self.owner,
+                BuildStatus::Ready,
+                None,
+                Some(&artifact.path),
+            )
             .await?;
         if !finished {
-            // Failed as abandoned while this builder was still at work: that
-            // outcome was announced and stands.
+            // Taken back as abandoned while this builder was still at work:
+            // it is another builder's (or failed) now, and that stands.
             tracing::warn!(build = %build.id, agent = %build.agent_id,
-                "build finished after it was failed as abandoned; not deployed");
+                "build finished after it was taken back as abandoned; not recorded");
             return Ok(());
         }
         tracing::info!(build = %build.id, agent = %build.agent_id, artifact = %artifact.path, "build ready");
@@ -491,13 +556,9 @@ impl Builder {
     /// sandbox is removed (a leftover would be removed at the next start
     /// anyway), a log line says why the log starts over, and the build is
     /// `queued` again. If that cannot be recorded the build stays
-    /// `building` and is failed as abandoned once its heartbeat is old.
+    /// `building` and is queued again as abandoned once its heartbeat is old.
     async fn requeue(&self, build: &Build) -> Result<(), StoreError> {
-        if let Some(driver) = &self.driver {
-            if let Err(err) = driver.remove(&step_replica(&build.id)).await {
-                tracing::warn!(build = %build.id, error = %err, "cannot remove a build step cut off by shutdown");
-            }
-        }
+        self.remove_step(build).await;
         const LINE: &str =
             "the server stopped during this build: it is queued again and starts over";
         self.store
@@ -505,18 +566,42 @@ impl Builder {
             .await?;
         let queued = self
             .store
-            .set_build_status(&build.id, BuildStatus::Queued, None, None)
+            .finish_build(&build.id, &self.owner, BuildStatus::Queued, None, None)
             .await?;
         if queued {
             tracing::info!(build = %build.id, agent = %build.agent_id, "build cut off by shutdown: queued again");
         }
         Ok(())
     }
+
+    /// The name of this builder's step replica of `build_id`: its own for
+    /// each claim (the tail of the builder's boot), so that a build taken
+    /// over from a killed server on the same host does not meet the step
+    /// the dead one left running there (the sandboxes' address pool is
+    /// host-wide, keyed by replica).
+    fn step_replica(&self, build_id: &str) -> String {
+        let boot = self
+            .owner
+            .get(self.owner.len().saturating_sub(8)..)
+            .unwrap_or_default();
+        format!("build-{}-{boot}", build_id.trim_start_matches("build_"))
+    }
+
+    /// Removes the build step of a build cut off (a leftover would be
+    /// removed at the next start anyway).
+    async fn remove_step(&self, build: &Build) {
+        if let Some(driver) = &self.driver {
+            if let Err(err) = driver.remove(&self.step_replica(&build.id)).await {
+                tracing::warn!(build = %build.id, error = %err, "cannot remove a build step cut off");
+            }
+        }
+    }
 }
 
-/// The name of `build_id`'s build-step replica.
-fn step_replica(build_id: &str) -> String {
-    format!("build-{}", build_id.trim_start_matches("build_"))
+/// A claimer's name: `<node>/<boot>`, the boot new with each process.
+fn owner(node_id: &str) -> Arc<str> {
+    let boot = hangar_core::id::new_id(hangar_core::id::IdKind::Request);
+    Arc::from(format!("{node_id}/{boot}"))
 }
 
 fn remove_work_dir(work: &Path) {
@@ -947,7 +1032,7 @@ impl Builder {
         })
         .await?;
         let limits = self.step_limits(&resources);
-        let replica = step_replica(&build.id);
+        let replica = self.step_replica(&build.id);
         // The image's environment first (its PATH finds its python): the
         // step's own settings win.
         let mut env: Vec<(String, String)> = root.map(|r| r.env.clone()).unwrap_or_default();

@@ -21,8 +21,9 @@
 //! Layout: `queue` (when), `leases` (which instances are this node's),
 //! `reconcile` (observe and apply), `plan` (what),
 //! `replica` (a replica's phase), `tasks` (per-replica and periodic work),
-//! `scale` (how many), `launch` (a replica's spec), `tell` (log lines and
-//! events), `error`.
+//! `scale` (how many), `requests` (request figures: this node's written to
+//! the store, every node's summed), `launch` (a replica's spec), `tell`
+//! (log lines and events), `error`.
 //!
 //! Every task the controller spawns is tracked and watches one shutdown
 //! token: [`Controller::start`]'s handle ends when all of them have.
@@ -46,6 +47,7 @@ mod plan;
 mod queue;
 mod reconcile;
 mod replica;
+mod requests;
 pub mod scale;
 mod tasks;
 mod tell;
@@ -139,6 +141,9 @@ pub struct ControllerConfig {
     pub instance_lease: Duration,
     /// A node silent this long is dead: its leases may be taken at once.
     pub node_dead_after: Duration,
+    /// This node's request counts are written to the store this often (and
+    /// at a clean stop): how late other nodes' readers see them.
+    pub request_flush_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -170,6 +175,7 @@ impl Default for ControllerConfig {
                 .replace("req_", "node-"),
             instance_lease: Duration::from_secs(15),
             node_dead_after: Duration::from_secs(15),
+            request_flush_interval: Duration::from_secs(5),
         }
     }
 }
@@ -253,6 +259,9 @@ pub(crate) struct Inner {
     /// [`ControllerConfig::log_lines_kept`] every [`TRIM_EVERY`] lines.
     pub untrimmed: Mutex<HashMap<String, u32>>,
     instances: Mutex<HashMap<String, Arc<InstanceState>>>,
+    /// Held for writing by a flush of request counts, for reading by a read
+    /// of them (see `requests`).
+    flushing: tokio::sync::RwLock<()>,
     /// Traffic times count from here.
     epoch: Instant,
     work: mpsc::UnboundedSender<Work>,
@@ -387,6 +396,7 @@ impl Controller {
                 http,
                 leases,
                 instances: Mutex::new(HashMap::new()),
+                flushing: tokio::sync::RwLock::new(()),
                 untrimmed: Mutex::new(HashMap::new()),
                 epoch: Instant::now(),
                 work,
@@ -444,6 +454,7 @@ impl Controller {
         }
         inner.spawn(queue::run(inner.clone(), work));
         inner.spawn(leases::keep(inner.clone()));
+        inner.spawn(requests::flush_loop(inner.clone()));
         Ok(tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
@@ -452,6 +463,10 @@ impl Controller {
             inner.shutdown.cancel();
             inner.tasks.close();
             inner.tasks.wait().await;
+            // Nothing counts any more: what is left goes to the store.
+            if let Err(err) = requests::flush(&inner).await {
+                tracing::warn!(error = %err, "cannot write the last request figures");
+            }
             // Nothing acts on any instance any more: now they may go.
             leases::hand_over(&inner).await;
             tracing::debug!("controller stopped");
@@ -617,9 +632,10 @@ impl Controller {
             .collect()
     }
 
-    /// Invocations of the instance within `window` (zeros for one this
-    /// controller has not seen).
-    pub fn request_stats(&self, instance_id: &str, window: Duration) -> scale::RequestStats {
+    /// This process's invocations of the instance within `window` (zeros
+    /// for one this controller has not seen): what Prometheus scrapes of
+    /// this server. The cluster's are [`Controller::request_stats`].
+    pub fn local_request_stats(&self, instance_id: &str, window: Duration) -> scale::RequestStats {
         lock(&self.inner.instances)
             .get(instance_id)
             .map(|state| state.traffic.stats(window))

@@ -25,12 +25,12 @@
 //! it ([`crate::Controller::activate`]): one replica starts while the
 //! gateway holds the request.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hangar_store::ControlledInstance;
+use hangar_store::{ControlledInstance, RequestCounts};
 
 /// What an instance may scale between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +85,37 @@ pub struct Traffic {
     epoch: Instant,
     /// Invocations answered since the server started.
     pub requests_total: AtomicU64,
-    /// Per minute with traffic, the last [`STATS_KEPT`] of invocations.
-    minutes: Mutex<VecDeque<Minute>>,
+    /// This process's figures, and what the store has not been told yet.
+    figures: Mutex<Figures>,
+}
+
+/// What [`Traffic::record`] counts into, under one lock.
+#[derive(Debug, Default)]
+struct Figures {
+    /// Per minute with traffic, the last [`STATS_KEPT`] of this process's
+    /// invocations ([`Traffic::stats`]: the Prometheus series, which are
+    /// per process).
+    minutes: VecDeque<Minute>,
+    /// Per minute since the Unix epoch, invocations not yet written to the
+    /// store (see `crate::requests`).
+    unflushed: BTreeMap<i64, RequestCounts>,
+}
+
+/// Now in minutes since the Unix epoch: the minutes of the store's request
+/// counts, which every node shares.
+#[must_use]
+pub fn unix_minute() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs / 60).unwrap_or(i64::MAX)
+}
+
+/// Whole minutes a window of request figures spans (the current one
+/// included).
+#[must_use]
+pub fn window_minutes(window: Duration) -> i64 {
+    i64::try_from(window.as_secs().div_ceil(60)).unwrap_or(i64::MAX)
 }
 
 /// How far back request figures reach.
@@ -113,6 +142,21 @@ pub struct RequestStats {
     pub avg_latency_ms: f64,
 }
 
+impl From<RequestCounts> for RequestStats {
+    fn from(counts: RequestCounts) -> Self {
+        let avg_latency_ms = if counts.requests == 0 {
+            0.0
+        } else {
+            (counts.latency_us as f64 / counts.requests as f64 / 100.0).round() / 10.0
+        };
+        Self {
+            requests: counts.requests,
+            errors: counts.errors,
+            avg_latency_ms,
+        }
+    }
+}
+
 impl RequestStats {
     /// Failed invocations, % of all (0 with none).
     #[must_use]
@@ -135,7 +179,7 @@ impl Traffic {
             last_request_ms: AtomicU64::new(0),
             epoch,
             requests_total: AtomicU64::new(0),
-            minutes: Mutex::new(VecDeque::new()),
+            figures: Mutex::new(Figures::default()),
         }
     }
 
@@ -156,11 +200,35 @@ impl Traffic {
         self.freed.notify_one();
     }
 
-    /// An invocation was answered (or failed) after `latency`.
+    /// An invocation was answered (or failed) after `latency`: counted in
+    /// memory only (the store hears of it at the next flush), so the
+    /// request path pays for one uncontended lock.
     pub fn record(&self, ok: bool, latency: Duration) {
+        self.record_at(unix_minute(), ok, latency);
+    }
+
+    /// [`Traffic::record`] in minute `unix_minute` (since the Unix epoch).
+    fn record_at(&self, unix_minute: i64, ok: bool, latency: Duration) {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let now = self.epoch.elapsed().as_secs() / 60;
-        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut figures = self.figures();
+        let kept = i64::try_from(STATS_KEPT.as_secs() / 60).unwrap_or(i64::MAX);
+        let unflushed = &mut figures.unflushed;
+        *unflushed.entry(unix_minute).or_default() += RequestCounts {
+            requests: 1,
+            errors: u64::from(!ok),
+            latency_us,
+        };
+        // With the store out of reach for a week, older minutes would not
+        // be shown anyway.
+        while unflushed
+            .first_key_value()
+            .is_some_and(|(m, _)| unix_minute - *m >= kept)
+        {
+            unflushed.pop_first();
+        }
+        let minutes = &mut figures.minutes;
         if minutes.back().is_none_or(|m| m.at != now) {
             minutes.push_back(Minute {
                 at: now,
@@ -174,31 +242,68 @@ impl Traffic {
         if let Some(minute) = minutes.back_mut() {
             minute.requests += 1;
             minute.errors += u64::from(!ok);
-            minute.latency_us += u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            minute.latency_us = minute.latency_us.saturating_add(latency_us);
         }
     }
 
-    /// Invocations within the last `window` (whole minutes).
+    fn figures(&self) -> std::sync::MutexGuard<'_, Figures> {
+        self.figures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This process's invocations within the last `window` (whole
+    /// minutes), whatever the store holds: what Prometheus scrapes of
+    /// this server.
     pub fn stats(&self, window: Duration) -> RequestStats {
         let now = self.epoch.elapsed().as_secs() / 60;
         let span = window.as_secs().div_ceil(60);
-        let minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut requests, mut errors, mut latency_us) = (0u64, 0u64, 0u64);
-        for minute in minutes.iter().rev().take_while(|m| now - m.at < span) {
-            requests += minute.requests;
-            errors += minute.errors;
-            latency_us = latency_us.saturating_add(minute.latency_us);
+        let figures = self.figures();
+        let mut counts = RequestCounts::default();
+        for minute in figures
+            .minutes
+            .iter()
+            .rev()
+            .take_while(|m| now - m.at < span)
+        {
+            counts += RequestCounts {
+                requests: minute.requests,
+                errors: minute.errors,
+                latency_us: minute.latency_us,
+            };
         }
-        let avg_latency_ms = if requests == 0 {
-            0.0
-        } else {
-            (latency_us as f64 / requests as f64 / 100.0).round() / 10.0
-        };
-        RequestStats {
-            requests,
-            errors,
-            avg_latency_ms,
+        counts.into()
+    }
+
+    /// What the store has not been told yet, per minute since the Unix
+    /// epoch.
+    pub(crate) fn unflushed(&self) -> Vec<(i64, RequestCounts)> {
+        self.figures()
+            .unflushed
+            .iter()
+            .map(|(minute, counts)| (*minute, *counts))
+            .collect()
+    }
+
+    /// What [`Traffic::unflushed`] returned was written to the store: it
+    /// is taken off (what was counted since stays).
+    pub(crate) fn flushed(&self, written: &[(i64, RequestCounts)]) {
+        let mut figures = self.figures();
+        for (minute, counts) in written {
+            if let Some(left) = figures.unflushed.get_mut(minute) {
+                *left -= *counts;
+                if left.is_empty() {
+                    figures.unflushed.remove(minute);
+                }
+            }
         }
+    }
+
+    /// What the store has not been told yet of minutes `since` and later.
+    pub(crate) fn unflushed_since(&self, since: i64) -> RequestCounts {
+        let mut sum = RequestCounts::default();
+        for (_, counts) in self.figures().unflushed.range(since..) {
+            sum += *counts;
+        }
+        sum
     }
 
     /// How long since the last request arrived (since the controller started,
@@ -308,6 +413,68 @@ mod tests {
         assert!((stats.avg_latency_ms - 20.0).abs() < 0.01, "{stats:?}");
         assert!((stats.error_rate_percent() - 33.33).abs() < 0.01);
         assert_eq!(traffic.requests_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn what_was_flushed_is_taken_off_and_what_came_since_stays() {
+        let traffic = Traffic::new(Instant::now());
+        traffic.record_at(100, true, Duration::from_millis(10));
+        traffic.record_at(101, false, Duration::from_millis(30));
+        let taken = traffic.unflushed();
+        assert_eq!(
+            taken,
+            vec![
+                (
+                    100,
+                    RequestCounts {
+                        requests: 1,
+                        errors: 0,
+                        latency_us: 10_000
+                    }
+                ),
+                (
+                    101,
+                    RequestCounts {
+                        requests: 1,
+                        errors: 1,
+                        latency_us: 30_000
+                    }
+                ),
+            ]
+        );
+        // Counted while the flush was writing.
+        traffic.record_at(101, true, Duration::from_millis(5));
+        traffic.flushed(&taken);
+        assert_eq!(
+            traffic.unflushed(),
+            vec![(
+                101,
+                RequestCounts {
+                    requests: 1,
+                    errors: 0,
+                    latency_us: 5_000
+                }
+            )]
+        );
+        assert_eq!(traffic.unflushed_since(102), RequestCounts::default());
+        assert_eq!(traffic.unflushed_since(101).requests, 1);
+        // This process's own figures are kept whatever was flushed.
+        assert_eq!(traffic.stats(Duration::from_secs(3600)).requests, 3);
+    }
+
+    #[test]
+    fn means_merge_from_summed_latencies() {
+        let stats = RequestStats::from(RequestCounts {
+            requests: 4,
+            errors: 1,
+            latency_us: 4 * 12_345,
+        });
+        assert_eq!((stats.requests, stats.errors), (4, 1));
+        assert!((stats.avg_latency_ms - 12.3).abs() < 1e-9, "{stats:?}");
+        assert_eq!(
+            RequestStats::from(RequestCounts::default()),
+            RequestStats::default()
+        );
     }
 
     fn bounds(min: u32, max: u32) -> Bounds {

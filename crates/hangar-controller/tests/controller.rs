@@ -1297,3 +1297,69 @@ async fn a_node_whose_lease_is_taken_stops_its_replicas_and_a_clean_stop_hands_o
         d_stopped.await.expect("d stopped");
     }
 }
+
+#[tokio::test]
+async fn request_figures_are_exact_on_one_node_and_add_up_across_nodes() {
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        let fake = Arc::new(FakeDriver::new());
+        let node = |id: &str| {
+            Controller::new(
+                db.store.clone(),
+                fake.clone(),
+                ControllerConfig {
+                    node_id: id.to_owned(),
+                    ..config()
+                },
+            )
+        };
+        let (a, b) = (node("node-a"), node("node-b"));
+        let day = Duration::from_secs(24 * 3600);
+        let read = |c: &Controller| {
+            let c = c.clone();
+            async move {
+                let figures = c
+                    .request_stats(&["inst_1", "inst_2"], day)
+                    .await
+                    .expect("figures");
+                let never = figures.get("inst_2").copied().unwrap_or_default();
+                assert_eq!(never.requests, 0, "{figures:?}");
+                figures.get("inst_1").copied().unwrap_or_default()
+            }
+        };
+        // Counted on node a, read before and after its flush: the same.
+        let traffic = a.traffic("inst_1");
+        traffic.record(true, Duration::from_millis(10));
+        traffic.record(true, Duration::from_millis(20));
+        traffic.record(false, Duration::from_millis(30));
+        let before = read(&a).await;
+        assert_eq!((before.requests, before.errors), (3, 1));
+        assert!((before.avg_latency_ms - 20.0).abs() < 1e-9, "{before:?}");
+        a.flush_requests().await.expect("flush");
+        assert_eq!(read(&a).await, before);
+        a.flush_requests().await.expect("nothing new");
+        assert_eq!(read(&a).await, before);
+        // Node b counts too: it sees a's stored counts and its own; a sees
+        // b's once b has flushed.
+        b.traffic("inst_1").record(false, Duration::from_millis(60));
+        traffic.record(true, Duration::from_millis(0));
+        assert_eq!(read(&b).await.requests, 4);
+        assert_eq!(read(&a).await.requests, 4);
+        b.flush_requests().await.expect("flush");
+        for node in [&a, &b] {
+            let both = read(node).await;
+            // Node a's last one is still unflushed: b cannot see it yet.
+            let expected = if std::ptr::eq(node, &a) { 5 } else { 4 };
+            assert_eq!(both.requests, expected, "{both:?}");
+        }
+        a.flush_requests().await.expect("flush");
+        for node in [&a, &b] {
+            let both = read(node).await;
+            assert_eq!((both.requests, both.errors), (5, 2), "{both:?}");
+            assert!((both.avg_latency_ms - 24.0).abs() < 1e-9, "{both:?}");
+        }
+        // Prometheus' figures stay per process.
+        assert_eq!(a.local_request_stats("inst_1", day).requests, 4);
+        assert_eq!(b.local_request_stats("inst_1", day).requests, 1);
+    }
+}

@@ -7,6 +7,15 @@
 //! default instance or points it at the new build. Transactions that write
 //! several of these rows lock them agent → instance → organization.
 //!
+//! A claim is a lease: it names the builder and counts an attempt; the
+//! builder keeps it with [`Store::build_heartbeat`] and ends it with
+//! [`Store::finish_build`], both conditional on the build still being its
+//! own. A build whose builder fell silent (its server was killed, or lost
+//! the database) is queued again by [`Store::reclaim_abandoned_builds`] for
+//! any builder to take, and failed only after [`MAX_BUILD_ATTEMPTS`]; the
+//! silent builder, should it come back, learns at its next heartbeat that
+//! the build is no longer its own and records nothing of it.
+//!
 //! A build that reaches `ready` or `failed` — through its builder, as
 //! abandoned, or because its agent was deleted first — records
 //! `build.succeeded` or `build.failed` in the transaction that finishes it,
@@ -23,6 +32,20 @@ use crate::agents::{agent_from_row, AGENT_COLUMNS};
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
 use crate::{from_ms, now_ms, page_limit, to_json, to_ms, Conditions, Page, Result, RowExt, Store};
 use sqlx::{Any, Transaction};
+
+/// Claims of one build before a builder that falls silent fails it instead
+/// of queueing it again: a build that takes its server down with it (say,
+/// by exhausting the machine) does not take every server down in turn.
+pub const MAX_BUILD_ATTEMPTS: i64 = 3;
+
+/// What [`Store::reclaim_abandoned_builds`] did, as the builds now are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reclaimed {
+    /// Queued again, to be built from the start by any builder.
+    pub requeued: Vec<Build>,
+    /// Failed: their attempts were used up.
+    pub failed: Vec<Build>,
+}
 
 pub(crate) const BUILD_COLUMNS: &str = "id, organization_id, agent_id, status, reason, source, artifact, created_at, started_at, finished_at";
 
@@ -106,8 +129,9 @@ impl Store {
         Ok(Some(build))
     }
 
-    /// Takes the oldest queued build for a builder: marks it `building` (with
-    /// `started_at`) and returns it as it now is; `None` when nothing is queued.
+    /// Takes the oldest queued build for `builder` (`<node>/<boot>`): marks it
+    /// `building` (with `started_at`), leased to that builder, one more
+    /// attempt, and returns it as it now is; `None` when nothing is queued.
     ///
     /// Safe with any number of builders, in one process or in several Hangar
     /// processes on one PostgreSQL: the claim is a conditional `UPDATE … WHERE
@@ -116,7 +140,7 @@ impl Store {
     /// builder changes the row. A builder that loses the race looks for the next
     /// queued build. Queued builds of agents deleted meanwhile are not handed out:
     /// they are marked `failed` on the way.
-    pub async fn claim_queued_build(&self) -> Result<Option<Build>> {
+    pub async fn claim_queued_build(&self, builder: &str) -> Result<Option<Build>> {
         loop {
             let Some(row) = sqlx::query(
                 "SELECT b.id, a.deleted_at FROM builds b JOIN agents a ON a.id = b.agent_id \
@@ -147,11 +171,12 @@ impl Store {
                 continue;
             }
             let claimed = sqlx::query(&format!(
-                "UPDATE builds SET status = 'building', started_at = $2, heartbeat_at = $2 WHERE id = $1 AND status = 'queued' \
-                 RETURNING {BUILD_COLUMNS}"
+                "UPDATE builds SET status = 'building', started_at = $2, heartbeat_at = $2, builder = $3, \
+                 attempts = attempts + 1 WHERE id = $1 AND status = 'queued' RETURNING {BUILD_COLUMNS}"
             ))
             .bind(&id)
             .bind(now)
+            .bind(builder)
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = claimed {
@@ -329,50 +354,76 @@ impl Store {
         Ok(Page::from_overfetch(builds, limit.clamp(1, 100), |b| &b.id))
     }
 
-    /// A builder's sign of life for a build it is building (see
-    /// [`Store::fail_abandoned_builds`]).
-    pub async fn build_heartbeat(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE builds SET heartbeat_at = $2 WHERE id = $1 AND status = 'building'")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// `builder`'s sign of life for a build it is building (see
+    /// [`Store::reclaim_abandoned_builds`]). `false` when the build is no
+    /// longer its own (queued again after the builder fell silent, taken by
+    /// another, or finished): the builder stops working on it.
+    pub async fn build_heartbeat(&self, id: &str, builder: &str) -> Result<bool> {
+        let beat = sqlx::query(
+            "UPDATE builds SET heartbeat_at = $2 WHERE id = $1 AND status = 'building' AND builder = $3",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(builder)
+        .execute(&self.pool)
+        .await?;
+        Ok(beat.rows_affected() > 0)
     }
 
-    /// Fails every `building` build whose builder has given no sign of life
-    /// ([`Store::build_heartbeat`]) since `silent_since`: its builder died
-    /// midway (the process was killed or the machine restarted), and nothing
-    /// else would ever finish it. Returns the builds failed, as they now are.
-    /// The reason, a log line and a `build.failed` event say what happened,
-    /// all in one transaction; a redeploy builds again.
-    pub async fn fail_abandoned_builds(
+    /// Takes back every `building` build whose builder has given no sign of
+    /// life ([`Store::build_heartbeat`]) since `silent_since`: its builder
+    /// died midway (the server was killed or the machine restarted), and
+    /// nothing else would ever finish it. A build with attempts left is
+    /// queued again, a log line saying why the log starts over; one that
+    /// used up [`MAX_BUILD_ATTEMPTS`] is failed, with a reason, a log line
+    /// and a `build.failed` event. All in one transaction.
+    pub async fn reclaim_abandoned_builds(
         &self,
         silent_since: hangar_core::model::Timestamp,
-    ) -> Result<Vec<Build>> {
-        const REASON: &str =
-            "the builder stopped while building (the server was restarted or killed); redeploy to build again";
+    ) -> Result<Reclaimed> {
+        const FAILED: &str =
+            "the builder stopped while building (the server was restarted or killed), and this build's attempts are used up; redeploy to build again";
+        const REQUEUED: &str =
+            "the builder stopped while building (the server was restarted or killed): the build is queued again and starts over";
         let cutoff = to_ms(silent_since);
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
-            "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3 \
-             WHERE status = 'building' AND COALESCE(heartbeat_at, started_at, 0) < $1 RETURNING {BUILD_COLUMNS}"
+            "UPDATE builds SET status = 'failed', reason = $2, finished_at = $3, builder = NULL \
+             WHERE status = 'building' AND COALESCE(heartbeat_at, started_at, 0) < $1 AND attempts >= $4 \
+             RETURNING {BUILD_COLUMNS}"
         ))
         .bind(cutoff)
-        .bind(REASON)
-        .bind(now_ms())
+        .bind(FAILED)
+        .bind(now)
+        .bind(MAX_BUILD_ATTEMPTS)
         .fetch_all(&mut *tx)
         .await?;
-        let builds = rows
+        let failed = rows
             .iter()
             .map(build_from_row)
             .collect::<Result<Vec<_>>>()?;
-        for build in &builds {
-            Self::append_build_log_in(&mut tx, &build.id, "stderr", &[REASON]).await?;
+        for build in &failed {
+            Self::append_build_log_in(&mut tx, &build.id, "stderr", &[FAILED]).await?;
             Self::build_finished_in(&mut tx, build).await?;
         }
+        let rows = sqlx::query(&format!(
+            "UPDATE builds SET status = 'queued', builder = NULL \
+             WHERE status = 'building' AND COALESCE(heartbeat_at, started_at, 0) < $1 \
+             RETURNING {BUILD_COLUMNS}"
+        ))
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        let requeued = rows
+            .iter()
+            .map(build_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        for build in &requeued {
+            Self::append_build_log_in(&mut tx, &build.id, "stderr", &[REQUEUED]).await?;
+        }
         tx.commit().await?;
-        Ok(builds)
+        Ok(Reclaimed { requeued, failed })
     }
 
     /// Records a build's progress (used by builders, and by tests). A build
@@ -390,21 +441,61 @@ impl Store {
         reason: Option<&str>,
         artifact: Option<&str>,
     ) -> Result<bool> {
+        self.write_build_status(id, None, status, reason, artifact)
+            .await
+    }
+
+    /// [`Store::set_build_status`] by the builder holding the build: `false`,
+    /// changing nothing, unless the build is `building` under `builder`
+    /// (one that was queued again after the builder fell silent is another
+    /// builder's now). The end of a build (`ready`, `failed`) or its return
+    /// to the queue (`queued`, at a clean stop) releases the claim; a build
+    /// returned to the queue gives its attempt back, since nothing failed.
+    pub async fn finish_build(
+        &self,
+        id: &str,
+        builder: &str,
+        status: BuildStatus,
+        reason: Option<&str>,
+        artifact: Option<&str>,
+    ) -> Result<bool> {
+        self.write_build_status(id, Some(builder), status, reason, artifact)
+            .await
+    }
+
+    async fn write_build_status(
+        &self,
+        id: &str,
+        builder: Option<&str>,
+        status: BuildStatus,
+        reason: Option<&str>,
+        artifact: Option<&str>,
+    ) -> Result<bool> {
         let now = now_ms();
+        let held = if builder.is_some() {
+            "status = 'building' AND builder = $6"
+        } else {
+            "status NOT IN ('ready', 'failed')"
+        };
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
+        let query = format!(
             "UPDATE builds SET status = $2, reason = $3, artifact = COALESCE($4, artifact), \
              started_at = CASE WHEN $2 = 'building' THEN $5 ELSE started_at END, \
-             finished_at = CASE WHEN $2 IN ('ready', 'failed') THEN $5 ELSE finished_at END \
-             WHERE id = $1 AND status NOT IN ('ready', 'failed') RETURNING {BUILD_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(artifact)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
+             finished_at = CASE WHEN $2 IN ('ready', 'failed') THEN $5 ELSE finished_at END, \
+             builder = CASE WHEN $2 = 'building' THEN builder ELSE NULL END, \
+             attempts = CASE WHEN $2 = 'queued' AND attempts > 0 THEN attempts - 1 ELSE attempts END \
+             WHERE id = $1 AND {held} RETURNING {BUILD_COLUMNS}"
+        );
+        let mut query = sqlx::query(&query)
+            .bind(id)
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(artifact)
+            .bind(now);
+        if let Some(builder) = builder {
+            query = query.bind(builder);
+        }
+        let row = query.fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
             return Ok(false);
         };

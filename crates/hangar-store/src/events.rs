@@ -292,9 +292,12 @@ impl Store {
         for row in &candidates {
             let delivery = delivery_from_row(row)?;
             // The lease is the claim: of two deliverers, one updates the row.
+            // Due is judged again on the row as it is now: the candidates
+            // were read before, and since then another deliverer may have
+            // made an attempt that failed and set the next one for later.
             let claimed = sqlx::query(
                 "UPDATE webhook_deliveries SET lease_until = $2 WHERE id = $1 AND status = 'pending' \
-                 AND (lease_until IS NULL OR lease_until < $3)",
+                 AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)",
             )
             .bind(&delivery.id)
             .bind(now + lease_ms)

@@ -11,7 +11,8 @@
 //! - [`Store`]: the pool, connecting and migrating.
 //! - `tenancy`: organizations, users, API keys, clouds.
 //! - `agents`: agents (blueprints).
-//! - `builds`: builds, the build queue and build logs.
+//! - `builds`: builds, the build queue (claimed under a builder's lease,
+//!   queued again when the builder falls silent) and build logs.
 //! - `instances`: instances and the instance quota.
 //! - `jobs`: the durable job queue (accept, claim under a lease, renew,
 //!   finish, reclaim, cancel).
@@ -23,6 +24,8 @@
 //! - `leases`: which node runs each instance (a lease with a fencing
 //!   generation).
 //! - [`Backlog`]: counts of work waiting, for metrics.
+//! - `requests`: invocations per instance, minute and node, summed by
+//!   readers over every node.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool, on the request's own thread (no hand-off, rows read in place).
 //! - [`seal`]: encryption at rest for secret values; the fingerprint of the
@@ -52,6 +55,7 @@ mod jobs;
 mod leases;
 mod nodes;
 mod reads;
+mod requests;
 mod runtime;
 pub mod seal;
 mod tenancy;
@@ -60,6 +64,7 @@ pub mod testing;
 
 pub use agents::{AgentSummary, InstanceSummary, NewAgent};
 pub use backlog::Backlog;
+pub use builds::{Reclaimed, MAX_BUILD_ATTEMPTS};
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
 pub use instances::{InstanceFilter, NewInstance};
@@ -67,6 +72,7 @@ pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
 pub use leases::{InstanceLease, LeaseHolder, LeaseOf, LeaseTerms};
 pub use nodes::{store_now, Node, NodeBeat, NodeStatus};
+pub use requests::{RequestCounts, RequestMinute};
 pub use runtime::{ControlledInstance, LogFilter, LogQuery};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 

@@ -91,11 +91,11 @@ async fn a_queued_build_is_claimed_by_exactly_one_builder() {
         let (a, b) = tokio::join!(
             {
                 let s = store.clone();
-                async move { s.claim_queued_build().await }
+                async move { s.claim_queued_build("node-a/boot-1").await }
             },
             {
                 let s = store.clone();
-                async move { s.claim_queued_build().await }
+                async move { s.claim_queued_build("node-a/boot-1").await }
             }
         );
         let claims: Vec<Build> = [a, b]
@@ -114,7 +114,11 @@ async fn a_queued_build_is_claimed_by_exactly_one_builder() {
             .expect("get")
             .expect("build");
         assert_eq!(stored, *claimed);
-        assert!(store.claim_queued_build().await.expect("claim").is_none());
+        assert!(store
+            .claim_queued_build("node-a/boot-1")
+            .await
+            .expect("claim")
+            .is_none());
     })
     .await;
 }
@@ -133,7 +137,7 @@ async fn many_builders_take_every_build_once_oldest_first() {
         }
         // The oldest goes first.
         let first = store
-            .claim_queued_build()
+            .claim_queued_build("node-a/boot-1")
             .await
             .expect("claim")
             .expect("queued");
@@ -143,7 +147,7 @@ async fn many_builders_take_every_build_once_oldest_first() {
             let s = store.clone();
             workers.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(b) = s.claim_queued_build().await.expect("claim") {
+                while let Some(b) = s.claim_queued_build("node-a/boot-1").await.expect("claim") {
                     mine.push(b.id);
                 }
                 mine
@@ -181,7 +185,7 @@ async fn queued_builds_of_deleted_agents_fail_instead_of_being_claimed() {
             .await
             .expect("delete"));
         let claimed = store
-            .claim_queued_build()
+            .claim_queued_build("node-a/boot-1")
             .await
             .expect("claim")
             .expect("the live agent's build");
@@ -193,7 +197,11 @@ async fn queued_builds_of_deleted_agents_fail_instead_of_being_claimed() {
             .expect("build");
         assert_eq!(failed.status, BuildStatus::Failed);
         assert!(failed.reason.expect("reason").contains("deleted"));
-        assert!(store.claim_queued_build().await.expect("claim").is_none());
+        assert!(store
+            .claim_queued_build("node-a/boot-1")
+            .await
+            .expect("claim")
+            .is_none());
     })
     .await;
 }
@@ -217,7 +225,10 @@ async fn deploy_creates_the_default_instance_once_then_repoints_it() {
             .await
             .expect("deploy")
             .is_none());
-        store.claim_queued_build().await.expect("claim");
+        store
+            .claim_queued_build("node-a/boot-1")
+            .await
+            .expect("claim");
         assert!(store
             .deploy_build(&build.id)
             .await
@@ -453,7 +464,7 @@ async fn concurrent_deploys_of_one_build_make_one_instance() {
 }
 
 #[tokio::test]
-async fn builds_whose_builder_went_silent_are_failed_and_live_ones_are_not() {
+async fn builds_whose_builder_went_silent_are_queued_again_and_live_ones_are_not() {
     each_backend(|store| async move {
         let o = org(&store, 10).await;
         let (_, silent) = store
@@ -466,12 +477,12 @@ async fn builds_whose_builder_went_silent_are_failed_and_live_ones_are_not() {
             .await
             .expect("c");
         let first = store
-            .claim_queued_build()
+            .claim_queued_build("node-a/boot-1")
             .await
             .expect("claim")
             .expect("one");
         let second = store
-            .claim_queued_build()
+            .claim_queued_build("node-b/boot-1")
             .await
             .expect("claim")
             .expect("two");
@@ -481,30 +492,90 @@ async fn builds_whose_builder_went_silent_are_failed_and_live_ones_are_not() {
         );
         // Nothing is silent yet.
         let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-        assert!(store
-            .fail_abandoned_builds(long_ago)
-            .await
-            .expect("none")
-            .is_empty());
+        assert_eq!(
+            store
+                .reclaim_abandoned_builds(long_ago)
+                .await
+                .expect("none"),
+            hangar_store::Reclaimed::default()
+        );
         // Silent since `cutoff` (taken after both claims, by a clock in ms):
         // the one whose heart beats after it is alive.
         let later = chrono::Utc::now() + chrono::Duration::seconds(5);
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         let cutoff = chrono::Utc::now();
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        store.build_heartbeat(&alive.id).await.expect("beat");
-        let failed = store.fail_abandoned_builds(cutoff).await.expect("fail");
-        assert_eq!(failed.len(), 1, "{failed:?}");
-        assert_eq!(failed[0].id, silent.id);
-        assert_eq!(failed[0].status, BuildStatus::Failed);
-        assert!(failed[0]
-            .reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("builder stopped"));
-        assert!(failed[0].finished_at.is_some());
+        // Only the builder holding a build beats its heart.
+        assert!(!store
+            .build_heartbeat(&alive.id, "node-a/boot-1")
+            .await
+            .expect("beat"));
+        assert!(store
+            .build_heartbeat(&alive.id, "node-b/boot-1")
+            .await
+            .expect("beat"));
+        let reclaimed = store.reclaim_abandoned_builds(cutoff).await.expect("take");
+        assert!(reclaimed.failed.is_empty(), "{reclaimed:?}");
+        assert_eq!(reclaimed.requeued.len(), 1, "{reclaimed:?}");
+        let again = &reclaimed.requeued[0];
+        assert_eq!(again.id, silent.id);
+        assert_eq!(again.status, BuildStatus::Queued);
+        assert!(again.finished_at.is_none());
         let log = store.build_log(&silent.id, 0, 10).await.expect("log");
         assert_eq!(log.len(), 1);
+        assert!(log[0].line.contains("queued again"), "{log:?}");
+        // The silent builder comes back: the build is not its own any more,
+        // and it can record nothing of it.
+        assert!(!store
+            .build_heartbeat(&silent.id, "node-a/boot-1")
+            .await
+            .expect("beat"));
+        assert!(!store
+            .finish_build(
+                &silent.id,
+                "node-a/boot-1",
+                BuildStatus::Ready,
+                None,
+                Some("/srv/late")
+            )
+            .await
+            .expect("late"));
+        // Another builder takes it, oldest first, and finishes it.
+        let retaken = store
+            .claim_queued_build("node-b/boot-1")
+            .await
+            .expect("claim")
+            .expect("requeued");
+        assert_eq!(retaken.id, silent.id);
+        assert!(!store
+            .finish_build(
+                &silent.id,
+                "node-a/boot-1",
+                BuildStatus::Ready,
+                None,
+                Some("/srv/late")
+            )
+            .await
+            .expect("late"));
+        assert!(store
+            .finish_build(
+                &silent.id,
+                "node-b/boot-1",
+                BuildStatus::Ready,
+                None,
+                Some("/srv/agent")
+            )
+            .await
+            .expect("ready"));
+        let built = store
+            .get_build(&o.id, &silent.id)
+            .await
+            .expect("get")
+            .expect("a");
+        assert_eq!(built.status, BuildStatus::Ready);
+        assert_eq!(built.artifact.as_deref(), Some("/srv/agent"));
+        let succeeded = events_of(&store, &o.id, "build.succeeded").await;
+        assert_eq!(succeeded.len(), 1, "{succeeded:?}");
         // The live one and the queued one are untouched, until they go silent too.
         assert_eq!(
             store
@@ -524,11 +595,50 @@ async fn builds_whose_builder_went_silent_are_failed_and_live_ones_are_not() {
                 .status,
             BuildStatus::Queued
         );
-        let failed = store.fail_abandoned_builds(later).await.expect("fail");
+        let reclaimed = store.reclaim_abandoned_builds(later).await.expect("take");
         assert_eq!(
-            failed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            reclaimed
+                .requeued
+                .iter()
+                .map(|b| b.id.as_str())
+                .collect::<Vec<_>>(),
             vec![alive.id.as_str()]
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_build_put_back_at_a_clean_stop_keeps_its_attempts() {
+    each_backend(|store| async move {
+        let o = org(&store, 10).await;
+        let (_, build) = store
+            .create_agent(new_agent(&o, "stopped"))
+            .await
+            .expect("a");
+        // Far more clean stops than attempts: none counts against the build.
+        for _ in 0..hangar_store::MAX_BUILD_ATTEMPTS + 2 {
+            store
+                .claim_queued_build("node-a/boot-1")
+                .await
+                .expect("claim")
+                .expect("queued");
+            assert!(store
+                .finish_build(&build.id, "node-a/boot-1", BuildStatus::Queued, None, None)
+                .await
+                .expect("requeue"));
+        }
+        store
+            .claim_queued_build("node-a/boot-1")
+            .await
+            .expect("claim")
+            .expect("queued");
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let reclaimed = store
+            .reclaim_abandoned_builds(chrono::Utc::now())
+            .await
+            .expect("take");
+        assert_eq!(reclaimed.requeued.len(), 1, "{reclaimed:?}");
     })
     .await;
 }
@@ -561,7 +671,7 @@ async fn a_finished_build_records_one_event_and_queues_its_deliveries() {
         let (bad, bad_build) = store.create_agent(new_agent(&o, "bad")).await.expect("b");
         for _ in 0..2 {
             store
-                .claim_queued_build()
+                .claim_queued_build("node-a/boot-1")
                 .await
                 .expect("claim")
                 .expect("one");
@@ -631,17 +741,34 @@ async fn builds_failed_as_abandoned_or_for_a_deleted_agent_record_build_failed()
             .create_agent(new_agent(&o, "silent"))
             .await
             .expect("a");
-        store
-            .claim_queued_build()
-            .await
-            .expect("claim")
-            .expect("one");
-        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        let failed = store
-            .fail_abandoned_builds(chrono::Utc::now())
-            .await
-            .expect("fail");
+        // Its builder falls silent on every attempt: queued again until
+        // the attempts are used up, then failed.
+        let mut failed = Vec::new();
+        for attempt in 1..=hangar_store::MAX_BUILD_ATTEMPTS {
+            store
+                .claim_queued_build(&format!("node-{attempt}/boot"))
+                .await
+                .expect("claim")
+                .expect("one");
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            let reclaimed = store
+                .reclaim_abandoned_builds(chrono::Utc::now())
+                .await
+                .expect("take");
+            let (requeued, now_failed) = if attempt < hangar_store::MAX_BUILD_ATTEMPTS {
+                (1, 0)
+            } else {
+                (0, 1)
+            };
+            assert_eq!(
+                (reclaimed.requeued.len(), reclaimed.failed.len()),
+                (requeued, now_failed),
+                "attempt {attempt}: {reclaimed:?}"
+            );
+            failed = reclaimed.failed;
+        }
         assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].finished_at.is_some());
         // The builder that was thought dead finishes after all: too late.
         assert!(!store
             .set_build_status(&silent.id, BuildStatus::Ready, None, Some("/srv/agent"))
@@ -653,7 +780,11 @@ async fn builds_failed_as_abandoned_or_for_a_deleted_agent_record_build_failed()
             .delete_agent(&o.id, &gone_agent.agent.id)
             .await
             .expect("delete"));
-        assert!(store.claim_queued_build().await.expect("claim").is_none());
+        assert!(store
+            .claim_queued_build("node-a/boot-1")
+            .await
+            .expect("claim")
+            .is_none());
 
         let events = events_of(&store, &o.id, "build.failed").await;
         let told: Vec<(&str, &str)> = events

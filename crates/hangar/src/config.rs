@@ -42,7 +42,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS")]
     pub scale_to_zero_after: Option<u64>,
     /// Seconds without a heartbeat after which a server on the same database
-    /// is shown dead; servers beat every third of it
+    /// is shown dead; servers beat every third of it. A build whose builder
+    /// is silent this long is built again by any server
     /// [env: HANGAR_NODE_DEAD_AFTER] [default: 15]
     #[arg(long, value_name = "SECONDS")]
     pub node_dead_after: Option<u64>,

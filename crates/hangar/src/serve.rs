@@ -236,6 +236,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut build_config = hangar_build::BuildConfig::new(data_dir.path());
     build_config.step_env.clone_from(&config.build_step_env);
+    // A build's claim runs out when a node would be declared dead: the
+    // build of a killed server is built again by another that soon.
+    build_config.lease = config.node_dead_after;
     let api_config = ApiConfig {
         base_domain: config.base_domain.clone(),
         public_port: local.port(),
@@ -301,6 +304,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let woken = runtime.clone();
     let mut builder = hangar_build::Builder::new(store.clone())
+        .with_owner(&node_id)
         .with_config(build_config)
         .with_blobs(blobs)
         .with_on_deployed(move |instance| {

@@ -38,26 +38,56 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
+/// An agent's request figures cover the last 24 hours.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The request figures of the last 24 hours of these default instances,
+/// through every server (see [`crate::Services::request_figures`]).
+async fn day_figures(state: &AppState, instances: &[&str]) -> ApiResult<Figures> {
+    state.request_figures(instances, DAY).await
+}
+
+type Figures = std::collections::HashMap<String, hangar_controller::scale::RequestStats>;
+
 /// An agent as the Agents API shows it, with its request figures of the
 /// last 24 hours.
-fn agent_object(state: &AppState, view: &AgentView) -> AgentObject {
+async fn agent_object(state: &AppState, view: &AgentView) -> ApiResult<AgentObject> {
+    let ids: Vec<&str> = view
+        .default_instance
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect();
+    let figures = day_figures(state, &ids).await?;
+    Ok(listed_object(state, view, &figures))
+}
+
+/// [`agent_object`] with figures already read (a page reads them at once).
+fn listed_object(state: &AppState, view: &AgentView, figures: &Figures) -> AgentObject {
     let instance = view.default_instance.as_ref().map(InstanceSummary::from);
     shown(
         state,
         &view.agent,
         view.latest_build_status,
         instance.as_ref(),
+        figures,
     )
 }
 
 /// [`agent_object`] of a summary read.
-fn summary_object(state: &AppState, view: &AgentSummary) -> AgentObject {
-    shown(
+async fn summary_object(state: &AppState, view: &AgentSummary) -> ApiResult<AgentObject> {
+    let ids: Vec<&str> = view
+        .default_instance
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect();
+    let figures = day_figures(state, &ids).await?;
+    Ok(shown(
         state,
         &view.agent,
         view.latest_build_status,
         view.default_instance.as_ref(),
-    )
+        &figures,
+    ))
 }
 
 fn shown(
@@ -65,13 +95,14 @@ fn shown(
     agent: &Agent,
     latest_build_status: Option<BuildStatus>,
     instance: Option<&InstanceSummary>,
+    figures: &Figures,
 ) -> AgentObject {
     let mut object = render::agent(agent, latest_build_status, instance, &state.config);
     if let Some(instance) = instance {
         let live = state.metrics(&instance.id);
         object.health.last_check = live.last_check.map(render::ts);
         object.health.uptime_percent = live.uptime_percent;
-        let day = state.requests(&instance.id, Duration::from_secs(24 * 3600));
+        let day = figures.get(&instance.id).copied().unwrap_or_default();
         object.metrics.requests_24h = day.requests;
         object.metrics.avg_latency_ms = day.avg_latency_ms;
         object.metrics.error_rate_percent = day.error_rate_percent();
@@ -127,7 +158,17 @@ async fn list_agents(
         .store
         .list_agents(caller.org(), cloud_id.as_deref(), after.as_deref(), limit)
         .await?;
-    let data = page.items.iter().map(|v| agent_object(&state, v)).collect();
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .filter_map(|v| v.default_instance.as_ref().map(|i| i.id.as_str()))
+        .collect();
+    let figures = day_figures(&state, &ids).await?;
+    let data = page
+        .items
+        .iter()
+        .map(|v| listed_object(&state, v, &figures))
+        .collect();
     Ok(ok_list(data, Pagination::of(&page, limit)))
 }
 
@@ -253,7 +294,7 @@ async fn create_agent(
         })
         .await?;
     state.build_queued();
-    Ok((StatusCode::CREATED, ok(agent_object(&state, &view))))
+    Ok((StatusCode::CREATED, ok(agent_object(&state, &view).await?)))
 }
 
 /// Get an agent.
@@ -270,7 +311,7 @@ async fn get_agent(
         .get_agent_summary(caller.org(), &id)
         .await?
         .found(Kind::Agent, &id)?;
-    Ok(ok(summary_object(&state, &view)))
+    Ok(ok(summary_object(&state, &view).await?))
 }
 
 /// Validates a source and ties it to the caller: an upload must be one of the
@@ -416,7 +457,7 @@ async fn update_agent(
         // Its scaling bounds may have changed.
         state.wake(&instance.id);
     }
-    Ok(ok(agent_object(&state, &view)))
+    Ok(ok(agent_object(&state, &view).await?))
 }
 
 /// Delete an agent and its instances.
@@ -476,7 +517,7 @@ async fn set_desired(
     if let Some(instance) = &view.default_instance {
         state.wake(&instance.id);
     }
-    Ok(ok(agent_object(state, &view)))
+    Ok(ok(agent_object(state, &view).await?))
 }
 
 /// Start a stopped agent.
@@ -536,7 +577,7 @@ async fn redeploy(
         .found(Kind::Agent, &id)?;
     state.build_queued();
     let view = find(&state, &caller, &id).await?;
-    Ok((StatusCode::ACCEPTED, ok(agent_object(&state, &view))))
+    Ok((StatusCode::ACCEPTED, ok(agent_object(&state, &view).await?)))
 }
 
 /// Query of `GET /v1/agents/{id}/logs`.
@@ -662,7 +703,7 @@ struct AgentMetrics {
     agent_id: String,
     /// The window the request figures cover.
     window: String,
-    /// Invocations in the window.
+    /// Invocations in the window, through every server on the database.
     requests: u64,
     /// Invocations in the last 24 hours.
     requests_24h: u64,
@@ -681,8 +722,10 @@ struct AgentMetrics {
     uptime_percent: Option<f64>,
 }
 
-/// Get an agent's metrics. Request figures come from the gateway and resource
-/// figures from the replicas; an agent that has served nothing reports zeros.
+/// Get an agent's metrics. Request figures are those of every server on the
+/// database (each server's gateway counts what it answered, all are summed)
+/// and resource figures come from the replicas; an agent that has served
+/// nothing reports zeros.
 #[utoipa::path(get, path = "/v1/agents/{id}/metrics", tag = "agents", params(("id" = String, Path, description = "Agent ID"), MetricsQuery),
     responses((status = 200, body = Envelope<AgentMetrics>), (status = 404, description = "AGENT_NOT_FOUND")))]
 async fn metrics(
@@ -701,15 +744,17 @@ async fn metrics(
         "24h" => 24 * 3600,
         _ => 7 * 24 * 3600,
     });
-    let (requests, day) = view
-        .default_instance
-        .as_ref()
-        .map_or_else(Default::default, |i| {
+    let (requests, day) = match &view.default_instance {
+        Some(i) => {
+            let ids = [i.id.as_str()];
+            let of = |figures: Figures| figures.get(&i.id).copied().unwrap_or_default();
             (
-                state.requests(&i.id, span),
-                state.requests(&i.id, Duration::from_secs(24 * 3600)),
+                of(state.request_figures(&ids, span).await?),
+                of(day_figures(&state, &ids).await?),
             )
-        });
+        }
+        None => Default::default(),
+    };
     let replicas = view
         .default_instance
         .as_ref()

@@ -7,6 +7,13 @@
 //! figures and request windows, the store's backlog — so nothing is counted
 //! twice and a deleted instance's series simply stop.
 //!
+//! Every series is this process's: with several servers on one database,
+//! each is scraped and Prometheus sums them. So the invocation series are
+//! this server's own ([`hangar_controller::Controller::local_request_stats`]),
+//! not the cluster's figures that the Agents API shows, which every server
+//! writes to the store and readers sum; summing those here as well would
+//! count every invocation once per server scraped.
+//!
 //! Label sets are bounded: routes by their template (`/v1/agents/{id}`, never
 //! the path), methods and status codes by HTTP, instances by the instance
 //! quota. The series name agents and instances of every organization, so a
@@ -212,7 +219,7 @@ async fn instances(state: &AppState, registry: &mut Registry) -> ApiResult<()> {
             .get_or_create(&labels)
             .inc_by(live.egress_bytes_total);
         requests.get_or_create(&labels).inc_by(live.requests_total);
-        let stats = state.requests(&i.id, window);
+        let stats = state.local_requests(&i.id, window);
         recent
             .get_or_create(&labels)
             .set(i64::try_from(stats.requests).unwrap_or(i64::MAX));
