@@ -14,7 +14,7 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hangar_gateway::hop::{HopKey, HOP_HEADER};
+use hangar_gateway::hop::{HopError, HopKey, HOP_HEADER};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -51,7 +51,7 @@ pub(crate) async fn to_holder(
     next: Next,
 ) -> Response {
     let key = key_of(request.uri().path());
-    match here(&state, key, request).await {
+    match here(&state, key, true, request).await {
         Ok(request) => next.run(request).await,
         Err(answered) => answered,
     }
@@ -60,9 +60,15 @@ pub(crate) async fn to_holder(
 /// The request back, to serve here; or the answer of the node that runs
 /// what `key` leads to, when that is another and the request was not
 /// forwarded already; or the refusal of a wrong hop token.
+///
+/// With `buffered` (API routes, whose bodies are bounded), a request whose
+/// holder does not take the connection waits for the instance's takeover
+/// rather than fail; otherwise (instance URLs, whose bodies stream through)
+/// it answers `503 NODE_UNREACHABLE`.
 pub(crate) async fn here(
     state: &AppState,
     key: Option<HopKey>,
+    buffered: bool,
     mut request: Request,
 ) -> Result<Request, Response> {
     let Some(hops) = &state.hops else {
@@ -80,15 +86,73 @@ pub(crate) async fn here(
     let Some(key) = key else {
         return Ok(request);
     };
-    match hops.elsewhere(&key).await {
-        Ok(None) => Ok(request),
-        Ok(Some(node)) => Err(match hops.forward(&node, request).await {
+    let node = match hops.elsewhere(&key).await {
+        Ok(None) => return Ok(request),
+        Ok(Some(node)) => node,
+        Err(err) => return Err(ApiError::from(err).into_response()),
+    };
+    if !buffered {
+        return Err(match hops.forward(&node, request).await {
             Ok(response) => response,
             Err(err) => ApiError::failure(err).into_response(),
-        }),
-        Err(err) => Err(ApiError::from(err).into_response()),
+        });
+    }
+    // The body is kept (an API request's is bounded) so that the request can
+    // go again, or be served here, when the holder is not there to take it.
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return Err(ApiError::PayloadTooLarge {
+                limit: state.config.max_body_bytes,
+            }
+            .into_response())
+        }
+    };
+    let again = |parts: &axum::http::request::Parts| {
+        let mut request = Request::new(axum::body::Body::from(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        if let Some(client) = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        {
+            request.extensions_mut().insert(*client);
+        }
+        request
+    };
+    let deadline = tokio::time::Instant::now() + HOLDER_GONE_WAIT;
+    let mut node = node;
+    loop {
+        match hops.forward(&node, again(&parts)).await {
+            Ok(response) => return Err(response),
+            Err(HopError::Unreachable { connect: true, .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                // The holder is gone (killed, its address dead): the request
+                // waits for the database to say who runs the instance now —
+                // another node, or this one once the holder counts as dead
+                // or its lease ran out (it is then served here, a takeover).
+                tokio::time::sleep(HOLDER_POLL).await;
+                match hops.reread(&key).await {
+                    Ok(Some(next)) => node = next,
+                    // As it came, with what routing put in its extensions.
+                    Ok(None) => return Ok(Request::from_parts(parts, body.into())),
+                    Err(err) => return Err(ApiError::from(err).into_response()),
+                }
+            }
+            Err(err) => return Err(ApiError::failure(err).into_response()),
+        }
     }
 }
+
+/// How long a request whose holder is gone waits for another node to run
+/// the instance: the default failure detection (15 s) and a cold start.
+const HOLDER_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often such a request asks the database again.
+const HOLDER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A request that says another node forwarded it, with a token that is
 /// not this cluster's.

@@ -74,6 +74,9 @@ pub enum HopError {
         node: String,
         /// Why (internal text).
         cause: String,
+        /// No connection was made: the request never reached the node, and
+        /// may be sent again.
+        connect: bool,
     },
     /// The holder's address is not one a request can be sent to.
     #[error("the node address '{0}' is not an http(s) URL")]
@@ -250,15 +253,15 @@ impl Hops {
             }
         }
         parts.headers.insert(HOP_HEADER, self.token.clone());
-        let unreachable = |err: &dyn std::fmt::Display| HopError::Unreachable {
-            node: node.to_owned(),
-            cause: err.to_string(),
-        };
         let mut response = self
             .client
             .request(Request::from_parts(parts, body))
             .await
-            .map_err(|err| unreachable(&format!("{err:#}")))?;
+            .map_err(|err| HopError::Unreachable {
+                node: node.to_owned(),
+                cause: format!("{err:#}"),
+                connect: err.is_connect(),
+            })?;
         if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream, response.status())
         {
             let upstream = hyper::upgrade::on(&mut response);
@@ -280,6 +283,16 @@ impl Hops {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// Like [`Hops::elsewhere`], read from the store now whatever was
+    /// read before: for a request whose holder did not answer.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn reread(&self, key: &HopKey) -> Result<Option<Arc<str>>, StoreError> {
+        lock(&self.held).remove(key);
+        self.elsewhere(key).await
     }
 
     /// Forgets where instances are held: a lease changed here.

@@ -9,8 +9,8 @@
 //! Needs root (sandboxes) and PostgreSQL (`HANGAR_TEST_POSTGRES_URL`); with
 //! `CI=true` their absence fails the test.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -18,47 +18,6 @@ use serde_json::{json, Value};
 mod common;
 
 use common::*;
-
-/// What the load saw: answers, and the failures with their text.
-#[derive(Default)]
-struct Seen {
-    ok: AtomicU64,
-    failed: Mutex<Vec<String>>,
-}
-
-/// Invokes `agent` through `url` back to back until `stop`.
-async fn load(url: String, agent: String, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
-    let http = reqwest::Client::new();
-    let mut n = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        n += 1;
-        let answer = http
-            .post(format!("{url}/v1/agents/{agent}/invoke"))
-            .bearer_auth(KEY)
-            .json(&json!({"input": {"n": n}}))
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await;
-        match answer {
-            Ok(res) if res.status() == 200 => {
-                seen.ok.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(res) => {
-                let status = res.status();
-                let text = res.text().await.unwrap_or_default();
-                seen.failed
-                    .lock()
-                    .expect("lock")
-                    .push(format!("{url}: {status} {text}"));
-            }
-            Err(err) => seen
-                .failed
-                .lock()
-                .expect("lock")
-                .push(format!("{url}: {err}")),
-        }
-    }
-}
 
 #[tokio::test]
 async fn draining_a_node_under_load_moves_its_agents_and_fails_no_request() {

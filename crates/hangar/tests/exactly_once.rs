@@ -142,30 +142,6 @@ fn step_runs(log: &[String]) -> usize {
     log.iter().filter(|l| l.starts_with("step-ran ")).count()
 }
 
-/// Every event of the organization of one type, by subject.
-async fn events_by_subject(
-    db: &hangar_store::testing::TestDb,
-    org: &str,
-    kind: &str,
-) -> BTreeMap<String, usize> {
-    let mut by_subject = BTreeMap::new();
-    let mut before: Option<String> = None;
-    loop {
-        let page = db
-            .store
-            .list_events(org, before.as_deref(), Some(kind), 100)
-            .await
-            .expect("events");
-        for event in &page {
-            *by_subject.entry(event.subject.clone()).or_insert(0) += 1;
-        }
-        match page.last() {
-            Some(last) if page.len() == 100 => before = Some(last.id.clone()),
-            _ => return by_subject,
-        }
-    }
-}
-
 /// Every delivery to the endpoint, as stored.
 async fn deliveries(
     db: &hangar_store::testing::TestDb,

@@ -130,7 +130,7 @@ async fn proxy(state: AppState, target: Target, request: Request) -> Response {
         Err(err) => return ApiError::from(err).into_response(),
     };
     let key = Some(HopKey::Instance(instance.id.clone()));
-    let request = match crate::hop::here(&state, key, request).await {
+    let request = match crate::hop::here(&state, key, false, request).await {
         Ok(request) => request,
         Err(response) => return response,
     };

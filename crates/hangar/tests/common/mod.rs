@@ -545,3 +545,73 @@ pub async fn websocket_echoes(server: &Server, host: &str, path: &str) {
         );
     }
 }
+
+/// What the load saw: answers, and the failures with their text.
+#[derive(Default)]
+pub struct Seen {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::Mutex<Vec<String>>,
+}
+
+/// Invokes `agent` through `url` back to back until `stop`.
+pub async fn load(
+    url: String,
+    agent: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<Seen>,
+) {
+    let http = reqwest::Client::new();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let answer = http
+            .post(format!("{url}/v1/agents/{agent}/invoke"))
+            .bearer_auth(KEY)
+            .json(&json!({"input": {"n": n}}))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await;
+        match answer {
+            Ok(res) if res.status() == 200 => {
+                seen.ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(res) => {
+                let status = res.status();
+                let text = res.text().await.unwrap_or_default();
+                seen.failed
+                    .lock()
+                    .expect("lock")
+                    .push(format!("{url}: {status} {text}"));
+            }
+            Err(err) => seen
+                .failed
+                .lock()
+                .expect("lock")
+                .push(format!("{url}: {err}")),
+        }
+    }
+}
+
+/// Every event of the organization of one type, by subject.
+pub async fn events_by_subject(
+    db: &hangar_store::testing::TestDb,
+    org: &str,
+    kind: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut by_subject = std::collections::BTreeMap::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = db
+            .store
+            .list_events(org, before.as_deref(), Some(kind), 100)
+            .await
+            .expect("events");
+        for event in &page {
+            *by_subject.entry(event.subject.clone()).or_insert(0) += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == 100 => before = Some(last.id.clone()),
+            _ => return by_subject,
+        }
+    }
+}
