@@ -271,11 +271,16 @@ fn objects(
             "StatefulSet" => containers[0]["image"] = json!(postgres_image),
             "Deployment" => {
                 containers[0]["image"] = json!(hangar_image);
+                // busybox's nc, under a shell that ends on SIGTERM (a PID 1
+                // without a handler would hold the pod for its grace period).
+                let relay = format!(
+                    "trap 'exit 0' TERM; /bin/busybox nc -ll -p {registry_port} \
+                     -e /bin/busybox nc \"$HOST_IP\" {relay_port} & wait"
+                );
                 containers.push(json!({
                     "name": "registry-relay",
                     "image": hangar_image,
-                    "command": ["/bin/busybox", "nc", "-ll", "-p", registry_port,
-                                "-e", "/bin/busybox", "nc", "$(HOST_IP)", relay_port.to_string()],
+                    "command": ["/bin/busybox", "sh", "-c", relay],
                     "env": [{"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}],
                 }));
             }
@@ -509,7 +514,7 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
     assert_eq!(status, 201, "{created}");
     let agent = created["data"]["id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let (instance, replicas) = loop {
+    let instance = loop {
         let (status, view) = call(
             &base,
             reqwest::Method::GET,
@@ -522,18 +527,8 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
             view["data"]["status"] == "running",
             view["data"]["instance_id"].as_str(),
         ) {
-            let running: Vec<Pod> =
-                pods(&deployment.agents, &format!("hangar.instance={instance}"))
-                    .await
-                    .into_iter()
-                    .filter(ready)
-                    .collect();
-            if running.len() == 2 {
-                let replicas: BTreeSet<String> = running
-                    .iter()
-                    .filter_map(|p| p.metadata.labels.as_ref()?.get("hangar.replica").cloned())
-                    .collect();
-                break (instance.to_owned(), replicas);
+            if replicas(&deployment, instance).await.len() == 2 {
+                break instance.to_owned();
             }
         }
         assert!(
@@ -544,24 +539,100 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
-    // Invoked through the Service, it answers from its pods. A server that
-    // does not hold the instance's lease answers 503 AGENT_UNAVAILABLE
-    // until servers forward to each other: those are counted and tried
-    // again, anything else fails.
-    let mut answers = 0;
-    let mut unavailable = 0;
+    // Invoked through the Service, it answers from its pods.
+    let unavailable = answers(&base, &deployment, &agent, &instance).await;
+    eprintln!(
+        "k8s_deploy: 3 answers through the Service, {unavailable} 503 AGENT_UNAVAILABLE from servers without the instance's lease"
+    );
+
+    // Every server replaced, one at a time: each drains, hands its instances
+    // to a ready server and records its clean stop within the pod's grace
+    // period (a server killed at its end would stay `ready`, then be
+    // `dead`); the agent answers from the servers that took it over.
+    let before = node_ids(&base, "ready").await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    kubectl(&[
+        "-n",
+        &deployment.namespace,
+        "rollout",
+        "restart",
+        "deployment/hangar",
+    ]);
+    kubectl(&[
+        "-n",
+        &deployment.namespace,
+        "rollout",
+        "status",
+        "deployment/hangar",
+        "--timeout=300s",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(120);
-    for n in 0.. {
-        if answers == 3 {
+    loop {
+        let stopped = node_ids(&base, "stopped").await;
+        if before.is_subset(&stopped) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{answers} answers and {unavailable} 503s in 120 s\n{}",
+            "the replaced servers {before:?} did not all record a clean stop: {stopped:?}\n{}",
+            deployment.state()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = node_ids(&base, "ready").await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.is_disjoint(&before), "{after:?} {before:?}");
+    let unavailable = answers(&base, &deployment, &agent, &instance).await;
+    eprintln!(
+        "k8s_deploy: after a rolling restart, 3 answers through the Service, {unavailable} 503 AGENT_UNAVAILABLE"
+    );
+    drop(relay);
+}
+
+/// The IDs of the nodes in `status`.
+async fn node_ids(base: &str, status: &str) -> BTreeSet<String> {
+    let (code, nodes) = call(base, reqwest::Method::GET, "/v1/nodes", None).await;
+    assert_eq!(code, 200, "{nodes}");
+    nodes["data"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["status"] == status)
+        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The replica IDs of the instance's ready pods.
+async fn replicas(deployment: &Deployment, instance: &str) -> BTreeSet<String> {
+    pods(&deployment.agents, &format!("hangar.instance={instance}"))
+        .await
+        .iter()
+        .filter(|p| ready(p))
+        .filter_map(|p| p.metadata.labels.as_ref()?.get("hangar.replica").cloned())
+        .collect()
+}
+
+/// Invokes the agent through the Service until it has answered three
+/// times, each answer from one of the instance's pods; returns how many
+/// calls answered 503 AGENT_UNAVAILABLE. A server that does not hold the
+/// instance's lease answers that until servers forward to each other (and
+/// so does the one taking an instance over, until its replicas are up):
+/// those are tried again; any other answer fails.
+async fn answers(base: &str, deployment: &Deployment, agent: &str, instance: &str) -> u32 {
+    let mut answered = 0;
+    let mut unavailable = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for n in 0.. {
+        if answered == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{answered} answers and {unavailable} 503s in 180 s\n{}",
             deployment.state()
         );
         let (status, answer) = call(
-            &base,
+            base,
             reqwest::Method::POST,
             &format!("/v1/agents/{agent}/invoke"),
             Some(json!({"input": {"n": n}})),
@@ -574,15 +645,16 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
                     json!({"n": n}),
                     "{answer}"
                 );
-                assert_eq!(answer["meta"]["instance_id"], instance.as_str(), "{answer}");
+                assert_eq!(answer["meta"]["instance_id"], instance, "{answer}");
                 let replica = answer["data"]["output"]["replica"]
                     .as_str()
                     .unwrap_or_default();
+                let pods = replicas(deployment, instance).await;
                 assert!(
-                    replicas.contains(replica),
-                    "answered by {replica}, not one of the pods {replicas:?}: {answer}"
+                    pods.contains(replica),
+                    "answered by {replica}, not one of the pods {pods:?}: {answer}"
                 );
-                answers += 1;
+                answered += 1;
             }
             503 if answer["error"]["code"] == "AGENT_UNAVAILABLE" => {
                 unavailable += 1;
@@ -591,10 +663,7 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
             _ => panic!("invoke through the Service: {status} {answer}"),
         }
     }
-    eprintln!(
-        "k8s_deploy: {answers} answers through the Service, {unavailable} 503 AGENT_UNAVAILABLE from servers without the instance's lease"
-    );
-    drop(relay);
+    unavailable
 }
 
 /// `N` random bytes from the kernel.
