@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 
@@ -586,6 +586,28 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
     eprintln!(
         "k8s_deploy: after a rolling restart, 3 answers through the Service, {unavailable} 503 AGENT_UNAVAILABLE"
     );
+    // The servers that stopped removed their replicas' pods and Secrets as
+    // they handed the instance over: only the new replicas' are left.
+    let current = replicas(&deployment, &instance).await;
+    assert_eq!(current.len(), 2, "{current:?}");
+    let secrets: Api<Secret> = Api::namespaced(client().await, &deployment.agents);
+    let mut left: Vec<String> = secrets
+        .list(&ListParams::default())
+        .await
+        .expect("secrets")
+        .items
+        .into_iter()
+        .filter(|s| s.type_.as_deref() != Some("kubernetes.io/service-account-token"))
+        .filter_map(|s| s.metadata.labels?.get("hangar.replica").cloned())
+        .collect();
+    left.extend(
+        pods(&deployment.agents, "")
+            .await
+            .into_iter()
+            .filter_map(|p| p.metadata.labels?.get("hangar.replica").cloned()),
+    );
+    left.retain(|replica| !current.contains(replica));
+    assert!(left.is_empty(), "left by the replaced servers: {left:?}");
     drop(relay);
 }
 
