@@ -15,8 +15,9 @@
 #   TAG       default: the first 12 hex digits of the binary's SHA-256 (so an
 #             unchanged binary pushes nothing new)
 # Environment:
-#   HANGAR_BINARY  the binary to put in the image; default target/release/hangar,
-#                  built with `cargo build --release -p hangar` when missing
+#   HANGAR_BINARY  the binary to put in the image; default the release build's
+#                  (under $CARGO_TARGET_DIR, else target/), built with
+#                  `cargo build --release -p hangar` when missing
 #
 # Needs: docker (build and push), ldd, busybox-static, ca-certificates and
 # postgresql-15 (Debian 12 packages). Prints the two image references, one per
@@ -26,7 +27,7 @@ set -euo pipefail
 registry=${1:?usage: $0 REGISTRY [TAG]}
 registry=${registry%/}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-binary=${HANGAR_BINARY:-$repo/target/release/hangar}
+binary=${HANGAR_BINARY:-${CARGO_TARGET_DIR:-$repo/target}/release/hangar}
 if [ ! -x "$binary" ]; then
     [ -z "${HANGAR_BINARY:-}" ] || { echo "HANGAR_BINARY=$binary is not an executable" >&2; exit 1; }
     (cd "$repo" && cargo build --release -p hangar --bin hangar) >&2
