@@ -71,8 +71,6 @@ build_and_push() {
     { echo "FROM scratch"; echo "COPY rootfs/ /"; cat; } >"$(dirname "$root")/Dockerfile"
     docker build -q -t "$image" "$(dirname "$root")" >/dev/null
     docker push "$image" >/dev/null
-    # The registry has it now; the local engine keeps no copy.
-    docker image rm "$image" >/dev/null
 }
 
 # --- hangar
@@ -96,7 +94,10 @@ EOF
 pg_tag=$(dpkg-query -W -f='${Version}' "postgresql-$pg_version" | tr -c 'A-Za-z0-9_.\n-' '_')
 root=$work/postgres/rootfs
 mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/var/lib/postgresql/data" "$root/usr/share"
-chmod 1777 "$root/tmp"
+# COPY makes everything root's: the data dir's parent is writable by all (as
+# /tmp is) for a container without a volume there; a mounted volume's owner
+# comes from the pod's fsGroup.
+chmod 1777 "$root/tmp" "$root/var/lib/postgresql/data"
 put "$root" "$pg_bin"/postgres "$pg_bin"/initdb "$pg_bin"/pg_isready
 put_libraries "$root" "$pg_bin"/postgres "$pg_bin"/initdb "$pg_bin"/pg_isready
 # Extensions' and procedural languages' modules (plpgsql is made by initdb),
@@ -149,7 +150,6 @@ chmod 755 "$root/bin/hangar-postgres"
 # Hangar's pooled connections to close, past the pod's grace period.
 build_and_push "$root" "$registry/hangar-postgres:$pg_tag" <<'EOF'
 ENV PATH=/bin
-RUN ["/bin/busybox", "chown", "-R", "999:999", "/var/lib/postgresql"]
 USER 999:999
 EXPOSE 5432
 STOPSIGNAL SIGINT
