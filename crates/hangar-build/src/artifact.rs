@@ -293,17 +293,20 @@ pub async fn share(
 
 /// The artifact a build recorded as `recorded` (its path on the server
 /// that built it), readable on this server: `recorded` itself when blobs
-/// are not shared, when it is under this server's `artifacts`, or when the
+/// are not shared, when it is in this server's `artifacts`, or when the
 /// blob store does not have it (a directory used in place, an artifact from
 /// before blobs were shared); else this server's copy,
 /// `artifacts/<name>`, unpacked from the blob store first when missing.
+/// Servers whose data dirs have one path (containers: every pod's is the
+/// same) record artifacts at the same path: one missing here was built by
+/// another, and is fetched.
 pub async fn local_copy(
     recorded: &str,
     artifacts: &Path,
     blobs: &dyn Blobs,
 ) -> Result<PathBuf, BuildError> {
     let path = Path::new(recorded);
-    if !blobs.shared() || path.parent() == Some(artifacts) {
+    if !blobs.shared() || (path.parent() == Some(artifacts) && path.is_dir()) {
         return Ok(path.to_path_buf());
     }
     let (Some(key), Some(name)) = (blob_key(path), path.file_name()) else {

@@ -121,6 +121,35 @@ async fn an_artifact_built_on_one_server_runs_from_a_copy_on_another() {
 }
 
 #[tokio::test]
+async fn servers_whose_data_dirs_have_one_path_fetch_what_another_built() {
+    // Pods of one Deployment all keep their data dir at the same path: the
+    // artifact recorded by the server that built it names this server's
+    // artifacts dir, where it is not.
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        let scratch = Scratch::new("same-path-artifacts");
+        let artifacts = scratch.0.join("data/artifacts");
+        let built = artifact(&artifacts, "00112233445566778899aabbccddeeff");
+        let blobs = db.store.database_blobs();
+        assert!(share(&built, &artifacts, &blobs).await.expect("shared"));
+        let original = tree_hash(&built).expect("hash");
+        // Another pod: the same path, without the artifact.
+        std::fs::remove_dir_all(&built).expect("another pod");
+
+        let recorded = built.to_str().expect("utf-8");
+        let copy = local_copy(recorded, &artifacts, &blobs)
+            .await
+            .expect("fetched");
+        assert_eq!(copy, built);
+        assert_eq!(
+            tree_hash(&copy).expect("fetched from the blob store"),
+            original,
+            "{backend:?}: the same tree"
+        );
+    }
+}
+
+#[tokio::test]
 async fn blobs_in_the_data_dir_share_nothing() {
     let scratch = Scratch::new("unshared-artifacts");
     let here = scratch.0.join("artifacts");

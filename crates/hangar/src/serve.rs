@@ -612,7 +612,8 @@ async fn start_kubernetes(
     let driver = Arc::new(
         hangar_runtime::KubernetesDriver::new(&owner)
             .map_err(|err| anyhow::anyhow!("the kubernetes driver: {err}"))?
-            .with_grace(hangar_controller::ControllerConfig::default().stop_grace),
+            .with_grace(hangar_controller::ControllerConfig::default().stop_grace)
+            .with_cloud_source(Arc::new(StoredClouds(store.clone()))),
     );
     let clouds = store
         .clouds_of_driver(hangar_core::model::DriverKind::Kubernetes)
@@ -644,6 +645,30 @@ async fn start_kubernetes(
         }
     }
     Ok(driver)
+}
+
+/// The kubernetes clouds in the store, for the driver to find those added
+/// through another server on the database after this one started.
+struct StoredClouds(hangar_store::Store);
+
+#[async_trait::async_trait]
+impl hangar_runtime::kubernetes::CloudSource for StoredClouds {
+    async fn cluster_config(
+        &self,
+        cloud_id: &str,
+    ) -> Result<Option<hangar_runtime::ClusterConfig>, String> {
+        let clouds = self
+            .0
+            .clouds_of_driver(hangar_core::model::DriverKind::Kubernetes)
+            .await
+            .map_err(|err| format!("reading the kubernetes clouds: {err}"))?;
+        let Some(cloud) = clouds.into_iter().find(|cloud| cloud.id == cloud_id) else {
+            return Ok(None);
+        };
+        let config = hangar_core::kubernetes::KubernetesCloudConfig::parse(&cloud.config)
+            .map_err(|err| format!("its config is unusable: {err}"))?;
+        Ok(Some(hangar_runtime::ClusterConfig::from_cloud(&config)))
+    }
 }
 
 /// Cancels `shutdown` at the first SIGTERM or SIGINT; at a second one, or

@@ -5,8 +5,10 @@
 //!   each cloud is a [`Cluster`] (a client, a namespace, a placement),
 //!   connected and checked when the cloud is created or the server starts
 //!   ([`KubernetesDriver::add_cloud`]). A spec goes to the cluster of its
-//!   [`labels::CLOUD`](crate::driver::labels::CLOUD); a cloud the driver
-//!   does not know is refused, never run elsewhere.
+//!   [`labels::CLOUD`](crate::driver::labels::CLOUD). A cloud the driver
+//!   was not told of (one added through another server on the same
+//!   database) is looked up in its [`CloudSource`] and connected then; one
+//!   nowhere to be found is refused, never run elsewhere.
 //! * **Objects.** A replica is a Secret (its record and its environment)
 //!   and a Pod owned by it (see `pod`), both labelled
 //!   `hangar.owner=<owner>` (a value each Hangar data dir keeps) so several
@@ -132,6 +134,15 @@ impl ClusterConfig {
             }),
         }
     }
+}
+
+/// Where the driver finds the settings of a cloud it was not told of: the
+/// clouds servers sharing a database add through each other.
+#[async_trait::async_trait]
+pub trait CloudSource: Send + Sync {
+    /// Cloud `cloud_id`'s cluster, if it is a kubernetes cloud; an error
+    /// says why it cannot be read.
+    async fn cluster_config(&self, cloud_id: &str) -> Result<Option<ClusterConfig>, String>;
 }
 
 /// A connected, checked cluster: the client, the namespace, the placement.
@@ -362,6 +373,8 @@ pub struct KubernetesDriver {
     /// Clouds whose cluster did not answer when added: tried again when a
     /// replica is made for them.
     unreachable: Arc<Mutex<BTreeMap<String, ClusterConfig>>>,
+    /// Where clouds added through other servers are found.
+    source: Option<Arc<dyn CloudSource>>,
     /// Replica id → cloud id, as learned from `create` and `list`.
     homes: Arc<Mutex<HashMap<String, String>>>,
     /// One stdin exchange per replica at a time.
@@ -420,6 +433,7 @@ impl KubernetesDriver {
             owner: owner.to_owned(),
             clusters: Arc::default(),
             unreachable: Arc::default(),
+            source: None,
             homes: Arc::default(),
             stdin_turns: Arc::default(),
             forwards: Arc::default(),
@@ -432,6 +446,14 @@ impl KubernetesDriver {
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Clouds this driver was not told of are looked up in `source` when a
+    /// replica is made for them.
+    #[must_use]
+    pub fn with_cloud_source(mut self, source: Arc<dyn CloudSource>) -> Self {
+        self.source = Some(source);
         self
     }
 
@@ -453,7 +475,8 @@ impl KubernetesDriver {
     }
 
     /// The cluster of `cloud_id`, connecting to it again if it did not
-    /// answer before.
+    /// answer before, or for the first time if it was added through
+    /// another server.
     async fn cluster_for_create(&self, cloud_id: &str) -> Result<Cluster, DriverError> {
         if let Some(cluster) = self.cluster(cloud_id) {
             return Ok(cluster);
@@ -464,6 +487,13 @@ impl KubernetesDriver {
             .unwrap_or_else(PoisonError::into_inner)
             .get(cloud_id)
             .cloned();
+        let config = match (config, &self.source) {
+            (Some(config), _) => Some(config),
+            (None, Some(source)) => source.cluster_config(cloud_id).await.map_err(|why| {
+                DriverError::Failed(format!("kubernetes: cannot read cloud {cloud_id}: {why}"))
+            })?,
+            (None, None) => None,
+        };
         let Some(config) = config else {
             return Err(DriverError::Failed(format!(
                 "kubernetes: cloud {cloud_id} has no cluster on this server"
@@ -1355,6 +1385,75 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(exit_code(&success), Some(0));
+    }
+
+    /// A cloud source that answers `answer` and records what it was asked.
+    struct FakeSource {
+        answer: Result<Option<ClusterConfig>, String>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl CloudSource for FakeSource {
+        async fn cluster_config(&self, cloud_id: &str) -> Result<Option<ClusterConfig>, String> {
+            self.asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(cloud_id.to_owned());
+            self.answer.clone()
+        }
+    }
+
+    fn source(answer: Result<Option<ClusterConfig>, String>) -> Arc<FakeSource> {
+        Arc::new(FakeSource {
+            answer,
+            asked: Mutex::default(),
+        })
+    }
+
+    fn failure(result: Result<Cluster, DriverError>) -> String {
+        match result {
+            Ok(cluster) => panic!("connected to {cluster:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn clouds_added_through_other_servers_are_looked_up() {
+        // Without a source, an unknown cloud is refused.
+        let alone = KubernetesDriver::new("abc123").expect("owner");
+        let why = failure(alone.cluster_for_create("cloud_other").await);
+        assert!(why.contains("no cluster on this server"), "{why}");
+
+        // With one, its cluster is connected: here a kubeconfig that is not
+        // there, so the connection's own failure shows it was tried.
+        let config = ClusterConfig {
+            kubeconfig: Some("/nonexistent/kubeconfig".into()),
+            namespace: "agents".to_owned(),
+            ..ClusterConfig::default()
+        };
+        let found = source(Ok(Some(config)));
+        let driver = KubernetesDriver::new("abc123")
+            .expect("owner")
+            .with_cloud_source(found.clone());
+        let why = failure(driver.cluster_for_create("cloud_other").await);
+        assert!(why.contains("cannot read the kubeconfig"), "{why}");
+        assert_eq!(*found.asked.lock().expect("asked"), ["cloud_other"]);
+
+        // A cloud the source does not have, or cannot read, is refused.
+        let missing = KubernetesDriver::new("abc123")
+            .expect("owner")
+            .with_cloud_source(source(Ok(None)));
+        let why = failure(missing.cluster_for_create("cloud_gone").await);
+        assert!(why.contains("no cluster on this server"), "{why}");
+        let broken = KubernetesDriver::new("abc123")
+            .expect("owner")
+            .with_cloud_source(source(Err("the database is down".to_owned())));
+        let why = failure(broken.cluster_for_create("cloud_x").await);
+        assert!(
+            why.contains("cannot read cloud cloud_x: the database is down"),
+            "{why}"
+        );
     }
 
     #[test]
