@@ -40,10 +40,9 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, 
 use hangar_store::{LeaseOf, NodeStatus, Store, StoreError};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioIo;
 
 use crate::error::{Classify, ErrorClass};
-use crate::proxy::{is_upgrade, strip_hop_by_hop};
+use crate::proxy::{is_upgrade, splice, strip_hop_by_hop};
 use crate::{lock, ROUTE_TTL};
 
 /// The header that carries the cluster token on a forwarded request.
@@ -58,7 +57,8 @@ pub enum HopKey {
     Agent(String),
 }
 
-/// Where an instance was last read to be held: `None` here.
+/// Where an instance was last read to be held: `None` here (kept only
+/// when this node holds it).
 struct Held {
     node: Option<Arc<str>>,
     read_at: Instant,
@@ -182,12 +182,20 @@ impl Hops {
             HopKey::Agent(id) => LeaseOf::Agent(id),
         };
         let now = hangar_store::store_now();
-        let node = self.store.lease_holder(of).await?.and_then(|holder| {
+        let holder = self.store.lease_holder(of).await?;
+        let mine = holder.as_ref().is_some_and(|h| h.node.beat.id == self.node);
+        let node = holder.and_then(|holder| {
             let theirs = holder.node.beat.id != self.node
                 && holder.expires_at > now
                 && holder.node.status(now, self.dead_after) == NodeStatus::Ready;
             theirs.then(|| Arc::from(holder.node.beat.address.as_str()))
         });
+        if node.is_none() && !mine {
+            // Nobody runs it yet (or its holder is gone): served here for
+            // now, but asked again next time, as a node may take it any
+            // moment.
+            return Ok(None);
+        }
         let mut held = lock(&self.held);
         if held.len() >= 10_000 {
             held.retain(|_, h| h.read_at.elapsed() < ROUTE_TTL);
@@ -265,18 +273,7 @@ impl Hops {
         if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream, response.status())
         {
             let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                match tokio::try_join!(downstream, upstream) {
-                    Ok((down, up)) => {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(down),
-                            &mut TokioIo::new(up),
-                        )
-                        .await;
-                    }
-                    Err(err) => tracing::debug!(error = %err, "upgrade through a hop failed"),
-                }
-            });
+            tokio::spawn(splice(downstream, upstream));
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, Body::empty()));
         }

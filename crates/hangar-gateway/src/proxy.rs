@@ -232,16 +232,7 @@ async fn tunnel(
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             let _slot = slot;
-            match tokio::try_join!(downstream, upstream) {
-                Ok((down, up)) => {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(down),
-                        &mut TokioIo::new(up),
-                    )
-                    .await;
-                }
-                Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-            }
+            splice(downstream, upstream).await;
         });
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, axum::body::Body::empty()));
@@ -250,6 +241,21 @@ async fn tunnel(
     strip_hop_by_hop(&mut parts.headers, false);
     let body = axum::body::Body::new(Held { body, _slot: slot });
     Ok(Response::from_parts(parts, body))
+}
+
+/// Joins the two sides of an upgraded connection until either closes.
+pub(crate) async fn splice(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    match tokio::try_join!(downstream, upstream) {
+        Ok((down, up)) => {
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
+                    .await;
+        }
+        Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+    }
 }
 
 #[cfg(test)]

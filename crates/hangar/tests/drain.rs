@@ -21,19 +21,12 @@ use common::*;
 
 #[tokio::test]
 async fn draining_a_node_under_load_moves_its_agents_and_fails_no_request() {
-    if !root_or_skip("drain") {
+    let Some(nodes) = Nodes::new("drain", &["--node-dead-after", "6"]).await else {
         return;
-    }
-    if !hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres) {
-        return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = ["--database-url", db.url.as_str(), "--node-dead-after", "6"];
-    let dir = temp("drain");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
-    let a = Server::start_full(&dir.join("a"), &flags, &env);
-    let b = Server::start_full(&dir.join("b"), &flags, &env);
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
+    let a = nodes.start("a");
+    let b = nodes.start("b");
     let a_id = node_id(&a).await;
 
     let (agent, instance) = a

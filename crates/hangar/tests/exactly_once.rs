@@ -261,30 +261,22 @@ impl Drop for Orphans {
     }
 }
 
-fn postgres_or_skip() -> bool {
-    hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres)
-}
-
 #[tokio::test]
 async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
-    if !root_or_skip("exactly-once") || !postgres_or_skip() {
+    let Some(nodes) = Nodes::new(
+        "exactly-once",
+        &[
+            "--webhook-allow-private",
+            "--webhook-retry-schedule",
+            "300ms,300ms,300ms",
+        ],
+    )
+    .await
+    else {
         return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--webhook-allow-private",
-        "--webhook-retry-schedule",
-        "300ms,300ms,300ms",
-    ];
-    let dir = temp("exactly-once");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
-    let servers: Vec<Server> = ["a", "b", "c"]
-        .iter()
-        .map(|name| Server::start_full(&dir.join(name), &flags, &env))
-        .collect();
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
+    let servers: Vec<Server> = ["a", "b", "c"].iter().map(|name| nodes.start(name)).collect();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let org = servers[0].org().await;
 
@@ -458,21 +450,14 @@ async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
 
 #[tokio::test]
 async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other() {
-    if !root_or_skip("exactly-once-kill") || !postgres_or_skip() {
-        return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
     // A server silent for 5 s is dead: its build's claim and its
     // instances' leases are taken then (its jobs' leases last 30 s).
-    let flags = ["--database-url", db.url.as_str(), "--node-dead-after", "5"];
-    let dir = temp("exactly-once-kill");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
+    let Some(nodes) = Nodes::new("exactly-once-kill", &["--node-dead-after", "5"]).await else {
+        return;
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
     let mut orphans = Orphans::default();
-    let mut servers = vec![
-        Server::start_full(&dir.join("a"), &flags, &env),
-        Server::start_full(&dir.join("b"), &flags, &env),
-    ];
+    let mut servers = vec![nodes.start("a"), nodes.start("b")];
     let org = servers[0].org().await;
 
     // A build whose step takes 15 s: the server building it is killed
@@ -529,7 +514,7 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
     // The killed server comes back (removing the step it left) and both
     // run again; then a job is in flight on the server running its agent
     // when that server is killed.
-    servers.push(Server::start_full(&killed_dir, &flags, &env));
+    servers.push(nodes.start_at(&killed_dir));
     let deadline = Instant::now() + Duration::from_secs(60);
     while has_step(&servers[1], &step) {
         assert!(Instant::now() < deadline, "the leftover step stayed");

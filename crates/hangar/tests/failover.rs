@@ -21,26 +21,12 @@ use common::*;
 
 #[tokio::test]
 async fn a_killed_node_fails_only_what_was_in_flight_on_it() {
-    if !root_or_skip("failover") {
+    let Some(nodes) = Nodes::new("failover", &["--node-dead-after", "4", "--instance-lease", "4"]).await else {
         return;
-    }
-    if !hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres) {
-        return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--node-dead-after",
-        "4",
-        "--instance-lease",
-        "4",
-    ];
-    let dir = temp("failover");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
-    let a = Server::start_full(&dir.join("a"), &flags, &env);
-    let b = Server::start_full(&dir.join("b"), &flags, &env);
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
+    let a = nodes.start("a");
+    let b = nodes.start("b");
     let a_id = node_id(&a).await;
 
     let (agent, instance) = a

@@ -36,19 +36,12 @@ async fn read_until(res: &mut reqwest::Response, want: &str, wait: Duration) -> 
 
 #[tokio::test]
 async fn a_node_forwards_every_request_about_an_instance_it_does_not_run() {
-    if !root_or_skip("forwarding") {
+    let Some(nodes) = Nodes::new("forwarding", &[]).await else {
         return;
-    }
-    if !hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres) {
-        return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = ["--database-url", db.url.as_str()];
-    let dir = temp("forwarding");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
-    let a = Server::start_full(&dir.join("a"), &flags, &env);
-    let b = Server::start_full(&dir.join("b"), &flags, &env);
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
+    let a = nodes.start("a");
+    let b = nodes.start("b");
     let a_id = node_id(&a).await;
     let org = a.org().await;
 

@@ -49,26 +49,12 @@ async fn invoke(server: &Server, agent: &str, input: Value) -> (u16, Value, Stri
 
 #[tokio::test]
 async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a_clean_stop() {
-    if !root_or_skip("leases") {
+    let Some(nodes) = Nodes::new("leases", &["--node-dead-after", "3", "--instance-lease", "3"]).await else {
         return;
-    }
-    if !hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres) {
-        return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--node-dead-after",
-        "3",
-        "--instance-lease",
-        "3",
-    ];
-    let dir = temp("leases");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
-    let a = Server::start_full(&dir.join("a"), &flags, &env);
-    let b = Server::start_full(&dir.join("b"), &flags, &env);
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
+    let a = nodes.start("a");
+    let b = nodes.start("b");
     let (a_id, b_id) = (node_id(&a).await, node_id(&b).await);
 
     let instance = a
@@ -151,7 +137,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
 
     // The dead node comes back: it starts nothing of the instance and
     // removes the replicas it left behind; the instance stays where it is.
-    let back = Server::start_full(&owner_dir, &flags, &env);
+    let back = nodes.start_at(&owner_dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !back.replica_ids().is_empty() {
         assert!(

@@ -95,21 +95,11 @@ fn stop(server: &mut Server) {
 
 #[tokio::test]
 async fn invocations_through_two_servers_add_up_on_either() {
-    if !root_or_skip("request-figures") {
+    let Some(nodes) = Nodes::new("request-figures", &[]).await else {
         return;
-    }
-    if !hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres) {
-        return;
-    }
-    let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
-    let flags = ["--database-url", db.url.as_str()];
-    let dir = temp("request-figures");
-    let key = shared_key();
-    let env = [("HANGAR_SECRET_KEY", key.as_str())];
-    let mut servers = vec![
-        Server::start_full(&dir.join("a"), &flags, &env),
-        Server::start_full(&dir.join("b"), &flags, &env),
-    ];
+    };
+    let (db, dir) = (&nodes.db, nodes.dir.clone());
+    let mut servers = vec![nodes.start("a"), nodes.start("b")];
     let (agent, instance) = servers[0]
         .deploy_running("counted", "http", json!({}))
         .await;
@@ -158,7 +148,7 @@ async fn invocations_through_two_servers_add_up_on_either() {
         failed += u64::from(status != 200);
     }
     let stopped_dir = servers[at].dir.clone();
-    servers[at] = Server::start_full(&stopped_dir, &flags, &env);
+    servers[at] = nodes.start_at(&stopped_dir);
     for server in &servers {
         wait_figures(server, &agent, sent, failed).await;
     }

@@ -439,6 +439,47 @@ with zipfile.ZipFile(sys.argv[1], "w") as wheel:
 
 // Several servers on one database.
 
+/// Servers ("nodes") of one test on one fresh PostgreSQL database, sharing
+/// a secret key (they must), each with its own data dir under `dir`.
+pub struct Nodes {
+    pub db: hangar_store::testing::TestDb,
+    pub dir: PathBuf,
+    key: String,
+    flags: Vec<String>,
+}
+
+impl Nodes {
+    /// Nodes started with `flags` besides the database's; `None` when the
+    /// test is skipped (not root, or no PostgreSQL, outside CI).
+    pub async fn new(tag: &str, flags: &[&str]) -> Option<Self> {
+        if !root_or_skip(tag)
+            || !hangar_store::testing::backends().contains(&hangar_store::Backend::Postgres)
+        {
+            return None;
+        }
+        let db = hangar_store::testing::TestDb::new(hangar_store::Backend::Postgres).await;
+        let mut all = vec!["--database-url".to_owned(), db.url.clone()];
+        all.extend(flags.iter().map(|f| (*f).to_owned()));
+        Some(Self {
+            db,
+            dir: temp(tag),
+            key: shared_key(),
+            flags: all,
+        })
+    }
+
+    /// Starts the node whose data dir is `name` under the test's dir.
+    pub fn start(&self, name: &str) -> Server {
+        self.start_at(&self.dir.join(name))
+    }
+
+    /// Starts (again) the node whose data dir is `dir`.
+    pub fn start_at(&self, dir: &Path) -> Server {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        Server::start_full(dir, &flags, &[("HANGAR_SECRET_KEY", self.key.as_str())])
+    }
+}
+
 /// A secret key for servers that share one database (they must share it),
 /// as `HANGAR_SECRET_KEY` takes it.
 pub fn shared_key() -> String {
