@@ -78,7 +78,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use hangar_bench::host::{hangar_binary, require_root, TempDir};
+use hangar_bench::host::{hangar_binary, require_root, tail, TempDir};
 use hangar_bench::serve::Serve;
 use hangar_bench::{
     cpu_count, cpu_ticks, find_program, free_port, kernel_release, load_average, median,
@@ -767,6 +767,35 @@ async fn restart_and_settle(
     }
 }
 
+/// Invokes through each node (every 50 ms, up to `timeout`) until one
+/// answers; returns per node the failed answers before it (by what they
+/// were) and how long that took. A node that never answers is an error.
+async fn wait_answering(
+    nodes: &[Node; 2],
+    agent: &str,
+    instance: &str,
+    timeout: Duration,
+) -> Result<Vec<(BTreeMap<String, usize>, Duration)>> {
+    let http = client(2)?;
+    let mut found = Vec::new();
+    for node in nodes {
+        let url = format!("{}/v1/agents/{agent}/invoke", node.serve.url);
+        let t0 = Instant::now();
+        let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+        while let Some(failure) = invoke_once(&http, &url, instance).await {
+            *failures.entry(failure).or_insert(0) += 1;
+            ensure!(
+                t0.elapsed() < timeout,
+                "invokes through node {} never answered: {failures:?}",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        found.push((failures, t0.elapsed()));
+    }
+    Ok(found)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.requests >= 1, "--requests must be at least 1");
@@ -862,6 +891,28 @@ fn main() -> Result<()> {
         kernel_release(),
         cpu_count()
     );
+
+    // Whether both nodes answer invokes at once: any failure before the
+    // first answer is a finding, reported with the servers' logs.
+    let first_answers = rt.block_on(wait_answering(
+        &nodes,
+        &agent,
+        &instance,
+        Duration::from_secs(args.failover_timeout),
+    ))?;
+    for (node, (failures, took)) in nodes.iter().zip(&first_answers) {
+        if failures.is_empty() {
+            continue;
+        }
+        println!(
+            "Before the first answer through node {} ({} ms after the instance ran): {failures:?}.",
+            node.name,
+            took.as_millis()
+        );
+        for node in &nodes {
+            println!("Log of node {}: {}", node.name, tail(&node.serve.log()));
+        }
+    }
 
     let load_before = load_average();
     let ticks = cpu_ticks();
