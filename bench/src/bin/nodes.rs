@@ -25,7 +25,9 @@
 //!    <body>}`), waits until the instance runs, finds the replica's IP with
 //!    an exec, and reads from the database's `instance_leases` which node
 //!    holds the instance: the owner; the other node is the one that
-//!    forwards.
+//!    forwards. Then it invokes through each node every 50 ms until it
+//!    answers; any failed answer before that is printed with the servers'
+//!    logs (both should answer at once).
 //! 3. Latency: three paths, each on one keep-alive `reqwest` connection,
 //!    sequential: direct (`POST http://<replica>:8080/invoke` with
 //!    `{"q":1}`, the baseline), the owner (`POST /v1/agents/{id}/invoke`
