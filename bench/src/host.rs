@@ -61,7 +61,12 @@ impl Drop for TempDir {
 }
 
 /// Sends SIGTERM to a child process and waits for it (SIGKILL after 10 s).
+/// A child already waited for is left alone: its pid may be another
+/// process's by now.
 pub fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

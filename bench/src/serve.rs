@@ -1,10 +1,13 @@
 //! A real `hangar serve` for the benchmarks that measure through it (the
-//! gateway, logs and deploy benchmarks): started in a fresh temporary directory on
-//! SQLite with a known admin key, an agent deployed from a directory of the
-//! repository (a `file://` source) and waited for until it runs, its replica
-//! found on the bridge, and everything removed again — also when the
-//! benchmark fails halfway, because replicas outlive the server and a run
-//! that leaves sandboxes behind spoils the next one.
+//! gateway, logs, deploy and nodes benchmarks): started in a fresh temporary
+//! directory with a known admin key (on SQLite unless its flags name a
+//! database), an agent deployed from a directory of the repository (a
+//! `file://` source) and waited for until it runs, its replica found on the
+//! bridge, and everything removed again — also when the benchmark fails
+//! halfway, because replicas outlive the server and a run that leaves
+//! sandboxes behind spoils the next one. A server can also be killed with
+//! SIGKILL and started again in its directory, as the same node, for the
+//! benchmark of failover between nodes.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -38,16 +41,25 @@ pub struct Deployed {
 /// replicas left (replicas outlive the server) are removed with `hangar shim
 /// cleanup`, and its directory is removed.
 pub struct Serve {
-    /// The server's process.
+    /// The server's process (the latest, after [`Serve::restart`]).
     pub child: Child,
     /// Its base URL (`http://127.0.0.1:<port>`).
     pub url: String,
     /// The admin key it was started with.
     pub key: String,
     hangar: PathBuf,
+    /// What it was started with, for [`Serve::restart`].
+    launch: Launch,
     /// Its working directory (`hangar-data` is below it). Dropped after the
     /// cleanup in `Drop` (fields drop after `drop` runs).
     pub dir: TempDir,
+}
+
+/// How a server was started: a restart starts it the same way.
+struct Launch {
+    listen: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Serve {
@@ -55,47 +67,66 @@ impl Serve {
     /// directory `hb-<tag>-…` with `HANGAR_ADMIN_KEY=key` and `RUST_LOG=warn`
     /// (its log is `serve.log` there); returns once it listens.
     pub fn start(hangar: &Path, tag: &str, key: &str, args: &[&str]) -> Result<Self> {
-        let dir = TempDir::new(tag)?;
-        let log = fs::File::create(dir.0.join("serve.log"))?;
-        let mut child = Command::new(hangar)
-            .current_dir(&dir.0)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("HANGAR_ADMIN_KEY", key)
-            // The per-key limit stays on (its cost is measured) but above any load.
-            .env("HANGAR_RATE_LIMIT", "1000000/s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawning {} serve", hangar.display()))?;
-        let stdout = child.stdout.take().context("serve's stdout")?;
-        let mut serve = Self {
+        Self::start_in(hangar, TempDir::new(tag)?, "127.0.0.1:0", key, args, &[])
+    }
+
+    /// Like [`Serve::start`], in `dir`, listening on `listen` (a fixed
+    /// port keeps a server's address across [`Serve::restart`]), with more
+    /// environment variables (a shared `HANGAR_SECRET_KEY`, say).
+    pub fn start_in(
+        hangar: &Path,
+        dir: TempDir,
+        listen: &str,
+        key: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let launch = Launch {
+            listen: listen.to_owned(),
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        };
+        let (child, url) = spawn(hangar, &dir.0, key, &launch)?;
+        Ok(Self {
             child,
-            url: String::new(),
+            url,
             key: key.to_owned(),
             hangar: hangar.to_path_buf(),
+            launch,
             dir,
-        };
-        let mut reader = BufReader::new(stdout);
-        serve.url = loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                bail!(
-                    "hangar serve exited before listening: {}",
-                    fs::read_to_string(serve.dir.0.join("serve.log")).unwrap_or_default()
-                );
-            }
-            if let Some(rest) = line.strip_prefix("hangar listening on ") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .context("no URL in the listening line")?
-                    .to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(serve)
+        })
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is released, its
+    /// replicas keep running) and waits for it to be gone.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill().context("killing hangar serve")?;
+        self.child.wait().context("waiting for hangar serve")?;
+        Ok(())
+    }
+
+    /// Starts the server again, as it was started, in the same directory
+    /// (same data dir, same node); returns once it listens. Stop it first
+    /// ([`Serve::kill9`]).
+    pub fn restart(&mut self) -> Result<()> {
+        ensure!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "hangar serve at {} still runs",
+            self.url
+        );
+        let (child, url) = spawn(&self.hangar, &self.dir.0, &self.key, &self.launch)?;
+        self.child = child;
+        self.url = url;
+        Ok(())
+    }
+
+    /// The server's log (stderr of every start, appended).
+    #[must_use]
+    pub fn log(&self) -> PathBuf {
+        self.dir.0.join("serve.log")
     }
 
     /// The data directory of the server.
@@ -240,6 +271,58 @@ impl Serve {
         }
         Ok(())
     }
+}
+
+/// Starts `hangar serve` in `dir` as `launch` says, its stderr appended to
+/// `serve.log` there; returns it and its URL once it prints that it listens.
+fn spawn(hangar: &Path, dir: &Path, key: &str, launch: &Launch) -> Result<(Child, String)> {
+    let log_path = dir.join("serve.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut child = Command::new(hangar)
+        .current_dir(dir)
+        .args(["serve", "--listen", launch.listen.as_str()])
+        .args(&launch.args)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .env("HANGAR_ADMIN_KEY", key)
+        // The per-key limit stays on (its cost is measured) but above any load.
+        .env("HANGAR_RATE_LIMIT", "1000000/s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("spawning {} serve", hangar.display()))?;
+    let stdout = child.stdout.take().context("serve's stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let listening = (|| -> Result<String> {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!(
+                    "hangar serve exited before listening: {}",
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            if let Some(rest) = line.strip_prefix("hangar listening on ") {
+                return Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .context("no URL in the listening line")?
+                    .to_owned());
+            }
+        }
+    })();
+    let url = match listening {
+        Ok(url) => url,
+        Err(err) => {
+            terminate(&mut child);
+            return Err(err);
+        }
+    };
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Ok((child, url))
 }
 
 impl Drop for Serve {
