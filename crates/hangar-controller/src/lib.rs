@@ -661,10 +661,11 @@ impl Controller {
                 .memory
                 .next_start
                 .is_some_and(|at| at > tokio::time::Instant::now());
-            // Never reconciled here (this node has just taken the instance
-            // over, or a request came first): a reconcile is asked for, and
-            // the request waits for what it decides.
-            let unknown = tracked.bounds.is_none() && !tracked.elsewhere;
+            // Not reconciled here as this node's (it is taking the instance
+            // over, or a request came first, or another node ran it when
+            // last looked at): a reconcile is asked for, and the request
+            // waits for what it decides.
+            let unknown = tracked.bounds.is_none();
             let allowed = unknown
                 || (tracked.serving && !backing_off && tracked.bounds.is_some_and(|b| b.max > 0));
             let woken = allowed && tracked.autoscale.scale == Some(0);

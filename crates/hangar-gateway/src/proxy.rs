@@ -251,8 +251,7 @@ pub(crate) async fn splice(
     match tokio::try_join!(downstream, upstream) {
         Ok((down, up)) => {
             let _ =
-                tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
-                    .await;
+                tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
         }
         Err(err) => tracing::debug!(error = %err, "upgrade failed"),
     }

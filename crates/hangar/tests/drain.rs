@@ -36,7 +36,7 @@ async fn draining_a_node_under_load_moves_its_agents_and_fails_no_request() {
             json!({"scaling": {"min_instances": 2, "max_instances": 2}}),
         )
         .await;
-    let (drained, other) = if holder(&db, &instance).await.expect("a holder").0 == a_id {
+    let (drained, other) = if holder(db, &instance).await.expect("a holder").0 == a_id {
         (&a, &b)
     } else {
         (&b, &a)
@@ -67,14 +67,14 @@ async fn draining_a_node_under_load_moves_its_agents_and_fails_no_request() {
 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let moved = holder(&db, &instance).await.map(|h| h.0) == Some(other_id.clone());
+        let moved = holder(db, &instance).await.map(|h| h.0) == Some(other_id.clone());
         if moved && drained.replica_ids().is_empty() && other.replica_ids().len() == 2 {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "never moved: holder {:?}, replicas {:?} / {:?}",
-            holder(&db, &instance).await,
+            holder(db, &instance).await,
             drained.replica_ids(),
             other.replica_ids()
         );
@@ -133,7 +133,7 @@ async fn draining_a_node_under_load_moves_its_agents_and_fails_no_request() {
     assert_eq!(status, 404, "{text}");
     assert_eq!(body["error"]["code"], "NODE_NOT_FOUND", "{body}");
     assert_eq!(
-        holder(&db, &instance).await.map(|h| h.0),
+        holder(db, &instance).await.map(|h| h.0),
         Some(other_id.clone())
     );
 

@@ -276,7 +276,10 @@ async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
         return;
     };
     let (db, dir) = (&nodes.db, nodes.dir.clone());
-    let servers: Vec<Server> = ["a", "b", "c"].iter().map(|name| nodes.start(name)).collect();
+    let servers: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|name| nodes.start(name))
+        .collect();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let org = servers[0].org().await;
 
@@ -330,11 +333,11 @@ async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
             "{log:#?}"
         );
     }
-    let succeeded = events_by_subject(&db, &org, "build.succeeded").await;
+    let succeeded = events_by_subject(db, &org, "build.succeeded").await;
     for build in &builds {
         assert_eq!(succeeded.get(build), Some(&1), "{succeeded:?}");
     }
-    assert!(events_by_subject(&db, &org, "build.failed")
+    assert!(events_by_subject(db, &org, "build.failed")
         .await
         .is_empty());
 
@@ -375,25 +378,25 @@ async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
         assert_eq!(j["output"], json!({"n": n, "doubled": n * 2}), "{j}");
         assert_eq!(j["attempts"], 1, "claimed more than once: {j}");
     }
-    let runner = server_of(&servers, &wait_holder(&db, &instance).await).await;
+    let runner = server_of(&servers, &wait_holder(db, &instance).await).await;
     let delivered = agent_counts(runner, &org, &instance, "/tmp/deliveries.log", "deliver").await;
     let executed = agent_counts(runner, &org, &instance, "/tmp/executions.log", "execute").await;
     for id in &jobs {
         assert_eq!(delivered.get(id), Some(&1), "{id}: {delivered:?}");
         assert_eq!(executed.get(id), Some(&1), "{id}: {executed:?}");
     }
-    let completed = events_by_subject(&db, &org, "job.completed").await;
+    let completed = events_by_subject(db, &org, "job.completed").await;
     for id in &jobs {
         assert_eq!(completed.get(id), Some(&1), "{id}: {completed:?}");
     }
 
     // Every delivery queued so far (builds, deployments, jobs: well over a
     // hundred) is delivered once, after exactly one refused attempt.
-    let queued = deliveries(&db, &org, &hook).await;
+    let queued = deliveries(db, &org, &hook).await;
     assert!(queued.len() > 60 + 9, "{} deliveries", queued.len());
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let now = deliveries(&db, &org, &hook).await;
+        let now = deliveries(db, &org, &hook).await;
         let pending: Vec<_> = now
             .iter()
             .filter(|d| queued.iter().any(|q| q.id == d.id))
@@ -411,7 +414,7 @@ async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let stored: HashMap<String, hangar_core::events::Delivery> = deliveries(&db, &org, &hook)
+    let stored: HashMap<String, hangar_core::events::Delivery> = deliveries(db, &org, &hook)
         .await
         .into_iter()
         .map(|d| (d.id.clone(), d))
@@ -502,12 +505,12 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
         "{log:#?}"
     );
     assert_eq!(
-        events_by_subject(&db, &org, "build.succeeded")
+        events_by_subject(db, &org, "build.succeeded")
             .await
             .get(&build),
         Some(&1)
     );
-    assert!(events_by_subject(&db, &org, "build.failed")
+    assert!(events_by_subject(db, &org, "build.failed")
         .await
         .is_empty());
 
@@ -542,7 +545,7 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
     servers[0]
         .wait_instance(&instance, "running", |i| i["status"] == "running")
         .await;
-    let owner = wait_holder(&db, &instance).await;
+    let owner = wait_holder(db, &instance).await;
     let at = {
         let mut at = None;
         for (i, server) in servers.iter().enumerate() {
@@ -578,12 +581,12 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
     assert_eq!(j["output"], json!({"n": 7, "doubled": 14}), "{j}");
     assert_eq!(j["attempts"], 2, "{j}");
     assert_eq!(
-        events_by_subject(&db, &org, "job.completed")
+        events_by_subject(db, &org, "job.completed")
             .await
             .get(&job),
         Some(&1)
     );
-    let (node, _) = holder(&db, &instance).await.expect("held");
+    let (node, _) = holder(db, &instance).await.expect("held");
     assert_eq!(node, node_id(survivor).await);
     let executed = agent_counts(survivor, &org, &instance, "/tmp/executions.log", "execute").await;
     assert_eq!(executed.get(&job), Some(&1), "{executed:?}");

@@ -21,7 +21,12 @@ use common::*;
 
 #[tokio::test]
 async fn a_killed_node_fails_only_what_was_in_flight_on_it() {
-    let Some(nodes) = Nodes::new("failover", &["--node-dead-after", "4", "--instance-lease", "4"]).await else {
+    let Some(nodes) = Nodes::new(
+        "failover",
+        &["--node-dead-after", "4", "--instance-lease", "4"],
+    )
+    .await
+    else {
         return;
     };
     let (db, dir) = (&nodes.db, nodes.dir.clone());
@@ -36,7 +41,7 @@ async fn a_killed_node_fails_only_what_was_in_flight_on_it() {
             json!({"scaling": {"min_instances": 2, "max_instances": 2}}),
         )
         .await;
-    let (doomed, survivor) = if holder(&db, &instance).await.expect("a holder").0 == a_id {
+    let (doomed, survivor) = if holder(db, &instance).await.expect("a holder").0 == a_id {
         (a, b)
     } else {
         (b, a)
@@ -75,7 +80,7 @@ async fn a_killed_node_fails_only_what_was_in_flight_on_it() {
     doomed.kill9();
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    while holder(&db, &instance).await.map(|h| h.0) != Some(survivor_id.clone()) {
+    while holder(db, &instance).await.map(|h| h.0) != Some(survivor_id.clone()) {
         assert!(Instant::now() < deadline, "never taken over");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -119,7 +124,7 @@ async fn a_killed_node_fails_only_what_was_in_flight_on_it() {
         }
     }
     let org = survivor.org().await;
-    let completed = events_by_subject(&db, &org, "job.completed").await;
+    let completed = events_by_subject(db, &org, "job.completed").await;
     for job in &jobs {
         assert_eq!(completed.get(job), Some(&1), "{job}: {completed:?}");
     }

@@ -49,7 +49,12 @@ async fn invoke(server: &Server, agent: &str, input: Value) -> (u16, Value, Stri
 
 #[tokio::test]
 async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a_clean_stop() {
-    let Some(nodes) = Nodes::new("leases", &["--node-dead-after", "3", "--instance-lease", "3"]).await else {
+    let Some(nodes) = Nodes::new(
+        "leases",
+        &["--node-dead-after", "3", "--instance-lease", "3"],
+    )
+    .await
+    else {
         return;
     };
     let (db, dir) = (&nodes.db, nodes.dir.clone());
@@ -74,7 +79,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
         .to_owned();
 
     // One node holds the instance and runs both replicas; the other none.
-    let (owner_id, generation) = holder(&db, &instance).await.expect("a holder");
+    let (owner_id, generation) = holder(db, &instance).await.expect("a holder");
     let (owner, other, other_id) = if owner_id == a_id {
         (a, b, b_id)
     } else {
@@ -105,7 +110,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
     owner.kill9();
     let deadline = Instant::now() + Duration::from_secs(120);
     let taken = loop {
-        match holder(&db, &instance).await {
+        match holder(db, &instance).await {
             Some((node, g)) if node == other_id => break g,
             held => assert!(Instant::now() < deadline, "never taken over: {held:?}"),
         }
@@ -153,7 +158,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
     assert!(back.replica_ids().is_empty(), "{:?}", back.replica_ids());
     assert_eq!(shims(&other.dir), moved);
     assert_eq!(
-        holder(&db, &instance).await,
+        holder(db, &instance).await,
         Some((other_id.clone(), taken))
     );
     let (status, _, text) = invoke(&other, &agent, json!({"n": 3})).await;
@@ -170,7 +175,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
     assert!(shims(&other.dir).is_empty(), "{:?}", shims(&other.dir));
     let deadline = Instant::now() + Duration::from_secs(60);
     let handed = loop {
-        match holder(&db, &instance).await {
+        match holder(db, &instance).await {
             Some((node, g)) if node == owner_id => break g,
             held => assert!(Instant::now() < deadline, "never handed over: {held:?}"),
         }

@@ -125,7 +125,7 @@ async fn invocations_through_two_servers_add_up_on_either() {
     // The holder stops cleanly (writing what it had not) and hands the
     // instance over: the other counts from now on, and once the stopped
     // one is back, both show what both counted.
-    let (first, _) = holder(&db, &instance).await.expect("held");
+    let (first, _) = holder(db, &instance).await.expect("held");
     let mut at = 0;
     for (i, server) in servers.iter().enumerate() {
         if node_id(server).await == first {
@@ -136,7 +136,7 @@ async fn invocations_through_two_servers_add_up_on_either() {
     let other = &servers[1 - at];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match holder(&db, &instance).await {
+        match holder(db, &instance).await {
             Some((node, _)) if node != first => break,
             held => assert!(Instant::now() < deadline, "never handed over: {held:?}"),
         }
