@@ -337,9 +337,7 @@ async fn builds_jobs_and_webhook_deliveries_run_once_across_three_servers() {
     for build in &builds {
         assert_eq!(succeeded.get(build), Some(&1), "{succeeded:?}");
     }
-    assert!(events_by_subject(db, &org, "build.failed")
-        .await
-        .is_empty());
+    assert!(events_by_subject(db, &org, "build.failed").await.is_empty());
 
     // Sixty async jobs accepted through all three servers at once: each
     // claimed once, by the server that runs the agent's replica, and run
@@ -510,9 +508,7 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
             .get(&build),
         Some(&1)
     );
-    assert!(events_by_subject(db, &org, "build.failed")
-        .await
-        .is_empty());
+    assert!(events_by_subject(db, &org, "build.failed").await.is_empty());
 
     // The killed server comes back (removing the step it left) and both
     // run again; then a job is in flight on the server running its agent
@@ -581,9 +577,7 @@ async fn a_build_and_a_job_in_flight_on_a_killed_server_finish_once_on_the_other
     assert_eq!(j["output"], json!({"n": 7, "doubled": 14}), "{j}");
     assert_eq!(j["attempts"], 2, "{j}");
     assert_eq!(
-        events_by_subject(db, &org, "job.completed")
-            .await
-            .get(&job),
+        events_by_subject(db, &org, "job.completed").await.get(&job),
         Some(&1)
     );
     let (node, _) = holder(db, &instance).await.expect("held");

@@ -157,10 +157,7 @@ async fn an_instance_runs_on_one_node_moves_when_it_dies_and_is_handed_over_at_a
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert!(back.replica_ids().is_empty(), "{:?}", back.replica_ids());
     assert_eq!(shims(&other.dir), moved);
-    assert_eq!(
-        holder(db, &instance).await,
-        Some((other_id.clone(), taken))
-    );
+    assert_eq!(holder(db, &instance).await, Some((other_id.clone(), taken)));
     let (status, _, text) = invoke(&other, &agent, json!({"n": 3})).await;
     assert_eq!(status, 200, "{text}");
 
