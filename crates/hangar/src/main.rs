@@ -38,6 +38,9 @@ enum Command {
     /// with the fix; exit 0 when it can run agents, 1 otherwise. Takes
     /// `serve`'s flags, so it checks the data dir and database serve would use.
     Doctor(Box<config::ServeArgs>),
+    /// Print the OpenAPI document every server answers at `/openapi.json`
+    /// (what the SDKs are generated from; `sdk/openapi.json` is a copy).
+    Openapi,
     #[command(flatten)]
     Client(cli::Command),
     /// Internal: the per-replica process the sandbox driver starts.
@@ -87,6 +90,16 @@ fn main() -> ExitCode {
     let env = config::process_env();
     match cli.command {
         Command::Client(command) => cli::run(command, &env),
+        Command::Openapi => match hangar_api::openapi().to_pretty_json() {
+            Ok(document) => {
+                println!("{document}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hangar: cannot render the OpenAPI document: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Shim { command } => {
             let code = match command {
                 ShimCommand::Run { dir } => {
