@@ -351,27 +351,42 @@ async fn create(
     }
     spec.network = launch::network_policy(&instance, &inner.config.default_egress);
     egress::prepare(inner, state, &instance, &mut spec).await?;
-    let info = inner
-        .driver
-        .create(&spec)
-        .await
-        .map_err(|err| err.to_string())?;
-    tracing::info!(instance = %state.id, replica = %replica_id, "replica started");
-    let mut replica = Replica::new(info, generation.to_owned());
-    if spec.port.is_none() {
-        // Nothing to check: a stdin replica is ready once it runs.
-        replica.passed_check(0);
-        replica.response_time_ms = None;
-    }
-    let ready = replica.phase.serves();
-    lock(&state.tracked)
-        .replicas
-        .insert(replica_id.clone(), replica);
-    if ready {
-        state.became_ready.notify_waiters();
-    }
-    tasks::spawn_replica_tasks(inner, state, &replica_id);
-    Ok(())
+    // The driver's create and the tracking of what it made run as a task of
+    // their own that a stop does not cut off (the controller's stop waits
+    // for it): a reconcile dropped mid-create would otherwise leave a
+    // replica that exists (a pod and its Secret, a sandbox) but that no one
+    // tracks, so a clean stop's hand-over would not stop it and the node
+    // taking the instance over would never know of it.
+    let made = inner.tasks.spawn({
+        let inner = inner.clone();
+        let state = state.clone();
+        let generation = generation.to_owned();
+        async move {
+            let info = inner
+                .driver
+                .create(&spec)
+                .await
+                .map_err(|err| err.to_string())?;
+            tracing::info!(instance = %state.id, replica = %replica_id, "replica started");
+            let mut replica = Replica::new(info, generation);
+            if spec.port.is_none() {
+                // Nothing to check: a stdin replica is ready once it runs.
+                replica.passed_check(0);
+                replica.response_time_ms = None;
+            }
+            let ready = replica.phase.serves();
+            lock(&state.tracked)
+                .replicas
+                .insert(replica_id.clone(), replica);
+            if ready {
+                state.became_ready.notify_waiters();
+            }
+            tasks::spawn_replica_tasks(&inner, &state, &replica_id);
+            Ok(())
+        }
+    });
+    made.await
+        .map_err(|err| format!("the replica's start ended abruptly: {err}"))?
 }
 
 /// The credentials a cluster pulls `image` with: the `docker` source's own

@@ -1299,6 +1299,42 @@ async fn a_node_whose_lease_is_taken_stops_its_replicas_and_a_clean_stop_hands_o
 }
 
 #[tokio::test]
+async fn a_clean_stop_hands_over_a_replica_whose_create_was_in_flight() {
+    for backend in backends() {
+        let w = world(TestDb::new(backend).await).await;
+        let beat = |id: &str| hangar_store::NodeBeat {
+            id: id.to_owned(),
+            address: format!("http://{id}"),
+            version: "0".into(),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            replicas: 0,
+        };
+        for id in ["node-a", "node-b"] {
+            w.store.node_heartbeat(&beat(id), true).await.expect("beat");
+        }
+        let (a, fa) = node(&w, "node-a");
+        // The driver makes the replica but has not answered yet (a pod
+        // created, not yet running) when the server is told to stop.
+        fa.hold_creates(true);
+        let inst = w.instance(1).await;
+        let a_stop = tokio_util::sync::CancellationToken::new();
+        let a_stopped = a.start(a_stop.clone()).await.expect("start a");
+        wait_for("a create in flight", || fa.replicas().len() == 1).await;
+        a_stop.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fa.hold_creates(false);
+        a_stopped.await.expect("a stopped");
+        assert!(
+            fa.replicas().is_empty(),
+            "the replica made while stopping was left to no one: {:?}",
+            fa.replicas()
+        );
+        assert_eq!(holder(&w.store, &inst.id).await, None, "released");
+    }
+}
+
+#[tokio::test]
 async fn request_figures_are_exact_on_one_node_and_add_up_across_nodes() {
     for backend in backends() {
         let db = TestDb::new(backend).await;

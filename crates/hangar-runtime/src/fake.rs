@@ -4,6 +4,7 @@
 //! [`crate::SandboxDriver`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -50,6 +51,11 @@ struct State {
 #[derive(Debug, Default)]
 pub struct FakeDriver {
     state: Mutex<State>,
+    /// Creates made while set return only once it is cleared: the replica
+    /// exists, its creator has not heard so yet (a pod created, not yet
+    /// running).
+    holding_creates: AtomicBool,
+    creates_released: tokio::sync::Notify,
 }
 
 impl FakeDriver {
@@ -79,6 +85,15 @@ impl FakeDriver {
     /// The next `n` creates fail.
     pub fn fail_creates(&self, n: u32) {
         self.state().failing_creates = n;
+    }
+
+    /// While `hold` is true, a create makes its replica and then waits for
+    /// `hold_creates(false)` before it returns.
+    pub fn hold_creates(&self, hold: bool) {
+        self.holding_creates.store(hold, Ordering::SeqCst);
+        if !hold {
+            self.creates_released.notify_waiters();
+        }
     }
 
     /// The next `n` removes fail (the replica stays).
@@ -116,24 +131,9 @@ impl FakeDriver {
             }
         }
     }
-}
 
-fn exit_now(code: Option<i32>, signal: Option<i32>) -> Exit {
-    Exit {
-        code,
-        signal,
-        oom_killed: false,
-        at_ms: now_ms(),
-    }
-}
-
-#[async_trait::async_trait]
-impl Driver for FakeDriver {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-
-    async fn create(&self, spec: &ReplicaSpec) -> Result<ReplicaInfo, DriverError> {
+    /// The synchronous half of a create: records the call, makes the replica.
+    fn make(&self, spec: &ReplicaSpec) -> Result<ReplicaInfo, DriverError> {
         let mut state = self.state();
         state.calls.push(Call::Create(spec.clone()));
         if state.failing_creates > 0 {
@@ -165,6 +165,35 @@ impl Driver for FakeDriver {
                 followers: Vec::new(),
             },
         );
+        Ok(info)
+    }
+}
+
+fn exit_now(code: Option<i32>, signal: Option<i32>) -> Exit {
+    Exit {
+        code,
+        signal,
+        oom_killed: false,
+        at_ms: now_ms(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for FakeDriver {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn create(&self, spec: &ReplicaSpec) -> Result<ReplicaInfo, DriverError> {
+        let info = self.make(spec)?;
+        loop {
+            let mut released = std::pin::pin!(self.creates_released.notified());
+            released.as_mut().enable();
+            if !self.holding_creates.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
         Ok(info)
     }
 

@@ -641,9 +641,10 @@ async fn three_servers_from_the_manifest_run_an_agent_as_pods_behind_their_servi
     left.retain(|replica| !current.contains(replica));
     left.sort();
     left.dedup();
-    if !left.is_empty() {
-        eprintln!("k8s_deploy: KNOWN ISSUE: replicas left by the replaced servers: {left:?}");
-    }
+    assert!(
+        left.is_empty(),
+        "replicas left by the replaced servers (a pod or its Secret): {left:?}"
+    );
     drop(relay);
 }
 
