@@ -107,6 +107,11 @@ pub(crate) struct Memory {
     pub unhealthy: Option<String>,
     /// The build `agent.deployed` is known to be recorded for.
     pub announced_build: Option<String>,
+    /// This node took the instance over from another that ran it (a drain,
+    /// a failover): until a replica of its own is ready the instance stays
+    /// `running`, so requests wait for it as for a cold start instead of
+    /// being refused as if it were being deployed.
+    pub taken_over: bool,
 }
 
 /// Why a replica is stopped.
@@ -455,6 +460,7 @@ pub(crate) fn plan(
     let ready =
         u32::try_from(after.iter().filter(|r| r.phase.serves()).count()).unwrap_or(u32::MAX);
     if ready > 0 {
+        plan.memory.taken_over = false;
         plan.set(InstanceStatus::Running, None, ready);
     } else if want == 0 && after.is_empty() {
         // Scaled to zero: serving, by starting a replica on the next request
@@ -467,6 +473,12 @@ pub(crate) fn plan(
     } else if plan.memory.crash_streak > 0 {
         let reason = plan.memory.last_failure.clone();
         plan.set(InstanceStatus::Error, reason, 0);
+    } else if plan.memory.taken_over {
+        plan.set(
+            InstanceStatus::Running,
+            Some("moved to another server; its replicas are starting there".to_owned()),
+            0,
+        );
     } else {
         plan.set(InstanceStatus::Starting, None, 0);
     }
@@ -968,6 +980,7 @@ mod tests {
             restart_count: 4,
             unhealthy: Some("sick".to_owned()),
             announced_build: None,
+            taken_over: false,
         };
         let stopped = Desired {
             running: false,
@@ -1080,6 +1093,41 @@ mod tests {
         assert_eq!(planned.stopped_for(Why::Unhealthy), ["a"]);
         assert!(planned.events.is_empty());
         assert_eq!(planned.status.status, InstanceStatus::Running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_taken_over_stays_running_until_its_own_replicas_are_ready() {
+        let now = Instant::now();
+        let taken = Memory {
+            taken_over: true,
+            ..Memory::default()
+        };
+        let empty = world(vec![]);
+        let first = plan(&empty, &desired(2), &taken, &policy(), now);
+        assert_eq!(first.create, 2);
+        assert_eq!(first.status.status, InstanceStatus::Running);
+        assert_eq!(first.status.ready, 0);
+        assert!(first.memory.taken_over);
+        let starting = world(vec![replica(
+            "a",
+            NEW,
+            Phase::Starting,
+            Duration::ZERO,
+            now,
+        )]);
+        let still = plan(&starting, &desired(1), &first.memory, &policy(), now);
+        assert_eq!(still.status.status, InstanceStatus::Running);
+        let ready = world(vec![replica("a", NEW, Phase::Ready, SEC, now)]);
+        let done = plan(&ready, &desired(1), &still.memory, &policy(), now);
+        assert_eq!(done.status.status, InstanceStatus::Running);
+        assert_eq!(done.status.ready, 1);
+        assert!(
+            !done.memory.taken_over,
+            "over once a replica of its own serves"
+        );
+        // Without a take-over, the same start is `starting`.
+        let fresh = plan(&empty, &desired(2), &Memory::default(), &policy(), now);
+        assert_eq!(fresh.status.status, InstanceStatus::Starting);
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,11 +57,14 @@ pub(crate) async fn reconcile(
         // Its replicas here serve until its new node runs it (a drain).
         return Ok(Action::AwaitChange);
     }
-    if !own(inner, state).await? {
+    let Some(acquired) = own(inner, state).await? else {
         return Ok(Action::AwaitChange);
-    }
+    };
     let instance = &controlled.instance;
     let running = !controlled.deleted && instance.desired_state == DesiredState::Running;
+    if acquired && running && instance.status == InstanceStatus::Running {
+        lock(&state.tracked).memory.taken_over = true;
+    }
     let ready_build = match (&controlled.build_status, &controlled.artifact) {
         (BuildStatus::Ready, Some(artifact)) => {
             Some((artifact.clone(), launch::generation(instance, artifact)))
@@ -153,11 +156,15 @@ pub(crate) async fn reconcile(
     apply(inner, state, &controlled, ready_build, plan).await
 }
 
-/// Whether this node may act on the instance now: it holds the lease,
-/// renewed here at the generation it holds (the fencing check before any
-/// effect), or it has just acquired it. When another node runs the
-/// instance, this node's replicas of it (if any) are stopped and forgotten.
-async fn own(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<bool, ReconcileError> {
+/// Whether this node may act on the instance now: `Some(false)` when it
+/// holds the lease, renewed here at the generation it holds (the fencing
+/// check before any effect), `Some(true)` when it has just acquired it.
+/// When another node runs the instance (`None`), this node's replicas of it
+/// (if any) are stopped and forgotten.
+async fn own(
+    inner: &Arc<Inner>,
+    state: &Arc<InstanceState>,
+) -> Result<Option<bool>, ReconcileError> {
     let leases = &inner.leases;
     let sent = Instant::now();
     if let Some(generation) = leases.generation(&state.id) {
@@ -167,7 +174,7 @@ async fn own(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<bool, Rec
             .await?;
         if held {
             leases.written(&state.id, generation, sent);
-            return Ok(true);
+            return Ok(Some(false));
         }
         tracing::warn!(instance = %state.id, generation, "another node took this instance over");
         leases.lost(&state.id, generation);
@@ -175,7 +182,7 @@ async fn own(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<bool, Rec
     if inner.draining.load(std::sync::atomic::Ordering::SeqCst) {
         // A drained node takes nothing.
         let_go(inner, state).await?;
-        return Ok(false);
+        return Ok(None);
     }
     let sent = Instant::now();
     match inner
@@ -186,11 +193,11 @@ async fn own(inner: &Arc<Inner>, state: &Arc<InstanceState>) -> Result<bool, Rec
         Some(generation) => {
             leases.written(&state.id, generation, sent);
             tracing::info!(instance = %state.id, generation, "this node runs the instance now");
-            Ok(true)
+            Ok(Some(true))
         }
         None => {
             let_go(inner, state).await?;
-            Ok(false)
+            Ok(None)
         }
     }
 }

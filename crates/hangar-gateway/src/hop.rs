@@ -26,10 +26,14 @@
 //! Where an instance is held is read from the store and kept for
 //! [`crate::ROUTE_TTL`]; an instance nobody holds, or whose holder is dead
 //! or stopped or whose lease ran out, is served here (the local controller
-//! takes it over on the first request). On one server nothing is ever
-//! forwarded, and the check costs a lookup in a small map.
+//! takes it over on the first request) — unless this node is draining and
+//! so takes nothing: then it goes to the ready, undrained node with the
+//! fewest replicas, which takes it over instead ([`Hops::set_draining`]).
+//! On one server nothing is ever forwarded, and the check costs a lookup
+//! in a small map.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,6 +116,8 @@ pub struct Hops {
     dead_after: Duration,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     held: Mutex<HashMap<HopKey, Held>>,
+    /// This node is draining: it takes no instance over.
+    draining: AtomicBool,
 }
 
 impl Hops {
@@ -142,7 +148,16 @@ impl Hops {
             dead_after,
             client,
             held: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this node is draining (told with each heartbeat): while it
+    /// is, what nobody holds goes to another node rather than here.
+    pub fn set_draining(&self, draining: bool) {
+        if self.draining.swap(draining, Ordering::SeqCst) != draining {
+            self.forget();
+        }
     }
 
     /// This node's ID.
@@ -193,7 +208,10 @@ impl Hops {
         if node.is_none() && !mine {
             // Nobody runs it yet (or its holder is gone): served here for
             // now, but asked again next time, as a node may take it any
-            // moment.
+            // moment. A draining node takes nothing over: another does.
+            if self.draining.load(Ordering::SeqCst) {
+                return self.stand_in(now).await;
+            }
             return Ok(None);
         }
         let mut held = lock(&self.held);
@@ -280,6 +298,25 @@ impl Hops {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// The ready, undrained node other than this one with the fewest
+    /// replicas, to take over what a draining node is asked about; `None`
+    /// (served here, which answers that nothing runs it) when there is none.
+    async fn stand_in(
+        &self,
+        now: hangar_core::model::Timestamp,
+    ) -> Result<Option<Arc<str>>, StoreError> {
+        let nodes = self.store.list_nodes().await?;
+        Ok(nodes
+            .iter()
+            .filter(|n| {
+                n.beat.id != self.node
+                    && n.draining_at.is_none()
+                    && n.status(now, self.dead_after) == NodeStatus::Ready
+            })
+            .min_by_key(|n| (n.beat.replicas, n.beat.id.clone()))
+            .map(|n| Arc::from(n.beat.address.as_str())))
     }
 
     /// Like [`Hops::elsewhere`], read from the store now whatever was

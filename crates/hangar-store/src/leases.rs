@@ -176,7 +176,8 @@ impl Store {
     /// running out `duration` from now unless `to` renews it. Returns the
     /// new generation, or `None` when `from` no longer holds it at that
     /// generation. `to` takes it up at its next reconcile of the instance
-    /// (an acquisition of its own lease).
+    /// (an acquisition of its own lease). The instance's count of ready
+    /// replicas goes to zero with it: those were `from`'s.
     pub async fn transfer_instance_lease(
         &self,
         instance_id: &str,
@@ -186,6 +187,7 @@ impl Store {
         duration: Duration,
     ) -> Result<Option<i64>> {
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE instance_leases SET node_id = $4, generation = generation + 1, expires_at = $5 \
              WHERE instance_id = $1 AND node_id = $2 AND generation = $3 RETURNING generation",
@@ -195,8 +197,18 @@ impl Store {
         .bind(generation)
         .bind(to)
         .bind(now.saturating_add(ms(duration)))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        if row.is_some() {
+            // The ready replicas counted so far are the old node's: only
+            // the new node's own count says it runs the instance (what the
+            // old node waits for before it stops its replicas).
+            sqlx::query("UPDATE instances SET ready_replicas = 0 WHERE id = $1")
+                .bind(instance_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         row.map(|r| r.int("generation")).transpose()
     }
 

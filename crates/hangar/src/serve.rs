@@ -260,8 +260,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // takes its instances while it still acts on them (see the controller's
     // `leases`).
     let counted: Arc<std::sync::OnceLock<hangar_controller::Controller>> = Arc::default();
+    let hopping: Arc<std::sync::OnceLock<Arc<hangar_gateway::hop::Hops>>> = Arc::default();
     let heartbeat = {
         let counted = counted.clone();
+        let hopping = hopping.clone();
         crate::node::start(
             store.clone(),
             node_id.clone(),
@@ -278,6 +280,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             move |draining| {
                 if let Some(controller) = counted.get() {
                     controller.set_draining(draining);
+                }
+                if let Some(hops) = hopping.get() {
+                    hops.set_draining(draining);
                 }
             },
             replicas_shutdown.clone(),
@@ -369,6 +374,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .context("TLS roots for requests to other nodes")?,
     );
+    let _ = hopping.set(hops.clone());
     let app = hangar_api::app(AppState::from(Services {
         store: store.clone(),
         config: Arc::new(api_config),

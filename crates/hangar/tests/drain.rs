@@ -117,6 +117,34 @@ async fn draining_a_node_under_load_moves_its_agents_and_fails_no_request() {
         .await;
     assert_eq!(status, 200, "{text}");
 
+    // An agent nobody runs yet, asked for through the drained node (which
+    // takes nothing): the other node takes it over and answers.
+    let quiet = drained
+        .deploy(
+            "undrained-elsewhere",
+            "http",
+            json!({"scaling": {"min_instances": 0, "max_instances": 1}}),
+        )
+        .await;
+    let quiet_agent = drained.instance(&quiet).await["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    let (status, _, _, text) = drained
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/agents/{quiet_agent}/invoke"),
+            Some(json!({"input": {"first": true}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        holder(db, &quiet).await.map(|h| h.0),
+        Some(other_id.clone()),
+        "the drained node took an instance"
+    );
+    other.delete(&quiet, true).await;
+
     // Undrained, it is an ordinary node again (what moved stays moved).
     let (status, body, _, text) = drained
         .call(
