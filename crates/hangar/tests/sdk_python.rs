@@ -34,7 +34,7 @@ fn repo() -> PathBuf {
 fn sdk_python() -> Option<String> {
     let how = "set HANGAR_TEST_SDK_PYTHON to a Python with the SDK's test dependencies: \
                python3 -m venv VENV && VENV/bin/pip install httpx==0.28.1 \
-               datamodel-code-generator==0.89.0 (what .ci/run does)";
+               datamodel-code-generator==0.89.0 mypy==2.4.1 (what .ci/run does)";
     match std::env::var("HANGAR_TEST_SDK_PYTHON") {
         Ok(python) if Path::new(&python).exists() => Some(python),
         found => {

@@ -13,9 +13,10 @@ import fnmatch
 import io
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 __all__ = [
     "operation",
@@ -71,15 +72,21 @@ def read_config(path: Optional[Path]) -> Dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    try:
-        import tomllib  # Python 3.11+
-    except ImportError:  # pragma: no cover - Python 3.10
-        return _read_simple_toml(text)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: {e}") from None
-    return {k: v for k, v in data.items() if isinstance(v, str)}
+    if sys.version_info >= (3, 11):
+        return _read_toml(path, text)
+    return _read_simple_toml(text)
+
+
+if sys.version_info >= (3, 11):
+
+    def _read_toml(path: Path, text: str) -> Dict[str, str]:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
 def _read_simple_toml(text: str) -> Dict[str, str]:
@@ -232,7 +239,7 @@ class LogLine:
 JOB_FINAL = ("completed", "failed", "cancelled")
 
 
-def backoff(first: float = 0.1, factor: float = 1.6, most: float = 2.0) -> Iterable[float]:
+def backoff(first: float = 0.1, factor: float = 1.6, most: float = 2.0) -> Iterator[float]:
     """Delays between polls of a job: short at first (most jobs are quick), then
     growing to ``most`` so a long job costs a request every few seconds."""
     delay = first

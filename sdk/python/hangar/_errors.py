@@ -253,7 +253,7 @@ def _job_failed_class(family: type) -> type:
 
 def job_error(job: dict) -> JobFailedError:
     """The error raised for a job that ended ``failed`` or ``cancelled``."""
-    stored = job.get("error") if isinstance(job.get("error"), dict) else {}
+    stored: dict = job["error"] if isinstance(job.get("error"), dict) else {}
     status = str(job.get("status", "")).lower()
     if status == "cancelled":
         code, message = "JOB_CANCELLED", "the job was cancelled"

@@ -721,9 +721,11 @@ class Client:
             if agent.get("latest_build_id") != build:
                 raise HangarError(f"another build ({agent.get('latest_build_id')}) of the agent was queued meanwhile",
                                   code="BUILD_SUPERSEDED")
-            if agent.get("status") == "running" and self._deployed(agent["id"], build):
+            # Compared lower-case: the server sends `running`.
+            status = str(agent.get("status", "")).lower()
+            if status == "running" and self._deployed(agent["id"], build):
                 return agent
-            if agent.get("status") in ("failed", "stopped"):
+            if status in ("failed", "stopped"):
                 raise HangarError(f"build {build} is ready but the agent is {agent.get('status')}",
                                   code="AGENT_NOT_RUNNING", body={"current_status": agent.get("status")})
             if time.monotonic() >= deadline:

@@ -80,6 +80,20 @@ class Drift(unittest.TestCase):
         self.assertTrue(inspect.isasyncgenfunction(hangar._async.Agents.stream))
 
 
+class Types(unittest.TestCase):
+    def test_the_package_type_checks(self):
+        # py.typed promises types: mypy must pass on the oldest Python supported.
+        try:
+            import mypy  # noqa: F401
+        except ImportError:
+            if os.environ.get("CI") == "true":
+                raise
+            self.skipTest("mypy is not installed: pip install mypy==2.4.1")
+        run = subprocess.run([sys.executable, "-m", "mypy", "--python-version", "3.10", "--cache-dir", os.devnull,
+                              "hangar"], cwd=SDK, capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+
+
 class Settings(unittest.TestCase):
     def test_arguments_beat_the_environment_which_beats_the_login_file(self):
         with tempfile.TemporaryDirectory() as home:
