@@ -89,6 +89,11 @@ class Sync(unittest.TestCase):
         self.assertEqual(job.status, "completed")
         self.assertEqual(job.output, {"upper": "LATER", "length": 5})
         self.assertEqual(self.client.jobs.get(job.id).status, "completed")
+        # A repeated Idempotency-Key answers from the first request's job.
+        key = f"sdk-{time.time_ns()}"
+        first = self.client.agents.invoke(agent["id"], {"text": "once"}, wait=False, idempotency_key=key)
+        again = self.client.agents.invoke(agent["id"], {"text": "once"}, wait=True, idempotency_key=key)
+        self.assertEqual((again.id, again.output), (first.id, {"upper": "ONCE", "length": 4}))
 
     def test_async_job_cancelled(self):
         job = self.client.agents.invoke(agent["id"], {"sleep": 60}, wait=False)
