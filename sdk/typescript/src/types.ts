@@ -1,45 +1,46 @@
 /**
- * Names for the document's schemas, so callers write `Agent` rather than
- * `components["schemas"]["AgentObject"]`. Every one is the generated type;
+ * Names for the document's shapes, so callers write `Agent` rather than
+ * `components["schemas"]["AgentObject"]`. Every one is a generated type;
  * nothing here is written by hand except the shapes the document only
- * describes in prose (the SSE events of streams, log lines).
+ * describes in prose (the SSE events of streams, log lines, invoke answers).
  */
 
-import type { components } from "./schema.js";
+import type { Answer, Data, RequestBody } from "./http.js";
 
-type Schemas = components["schemas"];
-
-export type Agent = Schemas["AgentObject"];
-export type CreateAgent = Schemas["CreateAgent"];
-export type UpdateAgent = Schemas["UpdateAgent"];
-export type AgentMetrics = Schemas["AgentMetrics"];
-export type Source = Schemas["Source"];
-export type Build = Schemas["BuildObject"];
-export type BuildLog = Schemas["BuildLog"];
-export type BuildLogLine = Schemas["BuildLogLineObject"];
-export type Instance = Schemas["InstanceObject"];
-export type InstanceStatus = Schemas["InstanceStatusObject"];
-export type CreateInstance = Schemas["CreateInstance"];
-export type UpdateInstance = Schemas["UpdateInstance"];
-export type Job = Schemas["JobObject"];
-export type Upload = Schemas["UploadObject"];
-export type UploadReceived = Schemas["UploadReceived"];
-export type Secret = Schemas["SecretObject"];
-export type Webhook = Schemas["WebhookObject"];
-export type CreateWebhook = Schemas["CreateWebhook"];
-export type UpdateWebhook = Schemas["UpdateWebhook"];
-export type Delivery = Schemas["DeliveryObject"];
-export type ApiKey = Schemas["ApiKeyObject"];
-export type Organization = Schemas["OrganizationObject"];
-export type CreatedOrganization = Schemas["CreatedOrganization"];
-export type User = Schemas["UserObject"];
-export type Cloud = Schemas["CloudObject"];
-export type Node = Schemas["NodeObject"];
-export type Event = Schemas["EventObject"];
-export type StreamToken = Schemas["TokenObject"];
-export type Me = Schemas["Me"];
-export type Deleted = Schemas["Deleted"];
-export type Pagination = Schemas["Pagination"];
+// Read off the operations rather than named by schema: the operations are
+// what the client calls, and a schema renamed in the document (they are
+// named after the server's types) changes nothing here.
+export type Agent = Data<"/v1/agents/{id}", "get">;
+export type CreateAgent = RequestBody<"/v1/agents", "post">;
+export type UpdateAgent = RequestBody<"/v1/agents/{id}", "patch">;
+export type AgentMetrics = Data<"/v1/agents/{id}/metrics", "get">;
+export type Source = CreateAgent["source"];
+export type Build = Data<"/v1/builds/{id}", "get">;
+export type BuildLog = Data<"/v1/builds/{id}/logs", "get">;
+export type BuildLogLine = BuildLog["logs"][number];
+export type Instance = Answer<"/instances/{instance_id}", "get">;
+export type InstanceStatus = Answer<"/instances/status/{org_id}/{instance_id}", "get">;
+export type CreateInstance = RequestBody<"/instances", "post">;
+export type UpdateInstance = RequestBody<"/instances/{instance_id}", "put">;
+export type Job = Data<"/v1/jobs/{id}", "get">;
+export type Upload = Data<"/v1/uploads", "post">;
+export type UploadReceived = Data<"/v1/uploads/{id}/content", "put">;
+export type Secret = Data<"/v1/secrets", "post">;
+export type Webhook = Data<"/v1/webhooks/{id}", "get">;
+export type CreateWebhook = RequestBody<"/v1/webhooks", "post">;
+export type UpdateWebhook = RequestBody<"/v1/webhooks/{id}", "patch">;
+export type Delivery = Data<"/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", "post">;
+export type ApiKey = Data<"/v1/api_keys", "post">;
+export type Organization = Data<"/v1/organizations/{id}", "get">;
+export type CreatedOrganization = Data<"/v1/organizations", "post">;
+export type User = Data<"/v1/users/{id}", "get">;
+export type Cloud = Data<"/v1/clouds/{id}", "get">;
+export type Node = Data<"/v1/nodes", "get">[number];
+export type Event = Data<"/v1/events", "get">[number];
+export type StreamToken = Data<"/v1/tokens", "post">;
+export type Me = Answer<"/v1/me", "get">;
+export type Deleted = Data<"/v1/agents/{id}", "delete">;
+export type Pagination = Answer<"/v1/agents", "get">["pagination"];
 
 /** A sync invocation's answer: the agent's output and usage. */
 export interface InvokeResult {
