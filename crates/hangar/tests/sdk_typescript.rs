@@ -180,8 +180,13 @@ async fn the_typescript_client_works_in_a_browser() {
     let Some(chromium) = chromium_or_skip() else {
         return;
     };
+    // Built into this test's own directory: the other test's `npm test`
+    // rebuilds `dist/` meanwhile.
+    let dir = temp("sdk-typescript-browser");
+    let dist = dir.join("dist");
     let built = Command::new("npm")
-        .args(["run", "build"])
+        .args(["run", "build", "--", "--outDir"])
+        .arg(&dist)
         .current_dir(&package)
         .output()
         .expect("npm run build");
@@ -192,7 +197,6 @@ async fn the_typescript_client_works_in_a_browser() {
         .await
         .expect("bind");
     let page_origin = format!("http://{}", listener.local_addr().expect("addr"));
-    let dir = temp("sdk-typescript-browser");
     let server = Server::start_with(&dir, &["--cors-origins", &page_origin]);
     let agent_source = package.join("test/agent");
     let (status, created, _, text) = server
@@ -223,7 +227,6 @@ async fn the_typescript_client_works_in_a_browser() {
 
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let html = page(&server.url, &agent);
-    let dist = package.join("dist");
     let app = axum::Router::new()
         .route(
             "/",
