@@ -13,6 +13,9 @@
 //! - [`host`]: what every run sets up and tears down around its timing
 //!   (root, the `hangar` binary, a temporary directory, child processes,
 //!   programs' versions).
+//! - [`load`]: HTTP load on a path (latency in round-robin blocks,
+//!   throughput under wrk or this binary's own senders) for the request
+//!   benchmarks.
 //! - [`probe`]: the first-byte HTTP probe the start benchmarks time
 //!   readiness with, and the static busybox server it probes.
 //! - [`serve`]: a real `hangar serve` with an agent deployed on it.
@@ -26,6 +29,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 pub mod host;
+pub mod load;
 pub mod probe;
 pub mod serve;
 

@@ -58,13 +58,12 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, terminate, TempDir};
+use hangar_bench::load::{self, client, Target, BLOCKS};
 use hangar_bench::serve::Serve;
 use hangar_bench::{
     cpu_ticks, find_program, free_port, load_average, median, print_conditions, process_tree_cpu,
@@ -85,8 +84,6 @@ const P50_TARGET_MS: f64 = 0.5;
 const P99_TARGET_MS: f64 = 2.0;
 /// Target: Hangar's throughput ÷ nginx's, at least.
 const THROUGHPUT_TARGET: f64 = 1.0;
-/// Blocks the timed latency requests of each path are split into.
-const BLOCKS: usize = 10;
 
 /// Measures the gateway's invoke overhead against calling the replica
 /// directly and its throughput against nginx `proxy_pass`. Needs root.
@@ -142,82 +139,13 @@ struct Load {
     cpu_per_request: Option<Duration>,
 }
 
-/// CPU time of `server` (and its children) so far.
-fn server_cpu(server: Option<u32>) -> Option<Duration> {
-    process_tree_cpu(server?)
-}
-
 impl Load {
-    fn new(rps: f64, seconds: f64, cpu: (Option<Duration>, Option<Duration>)) -> Self {
-        let requests = rps * seconds;
-        let cpu_per_request = match cpu {
-            (Some(before), Some(after)) if requests >= 1.0 => {
-                Some(after.saturating_sub(before).div_f64(requests))
-            }
-            _ => None,
-        };
+    fn of(timed: &load::Timed<Option<Duration>>) -> Self {
         Self {
-            rps,
-            cpu_per_request,
+            rps: timed.rps,
+            cpu_per_request: timed.per_request(timed.before, timed.after),
         }
     }
-}
-
-/// Requests per second of `target` with wrk (one thread, `connections`
-/// connections), checking that every answer was 2xx.
-fn wrk_throughput(
-    wrk: &Path,
-    scripts: &Path,
-    target: &Target,
-    connections: usize,
-    duration: Duration,
-) -> Result<Load> {
-    let mut script = String::new();
-    if let Some(body) = target.body {
-        script.push_str(&format!(
-            "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
-        ));
-    }
-    if target.auth {
-        script.push_str(&format!(
-            "wrk.headers[\"Authorization\"] = \"Bearer {KEY}\"\n"
-        ));
-    }
-    if let Some(host) = &target.host {
-        script.push_str(&format!("wrk.headers[\"Host\"] = \"{host}\"\n"));
-    }
-    let path = scripts.join("request.lua");
-    fs::write(&path, script)?;
-    // One untimed second first, like the builtin load.
-    for (seconds, timed) in [(1, false), (duration.as_secs().max(1), true)] {
-        let cpu_before = server_cpu(target.server);
-        let out = Command::new(wrk)
-            .arg("-t1")
-            .arg(format!("-c{connections}"))
-            .arg(format!("-d{seconds}s"))
-            .arg("-s")
-            .arg(&path)
-            .arg(&target.url)
-            .output()
-            .context("running wrk")?;
-        let cpu_after = server_cpu(target.server);
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(out.status.success(), "wrk failed: {text}");
-        ensure!(
-            !text.contains("Non-2xx") && !text.contains("Socket errors"),
-            "{}: bad answers under load: {text}",
-            target.url
-        );
-        if timed {
-            let rps = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Requests/sec:"))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
-            return Ok(Load::new(rps, seconds as f64, (cpu_before, cpu_after)));
-        }
-    }
-    bail!("unreachable: the timed run returns")
 }
 
 /// nginx proxying to the replica, stopped on drop.
@@ -295,135 +223,6 @@ impl Drop for Nginx {
     }
 }
 
-/// One path's request: what it is called, where it goes, what it sends
-/// and what its answer must contain.
-#[derive(Clone)]
-struct Target {
-    name: &'static str,
-    url: String,
-    /// The JSON body of a POST; `None` for a GET.
-    body: Option<&'static str>,
-    auth: bool,
-    /// A `Host` header instead of the URL's (instance URLs).
-    host: Option<String>,
-    /// The process answering (with its children), whose CPU time is
-    /// counted; `None` for direct calls.
-    server: Option<u32>,
-    /// What a good answer contains (besides status 200).
-    expect: Vec<String>,
-}
-
-impl Target {
-    /// Sends one request; returns how long it took to the last body byte.
-    /// The answer is checked after the clock stops.
-    async fn send(&self, client: &reqwest::Client) -> Result<Duration> {
-        let mut req = match self.body {
-            Some(body) => client
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body),
-            None => client.get(&self.url),
-        };
-        if self.auth {
-            req = req.bearer_auth(KEY);
-        }
-        if let Some(host) = &self.host {
-            req = req.header(reqwest::header::HOST, host);
-        }
-        let t0 = Instant::now();
-        let res = req.send().await.context("sending")?;
-        let status = res.status();
-        let body = res.bytes().await.context("reading the answer")?;
-        let took = t0.elapsed();
-        let text = String::from_utf8_lossy(&body);
-        ensure!(
-            status == 200 && self.expect.iter().all(|e| text.contains(e.as_str())),
-            "{}: bad answer {status}: {text}",
-            self.url
-        );
-        Ok(took)
-    }
-}
-
-/// A client like the load tool's: keep-alive, no proxy.
-fn client(idle: usize) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(idle)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")
-}
-
-/// Sequential latency: warm-up, then the timed requests in [`BLOCKS`]
-/// blocks, round-robin over the paths. One client (one connection) per path.
-async fn latency(targets: &[Target], args: &Args) -> Result<Vec<Vec<Duration>>> {
-    let clients = targets
-        .iter()
-        .map(|_| client(1))
-        .collect::<Result<Vec<_>>>()?;
-    for (target, client) in targets.iter().zip(&clients) {
-        for _ in 0..args.warmup {
-            target.send(client).await?;
-        }
-    }
-    let n = targets.len();
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); n];
-    let per_block = args.requests.div_ceil(BLOCKS);
-    for block in 0..BLOCKS {
-        for offset in 0..n {
-            // Rotate which path goes first in each block.
-            let i = (block + offset) % n;
-            let n = per_block.min(args.requests.saturating_sub(samples[i].len()));
-            for _ in 0..n {
-                let took = targets[i].send(&clients[i]).await?;
-                samples[i].push(took);
-            }
-        }
-    }
-    Ok(samples)
-}
-
-/// Requests per second over `duration` with `connections` concurrent senders.
-async fn throughput(target: &Target, connections: usize, duration: Duration) -> Result<Load> {
-    let client = client(connections)?;
-    let done = Arc::new(AtomicU64::new(0));
-    let counting = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (client, target) = (client.clone(), target.clone());
-        let (done, counting, stop) = (done.clone(), counting.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                target.send(&client).await?;
-                if counting.load(Ordering::Relaxed) {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    counting.store(true, Ordering::Relaxed);
-    let cpu_before = server_cpu(target.server);
-    let t0 = Instant::now();
-    tokio::time::sleep(duration).await;
-    let n = done.load(Ordering::Relaxed);
-    let took = t0.elapsed();
-    let cpu_after = server_cpu(target.server);
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.context("a load task panicked")??;
-    }
-    let seconds = took.as_secs_f64();
-    Ok(Load::new(
-        n as f64 / seconds,
-        seconds,
-        (cpu_before, cpu_after),
-    ))
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.requests >= 1, "--requests must be at least 1");
@@ -486,7 +285,7 @@ fn main() -> Result<()> {
             name: "direct: `POST <replica>:8080/invoke`",
             url: format!("http://{upstream}/invoke"),
             body: Some(BODY),
-            auth: false,
+            key: None,
             host: None,
             server: None,
             expect: echo.clone(),
@@ -495,7 +294,7 @@ fn main() -> Result<()> {
             name: "Hangar: `POST /v1/agents/{id}/invoke`",
             url: format!("{}/v1/agents/{agent}/invoke", serve.url),
             body: Some(r#"{"input":{"q":1}}"#),
-            auth: true,
+            key: Some(KEY),
             host: None,
             server: hangar_pid,
             expect: vec![ECHO.to_owned(), r#""success":true"#.to_owned()],
@@ -504,7 +303,7 @@ fn main() -> Result<()> {
             name: "nginx `proxy_pass` → replica",
             url: format!("http://127.0.0.1:{}/invoke", nginx.port),
             body: Some(BODY),
-            auth: false,
+            key: None,
             host: None,
             server: nginx_pid,
             expect: echo.clone(),
@@ -513,7 +312,7 @@ fn main() -> Result<()> {
             name: "Hangar instance URL: `POST <resource>.localhost/invoke`",
             url: format!("{}/invoke", serve.url),
             body: Some(BODY),
-            auth: false,
+            key: None,
             host: Some(instance_host),
             server: hangar_pid,
             expect: echo,
@@ -522,7 +321,7 @@ fn main() -> Result<()> {
             name: "Hangar, no proxying: `GET /v1/agents/{id}` (auth + agent view)",
             url: format!("{}/v1/agents/{agent}", serve.url),
             body: None,
-            auth: true,
+            key: Some(KEY),
             host: None,
             server: hangar_pid,
             expect: vec![agent.clone()],
@@ -531,7 +330,7 @@ fn main() -> Result<()> {
             name: "Hangar, no auth, no database: `GET /healthz`",
             url: format!("{}/healthz", serve.url),
             body: None,
-            auth: false,
+            key: None,
             host: None,
             server: hangar_pid,
             expect: vec!["ok".to_owned()],
@@ -543,7 +342,7 @@ fn main() -> Result<()> {
             name: "baseline build: `GET /v1/agents/{id}`",
             url: format!("{}/v1/agents/{}", base.url, deployed.agent),
             body: None,
-            auth: true,
+            key: Some(KEY),
             host: None,
             server: pid,
             expect: vec![deployed.agent.clone()],
@@ -552,7 +351,7 @@ fn main() -> Result<()> {
             name: "baseline build: `GET /healthz`",
             url: format!("{}/healthz", base.url),
             body: None,
-            auth: false,
+            key: None,
             host: None,
             server: pid,
             expect: vec!["ok".to_owned()],
@@ -565,7 +364,7 @@ fn main() -> Result<()> {
         "latency: {} warm-up + {} timed sequential requests per path",
         args.warmup, args.requests
     );
-    let samples = rt.block_on(latency(&targets, &args))?;
+    let samples = rt.block_on(load::latency(&targets, args.warmup, args.requests))?;
     let scripts = TempDir::new("wrk")?;
     let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.rounds.max(1) {
@@ -578,10 +377,14 @@ fn main() -> Result<()> {
                 if wrk.is_some() { "wrk" } else { "builtin" }
             );
             let duration = Duration::from_secs(args.duration);
-            rounds[i].push(match &wrk {
-                Some(wrk) => wrk_throughput(wrk, &scripts.0, target, args.connections, duration)?,
-                None => rt.block_on(throughput(target, args.connections, duration))?,
-            });
+            let server = || target.server.and_then(process_tree_cpu);
+            let timed = match &wrk {
+                Some(wrk) => {
+                    load::wrk(wrk, &scripts.0, target, args.connections, duration, server)?
+                }
+                None => rt.block_on(load::builtin(target, args.connections, duration, server))?,
+            };
+            rounds[i].push(Load::of(&timed));
         }
     }
     let rps: Vec<f64> = rounds

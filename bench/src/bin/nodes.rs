@@ -71,16 +71,16 @@
 //! measurement, not a test. It exits with an error when the setup fails.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use hangar_bench::host::{hangar_binary, require_root, tail, TempDir};
+use hangar_bench::load::{self, client, Target, BLOCKS};
 use hangar_bench::serve::Serve;
 use hangar_bench::{
     cpu_count, cpu_ticks, find_program, free_port, kernel_release, load_average, median,
@@ -101,7 +101,6 @@ const ECHO: &str = r#""q":1"#;
 /// The port the agent listens on in its sandbox.
 const AGENT_PORT: u16 = 8080;
 /// Blocks the timed latency requests of each path are split into.
-const BLOCKS: usize = 10;
 /// How often the lease table is read during a failover.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -173,54 +172,6 @@ struct Args {
 enum LoadTool {
     Wrk,
     Builtin,
-}
-
-/// One latency and throughput path.
-#[derive(Clone)]
-struct Target {
-    name: &'static str,
-    url: String,
-    body: &'static str,
-    /// Sent with the admin key (the invokes).
-    auth: bool,
-    /// What a good answer contains (besides status 200).
-    expect: Vec<String>,
-}
-
-impl Target {
-    /// Sends one request; returns how long it took to the last body byte.
-    /// The answer is checked after the clock stops.
-    async fn send(&self, client: &reqwest::Client) -> Result<Duration> {
-        let mut req = client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(self.body);
-        if self.auth {
-            req = req.bearer_auth(KEY);
-        }
-        let t0 = Instant::now();
-        let res = req.send().await.context("sending")?;
-        let status = res.status();
-        let body = res.bytes().await.context("reading the answer")?;
-        let took = t0.elapsed();
-        let text = String::from_utf8_lossy(&body);
-        ensure!(
-            status == 200 && self.expect.iter().all(|e| text.contains(e.as_str())),
-            "{}: bad answer {status}: {text}",
-            self.url
-        );
-        Ok(took)
-    }
-}
-
-/// A client like the load tool's: keep-alive, no proxy.
-fn client(idle: usize) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(idle)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")
 }
 
 /// A database of this run's own on the PostgreSQL of `--postgres`, with a
@@ -370,35 +321,6 @@ async fn node_id(serve: &Serve, http: &reqwest::Client) -> Result<String> {
     }
 }
 
-/// Sequential latency: warm-up, then the timed requests in [`BLOCKS`]
-/// blocks, round-robin over the paths. One client (one connection) per path.
-async fn latency(targets: &[Target], args: &Args) -> Result<Vec<Vec<Duration>>> {
-    let clients = targets
-        .iter()
-        .map(|_| client(1))
-        .collect::<Result<Vec<_>>>()?;
-    for (target, client) in targets.iter().zip(&clients) {
-        for _ in 0..args.warmup {
-            target.send(client).await?;
-        }
-    }
-    let n = targets.len();
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); n];
-    let per_block = args.requests.div_ceil(BLOCKS);
-    for block in 0..BLOCKS {
-        for offset in 0..n {
-            // Rotate which path goes first in each block.
-            let i = (block + offset) % n;
-            let n = per_block.min(args.requests.saturating_sub(samples[i].len()));
-            for _ in 0..n {
-                let took = targets[i].send(&clients[i]).await?;
-                samples[i].push(took);
-            }
-        }
-    }
-    Ok(samples)
-}
-
 /// What a throughput run measured.
 #[derive(Clone, Copy)]
 struct Load {
@@ -409,21 +331,10 @@ struct Load {
 }
 
 impl Load {
-    /// `rps` over `seconds`, with both nodes' CPU time read before and after.
-    fn new(
-        rps: f64,
-        seconds: f64,
-        before: [Option<Duration>; 2],
-        after: [Option<Duration>; 2],
-    ) -> Self {
-        let requests = rps * seconds;
-        let per = |i: usize| match (before[i], after[i]) {
-            (Some(b), Some(a)) if requests >= 1.0 => Some(a.saturating_sub(b).div_f64(requests)),
-            _ => None,
-        };
+    fn of(timed: &load::Timed<[Option<Duration>; 2]>) -> Self {
         Self {
-            rps,
-            cpu: [per(0), per(1)],
+            rps: timed.rps,
+            cpu: [0, 1].map(|i| timed.per_request(timed.before[i], timed.after[i])),
         }
     }
 }
@@ -431,101 +342,6 @@ impl Load {
 /// Both nodes' CPU time now.
 fn cpu_now(nodes: &[Node; 2]) -> [Option<Duration>; 2] {
     [nodes[0].cpu(), nodes[1].cpu()]
-}
-
-/// Requests per second of `target` with wrk (one thread, `connections`
-/// connections), checking that every answer was 2xx.
-fn wrk_throughput(
-    wrk: &Path,
-    scripts: &Path,
-    target: &Target,
-    nodes: &[Node; 2],
-    connections: usize,
-    duration: Duration,
-) -> Result<Load> {
-    let mut script = format!(
-        "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
-        target.body
-    );
-    if target.auth {
-        script.push_str(&format!(
-            "wrk.headers[\"Authorization\"] = \"Bearer {KEY}\"\n"
-        ));
-    }
-    let path = scripts.join("request.lua");
-    fs::write(&path, script)?;
-    // One untimed second first, like the builtin load.
-    for (seconds, timed) in [(1, false), (duration.as_secs().max(1), true)] {
-        let before = cpu_now(nodes);
-        let out = Command::new(wrk)
-            .arg("-t1")
-            .arg(format!("-c{connections}"))
-            .arg(format!("-d{seconds}s"))
-            .arg("-s")
-            .arg(&path)
-            .arg(&target.url)
-            .output()
-            .context("running wrk")?;
-        let after = cpu_now(nodes);
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(out.status.success(), "wrk failed: {text}");
-        ensure!(
-            !text.contains("Non-2xx") && !text.contains("Socket errors"),
-            "{}: bad answers under load: {text}",
-            target.url
-        );
-        if timed {
-            let rps = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Requests/sec:"))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
-            return Ok(Load::new(rps, seconds as f64, before, after));
-        }
-    }
-    bail!("unreachable: the timed run returns")
-}
-
-/// Requests per second over `duration` with `connections` concurrent
-/// senders of this binary's client.
-async fn builtin_throughput(
-    target: &Target,
-    nodes: &[Node; 2],
-    connections: usize,
-    duration: Duration,
-) -> Result<Load> {
-    let client = client(connections)?;
-    let done = Arc::new(AtomicU64::new(0));
-    let counting = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (client, target) = (client.clone(), target.clone());
-        let (done, counting, stop) = (done.clone(), counting.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                target.send(&client).await?;
-                if counting.load(Ordering::Relaxed) {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    counting.store(true, Ordering::Relaxed);
-    let before = cpu_now(nodes);
-    let t0 = Instant::now();
-    tokio::time::sleep(duration).await;
-    let n = done.load(Ordering::Relaxed);
-    let took = t0.elapsed();
-    let after = cpu_now(nodes);
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.context("a load task panicked")??;
-    }
-    let seconds = took.as_secs_f64();
-    Ok(Load::new(n as f64 / seconds, seconds, before, after))
 }
 
 /// One invoke of the failover load: when it was sent, when it ended and
@@ -927,22 +743,28 @@ fn main() -> Result<()> {
         Target {
             name: "direct: `POST <replica>:8080/invoke`",
             url: format!("http://{upstream}/invoke"),
-            body: BODY,
-            auth: false,
+            body: Some(BODY),
+            key: None,
+            host: None,
+            server: None,
             expect: vec![ECHO.to_owned()],
         },
         Target {
             name: "owner: `POST /v1/agents/{id}/invoke` to the node running it",
             url: format!("{}/v1/agents/{agent}/invoke", nodes[owner].serve.url),
-            body: INVOKE_BODY,
-            auth: true,
+            body: Some(INVOKE_BODY),
+            key: Some(KEY),
+            host: None,
+            server: None,
             expect: expect_invoke.clone(),
         },
         Target {
             name: "hop: the same to the other node (one forwarding hop)",
             url: format!("{}/v1/agents/{agent}/invoke", nodes[other].serve.url),
-            body: INVOKE_BODY,
-            auth: true,
+            body: Some(INVOKE_BODY),
+            key: Some(KEY),
+            host: None,
+            server: None,
             expect: expect_invoke,
         },
     ];
@@ -953,7 +775,7 @@ fn main() -> Result<()> {
             "latency: {} warm-up + {} timed sequential requests per path",
             args.warmup, args.requests
         );
-        samples = rt.block_on(latency(&targets, &args))?;
+        samples = rt.block_on(load::latency(&targets, args.warmup, args.requests))?;
         let scripts = TempDir::new("wrk")?;
         for round in 1..=args.rounds.max(1) {
             for (i, target) in targets.iter().enumerate() {
@@ -965,17 +787,14 @@ fn main() -> Result<()> {
                     if wrk.is_some() { "wrk" } else { "builtin" }
                 );
                 let duration = Duration::from_secs(args.duration);
-                rounds[i].push(match &wrk {
+                let both = || cpu_now(&nodes);
+                let timed = match &wrk {
                     Some(wrk) => {
-                        wrk_throughput(wrk, &scripts.0, target, &nodes, args.connections, duration)?
+                        load::wrk(wrk, &scripts.0, target, args.connections, duration, both)?
                     }
-                    None => rt.block_on(builtin_throughput(
-                        target,
-                        &nodes,
-                        args.connections,
-                        duration,
-                    ))?,
-                });
+                    None => rt.block_on(load::builtin(target, args.connections, duration, both))?,
+                };
+                rounds[i].push(Load::of(&timed));
             }
         }
     }
