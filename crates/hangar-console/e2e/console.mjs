@@ -7,6 +7,9 @@
 //   HANGAR_URL, HANGAR_KEY      the server and its admin key
 //   ARCHIVE                     a .tar.gz of the streaming agent, to drop
 //   SLOW_AGENT_ID               a running agent whose jobs sleep (to cancel)
+//   ECHO_AGENT_ID, ECHO_INSTANCE_ID, ORG_ID
+//                               a running stdin agent printing a line per
+//                               line it reads (to fill the log with 10k lines)
 //   RECEIVER_URL                a webhook receiver; GET RECEIVER_URL/received
 //                               lists the webhook-id of each request it took
 //   EXPECT_HISTORY              "1" when the server answers metric history
@@ -28,6 +31,9 @@ const URL_ = env("HANGAR_URL");
 const KEY = env("HANGAR_KEY");
 const ARCHIVE = env("ARCHIVE");
 const SLOW = env("SLOW_AGENT_ID");
+const ECHO = env("ECHO_AGENT_ID");
+const ECHO_INSTANCE = env("ECHO_INSTANCE_ID");
+const ORG = env("ORG_ID");
 const RECEIVER = env("RECEIVER_URL");
 const SHOTS = env("SHOTS");
 const EXPECT_HISTORY = process.env.EXPECT_HISTORY === "1";
@@ -231,6 +237,32 @@ try {
   await page.selectOption("#log-level", "error");
   await page.selectOption("#log-level", "");
   await page.waitForFunction(() => document.querySelectorAll("#log-view .log-row").length > 0);
+
+  step("10k lines without jank: the page keeps the newest 10,000 and only the rows in view");
+  await go(`#/agents/${ECHO}/logs`, "#log-view");
+  await page.waitForFunction(() => document.querySelector("#log-state")?.textContent === "live", null, { timeout: MINUTE });
+  await page.evaluate(() => {
+    window.__longest = 0;
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.__longest = Math.max(window.__longest, e.duration);
+    }).observe({ type: "longtask", buffered: false });
+  });
+  const total = 12000;
+  const lines = Array.from({ length: total }, (_, i) => `flood ${String(i).padStart(5, "0")}`).join("\n") + "\n";
+  await api("POST", `/instances/${ORG}/${ECHO_INSTANCE}/stdin`, { input: lines });
+  await until("the flood's last line in the page", () => page.evaluate(() => document.querySelector("#log-view").textContent.includes("flood 11999")), 3 * MINUTE, 200);
+  const flood = await page.evaluate(() => ({
+    rows: document.querySelectorAll("#log-view .log-row").length,
+    count: document.querySelector("#log-count").textContent,
+    longest: window.__longest,
+  }));
+  console.log(`figure: 12,000 lines followed; ${flood.rows} rows in the DOM; ${flood.count}; longest main-thread task ${flood.longest.toFixed(0)} ms (informative)`);
+  if (flood.rows > 200) throw new Error(`${flood.rows} log rows in the DOM`);
+  if (!/of 10,000 lines/.test(flood.count)) throw new Error(`the page keeps ${flood.count}`);
+  await page.uncheck("#log-follow");
+  await page.$eval("#log-view", (v) => { v.scrollTop = 0; });
+  await page.waitForFunction(() => !document.querySelector("#log-view").textContent.includes("flood 11999"));
+  await snap("logs-10k");
 
   step("cancel a running job");
   await go(`#/agents/${SLOW}/invoke`, "#invoke-input");

@@ -247,6 +247,16 @@ async fn an_operator_does_everything_from_the_console_in_a_real_browser() {
     let (slow, _) = server
         .deploy_running("console-slow", "jobs", json!({}))
         .await;
+    // A stdin agent printing a line per line it reads: the log page is
+    // flooded through it.
+    let (echo, echo_instance) = server
+        .deploy_running(
+            "console-echo",
+            "echo",
+            json!({"config": {"enable_http": false, "stdin_enabled": true}}),
+        )
+        .await;
+    let org = server.org().await;
     let archive = pack("stream", &dir, "console-stream");
     let receiver = receiver().await;
     // Whether this server keeps metric history: then the plot must show the
@@ -264,6 +274,9 @@ async fn an_operator_does_everything_from_the_console_in_a_real_browser() {
         .env("HANGAR_KEY", KEY)
         .env("ARCHIVE", &archive)
         .env("SLOW_AGENT_ID", &slow)
+        .env("ECHO_AGENT_ID", &echo)
+        .env("ECHO_INSTANCE_ID", &echo_instance)
+        .env("ORG_ID", &org)
         .env("RECEIVER_URL", &receiver)
         .env("EXPECT_HISTORY", if history { "1" } else { "0" })
         .env("SHOTS", &shots)

@@ -3,7 +3,7 @@
 // filter by level and text, and resume after a reconnect without showing a
 // line twice (stream.js drops events at or before the last id seen).
 //
-// 10k lines without jank: the page keeps at most MAX_LINES in an array and
+// 10k lines without jank: the page keeps the newest MAX_LINES in an array and
 // the DOM holds only the rows in view (fixed-height rows, absolutely placed
 // in a spacer as tall as all of them), redrawn at most once per frame.
 
@@ -46,8 +46,20 @@ export function render(main, id) {
     if (!frame) frame = requestAnimationFrame(draw);
   }
 
+  // Lines beyond the cap go once per frame, not once per line: a burst of
+  // thousands costs one splice, not thousands of array shifts.
+  function trim() {
+    if (lines.length <= MAX_LINES) return;
+    lines.splice(0, lines.length - MAX_LINES);
+    const oldest = lines[0].seq;
+    let gone = 0;
+    while (gone < shown.length && shown[gone].seq < oldest) gone++;
+    if (gone) shown.splice(0, gone);
+  }
+
   function draw() {
     frame = 0;
+    trim();
     if (paused || !dirty) return;
     dirty = false;
     rows.style.height = `${shown.length * ROW}px`;
@@ -87,12 +99,7 @@ export function render(main, id) {
     onEvent: (line, seq) => {
       const l = { seq: Number(seq), timestamp: line.timestamp, level: line.level ?? "info", message: String(line.message ?? "") };
       lines.push(l);
-      if (lines.length > MAX_LINES) {
-        lines.splice(0, lines.length - MAX_LINES);
-        shown = lines.filter(passes);
-      } else if (passes(l)) {
-        shown.push(l);
-      }
+      if (passes(l)) shown.push(l);
       dirty = true;
       schedule();
     },
