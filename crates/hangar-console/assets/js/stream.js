@@ -61,7 +61,7 @@ export function follow(url, objectId, { onEvent, onNamed = {}, onState = () => {
       if (es.readyState === EventSource.CLOSED) {
         // The browser gave up on this URL: a fresh token, resumed after lastId.
         onState("reconnecting");
-        retry = setTimeout(open, 1000);
+        retry = setTimeout(open, 2000);
       } else {
         onState("reconnecting");
       }
