@@ -159,6 +159,10 @@ try {
   await go(`#/agents/${agent.id}`, "#builds table");
   await page.waitForFunction(() => document.querySelector("#builds")?.textContent.includes("ready") && document.querySelector("#instance dl"), null, { timeout: MINUTE });
   await snap("agent");
+  step("edit the agent's scaling");
+  await page.fill("#scale-max", "2");
+  await page.click("text=Save scaling");
+  await until("max_instances 2 in the API", async () => (await api("GET", `/v1/agents/${agent.id}`)).scaling.max_instances === 2, MINUTE);
 
   step("invoke in the playground: sync");
   await go(`#/agents/${agent.id}/invoke`, "#invoke-input");
@@ -302,7 +306,16 @@ try {
   await page.waitForFunction(() => document.querySelector("#secrets-table")?.textContent.includes("CONSOLE_TEST"));
   if ((await page.content()).includes("s3cret-value")) throw new Error("a secret's value is in the page");
   await snap("secrets");
+  await page.click('button[aria-label="Delete CONSOLE_TEST"]');
+  await page.click("#confirm-ok");
+  await page.waitForFunction(() => !document.querySelector("#secrets-table")?.textContent.includes("CONSOLE_TEST"));
   await go("#/orgs", "#orgs-table table");
+  const me = await api("GET", "/v1/me");
+  const org = await api("GET", `/v1/organizations/${me.organization_id}`);
+  const quota = page.getByLabel(`Most instances of ${org.name}`);
+  await quota.fill(String(org.quotas.max_instances + 7));
+  await quota.press("Enter");
+  await until("the new quota in the API", async () => (await api("GET", `/v1/organizations/${org.id}`)).quotas.max_instances === org.quotas.max_instances + 7, MINUTE);
   await snap("orgs");
 
   step("create a key (shown once), sign in with it, revoke it and be signed out");
