@@ -155,6 +155,11 @@ mod tests {
             "text/html; charset=utf-8"
         );
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-cache");
+        // The key in sessionStorage is safe only from scripts that never run.
+        let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii");
+        assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"));
         let etag = res.headers()[header::ETAG]
             .to_str()
             .expect("ascii")
