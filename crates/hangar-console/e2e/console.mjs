@@ -197,7 +197,7 @@ try {
       await page.waitForSelector("#plots figure, #no-history", { timeout: MINUTE });
       if (await page.$("#no-history")) throw new Error("the page says the server has no history, but it has");
       return Number(await page.getAttribute("#plots", "data-requests")) > 0 && Number(await page.getAttribute("#plot-requests svg", "data-total")) > 0;
-    }, 3 * MINUTE, 3000);
+    }, 5 * MINUTE, 3000);
     console.log("plot: the requests appear");
   } else {
     await page.waitForSelector("#no-history");
