@@ -23,7 +23,7 @@ function niceMax(v) {
 
 function label(v) {
   if (v >= 1000) return `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k`;
-  return Number.isInteger(v) ? String(v) : v.toFixed(v < 1 ? 2 : 1);
+  return Number.isInteger(v) ? String(v) : String(Number(v.toFixed(v < 1 ? 2 : 1)));
 }
 
 /**
@@ -66,8 +66,11 @@ export function linePlot({ title, times, series, unit = "" }) {
     if (d) svg.append(el("path", { d, class: `s${k}` }));
     s.values.forEach((v, i) => {
       const alone = v !== null && v !== undefined && (s.values[i - 1] ?? null) === null && (s.values[i + 1] ?? null) === null;
-      if (alone) svg.append(el("circle", { cx: x(i), cy: y(v), r: 2, class: `s${k}`, fill: "currentColor" }));
+      if (alone) svg.append(el("circle", { cx: x(i), cy: y(v), r: 2.5, class: `s${k}` }));
     });
   });
+  if (!all.length) {
+    svg.append(el("text", { x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle", class: "none" }, "no data in this window yet"));
+  }
   return svg;
 }
