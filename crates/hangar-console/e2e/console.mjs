@@ -6,6 +6,7 @@
 // here in the environment:
 //   HANGAR_URL, HANGAR_KEY      the server and its admin key
 //   ARCHIVE                     a .tar.gz of the streaming agent, to drop
+//   FOLDER                      an agent's folder, to deploy as a folder
 //   SLOW_AGENT_ID               a running agent whose jobs sleep (to cancel)
 //   ECHO_AGENT_ID, ECHO_INSTANCE_ID, ORG_ID
 //                               a running stdin agent printing a line per
@@ -31,6 +32,7 @@ const URL_ = env("HANGAR_URL");
 const KEY = env("HANGAR_KEY");
 const ARCHIVE = env("ARCHIVE");
 const SLOW = env("SLOW_AGENT_ID");
+const FOLDER = env("FOLDER");
 const ECHO = env("ECHO_AGENT_ID");
 const ECHO_INSTANCE = env("ECHO_INSTANCE_ID");
 const ORG = env("ORG_ID");
@@ -154,6 +156,14 @@ try {
     return link && /running/i.test(link.closest("tr").textContent);
   }, agent.id, { timeout: MINUTE });
   await snap("agents-running");
+
+  step("deploy a folder: packed in the page, uploaded, built, running");
+  await page.setInputFiles("#folder", FOLDER);
+  const folderName = basename(FOLDER);
+  await page.waitForFunction((n) => new RegExp(`${n} is running|failed`).test(document.querySelector("#deploy-outcome")?.textContent ?? ""), folderName, { timeout: 5 * MINUTE });
+  const folderOutcome = await page.textContent("#deploy-outcome");
+  if (!folderOutcome.includes(`${folderName} is running`)) throw new Error(`folder deploy: ${folderOutcome}; log: ${await page.textContent("#build-log")}`);
+  await snap("deploy-folder");
 
   step("the agent's page: source, builds, instance");
   await go(`#/agents/${agent.id}`, "#builds table");

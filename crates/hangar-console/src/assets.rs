@@ -55,6 +55,7 @@ assets! {
     "js/stream.js" => JS,
     "js/ui.js" => JS,
     "js/plot.js" => JS,
+    "js/pack.js" => JS,
     "js/pages/signin.js" => JS,
     "js/pages/agents.js" => JS,
     "js/pages/agent.js" => JS,

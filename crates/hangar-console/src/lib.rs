@@ -42,7 +42,7 @@
 //! - `assets/` (beside `src/`): the console itself — `index.html`,
 //!   `console.css`, and `js/` (`main.js` the shell and routes, `api.js` the
 //!   API client and sign-in, `stream.js` stream-token SSE, `ui.js` DOM
-//!   helpers, `plot.js` SVG plots, `pages/*.js` one module per page).
+//!   helpers, `plot.js` SVG plots, `pack.js` a folder as a .tar.gz, `pages/*.js` one module per page).
 //! - `e2e/` (beside `src/`): the browser test's script, run by the `hangar`
 //!   crate's `tests/console.rs` against a real `hangar serve`.
 

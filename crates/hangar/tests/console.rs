@@ -274,6 +274,7 @@ async fn an_operator_does_everything_from_the_console_in_a_real_browser() {
         .env("HANGAR_KEY", KEY)
         .env("ARCHIVE", &archive)
         .env("SLOW_AGENT_ID", &slow)
+        .env("FOLDER", agent_dir("http"))
         .env("ECHO_AGENT_ID", &echo)
         .env("ECHO_INSTANCE_ID", &echo_instance)
         .env("ORG_ID", &org)

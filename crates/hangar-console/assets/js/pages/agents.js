@@ -3,10 +3,12 @@
 // choose one) and it is uploaded, built and started with the same requests
 // as `hangar deploy`: POST /v1/uploads, PUT the archive to the signed URL,
 // then POST /v1/agents (or, when the cloud already has an agent of that
-// name, POST /v1/agents/{id}/redeploy), then follow the build's log.
+// name, POST /v1/agents/{id}/redeploy), then follow the build's log. A
+// folder (dropped or chosen) is packed as a .tar.gz in the page first.
 
 import { api, get, post, list, enc } from "../api.js";
 import { follow } from "../stream.js";
+import { filesOf, tarGz } from "../pack.js";
 import { h, fill, table, badge, fmt, panel, every, say } from "../ui.js";
 
 export function render(main) {
@@ -44,14 +46,16 @@ function nameOf(file) {
 
 function deployPanel() {
   const fileInput = h("input", { type: "file", id: "archive", accept: ".tar.gz,.tgz,.zip,application/gzip,application/zip" });
+  const folderInput = h("input", { type: "file", id: "folder", webkitdirectory: true });
   const nameInput = h("input", { id: "deploy-name", name: "name", placeholder: "from the file name", pattern: "[a-z0-9][a-z0-9-]*" });
   const cloudInput = h("input", { id: "deploy-cloud", name: "cloud", value: "local" });
   const progress = h("div", { id: "deploy-progress", "aria-live": "polite" });
   let stream = null;
   const zone = h("div", { class: "drop", id: "drop-zone" },
-    h("p", {}, h("strong", {}, "Drop a .tar.gz or .zip of an agent here"), " — or choose one:"),
+    h("p", {}, h("strong", {}, "Drop a .tar.gz, a .zip or a folder of an agent here"), " — or choose one:"),
     h("div", { class: "row", style: "justify-content:center" },
       h("label", { for: "archive" }, "Archive", fileInput),
+      h("label", { for: "folder" }, "Folder", folderInput),
       h("label", { for: "deploy-name" }, "Agent name", nameInput),
       h("label", { for: "deploy-cloud" }, "Cloud", cloudInput)));
   const start = (file) => {
@@ -61,13 +65,34 @@ function deployPanel() {
   };
   zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  const startFolder = async (folder, files) => {
+    if (!files.length) { say(`${folder} has no files`, { error: true }); return; }
+    try {
+      start(await tarGz(folder, files));
+    } catch (err) {
+      say(`Cannot pack ${folder}: ${err.message}`, { error: true });
+    }
+  };
   zone.addEventListener("drop", (ev) => {
     ev.preventDefault();
     zone.classList.remove("over");
+    // The entry must be taken while the event is being dispatched.
+    const entry = ev.dataTransfer?.items?.[0]?.webkitGetAsEntry?.();
+    if (entry?.isDirectory) {
+      filesOf(entry).then((files) => startFolder(entry.name, files), (err) => say(err.message, { error: true }));
+      return;
+    }
     const file = ev.dataTransfer?.files?.[0];
     if (file) start(file);
   });
   fileInput.addEventListener("change", () => { if (fileInput.files[0]) start(fileInput.files[0]); });
+  folderInput.addEventListener("change", () => {
+    const chosen = [...folderInput.files];
+    if (!chosen.length) return;
+    // webkitRelativePath is `<folder>/<path in it>`.
+    const folder = chosen[0].webkitRelativePath.split("/")[0];
+    startFolder(folder, chosen.map((file) => ({ path: file.webkitRelativePath.split("/").slice(1).join("/"), file })));
+  });
   return { el: panel("Deploy", zone, progress), stop: () => stream?.close() };
 }
 
