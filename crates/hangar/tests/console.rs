@@ -202,6 +202,19 @@ async fn the_console_is_served_by_hangar_serve_and_browsers_are_sent_there() {
         .await
         .expect("revalidate");
     assert_eq!(again.status(), 304);
+    // Without the trailing slash too: the page's <base> makes its links
+    // resolve under /console/ either way.
+    let bare = client
+        .get(format!("{}/console", server.url))
+        .send()
+        .await
+        .expect("bare");
+    assert_eq!(bare.status(), 200);
+    assert!(bare
+        .text()
+        .await
+        .expect("html")
+        .contains("<base href=\"/console/\">"));
     let missing = client
         .get(format!("{}/console/js/nope.js", server.url))
         .send()
