@@ -13,6 +13,8 @@
 //! - `context`: request ids.
 //! - [`rate_limit`]: a token bucket per API key.
 //! - `render`: response shapes of both APIs.
+//! - The web console (`hangar_console`) is mounted at `/console`; `GET /`
+//!   from a browser redirects there.
 //! - `routes::{instances, agents, invoke, jobs, tenancy, builds, uploads, secrets, webhooks, events, tokens}`:
 //!   the handlers (`tokens`: stream tokens for clients that cannot send
 //!   `Authorization`, such as a browser's `EventSource`).
@@ -347,11 +349,39 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_routes().split_for_parts().1
 }
 
-async fn no_route(request: Request) -> ApiError {
+/// No route matched. A browser asking for `/` (it accepts `text/html`) is
+/// sent to the console; every other client, API clients asking for `/`
+/// included, gets the 404 it always got.
+async fn no_route(request: Request) -> axum::response::Response {
+    if request.method() == axum::http::Method::GET
+        && request.uri().path() == "/"
+        && wants_html(request.headers())
+    {
+        return axum::response::Redirect::to(&format!("{}/", hangar_console::MOUNT))
+            .into_response();
+    }
     ApiError::NoRoute {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
     }
+    .into_response()
+}
+
+/// Whether an `Accept` header lists `text/html` (what browsers send for a
+/// page, and API clients do not).
+fn wants_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let mut parts = media.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("text/html"))
+                && !parts.any(|p| p.replace(' ', "") == "q=0")
+        })
 }
 
 async fn method_not_allowed(request: Request) -> impl IntoResponse {
@@ -452,6 +482,9 @@ pub fn app(state: AppState) -> Router {
                 .url("/docs/openapi.json", doc.as_ref().clone()),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        // The web console: static files, no handler of its own; like
+        // `/docs` it is not an API operation, so not in the OpenAPI document.
+        .nest_service(hangar_console::MOUNT, hangar_console::router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
