@@ -354,3 +354,72 @@ async fn a_key_on_a_streaming_invoke_is_refused_before_anything_runs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_organizations_jobs_are_listed_filtered_and_paged() {
+    each_backend(|h| async move {
+        let first = running_agent(&h, "lister-a").await;
+        let second = running_agent(&h, "lister-b").await;
+        let mut jobs = Vec::new();
+        for agent in [&first, &second, &first] {
+            let r = invoke(&h, agent, None, json!({"input": {}, "async": true})).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            jobs.push(r.body["data"]["job_id"].as_str().expect("job").to_owned());
+        }
+        let r = h
+            .send(
+                Request::post(format!("/v1/jobs/{}/cancel", jobs[2]))
+                    .header("authorization", format!("Bearer {}", h.a.key))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let ids = |r: &Reply| -> Vec<String> {
+            r.body["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|j| j["id"].as_str().expect("id").to_owned())
+                .collect()
+        };
+        let newest_first: Vec<String> = jobs.iter().rev().cloned().collect();
+
+        let r = h.get("/v1/jobs", &h.a.key).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(ids(&r), newest_first);
+        assert_eq!(r.body["pagination"]["has_more"], false, "{}", r.text);
+
+        let r = h.get(&format!("/v1/jobs?agent_id={first}"), &h.a.key).await;
+        assert_eq!(ids(&r), [jobs[2].clone(), jobs[0].clone()]);
+        let r = h.get("/v1/jobs?status=cancelled", &h.a.key).await;
+        assert_eq!(ids(&r), [jobs[2].clone()]);
+        assert_eq!(r.body["data"][0]["status"], "cancelled");
+
+        let page = h.get("/v1/jobs?limit=2", &h.a.key).await;
+        assert_eq!(ids(&page), newest_first[..2]);
+        assert_eq!(page.body["pagination"]["has_more"], true, "{}", page.text);
+        let cursor = page.body["pagination"]["next_cursor"]
+            .as_str()
+            .expect("next_cursor");
+        let rest = h
+            .get(&format!("/v1/jobs?limit=2&cursor={cursor}"), &h.a.key)
+            .await;
+        assert_eq!(ids(&rest), newest_first[2..]);
+
+        let r = h.get("/v1/jobs?agent_id=agent_nowhere", &h.a.key).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::NOT_FOUND, "AGENT_NOT_FOUND")
+        );
+        let r = h.get("/v1/jobs?status=sleeping", &h.a.key).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        // Another organization sees none of them, nor their agent.
+        let r = h.get("/v1/jobs", &h.b.key).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(ids(&r).is_empty(), "{}", r.text);
+        let r = h.get(&format!("/v1/jobs?agent_id={first}"), &h.b.key).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    })
+    .await;
+}

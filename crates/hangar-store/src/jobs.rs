@@ -35,7 +35,8 @@ use sqlx::Any;
 
 use crate::events::PendingEvent;
 use crate::{
-    from_ms, now_ms, to_json, value_rows, Backend, Result, RowExt, Store, StoreError, INSERT_CHUNK,
+    from_ms, now_ms, page_limit, to_json, value_rows, Backend, Conditions, Page, Result, RowExt,
+    Store, StoreError, INSERT_CHUNK,
 };
 
 /// An invocation to accept.
@@ -397,6 +398,30 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// The organization's jobs, newest first — all of them, or one
+    /// agent's, or those in one status — a page after job `after`.
+    pub async fn list_jobs(
+        &self,
+        org_id: &str,
+        agent_id: Option<&str>,
+        status: Option<JobStatus>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Job>> {
+        let rows = Conditions::new("organization_id", org_id)
+            .cmp("agent_id", "=", agent_id)
+            .cmp("status", "=", status.map(JobStatus::as_str))
+            .cmp("id", "<", after)
+            .fetch_all(
+                &self.pool,
+                &format!("{JOB_COLUMNS} FROM jobs"),
+                &format!("ORDER BY id DESC LIMIT {}", page_limit(limit)),
+            )
+            .await?;
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(jobs, limit.clamp(1, 100), |j| &j.id))
     }
 
     /// Cancels a job that has not finished; a finished job is returned

@@ -686,3 +686,57 @@ async fn the_intake_stops_at_shutdown_and_no_accepted_job_is_lost() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_organizations_jobs_are_listed_newest_first_by_agent_and_status() {
+    each_backend(|store, _| async move {
+        let (org, agents) = fixture(&store, 2).await;
+        let mut made = Vec::new();
+        for i in 0..3 {
+            made.push(accept(&store, &org, &agents[i % 2], json!({"i": i})).await);
+        }
+        store.cancel_job(&org, &made[1]).await.expect("cancel");
+        let all = store
+            .list_jobs(&org, None, None, None, 10)
+            .await
+            .expect("list");
+        let ids: Vec<&str> = all.items.iter().map(|j| j.id.as_str()).collect();
+        let mut newest_first: Vec<&str> = made.iter().map(String::as_str).collect();
+        newest_first.reverse();
+        assert_eq!(ids, newest_first);
+        assert!(!all.has_more);
+
+        let first = store
+            .list_jobs(&org, None, None, None, 2)
+            .await
+            .expect("page 1");
+        assert_eq!(first.items.len(), 2);
+        assert!(first.has_more);
+        let after = first.items.last().map(|j| j.id.clone());
+        let rest = store
+            .list_jobs(&org, None, None, after.as_deref(), 2)
+            .await
+            .expect("page 2");
+        assert_eq!(rest.items.len(), 1);
+        assert_eq!(rest.items[0].id, made[0]);
+
+        let of_first = store
+            .list_jobs(&org, Some(&agents[0]), None, None, 10)
+            .await
+            .expect("by agent");
+        assert_eq!(of_first.items.len(), 2);
+        assert!(of_first.items.iter().all(|j| j.agent_id == agents[0]));
+        let cancelled = store
+            .list_jobs(&org, None, Some(JobStatus::Cancelled), None, 10)
+            .await
+            .expect("by status");
+        assert_eq!(cancelled.items.len(), 1);
+        assert_eq!(cancelled.items[0].id, made[1]);
+        let elsewhere = store
+            .list_jobs("org_nobody", None, None, None, 10)
+            .await
+            .expect("other org");
+        assert!(elsewhere.items.is_empty());
+    })
+    .await;
+}

@@ -417,6 +417,14 @@ class Builds(_Resource):
 class Jobs(_Resource):
     """Async invocations."""
 
+    @operation("GET", "/v1/jobs")
+    async def list(self, *, agent_id: Optional[str] = None, status: Optional[str] = None,
+             limit: Optional[int] = None) -> AsyncIterator[AsyncJob]:
+        """The organization's jobs, newest first (of one agent, in one status)."""
+        params = _params(agent_id=agent_id, status=status, limit=limit)
+        async for item in self._client._paginate("/v1/jobs", params):
+            yield AsyncJob(self._client, item)
+
     @operation("GET", "/v1/jobs/{id}")
     async def get(self, id: str) -> AsyncJob:
         return AsyncJob(self._client, await self._client._json("GET", f"/v1/jobs/{_q(id)}"))

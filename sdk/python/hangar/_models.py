@@ -419,6 +419,30 @@ class Datum10(EventObject):
     """
 
 
+class Datum11(TypedDict):
+    """
+    A job.
+    """
+
+    agent_id: str
+    attempts: int
+    created_at: str
+    duration_ms: NotRequired[int | None]
+    error: NotRequired[dict[str, Any] | None]
+    finished_at: NotRequired[str | None]
+    id: str
+    idempotency_key: NotRequired[str | None]
+    instance_id: NotRequired[str | None]
+    job_id: str
+    latency_ms: NotRequired[int | None]
+    mode: str
+    output: NotRequired[dict[str, Any] | None]
+    poll_url: str
+    started_at: NotRequired[str | None]
+    status: JobStatus
+    usage: NotRequired[dict[str, Any] | None]
+
+
 class Meta(TypedDict):
     """
     `meta` of every `/v1` response.
@@ -920,28 +944,10 @@ class EnvelopeDeliveryObject(TypedDict):
     success: bool
 
 
-class Data9(TypedDict):
+class Data9(Datum11):
     """
     A job.
     """
-
-    agent_id: str
-    attempts: int
-    created_at: str
-    duration_ms: NotRequired[int | None]
-    error: NotRequired[dict[str, Any] | None]
-    finished_at: NotRequired[str | None]
-    id: str
-    idempotency_key: NotRequired[str | None]
-    instance_id: NotRequired[str | None]
-    job_id: str
-    latency_ms: NotRequired[int | None]
-    mode: str
-    output: NotRequired[dict[str, Any] | None]
-    poll_url: str
-    started_at: NotRequired[str | None]
-    status: JobStatus
-    usage: NotRequired[dict[str, Any] | None]
 
 
 class EnvelopeJobObject(TypedDict):
@@ -1189,7 +1195,7 @@ class InstanceStatusObject(TypedDict):
     status: EndpointStatus
 
 
-class JobObject(Data9):
+class JobObject(Datum11):
     """
     A job.
     """
@@ -1246,6 +1252,17 @@ class ListEnvelopeEventObject(TypedDict):
     """
 
     data: list[Datum10]
+    meta: Meta
+    pagination: Pagination
+    success: bool
+
+
+class ListEnvelopeJobObject(TypedDict):
+    """
+    `{success, data: [...], pagination, meta}`.
+    """
+
+    data: list[Datum11]
     meta: Meta
     pagination: Pagination
     success: bool

@@ -422,6 +422,14 @@ class Builds(_Resource):
 class Jobs(_Resource):
     """Async invocations."""
 
+    @operation("GET", "/v1/jobs")
+    def list(self, *, agent_id: Optional[str] = None, status: Optional[str] = None,
+             limit: Optional[int] = None) -> Iterator[Job]:
+        """The organization's jobs, newest first (of one agent, in one status)."""
+        params = _params(agent_id=agent_id, status=status, limit=limit)
+        for item in self._client._paginate("/v1/jobs", params):
+            yield Job(self._client, item)
+
     @operation("GET", "/v1/jobs/{id}")
     def get(self, id: str) -> Job:
         return Job(self._client, self._client._json("GET", f"/v1/jobs/{_q(id)}"))

@@ -108,6 +108,12 @@ class Sync(unittest.TestCase):
         with self.assertRaises(hangar.JobConflictError) as conflict:
             self.client.jobs.cancel(done.id)
         self.assertEqual((conflict.exception.code, conflict.exception.status), ("JOB_ALREADY_FINISHED", 409))
+        # Both are listed, newest first; the cancelled one by its status.
+        listed = [j.id for j in self.client.jobs.list(agent_id=agent["id"], limit=1)]
+        self.assertLess(listed.index(done.id), listed.index(job.id))
+        cancelled = [j.id for j in self.client.jobs.list(agent_id=agent["id"], status="cancelled")]
+        self.assertIn(job.id, cancelled)
+        self.assertNotIn(done.id, cancelled)
 
     def test_log_follow_resumes_after_the_last_line(self):
         tag = f"sync-{time.time_ns()}"

@@ -436,6 +436,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The organization's jobs (async invocations and synchronous ones made
+         *     with an `Idempotency-Key`), newest first.
+         */
+        get: operations["list_jobs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/jobs/{id}": {
         parameters: {
             query?: never;
@@ -2378,6 +2398,71 @@ export interface components {
                 subject: string;
                 /** @description Its type: `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`. */
                 type: string;
+            }[];
+            /** @description Request metadata. */
+            meta: components["schemas"]["Meta"];
+            /** @description Where this page is. */
+            pagination: components["schemas"]["Pagination"];
+            /** @description Always true. */
+            success: boolean;
+        };
+        /** @description `{success, data: [...], pagination, meta}`. */
+        ListEnvelope_JobObject: {
+            /** @description The items, newest first. */
+            data: {
+                /** @description Agent invoked. */
+                agent_id: string;
+                /**
+                 * Format: int32
+                 * @description Attempts started so far (infrastructure failures are retried).
+                 */
+                attempts: number;
+                /** @description When accepted. */
+                created_at: string;
+                /**
+                 * Format: int64
+                 * @description From acceptance to the end, queueing and retries included, in ms.
+                 */
+                duration_ms?: number | null;
+                /**
+                 * @description `{code, message, details?}` once failed (while pending again after a
+                 *     failed attempt: that attempt's error). `code` is the synchronous
+                 *     invoke's for the same failure (AGENT_ERROR, AGENT_BAD_RESPONSE,
+                 *     AGENT_UNREACHABLE, AGENT_UNAVAILABLE, AGENT_OVERLOADED,
+                 *     INVOKE_TIMEOUT), or AGENT_NOT_FOUND (the agent was deleted) or
+                 *     JOB_ATTEMPTS_EXHAUSTED.
+                 */
+                error?: Record<string, never> | null;
+                /** @description When it finished. */
+                finished_at?: string | null;
+                /** @description `job_…` */
+                id: string;
+                /** @description The caller's `Idempotency-Key`. */
+                idempotency_key?: string | null;
+                /** @description The instance that served the last attempt. */
+                instance_id?: string | null;
+                /** @description Same as `id` (the invoke response calls it `job_id`). */
+                job_id: string;
+                /**
+                 * Format: int64
+                 * @description How long the agent took on the attempt that completed it, in ms.
+                 */
+                latency_ms?: number | null;
+                /**
+                 * @description `async`, or `sync` for a synchronous invocation recorded because it
+                 *     carried an `Idempotency-Key`.
+                 */
+                mode: string;
+                /** @description The agent's output, once completed. */
+                output?: Record<string, never> | null;
+                /** @description Where to poll. */
+                poll_url: string;
+                /** @description When the latest attempt started. */
+                started_at?: string | null;
+                /** @description `pending`, `running`, `completed`, `failed` or `cancelled`. */
+                status: components["schemas"]["JobStatus"];
+                /** @description The agent's `usage`, if it reported one. */
+                usage?: Record<string, never> | null;
             }[];
             /** @description Request metadata. */
             meta: components["schemas"]["Meta"];
@@ -4393,6 +4478,50 @@ export interface operations {
             };
             /** @description INVALID_REQUEST */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
+            429: {
+                headers: {
+                    /** @description Whole seconds until the key's next request is taken */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_jobs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Page size, 1–100 (default 50). */
+                limit: number | null;
+                /** @description `next_cursor` of the previous page. */
+                cursor: string | null;
+                /** @description Only this agent's jobs. */
+                agent_id: string | null;
+                /** @description Only jobs in this status. */
+                status: null | components["schemas"]["JobStatus"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListEnvelope_JobObject"];
+                };
+            };
+            /** @description AGENT_NOT_FOUND: `agent_id` names no agent of the organization */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -177,6 +177,14 @@ describe("against a real hangar serve", { skip }, () => {
     assert.ok(late instanceof HangarError, String(late));
     assert.equal(late.status, 409);
     assert.equal(late.code, "JOB_ALREADY_FINISHED");
+
+    // Both are listed, newest first (a page at a time); the cancelled one by its status.
+    const listed = [];
+    for await (const j of hangar.jobs.iterate({ agent_id: agent.id, limit: 1 })) listed.push(j.id);
+    assert.ok(listed.indexOf(done.id) < listed.indexOf(job.id), JSON.stringify(listed));
+    const cancelledPage = await hangar.jobs.list({ agent_id: agent.id, status: "cancelled" });
+    const cancelledIds = cancelledPage.data.map((j) => j.id);
+    assert.ok(cancelledIds.includes(job.id) && !cancelledIds.includes(done.id), JSON.stringify(cancelledIds));
   });
 
   test("a followed log resumes after the last line seen", async () => {

@@ -7,7 +7,8 @@
 //! recorded the same way, leased to the request that runs it, so a repeat of
 //! the key answers from the record (or waits for the first request to end)
 //! instead of invoking the agent again. A key is per agent; a repeat returns
-//! the first request's job whatever its body.
+//! the first request's job whatever its body. `GET /v1/jobs` lists an
+//! organization's jobs (of one agent, in one status), newest first.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,12 +28,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ApiResult, Found, Kind};
-use crate::extract::{Caller, Path};
-use crate::render::{self, ok, Envelope, JobObject};
-use crate::AppState;
+use crate::extract::{Caller, Path, Query};
+use crate::render::{self, ok, ok_list, Envelope, JobObject, ListEnvelope, Pagination};
+use crate::{decode_cursor, AppState};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
 }
@@ -270,6 +272,49 @@ fn stored_error(error: Option<&Value>) -> ApiError {
         message: text("message"),
         details: error.and_then(|e| e.get("details")).cloned(),
     }
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+struct JobsQuery {
+    /// Page size, 1–100 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only this agent's jobs.
+    agent_id: Option<String>,
+    /// Only jobs in this status.
+    status: Option<JobStatus>,
+}
+
+/// The organization's jobs (async invocations and synchronous ones made
+/// with an `Idempotency-Key`), newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery),
+    responses((status = 200, body = ListEnvelope<JobObject>), (status = 404, description = "AGENT_NOT_FOUND: `agent_id` names no agent of the organization")))]
+async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<JobsQuery>,
+) -> ApiResult<Json<ListEnvelope<JobObject>>> {
+    let limit = super::page_size(q.limit)?;
+    let after = decode_cursor(q.cursor.as_deref(), "job_")?;
+    if let Some(agent) = &q.agent_id {
+        super::agents::find(&state, &caller, agent).await?;
+    }
+    let page = state
+        .store
+        .list_jobs(
+            caller.org(),
+            q.agent_id.as_deref(),
+            q.status,
+            after.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(ok_list(
+        page.items.iter().map(render::job).collect(),
+        Pagination::of(&page, limit),
+    ))
 }
 
 /// An invocation's status and result.

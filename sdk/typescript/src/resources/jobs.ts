@@ -4,7 +4,8 @@
  */
 
 import { WaitTimeoutError } from "../errors.js";
-import type { CallOptions, Data, Transport } from "../http.js";
+import type { Answer, CallOptions, Data, Transport } from "../http.js";
+import { Page, paginate } from "../pagination.js";
 import type { Job } from "../types.js";
 import { backoffDelay, sleep, type Backoff } from "../wait.js";
 
@@ -26,9 +27,34 @@ export interface WaitOptions extends CallOptions, Backoff {
   timeoutSeconds?: number;
 }
 
+/** Query of a page of jobs. */
+export interface ListJobs extends CallOptions {
+  /** Only this agent's jobs. */
+  agent_id?: string;
+  /** Only jobs in this status. */
+  status?: "pending" | "running" | "completed" | "failed" | "cancelled";
+  limit?: number;
+  cursor?: string;
+}
+
 /** `/v1/jobs`. */
 export class Jobs {
   constructor(private readonly transport: Transport) {}
+
+  /** One page of the organization's jobs, newest first; iterate it for all. */
+  async list(query: ListJobs = {}): Promise<Page<Job>> {
+    const { signal, ...q } = query;
+    const answer = await this.transport.json<Answer<"/v1/jobs", "get">>("GET", "/v1/jobs", {
+      query: q,
+      signal,
+    });
+    return new Page<Job>(answer, (cursor) => this.list({ ...query, cursor }));
+  }
+
+  /** Every job of the organization (of one agent, in one status), a page at a time. */
+  iterate(query: ListJobs = {}): AsyncGenerator<Job> {
+    return paginate(() => this.list(query));
+  }
 
   /** A job as it is now. */
   get(id: string, options: CallOptions = {}): Promise<Job> {
