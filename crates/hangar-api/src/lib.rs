@@ -338,6 +338,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(routes::metrics::scrape));
     rate_limit::document(routes.get_openapi_mut());
     hop::document(routes.get_openapi_mut());
+    extract::document(routes.get_openapi_mut());
+    error::document(routes.get_openapi_mut());
     routes
 }
 

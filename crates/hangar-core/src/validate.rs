@@ -233,8 +233,9 @@ pub fn redact_env(env: &BTreeMap<String, String>, mask: &str) -> BTreeMap<String
 
 /// An HTTP path on the agent: starts with `/`, no whitespace, at most 256 characters.
 pub fn http_path(field: &str, path: &str) -> Result<(), Invalid> {
+    // Counted in characters, as the document's `maxLength` counts.
     if !path.starts_with('/')
-        || path.len() > 256
+        || path.chars().count() > 256
         || path.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(Invalid::new(

@@ -31,8 +31,10 @@ pub(crate) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
 
 /// `?limit=&cursor=` of `/v1` lists.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

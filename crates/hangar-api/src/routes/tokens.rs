@@ -53,6 +53,7 @@ struct CreateToken {
     /// The build whose log the token reads.
     build_id: Option<String>,
     /// Lifetime, 10–3600 seconds (default 300).
+    #[schema(minimum = 10, maximum = 3600)]
     ttl_seconds: Option<i64>,
 }
 
