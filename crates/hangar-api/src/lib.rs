@@ -23,8 +23,6 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::IntoResponse;
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use hangar_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -254,28 +252,33 @@ impl Services {
     }
 }
 
-/// Encodes a list cursor: opaque to clients, an ID to the store.
+/// Encodes a list cursor: opaque to clients, an ID to the store. It is the
+/// last item's ID as it is, so the document can show exactly which cursors a
+/// list takes (`^agent_[A-Za-z0-9_]{0,57}$`) and a client generated from it
+/// sends no cursor the server then refuses.
 #[must_use]
 pub fn encode_cursor(id: &str) -> String {
-    B64URL.encode(id)
+    id.to_owned()
 }
 
-/// Decodes a list cursor; a cursor this server did not make is a 400.
+/// Decodes a list cursor; a cursor this server did not make (another
+/// list's, or no ID at all) is a 400. The pattern each list documents is
+/// this check: `prefix`, then at most 63 characters in all of letters,
+/// digits and `_`.
 pub fn decode_cursor(cursor: Option<&str>, prefix: &str) -> Result<Option<String>, ApiError> {
     let Some(c) = cursor.filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    let id = B64URL
-        .decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|id| {
-            id.starts_with(prefix)
-                && id.len() < 64
-                && id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-        })
-        .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from a previous page"))?;
-    Ok(Some(id))
+    let is_ours = c.starts_with(prefix)
+        && c.len() < 64
+        && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    if !is_ours {
+        return Err(ApiError::invalid(
+            "cursor",
+            "is not a cursor from a previous page",
+        ));
+    }
+    Ok(Some(c.to_owned()))
 }
 
 /// The OpenAPI document's frame; paths and schemas are collected from the routes.

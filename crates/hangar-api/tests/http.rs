@@ -296,3 +296,39 @@ async fn generated_clients_bodies_are_read() {
     })
     .await;
 }
+
+/// A list takes exactly the cursors its documented pattern allows: any ID of
+/// the list's kind (a keyset position), and nothing else.
+#[tokio::test]
+async fn list_cursors_are_what_the_document_allows() {
+    let doc = serde_json::to_value(hangar_api::openapi()).expect("serializes");
+    let cursor = doc["paths"]["/v1/agents"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "cursor")
+        .cloned()
+        .expect("cursor parameter");
+    assert_eq!(cursor["in"], "query");
+    assert_eq!(cursor["schema"]["pattern"], "^(agent_[A-Za-z0-9_]{0,57})?$");
+    each_backend(|h| async move {
+        let key = h.a.key.clone();
+        let r = h
+            .get("/v1/agents?cursor=agent_01zzzzzzzzzzzzzzzzzzzzzzzz", &key)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        for other in ["inst_01zzzz", "agent_x-y", "YWdlbnRfMDE"] {
+            let r = h
+                .raw(
+                    Method::GET,
+                    &format!("/v1/agents?cursor={other}"),
+                    Some(&key),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{other}: {}", r.text);
+            assert_eq!(r.body["error"]["field"], "cursor");
+        }
+    })
+    .await;
+}

@@ -126,6 +126,7 @@ struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(agent_[A-Za-z0-9_]{0,57})?$")]
     cursor: Option<String>,
     /// Only agents on this cloud.
     #[param(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
@@ -134,7 +135,8 @@ struct ListQuery {
 
 /// List agents.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", params(ListQuery),
-    responses((status = 200, body = ListEnvelope<AgentObject>)))]
+    responses((status = 200, body = ListEnvelope<AgentObject>),
+        (status = 404, description = "CLOUD_NOT_FOUND: `cloud_id` names no cloud of the organization")))]
 async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,

@@ -129,6 +129,7 @@ struct EventsQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(evt_[A-Za-z0-9_]{0,59})?$")]
     cursor: Option<String>,
     /// Only events of this type (`agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`).
     #[param(
@@ -177,6 +178,7 @@ struct DeliveriesQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(dlv_[A-Za-z0-9_]{0,59})?$")]
     cursor: Option<String>,
 }
 

@@ -46,6 +46,7 @@ struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(inst_[A-Za-z0-9_]{0,58})?$")]
     cursor: Option<String>,
     /// `running`, `stopped`, `error`, `starting`, `stopping` or `all` (default).
     #[param(pattern = "^(starting|running|stopping|stopped|error|all)$")]
