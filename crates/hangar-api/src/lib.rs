@@ -341,9 +341,30 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(routes::metrics::scrape));
     rate_limit::document(routes.get_openapi_mut());
     hop::document(routes.get_openapi_mut());
+    closed_sources(routes.get_openapi_mut());
     extract::document(routes.get_openapi_mut());
     error::document(routes.get_openapi_mut());
     routes
+}
+
+/// Each kind of `source` refuses fields of the others
+/// (`deny_unknown_fields`), which the derived schema of an enum's variants
+/// does not say: say it.
+fn closed_sources(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    use utoipa::openapi::RefOr;
+    let Some(RefOr::T(Schema::OneOf(kinds))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("Source"))
+    else {
+        return;
+    };
+    for kind in &mut kinds.items {
+        if let RefOr::T(Schema::Object(kind)) = kind {
+            kind.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
 }
 
 /// The OpenAPI 3.1 document of every route.

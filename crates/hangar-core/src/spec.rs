@@ -223,7 +223,7 @@ pub struct ConfigInput {
     #[schema(maximum = 100)]
     pub replicas: Option<u32>,
     /// Port the agent listens on (1–65535).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     /// Health check path.
     #[schema(pattern = r"^/[^\s\x00-\x1f\x7f-\x9f]*$", max_length = 256)]

@@ -197,6 +197,7 @@ struct CreateAgent {
     resources: ResourcesInput,
     /// Environment; `${secrets.NAME}` references are resolved at start.
     #[serde(default)]
+    #[schema(schema_with = validate::env_map_schema)]
     environment: BTreeMap<String, String>,
     /// Autoscaling.
     #[serde(default)]
@@ -209,6 +210,7 @@ struct CreateAgent {
     version: Option<String>,
     /// Labels.
     #[serde(default)]
+    #[schema(schema_with = validate::metadata_schema)]
     metadata: BTreeMap<String, String>,
     /// Port, paths and deployment type (Hangar's addition).
     #[serde(default)]
@@ -385,8 +387,10 @@ struct UpdateAgent {
     /// Configuration fields to change.
     config: Option<ConfigInput>,
     /// Variables to set; `null` removes one.
+    #[schema(schema_with = validate::env_map_patch_schema)]
     environment: Option<BTreeMap<String, Option<String>>>,
     /// Labels to set; `null` removes one.
+    #[schema(schema_with = validate::metadata_patch_schema)]
     metadata: Option<BTreeMap<String, Option<String>>>,
 }
 

@@ -161,6 +161,7 @@ struct CreateInstance {
     resources: ResourcesInput,
     /// Environment, laid over the agent's.
     #[serde(default)]
+    #[schema(schema_with = validate::env_map_schema)]
     env_vars: BTreeMap<String, String>,
 }
 
@@ -260,6 +261,7 @@ struct UpdateInstance {
     /// Resource changes (restarts replicas).
     resources: Option<ResourcesInput>,
     /// Variables to set (restarts replicas); merged into the current ones.
+    #[schema(schema_with = validate::env_map_update_schema)]
     env_vars: Option<BTreeMap<String, String>>,
 }
 
