@@ -422,6 +422,144 @@ impl From<InvokeError> for ApiError {
     }
 }
 
+/// The envelope every error answers in, as the document shows it: `code` and
+/// `message` always, the other fields where the code says so.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Error)]
+#[allow(
+    dead_code,
+    reason = "only its schema is used: errors are built as JSON in ApiError::body"
+)]
+struct ErrorEnvelope {
+    /// Always `false`, for Agents API clients that branch on it.
+    success: bool,
+    error: ErrorObject,
+}
+
+/// The `error` object of the envelope.
+#[derive(utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "only its schema is used: errors are built as JSON in ApiError::body"
+)]
+struct ErrorObject {
+    /// Machine-readable (`INVALID_REQUEST`, `AGENT_NOT_FOUND`, …).
+    code: String,
+    /// For a person; never internal text.
+    message: String,
+    /// `INVALID_REQUEST`: the dotted path of the field to blame.
+    field: Option<String>,
+    /// `INSTANCE_NOT_RUNNING` / `AGENT_NOT_RUNNING`: the status now.
+    current_status: Option<String>,
+    /// `BUILD_NOT_READY`: the build's status now.
+    build_status: Option<String>,
+    /// `RATE_LIMITED`: whole seconds until the key's next request is taken.
+    retry_after_seconds: Option<u64>,
+    /// `DRIVER_UNAVAILABLE`: the missing driver.
+    driver: Option<String>,
+    /// `INTERNAL_ERROR`: the id the server logged the cause under.
+    request_id: Option<String>,
+    /// `RESOURCE_LIMIT_EXCEEDED`, `AGENT_ERROR`: what the code is about.
+    #[schema(value_type = Option<Object>)]
+    details: Option<Value>,
+}
+
+/// Completes every operation's error answers from what the extractors and
+/// this enum do on every route, so the document lists each status the server
+/// can answer without each handler repeating it:
+/// - 401 `UNAUTHORIZED` (with `WWW-Authenticate`) where an API key is taken;
+/// - 400 `INVALID_REQUEST` where a body, a query or a path segment is read
+///   ([`crate::extract`] answers it for a malformed one);
+/// - 413 `PAYLOAD_TOO_LARGE` where a body is read;
+/// - and every error answer (4xx, 5xx) carries the [`ErrorEnvelope`] schema.
+///
+/// Runs after the other `document` passes, so their answers get the schema too.
+pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    use utoipa::{PartialSchema, ToSchema};
+
+    let components = doc.components.get_or_insert_with(Default::default);
+    let mut schemas = Vec::new();
+    <ErrorEnvelope as ToSchema>::schemas(&mut schemas);
+    components.schemas.extend(schemas);
+    components.schemas.insert(
+        <ErrorEnvelope as ToSchema>::name().into_owned(),
+        ErrorEnvelope::schema(),
+    );
+    let envelope = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name(
+            <ErrorEnvelope as ToSchema>::name(),
+        )))
+        .build();
+    let unauthorized = ResponseBuilder::new()
+        .description("UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked")
+        .header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some("`Bearer`"))
+                .build(),
+        )
+        .build();
+    let invalid = ResponseBuilder::new()
+        .description(
+            "INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range",
+        )
+        .build();
+    let too_large = ResponseBuilder::new()
+        .description("PAYLOAD_TOO_LARGE: the body is larger than the server's limit")
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let keyless = operation.security.as_ref().is_some_and(Vec::is_empty);
+            let reads_input = operation.request_body.is_some()
+                || operation.parameters.as_ref().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| matches!(p.parameter_in, ParameterIn::Query | ParameterIn::Path))
+                });
+            let responses = &mut operation.responses.responses;
+            if !keyless {
+                responses
+                    .entry("401".to_owned())
+                    .or_insert_with(|| unauthorized.clone().into());
+            }
+            if reads_input {
+                responses
+                    .entry("400".to_owned())
+                    .or_insert_with(|| invalid.clone().into());
+            }
+            if operation.request_body.is_some() {
+                responses
+                    .entry("413".to_owned())
+                    .or_insert_with(|| too_large.clone().into());
+            }
+            for (status, response) in responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                let is_error = status.starts_with('4') || status.starts_with('5');
+                if is_error && response.content.is_empty() {
+                    response
+                        .content
+                        .insert("application/json".to_owned(), envelope.clone());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

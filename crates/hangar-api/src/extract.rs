@@ -20,7 +20,7 @@ use crate::AppState;
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
-/// A JSON request body that may be absent (empty body → `None`).
+/// A JSON request body that may be absent (empty body or `null` → `None`).
 #[derive(Debug)]
 pub struct OptionalBody<T>(pub Option<T>);
 
@@ -46,6 +46,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
     }
+    // JSON Schema's `integer` is any number without a fraction, so `3.0`
+    // is a valid count: read such numbers as integers and try again. Only
+    // a body that failed is rewritten, so an agent's `input` that parsed
+    // keeps its numbers as they were sent.
+    if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        if integral_floats_as_integers(&mut value) {
+            if let Ok(parsed) = serde_json::from_value(value) {
+                return Ok(parsed);
+            }
+        }
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -62,6 +73,33 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::Invalid { field, message }
     })
+}
+
+/// Rewrites every float without a fraction (`3.0`) that fits an integer
+/// as that integer; whether any was.
+fn integral_floats_as_integers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return false };
+            // Within ±2^53 every integral f64 is exact.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if f.fract() != 0.0 || f.abs() > EXACT {
+                return false;
+            }
+            #[allow(clippy::cast_possible_truncation, reason = "integral and within ±2^53")]
+            let i = f as i64;
+            *value = Value::from(i);
+            true
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, v| integral_floats_as_integers(v) | any),
+        Value::Object(fields) => fields
+            .values_mut()
+            .fold(false, |any, v| integral_floats_as_integers(v) | any),
+        _ => false,
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
@@ -87,7 +125,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalBody<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalBody(None));
         }
-        parse_json(&bytes).map(|v| OptionalBody(Some(v)))
+        // JSON `null` is no body too: that is how a generated client sends
+        // an optional body it was given none for.
+        parse_json::<Option<T>>(&bytes).map(OptionalBody)
     }
 }
 
@@ -138,6 +178,46 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                     message,
                 }
             })
+    }
+}
+
+/// The characters [`Query`] refuses in any value, as a JSON Schema pattern.
+const NO_CONTROL_CHARACTERS: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// Shows on every string query parameter that [`Query`] refuses control
+/// characters, unless the parameter's own pattern is stricter already.
+pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    use utoipa::openapi::RefOr;
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if !matches!(parameter.parameter_in, ParameterIn::Query) {
+                    continue;
+                }
+                let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema else {
+                    continue;
+                };
+                let is_string = match &schema.schema_type {
+                    SchemaType::Type(t) => *t == Type::String,
+                    SchemaType::Array(types) => types.contains(&Type::String),
+                    SchemaType::AnyValue => false,
+                };
+                if is_string && schema.pattern.is_none() {
+                    schema.pattern = Some(NO_CONTROL_CHARACTERS.to_owned());
+                }
+            }
+        }
     }
 }
 

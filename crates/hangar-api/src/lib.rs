@@ -25,8 +25,6 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::IntoResponse;
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use hangar_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -256,28 +254,33 @@ impl Services {
     }
 }
 
-/// Encodes a list cursor: opaque to clients, an ID to the store.
+/// Encodes a list cursor: opaque to clients, an ID to the store. It is the
+/// last item's ID as it is, so the document can show exactly which cursors a
+/// list takes (`^agent_[A-Za-z0-9_]{0,57}$`) and a client generated from it
+/// sends no cursor the server then refuses.
 #[must_use]
 pub fn encode_cursor(id: &str) -> String {
-    B64URL.encode(id)
+    id.to_owned()
 }
 
-/// Decodes a list cursor; a cursor this server did not make is a 400.
+/// Decodes a list cursor; a cursor this server did not make (another
+/// list's, or no ID at all) is a 400. The pattern each list documents is
+/// this check: `prefix`, then at most 63 characters in all of letters,
+/// digits and `_`.
 pub fn decode_cursor(cursor: Option<&str>, prefix: &str) -> Result<Option<String>, ApiError> {
     let Some(c) = cursor.filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    let id = B64URL
-        .decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|id| {
-            id.starts_with(prefix)
-                && id.len() < 64
-                && id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-        })
-        .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from a previous page"))?;
-    Ok(Some(id))
+    let is_ours = c.starts_with(prefix)
+        && c.len() < 64
+        && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    if !is_ours {
+        return Err(ApiError::invalid(
+            "cursor",
+            "is not a cursor from a previous page",
+        ));
+    }
+    Ok(Some(c.to_owned()))
 }
 
 /// The OpenAPI document's frame; paths and schemas are collected from the routes.
@@ -340,7 +343,30 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(routes::metrics::scrape));
     rate_limit::document(routes.get_openapi_mut());
     hop::document(routes.get_openapi_mut());
+    closed_sources(routes.get_openapi_mut());
+    extract::document(routes.get_openapi_mut());
+    error::document(routes.get_openapi_mut());
     routes
+}
+
+/// Each kind of `source` refuses fields of the others
+/// (`deny_unknown_fields`), which the derived schema of an enum's variants
+/// does not say: say it.
+fn closed_sources(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    use utoipa::openapi::RefOr;
+    let Some(RefOr::T(Schema::OneOf(kinds))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("Source"))
+    else {
+        return;
+    };
+    for kind in &mut kinds.items {
+        if let RefOr::T(Schema::Object(kind)) = kind {
+            kind.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
 }
 
 /// The OpenAPI 3.1 document of every route.

@@ -229,3 +229,106 @@ fn openapi_documents_every_invoke_and_control_error_code() {
         }
     }
 }
+
+/// The answers every route can give whatever its handler does — 401 where a
+/// key is taken, 400 and 413 where a body is read — are in the document, and
+/// every error answer shows the envelope it is sent in.
+#[test]
+fn openapi_documents_the_error_answers_of_every_operation() {
+    let doc = serde_json::to_value(hangar_api::openapi()).expect("serializes");
+    let envelope = &doc["components"]["schemas"]["Error"];
+    assert_eq!(
+        envelope["required"],
+        json!(["success", "error"]),
+        "{envelope}"
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            let responses = operation["responses"].as_object().expect("responses");
+            let keyless = operation["security"] == json!([]);
+            let statuses: Vec<&str> = responses.keys().map(String::as_str).collect();
+            if !keyless {
+                assert!(statuses.contains(&"401"), "{method} {path}: {statuses:?}");
+            }
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413"] {
+                    assert!(statuses.contains(&status), "{method} {path}: {statuses:?}");
+                }
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Bodies a client generated from the document sends: `null` for an optional
+/// body it has none for, and `60.0` where the schema says integer (JSON
+/// Schema's integers are numbers without a fraction).
+#[tokio::test]
+async fn generated_clients_bodies_are_read() {
+    each_backend(|h| async move {
+        let key = h.a.key.clone();
+        let r = h
+            .raw(Method::POST, "/v1/uploads", Some(&key), Some("null"))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let body = r#"{"agent_id":"agent_nosuch","ttl_seconds":60.0}"#;
+        let r = h
+            .raw(Method::POST, "/v1/tokens", Some(&key), Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        assert_eq!(r.code(), "AGENT_NOT_FOUND");
+        // A fraction is still refused, naming the field.
+        let body = r#"{"agent_id":"agent_nosuch","ttl_seconds":60.5}"#;
+        let r = h
+            .raw(Method::POST, "/v1/tokens", Some(&key), Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(r.body["error"]["field"], "ttl_seconds");
+    })
+    .await;
+}
+
+/// A list takes exactly the cursors its documented pattern allows: any ID of
+/// the list's kind (a keyset position), and nothing else.
+#[tokio::test]
+async fn list_cursors_are_what_the_document_allows() {
+    let doc = serde_json::to_value(hangar_api::openapi()).expect("serializes");
+    let cursor = doc["paths"]["/v1/agents"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "cursor")
+        .cloned()
+        .expect("cursor parameter");
+    assert_eq!(cursor["in"], "query");
+    assert_eq!(cursor["schema"]["pattern"], "^(agent_[A-Za-z0-9_]{0,57})?$");
+    each_backend(|h| async move {
+        let key = h.a.key.clone();
+        let r = h
+            .get("/v1/agents?cursor=agent_01zzzzzzzzzzzzzzzzzzzzzzzz", &key)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        for other in ["inst_01zzzz", "agent_x-y", "YWdlbnRfMDE"] {
+            let r = h
+                .raw(
+                    Method::GET,
+                    &format!("/v1/agents?cursor={other}"),
+                    Some(&key),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{other}: {}", r.text);
+            assert_eq!(r.body["error"]["field"], "cursor");
+        }
+    })
+    .await;
+}

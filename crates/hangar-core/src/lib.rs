@@ -80,9 +80,14 @@ pub struct UnknownVariant {
 
 /// Declares a closed set of string values with serde, OpenAPI and `FromStr` from one
 /// list, so the spelling on the wire, in the database and in docs cannot drift apart.
+///
+/// The spelling is taken as a `tt`, not a `literal`: a `literal` fragment reaches
+/// the derives wrapped in an invisible group, which serde unwraps but utoipa does
+/// not, so the document showed the variants' Rust names (`Sandbox`) while the wire
+/// carries the spelling (`sandbox`).
 #[macro_export]
 macro_rules! string_enum {
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $variant:ident = $s:tt),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         $vis enum $name {
@@ -116,4 +121,26 @@ macro_rules! string_enum {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    string_enum! {
+        /// A set whose spellings differ from its variants' names.
+        enum Weather { Sunny = "sunny", HeavyRain = "heavy_rain" }
+    }
+
+    #[test]
+    fn the_document_lists_the_wire_spellings_of_a_string_enum() {
+        let schema = serde_json::to_value(Weather::schema()).expect("schema is JSON");
+        let spellings: Vec<&str> = Weather::ALL.iter().map(|w| w.as_str()).collect();
+        assert_eq!(schema["enum"], serde_json::json!(spellings));
+        assert_eq!(spellings, ["sunny", "heavy_rain"]);
+        assert_eq!(
+            serde_json::to_value(Weather::HeavyRain).expect("JSON"),
+            "heavy_rain"
+        );
+    }
 }

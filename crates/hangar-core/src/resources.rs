@@ -69,24 +69,77 @@ pub enum MemoryAmount {
     Quantity(String),
 }
 
+/// A quantity string as [`crate::quantity`] reads it: digits with an
+/// optional fraction and one of its suffixes.
+const QUANTITY_PATTERN: &str = r"^([0-9]+|[0-9]*\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$";
+
+/// A CPU amount as the document shows it: cores as a number, or a quantity
+/// string (which must come to 0.001–64 cores).
+fn cpu_amount() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0))
+                .maximum(Some(MAX_CPU_MILLIS / 1000)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(QUANTITY_PATTERN)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Cores as a number (`0.5`) or a quantity (`\"250m\"`), 0.001–64 cores.",
+        ))
+        .build()
+        .into()
+}
+
+/// A memory amount as the document shows it: bytes as an integer, or a
+/// quantity string (which must come to 16Mi–1Ti).
+fn memory_amount() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(MIN_MEMORY_BYTES))
+                .maximum(Some(MAX_MEMORY_BYTES)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(QUANTITY_PATTERN)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Bytes as an integer or a quantity (`\"512Mi\"`), 16Mi–1Ti.",
+        ))
+        .build()
+        .into()
+}
+
 /// Resources as a request gives them, in either API's spelling. Absent fields keep
 /// their current (or default) value.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesInput {
     /// CPU request: cores (`1`, `0.5`) or a quantity (`"0.5"`, `"250m"`).
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = cpu_amount)]
     pub cpu: Option<CpuAmount>,
     /// Memory request as a quantity (`"512Mi"`) or bytes.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = memory_amount)]
     pub memory: Option<MemoryAmount>,
     /// Memory request in MiB (Agents API spelling).
+    #[schema(minimum = 16, maximum = 1_048_576)]
     pub memory_mb: Option<u64>,
     /// CPU hard limit: cores or a quantity.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = cpu_amount)]
     pub cpu_limit: Option<CpuAmount>,
     /// Memory hard limit: a quantity or bytes.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = memory_amount)]
     pub memory_limit: Option<MemoryAmount>,
     /// GPUs; `null` or `0` for none.
     pub gpu: Option<u32>,

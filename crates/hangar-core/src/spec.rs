@@ -30,10 +30,13 @@ crate::string_enum! {
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// `python`, `node`, or another language a `hangar.toml` builds.
+    #[schema(pattern = r"^[A-Za-z0-9._+-]{1,32}$")]
     pub language: Option<String>,
     /// Language version, e.g. `3.11`.
+    #[schema(pattern = r"^[A-Za-z0-9._+-]{1,32}$")]
     pub version: Option<String>,
     /// Framework, informational (e.g. `langchain`).
+    #[schema(pattern = r"^[A-Za-z0-9._+-]{1,32}$")]
     pub framework: Option<String>,
 }
 
@@ -89,10 +92,13 @@ impl Default for Scaling {
 #[serde(deny_unknown_fields)]
 pub struct ScalingInput {
     /// Fewest replicas (0–100).
+    #[schema(maximum = 100)]
     pub min_instances: Option<u32>,
     /// Most replicas (1–100, at least `min_instances`).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_instances: Option<u32>,
     /// Target CPU percent (1–100).
+    #[schema(minimum = 1, maximum = 100)]
     pub target_cpu_percent: Option<u32>,
 }
 
@@ -214,12 +220,16 @@ impl RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConfigInput {
     /// Replicas of the instance (0–100); Instances API only.
+    #[schema(maximum = 100)]
     pub replicas: Option<u32>,
     /// Port the agent listens on (1–65535).
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     /// Health check path.
+    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f-\x9f]*$", max_length = 256)]
     pub health_path: Option<String>,
     /// Invoke path.
+    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f-\x9f]*$", max_length = 256)]
     pub invoke_path: Option<String>,
     /// Keep running (true) or allow scale to zero (false).
     pub long_running: Option<bool>,
@@ -231,9 +241,11 @@ pub struct ConfigInput {
     pub deployment_type: Option<DeploymentType>,
     /// Health checks failed in a row (1–100) after which a replica that was
     /// ready is restarted; default 3, checked every 5 s.
+    #[schema(minimum = 1, maximum = 100)]
     pub liveness_failures: Option<u32>,
     /// Seconds (1–3600) a replica may take to become ready before it is
     /// replaced; default 120.
+    #[schema(minimum = 1, maximum = 3600)]
     pub start_timeout_seconds: Option<u32>,
     /// What replicas may reach: `{"egress": "open" | "none" | {"allow": […]},
     /// "reach": ["agent-name"]}`. Replaces the whole block when given;

@@ -100,10 +100,10 @@ pub fn env_map(field: &str, env: &BTreeMap<String, String>) -> Result<(), Invali
     }
     for (k, v) in env {
         env_key(field, k)?;
-        if v.len() > MAX_ENV_VALUE_LEN {
+        if v.chars().count() > MAX_ENV_VALUE_LEN {
             return Err(Invalid::new(
                 format!("{field}.{k}"),
-                "value is longer than 32 KiB",
+                "value is longer than 32768 characters",
             ));
         }
         if v.contains('\0') {
@@ -117,6 +117,109 @@ pub fn env_map(field: &str, env: &BTreeMap<String, String>) -> Result<(), Invali
     Ok(())
 }
 
+/// An environment map as the document shows it ([`env_map`]'s rules; the
+/// names `PORT` and `HANGAR_…`, which Hangar sets, are refused too).
+#[must_use]
+pub fn env_map_schema() -> utoipa::openapi::schema::Object {
+    env_map_schema_of(false, false)
+}
+
+/// [`env_map_schema`], or `null` (an update that keeps the map).
+#[must_use]
+pub fn env_map_update_schema() -> utoipa::openapi::schema::Object {
+    env_map_schema_of(true, false)
+}
+
+/// [`env_map_update_schema`] whose values may be `null` too (an update that
+/// removes that variable).
+#[must_use]
+pub fn env_map_patch_schema() -> utoipa::openapi::schema::Object {
+    env_map_schema_of(true, true)
+}
+
+/// `nullable`: the map may be `null`; `unset`: a value may be.
+fn maybe_null(
+    schema_type: utoipa::openapi::schema::Type,
+    nullable: bool,
+) -> utoipa::openapi::schema::SchemaType {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    if nullable {
+        SchemaType::from_iter([schema_type, Type::Null])
+    } else {
+        SchemaType::Type(schema_type)
+    }
+}
+
+fn env_map_schema_of(nullable: bool, unset: bool) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let value = if unset {
+        SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        SchemaType::Type(Type::String)
+    };
+    ObjectBuilder::new()
+        .schema_type(maybe_null(Type::Object, nullable))
+        .max_properties(Some(MAX_ENV_VARS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(value)
+                .max_length(Some(MAX_ENV_VALUE_LEN))
+                .pattern(Some(r"^[^\x00]*$")),
+        ))
+        .description(Some(
+            "Environment variables: names are letters, digits and `_`, not starting with a digit \
+             (not `PORT` nor `HANGAR_…`, which Hangar sets); values at most 32 KiB without NUL, \
+             `${secrets.NAME}` references resolved at start.",
+        ))
+        .build()
+}
+
+/// Metadata as the document shows it ([`metadata`]'s rules).
+#[must_use]
+pub fn metadata_schema() -> utoipa::openapi::schema::Object {
+    metadata_schema_of(false)
+}
+
+/// [`metadata_schema`] of an update: the map, or a value (removing that
+/// key), may be `null`.
+#[must_use]
+pub fn metadata_patch_schema() -> utoipa::openapi::schema::Object {
+    metadata_schema_of(true)
+}
+
+fn metadata_schema_of(patch: bool) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let unset = patch;
+    let value = if unset {
+        SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        SchemaType::Type(Type::String)
+    };
+    ObjectBuilder::new()
+        .schema_type(maybe_null(Type::Object, patch))
+        .max_properties(Some(MAX_METADATA_KEYS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64)),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(value)
+                .max_length(Some(512)),
+        ))
+        .description(Some(
+            "At most 50 keys of 1–64 characters, values of at most 512.",
+        ))
+        .build()
+}
+
 /// Metadata: at most 50 string keys (≤ 64 chars) with string values (≤ 512 chars).
 pub fn metadata(field: &str, meta: &BTreeMap<String, String>) -> Result<(), Invalid> {
     if meta.len() > MAX_METADATA_KEYS {
@@ -126,13 +229,14 @@ pub fn metadata(field: &str, meta: &BTreeMap<String, String>) -> Result<(), Inva
         ));
     }
     for (k, v) in meta {
-        if k.is_empty() || k.len() > 64 {
+        // Counted in characters, as the document's lengths count.
+        if k.is_empty() || k.chars().count() > 64 {
             return Err(Invalid::new(
                 format!("{field}.{k}"),
                 "keys are 1 to 64 characters",
             ));
         }
-        if v.len() > 512 {
+        if v.chars().count() > 512 {
             return Err(Invalid::new(
                 format!("{field}.{k}"),
                 "values are at most 512 characters",
@@ -233,8 +337,9 @@ pub fn redact_env(env: &BTreeMap<String, String>, mask: &str) -> BTreeMap<String
 
 /// An HTTP path on the agent: starts with `/`, no whitespace, at most 256 characters.
 pub fn http_path(field: &str, path: &str) -> Result<(), Invalid> {
+    // Counted in characters, as the document's `maxLength` counts.
     if !path.starts_with('/')
-        || path.len() > 256
+        || path.chars().count() > 256
         || path.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(Invalid::new(

@@ -120,18 +120,23 @@ pub(crate) async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResu
 
 /// Query of `GET /v1/agents`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(agent_[A-Za-z0-9_]{0,57})?$")]
     cursor: Option<String>,
     /// Only agents on this cloud.
+    #[param(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
     cloud_id: Option<String>,
 }
 
 /// List agents.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", params(ListQuery),
-    responses((status = 200, body = ListEnvelope<AgentObject>)))]
+    responses((status = 200, body = ListEnvelope<AgentObject>),
+        (status = 404, description = "CLOUD_NOT_FOUND: `cloud_id` names no cloud of the organization")))]
 async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,
@@ -177,8 +182,10 @@ async fn list_agents(
 #[serde(deny_unknown_fields)]
 struct CreateAgent {
     /// Unique within the cloud.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 63)]
     name: String,
     /// Cloud to deploy to: its ID, or its name (`local`).
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
     cloud_id: String,
     /// Where the code comes from.
     source: Source,
@@ -190,16 +197,20 @@ struct CreateAgent {
     resources: ResourcesInput,
     /// Environment; `${secrets.NAME}` references are resolved at start.
     #[serde(default)]
+    #[schema(schema_with = validate::env_map_schema)]
     environment: BTreeMap<String, String>,
     /// Autoscaling.
     #[serde(default)]
     scaling: ScalingInput,
     /// Display name.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 128)]
     display_name: Option<String>,
     /// Version label.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 64)]
     version: Option<String>,
     /// Labels.
     #[serde(default)]
+    #[schema(schema_with = validate::metadata_schema)]
     metadata: BTreeMap<String, String>,
     /// Port, paths and deployment type (Hangar's addition).
     #[serde(default)]
@@ -357,10 +368,13 @@ fn upload_id_from_url(url: &str) -> Option<String> {
 #[serde(deny_unknown_fields)]
 struct UpdateAgent {
     /// New name.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 63)]
     name: Option<String>,
     /// Display name.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 128)]
     display_name: Option<String>,
     /// Version label.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 64)]
     version: Option<String>,
     /// New source (used by the next redeploy).
     source: Option<Source>,
@@ -373,8 +387,10 @@ struct UpdateAgent {
     /// Configuration fields to change.
     config: Option<ConfigInput>,
     /// Variables to set; `null` removes one.
+    #[schema(schema_with = validate::env_map_patch_schema)]
     environment: Option<BTreeMap<String, Option<String>>>,
     /// Labels to set; `null` removes one.
+    #[schema(schema_with = validate::metadata_patch_schema)]
     metadata: Option<BTreeMap<String, Option<String>>>,
 }
 
@@ -582,19 +598,25 @@ async fn redeploy(
 
 /// Query of `GET /v1/agents/{id}/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
     /// Only lines after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Only lines before this RFC 3339 time.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// Most recent lines to return (1–10000).
+    #[param(minimum = 1, maximum = 10000)]
     tail: Option<u32>,
     /// Stream live lines (SSE).
     #[serde(default)]
     follow: bool,
     /// `debug`, `info`, `warn` or `error`: that level and above.
+    #[param(pattern = "^(debug|info|warn|error)$")]
     level: Option<String>,
     /// With `follow`: resume after this line (what `Last-Event-ID` says).
+    #[param(pattern = r"^[^\S\x00-\x1f\x7f-\x9f]*(\+?[0-9]{1,18})?[^\S\x00-\x1f\x7f-\x9f]*$")]
     last_event_id: Option<String>,
     /// A stream token (`POST /v1/tokens`) instead of `Authorization`.
     #[allow(dead_code)] // read by the `Reader` extractor; named here for the OpenAPI document
@@ -691,8 +713,10 @@ async fn logs(
 
 /// Query of `GET /v1/agents/{id}/metrics`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct MetricsQuery {
     /// `1h`, `24h` (default) or `7d`.
+    #[param(pattern = "^(1h|24h|7d)$")]
     window: Option<String>,
 }
 

@@ -63,10 +63,13 @@ async fn get_build(
 
 /// Query of `GET /v1/builds/{id}/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BuildLogQuery {
     /// Only lines after this sequence number.
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// At most this many lines (1–10000, default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
     /// Stream the log as SSE until the build ends (each event's `id` is the
     /// line's `seq`; a last `done` event carries the build's status).

@@ -123,12 +123,18 @@ fn page<T, O>(
 
 /// Query of `GET /v1/events`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(evt_[A-Za-z0-9_]{0,59})?$")]
     cursor: Option<String>,
     /// Only events of this type (`agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`).
+    #[param(
+        pattern = "^(agent\\.(deployed|failed|scaled|health_changed|policy_changed)|instance\\.(started|stopped|crashed)|build\\.(succeeded|failed)|job\\.(completed|failed))$"
+    )]
     #[serde(rename = "type")]
     kind: Option<String>,
 }
@@ -166,10 +172,13 @@ async fn list_events(
 
 /// Query of delivery lists.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(dlv_[A-Za-z0-9_]{0,59})?$")]
     cursor: Option<String>,
 }
 

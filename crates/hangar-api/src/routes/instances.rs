@@ -40,12 +40,16 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 
 /// Query of `GET /instances/by_org_id/{org_id}`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(inst_[A-Za-z0-9_]{0,58})?$")]
     cursor: Option<String>,
     /// `running`, `stopped`, `error`, `starting`, `stopping` or `all` (default).
+    #[param(pattern = "^(starting|running|stopping|stopped|error|all)$")]
     status: Option<String>,
     /// Only this agent's instances.
     agent_id: Option<String>,
@@ -138,12 +142,16 @@ async fn get_instance(
 #[serde(deny_unknown_fields)]
 struct CreateInstance {
     /// Unique within the organization.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 63)]
     name: String,
     /// Blueprint to deploy.
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
     agent_id: String,
     /// Build to deploy; must be ready.
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
     build_id: String,
     /// Must be the caller's organization.
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
     organization_id: String,
     /// Overrides of the agent's configuration, and `replicas`.
     #[serde(default)]
@@ -153,6 +161,7 @@ struct CreateInstance {
     resources: ResourcesInput,
     /// Environment, laid over the agent's.
     #[serde(default)]
+    #[schema(schema_with = validate::env_map_schema)]
     env_vars: BTreeMap<String, String>,
 }
 
@@ -245,12 +254,14 @@ async fn create_instance(
 #[serde(deny_unknown_fields)]
 struct UpdateInstance {
     /// New name.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 63)]
     name: Option<String>,
     /// Configuration changes (`replicas` scales without a restart).
     config: Option<ConfigInput>,
     /// Resource changes (restarts replicas).
     resources: Option<ResourcesInput>,
     /// Variables to set (restarts replicas); merged into the current ones.
+    #[schema(schema_with = validate::env_map_update_schema)]
     env_vars: Option<BTreeMap<String, String>>,
 }
 
@@ -299,6 +310,7 @@ async fn update_instance(
 
 /// Query of `DELETE /instances/{instance_id}`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
     /// Skip the graceful shutdown.
     #[serde(default)]
@@ -464,12 +476,40 @@ fn stdin_not_enabled() -> ApiError {
     }
 }
 
+/// Exec's body as the document shows it: the argv, program first, 1–256
+/// strings without NUL, the first not empty (the handler reads a
+/// `Vec<String>` and checks them).
+struct Argv;
+
+impl utoipa::PartialSchema for Argv {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            // The program's name must not be empty; its arguments may be.
+            .prefix_items([ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .build()])
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(64 * 1024))
+                    .pattern(Some(r"^[^\x00]*$")),
+            )
+            .min_items(Some(1))
+            .max_items(Some(256))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Argv {}
+
 /// How long an exec may run.
 const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Run a command in an instance; the body is the argv array. A starting
 /// instance's first replica is waited for; one scaled to zero is started.
-#[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/exec", tag = "instances", request_body = Vec<String>,
+#[utoipa::path(post, path = "/instances/{org_id}/{instance_id}/exec", tag = "instances", request_body = Argv,
     params(("org_id" = String, Path, description = "Organization ID"), ("instance_id" = String, Path, description = "Instance ID")),
     responses((status = 200, description = "The command's output, as plain text", content_type = "text/plain", body = String),
         (status = 400, description = "INVALID_REQUEST (field argv): a bad argv, or a program the replica cannot run"),
@@ -489,10 +529,15 @@ async fn exec(
             "must be an array of 1 to 256 strings",
         ));
     }
-    if argv.iter().any(|a| a.len() > 65_536 || a.contains('\0')) || argv[0].is_empty() {
+    // Counted in characters, as the document's `maxLength` counts.
+    if argv
+        .iter()
+        .any(|a| a.chars().count() > 65_536 || a.contains('\0'))
+        || argv[0].is_empty()
+    {
         return Err(ApiError::invalid(
             "argv",
-            "arguments must be non-empty strings without NUL, at most 64 KiB each",
+            "arguments must be strings without NUL of at most 65536 characters, the first not empty",
         ));
     }
     let inst = find_in(&state, &caller, &org_id, &id).await?;
@@ -584,15 +629,19 @@ const STDIN_WAIT: hangar_controller::StdinWait = hangar_controller::StdinWait {
 
 /// Query of `GET …/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
     /// Most recent lines to return (1–10000, default 100).
+    #[param(minimum = 1, maximum = 10000)]
     lines: Option<u32>,
     /// Only lines after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Stream live lines (SSE).
     #[serde(default)]
     follow: bool,
     /// With `follow`: resume after this line (what `Last-Event-ID` says).
+    #[param(pattern = r"^[^\S\x00-\x1f\x7f-\x9f]*(\+?[0-9]{1,18})?[^\S\x00-\x1f\x7f-\x9f]*$")]
     last_event_id: Option<String>,
     /// A stream token (`POST /v1/tokens`) instead of `Authorization`.
     #[allow(dead_code)] // read by the `Reader` extractor; named here for the OpenAPI document

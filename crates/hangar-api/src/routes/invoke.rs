@@ -29,14 +29,34 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(invoke))
 }
 
+/// `options.headers`: names are HTTP tokens, values any text but control
+/// characters (tab aside), as the `http` crate takes them.
+fn header_map() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")),
+        ))
+        .build()
+}
+
 /// `options` of an invocation.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InvokeOptions {
     /// Seconds to wait for the agent (1–3600, default 300).
+    #[schema(minimum = 1, maximum = 3600)]
     timeout: Option<f64>,
     /// Extra headers passed to the agent.
     #[serde(default)]
+    #[schema(schema_with = header_map)]
     headers: BTreeMap<String, String>,
 }
 
@@ -63,7 +83,7 @@ struct InvokeRequest {
 /// record, which keeps a whole answer, not a stream.
 #[utoipa::path(post, path = "/v1/agents/{id}/invoke", tag = "agents", request_body = InvokeRequest,
     params(("id" = String, Path, description = "Agent ID"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters: a repeat answers from the first request's job. Not with `Accept: text/event-stream` (400 INVALID_REQUEST, field `Idempotency-Key`).")),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[ -~]{1,255}$", description = "1–255 printable ASCII characters: a repeat answers from the first request's job. Not with `Accept: text/event-stream` (400 INVALID_REQUEST, field `Idempotency-Key`).")),
     responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}; with `Accept: text/event-stream`, SSE: start, chunk…, done — or an `error` event `{code, message}` with one of the codes below when the agent fails after the start"),
         (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
         (status = 400, description = "INVALID_REQUEST (+ field): a bad body, `options`, or `Idempotency-Key` (also: a key with `Accept: text/event-stream`)"),

@@ -29,12 +29,15 @@ pub(crate) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// `?limit=&cursor=` of `/v1` lists.
+/// `?limit=&cursor=` of `/v1/agents/{id}/builds` (its cursor is a build's).
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(build_[A-Za-z0-9_]{0,57})?$")]
     pub cursor: Option<String>,
 }
 

@@ -39,8 +39,13 @@ async fn list_secrets(
 #[serde(deny_unknown_fields)]
 struct PutSecret {
     /// `[A-Za-z_][A-Za-z0-9_]*`, referenced as `${secrets.NAME}`.
+    #[schema(
+        pattern = r"^([A-Za-rt-z_][A-Za-z0-9_]*|s([A-Za-df-z0-9_][A-Za-z0-9_]*)?|se([A-Zabd-z0-9_][A-Za-z0-9_]*)?|sec([A-Za-z0-9][A-Za-z0-9_]*)?)$",
+        max_length = 63
+    )]
     name: String,
     /// The value (at most 64 KiB); stored encrypted.
+    #[schema(max_length = 65536)]
     value: String,
 }
 

@@ -95,10 +95,19 @@ async fn list_organizations(
 #[serde(deny_unknown_fields)]
 struct CreateOrganization {
     /// Name.
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        max_length = 128
+    )]
     name: String,
     /// Email of its first admin.
+    #[schema(
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^\s\x00-\x1f\x7f-\x9f]+$",
+        max_length = 254
+    )]
     admin_email: String,
     /// Most instances at once (default 50).
+    #[schema(minimum = 1, maximum = 100000)]
     max_instances: Option<u32>,
 }
 
@@ -114,7 +123,8 @@ struct CreatedOrganization {
 }
 
 fn check_email(email: &str) -> ApiResult<()> {
-    let valid = email.len() <= 254
+    // Counted in characters, as the document's `maxLength` counts.
+    let valid = email.chars().count() <= 254
         && email
             .split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
@@ -200,8 +210,13 @@ async fn get_organization(
 #[serde(deny_unknown_fields)]
 struct UpdateOrganization {
     /// New name (admins of the organization).
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        max_length = 128
+    )]
     name: Option<String>,
     /// New instance quota (operators only).
+    #[schema(minimum = 1, maximum = 100000)]
     max_instances: Option<u32>,
 }
 
@@ -250,8 +265,13 @@ async fn list_users(
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     /// Unique within the organization.
+    #[schema(
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^\s\x00-\x1f\x7f-\x9f]+$",
+        max_length = 254
+    )]
     email: String,
     /// Display name.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 128)]
     name: Option<String>,
     /// `admin` or `member` (default).
     role: Option<Role>,
@@ -314,8 +334,13 @@ async fn list_keys(
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     /// Label.
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        max_length = 128
+    )]
     name: String,
     /// The user it acts as (admins may name another user; default yourself).
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", max_length = 128)]
     user_id: Option<String>,
 }
 
@@ -461,6 +486,10 @@ async fn check_cluster(config: &serde_json::Value) -> ApiResult<hangar_runtime::
 #[serde(deny_unknown_fields)]
 struct CreateCloud {
     /// Unique within the organization.
+    #[schema(
+        pattern = r"^([A-Za-z0-9]|[A-Za-bd-z0-9][A-Za-z0-9._-]*|c([A-Za-km-z0-9._-][A-Za-z0-9._-]*)?|cl([A-Za-np-z0-9._-][A-Za-z0-9._-]*)?|clo([A-Za-tv-z0-9._-][A-Za-z0-9._-]*)?|clou([A-Za-ce-z0-9._-][A-Za-z0-9._-]*)?|cloud([A-Za-z0-9.-][A-Za-z0-9._-]*)?)$",
+        max_length = 63
+    )]
     name: String,
     /// `sandbox`, `docker` or `kubernetes` (501 `DRIVER_UNAVAILABLE` on a
     /// server that runs no replicas).

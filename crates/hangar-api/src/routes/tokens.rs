@@ -43,7 +43,7 @@ const MAX_TTL: i64 = 3600;
 const MIN_TTL: i64 = 10;
 
 /// Body of `POST /v1/tokens`: exactly one object the token reads.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
     /// The agent whose logs the token follows.
@@ -55,6 +55,51 @@ struct CreateToken {
     /// Lifetime, 10–3600 seconds (default 300).
     ttl_seconds: Option<i64>,
 }
+
+/// The document shows "exactly one of" as one shape per object: its id
+/// given, the other two absent or `null`.
+impl utoipa::PartialSchema for CreateToken {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+        const OBJECTS: [(&str, &str); 3] = [
+            ("agent_id", "The agent whose logs the token follows."),
+            ("instance_id", "The instance whose logs the token follows."),
+            ("build_id", "The build whose log the token reads."),
+        ];
+        let mut shapes = OneOfBuilder::new().description(Some(
+            "Body of `POST /v1/tokens`: exactly one object the token reads.",
+        ));
+        for (named, description) in OBJECTS {
+            let mut shape = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ))
+                .required(named)
+                .property(
+                    named,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some(description)),
+                );
+            for (other, _) in OBJECTS.iter().filter(|(o, _)| *o != named) {
+                shape = shape.property(*other, ObjectBuilder::new().schema_type(Type::Null));
+            }
+            shape = shape.property(
+                "ttl_seconds",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+                    .minimum(Some(MIN_TTL))
+                    .maximum(Some(MAX_TTL))
+                    .description(Some("Lifetime, 10–3600 seconds (default 300).")),
+            );
+            shapes = shapes.item(shape);
+        }
+        shapes.into()
+    }
+}
+
+impl ToSchema for CreateToken {}
 
 /// A stream token as created.
 #[derive(Debug, Serialize, ToSchema)]

@@ -108,6 +108,7 @@ fn signature_valid(key: &[u8], id: &str, expires: i64, signature: &str) -> bool 
 
 /// Query of an upload URL: what the signature covers.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadUrlQuery {
     /// When the URL stops working (Unix seconds).
     expires: i64,

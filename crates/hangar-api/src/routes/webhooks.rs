@@ -32,6 +32,40 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_webhook, update_webhook, delete_webhook))
 }
 
+/// `events` as the document shows it: known event types, as many as there
+/// are kinds (what [`check_events`] takes).
+fn event_types() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(EVENT_TYPES.iter().copied())),
+        )
+        .max_items(Some(EVENT_TYPES.len()))
+        .description(Some(format!(
+            "Event types to deliver (empty or absent: all): {}.",
+            EVENT_TYPES
+                .iter()
+                .map(|kind| format!("`{kind}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+        .build()
+}
+
+/// `events` of an update: absent or `null` keeps the webhook's.
+fn event_types_or_null() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let mut events = event_types();
+    events.description = Some(format!(
+        "{} Absent or null: unchanged.",
+        events.description.unwrap_or_default()
+    ));
+    events.schema_type = SchemaType::from_iter([Type::Array, Type::Null]);
+    events
+}
+
 fn check_events(events: &[String]) -> ApiResult<()> {
     if events.len() > EVENT_TYPES.len() {
         return Err(ApiError::invalid("events", "lists an event more than once"));
@@ -67,13 +101,22 @@ struct CreateWebhook {
     /// Receiver URL (http or https). A loopback, private or link-local IP
     /// address is refused unless the server allows private receivers
     /// (`--webhook-allow-private`); names are checked when delivering.
+    #[schema(
+        pattern = r"^https?://[A-Za-z][A-Za-z0-9-]*(\.[A-Za-z][A-Za-z0-9-]*)*(:[1-9][0-9]{0,3})?(/[!-~]*)?$",
+        max_length = 2048
+    )]
     url: String,
     /// Event types to deliver (default: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
     #[serde(default)]
+    #[schema(schema_with = event_types)]
     events: Vec<String>,
     /// Free text.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 512)]
     description: Option<String>,
     /// Signing secret (`whsec_` + base64 of 24–64 bytes); generated when absent.
+    #[schema(
+        pattern = r"^whsec_(([A-Za-z0-9+/]{4}){8,20}([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?|([A-Za-z0-9+/]{4}){21}([A-Za-z0-9+/][AQgw]==)?)$"
+    )]
     secret: Option<String>,
 }
 
@@ -175,10 +218,16 @@ async fn get_webhook(
 #[serde(deny_unknown_fields)]
 struct UpdateWebhook {
     /// Receiver URL; refused like `POST /v1/webhooks`'.
+    #[schema(
+        pattern = r"^https?://[A-Za-z][A-Za-z0-9-]*(\.[A-Za-z][A-Za-z0-9-]*)*(:[1-9][0-9]{0,3})?(/[!-~]*)?$",
+        max_length = 2048
+    )]
     url: Option<String>,
     /// Event types (empty: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`.
+    #[schema(schema_with = event_types_or_null)]
     events: Option<Vec<String>>,
     /// Free text.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 512)]
     description: Option<String>,
     /// Pause (false) or resume (true) deliveries.
     enabled: Option<bool>,
