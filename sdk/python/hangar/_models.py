@@ -62,7 +62,7 @@ class AgentResources(TypedDict):
     memory_mb: int
 
 
-AgentStatus: TypeAlias = Literal['Created', 'Building', 'Deploying', 'Running', 'Stopped', 'Failed']
+AgentStatus: TypeAlias = Literal['created', 'building', 'deploying', 'running', 'stopped', 'failed']
 
 
 class ApiKeyObject(TypedDict):
@@ -80,6 +80,12 @@ class ApiKeyObject(TypedDict):
     user_id: str
 
 
+ArgvItem: TypeAlias = str
+
+
+Argv: TypeAlias = list[ArgvItem]
+
+
 class BuildLogLineObject(TypedDict):
     """
     One build log line.
@@ -91,7 +97,7 @@ class BuildLogLineObject(TypedDict):
     timestamp: str
 
 
-BuildStatus: TypeAlias = Literal['Queued', 'Building', 'Ready', 'Failed']
+BuildStatus: TypeAlias = Literal['queued', 'building', 'ready', 'failed']
 
 
 class CreateKey(TypedDict, closed=True):
@@ -113,15 +119,40 @@ class CreateOrganization(TypedDict, closed=True):
     name: str
 
 
-class CreateToken(TypedDict, closed=True):
+class CreateToken1(TypedDict, closed=True):
     """
     Body of `POST /v1/tokens`: exactly one object the token reads.
     """
 
-    agent_id: NotRequired[str | None]
-    build_id: NotRequired[str | None]
-    instance_id: NotRequired[str | None]
+    agent_id: str
+    build_id: NotRequired[None]
+    instance_id: NotRequired[None]
     ttl_seconds: NotRequired[int | None]
+
+
+class CreateToken2(TypedDict, closed=True):
+    """
+    Body of `POST /v1/tokens`: exactly one object the token reads.
+    """
+
+    agent_id: NotRequired[None]
+    build_id: NotRequired[None]
+    instance_id: str
+    ttl_seconds: NotRequired[int | None]
+
+
+class CreateToken3(TypedDict, closed=True):
+    """
+    Body of `POST /v1/tokens`: exactly one object the token reads.
+    """
+
+    agent_id: NotRequired[None]
+    build_id: str
+    instance_id: NotRequired[None]
+    ttl_seconds: NotRequired[int | None]
+
+
+CreateToken: TypeAlias = CreateToken1 | CreateToken2 | CreateToken3
 
 
 class CreateUpload(TypedDict, closed=True):
@@ -138,7 +169,7 @@ class CreateWebhook(TypedDict, closed=True):
     """
 
     description: NotRequired[str | None]
-    events: NotRequired[list[str]]
+    events: NotRequired[list[Literal['agent.deployed', 'agent.failed', 'agent.scaled', 'agent.health_changed', 'agent.policy_changed', 'instance.started', 'instance.stopped', 'instance.crashed', 'build.succeeded', 'build.failed', 'job.completed', 'job.failed']]]
     secret: NotRequired[str | None]
     url: str
 
@@ -152,13 +183,13 @@ class Deleted(TypedDict):
     id: str
 
 
-DeliveryStatus: TypeAlias = Literal['Pending', 'Delivered', 'Failed']
+DeliveryStatus: TypeAlias = Literal['pending', 'delivered', 'failed']
 
 
-DeploymentType: TypeAlias = Literal['HttpLongRunning', 'HttpColdStart', 'Stdin']
+DeploymentType: TypeAlias = Literal['HTTP_LONG_RUNNING', 'HTTP_COLD_START', 'STDIN']
 
 
-DriverKind: TypeAlias = Literal['Sandbox', 'Docker', 'Kubernetes']
+DriverKind: TypeAlias = Literal['sandbox', 'docker', 'kubernetes']
 
 
 class Egress1(TypedDict):
@@ -173,7 +204,7 @@ class Egress1(TypedDict):
 Egress: TypeAlias = Literal['open'] | Literal['none'] | Egress1
 
 
-EndpointStatus: TypeAlias = Literal['DnsPending', 'ReadyToColdStart', 'Running', 'Error', 'NotFound', 'ReadyToReceiveRequests', 'Stopped']
+EndpointStatus: TypeAlias = Literal['DNS_PENDING', 'READY_TO_COLD_START', 'RUNNING', 'ERROR', 'NOT_FOUND', 'READY_TO_RECEIVE_REQUESTS', 'STOPPED']
 
 
 class Endpoints(TypedDict):
@@ -326,6 +357,22 @@ class Data17(Datum6):
     """
 
 
+class ErrorObject(TypedDict):
+    """
+    The `error` object of the envelope.
+    """
+
+    build_status: NotRequired[str | None]
+    code: str
+    current_status: NotRequired[str | None]
+    details: NotRequired[dict[str, Any] | None]
+    driver: NotRequired[str | None]
+    field: NotRequired[str | None]
+    message: str
+    request_id: NotRequired[str | None]
+    retry_after_seconds: NotRequired[int | None]
+
+
 class EventObject(TypedDict):
     """
     An event as the API shows it.
@@ -381,7 +428,7 @@ class InstanceResources(TypedDict):
     memory_limit: NotRequired[str | None]
 
 
-InstanceStatus: TypeAlias = Literal['Starting', 'Running', 'Stopping', 'Stopped', 'Error']
+InstanceStatus: TypeAlias = Literal['starting', 'running', 'stopping', 'stopped', 'error']
 
 
 class InvokeOptions(TypedDict, closed=True):
@@ -404,7 +451,7 @@ InvokeRequest = TypedDict(
 )
 
 
-JobStatus: TypeAlias = Literal['Pending', 'Running', 'Completed', 'Failed', 'Cancelled']
+JobStatus: TypeAlias = Literal['pending', 'running', 'completed', 'failed', 'cancelled']
 
 
 class Datum9(Data8):
@@ -542,15 +589,15 @@ class ResourcesInput(TypedDict, closed=True):
     their current (or default) value.
     """
 
-    cpu: NotRequired[dict[str, Any] | None]
-    cpu_limit: NotRequired[dict[str, Any] | None]
+    cpu: NotRequired[float | str | None]
+    cpu_limit: NotRequired[float | str | None]
     gpu: NotRequired[int | None]
-    memory: NotRequired[dict[str, Any] | None]
-    memory_limit: NotRequired[dict[str, Any] | None]
+    memory: NotRequired[int | str | None]
+    memory_limit: NotRequired[int | str | None]
     memory_mb: NotRequired[int | None]
 
 
-Role: TypeAlias = Literal['Admin', 'Member']
+Role: TypeAlias = Literal['admin', 'member']
 
 
 class Runtime(TypedDict, closed=True):
@@ -606,7 +653,7 @@ class SecretObject(Data12):
     """
 
 
-class Source1(TypedDict):
+class Source1(TypedDict, closed=True):
     """
     A git repository: `user/repo` on GitHub, or any git URL.
     """
@@ -618,7 +665,7 @@ class Source1(TypedDict):
     type: Literal['github']
 
 
-class Source2(TypedDict):
+class Source2(TypedDict, closed=True):
     """
     An OCI image.
     """
@@ -628,7 +675,7 @@ class Source2(TypedDict):
     type: Literal['docker']
 
 
-class Source3(TypedDict):
+class Source3(TypedDict, closed=True):
     """
     An archive uploaded through `POST /v1/uploads`.
     """
@@ -671,7 +718,7 @@ class UpdateWebhook(TypedDict, closed=True):
 
     description: NotRequired[str | None]
     enabled: NotRequired[bool | None]
-    events: NotRequired[list[str] | None]
+    events: NotRequired[list[Literal['agent.deployed', 'agent.failed', 'agent.scaled', 'agent.health_changed', 'agent.policy_changed', 'instance.started', 'instance.stopped', 'instance.crashed', 'build.succeeded', 'build.failed', 'job.completed', 'job.failed']] | None]
     url: NotRequired[str | None]
 
 
@@ -1149,6 +1196,16 @@ class EnvelopeWebhookObject(TypedDict):
 
     data: Data17
     meta: Meta
+    success: bool
+
+
+class Error(TypedDict):
+    """
+    The envelope every error answers in, as the document shows it: `code` and
+    `message` always, the other fields where the code says so.
+    """
+
+    error: ErrorObject
     success: bool
 
 

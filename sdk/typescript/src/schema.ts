@@ -949,7 +949,7 @@ export interface components {
          * @description An agent's status as the Agents API shows it.
          * @enum {string}
          */
-        AgentStatus: "Created" | "Building" | "Deploying" | "Running" | "Stopped" | "Failed";
+        AgentStatus: "created" | "building" | "deploying" | "running" | "stopped" | "failed";
         /** @description An API key (its secret is only in the response that created it). */
         ApiKeyObject: {
             /** @description When created. */
@@ -969,6 +969,9 @@ export interface components {
             /** @description The user it acts as. */
             user_id: string;
         };
+        Argv: [
+            string
+        ];
         /** @description A build's log. */
         BuildLog: {
             /** @description The build. */
@@ -1015,7 +1018,7 @@ export interface components {
          * @description A build's lifecycle: `queued → building → ready | failed`.
          * @enum {string}
          */
-        BuildStatus: "Queued" | "Building" | "Ready" | "Failed";
+        BuildStatus: "queued" | "building" | "ready" | "failed";
         /** @description A cloud. */
         CloudObject: {
             /**
@@ -1082,11 +1085,11 @@ export interface components {
             config?: components["schemas"]["ConfigInput"];
             /** @description Display name. */
             display_name?: string | null;
-            /** @description Environment; `${secrets.NAME}` references are resolved at start. */
+            /** @description Environment variables: names are letters, digits and `_`, not starting with a digit (not `PORT` nor `HANGAR_…`, which Hangar sets); values at most 32 KiB without NUL, `${secrets.NAME}` references resolved at start. */
             environment?: {
                 [key: string]: string;
             };
-            /** @description Labels. */
+            /** @description At most 50 keys of 1–64 characters, values of at most 512. */
             metadata?: {
                 [key: string]: string;
             };
@@ -1145,7 +1148,7 @@ export interface components {
             build_id: string;
             /** @description Overrides of the agent's configuration, and `replicas`. */
             config?: components["schemas"]["ConfigInput"];
-            /** @description Environment, laid over the agent's. */
+            /** @description Environment variables: names are letters, digits and `_`, not starting with a digit (not `PORT` nor `HANGAR_…`, which Hangar sets); values at most 32 KiB without NUL, `${secrets.NAME}` references resolved at start. */
             env_vars?: {
                 [key: string]: string;
             };
@@ -1178,15 +1181,24 @@ export interface components {
         /** @description Body of `POST /v1/tokens`: exactly one object the token reads. */
         CreateToken: {
             /** @description The agent whose logs the token follows. */
-            agent_id?: string | null;
-            /** @description The build whose log the token reads. */
-            build_id?: string | null;
+            agent_id: string;
+            build_id?: null;
+            instance_id?: null;
+            /** @description Lifetime, 10–3600 seconds (default 300). */
+            ttl_seconds?: number | null;
+        } | {
+            agent_id?: null;
+            build_id?: null;
             /** @description The instance whose logs the token follows. */
-            instance_id?: string | null;
-            /**
-             * Format: int64
-             * @description Lifetime, 10–3600 seconds (default 300).
-             */
+            instance_id: string;
+            /** @description Lifetime, 10–3600 seconds (default 300). */
+            ttl_seconds?: number | null;
+        } | {
+            agent_id?: null;
+            /** @description The build whose log the token reads. */
+            build_id: string;
+            instance_id?: null;
+            /** @description Lifetime, 10–3600 seconds (default 300). */
             ttl_seconds?: number | null;
         };
         /** @description Body of `POST /v1/uploads` (optional). */
@@ -1206,8 +1218,8 @@ export interface components {
         CreateWebhook: {
             /** @description Free text. */
             description?: string | null;
-            /** @description Event types to deliver (default: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`. */
-            events?: string[];
+            /** @description Event types to deliver (empty or absent: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`. */
+            events?: ("agent.deployed" | "agent.failed" | "agent.scaled" | "agent.health_changed" | "agent.policy_changed" | "instance.started" | "instance.stopped" | "instance.crashed" | "build.succeeded" | "build.failed" | "job.completed" | "job.failed")[];
             /** @description Signing secret (`whsec_` + base64 of 24–64 bytes); generated when absent. */
             secret?: string | null;
             /**
@@ -1268,7 +1280,7 @@ export interface components {
          * @description Where a delivery stands.
          * @enum {string}
          */
-        DeliveryStatus: "Pending" | "Delivered" | "Failed";
+        DeliveryStatus: "pending" | "delivered" | "failed";
         /** @description `deployment` of an instance. */
         Deployment: {
             /** @description How it runs. */
@@ -1292,12 +1304,12 @@ export interface components {
          * @description How an instance is run and reached.
          * @enum {string}
          */
-        DeploymentType: "HttpLongRunning" | "HttpColdStart" | "Stdin";
+        DeploymentType: "HTTP_LONG_RUNNING" | "HTTP_COLD_START" | "STDIN";
         /**
          * @description Which driver runs a cloud's replicas.
          * @enum {string}
          */
-        DriverKind: "Sandbox" | "Docker" | "Kubernetes";
+        DriverKind: "sandbox" | "docker" | "kubernetes";
         /** @description What replicas may reach outside the host. */
         Egress: "open" | "none" | {
             /**
@@ -1310,7 +1322,7 @@ export interface components {
          * @description The value of `GET /instances/status/{org_id}/{instance_id}`.
          * @enum {string}
          */
-        EndpointStatus: "DnsPending" | "ReadyToColdStart" | "Running" | "Error" | "NotFound" | "ReadyToReceiveRequests" | "Stopped";
+        EndpointStatus: "DNS_PENDING" | "READY_TO_COLD_START" | "RUNNING" | "ERROR" | "NOT_FOUND" | "READY_TO_RECEIVE_REQUESTS" | "STOPPED";
         /** @description `endpoints` of an agent. */
         Endpoints: {
             /**
@@ -2013,6 +2025,39 @@ export interface components {
             /** @description Always true here (errors carry false). */
             success: boolean;
         };
+        /**
+         * @description The envelope every error answers in, as the document shows it: `code` and
+         *     `message` always, the other fields where the code says so.
+         */
+        Error: {
+            error: components["schemas"]["ErrorObject"];
+            /** @description Always `false`, for Agents API clients that branch on it. */
+            success: boolean;
+        };
+        /** @description The `error` object of the envelope. */
+        ErrorObject: {
+            /** @description `BUILD_NOT_READY`: the build's status now. */
+            build_status?: string | null;
+            /** @description Machine-readable (`INVALID_REQUEST`, `AGENT_NOT_FOUND`, …). */
+            code: string;
+            /** @description `INSTANCE_NOT_RUNNING` / `AGENT_NOT_RUNNING`: the status now. */
+            current_status?: string | null;
+            /** @description `RESOURCE_LIMIT_EXCEEDED`, `AGENT_ERROR`: what the code is about. */
+            details?: Record<string, never> | null;
+            /** @description `DRIVER_UNAVAILABLE`: the missing driver. */
+            driver?: string | null;
+            /** @description `INVALID_REQUEST`: the dotted path of the field to blame. */
+            field?: string | null;
+            /** @description For a person; never internal text. */
+            message: string;
+            /** @description `INTERNAL_ERROR`: the id the server logged the cause under. */
+            request_id?: string | null;
+            /**
+             * Format: int64
+             * @description `RATE_LIMITED`: whole seconds until the key's next request is taken.
+             */
+            retry_after_seconds?: number | null;
+        };
         /** @description An event as the API shows it. */
         EventObject: {
             /** @description When it happened (RFC 3339). */
@@ -2149,7 +2194,7 @@ export interface components {
          * @description An instance's status as the Instances API shows it.
          * @enum {string}
          */
-        InstanceStatus: "Starting" | "Running" | "Stopping" | "Stopped" | "Error";
+        InstanceStatus: "starting" | "running" | "stopping" | "stopped" | "error";
         /** @description `GET /instances/status/{org_id}/{instance_id}`. */
         InstanceStatusObject: {
             /**
@@ -2176,7 +2221,6 @@ export interface components {
         };
         /** @description `options` of an invocation. */
         InvokeOptions: {
-            /** @description Extra headers passed to the agent. */
             headers?: {
                 [key: string]: string;
             };
@@ -2255,7 +2299,7 @@ export interface components {
          * @description An async invocation's lifecycle.
          * @enum {string}
          */
-        JobStatus: "Pending" | "Running" | "Completed" | "Failed" | "Cancelled";
+        JobStatus: "pending" | "running" | "completed" | "failed" | "cancelled";
         /** @description `{success, data: [...], pagination, meta}`. */
         ListEnvelope_AgentObject: {
             /** @description The items, newest first. */
@@ -2635,19 +2679,19 @@ export interface components {
          *     their current (or default) value.
          */
         ResourcesInput: {
-            /** @description CPU request: cores (`1`, `0.5`) or a quantity (`"0.5"`, `"250m"`). */
-            cpu?: Record<string, never> | null;
-            /** @description CPU hard limit: cores or a quantity. */
-            cpu_limit?: Record<string, never> | null;
+            /** @description Cores as a number (`0.5`) or a quantity (`"250m"`), 0.001–64 cores. */
+            cpu?: number | string | null;
+            /** @description Cores as a number (`0.5`) or a quantity (`"250m"`), 0.001–64 cores. */
+            cpu_limit?: number | string | null;
             /**
              * Format: int32
              * @description GPUs; `null` or `0` for none.
              */
             gpu?: number | null;
-            /** @description Memory request as a quantity (`"512Mi"`) or bytes. */
-            memory?: Record<string, never> | null;
-            /** @description Memory hard limit: a quantity or bytes. */
-            memory_limit?: Record<string, never> | null;
+            /** @description Bytes as an integer or a quantity (`"512Mi"`), 16Mi–1Ti. */
+            memory?: number | string | null;
+            /** @description Bytes as an integer or a quantity (`"512Mi"`), 16Mi–1Ti. */
+            memory_limit?: number | string | null;
             /**
              * Format: int64
              * @description Memory request in MiB (Agents API spelling).
@@ -2658,7 +2702,7 @@ export interface components {
          * @description What a user may do in their organization.
          * @enum {string}
          */
-        Role: "Admin" | "Member";
+        Role: "admin" | "member";
         /** @description Language runtime of an agent (`{"language": "python", "version": "3.11"}`). */
         Runtime: {
             /** @description Framework, informational (e.g. `langchain`). */
@@ -2805,11 +2849,11 @@ export interface components {
             config?: null | components["schemas"]["ConfigInput"];
             /** @description Display name. */
             display_name?: string | null;
-            /** @description Variables to set; `null` removes one. */
+            /** @description Environment variables: names are letters, digits and `_`, not starting with a digit (not `PORT` nor `HANGAR_…`, which Hangar sets); values at most 32 KiB without NUL, `${secrets.NAME}` references resolved at start. */
             environment?: {
                 [key: string]: string | null;
             } | null;
-            /** @description Labels to set; `null` removes one. */
+            /** @description At most 50 keys of 1–64 characters, values of at most 512. */
             metadata?: {
                 [key: string]: string | null;
             } | null;
@@ -2825,7 +2869,7 @@ export interface components {
         /** @description Body of `PUT /instances/{instance_id}`: only the fields to change. */
         UpdateInstance: {
             config?: null | components["schemas"]["ConfigInput"];
-            /** @description Variables to set (restarts replicas); merged into the current ones. */
+            /** @description Environment variables: names are letters, digits and `_`, not starting with a digit (not `PORT` nor `HANGAR_…`, which Hangar sets); values at most 32 KiB without NUL, `${secrets.NAME}` references resolved at start. */
             env_vars?: {
                 [key: string]: string;
             } | null;
@@ -2849,8 +2893,8 @@ export interface components {
             description?: string | null;
             /** @description Pause (false) or resume (true) deliveries. */
             enabled?: boolean | null;
-            /** @description Event types (empty: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`. */
-            events?: string[] | null;
+            /** @description Event types to deliver (empty or absent: all): `agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`. Absent or null: unchanged. */
+            events?: ("agent.deployed" | "agent.failed" | "agent.scaled" | "agent.health_changed" | "agent.policy_changed" | "instance.started" | "instance.stopped" | "instance.crashed" | "build.succeeded" | "build.failed" | "job.completed" | "job.failed")[] | null;
             /** @description Receiver URL; refused like `POST /v1/webhooks`'. */
             url?: string | null;
         };
@@ -2944,28 +2988,56 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NOT_FOUND / BUILD_NOT_FOUND / ORGANIZATION_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description BUILD_NOT_READY / INSTANCE_NAME_TAKEN */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RESOURCE_LIMIT_EXCEEDED */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -2974,41 +3046,48 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description DRIVER_UNAVAILABLE (+ `driver`): the agent's cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas) */
             501: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     list_instances: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description 1–100, default 50. */
+                limit?: number;
+                /** @description `next_cursor` of the previous page. */
+                cursor?: string;
+                /** @description `running`, `stopped`, `error`, `starting`, `stopping` or `all` (default). */
+                status?: string;
+                /** @description Only this agent's instances. */
+                agent_id?: string;
+                /** @description Only instances this user created. */
+                user_id?: string;
+            };
             header?: never;
             path: {
                 /** @description Organization ID */
                 org_id: string;
-                /** @description 1–100, default 50. */
-                limit: number | null;
-                /** @description `next_cursor` of the previous page. */
-                cursor: string | null;
-                /** @description `running`, `stopped`, `error`, `starting`, `stopping` or `all` (default). */
-                status: string | null;
-                /** @description Only this agent's instances. */
-                agent_id: string | null;
-                /** @description Only instances this user created. */
-                user_id: string | null;
             };
             cookie?: never;
         };
@@ -3022,12 +3101,34 @@ export interface operations {
                     "application/json": components["schemas"]["InstanceList"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description ORGANIZATION_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3036,7 +3137,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3062,12 +3165,34 @@ export interface operations {
                     "application/json": components["schemas"]["InstanceStatusObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description INSTANCE_NOT_FOUND, with status NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3076,14 +3201,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3107,12 +3236,34 @@ export interface operations {
                     "application/json": components["schemas"]["InstanceObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description INSTANCE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3121,14 +3272,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3161,14 +3316,38 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INSTANCE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3177,26 +3356,31 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     delete_instance: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Skip the graceful shutdown. */
+                force?: boolean;
+            };
             header?: never;
             path: {
                 /** @description Instance ID */
                 instance_id: string;
-                /** @description Skip the graceful shutdown. */
-                force: boolean;
             };
             cookie?: never;
         };
@@ -3209,12 +3393,34 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description INSTANCE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3223,14 +3429,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3248,7 +3458,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": string[];
+                "application/json": components["schemas"]["Argv"];
             };
         };
         responses: {
@@ -3266,21 +3476,47 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INSTANCE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INSTANCE_NOT_RUNNING (+ current_status): stopped, stopping, failed, or no replica started within 60 s */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3289,43 +3525,50 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INTERNAL_ERROR (+ request_id): the runtime failed; the cause is logged */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     instances_logs: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Most recent lines to return (1–10000, default 100). */
+                lines?: number;
+                /** @description Only lines after this RFC 3339 time. */
+                since?: string;
+                /** @description Stream live lines (SSE). */
+                follow?: boolean;
+                /** @description With `follow`: resume after this line (what `Last-Event-ID` says). */
+                last_event_id?: string;
+                /** @description A stream token (`POST /v1/tokens`) instead of `Authorization`. */
+                access_token?: string;
+            };
             header?: never;
             path: {
                 /** @description Organization ID */
                 org_id: string;
                 /** @description Instance ID */
                 instance_id: string;
-                /** @description Most recent lines to return (1–10000, default 100). */
-                lines: number | null;
-                /** @description Only lines after this RFC 3339 time. */
-                since: string | null;
-                /** @description Stream live lines (SSE). */
-                follow: boolean;
-                /** @description With `follow`: resume after this line (what `Last-Event-ID` says). */
-                last_event_id: string | null;
-                /** @description A stream token (`POST /v1/tokens`) instead of `Authorization`. */
-                access_token: string | null;
             };
             cookie?: never;
         };
@@ -3338,19 +3581,43 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description INSTANCE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INSTANCE_NOT_RUNNING */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3359,14 +3626,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE (follow=true): no runtime here to follow a running instance's replicas; the message says why; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3402,21 +3673,47 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INSTANCE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INSTANCE_NOT_RUNNING (+ current_status): stopped, stopping, failed, or no replica started within 30 s; STDIN_NOT_ENABLED */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3425,21 +3722,27 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INTERNAL_ERROR (+ request_id): the runtime failed; the cause is logged */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3466,14 +3769,18 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description FORBIDDEN: not the operator organization */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3482,22 +3789,24 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     list_agents: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
+            query?: {
                 /** @description 1–100, default 50. */
-                limit: number | null;
+                limit?: number;
                 /** @description `next_cursor` of the previous page. */
-                cursor: string | null;
+                cursor?: string;
                 /** @description Only agents on this cloud. */
-                cloud_id: string | null;
+                cloud_id?: string;
             };
+            header?: never;
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
@@ -3510,6 +3819,35 @@ export interface operations {
                     "application/json": components["schemas"]["ListEnvelope_AgentObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description CLOUD_NOT_FOUND: `cloud_id` names no cloud of the organization */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -3517,7 +3855,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3547,28 +3887,56 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description CLOUD_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NAME_TAKEN: the cloud has an agent of that name, or another agent already answers at the same agent URL (`<cloud base_url>/agents/<name>`: clouds that share a base URL share agent names) */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RESOURCE_LIMIT_EXCEEDED */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3577,21 +3945,27 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description DRIVER_UNAVAILABLE (+ `driver`): the cloud needs a driver this server does not have (kubernetes, on a server that runs no replicas) */
             501: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3615,12 +3989,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_AgentObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3629,14 +4025,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3660,12 +4060,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Deleted"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3674,14 +4096,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3714,21 +4140,47 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NAME_TAKEN: a new name the cloud already has, or that another agent already answers at (`<cloud base_url>/agents/<name>`) */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3737,28 +4189,33 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     list_builds: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page size, 1–100 (default 50). */
+                limit?: number;
+                /** @description `next_cursor` of the previous page. */
+                cursor?: string;
+            };
             header?: never;
             path: {
                 /** @description Agent ID */
                 id: string;
-                /** @description Page size, 1–100 (default 50). */
-                limit: number | null;
-                /** @description `next_cursor` of the previous page. */
-                cursor: string | null;
             };
             cookie?: never;
         };
@@ -3772,12 +4229,34 @@ export interface operations {
                     "application/json": components["schemas"]["ListEnvelope_BuildObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3786,14 +4265,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -3835,21 +4318,47 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NOT_RUNNING (+ current_status); JOB_IN_PROGRESS, JOB_CANCELLED (a repeated Idempotency-Key) */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3858,52 +4367,61 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_ERROR (+ details.agent_status, details.agent_body): the agent answered non-2xx; AGENT_BAD_RESPONSE: its answer could not be read; AGENT_UNREACHABLE: its replica could not be reached or broke the connection */
             502: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_UNAVAILABLE: no replica ready and none coming; AGENT_OVERLOADED: every replica busy and the queue full; RUNTIME_UNAVAILABLE: this server runs no agents, the message says why (not running as root; `hangar doctor` on the server tells what to fix); NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description INVOKE_TIMEOUT: no answer within options.timeout */
             504: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     agents_logs: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only lines after this RFC 3339 time. */
+                since?: string;
+                /** @description Only lines before this RFC 3339 time. */
+                until?: string;
+                /** @description Most recent lines to return (1–10000). */
+                tail?: number;
+                /** @description Stream live lines (SSE). */
+                follow?: boolean;
+                /** @description `debug`, `info`, `warn` or `error`: that level and above. */
+                level?: string;
+                /** @description With `follow`: resume after this line (what `Last-Event-ID` says). */
+                last_event_id?: string;
+                /** @description A stream token (`POST /v1/tokens`) instead of `Authorization`. */
+                access_token?: string;
+            };
             header?: never;
             path: {
                 /** @description Agent ID */
                 id: string;
-                /** @description Only lines after this RFC 3339 time. */
-                since: string | null;
-                /** @description Only lines before this RFC 3339 time. */
-                until: string | null;
-                /** @description Most recent lines to return (1–10000). */
-                tail: number | null;
-                /** @description Stream live lines (SSE). */
-                follow: boolean;
-                /** @description `debug`, `info`, `warn` or `error`: that level and above. */
-                level: string | null;
-                /** @description With `follow`: resume after this line (what `Last-Event-ID` says). */
-                last_event_id: string | null;
-                /** @description A stream token (`POST /v1/tokens`) instead of `Authorization`. */
-                access_token: string | null;
             };
             cookie?: never;
         };
@@ -3916,19 +4434,43 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NOT_RUNNING */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3937,26 +4479,31 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE (follow=true): no runtime here to follow the agent's replicas; the message says why; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     metrics: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `1h`, `24h` (default) or `7d`. */
+                window?: string;
+            };
             header?: never;
             path: {
                 /** @description Agent ID */
                 id: string;
-                /** @description `1h`, `24h` (default) or `7d`. */
-                window: string | null;
             };
             cookie?: never;
         };
@@ -3970,12 +4517,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_AgentMetrics"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -3984,14 +4553,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4019,12 +4592,43 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_AgentObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4033,14 +4637,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4064,12 +4672,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_AgentObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4078,14 +4708,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4109,12 +4743,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_AgentObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4123,14 +4779,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4151,6 +4811,17 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_ApiKeyObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -4158,7 +4829,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4183,12 +4856,43 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_ApiKeyObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description USER_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4197,7 +4901,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4221,12 +4927,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_ApiKeyObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description API_KEY_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4235,7 +4963,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4259,12 +4989,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_BuildObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description BUILD_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4273,28 +5025,31 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     build_logs: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                /** @description Build ID */
-                id: string;
+            query?: {
                 /** @description Only lines after this sequence number. */
-                after: number | null;
+                after?: number;
                 /** @description At most this many lines (1–10000, default 1000). */
-                limit: number | null;
+                limit?: number;
                 /**
                  * @description Stream the log as SSE until the build ends (each event's `id` is the
                  *     line's `seq`; a last `done` event carries the build's status).
                  */
-                follow: boolean;
+                follow?: boolean;
                 /** @description A stream token (`POST /v1/tokens`) instead of `Authorization`. */
-                access_token: string | null;
+                access_token?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Build ID */
+                id: string;
             };
             cookie?: never;
         };
@@ -4308,12 +5063,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_BuildLog"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description BUILD_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4322,7 +5099,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4343,6 +5122,17 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_CloudObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -4350,7 +5140,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4380,21 +5172,47 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description CLOUD_NAME_TAKEN */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description CLOUD_UNREACHABLE: a kubernetes cloud whose cluster does not answer, whose namespace cannot be made or used, or whose registry does not answer */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4403,14 +5221,18 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description DRIVER_UNAVAILABLE (+ `driver`): a kubernetes cloud on a server that runs no replicas */
             501: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4434,12 +5256,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_CloudObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description CLOUD_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4448,22 +5292,24 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     list_events: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
+            query?: {
                 /** @description 1–100, default 50. */
-                limit: number | null;
+                limit?: number;
                 /** @description `next_cursor` of the previous page. */
-                cursor: string | null;
+                cursor?: string;
                 /** @description Only events of this type (`agent.deployed`, `agent.failed`, `agent.scaled`, `agent.health_changed`, `agent.policy_changed`, `instance.started`, `instance.stopped`, `instance.crashed`, `build.succeeded`, `build.failed`, `job.completed`, `job.failed`). */
-                type: string | null;
+                type?: string;
             };
+            header?: never;
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
@@ -4481,7 +5327,20 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4490,24 +5349,26 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     list_jobs: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
+            query?: {
                 /** @description Page size, 1–100 (default 50). */
-                limit: number | null;
+                limit?: number;
                 /** @description `next_cursor` of the previous page. */
-                cursor: string | null;
+                cursor?: string;
                 /** @description Only this agent's jobs. */
-                agent_id: string | null;
+                agent_id?: string;
                 /** @description Only jobs in this status. */
-                status: null | components["schemas"]["JobStatus"];
+                status?: components["schemas"]["JobStatus"];
             };
+            header?: never;
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
@@ -4520,12 +5381,34 @@ export interface operations {
                     "application/json": components["schemas"]["ListEnvelope_JobObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description AGENT_NOT_FOUND: `agent_id` names no agent of the organization */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4534,7 +5417,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4558,12 +5443,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_JobObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description JOB_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4572,7 +5479,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4596,19 +5505,43 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_JobObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description JOB_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description JOB_ALREADY_FINISHED */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4617,7 +5550,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4643,7 +5578,9 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4652,7 +5589,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4673,12 +5612,25 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_NodeObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description FORBIDDEN */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4687,7 +5639,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4711,19 +5665,43 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_NodeObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description FORBIDDEN */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4732,7 +5710,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4756,19 +5736,43 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_NodeObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description FORBIDDEN */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description NODE_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4777,7 +5781,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4798,6 +5804,17 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_OrganizationObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -4805,7 +5822,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4830,12 +5849,43 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_CreatedOrganization"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description FORBIDDEN */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4844,7 +5894,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4868,12 +5920,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_OrganizationObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description ORGANIZATION_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4882,7 +5956,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4910,19 +5986,52 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_OrganizationObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description FORBIDDEN */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description ORGANIZATION_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -4931,7 +6040,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4952,6 +6063,17 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_SecretObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -4959,7 +6081,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -4992,6 +6116,35 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_SecretObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -4999,7 +6152,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5023,12 +6178,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Deleted"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description SECRET_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5037,7 +6214,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5067,14 +6246,38 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description AGENT_NOT_FOUND, INSTANCE_NOT_FOUND or BUILD_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5083,7 +6286,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5108,6 +6313,35 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_UploadObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -5115,21 +6349,24 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     put_upload_content: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                /** @description Upload ID */
-                id: string;
+            query: {
                 /** @description When the URL stops working (Unix seconds). */
                 expires: number;
                 /** @description HMAC-SHA256 of the upload id and `expires`, hex. */
                 signature: string;
+            };
+            header?: never;
+            path: {
+                /** @description Upload ID */
+                id: string;
             };
             cookie?: never;
         };
@@ -5152,35 +6389,45 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description bad or expired signature */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description UPLOAD_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description UPLOAD_ALREADY_COMPLETE */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description PAYLOAD_TOO_LARGE */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5201,6 +6448,17 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_UserObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -5208,7 +6466,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5233,19 +6493,52 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_UserObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description FORBIDDEN */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description USER_NAME_TAKEN */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5254,7 +6547,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5278,12 +6573,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_UserObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description USER_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5292,7 +6609,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5313,6 +6632,17 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Vec_WebhookObject"];
                 };
             };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
                 headers: {
@@ -5320,7 +6650,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5350,7 +6682,29 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5359,7 +6713,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5383,12 +6739,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_WebhookObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description WEBHOOK_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5397,7 +6775,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5421,12 +6801,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_Deleted"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description WEBHOOK_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5435,7 +6837,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5468,14 +6872,38 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description WEBHOOK_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE: the body is larger than the server's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5484,21 +6912,24 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
     list_deliveries: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description 1–100, default 50. */
+                limit?: number;
+                /** @description `next_cursor` of the previous page. */
+                cursor?: string;
+            };
             header?: never;
             path: {
                 /** @description Webhook ID */
                 id: string;
-                /** @description 1–100, default 50. */
-                limit: number | null;
-                /** @description `next_cursor` of the previous page. */
-                cursor: string | null;
             };
             cookie?: never;
         };
@@ -5512,12 +6943,34 @@ export interface operations {
                     "application/json": components["schemas"]["ListEnvelope_DeliveryObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description WEBHOOK_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5526,7 +6979,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };
@@ -5552,12 +7007,34 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_DeliveryObject"];
                 };
             };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description WEBHOOK_NOT_FOUND or DELIVERY_NOT_FOUND */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
             429: {
@@ -5566,7 +7043,9 @@ export interface operations {
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
         };
     };

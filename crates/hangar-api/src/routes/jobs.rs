@@ -276,12 +276,16 @@ fn stored_error(error: Option<&Value>) -> ApiError {
 
 /// Query of `GET /v1/jobs`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
     /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(job_[A-Za-z0-9_]{0,59})?$")]
     cursor: Option<String>,
     /// Only this agent's jobs.
+    #[param(pattern = r"^[A-Za-z0-9_]+$", max_length = 64)]
     agent_id: Option<String>,
     /// Only jobs in this status.
     status: Option<JobStatus>,
