@@ -258,6 +258,33 @@ class Data12(TypedDict):
 
 class Data13(TypedDict):
     """
+    What ending a session answers.
+    """
+
+    ended: bool
+    id: str
+    replica_id: str
+    replica_stopped: bool
+
+
+class Data14(TypedDict):
+    """
+    A live session: the replica that serves every request naming it.
+    """
+
+    agent_id: str
+    expires_at: str
+    id: str
+    instance_id: str
+    last_active_at: str
+    replica_changes: int
+    replica_id: str
+    requests: int
+    started_at: str
+
+
+class Data15(TypedDict):
+    """
     A stream token as created.
     """
 
@@ -267,7 +294,7 @@ class Data13(TypedDict):
     token: str
 
 
-class Data14(TypedDict):
+class Data16(TypedDict):
     """
     An upload slot.
     """
@@ -277,7 +304,7 @@ class Data14(TypedDict):
     upload_url: str
 
 
-class Data15(TypedDict):
+class Data17(TypedDict):
     """
     What a completed upload answers.
     """
@@ -305,7 +332,13 @@ class Datum4(Data12):
     """
 
 
-class Datum6(TypedDict):
+class Datum5(Data14):
+    """
+    A live session: the replica that serves every request naming it.
+    """
+
+
+class Datum7(TypedDict):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -320,7 +353,7 @@ class Datum6(TypedDict):
     url: str
 
 
-class Data17(Datum6):
+class Data19(Datum7):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -390,6 +423,7 @@ class InvokeOptions(TypedDict, closed=True):
     """
 
     headers: NotRequired[dict[str, str]]
+    session_id: NotRequired[str | None]
     timeout: NotRequired[float | None]
 
 
@@ -407,13 +441,13 @@ InvokeRequest = TypedDict(
 JobStatus: TypeAlias = Literal['Pending', 'Running', 'Completed', 'Failed', 'Cancelled']
 
 
-class Datum9(Data8):
+class Datum10(Data8):
     """
     A webhook delivery as the API shows it.
     """
 
 
-class Datum10(EventObject):
+class Datum11(EventObject):
     """
     An event as the API shows it.
     """
@@ -551,6 +585,7 @@ class RuntimeConfig(TypedDict):
     long_running: bool
     network: NotRequired[NetworkConfig | None]
     port: int
+    session_idle_timeout_seconds: NotRequired[int | None]
     start_timeout_seconds: NotRequired[int | None]
     stdin_enabled: bool
 
@@ -579,6 +614,18 @@ class ScalingObject(TypedDict):
 class SecretObject(Data12):
     """
     A secret (never its value).
+    """
+
+
+class SessionEnded(Data13):
+    """
+    What ending a session answers.
+    """
+
+
+class SessionObject(Data14):
+    """
+    A live session: the replica that serves every request naming it.
     """
 
 
@@ -625,7 +672,7 @@ class StdinInput(TypedDict, closed=True):
     input: str
 
 
-class TokenObject(Data13):
+class TokenObject(Data15):
     """
     A stream token as created.
     """
@@ -651,13 +698,13 @@ class UpdateWebhook(TypedDict, closed=True):
     url: NotRequired[str | None]
 
 
-class UploadObject(Data14):
+class UploadObject(Data16):
     """
     An upload slot.
     """
 
 
-class UploadReceived(Data15):
+class UploadReceived(Data17):
     """
     What a completed upload answers.
     """
@@ -676,7 +723,7 @@ class UserObject(TypedDict):
     role: Role
 
 
-class WebhookObject(Datum6):
+class WebhookObject(Datum7):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -753,6 +800,7 @@ class ConfigInput(TypedDict, closed=True):
     network: NotRequired[NetworkConfig | None]
     port: NotRequired[int | None]
     replicas: NotRequired[int | None]
+    session_idle_timeout_seconds: NotRequired[int | None]
     start_timeout_seconds: NotRequired[int | None]
     stdin_enabled: NotRequired[bool | None]
 
@@ -1002,7 +1050,7 @@ class EnvelopeSecretObject(TypedDict):
     success: bool
 
 
-class EnvelopeTokenObject(TypedDict):
+class EnvelopeSessionEnded(TypedDict):
     """
     `{success, data, meta}`.
     """
@@ -1012,7 +1060,7 @@ class EnvelopeTokenObject(TypedDict):
     success: bool
 
 
-class EnvelopeUploadObject(TypedDict):
+class EnvelopeSessionObject(TypedDict):
     """
     `{success, data, meta}`.
     """
@@ -1022,7 +1070,7 @@ class EnvelopeUploadObject(TypedDict):
     success: bool
 
 
-class EnvelopeUploadReceived(TypedDict):
+class EnvelopeTokenObject(TypedDict):
     """
     `{success, data, meta}`.
     """
@@ -1032,7 +1080,27 @@ class EnvelopeUploadReceived(TypedDict):
     success: bool
 
 
-class Data16(UserObject):
+class EnvelopeUploadObject(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: Data16
+    meta: Meta
+    success: bool
+
+
+class EnvelopeUploadReceived(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: Data17
+    meta: Meta
+    success: bool
+
+
+class Data18(UserObject):
     """
     A user.
     """
@@ -1043,7 +1111,7 @@ class EnvelopeUserObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data16
+    data: Data18
     meta: Meta
     success: bool
 
@@ -1110,7 +1178,17 @@ class EnvelopeVecSecretObject(TypedDict):
     success: bool
 
 
-class Datum5(UserObject):
+class EnvelopeVecSessionObject(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: list[Datum5]
+    meta: Meta
+    success: bool
+
+
+class Datum6(UserObject):
     """
     A user.
     """
@@ -1121,7 +1199,7 @@ class EnvelopeVecUserObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: list[Datum5]
+    data: list[Datum6]
     meta: Meta
     success: bool
 
@@ -1131,7 +1209,7 @@ class EnvelopeVecWebhookObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: list[Datum6]
+    data: list[Datum7]
     meta: Meta
     success: bool
 
@@ -1141,7 +1219,7 @@ class EnvelopeWebhookObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data17
+    data: Data19
     meta: Meta
     success: bool
 
@@ -1195,7 +1273,7 @@ class JobObject(Data9):
     """
 
 
-class Datum7(AgentObject):
+class Datum8(AgentObject):
     """
     An agent as the Agents API shows it.
     """
@@ -1206,13 +1284,13 @@ class ListEnvelopeAgentObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum7]
+    data: list[Datum8]
     meta: Meta
     pagination: Pagination
     success: bool
 
 
-class Datum8(BuildObject):
+class Datum9(BuildObject):
     """
     A build.
     """
@@ -1223,7 +1301,7 @@ class ListEnvelopeBuildObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum8]
+    data: list[Datum9]
     meta: Meta
     pagination: Pagination
     success: bool
@@ -1234,7 +1312,7 @@ class ListEnvelopeDeliveryObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum9]
+    data: list[Datum10]
     meta: Meta
     pagination: Pagination
     success: bool
@@ -1245,7 +1323,7 @@ class ListEnvelopeEventObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum10]
+    data: list[Datum11]
     meta: Meta
     pagination: Pagination
     success: bool
