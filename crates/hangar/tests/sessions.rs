@@ -187,3 +187,65 @@ async fn sessions_stick_to_one_replica_and_end_when_deleted() {
     let (status, _, _, _) = server.call(Method::GET, "/v1/sessions/gamma", None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn sessions_survive_a_restart_of_the_server() {
+    if !root_or_skip("sessions across a restart") {
+        return;
+    }
+    let dir = temp("sessions-restart");
+    let server = Server::start(&dir);
+    // The idle timeout is the agent's, checked like any setting.
+    let (status, refused, _, _) = server
+        .call(
+            Method::POST,
+            "/v1/agents",
+            Some(json!({
+                "name": "too-brief",
+                "cloud_id": "local",
+                "source": {"type": "github", "repo": format!("file://{}", common::agent_dir("http"))},
+                "config": {"session_idle_timeout_seconds": 5},
+            })),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]["field"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("session_idle_timeout_seconds")),
+        "{refused}"
+    );
+    let (agent, _) = server
+        .deploy_running(
+            "kept",
+            "http",
+            json!({
+                "config": {"session_idle_timeout_seconds": 3600},
+                "scaling": {"min_instances": 2, "max_instances": 2},
+            }),
+        )
+        .await;
+    let before = invoke(&server, &agent, "kept-1").await;
+    for _ in 0..4 {
+        assert_eq!(invoke(&server, &agent, "kept-1").await, before);
+    }
+    let started = server.get("/v1/sessions/kept-1").await["data"]["started_at"].clone();
+    server.kill9();
+
+    let server = Server::start(&dir);
+    let kept = server.get("/v1/sessions/kept-1").await;
+    assert_eq!(kept["data"]["requests"], 5, "{kept}");
+    assert_eq!(kept["data"]["replica_id"], before.as_str());
+    let after = invoke(&server, &agent, "kept-1").await;
+    let session = server.get("/v1/sessions/kept-1").await;
+    assert_eq!(session["data"]["requests"], 6, "{session}");
+    assert_eq!(session["data"]["started_at"], started);
+    assert_eq!(session["data"]["replica_id"], after.as_str());
+    // Its replica, if the restarted server still runs it, keeps it; a
+    // replica that did not survive the restart moves it, and says so.
+    let moved = u64::from(after != before);
+    assert_eq!(session["data"]["replica_changes"], moved, "{session}");
+    for _ in 0..5 {
+        assert_eq!(invoke(&server, &agent, "kept-1").await, after);
+    }
+}
