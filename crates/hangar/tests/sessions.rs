@@ -249,3 +249,44 @@ async fn sessions_survive_a_restart_of_the_server() {
         assert_eq!(invoke(&server, &agent, "kept-1").await, after);
     }
 }
+
+/// Two servers on one PostgreSQL: a session's requests, listing and
+/// `DELETE ?kill=true` made to the node that does not run the instance
+/// reach the one that does (only it can stop the replica).
+#[tokio::test]
+async fn sessions_are_served_and_killed_through_the_node_that_runs_them() {
+    let Some(nodes) = common::Nodes::new("sessions-hop", &[]).await else {
+        return;
+    };
+    let a = nodes.start("a");
+    let b = nodes.start("b");
+    let (agent, instance) = a
+        .deploy_running(
+            "hopped",
+            "http",
+            json!({"scaling": {"min_instances": 2, "max_instances": 2}}),
+        )
+        .await;
+    let held_by = common::holder(&nodes.db, &instance)
+        .await
+        .expect("a holder")
+        .0;
+    let other = if held_by == common::node_id(&a).await {
+        &b
+    } else {
+        &a
+    };
+
+    let first = invoke(other, &agent, "hop-1").await;
+    for _ in 0..10 {
+        assert_eq!(invoke(other, &agent, "hop-1").await, first);
+    }
+    let listed = other.get(&format!("/v1/agents/{agent}/sessions")).await;
+    assert_eq!(listed["data"][0]["requests"], 11, "{listed}");
+    let (status, killed, _, text) = other
+        .call(Method::DELETE, "/v1/sessions/hop-1?kill=true", None)
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(killed["data"]["replica_stopped"], true, "{killed}");
+    assert_ne!(invoke(other, &agent, "hop-2").await, first);
+}
