@@ -45,6 +45,7 @@ fn noun(kind: Kind) -> &'static str {
         Kind::Delivery => "Delivery",
         Kind::Event => "Event",
         Kind::Node => "Node",
+        Kind::Session => "Session",
     }
 }
 

@@ -2,7 +2,8 @@
 //! ([`hangar_gateway::hop`] says how and why). Which instance a request is
 //! about is read from its path: every route under `/v1/agents/{id}` (the
 //! agent's default instance) and the Instances API's routes that name an
-//! instance. Those are the routes whose answers depend on the replicas,
+//! instance (and a session's `DELETE`, which may stop its replica). Those
+//! are the routes whose answers depend on the replicas,
 //! live logs and figures only the holder has, or whose writes the holder
 //! must act on at once; everything else any node answers from the store.
 //!
@@ -50,10 +51,34 @@ pub(crate) async fn to_holder(
     request: Request,
     next: Next,
 ) -> Response {
-    let key = key_of(request.uri().path());
+    let key = match key_of(request.uri().path()) {
+        Some(key) => Some(key),
+        None => session_key(&state, request.method(), request.uri().path()).await,
+    };
     match here(&state, key, true, request).await {
         Ok(request) => next.run(request).await,
         Err(answered) => answered,
+    }
+}
+
+/// A session's `DELETE` goes to the node that runs its instance, which
+/// stops its replica when asked to (`?kill=true`). Read by ID alone: the
+/// holder checks the caller's organization, so a session of the same ID in
+/// another organization costs a hop, never an answer about it.
+async fn session_key(state: &AppState, method: &axum::http::Method, path: &str) -> Option<HopKey> {
+    if state.hops.is_none() || method != axum::http::Method::DELETE {
+        return None;
+    }
+    let id = path.strip_prefix("/v1/sessions/")?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    match state.store.session_instance(id).await {
+        Ok(instance) => instance.map(HopKey::Instance),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read a session's instance; serving here");
+            None
+        }
     }
 }
 

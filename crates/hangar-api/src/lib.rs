@@ -302,7 +302,8 @@ pub fn decode_cursor(cursor: Option<&str>, prefix: &str) -> Result<Option<String
         (name = "secrets", description = "Encrypted secrets referenced as ${secrets.NAME}"),
         (name = "webhooks", description = "Webhook endpoints"),
         (name = "tenancy", description = "Organizations, users, API keys and clouds"),
-        (name = "nodes", description = "The servers on this database")
+        (name = "nodes", description = "The servers on this database"),
+        (name = "sessions", description = "Sticky sessions: every request naming one goes to one replica")
     )
 )]
 struct ApiDoc;
@@ -334,6 +335,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())
         .merge(routes::nodes::routes())
+        .merge(routes::sessions::routes())
         .merge(routes::builds::routes())
         .merge(routes::uploads::routes())
         .merge(routes::secrets::routes())

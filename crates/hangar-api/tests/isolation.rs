@@ -25,6 +25,15 @@ async fn another_orgs_objects_are_not_found_on_every_route() {
         let key = h.post("/v1/api_keys", &h.a.key, json!({"name": "k"})).await.body["data"]["id"].as_str().expect("key").to_owned();
         let cloud = h.get("/v1/clouds/local", &h.a.key).await.body["data"]["id"].as_str().expect("cloud").to_owned();
         let (a_org, b_org, user) = (h.a.org.clone(), h.b.org.clone(), h.a.user.clone());
+        let session = hangar_store::SessionVisit {
+            organization_id: &a_org,
+            id: "private-session",
+            agent_id: &agent,
+            instance_id: &inst,
+            replica_id: "rep_private",
+            idle_timeout: std::time::Duration::from_secs(3600),
+        };
+        h.db.store.visit_session(&session).await.expect("session");
 
         // (method, path with A's object, same path with a missing one, body)
         let routes: Vec<(Method, String, String, Option<Value>)> = vec![
@@ -51,6 +60,9 @@ async fn another_orgs_objects_are_not_found_on_every_route() {
             (Method::GET, format!("/v1/agents/{agent}/logs"), "/v1/agents/agent_missing/logs".into(), None),
             (Method::GET, format!("/v1/agents/{agent}/metrics"), "/v1/agents/agent_missing/metrics".into(), None),
             (Method::GET, format!("/v1/agents/{agent}/builds"), "/v1/agents/agent_missing/builds".into(), None),
+            (Method::GET, format!("/v1/agents/{agent}/sessions"), "/v1/agents/agent_missing/sessions".into(), None),
+            (Method::GET, "/v1/sessions/private-session".into(), "/v1/sessions/missing".into(), None),
+            (Method::DELETE, "/v1/sessions/private-session".into(), "/v1/sessions/missing".into(), None),
             (Method::GET, format!("/v1/builds/{build}"), "/v1/builds/build_missing".into(), None),
             (Method::GET, format!("/v1/builds/{build}/logs"), "/v1/builds/build_missing/logs".into(), None),
             (Method::GET, format!("/v1/jobs/{}", job.id), "/v1/jobs/job_missing".into(), None),
@@ -97,6 +109,10 @@ async fn another_orgs_objects_are_not_found_on_every_route() {
         assert_eq!(h.get("/v1/secrets", &h.a.key).await.body["data"][0]["name"], "PRIVATE");
         let keys = h.get("/v1/api_keys", &h.a.key).await;
         assert!(keys.body["data"].as_array().expect("keys").iter().all(|k| k["revoked_at"].is_null()));
+        let session = h.get("/v1/sessions/private-session", &h.a.key).await;
+        assert_eq!(session.body["data"]["replica_id"], "rep_private", "{}", session.text);
+        let listed = h.get(&format!("/v1/agents/{agent}/sessions"), &h.a.key).await;
+        assert_eq!(listed.body["data"][0]["id"], "private-session", "{}", listed.text);
     })
     .await;
 }

@@ -195,11 +195,13 @@ pub fn resolve_secrets(
 /// generation are rolled.
 pub fn generation(instance: &Instance, artifact: &str) -> String {
     let mut hash = Sha256::new();
-    // Liveness settings are the controller's: changing them rolls nothing
-    // (and a replica made before they existed keeps its generation).
+    // Liveness settings are the controller's and the session timeout the
+    // gateway's: changing them rolls nothing (and a replica made before
+    // they existed keeps its generation).
     let config = hangar_core::spec::RuntimeConfig {
         liveness_failures: None,
         start_timeout_seconds: None,
+        session_idle_timeout_seconds: None,
         ..instance.config.clone()
     };
     let parts = [

@@ -768,6 +768,45 @@ impl Controller {
         }
     }
 
+    /// Stops one replica of an instance now (a caller ending a session with
+    /// `kill`: its replica holds the session's state). It leaves the
+    /// rotation at once and is stopped within the stop grace; its end is
+    /// expected, not a crash, so the reconcile that follows removes it and
+    /// starts another to keep the instance's scale. `Ok(false)` when this
+    /// controller runs no such replica (already gone counts as done).
+    pub async fn stop_replica(
+        &self,
+        instance_id: &str,
+        replica_id: &str,
+    ) -> Result<bool, ControlError> {
+        let Some(state) = lock(&self.inner.instances).get(instance_id).cloned() else {
+            return Ok(false);
+        };
+        {
+            let mut tracked = lock(&state.tracked);
+            let Some(replica) = tracked.replicas.get_mut(replica_id) else {
+                return Ok(false);
+            };
+            replica.stopping();
+        }
+        let stopped = self
+            .inner
+            .driver
+            .stop(replica_id, self.inner.config.stop_grace)
+            .await;
+        match stopped {
+            Ok(exit) => {
+                if let Some(replica) = lock(&state.tracked).replicas.get_mut(replica_id) {
+                    replica.ended(exit);
+                }
+            }
+            Err(DriverError::NotFound(_) | DriverError::NotRunning(_)) => {}
+            Err(err) => return Err(driver_error(instance_id, err)),
+        }
+        self.wake(instance_id);
+        Ok(true)
+    }
+
     /// Runs `argv` in a running replica of the instance.
     pub async fn exec(
         &self,

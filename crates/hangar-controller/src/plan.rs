@@ -21,7 +21,8 @@
 //!                      counted as a restart, with the crash backoff
 //! scale up             fewer live replicas of the current generation than wanted:
 //!                      create the rest, once the backoff has passed
-//! scale down           more: stop the newest not-ready ones first
+//! scale down           more: stop the not-ready ones first, then those with the
+//!                      fewest live sessions (none, ideally), then the newest
 //! roll                 replicas of an older generation are stopped once as many of
 //!                      the current one are ready as wanted
 //! status               running (a replica ready, or scaled to zero), error (in a
@@ -31,7 +32,7 @@
 //!                      the default instance runs only its build
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use hangar_core::logs::LogLevel;
@@ -57,6 +58,10 @@ pub(crate) struct Desired {
     pub scale: u32,
     /// An agent's default instance (announces `agent.deployed`).
     pub is_default: bool,
+    /// Live sticky sessions per replica (absent: none): scale-down stops
+    /// replicas that serve none before those that do, so a session moves
+    /// only when its replica must go.
+    pub sessions: HashMap<String, u32>,
 }
 
 /// Where the instance's build is.
@@ -416,7 +421,8 @@ pub(crate) fn plan(
         }
     }
 
-    // Scale up, after any backoff; down, the newest not-ready ones first.
+    // Scale up, after any backoff; down, the not-ready ones first, then
+    // those with the fewest sessions, then the newest.
     let want = usize::try_from(desired.scale).unwrap_or(usize::MAX);
     let mut current: Vec<&Replica> = kept
         .iter()
@@ -430,7 +436,10 @@ pub(crate) fn plan(
             None => plan.create = u32::try_from(want - current.len()).unwrap_or(u32::MAX),
         }
     } else if current.len() > want {
-        current.sort_by_key(|r| (r.phase.serves(), std::cmp::Reverse(r.started)));
+        current.sort_by_key(|r| {
+            let sessions = desired.sessions.get(&r.info.id).copied().unwrap_or(0);
+            (r.phase.serves(), sessions, std::cmp::Reverse(r.started))
+        });
         for replica in current.iter().take(current.len() - want) {
             plan.stop.push(Stop {
                 id: replica.info.id.clone(),
@@ -610,6 +619,7 @@ mod tests {
             },
             scale,
             is_default: true,
+            sessions: HashMap::new(),
         }
     }
 
@@ -824,6 +834,36 @@ mod tests {
             );
             assert_eq!(plan.memory, Memory::default(), "{}", row.what);
         }
+    }
+
+    #[test]
+    fn scale_down_stops_replicas_without_sessions_first() {
+        let now = Instant::now();
+        // "c" is the newest: without sessions it would go first.
+        let replicas = world(vec![
+            replica("a", NEW, Phase::Ready, SEC * 3, now),
+            replica("b", NEW, Phase::Ready, SEC * 2, now),
+            replica("c", NEW, Phase::Ready, SEC, now),
+        ]);
+        let scaled = |scale: u32, sessions: &[(&str, u32)]| {
+            let desired = Desired {
+                sessions: sessions
+                    .iter()
+                    .map(|(r, n)| ((*r).to_owned(), *n))
+                    .collect(),
+                ..desired(scale)
+            };
+            let plan = plan(&replicas, &desired, &Memory::default(), &policy(), now);
+            plan.stopped_for(Why::ScaledDown)
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(scaled(2, &[]), ["c"]);
+        assert_eq!(scaled(2, &[("c", 1)]), ["b"]);
+        assert_eq!(scaled(2, &[("c", 1), ("b", 4)]), ["a"]);
+        // When a replica with sessions must go, the one with fewest does.
+        assert_eq!(scaled(1, &[("a", 2), ("b", 1), ("c", 3)]), ["b", "a"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -102,6 +102,17 @@ pub(crate) async fn reconcile(
             tracing::warn!(instance = %instance.id, error = %err, "the egress rules are not updated")
         }
     }
+    // Read before the lock: scale-down keeps the replicas that serve
+    // sessions. A store that cannot say costs that preference, not the
+    // reconcile.
+    let sessions = inner
+        .store
+        .sessions_per_replica(&instance.id)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(instance = %instance.id, error = %err, "cannot read the instance's sessions");
+            std::collections::HashMap::new()
+        });
     let plan = {
         let bounds = Bounds::of(&controlled);
         let mut tracked = lock(&state.tracked);
@@ -144,6 +155,7 @@ pub(crate) async fn reconcile(
             build,
             scale,
             is_default: controlled.agent_scaling.is_some(),
+            sessions,
         };
         plan::plan(
             &tracked.replicas,

@@ -102,7 +102,8 @@ pub(crate) async fn flush(inner: &Inner) -> Result<(), StoreError> {
 
 /// Flushes every [`crate::ControllerConfig::request_flush_interval`] until
 /// shutdown (the last flush follows it, in [`Controller::start`]), and now
-/// and then deletes every node's minutes past [`STATS_KEPT`].
+/// and then deletes every node's minutes past [`STATS_KEPT`] and the
+/// sessions that ended.
 pub(crate) async fn flush_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.request_flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,6 +121,10 @@ pub(crate) async fn flush_loop(inner: Arc<Inner>) {
             let kept = window_minutes(STATS_KEPT);
             if let Err(err) = inner.store.prune_request_counts(unix_minute() - kept).await {
                 tracing::warn!(error = %err, "cannot delete old request figures");
+            }
+            // Ended sessions are never read again (reads pass over them).
+            if let Err(err) = inner.store.prune_sessions().await {
+                tracing::warn!(error = %err, "cannot delete ended sessions");
             }
         }
     }

@@ -47,6 +47,8 @@ crate::string_enum! {
         Event = "evt",
         /// A server on the database (its IDs are made by the server).
         Node = "node",
+        /// A sticky session of an agent (its IDs are the caller's own).
+        Session = "sess",
     }
 }
 

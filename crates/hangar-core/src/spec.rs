@@ -171,6 +171,11 @@ pub struct RuntimeConfig {
     /// is replaced (counted as a restart). Absent: the server's default, 120.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timeout_seconds: Option<u32>,
+    /// Seconds a sticky session (`options.session_id`, `X-Hangar-Session`)
+    /// lives without a request before it ends. Absent: the server's
+    /// default, [`DEFAULT_SESSION_IDLE_TIMEOUT_SECONDS`] (15 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_idle_timeout_seconds: Option<u32>,
     /// What replicas may reach besides their own instance's replicas
     /// (see [`crate::network`]). Absent: no other instance, and the server's
     /// default egress.
@@ -184,6 +189,15 @@ pub const MAX_LIVENESS_FAILURES: u32 = 100;
 /// Longest `start_timeout_seconds`: an hour.
 pub const MAX_START_TIMEOUT_SECONDS: u32 = 3600;
 
+/// How long a session lives idle when the agent does not say: 15 minutes.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT_SECONDS: u32 = 900;
+
+/// Shortest `session_idle_timeout_seconds`: ten seconds.
+pub const MIN_SESSION_IDLE_TIMEOUT_SECONDS: u32 = 10;
+
+/// Longest `session_idle_timeout_seconds`: a week.
+pub const MAX_SESSION_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
@@ -195,6 +209,7 @@ impl Default for RuntimeConfig {
             stdin_enabled: false,
             liveness_failures: None,
             start_timeout_seconds: None,
+            session_idle_timeout_seconds: None,
             network: None,
         }
     }
@@ -211,6 +226,15 @@ impl RuntimeConfig {
         } else {
             DeploymentType::HttpLongRunning
         }
+    }
+
+    /// How long a session of this instance lives without a request.
+    #[must_use]
+    pub fn session_idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(
+            self.session_idle_timeout_seconds
+                .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT_SECONDS),
+        ))
     }
 }
 
@@ -247,6 +271,9 @@ pub struct ConfigInput {
     /// replaced; default 120.
     #[schema(minimum = 1, maximum = 3600)]
     pub start_timeout_seconds: Option<u32>,
+    /// Seconds (10–604800) a sticky session lives without a request before
+    /// it ends; default 900 (15 minutes).
+    pub session_idle_timeout_seconds: Option<u32>,
     /// What replicas may reach: `{"egress": "open" | "none" | {"allow": […]},
     /// "reach": ["agent-name"]}`. Replaces the whole block when given;
     /// changing it replaces the replicas.
@@ -322,6 +349,18 @@ impl ConfigInput {
                 ));
             }
             c.start_timeout_seconds = Some(seconds);
+        }
+        if let Some(seconds) = self.session_idle_timeout_seconds {
+            let range = MIN_SESSION_IDLE_TIMEOUT_SECONDS..=MAX_SESSION_IDLE_TIMEOUT_SECONDS;
+            if !range.contains(&seconds) {
+                return Err(Invalid::new(
+                    "session_idle_timeout_seconds",
+                    format!(
+                        "must be between {MIN_SESSION_IDLE_TIMEOUT_SECONDS} and {MAX_SESSION_IDLE_TIMEOUT_SECONDS}"
+                    ),
+                ));
+            }
+            c.session_idle_timeout_seconds = Some(seconds);
         }
         if let Some(network) = &self.network {
             network.validate()?;
@@ -594,6 +633,17 @@ mod tests {
         assert!(bad(r#"{"start_timeout_seconds":0}"#).is_err());
         assert!(bad(r#"{"start_timeout_seconds":3601}"#).is_err());
         assert!(bad(r#"{"liveness_failures":5,"start_timeout_seconds":30}"#).is_ok());
+        assert!(bad(r#"{"session_idle_timeout_seconds":9}"#).is_err());
+        assert!(bad(r#"{"session_idle_timeout_seconds":604801}"#).is_err());
+        let idle = bad(r#"{"session_idle_timeout_seconds":60}"#).expect("in range");
+        assert_eq!(
+            idle.session_idle_timeout(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            base.session_idle_timeout(),
+            std::time::Duration::from_secs(u64::from(DEFAULT_SESSION_IDLE_TIMEOUT_SECONDS))
+        );
         assert!(bad(r#"{"bogus":true}"#).is_err());
         assert!(bad(r#"{"replicas":3,"health_path":"/healthz"}"#).is_ok());
     }

@@ -146,6 +146,7 @@ impl ErrorClass {
             IdKind::Delivery => "DELIVERY_NOT_FOUND",
             IdKind::Event => "EVENT_NOT_FOUND",
             IdKind::Node => "NODE_NOT_FOUND",
+            IdKind::Session => "SESSION_NOT_FOUND",
         };
         Self::new(StatusCode::NOT_FOUND, code, false)
     }
@@ -170,6 +171,7 @@ impl ErrorClass {
             IdKind::Delivery => "DELIVERY_NAME_TAKEN",
             IdKind::Event => "EVENT_NAME_TAKEN",
             IdKind::Node => "NODE_NAME_TAKEN",
+            IdKind::Session => "SESSION_NAME_TAKEN",
         };
         Self::new(StatusCode::CONFLICT, code, false)
     }

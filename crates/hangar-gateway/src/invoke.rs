@@ -103,9 +103,15 @@ impl Gateway {
         // goes to another (a replica killed a moment ago is still in the
         // rotation until its exit is noticed).
         let mut refused = Vec::new();
+        // A session travels as the header the agent is given too, so a
+        // job (whose headers are stored) keeps its session.
+        let session = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(crate::sessions::SESSION_HEADER))
+            .map(|(_, value)| value.as_str());
         let (response, in_flight) = loop {
             let in_flight = self
-                .acquire(&instance.id, deadline, timeout, &refused)
+                .acquire(instance, session, deadline, timeout, &refused)
                 .await?;
             let mut request = Request::builder()
                 .method(Method::POST)

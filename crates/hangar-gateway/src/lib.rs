@@ -26,12 +26,17 @@
 //! costs no connection setup and no hand-off to another task.
 //!
 //! Async invocations are durable jobs in the store, run by [`jobs::JobRunner`].
+//!
+//! A request of a sticky session (`options.session_id`, `X-Hangar-Session`)
+//! goes to its session's replica while that replica serves, and waits for
+//! a slot on it rather than go elsewhere ([`sessions`]).
 
 pub mod error;
 pub mod hop;
 pub mod invoke;
 pub mod jobs;
 pub mod proxy;
+pub mod sessions;
 pub mod stream;
 pub mod upstream;
 
@@ -41,7 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hangar_controller::{Controller, Target, Traffic};
+use hangar_controller::{Controller, Traffic};
 use hangar_core::model::Instance;
 use hangar_core::status::{agent_status, AgentStatus};
 use hangar_store::{Store, StoreError};
@@ -293,10 +298,36 @@ impl Gateway {
     /// replica at its limit, it waits in the instance's bounded queue. Both
     /// waits end at `deadline`.
     /// Replicas in `avoid` (they refused a connection just now) are passed
-    /// over while there is another.
+    /// over while there is another. A request of a session goes to the
+    /// session's replica while it is in the rotation (and waits for a slot
+    /// on it), else as any other; the session is recorded on the replica
+    /// chosen.
     pub(crate) async fn acquire(
         &self,
+        instance: &Instance,
+        session: Option<&str>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+        avoid: &[String],
+    ) -> Result<InFlight, InvokeError> {
+        let sticky = match session {
+            Some(id) => self.session_replica(instance, id).await,
+            None => None,
+        };
+        let in_flight = self
+            .acquire_slot(&instance.id, sticky.as_deref(), deadline, timeout, avoid)
+            .await?;
+        if let Some(id) = session {
+            self.visit_session(instance, id, &in_flight.replica).await;
+        }
+        Ok(in_flight)
+    }
+
+    /// [`Gateway::acquire`]'s wait for a slot, on `sticky` while it serves.
+    async fn acquire_slot(
+        &self,
         instance_id: &str,
+        sticky: Option<&str>,
         deadline: tokio::time::Instant,
         timeout: Duration,
         avoid: &[String],
@@ -325,7 +356,11 @@ impl Gateway {
             }
             // A permit first, so a slot freed from now on is not missed.
             let freed = traffic.freed.notified();
-            if let Some(target) = self.least_loaded(&targets) {
+            let start = self.turn.fetch_add(1, Ordering::Relaxed);
+            let sticky = sticky.filter(|s| !avoid.iter().any(|a| a == s));
+            if let Some(target) =
+                sessions::pick(&targets, sticky, self.limits.replica_concurrency, start)
+            {
                 return Ok(InFlight {
                     replica: target.replica_id.clone(),
                     address: target.address,
@@ -354,22 +389,5 @@ impl Gateway {
     /// Counts an invocation of the instance in its request figures.
     pub(crate) fn record(&self, instance_id: &str, ok: bool, latency: Duration) {
         self.controller.traffic(instance_id).record(ok, latency);
-    }
-
-    /// Takes a slot on the least loaded target under the limit (ties go
-    /// round the rotation).
-    fn least_loaded<'t>(&self, targets: &'t [Target]) -> Option<&'t Target> {
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % targets.len();
-        let mut order: Vec<&Target> = (0..targets.len())
-            .map(|i| &targets[(start + i) % targets.len()])
-            .collect();
-        order.sort_by_key(|t| t.load.load(Ordering::Relaxed));
-        order.into_iter().find(|t| {
-            t.load
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |l| {
-                    (l < self.limits.replica_concurrency).then_some(l + 1)
-                })
-                .is_ok()
-        })
     }
 }

@@ -9,6 +9,9 @@
 //! (or, for an upgraded connection, until the tunnel closes), so a replica
 //! that is leaving drains streams and websockets too.
 //!
+//! An `X-Hangar-Session` header (checked by the API) sends the request to
+//! its session's replica ([`crate::sessions`]) and is passed on.
+//!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; `X-Forwarded-For`,
 //! `-Host` and `-Proto` are added. The caller's `Host` is kept.
 //!
@@ -122,8 +125,13 @@ impl Gateway {
     ) -> Result<Response<axum::body::Body>, InvokeError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + ACTIVATION_WAIT;
+        let session = request
+            .headers()
+            .get(crate::sessions::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let slot = self
-            .acquire(&instance.id, deadline, ACTIVATION_WAIT, &[])
+            .acquire(instance, session.as_deref(), deadline, ACTIVATION_WAIT, &[])
             .await
             .inspect_err(|_| self.record(&instance.id, false, started.elapsed()))?;
         let upgrading = is_upgrade(request.headers());

@@ -493,6 +493,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            // Its sessions go with it: nothing serves them any more.
+            sqlx::query("DELETE FROM sessions WHERE organization_id = $1 AND agent_id = $2")
+                .bind(org_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "UPDATE organizations SET instance_count = instance_count - $2 WHERE id = $1",
             )

@@ -24,6 +24,8 @@
 //! - `leases`: which node runs each instance (a lease with a fencing
 //!   generation).
 //! - [`Backlog`]: counts of work waiting, for metrics.
+//! - `sessions`: sticky sessions (which replica serves a caller's session,
+//!   its requests and when it was last active).
 //! - `requests`: invocations per instance, minute and node, summed by
 //!   readers over every node.
 //! - `reads`: the point reads every request makes, on SQLite outside the
@@ -58,6 +60,7 @@ mod reads;
 mod requests;
 mod runtime;
 pub mod seal;
+mod sessions;
 mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -74,6 +77,7 @@ pub use leases::{InstanceLease, LeaseHolder, LeaseOf, LeaseTerms};
 pub use nodes::{store_now, Node, NodeBeat, NodeStatus};
 pub use requests::{RequestCounts, RequestMinute};
 pub use runtime::{ControlledInstance, LogFilter, LogQuery};
+pub use sessions::{Session, SessionVisit};
 pub use tenancy::{hash_key, Bootstrap, NewApiKey, NewOrganization, Principal};
 
 /// What can go wrong in the store.

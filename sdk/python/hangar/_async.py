@@ -595,6 +595,25 @@ class Nodes(_Resource):
         return await self._client._json("DELETE", f"/v1/nodes/{_q(id)}/drain")
 
 
+class Sessions(_Resource):
+    """Sticky sessions: every invocation naming one goes to one replica while it lives.
+    Name it with ``agents.invoke(id, input, headers={"X-Hangar-Session": session})``."""
+
+    @operation("GET", "/v1/agents/{id}/sessions")
+    async def list(self, agent_id: str) -> List[models.SessionObject]:
+        return await self._client._json("GET", f"/v1/agents/{_q(agent_id)}/sessions")
+
+    @operation("GET", "/v1/sessions/{id}")
+    async def get(self, id: str) -> models.SessionObject:
+        return await self._client._json("GET", f"/v1/sessions/{_q(id)}")
+
+    @operation("DELETE", "/v1/sessions/{id}")
+    async def delete(self, id: str, *, kill: bool = False) -> models.SessionEnded:
+        """Ends a session; ``kill=True`` also stops its replica (another takes its place)."""
+        params = _params(kill=True) if kill else None
+        return await self._client._json("DELETE", f"/v1/sessions/{_q(id)}", params=params)
+
+
 class Events(_Resource):
     """What happened in the organization, newest first."""
 
@@ -641,6 +660,7 @@ class AsyncClient:
         self.users = Users(self)
         self.clouds = Clouds(self)
         self.nodes = Nodes(self)
+        self.sessions = Sessions(self)
         self.events = Events(self)
         self.tokens = Tokens(self)
 

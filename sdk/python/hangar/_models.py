@@ -289,6 +289,33 @@ class Data12(TypedDict):
 
 class Data13(TypedDict):
     """
+    What ending a session answers.
+    """
+
+    ended: bool
+    id: str
+    replica_id: str
+    replica_stopped: bool
+
+
+class Data14(TypedDict):
+    """
+    A live session: the replica that serves every request naming it.
+    """
+
+    agent_id: str
+    expires_at: str
+    id: str
+    instance_id: str
+    last_active_at: str
+    replica_changes: int
+    replica_id: str
+    requests: int
+    started_at: str
+
+
+class Data15(TypedDict):
+    """
     A stream token as created.
     """
 
@@ -298,7 +325,7 @@ class Data13(TypedDict):
     token: str
 
 
-class Data14(TypedDict):
+class Data16(TypedDict):
     """
     An upload slot.
     """
@@ -308,7 +335,7 @@ class Data14(TypedDict):
     upload_url: str
 
 
-class Data15(TypedDict):
+class Data17(TypedDict):
     """
     What a completed upload answers.
     """
@@ -336,7 +363,13 @@ class Datum4(Data12):
     """
 
 
-class Datum6(TypedDict):
+class Datum5(Data14):
+    """
+    A live session: the replica that serves every request naming it.
+    """
+
+
+class Datum7(TypedDict):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -351,7 +384,7 @@ class Datum6(TypedDict):
     url: str
 
 
-class Data17(Datum6):
+class Data19(Datum7):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -437,6 +470,7 @@ class InvokeOptions(TypedDict, closed=True):
     """
 
     headers: NotRequired[dict[str, str]]
+    session_id: NotRequired[str | None]
     timeout: NotRequired[float | None]
 
 
@@ -454,19 +488,19 @@ InvokeRequest = TypedDict(
 JobStatus: TypeAlias = Literal['pending', 'running', 'completed', 'failed', 'cancelled']
 
 
-class Datum9(Data8):
+class Datum10(Data8):
     """
     A webhook delivery as the API shows it.
     """
 
 
-class Datum10(EventObject):
+class Datum11(EventObject):
     """
     An event as the API shows it.
     """
 
 
-class Datum11(TypedDict):
+class Datum12(TypedDict):
     """
     A job.
     """
@@ -622,6 +656,7 @@ class RuntimeConfig(TypedDict):
     long_running: bool
     network: NotRequired[NetworkConfig | None]
     port: int
+    session_idle_timeout_seconds: NotRequired[int | None]
     start_timeout_seconds: NotRequired[int | None]
     stdin_enabled: bool
 
@@ -650,6 +685,18 @@ class ScalingObject(TypedDict):
 class SecretObject(Data12):
     """
     A secret (never its value).
+    """
+
+
+class SessionEnded(Data13):
+    """
+    What ending a session answers.
+    """
+
+
+class SessionObject(Data14):
+    """
+    A live session: the replica that serves every request naming it.
     """
 
 
@@ -696,7 +743,7 @@ class StdinInput(TypedDict, closed=True):
     input: str
 
 
-class TokenObject(Data13):
+class TokenObject(Data15):
     """
     A stream token as created.
     """
@@ -722,13 +769,13 @@ class UpdateWebhook(TypedDict, closed=True):
     url: NotRequired[str | None]
 
 
-class UploadObject(Data14):
+class UploadObject(Data16):
     """
     An upload slot.
     """
 
 
-class UploadReceived(Data15):
+class UploadReceived(Data17):
     """
     What a completed upload answers.
     """
@@ -747,7 +794,7 @@ class UserObject(TypedDict):
     role: Role
 
 
-class WebhookObject(Datum6):
+class WebhookObject(Datum7):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -824,6 +871,7 @@ class ConfigInput(TypedDict, closed=True):
     network: NotRequired[NetworkConfig | None]
     port: NotRequired[int | None]
     replicas: NotRequired[int | None]
+    session_idle_timeout_seconds: NotRequired[int | None]
     start_timeout_seconds: NotRequired[int | None]
     stdin_enabled: NotRequired[bool | None]
 
@@ -991,7 +1039,7 @@ class EnvelopeDeliveryObject(TypedDict):
     success: bool
 
 
-class Data9(Datum11):
+class Data9(Datum12):
     """
     A job.
     """
@@ -1055,7 +1103,7 @@ class EnvelopeSecretObject(TypedDict):
     success: bool
 
 
-class EnvelopeTokenObject(TypedDict):
+class EnvelopeSessionEnded(TypedDict):
     """
     `{success, data, meta}`.
     """
@@ -1065,7 +1113,7 @@ class EnvelopeTokenObject(TypedDict):
     success: bool
 
 
-class EnvelopeUploadObject(TypedDict):
+class EnvelopeSessionObject(TypedDict):
     """
     `{success, data, meta}`.
     """
@@ -1075,7 +1123,7 @@ class EnvelopeUploadObject(TypedDict):
     success: bool
 
 
-class EnvelopeUploadReceived(TypedDict):
+class EnvelopeTokenObject(TypedDict):
     """
     `{success, data, meta}`.
     """
@@ -1085,7 +1133,27 @@ class EnvelopeUploadReceived(TypedDict):
     success: bool
 
 
-class Data16(UserObject):
+class EnvelopeUploadObject(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: Data16
+    meta: Meta
+    success: bool
+
+
+class EnvelopeUploadReceived(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: Data17
+    meta: Meta
+    success: bool
+
+
+class Data18(UserObject):
     """
     A user.
     """
@@ -1096,7 +1164,7 @@ class EnvelopeUserObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data16
+    data: Data18
     meta: Meta
     success: bool
 
@@ -1163,7 +1231,17 @@ class EnvelopeVecSecretObject(TypedDict):
     success: bool
 
 
-class Datum5(UserObject):
+class EnvelopeVecSessionObject(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: list[Datum5]
+    meta: Meta
+    success: bool
+
+
+class Datum6(UserObject):
     """
     A user.
     """
@@ -1174,7 +1252,7 @@ class EnvelopeVecUserObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: list[Datum5]
+    data: list[Datum6]
     meta: Meta
     success: bool
 
@@ -1184,7 +1262,7 @@ class EnvelopeVecWebhookObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: list[Datum6]
+    data: list[Datum7]
     meta: Meta
     success: bool
 
@@ -1194,7 +1272,7 @@ class EnvelopeWebhookObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data17
+    data: Data19
     meta: Meta
     success: bool
 
@@ -1252,13 +1330,13 @@ class InstanceStatusObject(TypedDict):
     status: EndpointStatus
 
 
-class JobObject(Datum11):
+class JobObject(Datum12):
     """
     A job.
     """
 
 
-class Datum7(AgentObject):
+class Datum8(AgentObject):
     """
     An agent as the Agents API shows it.
     """
@@ -1269,13 +1347,13 @@ class ListEnvelopeAgentObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum7]
+    data: list[Datum8]
     meta: Meta
     pagination: Pagination
     success: bool
 
 
-class Datum8(BuildObject):
+class Datum9(BuildObject):
     """
     A build.
     """
@@ -1286,7 +1364,7 @@ class ListEnvelopeBuildObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum8]
+    data: list[Datum9]
     meta: Meta
     pagination: Pagination
     success: bool
@@ -1297,7 +1375,7 @@ class ListEnvelopeDeliveryObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum9]
+    data: list[Datum10]
     meta: Meta
     pagination: Pagination
     success: bool
@@ -1308,7 +1386,7 @@ class ListEnvelopeEventObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum10]
+    data: list[Datum11]
     meta: Meta
     pagination: Pagination
     success: bool
@@ -1319,7 +1397,7 @@ class ListEnvelopeJobObject(TypedDict):
     `{success, data: [...], pagination, meta}`.
     """
 
-    data: list[Datum11]
+    data: list[Datum12]
     meta: Meta
     pagination: Pagination
     success: bool

@@ -20,6 +20,7 @@ import { Instances } from "./resources/instances.js";
 import { Jobs } from "./resources/jobs.js";
 import { Metrics } from "./resources/metrics.js";
 import { Secrets } from "./resources/secrets.js";
+import { Sessions } from "./resources/sessions.js";
 import { ApiKeys, Clouds, Nodes, Organizations, Users } from "./resources/tenancy.js";
 import { Tokens } from "./resources/tokens.js";
 import { Uploads } from "./resources/uploads.js";
@@ -40,6 +41,7 @@ export class Hangar {
   readonly users: Users;
   readonly clouds: Clouds;
   readonly nodes: Nodes;
+  readonly sessions: Sessions;
   readonly events: Events;
   readonly tokens: Tokens;
   readonly metrics: Metrics;
@@ -60,6 +62,7 @@ export class Hangar {
     this.users = new Users(this.transport);
     this.clouds = new Clouds(this.transport);
     this.nodes = new Nodes(this.transport);
+    this.sessions = new Sessions(this.transport);
     this.events = new Events(this.transport);
     this.metrics = new Metrics(this.transport);
   }

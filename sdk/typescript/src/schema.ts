@@ -281,6 +281,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/agents/{id}/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The agent's live sessions, the most recently active first. CPU-seconds
+         *     per session are not reported: replicas serve several sessions at once
+         *     and CPU is measured per replica (see the agent's metrics).
+         */
+        get: operations["list_sessions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/agents/{id}/start": {
         parameters: {
             query?: never;
@@ -623,6 +644,29 @@ export interface paths {
         post?: never;
         /** Delete a secret by name or ID. */
         delete: operations["delete_secret"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A live session. Another organization's, or one that ended, is 404. */
+        get: operations["get_session"];
+        put?: never;
+        post?: never;
+        /**
+         * End a session: its next request starts a new one, on the least loaded
+         *     replica. With `?kill=true` its replica is stopped too (within the
+         *     server's stop grace), and the controller starts another in its place;
+         *     other sessions on that replica move on their next request.
+         */
+        delete: operations["delete_session"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1068,6 +1112,12 @@ export interface components {
              * @description Replicas of the instance (0–100); Instances API only.
              */
             replicas?: number | null;
+            /**
+             * Format: int32
+             * @description Seconds (10–604800) a sticky session lives without a request before
+             *     it ends; default 900 (15 minutes).
+             */
+            session_idle_timeout_seconds?: number | null;
             /**
              * Format: int32
              * @description Seconds (1–3600) a replica may take to become ready before it is
@@ -1753,6 +1803,68 @@ export interface components {
             success: boolean;
         };
         /** @description `{success, data, meta}`. */
+        Envelope_SessionEnded: {
+            /** @description What ending a session answers. */
+            data: {
+                /** @description Always true. */
+                ended: boolean;
+                /** @description The session's ID. */
+                id: string;
+                /** @description The replica that served it. */
+                replica_id: string;
+                /**
+                 * @description With `kill=true`: whether its replica was stopped (false: it was
+                 *     already gone). Without: false.
+                 */
+                replica_stopped: boolean;
+            };
+            /** @description Request metadata. */
+            meta: components["schemas"]["Meta"];
+            /** @description Always true here (errors carry false). */
+            success: boolean;
+        };
+        /** @description `{success, data, meta}`. */
+        Envelope_SessionObject: {
+            /** @description A live session: the replica that serves every request naming it. */
+            data: {
+                /** @description The agent it invokes. */
+                agent_id: string;
+                /**
+                 * @description When it ends unless another request comes (`last_active_at` plus
+                 *     the agent's `config.session_idle_timeout_seconds`, default 900).
+                 */
+                expires_at: string;
+                /** @description The caller's session ID (unique within the organization). */
+                id: string;
+                /** @description The instance that serves it. */
+                instance_id: string;
+                /** @description Its latest request. */
+                last_active_at: string;
+                /**
+                 * Format: int64
+                 * @description Times it moved to another replica because its own was gone.
+                 */
+                replica_changes: number;
+                /**
+                 * @description The replica that serves it. It changes when that replica is gone
+                 *     (stopped, replaced, crashed): the next request moves the session to
+                 *     the least loaded ready replica, counted in `replica_changes`.
+                 */
+                replica_id: string;
+                /**
+                 * Format: int64
+                 * @description Requests made in it.
+                 */
+                requests: number;
+                /** @description Its first request. */
+                started_at: string;
+            };
+            /** @description Request metadata. */
+            meta: components["schemas"]["Meta"];
+            /** @description Always true here (errors carry false). */
+            success: boolean;
+        };
+        /** @description `{success, data, meta}`. */
         Envelope_TokenObject: {
             /** @description A stream token as created. */
             data: {
@@ -1947,6 +2059,46 @@ export interface components {
                 updated_at: string;
                 /** @description Always `****`. */
                 value: string;
+            }[];
+            /** @description Request metadata. */
+            meta: components["schemas"]["Meta"];
+            /** @description Always true here (errors carry false). */
+            success: boolean;
+        };
+        /** @description `{success, data, meta}`. */
+        Envelope_Vec_SessionObject: {
+            data: {
+                /** @description The agent it invokes. */
+                agent_id: string;
+                /**
+                 * @description When it ends unless another request comes (`last_active_at` plus
+                 *     the agent's `config.session_idle_timeout_seconds`, default 900).
+                 */
+                expires_at: string;
+                /** @description The caller's session ID (unique within the organization). */
+                id: string;
+                /** @description The instance that serves it. */
+                instance_id: string;
+                /** @description Its latest request. */
+                last_active_at: string;
+                /**
+                 * Format: int64
+                 * @description Times it moved to another replica because its own was gone.
+                 */
+                replica_changes: number;
+                /**
+                 * @description The replica that serves it. It changes when that replica is gone
+                 *     (stopped, replaced, crashed): the next request moves the session to
+                 *     the least loaded ready replica, counted in `replica_changes`.
+                 */
+                replica_id: string;
+                /**
+                 * Format: int64
+                 * @description Requests made in it.
+                 */
+                requests: number;
+                /** @description Its first request. */
+                started_at: string;
             }[];
             /** @description Request metadata. */
             meta: components["schemas"]["Meta"];
@@ -2224,6 +2376,14 @@ export interface components {
             headers?: {
                 [key: string]: string;
             };
+            /**
+             * @description A sticky session (1–128 characters of `A–Z a–z 0–9 . _ : -`, unique
+             *     within the organization): every invocation naming it goes to the
+             *     same replica while the session lives (see `/v1/sessions`). The
+             *     agent receives it as the `X-Hangar-Session` header. A new session
+             *     goes to the least loaded replica; one whose replica is gone moves.
+             */
+            session_id?: string | null;
             /**
              * Format: double
              * @description Seconds to wait for the agent (1–3600, default 300).
@@ -2737,6 +2897,13 @@ export interface components {
             port: number;
             /**
              * Format: int32
+             * @description Seconds a sticky session (`options.session_id`, `X-Hangar-Session`)
+             *     lives without a request before it ends. Absent: the server's
+             *     default, [`DEFAULT_SESSION_IDLE_TIMEOUT_SECONDS`] (15 minutes).
+             */
+            session_idle_timeout_seconds?: number | null;
+            /**
+             * Format: int32
              * @description Seconds a replica may take to pass its first health check before it
              *     is replaced (counted as a restart). Absent: the server's default, 120.
              */
@@ -2797,6 +2964,54 @@ export interface components {
             updated_at: string;
             /** @description Always `****`. */
             value: string;
+        };
+        /** @description What ending a session answers. */
+        SessionEnded: {
+            /** @description Always true. */
+            ended: boolean;
+            /** @description The session's ID. */
+            id: string;
+            /** @description The replica that served it. */
+            replica_id: string;
+            /**
+             * @description With `kill=true`: whether its replica was stopped (false: it was
+             *     already gone). Without: false.
+             */
+            replica_stopped: boolean;
+        };
+        /** @description A live session: the replica that serves every request naming it. */
+        SessionObject: {
+            /** @description The agent it invokes. */
+            agent_id: string;
+            /**
+             * @description When it ends unless another request comes (`last_active_at` plus
+             *     the agent's `config.session_idle_timeout_seconds`, default 900).
+             */
+            expires_at: string;
+            /** @description The caller's session ID (unique within the organization). */
+            id: string;
+            /** @description The instance that serves it. */
+            instance_id: string;
+            /** @description Its latest request. */
+            last_active_at: string;
+            /**
+             * Format: int64
+             * @description Times it moved to another replica because its own was gone.
+             */
+            replica_changes: number;
+            /**
+             * @description The replica that serves it. It changes when that replica is gone
+             *     (stopped, replaced, crashed): the next request moves the session to
+             *     the least loaded ready replica, counted in `replica_changes`.
+             */
+            replica_id: string;
+            /**
+             * Format: int64
+             * @description Requests made in it.
+             */
+            requests: number;
+            /** @description Its first request. */
+            started_at: string;
         };
         /** @description Where an agent's code comes from. */
         Source: {
@@ -4313,7 +4528,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description INVALID_REQUEST (+ field): a bad body, `options`, or `Idempotency-Key` (also: a key with `Accept: text/event-stream`) */
+            /** @description INVALID_REQUEST (+ field): a bad body, `options` (`options.session_id`: not 1–128 characters of `A–Z a–z 0–9 . _ : -`, or differing from an `X-Hangar-Session` in `options.headers`), or `Idempotency-Key` (also: a key with `Accept: text/event-stream`) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4642,6 +4857,77 @@ export interface operations {
                 };
             };
             /** @description RUNTIME_UNAVAILABLE: this server runs no agents; the message says why (not running as root) — `hangar doctor` on the server tells what to fix; NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    list_sessions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Agent ID */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Envelope_Vec_SessionObject"];
+                };
+            };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description AGENT_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
+            429: {
+                headers: {
+                    /** @description Whole seconds until the key's next request is taken */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description NODE_UNREACHABLE: another server on this database runs the instance, and it did not answer this one (retryable) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6212,6 +6498,153 @@ export interface operations {
                 headers: {
                     /** @description Whole seconds until the key's next request is taken */
                     "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Session ID */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Envelope_SessionObject"];
+                };
+            };
+            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description SESSION_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
+            429: {
+                headers: {
+                    /** @description Whole seconds until the key's next request is taken */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    delete_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Session ID */
+                id: string;
+                /**
+                 * @description Also stop the session's replica (say, a runaway agent); the
+                 *     controller starts another in its place.
+                 */
+                kill: boolean;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Envelope_SessionEnded"];
+                };
+            };
+            /** @description INVALID_REQUEST (+ field): a bad query parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description SESSION_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
+            429: {
+                headers: {
+                    /** @description Whole seconds until the key's next request is taken */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INTERNAL_ERROR: the replica could not be stopped (the session has ended) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RUNTIME_UNAVAILABLE: `kill=true` on a server that runs no agents; NODE_UNREACHABLE: another server on this database runs the session's instance, and it did not answer this one (retryable) */
+            503: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hangar_core::model::Instance;
 use hangar_core::status::{agent_status, AgentStatus};
+use hangar_gateway::sessions::{invalid_session_id, SESSION_HEADER};
 use hangar_gateway::{Gateway, InvokeError, RouteKey};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -58,6 +59,12 @@ struct InvokeOptions {
     #[serde(default)]
     #[schema(schema_with = header_map)]
     headers: BTreeMap<String, String>,
+    /// A sticky session (1–128 characters of `A–Z a–z 0–9 . _ : -`, unique
+    /// within the organization): every invocation naming it goes to the
+    /// same replica while the session lives (see `/v1/sessions`). The
+    /// agent receives it as the `X-Hangar-Session` header. A new session
+    /// goes to the least loaded replica; one whose replica is gone moves.
+    session_id: Option<String>,
 }
 
 /// Body of `POST /v1/agents/{id}/invoke`.
@@ -86,7 +93,7 @@ struct InvokeRequest {
         ("Idempotency-Key" = Option<String>, Header, pattern = r"^[ -~]{1,255}$", description = "1–255 printable ASCII characters: a repeat answers from the first request's job. Not with `Accept: text/event-stream` (400 INVALID_REQUEST, field `Idempotency-Key`).")),
     responses((status = 200, description = "{success, data: {output, usage}, meta: {request_id, latency_ms, instance_id}}; with `Accept: text/event-stream`, SSE: start, chunk…, done — or an `error` event `{code, message}` with one of the codes below when the agent fails after the start"),
         (status = 202, description = "Async: {success, data: {job_id, status, poll_url}}"),
-        (status = 400, description = "INVALID_REQUEST (+ field): a bad body, `options`, or `Idempotency-Key` (also: a key with `Accept: text/event-stream`)"),
+        (status = 400, description = "INVALID_REQUEST (+ field): a bad body, `options` (`options.session_id`: not 1–128 characters of `A–Z a–z 0–9 . _ : -`, or differing from an `X-Hangar-Session` in `options.headers`), or `Idempotency-Key` (also: a key with `Accept: text/event-stream`)"),
         (status = 404, description = "AGENT_NOT_FOUND"),
         (status = 409, description = "AGENT_NOT_RUNNING (+ current_status); JOB_IN_PROGRESS, JOB_CANCELLED (a repeated Idempotency-Key)"),
         (status = 502, description = "AGENT_ERROR (+ details.agent_status, details.agent_body): the agent answered non-2xx; AGENT_BAD_RESPONSE: its answer could not be read; AGENT_UNREACHABLE: its replica could not be reached or broke the connection"),
@@ -127,11 +134,13 @@ async fn invoke(
             ));
         }
     }
+    let mut agent_headers = body.options.headers;
+    session(body.options.session_id, &mut agent_headers)?;
     let timeout = std::time::Duration::from_secs_f64(body.options.timeout.unwrap_or(300.0));
     let invocation = super::jobs::Invocation {
         input: body.input,
         timeout,
-        headers: body.options.headers,
+        headers: agent_headers,
         key,
     };
     if body.is_async || invocation.key.is_some() {
@@ -199,6 +208,38 @@ async fn invoke(
         },
     }))
     .into_response())
+}
+
+/// Checks `options.session_id` and puts it in the agent's headers, where
+/// the gateway reads it (a job keeps it with its headers). A session named
+/// in `options.headers` is checked the same way; naming two is refused.
+fn session(session_id: Option<String>, headers: &mut BTreeMap<String, String>) -> ApiResult<()> {
+    let named = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(SESSION_HEADER))
+        .map(|(name, value)| (name.clone(), value.clone()));
+    if let Some((name, value)) = &named {
+        if let Some(why) = invalid_session_id(value) {
+            return Err(ApiError::invalid(format!("options.headers.{name}"), why));
+        }
+    }
+    let Some(id) = session_id else {
+        return Ok(());
+    };
+    if let Some(why) = invalid_session_id(&id) {
+        return Err(ApiError::invalid("options.session_id", why));
+    }
+    if let Some((name, value)) = named {
+        if value != id {
+            return Err(ApiError::invalid(
+                "options.session_id",
+                format!("differs from options.headers.{name}; name the session once"),
+            ));
+        }
+        headers.remove(&name);
+    }
+    headers.insert(SESSION_HEADER.to_owned(), id);
+    Ok(())
 }
 
 /// Whether the caller asked for Server-Sent Events.

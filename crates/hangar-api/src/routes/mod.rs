@@ -11,6 +11,7 @@ pub(crate) mod metrics;
 pub(crate) mod nodes;
 pub(crate) mod proxy;
 pub(crate) mod secrets;
+pub(crate) mod sessions;
 pub mod tenancy;
 pub(crate) mod tokens;
 pub(crate) mod uploads;

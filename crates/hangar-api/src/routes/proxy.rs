@@ -11,6 +11,10 @@
 //! Every other request reaches the API. Both kinds of URL are public, as
 //! the seeds' "public URL for this instance" says: no API key is asked for,
 //! and the agent authenticates its callers itself if it wants to.
+//!
+//! An `X-Hangar-Session` header makes the request part of a sticky session
+//! ([`hangar_gateway::sessions`]); a malformed one is refused here, 400
+//! `INVALID_REQUEST` with field `X-Hangar-Session`, before any hop.
 
 use std::net::SocketAddr;
 
@@ -20,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hangar_core::agent_url;
 use hangar_gateway::hop::HopKey;
+use hangar_gateway::sessions::{invalid_session_id, SESSION_HEADER};
 use hangar_gateway::{Resolved, RouteKey};
 
 use crate::error::{ApiError, Kind};
@@ -129,6 +134,15 @@ async fn proxy(state: AppState, target: Target, request: Request) -> Response {
         }
         Err(err) => return ApiError::from(err).into_response(),
     };
+    if let Some(value) = request.headers().get(SESSION_HEADER) {
+        let why = match value.to_str() {
+            Ok(id) => invalid_session_id(id),
+            Err(_) => Some("must be visible ASCII".to_owned()),
+        };
+        if let Some(why) = why {
+            return ApiError::invalid("X-Hangar-Session", why).into_response();
+        }
+    }
     let key = Some(HopKey::Instance(instance.id.clone()));
     let request = match crate::hop::here(&state, key, false, request).await {
         Ok(request) => request,
