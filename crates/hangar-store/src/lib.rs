@@ -26,6 +26,8 @@
 //! - [`Backlog`]: counts of work waiting, for metrics.
 //! - `requests`: invocations per instance, minute and node, summed by
 //!   readers over every node.
+//! - `history`: the rest of each minute's figures (latency histograms,
+//!   CPU, memory) and the series of steps read from them.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool, on the request's own thread (no hand-off, rows read in place).
 //! - [`seal`]: encryption at rest for secret values; the fingerprint of the
@@ -49,6 +51,7 @@ pub mod blobs;
 mod builds;
 mod events;
 mod extras;
+mod history;
 mod instances;
 mod intake;
 mod jobs;
@@ -67,6 +70,10 @@ pub use backlog::Backlog;
 pub use builds::{Reclaimed, MAX_BUILD_ATTEMPTS};
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
+pub use history::{
+    LatencyHistogram, MinuteFigures, ResourceUse, SeriesSpan, StepFigures, LATENCY_BOUNDS_US,
+    LATENCY_BUCKETS,
+};
 pub use instances::{InstanceFilter, NewInstance};
 pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};
