@@ -123,7 +123,8 @@ impl Window {
     }
 }
 
-/// One step of a series.
+/// One step of a series. Every field is always there; the unknowns are
+/// `null`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct MetricPoint {
     /// Where the step starts (RFC 3339, UTC); it lasts `step_seconds`.
@@ -136,13 +137,17 @@ pub(crate) struct MetricPoint {
     error_rate_percent: f64,
     /// Median latency, ms, from the merged latency buckets of every server
     /// (each bucket spans a factor √2); `null` without invocations.
+    #[schema(required = true)]
     p50_latency_ms: Option<f64>,
     /// 95th percentile latency, ms, likewise.
+    #[schema(required = true)]
     p95_latency_ms: Option<f64>,
     /// Mean CPU use of the replicas, % of one CPU (summed over replicas and
     /// servers); `null` when none ran or none was measured yet.
+    #[schema(required = true)]
     cpu_percent: Option<f64>,
     /// Mean memory of the replicas, MiB (summed likewise); `null` likewise.
+    #[schema(required = true)]
     memory_mb: Option<f64>,
 }
 
