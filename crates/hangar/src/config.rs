@@ -997,7 +997,7 @@ mod tests {
     }
 
     #[test]
-    fn metric_retention_reads_minutes_hours_or_days_from_flag_env_or_file() {
+    fn metric_retention_reads_minutes_hours_or_days_from_the_flag_or_environment() {
         use std::time::Duration;
         let days = |n: u64| Duration::from_secs(n * 24 * 3600);
         let resolved = |args: ServeArgs, vars: &[(&str, &str)]| {
