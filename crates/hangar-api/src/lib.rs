@@ -230,6 +230,21 @@ impl Services {
         Ok(figures)
     }
 
+    /// Instance `instance_id`'s metric history over `span`, one entry per
+    /// step, through every server on the database: the stored figures of
+    /// every node, plus the invocations this one has not stored yet.
+    pub async fn metric_series(
+        &self,
+        instance_id: &str,
+        span: hangar_store::SeriesSpan,
+    ) -> Result<Vec<hangar_store::StepFigures>, ApiError> {
+        Ok(match &self.runtime {
+            Some(runtime) => runtime.metric_series(instance_id, span).await?,
+            // A server that runs nothing counts nothing: the store has it all.
+            None => self.store.metric_series(instance_id, span).await?,
+        })
+    }
+
     /// Tells the job runner (if any) a job was accepted.
     pub fn job_accepted(&self) {
         if let Some(jobs) = &self.jobs {
@@ -331,6 +346,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::instances::routes())
         .merge(routes::agents::routes())
+        .merge(routes::history::routes())
         .merge(routes::invoke::routes())
         .merge(routes::jobs::routes())
         .merge(routes::tenancy::routes())

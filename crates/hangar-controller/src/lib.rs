@@ -14,7 +14,8 @@
 //!   on error  retried after a capped backoff, shown in status_reason
 //! per replica: a log task (output → parsed lines in the store + broadcast)
 //!              a health task (GET health_path; readiness and liveness)
-//! every few seconds: stats of every replica (CPU %, memory, network),
+//! every few seconds: stats of every replica (CPU %, memory, network; CPU
+//!                    time and memory kept for the metric history),
 //!                    the autoscaler
 //! ```
 //!
@@ -144,6 +145,9 @@ pub struct ControllerConfig {
     /// This node's request counts are written to the store this often (and
     /// at a clean stop): how late other nodes' readers see them.
     pub request_flush_interval: Duration,
+    /// Request figures and metric history older than this are deleted
+    /// (from every node's rows, by whichever node looks first).
+    pub metric_retention: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -176,6 +180,7 @@ impl Default for ControllerConfig {
             instance_lease: Duration::from_secs(15),
             node_dead_after: Duration::from_secs(15),
             request_flush_interval: Duration::from_secs(5),
+            metric_retention: scale::STATS_KEPT,
         }
     }
 }

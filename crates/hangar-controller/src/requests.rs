@@ -13,6 +13,13 @@
 //! invocations show once they have flushed. A node killed outright loses
 //! what it had not flushed (a few seconds of counts).
 //!
+//! The same flush writes the rest of each minute's figures (latency
+//! buckets, and the replicas' CPU and memory that the stats loop measured
+//! here), and a series read ([`Controller::metric_series`]) adds the
+//! unflushed invocations the same way; CPU and memory show once flushed.
+//! Every node now and then deletes every node's figures older than the
+//! metric retention ([`crate::ControllerConfig::metric_retention`]).
+//!
 //! Not here: Prometheus' series, which are per process
 //! ([`Traffic::stats`]).
 
@@ -20,12 +27,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hangar_store::{RequestCounts, RequestMinute, StoreError};
+use hangar_store::{MinuteFigures, RequestMinute, SeriesSpan, StepFigures, StoreError};
 
-use crate::scale::{unix_minute, window_minutes, RequestStats, Traffic, STATS_KEPT};
+use crate::scale::{unix_minute, window_minutes, RequestStats, Traffic};
 use crate::{lock, Controller, Inner};
 
-/// Flushes between two deletions of minutes past [`STATS_KEPT`].
+/// Flushes between two deletions of minutes past the metric retention.
 const PRUNE_EVERY: u32 = 120;
 
 impl Controller {
@@ -53,6 +60,30 @@ impl Controller {
             .collect())
     }
 
+    /// Instance `instance_id`'s figures over `span`, one per step, summed
+    /// over every node: the stored ones and the invocations this node has
+    /// not written yet (see the module docs).
+    pub async fn metric_series(
+        &self,
+        instance_id: &str,
+        span: SeriesSpan,
+    ) -> Result<Vec<StepFigures>, StoreError> {
+        let _reading = self.inner.flushing.read().await;
+        let mut steps = self.inner.store.metric_series(instance_id, span).await?;
+        let traffic = lock(&self.inner.instances)
+            .get(instance_id)
+            .map(|state| state.traffic.clone());
+        if let Some(traffic) = traffic {
+            for (step, figures) in traffic.unflushed_within(span) {
+                if let Some(step) = steps.get_mut(step) {
+                    step.counts += figures.counts;
+                    step.latency += figures.latency;
+                }
+            }
+        }
+        Ok(steps)
+    }
+
     /// Writes what this node counted and has not written yet (see the
     /// module docs); the controller does so on its own, this is for tests.
     pub async fn flush_requests(&self) -> Result<(), StoreError> {
@@ -62,7 +93,7 @@ impl Controller {
 
 /// An instance's counts taken for a flush: its ID, its traffic, and what
 /// was taken (to be taken off once written).
-type Taken<'t> = (&'t str, &'t Traffic, Vec<(i64, RequestCounts)>);
+type Taken<'t> = (&'t str, &'t Traffic, Vec<(i64, MinuteFigures)>);
 
 /// Adds this node's unflushed counts to the store in one transaction;
 /// nothing is taken off when that fails (the next flush tries again).
@@ -83,10 +114,10 @@ pub(crate) async fn flush(inner: &Inner) -> Result<(), StoreError> {
     let rows: Vec<RequestMinute> = taken
         .iter()
         .flat_map(|(id, _, minutes)| {
-            minutes.iter().map(|(minute, counts)| RequestMinute {
+            minutes.iter().map(|(minute, figures)| RequestMinute {
                 instance_id: (*id).to_owned(),
                 minute: *minute,
-                counts: *counts,
+                figures: *figures,
             })
         })
         .collect();
@@ -102,7 +133,7 @@ pub(crate) async fn flush(inner: &Inner) -> Result<(), StoreError> {
 
 /// Flushes every [`crate::ControllerConfig::request_flush_interval`] until
 /// shutdown (the last flush follows it, in [`Controller::start`]), and now
-/// and then deletes every node's minutes past [`STATS_KEPT`] and the
+/// and then deletes every node's minutes past the metric retention and the
 /// sessions that ended.
 pub(crate) async fn flush_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.request_flush_interval);
@@ -118,9 +149,11 @@ pub(crate) async fn flush_loop(inner: Arc<Inner>) {
         }
         flushes = flushes.wrapping_add(1);
         if flushes % PRUNE_EVERY == 1 {
-            let kept = window_minutes(STATS_KEPT);
-            if let Err(err) = inner.store.prune_request_counts(unix_minute() - kept).await {
-                tracing::warn!(error = %err, "cannot delete old request figures");
+            let kept = window_minutes(inner.config.metric_retention);
+            match inner.store.prune_request_counts(unix_minute() - kept).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::debug!(rows, "deleted figures past the metric retention"),
+                Err(err) => tracing::warn!(error = %err, "cannot delete old request figures"),
             }
             // Ended sessions are never read again (reads pass over them).
             if let Err(err) = inner.store.prune_sessions().await {

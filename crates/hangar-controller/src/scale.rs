@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hangar_store::{ControlledInstance, RequestCounts};
+use hangar_store::{ControlledInstance, MinuteFigures, RequestCounts, ResourceUse, SeriesSpan};
 
 /// What an instance may scale between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,9 +96,10 @@ struct Figures {
     /// invocations ([`Traffic::stats`]: the Prometheus series, which are
     /// per process).
     minutes: VecDeque<Minute>,
-    /// Per minute since the Unix epoch, invocations not yet written to the
-    /// store (see `crate::requests`).
-    unflushed: BTreeMap<i64, RequestCounts>,
+    /// Per minute since the Unix epoch, invocations (and the replicas'
+    /// resource use, from the stats loop) not yet written to the store
+    /// (see `crate::requests`).
+    unflushed: BTreeMap<i64, MinuteFigures>,
 }
 
 /// Now in minutes since the Unix epoch: the minutes of the store's request
@@ -215,19 +216,14 @@ impl Traffic {
         let mut figures = self.figures();
         let kept = i64::try_from(STATS_KEPT.as_secs() / 60).unwrap_or(i64::MAX);
         let unflushed = &mut figures.unflushed;
-        *unflushed.entry(unix_minute).or_default() += RequestCounts {
+        let minute = unflushed.entry(unix_minute).or_default();
+        minute.counts += RequestCounts {
             requests: 1,
             errors: u64::from(!ok),
             latency_us,
         };
-        // With the store out of reach for a week, older minutes would not
-        // be shown anyway.
-        while unflushed
-            .first_key_value()
-            .is_some_and(|(m, _)| unix_minute - *m >= kept)
-        {
-            unflushed.pop_first();
-        }
+        minute.latency.record(latency);
+        forget_before(unflushed, unix_minute - kept);
         let minutes = &mut figures.minutes;
         if minutes.back().is_none_or(|m| m.at != now) {
             minutes.push_back(Minute {
@@ -244,6 +240,16 @@ impl Traffic {
             minute.errors += u64::from(!ok);
             minute.latency_us = minute.latency_us.saturating_add(latency_us);
         }
+    }
+
+    /// What the stats loop measured of the instance's replicas on this
+    /// node, counted in minute `unix_minute` (since the Unix epoch), for
+    /// the next flush.
+    pub(crate) fn sampled(&self, unix_minute: i64, usage: ResourceUse) {
+        let kept = i64::try_from(STATS_KEPT.as_secs() / 60).unwrap_or(i64::MAX);
+        let mut figures = self.figures();
+        figures.unflushed.entry(unix_minute).or_default().usage += usage;
+        forget_before(&mut figures.unflushed, unix_minute - kept);
     }
 
     fn figures(&self) -> std::sync::MutexGuard<'_, Figures> {
@@ -275,21 +281,21 @@ impl Traffic {
 
     /// What the store has not been told yet, per minute since the Unix
     /// epoch.
-    pub(crate) fn unflushed(&self) -> Vec<(i64, RequestCounts)> {
+    pub(crate) fn unflushed(&self) -> Vec<(i64, MinuteFigures)> {
         self.figures()
             .unflushed
             .iter()
-            .map(|(minute, counts)| (*minute, *counts))
+            .map(|(minute, figures)| (*minute, *figures))
             .collect()
     }
 
     /// What [`Traffic::unflushed`] returned was written to the store: it
     /// is taken off (what was counted since stays).
-    pub(crate) fn flushed(&self, written: &[(i64, RequestCounts)]) {
+    pub(crate) fn flushed(&self, written: &[(i64, MinuteFigures)]) {
         let mut figures = self.figures();
-        for (minute, counts) in written {
+        for (minute, written) in written {
             if let Some(left) = figures.unflushed.get_mut(minute) {
-                *left -= *counts;
+                *left -= *written;
                 if left.is_empty() {
                     figures.unflushed.remove(minute);
                 }
@@ -300,10 +306,20 @@ impl Traffic {
     /// What the store has not been told yet of minutes `since` and later.
     pub(crate) fn unflushed_since(&self, since: i64) -> RequestCounts {
         let mut sum = RequestCounts::default();
-        for (_, counts) in self.figures().unflushed.range(since..) {
-            sum += *counts;
+        for (_, figures) in self.figures().unflushed.range(since..) {
+            sum += figures.counts;
         }
         sum
+    }
+
+    /// The invocations the store has not been told yet within `span`,
+    /// per minute: (step, what was counted).
+    pub(crate) fn unflushed_within(&self, span: SeriesSpan) -> Vec<(usize, MinuteFigures)> {
+        self.figures()
+            .unflushed
+            .range(span.first_minute..span.end_minute())
+            .filter_map(|(minute, figures)| Some((span.step_of(*minute)?, *figures)))
+            .collect()
     }
 
     /// How long since the last request arrived (since the controller started,
@@ -311,6 +327,17 @@ impl Traffic {
     pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Drops the unflushed minutes up to `cutoff`: with the store out of
+/// reach for a week, they would not be shown anyway.
+fn forget_before(unflushed: &mut BTreeMap<i64, MinuteFigures>, cutoff: i64) {
+    while unflushed
+        .first_key_value()
+        .is_some_and(|(m, _)| *m <= cutoff)
+    {
+        unflushed.pop_first();
     }
 }
 
@@ -421,8 +448,11 @@ mod tests {
         traffic.record_at(100, true, Duration::from_millis(10));
         traffic.record_at(101, false, Duration::from_millis(30));
         let taken = traffic.unflushed();
+        let counts = |taken: &[(i64, MinuteFigures)]| -> Vec<(i64, RequestCounts)> {
+            taken.iter().map(|(m, f)| (*m, f.counts)).collect()
+        };
         assert_eq!(
-            taken,
+            counts(&taken),
             vec![
                 (
                     100,
@@ -442,11 +472,20 @@ mod tests {
                 ),
             ]
         );
-        // Counted while the flush was writing.
+        assert_eq!(taken[1].1.latency.total(), 1);
+        // Counted while the flush was writing: an invocation, and what the
+        // stats loop measured.
         traffic.record_at(101, true, Duration::from_millis(5));
+        let usage = ResourceUse {
+            memory_kib: 1024,
+            memory_samples: 1,
+            ..ResourceUse::default()
+        };
+        traffic.sampled(101, usage);
         traffic.flushed(&taken);
+        let left = traffic.unflushed();
         assert_eq!(
-            traffic.unflushed(),
+            counts(&left),
             vec![(
                 101,
                 RequestCounts {
@@ -456,8 +495,16 @@ mod tests {
                 }
             )]
         );
+        assert_eq!(left[0].1.usage, usage);
+        let mut five = hangar_store::LatencyHistogram::default();
+        five.record(Duration::from_millis(5));
+        assert_eq!(left[0].1.latency, five);
         assert_eq!(traffic.unflushed_since(102), RequestCounts::default());
         assert_eq!(traffic.unflushed_since(101).requests, 1);
+        // Within a series: by step.
+        let span = SeriesSpan::ending_at(101, 1, 2);
+        assert_eq!(traffic.unflushed_within(span).len(), 1);
+        assert_eq!(traffic.unflushed_within(span)[0].0, 1);
         // This process's own figures are kept whatever was flushed.
         assert_eq!(traffic.stats(Duration::from_secs(3600)).requests, 3);
     }

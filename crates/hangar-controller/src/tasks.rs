@@ -312,6 +312,9 @@ pub(crate) async fn driver_resync_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Every stats interval, reads the stats of every running replica: its CPU
+/// use (for the autoscaler and the live figures) and, per instance, the
+/// CPU time and memory this node's replicas used, for the metric history.
 pub(crate) async fn stats_loop(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(inner.config.stats_interval).await;
@@ -323,6 +326,10 @@ pub(crate) async fn stats_loop(inner: Arc<Inner>) {
                 .filter(|r| r.phase.is_running())
                 .map(|r| r.info.id.clone())
                 .collect();
+            // What this pass measured of the instance's replicas here, for
+            // its metric history (see `hangar_store::ResourceUse`).
+            let mut usage = hangar_store::ResourceUse::default();
+            let mut measured = false;
             for id in ids {
                 let Ok(stats) = inner.driver.stats(&id).await else {
                     continue;
@@ -330,16 +337,25 @@ pub(crate) async fn stats_loop(inner: Arc<Inner>) {
                 let mut tracked = lock(&state.tracked);
                 if let Some(replica) = tracked.replicas.get_mut(&id) {
                     if let Some(previous) = replica.last_stats {
-                        let wall_ns = u64::try_from(stats.at_ms - previous.at_ms)
-                            .unwrap_or(0)
-                            .saturating_mul(1_000_000);
-                        if wall_ns > 0 {
+                        let wall_ms = u64::try_from(stats.at_ms - previous.at_ms).unwrap_or(0);
+                        if wall_ms > 0 {
                             let used = stats.cpu_ns.saturating_sub(previous.cpu_ns);
-                            replica.cpu_percent = used as f64 * 100.0 / wall_ns as f64;
+                            replica.cpu_percent =
+                                used as f64 * 100.0 / wall_ms.saturating_mul(1_000_000) as f64;
+                            usage.cpu_us = usage.cpu_us.saturating_add(used / 1000);
+                            // The replicas were read one after the other,
+                            // over about the same interval: the pass's.
+                            usage.cpu_wall_ms = usage.cpu_wall_ms.max(wall_ms);
                         }
                     }
+                    usage.memory_kib = usage.memory_kib.saturating_add(stats.memory_bytes / 1024);
+                    measured = true;
                     replica.last_stats = Some(stats);
                 }
+            }
+            if measured {
+                usage.memory_samples = 1;
+                state.traffic.sampled(scale::unix_minute(), usage);
             }
         }
     }

@@ -1399,3 +1399,101 @@ async fn request_figures_are_exact_on_one_node_and_add_up_across_nodes() {
         assert_eq!(b.local_request_stats("inst_1", day).requests, 1);
     }
 }
+
+#[tokio::test]
+async fn metric_series_is_exact_across_a_flush_and_the_retention_prunes_old_minutes() {
+    use hangar_controller::scale::unix_minute;
+    use hangar_store::{MinuteFigures, RequestCounts, RequestMinute, SeriesSpan};
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        let fake = Arc::new(FakeDriver::new());
+        let node = |id: &str, retention: Duration| {
+            Controller::new(
+                db.store.clone(),
+                fake.clone(),
+                ControllerConfig {
+                    node_id: id.to_owned(),
+                    metric_retention: retention,
+                    ..config()
+                },
+            )
+        };
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let (a, b) = (node("node-a", week), node("node-b", week));
+        let span = || SeriesSpan::ending_at(unix_minute(), 60, 2);
+        let summed = |c: &Controller| {
+            let c = c.clone();
+            async move {
+                let steps = c.metric_series("inst_1", span()).await.expect("series");
+                let mut sum = hangar_store::StepFigures::default();
+                for step in steps {
+                    sum.counts += step.counts;
+                    sum.latency += step.latency;
+                }
+                sum
+            }
+        };
+        // Counted on node a: the same read before and after its flush, and
+        // node b sees it once written.
+        let traffic = a.traffic("inst_1");
+        for ms in [1, 1, 1, 400] {
+            traffic.record(true, Duration::from_millis(ms));
+        }
+        let before = summed(&a).await;
+        assert_eq!((before.counts.requests, before.latency.total()), (4, 4));
+        assert_eq!(summed(&b).await.counts.requests, 0);
+        a.flush_requests().await.expect("flush");
+        assert_eq!(summed(&a).await, before);
+        assert_eq!(summed(&b).await, before);
+        // Node b's own: added to a's buckets, percentiles of the sum.
+        b.traffic("inst_1")
+            .record(false, Duration::from_millis(400));
+        b.flush_requests().await.expect("flush");
+        let both = summed(&a).await;
+        assert_eq!((both.counts.requests, both.counts.errors), (5, 1));
+        let p95 = both.latency.percentile_ms(0.95).expect("p95");
+        assert!(p95 > 362.0, "{p95}: the slow ones, one from each node");
+
+        // A node keeping an hour deletes every node's older minutes as it
+        // starts flushing, and only those.
+        let old = |minute: i64| RequestMinute {
+            instance_id: "inst_old".to_owned(),
+            minute,
+            figures: MinuteFigures {
+                counts: RequestCounts {
+                    requests: 1,
+                    errors: 0,
+                    latency_us: 1_000,
+                },
+                ..MinuteFigures::default()
+            },
+        };
+        let now = unix_minute();
+        db.store
+            .add_request_counts("node-x", &[old(now - 90), old(now - 30)])
+            .await
+            .expect("old figures");
+        let c = node("node-c", Duration::from_secs(3600));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = c.start(stop.clone()).await.expect("start c");
+        let two_hours = SeriesSpan::ending_at(now, 1, 120);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let steps = db
+                .store
+                .metric_series("inst_old", two_hours)
+                .await
+                .expect("read");
+            let total: u64 = steps.iter().map(|s| s.counts.requests).sum();
+            if total == 1 {
+                assert_eq!(steps[119 - 30].counts.requests, 1, "the newer minute stays");
+                break;
+            }
+            assert_eq!(total, 2, "only the minute past the retention goes");
+            assert!(Instant::now() < deadline, "never pruned: {steps:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        stopped.await.expect("c stopped");
+    }
+}

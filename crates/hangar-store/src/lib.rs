@@ -28,6 +28,8 @@
 //!   its requests and when it was last active).
 //! - `requests`: invocations per instance, minute and node, summed by
 //!   readers over every node.
+//! - `history`: the rest of each minute's figures (latency histograms,
+//!   CPU, memory) and the series of steps read from them.
 //! - `reads`: the point reads every request makes, on SQLite outside the
 //!   pool, on the request's own thread (no hand-off, rows read in place).
 //! - [`seal`]: encryption at rest for secret values; the fingerprint of the
@@ -51,6 +53,7 @@ pub mod blobs;
 mod builds;
 mod events;
 mod extras;
+mod history;
 mod instances;
 mod intake;
 mod jobs;
@@ -70,6 +73,10 @@ pub use backlog::Backlog;
 pub use builds::{Reclaimed, MAX_BUILD_ATTEMPTS};
 pub use events::{Attempt, DueDelivery};
 pub use extras::NewWebhook;
+pub use history::{
+    LatencyHistogram, MinuteFigures, ResourceUse, SeriesSpan, StepFigures, LATENCY_BOUNDS_US,
+    LATENCY_BUCKETS,
+};
 pub use instances::{InstanceFilter, NewInstance};
 pub use intake::JobIntake;
 pub use jobs::{job_error, JobOutcome, JobResult, NewJob, DEFAULT_JOB_TIMEOUT, SYNC_LEASE_MARGIN};

@@ -6,7 +6,9 @@
 //! one row per instance, minute and node, incremented in place) and readers
 //! sum the rows of every node ([`Store::request_counts`]). Latencies are
 //! stored as sums beside the counts: means merge exactly across nodes and
-//! minutes. Rows older than the longest window shown are deleted
+//! minutes. The same write carries the rest of the minute's figures (a
+//! latency histogram, the replicas' CPU and memory: see `history`). Rows
+//! older than the metric retention are deleted
 //! ([`Store::prune_request_counts`]).
 //!
 //! Not here: counting on the request path (the controller's `Traffic`,
@@ -14,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::history::MinuteFigures;
 use crate::{value_rows, FromRow, Result, RowExt, Store, INSERT_CHUNK};
 
 /// Invocations counted together.
@@ -51,15 +54,15 @@ impl RequestCounts {
     }
 }
 
-/// One instance's invocations within one minute, on one node.
+/// What one node counted of one instance within one minute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestMinute {
-    /// The instance invoked.
+    /// The instance.
     pub instance_id: String,
     /// The minute, in minutes since the Unix epoch.
     pub minute: i64,
     /// What was counted.
-    pub counts: RequestCounts,
+    pub figures: MinuteFigures,
 }
 
 impl FromRow for RequestCounts {
@@ -88,39 +91,76 @@ fn unsigned(v: i64) -> u64 {
 }
 
 impl Store {
-    /// Adds `node_id`'s counts to the stored ones, in one transaction:
+    /// Adds `node_id`'s figures to the stored ones, in one transaction:
     /// all added or none.
     pub async fn add_request_counts(&self, node_id: &str, minutes: &[RequestMinute]) -> Result<()> {
         // One row per key: a statement may not touch a row twice.
-        let mut merged: BTreeMap<(&str, i64), RequestCounts> = BTreeMap::new();
-        for m in minutes.iter().filter(|m| !m.counts.is_empty()) {
+        let mut merged: BTreeMap<(&str, i64), MinuteFigures> = BTreeMap::new();
+        for m in minutes.iter().filter(|m| !m.figures.is_empty()) {
             *merged
                 .entry((m.instance_id.as_str(), m.minute))
-                .or_default() += m.counts;
+                .or_default() += m.figures;
         }
         if merged.is_empty() {
             return Ok(());
         }
         let rows: Vec<_> = merged.into_iter().collect();
+        let buckets: Vec<(&str, i64, usize, u64)> = rows
+            .iter()
+            .flat_map(|((instance_id, minute), figures)| {
+                figures
+                    .latency
+                    .buckets()
+                    .map(|(bucket, n)| (*instance_id, *minute, bucket, n))
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(INSERT_CHUNK) {
             let sql = format!(
-                "INSERT INTO request_counts (instance_id, at_minute, node_id, requests, errors, latency_us) \
+                "INSERT INTO request_counts (instance_id, at_minute, node_id, requests, errors, latency_us, \
+                 cpu_us, cpu_wall_ms, memory_kib, memory_samples) \
                  VALUES {} ON CONFLICT (instance_id, at_minute, node_id) DO UPDATE SET \
                  requests = request_counts.requests + excluded.requests, \
                  errors = request_counts.errors + excluded.errors, \
-                 latency_us = request_counts.latency_us + excluded.latency_us",
-                value_rows(chunk.len(), 6)
+                 latency_us = request_counts.latency_us + excluded.latency_us, \
+                 cpu_us = request_counts.cpu_us + excluded.cpu_us, \
+                 cpu_wall_ms = request_counts.cpu_wall_ms + excluded.cpu_wall_ms, \
+                 memory_kib = request_counts.memory_kib + excluded.memory_kib, \
+                 memory_samples = request_counts.memory_samples + excluded.memory_samples",
+                value_rows(chunk.len(), 10)
             );
             let mut query = sqlx::query(&sql);
-            for ((instance_id, minute), counts) in chunk {
+            for ((instance_id, minute), figures) in chunk {
+                let (counts, usage) = (figures.counts, figures.usage);
                 query = query
                     .bind(*instance_id)
                     .bind(*minute)
                     .bind(node_id)
                     .bind(signed(counts.requests))
                     .bind(signed(counts.errors))
-                    .bind(signed(counts.latency_us));
+                    .bind(signed(counts.latency_us))
+                    .bind(signed(usage.cpu_us))
+                    .bind(signed(usage.cpu_wall_ms))
+                    .bind(signed(usage.memory_kib))
+                    .bind(signed(usage.memory_samples));
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in buckets.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO latency_buckets (instance_id, at_minute, node_id, bucket, requests) \
+                 VALUES {} ON CONFLICT (instance_id, at_minute, node_id, bucket) DO UPDATE SET \
+                 requests = latency_buckets.requests + excluded.requests",
+                value_rows(chunk.len(), 5)
+            );
+            let mut query = sqlx::query(&sql);
+            for (instance_id, minute, bucket, n) in chunk {
+                query = query
+                    .bind(*instance_id)
+                    .bind(*minute)
+                    .bind(node_id)
+                    .bind(i64::try_from(*bucket).unwrap_or(i64::MAX))
+                    .bind(signed(*n));
             }
             query.execute(&mut *tx).await?;
         }
@@ -168,15 +208,20 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes every node's counts of minutes before `before`; returns how
-    /// many rows went.
+    /// Deletes every node's figures (counts and latency buckets) of
+    /// minutes before `before`; returns how many rows went.
     pub async fn prune_request_counts(&self, before: i64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM request_counts WHERE at_minute < $1")
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM request_counts WHERE at_minute < $1",
+            "DELETE FROM latency_buckets WHERE at_minute < $1",
+        ] {
+            deleted += sqlx::query(sql)
                 .bind(before)
                 .execute(&self.pool)
                 .await?
-                .rows_affected(),
-        )
+                .rows_affected();
+        }
+        Ok(deleted)
     }
 }

@@ -4,7 +4,7 @@
 
 use hangar_store::seal::Sealer;
 use hangar_store::testing::{backends, TestDb};
-use hangar_store::{RequestCounts, RequestMinute, Store};
+use hangar_store::{MinuteFigures, RequestCounts, RequestMinute, Store};
 
 async fn each_backend<F, Fut>(f: F)
 where
@@ -27,10 +27,13 @@ fn minute(
     RequestMinute {
         instance_id: instance.to_owned(),
         minute,
-        counts: RequestCounts {
-            requests,
-            errors,
-            latency_us,
+        figures: MinuteFigures {
+            counts: RequestCounts {
+                requests,
+                errors,
+                latency_us,
+            },
+            ..MinuteFigures::default()
         },
     }
 }

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// [env: HANGAR_LOG_RETENTION_HOURS] [default: 168, a week]
     #[arg(long, value_name = "HOURS")]
     pub log_retention_hours: Option<u64>,
+    /// How long the metric history (request counts, latency, CPU and memory
+    /// per instance and minute, what `GET /v1/agents/{id}/metrics` plots) is
+    /// kept, in minutes, hours or days: `90m`, `48h`, `7d`; older figures are
+    /// gone from every window [env: HANGAR_METRIC_RETENTION] [default: 7d]
+    #[arg(long, value_name = "DURATION")]
+    pub metric_retention: Option<String>,
     /// Origins whose pages may call the API from a browser, comma-separated
     /// (`https://console.example.com,http://localhost:3000`), or `*`
     /// [env: HANGAR_CORS_ORIGINS] [default: none]
@@ -156,6 +162,7 @@ struct FileServer {
     max_upload_mb: Option<u64>,
     log_retention_lines: Option<u32>,
     log_retention_hours: Option<u64>,
+    metric_retention: Option<String>,
     cors_origins: Option<String>,
     docker_host: Option<String>,
     rate_limit: Option<String>,
@@ -218,6 +225,8 @@ pub struct Config {
     pub log_retention_lines: u32,
     /// How long log lines are kept.
     pub log_retention: std::time::Duration,
+    /// How long the metric history is kept.
+    pub metric_retention: std::time::Duration,
     /// The Docker engine's address; `None`: the local socket.
     pub docker_host: Option<String>,
     /// How fast one API key may send requests; `None`: unlimited.
@@ -589,6 +598,13 @@ impl Config {
             168,
             24 * 3650,
         )?;
+        let metric_retention = args
+            .metric_retention
+            .or_else(|| env_get("HANGAR_METRIC_RETENTION"))
+            .or(file.metric_retention)
+            .map(|text| parse_retention(&text))
+            .transpose()?
+            .unwrap_or(DEFAULT_METRIC_RETENTION);
         let cors_origins = args
             .cors_origins
             .or_else(|| env_get("HANGAR_CORS_ORIGINS"))
@@ -711,6 +727,7 @@ impl Config {
             cors_origins,
             log_retention_lines: u32::try_from(log_retention_lines).unwrap_or(u32::MAX),
             log_retention: std::time::Duration::from_secs(log_retention_hours * 3600),
+            metric_retention,
             listen,
             data_dir,
             database_url,
@@ -887,6 +904,36 @@ fn parse_schedule(text: &str) -> Result<Vec<std::time::Duration>, ConfigError> {
     Ok(delays)
 }
 
+/// The metric history's retention when none is configured: the longest
+/// window the API plots.
+const DEFAULT_METRIC_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// A metric retention: a whole number of minutes, hours or days (`90m`,
+/// `48h`, `7d`), from an hour to a year (a shorter one would empty the
+/// shortest window while it is shown; rows are per minute, so a longer one
+/// is mostly disk).
+fn parse_retention(text: &str) -> Result<std::time::Duration, ConfigError> {
+    let bad = |why: &str| ConfigError(format!("metric retention '{text}': {why} (e.g. \"7d\")"));
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| bad("a number and a unit, m, h or d"))?;
+    let minutes = match unit {
+        "m" => n,
+        "h" => n.saturating_mul(60),
+        "d" => n.saturating_mul(24 * 60),
+        _ => return Err(bad("units are m, h or d")),
+    };
+    if !(60..=366 * 24 * 60).contains(&minutes) {
+        return Err(bad("between 1 hour and 366 days"));
+    }
+    Ok(std::time::Duration::from_secs(minutes * 60))
+}
+
 fn read_file(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).map_err(|e| {
@@ -946,6 +993,42 @@ mod tests {
         );
         for bad in ["", "5", "5x", "0s", "-1s", "9999h", "1s,,2s"] {
             assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metric_retention_reads_minutes_hours_or_days_from_the_flag_or_environment() {
+        use std::time::Duration;
+        let days = |n: u64| Duration::from_secs(n * 24 * 3600);
+        let resolved = |args: ServeArgs, vars: &[(&str, &str)]| {
+            Config::resolve(args, &env(vars)).map(|c| c.metric_retention)
+        };
+        assert_eq!(
+            resolved(ServeArgs::default(), &[]).expect("default"),
+            days(7)
+        );
+        assert_eq!(
+            resolved(ServeArgs::default(), &[("HANGAR_METRIC_RETENTION", "48h")]).expect("env"),
+            days(2)
+        );
+        let flag = ServeArgs {
+            metric_retention: Some("90m".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            resolved(flag, &[("HANGAR_METRIC_RETENTION", "48h")]).expect("the flag wins"),
+            Duration::from_secs(90 * 60)
+        );
+        assert_eq!(parse_retention("30d").expect("days"), days(30));
+        for bad in [
+            "", "7", "7 d", "7w", "-1d", "59m", "0h", "367d", "1.5d", "d",
+        ] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+            let args = ServeArgs {
+                metric_retention: Some(bad.into()),
+                ..ServeArgs::default()
+            };
+            assert!(resolved(args, &[]).is_err(), "{bad} is refused at start");
         }
     }
 

@@ -575,6 +575,7 @@ async fn start_runtime(
             node_id: node_id.to_owned(),
             instance_lease: config.instance_lease,
             node_dead_after: config.node_dead_after,
+            metric_retention: config.metric_retention,
             ..hangar_controller::ControllerConfig::default()
         },
     );

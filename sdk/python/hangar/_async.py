@@ -282,13 +282,22 @@ class Agents(_Resource):
             yield line
 
     @operation("GET", "/v1/agents/{id}/metrics")
-    async def metrics(self, id: str, *, window: Optional[str] = None) -> models.AgentMetrics:
-        """Metrics over ``window`` (``1h``, ``24h`` or ``7d``)."""
-        return await self._client._json("GET", f"/v1/agents/{_q(id)}/metrics", params=_params(window=window))
+    async def metrics(self, id: str, *, window: Optional[str] = None, step: Optional[str] = None) -> models.AgentMetrics:
+        """Metrics over ``window`` (``1h``, ``24h`` or ``7d``), with their
+        ``series`` in steps of ``step`` (``60``, ``5m``…)."""
+        return await self._client._json("GET", f"/v1/agents/{_q(id)}/metrics",
+                                  params=_params(window=window, step=step))
 
 
 class Instances(_Resource):
     """The Instances API (served at the root): instances of an agent's build."""
+
+    @operation("GET", "/v1/instances/{id}/metrics")
+    async def metrics(self, id: str, *, window: Optional[str] = None,
+                step: Optional[str] = None) -> models.InstanceMetricHistory:
+        """An instance's metric history over ``window`` in steps of ``step``."""
+        return await self._client._json("GET", f"/v1/instances/{_q(id)}/metrics",
+                                  params=_params(window=window, step=step))
 
     @operation("POST", "/instances")
     async def create(self, name: str, agent_id: str, build_id: str, *, organization_id: Optional[str] = None,

@@ -25,23 +25,6 @@ class AgentHealth(TypedDict):
     uptime_percent: NotRequired[float | None]
 
 
-class AgentMetrics(TypedDict):
-    """
-    An agent's metrics.
-    """
-
-    agent_id: str
-    avg_latency_ms: float
-    cpu_percent: float
-    error_rate_percent: float
-    memory_mb: int
-    replicas: int
-    requests: int
-    requests_24h: int
-    uptime_percent: NotRequired[float | None]
-    window: str
-
-
 class AgentMetricsSummary(TypedDict):
     """
     `metrics` of an agent.
@@ -217,12 +200,6 @@ class Endpoints(TypedDict):
     invoke: str
 
 
-class Data(AgentMetrics):
-    """
-    An agent's metrics.
-    """
-
-
 class Data2(ApiKeyObject):
     """
     An API key (its secret is only in the response that created it).
@@ -275,7 +252,7 @@ class Data8(TypedDict):
     webhook_id: str
 
 
-class Data12(TypedDict):
+class Data13(TypedDict):
     """
     A secret (never its value).
     """
@@ -287,7 +264,7 @@ class Data12(TypedDict):
     value: str
 
 
-class Data13(TypedDict):
+class Data14(TypedDict):
     """
     What ending a session answers.
     """
@@ -298,7 +275,7 @@ class Data13(TypedDict):
     replica_stopped: bool
 
 
-class Data14(TypedDict):
+class Data15(TypedDict):
     """
     A live session: the replica that serves every request naming it.
     """
@@ -314,7 +291,7 @@ class Data14(TypedDict):
     started_at: str
 
 
-class Data15(TypedDict):
+class Data16(TypedDict):
     """
     A stream token as created.
     """
@@ -325,7 +302,7 @@ class Data15(TypedDict):
     token: str
 
 
-class Data16(TypedDict):
+class Data17(TypedDict):
     """
     An upload slot.
     """
@@ -335,7 +312,7 @@ class Data16(TypedDict):
     upload_url: str
 
 
-class Data17(TypedDict):
+class Data18(TypedDict):
     """
     What a completed upload answers.
     """
@@ -357,13 +334,13 @@ class Datum1(Data5):
     """
 
 
-class Datum4(Data12):
+class Datum4(Data13):
     """
     A secret (never its value).
     """
 
 
-class Datum5(Data14):
+class Datum5(Data15):
     """
     A live session: the replica that serves every request naming it.
     """
@@ -384,7 +361,7 @@ class Datum7(TypedDict):
     url: str
 
 
-class Data19(Datum7):
+class Data20(Datum7):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
@@ -530,6 +507,22 @@ class Meta(TypedDict):
     """
 
     request_id: str
+
+
+class MetricPoint(TypedDict):
+    """
+    One step of a series. Every field is always there; the unknowns are
+    `null`.
+    """
+
+    at: str
+    cpu_percent: float | None
+    error_rate_percent: float
+    errors: int
+    memory_mb: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    requests: int
 
 
 class NetworkConfig(TypedDict, closed=True):
@@ -682,19 +675,19 @@ class ScalingObject(TypedDict):
     target_cpu_percent: int
 
 
-class SecretObject(Data12):
+class SecretObject(Data13):
     """
     A secret (never its value).
     """
 
 
-class SessionEnded(Data13):
+class SessionEnded(Data14):
     """
     What ending a session answers.
     """
 
 
-class SessionObject(Data14):
+class SessionObject(Data15):
     """
     A live session: the replica that serves every request naming it.
     """
@@ -743,7 +736,7 @@ class StdinInput(TypedDict, closed=True):
     input: str
 
 
-class TokenObject(Data15):
+class TokenObject(Data16):
     """
     A stream token as created.
     """
@@ -769,13 +762,13 @@ class UpdateWebhook(TypedDict, closed=True):
     url: NotRequired[str | None]
 
 
-class UploadObject(Data16):
+class UploadObject(Data17):
     """
     An upload slot.
     """
 
 
-class UploadReceived(Data17):
+class UploadReceived(Data18):
     """
     What a completed upload answers.
     """
@@ -798,6 +791,25 @@ class WebhookObject(Datum7):
     """
     A webhook endpoint (its secret only in the response that created it).
     """
+
+
+class AgentMetrics(TypedDict):
+    """
+    An agent's metrics.
+    """
+
+    agent_id: str
+    avg_latency_ms: float
+    cpu_percent: float
+    error_rate_percent: float
+    memory_mb: int
+    replicas: int
+    requests: int
+    requests_24h: int
+    series: list[MetricPoint]
+    step_seconds: int
+    uptime_percent: NotRequired[float | None]
+    window: str
 
 
 class AgentObject(TypedDict):
@@ -947,6 +959,12 @@ class Deployment(TypedDict):
     url: str
 
 
+class Data(AgentMetrics):
+    """
+    An agent's metrics.
+    """
+
+
 class EnvelopeAgentMetrics(TypedDict):
     """
     `{success, data, meta}`.
@@ -1039,7 +1057,28 @@ class EnvelopeDeliveryObject(TypedDict):
     success: bool
 
 
-class Data9(Datum12):
+class Data9(TypedDict):
+    """
+    An instance's metric history.
+    """
+
+    instance_id: str
+    series: list[MetricPoint]
+    step_seconds: int
+    window: str
+
+
+class EnvelopeInstanceMetricHistory(TypedDict):
+    """
+    `{success, data, meta}`.
+    """
+
+    data: Data9
+    meta: Meta
+    success: bool
+
+
+class Data10(Datum12):
     """
     A job.
     """
@@ -1050,12 +1089,12 @@ class EnvelopeJobObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data9
+    data: Data10
     meta: Meta
     success: bool
 
 
-class Data10(NodeObject):
+class Data11(NodeObject):
     """
     A server on this database.
     """
@@ -1066,12 +1105,12 @@ class EnvelopeNodeObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data10
+    data: Data11
     meta: Meta
     success: bool
 
 
-class Data11(TypedDict):
+class Data12(TypedDict):
     """
     An organization.
     """
@@ -1088,7 +1127,7 @@ class EnvelopeOrganizationObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data11
+    data: Data12
     meta: Meta
     success: bool
 
@@ -1098,7 +1137,7 @@ class EnvelopeSecretObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data12
+    data: Data13
     meta: Meta
     success: bool
 
@@ -1108,7 +1147,7 @@ class EnvelopeSessionEnded(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data13
+    data: Data14
     meta: Meta
     success: bool
 
@@ -1118,7 +1157,7 @@ class EnvelopeSessionObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data14
+    data: Data15
     meta: Meta
     success: bool
 
@@ -1128,7 +1167,7 @@ class EnvelopeTokenObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data15
+    data: Data16
     meta: Meta
     success: bool
 
@@ -1138,7 +1177,7 @@ class EnvelopeUploadObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data16
+    data: Data17
     meta: Meta
     success: bool
 
@@ -1148,12 +1187,12 @@ class EnvelopeUploadReceived(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data17
+    data: Data18
     meta: Meta
     success: bool
 
 
-class Data18(UserObject):
+class Data19(UserObject):
     """
     A user.
     """
@@ -1164,7 +1203,7 @@ class EnvelopeUserObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data18
+    data: Data19
     meta: Meta
     success: bool
 
@@ -1205,7 +1244,7 @@ class EnvelopeVecNodeObject(TypedDict):
     success: bool
 
 
-class Datum3(Data11):
+class Datum3(Data12):
     """
     An organization.
     """
@@ -1272,7 +1311,7 @@ class EnvelopeWebhookObject(TypedDict):
     `{success, data, meta}`.
     """
 
-    data: Data19
+    data: Data20
     meta: Meta
     success: bool
 
@@ -1293,6 +1332,12 @@ class InstanceConfig(RuntimeConfig):
     """
 
     replicas: int
+
+
+class InstanceMetricHistory(Data9):
+    """
+    An instance's metric history.
+    """
 
 
 class InstanceObject(TypedDict):
@@ -1416,7 +1461,7 @@ class Me(TypedDict):
     user_id: str
 
 
-class OrganizationObject(Data11):
+class OrganizationObject(Data12):
     """
     An organization.
     """

@@ -287,13 +287,22 @@ class Agents(_Resource):
             yield line
 
     @operation("GET", "/v1/agents/{id}/metrics")
-    def metrics(self, id: str, *, window: Optional[str] = None) -> models.AgentMetrics:
-        """Metrics over ``window`` (``1h``, ``24h`` or ``7d``)."""
-        return self._client._json("GET", f"/v1/agents/{_q(id)}/metrics", params=_params(window=window))
+    def metrics(self, id: str, *, window: Optional[str] = None, step: Optional[str] = None) -> models.AgentMetrics:
+        """Metrics over ``window`` (``1h``, ``24h`` or ``7d``), with their
+        ``series`` in steps of ``step`` (``60``, ``5m``…)."""
+        return self._client._json("GET", f"/v1/agents/{_q(id)}/metrics",
+                                  params=_params(window=window, step=step))
 
 
 class Instances(_Resource):
     """The Instances API (served at the root): instances of an agent's build."""
+
+    @operation("GET", "/v1/instances/{id}/metrics")
+    def metrics(self, id: str, *, window: Optional[str] = None,
+                step: Optional[str] = None) -> models.InstanceMetricHistory:
+        """An instance's metric history over ``window`` in steps of ``step``."""
+        return self._client._json("GET", f"/v1/instances/{_q(id)}/metrics",
+                                  params=_params(window=window, step=step))
 
     @operation("POST", "/instances")
     def create(self, name: str, agent_id: str, build_id: str, *, organization_id: Optional[str] = None,

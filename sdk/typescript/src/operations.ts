@@ -44,6 +44,7 @@ export const OPERATIONS = {
   "POST /v1/clouds": "clouds.create",
   "GET /v1/clouds/{id}": "clouds.get",
   "GET /v1/events": "events.list",
+  "GET /v1/instances/{id}/metrics": "instances.metrics",
   "GET /v1/jobs": "jobs.list",
   "GET /v1/jobs/{id}": "jobs.get",
   "POST /v1/jobs/{id}/cancel": "jobs.cancel",

@@ -253,7 +253,8 @@ export interface paths {
          * Get an agent's metrics. Request figures are those of every server on the
          *     database (each server's gateway counts what it answered, all are summed)
          *     and resource figures come from the replicas; an agent that has served
-         *     nothing reports zeros.
+         *     nothing reports zeros. `series` plots the window by `step` from the
+         *     stored metric history, which survives restarts.
          */
         get: operations["metrics"];
         put?: never;
@@ -449,6 +450,27 @@ export interface paths {
         };
         /** The organization's events, newest first. */
         get: operations["list_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/instances/{id}/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get an instance's metric history: requests, errors, latency
+         *     percentiles, CPU and memory per step over the window, through every
+         *     server on the database (kept for the server's `--metric-retention`).
+         */
+        get: operations["instance_metrics"];
         put?: never;
         post?: never;
         delete?: never;
@@ -894,6 +916,16 @@ export interface components {
              * @description Invocations in the last 24 hours.
              */
             requests_24h: number;
+            /**
+             * @description The agent's metric history over the window, one point per step,
+             *     oldest first (see `GET /v1/instances/{id}/metrics`).
+             */
+            series: components["schemas"]["MetricPoint"][];
+            /**
+             * Format: int64
+             * @description Length of each point of `series`, seconds.
+             */
+            step_seconds: number;
             /**
              * Format: double
              * @description Share of health checks that passed since this server started (of
@@ -1429,6 +1461,16 @@ export interface components {
                  */
                 requests_24h: number;
                 /**
+                 * @description The agent's metric history over the window, one point per step,
+                 *     oldest first (see `GET /v1/instances/{id}/metrics`).
+                 */
+                series: components["schemas"]["MetricPoint"][];
+                /**
+                 * Format: int64
+                 * @description Length of each point of `series`, seconds.
+                 */
+                step_seconds: number;
+                /**
                  * Format: double
                  * @description Share of health checks that passed since this server started (of
                  *     replicas once they had been ready); `null` before the first.
@@ -1653,6 +1695,27 @@ export interface components {
                 status: components["schemas"]["DeliveryStatus"];
                 /** @description The endpoint. */
                 webhook_id: string;
+            };
+            /** @description Request metadata. */
+            meta: components["schemas"]["Meta"];
+            /** @description Always true here (errors carry false). */
+            success: boolean;
+        };
+        /** @description `{success, data, meta}`. */
+        Envelope_InstanceMetricHistory: {
+            /** @description An instance's metric history. */
+            data: {
+                /** @description The instance. */
+                instance_id: string;
+                /** @description One point per step across the window, oldest first. */
+                series: components["schemas"]["MetricPoint"][];
+                /**
+                 * Format: int64
+                 * @description Length of each point, seconds.
+                 */
+                step_seconds: number;
+                /** @description The window the series covers. */
+                window: string;
             };
             /** @description Request metadata. */
             meta: components["schemas"]["Meta"];
@@ -2263,6 +2326,20 @@ export interface components {
             /** @description Where this page is. */
             pagination: components["schemas"]["Pagination"];
         };
+        /** @description An instance's metric history. */
+        InstanceMetricHistory: {
+            /** @description The instance. */
+            instance_id: string;
+            /** @description One point per step across the window, oldest first. */
+            series: components["schemas"]["MetricPoint"][];
+            /**
+             * Format: int64
+             * @description Length of each point, seconds.
+             */
+            step_seconds: number;
+            /** @description The window the series covers. */
+            window: string;
+        };
         /** @description `metrics` of an instance, from its replicas (zero while none has run). */
         InstanceMetrics: {
             /**
@@ -2694,6 +2771,51 @@ export interface components {
         Meta: {
             /** @description This request's id (also in `x-request-id`). */
             request_id: string;
+        };
+        /**
+         * @description One step of a series. Every field is always there; the unknowns are
+         *     `null`.
+         */
+        MetricPoint: {
+            /** @description Where the step starts (RFC 3339, UTC); it lasts `step_seconds`. */
+            at: string;
+            /**
+             * Format: double
+             * @description Mean CPU use of the replicas, % of one CPU (summed over replicas and
+             *     servers); `null` when none ran or none was measured yet.
+             */
+            cpu_percent: number | null;
+            /**
+             * Format: double
+             * @description Share of failed invocations, % (0 without invocations).
+             */
+            error_rate_percent: number;
+            /**
+             * Format: int64
+             * @description Of which failed.
+             */
+            errors: number;
+            /**
+             * Format: double
+             * @description Mean memory of the replicas, MiB (summed likewise); `null` likewise.
+             */
+            memory_mb: number | null;
+            /**
+             * Format: double
+             * @description Median latency, ms, from the merged latency buckets of every server
+             *     (each bucket spans a factor √2); `null` without invocations.
+             */
+            p50_latency_ms: number | null;
+            /**
+             * Format: double
+             * @description 95th percentile latency, ms, likewise.
+             */
+            p95_latency_ms: number | null;
+            /**
+             * Format: int64
+             * @description Invocations answered in the step, through every server.
+             */
+            requests: number;
         };
         /**
          * @description What an agent's replicas may reach besides their own instance's
@@ -4714,6 +4836,13 @@ export interface operations {
             query?: {
                 /** @description `1h`, `24h` (default) or `7d`. */
                 window?: string;
+                /**
+                 * @description Length of each point of `series`: seconds (`300`) or a number and a
+                 *     unit, `s`, `m`, `h` or `d` (`5m`); a multiple of 60 s, at most the
+                 *     window and at most 1,000 points. Default: 60 s for `1h`, 300 s for
+                 *     `24h`, 3600 s for `7d`.
+                 */
+                step?: string;
             };
             header?: never;
             path: {
@@ -4732,7 +4861,7 @@ export interface operations {
                     "application/json": components["schemas"]["Envelope_AgentMetrics"];
                 };
             };
-            /** @description INVALID_REQUEST (+ `field`): a malformed body, query or path, or a value out of range */
+            /** @description INVALID_REQUEST (field `window` or `step`) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5622,6 +5751,78 @@ export interface operations {
                 headers: {
                     /** @description `Bearer` */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description RATE_LIMITED (+ `retry_after_seconds`): this API key sent more requests than its rate allows (by default 50 per second in bursts of 100) */
+            429: {
+                headers: {
+                    /** @description Whole seconds until the key's next request is taken */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    instance_metrics: {
+        parameters: {
+            query?: {
+                /** @description `1h`, `24h` (default) or `7d`. */
+                window?: string;
+                /**
+                 * @description Length of each point of `series`: seconds (`300`) or a number and a
+                 *     unit, `s`, `m`, `h` or `d` (`5m`); a multiple of 60 s, at most the
+                 *     window and at most 1,000 points. Default: 60 s for `1h`, 300 s for
+                 *     `24h`, 3600 s for `7d`.
+                 */
+                step?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Instance ID */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Envelope_InstanceMetricHistory"];
+                };
+            };
+            /** @description INVALID_REQUEST (field `window` or `step`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description UNAUTHORIZED: no API key, a malformed one, or one that is unknown or revoked */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description INSTANCE_NOT_FOUND */
+            404: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

@@ -14,6 +14,7 @@ export type Agent = Data<"/v1/agents/{id}", "get">;
 export type CreateAgent = RequestBody<"/v1/agents", "post">;
 export type UpdateAgent = RequestBody<"/v1/agents/{id}", "patch">;
 export type AgentMetrics = Data<"/v1/agents/{id}/metrics", "get">;
+export type InstanceMetricHistory = Data<"/v1/instances/{id}/metrics", "get">;
 export type Source = CreateAgent["source"];
 export type Build = Data<"/v1/builds/{id}", "get">;
 export type BuildLog = Data<"/v1/builds/{id}/logs", "get">;

@@ -711,15 +711,6 @@ async fn logs(
     }
 }
 
-/// Query of `GET /v1/agents/{id}/metrics`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct MetricsQuery {
-    /// `1h`, `24h` (default) or `7d`.
-    #[param(pattern = "^(1h|24h|7d)$")]
-    window: Option<String>,
-}
-
 /// An agent's metrics.
 #[derive(Debug, Serialize, ToSchema)]
 struct AgentMetrics {
@@ -744,30 +735,30 @@ struct AgentMetrics {
     /// Share of health checks that passed since this server started (of
     /// replicas once they had been ready); `null` before the first.
     uptime_percent: Option<f64>,
+    /// Length of each point of `series`, seconds.
+    step_seconds: u64,
+    /// The agent's metric history over the window, one point per step,
+    /// oldest first (see `GET /v1/instances/{id}/metrics`).
+    series: Vec<super::history::MetricPoint>,
 }
 
 /// Get an agent's metrics. Request figures are those of every server on the
 /// database (each server's gateway counts what it answered, all are summed)
 /// and resource figures come from the replicas; an agent that has served
-/// nothing reports zeros.
-#[utoipa::path(get, path = "/v1/agents/{id}/metrics", tag = "agents", params(("id" = String, Path, description = "Agent ID"), MetricsQuery),
-    responses((status = 200, body = Envelope<AgentMetrics>), (status = 404, description = "AGENT_NOT_FOUND")))]
+/// nothing reports zeros. `series` plots the window by `step` from the
+/// stored metric history, which survives restarts.
+#[utoipa::path(get, path = "/v1/agents/{id}/metrics", tag = "agents", params(("id" = String, Path, description = "Agent ID"), super::history::SeriesQuery),
+    responses((status = 200, body = Envelope<AgentMetrics>), (status = 400, description = "INVALID_REQUEST (field `window` or `step`)"), (status = 404, description = "AGENT_NOT_FOUND")))]
 async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<MetricsQuery>,
+    Query(q): Query<super::history::SeriesQuery>,
 ) -> ApiResult<Json<Envelope<AgentMetrics>>> {
-    let window = q.window.unwrap_or_else(|| "24h".into());
-    if !["1h", "24h", "7d"].contains(&window.as_str()) {
-        return Err(ApiError::invalid("window", "must be one of 1h, 24h, 7d"));
-    }
+    let window = super::history::Window::parse(q.window.as_deref())?;
+    let step_seconds = window.step(q.step.as_deref())?;
     let view = find(&state, &caller, &id).await?;
-    let span = Duration::from_secs(match window.as_str() {
-        "1h" => 3600,
-        "24h" => 24 * 3600,
-        _ => 7 * 24 * 3600,
-    });
+    let span = Duration::from_secs(window.seconds);
     let (requests, day) = match &view.default_instance {
         Some(i) => {
             let ids = [i.id.as_str()];
@@ -788,9 +779,11 @@ async fn metrics(
         .as_ref()
         .map(|i| state.metrics(&i.id))
         .unwrap_or_default();
+    let instance = view.default_instance.as_ref().map(|i| i.id.as_str());
+    let series = super::history::series(&state, instance, window, step_seconds).await?;
     Ok(ok(AgentMetrics {
         agent_id: view.agent.id,
-        window,
+        window: window.name.to_owned(),
         requests: requests.requests,
         requests_24h: day.requests,
         avg_latency_ms: requests.avg_latency_ms,
@@ -799,5 +792,7 @@ async fn metrics(
         memory_mb: live.memory_usage_mb.round() as u64,
         replicas,
         uptime_percent: live.uptime_percent,
+        step_seconds,
+        series,
     }))
 }

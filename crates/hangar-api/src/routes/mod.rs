@@ -3,6 +3,7 @@
 pub mod agents;
 pub(crate) mod builds;
 pub mod events;
+pub(crate) mod history;
 pub mod instances;
 pub mod invoke;
 pub mod jobs;

@@ -152,7 +152,8 @@ export class Agents {
     });
   }
 
-  metrics(id: string, query: { window?: string } & CallOptions = {}): Promise<AgentMetrics> {
+  /** Figures over `window` (`1h`, `24h`, `7d`), with their `series` in steps of `step` (`60`, `5m`…). */
+  metrics(id: string, query: { window?: string; step?: string } & CallOptions = {}): Promise<AgentMetrics> {
     const { signal, ...q } = query;
     return this.transport.data<Data<"/v1/agents/{id}/metrics", "get">>("GET", "/v1/agents/{id}/metrics", {
       params: { id },

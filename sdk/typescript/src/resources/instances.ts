@@ -5,9 +5,9 @@
  */
 
 import { followEvents, type FollowOptions } from "../follow.js";
-import type { Answer, CallOptions, RequestBody, Transport } from "../http.js";
+import type { Answer, CallOptions, Data, RequestBody, Transport } from "../http.js";
 import { Page, paginate } from "../pagination.js";
-import type { Instance, InstanceStatus, LogEvent, LogLine } from "../types.js";
+import type { Instance, InstanceMetricHistory, InstanceStatus, LogEvent, LogLine } from "../types.js";
 import { ttl, type StreamUrlOptions } from "./agents.js";
 import type { Tokens } from "./tokens.js";
 
@@ -61,6 +61,16 @@ export class Instances {
   /** Every instance of an organization, a page at a time. */
   iterate(orgId: string, query: ListInstances = {}): AsyncGenerator<Instance> {
     return paginate(() => this.list(orgId, query));
+  }
+
+  /** An instance's metric history over `window` (`1h`, `24h`, `7d`) in steps of `step`. */
+  metrics(id: string, query: { window?: string; step?: string } & CallOptions = {}): Promise<InstanceMetricHistory> {
+    const { signal, ...q } = query;
+    return this.transport.data<Data<"/v1/instances/{id}/metrics", "get">>("GET", "/v1/instances/{id}/metrics", {
+      params: { id },
+      query: q,
+      signal,
+    });
   }
 
   get(id: string, options: CallOptions = {}): Promise<Instance> {
