@@ -6,7 +6,6 @@
 import { api, get, enc } from "../api.js";
 import { h, fill, fmt, field, badge, say } from "../ui.js";
 import { tabs } from "./agent.js";
-import { remember } from "./jobs.js";
 
 export function render(main, id) {
   const saved = sessionStorage.getItem(`hangar.input.${id}`) ?? "{\n  \n}";
@@ -45,7 +44,6 @@ export function render(main, id) {
       } else {
         const res = await api("POST", `/v1/agents/${enc(id)}/invoke`, { input: body, async: true }, { signal: controller.signal });
         const job = res.data;
-        remember(job.job_id ?? job.id);
         pollJob(job.job_id ?? job.id, output, meta, () => alive);
       }
     } catch (err) {

@@ -1,20 +1,12 @@
-// Jobs: async invocations. The API has no list of an organization's jobs,
-// so the list is what this console knows of: jobs started from this tab's
-// playground, and those the organization's events name (`job.completed`,
-// `job.failed`); any other job opens by its ID. A job's page shows its
-// status, attempts, output or error, and cancels it while it may still run.
+// Jobs: the organization's async invocations, newest first (`GET /v1/jobs`,
+// optionally in one status); any job also opens by its ID. A job's page
+// shows its status, attempts, output or error, and cancels it while it may
+// still run.
 
 import { get, post, list, enc } from "../api.js";
 import { h, fill, table, kv, badge, fmt, panel, every, attempt, confirmAction, field } from "../ui.js";
 
-const KNOWN = "hangar.jobs";
-
-/** Adds a job to this tab's list. */
-export function remember(id) {
-  const ids = JSON.parse(sessionStorage.getItem(KNOWN) ?? "[]").filter((j) => j !== id);
-  ids.unshift(id);
-  sessionStorage.setItem(KNOWN, JSON.stringify(ids.slice(0, 100)));
-}
+const STATUSES = ["", "pending", "running", "completed", "failed", "cancelled"];
 
 export function render(main, id) {
   return id ? detail(main, id) : index(main);
@@ -25,13 +17,12 @@ function index(main) {
   const open = h("input", { id: "job-id", placeholder: "job_…", pattern: "job_.+", required: true });
   const form = h("form", { class: "row" }, field("Job ID", open), h("button", { type: "submit" }, "Open"));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); location.hash = `#/jobs/${enc(open.value.trim())}`; });
-  fill(main, h("h1", {}, "Jobs"), panel("Open a job", form), panel("Recent jobs", body));
+  const status = h("select", { id: "job-status" }, ...STATUSES.map((s) => h("option", { value: s }, s || "any")));
+  const filter = h("div", { class: "row" }, field("Status", status));
+  fill(main, h("h1", {}, "Jobs"), panel("Open a job", form), panel("Recent jobs", filter, body));
   return every(3000, async () => {
-    const ids = new Set(JSON.parse(sessionStorage.getItem(KNOWN) ?? "[]"));
-    const events = await list("/v1/events?limit=100", 100).catch(() => []);
-    for (const e of events) if (String(e.subject).startsWith("job_")) ids.add(e.subject);
-    const jobs = (await Promise.all([...ids].slice(0, 50).map((j) => get(`/v1/jobs/${enc(j)}`).catch(() => null)))).filter(Boolean);
-    jobs.sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
+    const only = status.value ? `&status=${enc(status.value)}` : "";
+    const jobs = await list(`/v1/jobs?limit=50${only}`, 50);
     fill(body, table([
       { label: "Job", value: (j) => h("a", { href: `#/jobs/${enc(j.id)}` }, j.id) },
       { label: "Agent", value: (j) => h("a", { href: `#/agents/${enc(j.agent_id)}` }, j.agent_id) },
@@ -39,7 +30,7 @@ function index(main) {
       { label: "Attempts", num: true, value: (j) => j.attempts },
       { label: "Accepted", value: (j) => fmt.time(j.created_at) },
       { label: "Duration", num: true, value: (j) => fmt.ms(j.duration_ms) },
-    ], jobs, { empty: "No jobs seen yet: start one from an agent's Invoke page (async)." }));
+    ], jobs, { empty: "No jobs yet: start one from an agent's Invoke page (async)." }));
   });
 }
 
@@ -54,7 +45,6 @@ function detail(main, id) {
   fill(main, h("p", {}, h("a", { href: "#/jobs" }, "← Jobs")), h("h1", {}, "Job ", h("span", { class: "mono" }, id)), h("div", { class: "row" }, cancel), panel("Details", info));
   async function refresh() {
     const job = await get(`/v1/jobs/${enc(id)}`);
-    remember(id);
     cancel.hidden = !["pending", "running"].includes(job.status);
     fill(info, kv([
       ["Status", badge(job.status)],
