@@ -67,6 +67,34 @@ fn unique_name() -> String {
     hangar_core::id::new_id(hangar_core::id::IdKind::Request).replace("req_", "hangar_test_")
 }
 
+/// Runs `test` once on each of [`backends`], each time on a fresh
+/// database: its store and its URL (for [`second_store`], or a server
+/// started on the same database).
+pub async fn each_backend<F, Fut>(test: F)
+where
+    F: Fn(Store, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        test(db.store.clone(), db.url.clone()).await;
+    }
+}
+
+/// Another server's store on the database at `url`: a pool of its own (so
+/// two servers race as they would), with a key of its own.
+///
+/// # Panics
+/// When it cannot connect: a test cannot go on without it.
+pub async fn second_store(url: &str) -> Store {
+    Store::connect(
+        url,
+        Sealer::new(&Sealer::generate_key()).expect("32-byte key"),
+    )
+    .await
+    .expect("a second store on the test database")
+}
+
 impl TestDb {
     /// A fresh, migrated database on `backend`.
     ///

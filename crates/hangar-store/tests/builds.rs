@@ -8,19 +8,8 @@ use hangar_core::model::Build;
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::each_backend;
 use hangar_store::{NewAgent, NewInstance, Store, StoreError};
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone()).await;
-    }
-}
 
 /// An organization (with `max_instances`), its admin and its `local` cloud.
 struct Org {
@@ -82,7 +71,7 @@ async fn ready(store: &Store, build: &str) {
 
 #[tokio::test]
 async fn a_queued_build_is_claimed_by_exactly_one_builder() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (_, build) = store
             .create_agent(new_agent(&o, "one"))
@@ -125,7 +114,7 @@ async fn a_queued_build_is_claimed_by_exactly_one_builder() {
 
 #[tokio::test]
 async fn many_builders_take_every_build_once_oldest_first() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let mut queued = Vec::new();
         for i in 0..12 {
@@ -170,7 +159,7 @@ async fn many_builders_take_every_build_once_oldest_first() {
 
 #[tokio::test]
 async fn queued_builds_of_deleted_agents_fail_instead_of_being_claimed() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (gone, gone_build) = store
             .create_agent(new_agent(&o, "gone"))
@@ -208,7 +197,7 @@ async fn queued_builds_of_deleted_agents_fail_instead_of_being_claimed() {
 
 #[tokio::test]
 async fn deploy_creates_the_default_instance_once_then_repoints_it() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let mut new = new_agent(&o, "deployer");
         new.scaling = Scaling {
@@ -319,7 +308,7 @@ async fn deploy_creates_the_default_instance_once_then_repoints_it() {
 
 #[tokio::test]
 async fn a_build_that_finishes_late_does_not_roll_the_agent_back() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (agent, old) = store
             .create_agent(new_agent(&o, "racer"))
@@ -362,7 +351,7 @@ async fn a_build_that_finishes_late_does_not_roll_the_agent_back() {
 
 #[tokio::test]
 async fn deploy_respects_the_quota_and_takes_free_names() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 1).await;
         let (other, other_build) = store
             .create_agent(new_agent(&o, "other"))
@@ -433,7 +422,7 @@ async fn deploy_respects_the_quota_and_takes_free_names() {
 
 #[tokio::test]
 async fn concurrent_deploys_of_one_build_make_one_instance() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (agent, build) = store
             .create_agent(new_agent(&o, "twice"))
@@ -465,7 +454,7 @@ async fn concurrent_deploys_of_one_build_make_one_instance() {
 
 #[tokio::test]
 async fn builds_whose_builder_went_silent_are_queued_again_and_live_ones_are_not() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (_, silent) = store
             .create_agent(new_agent(&o, "silent"))
@@ -610,7 +599,7 @@ async fn builds_whose_builder_went_silent_are_queued_again_and_live_ones_are_not
 
 #[tokio::test]
 async fn a_build_put_back_at_a_clean_stop_keeps_its_attempts() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (_, build) = store
             .create_agent(new_agent(&o, "stopped"))
@@ -655,7 +644,7 @@ async fn events_of(store: &Store, org: &str, kind: &str) -> Vec<hangar_core::eve
 
 #[tokio::test]
 async fn a_finished_build_records_one_event_and_queues_its_deliveries() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (hook, _) = store
             .create_webhook(hangar_store::NewWebhook {
@@ -735,7 +724,7 @@ async fn a_finished_build_records_one_event_and_queues_its_deliveries() {
 
 #[tokio::test]
 async fn builds_failed_as_abandoned_or_for_a_deleted_agent_record_build_failed() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (silent_agent, silent) = store
             .create_agent(new_agent(&o, "silent"))
@@ -818,7 +807,7 @@ async fn builds_failed_as_abandoned_or_for_a_deleted_agent_record_build_failed()
 
 #[tokio::test]
 async fn a_deployment_is_announced_once_per_build_of_the_default_instance() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (agent, first) = store
             .create_agent(new_agent(&o, "announced"))
@@ -916,7 +905,7 @@ async fn a_deployment_is_announced_once_per_build_of_the_default_instance() {
 /// another organization reads nothing.
 #[tokio::test]
 async fn an_agents_summary_shows_what_its_view_holds() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let o = org(&store, 10).await;
         let (agent, build) = store
             .create_agent(new_agent(&o, "summarized"))

@@ -2,20 +2,9 @@
 //! PostgreSQL when configured, and always in CI).
 
 use hangar_core::events::DeliveryStatus;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::each_backend;
 use hangar_store::{Attempt, NewWebhook, Store};
 use serde_json::json;
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone()).await;
-    }
-}
 
 async fn hook(store: &Store, org: &str, events: &[&str]) -> String {
     store
@@ -34,7 +23,7 @@ async fn hook(store: &Store, org: &str, events: &[&str]) -> String {
 
 #[tokio::test]
 async fn events_queue_deliveries_in_order_per_subject_with_leases_and_retries() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let org = store
             .bootstrap(None)
             .await

@@ -8,30 +8,11 @@ use std::time::Duration;
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::JobStatus;
-use hangar_store::seal::Sealer;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::{each_backend, second_store};
 use hangar_store::{job_error, JobOutcome, JobResult, NewAgent, NewJob, Store};
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone(), db.url.clone()).await;
-    }
-}
-
-/// A second server's store on the same database.
-async fn second(url: &str) -> Store {
-    Store::connect(url, Sealer::new(&Sealer::generate_key()).expect("key"))
-        .await
-        .expect("second store")
-}
 
 /// The bootstrap organization and `n` agents in it.
 async fn fixture(store: &Store, n: usize) -> (String, Vec<String>) {
@@ -232,7 +213,7 @@ async fn two_servers_never_claim_the_same_job() {
         for i in 0..200 {
             all.insert(accept(&store, &org, &agents[i % 4], json!(i)).await);
         }
-        let other = second(&url).await;
+        let other = second_store(&url).await;
         let claimers: Vec<_> = [("srv-a", store.clone()), ("srv-b", other.clone())]
             .into_iter()
             .flat_map(|(owner, store)| {
@@ -313,7 +294,7 @@ async fn the_per_agent_cap_holds_across_servers() {
             1
         );
         // Two servers claiming at once after slots free up: never above the cap.
-        let other = second(&url).await;
+        let other = second_store(&url).await;
         for round in 0..5 {
             let running: Vec<String> = store
                 .renew_job_leases("srv-a", LEASE)

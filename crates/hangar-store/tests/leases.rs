@@ -7,32 +7,13 @@ use std::time::Duration;
 
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
-use hangar_store::seal::Sealer;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::{each_backend, second_store};
 use hangar_store::{LeaseTerms, NewAgent, NewInstance, NewJob, NodeBeat, Store};
 
 const TERMS: LeaseTerms = LeaseTerms {
     duration: Duration::from_secs(60),
     node_dead_after: Duration::from_secs(60),
 };
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone(), db.url.clone()).await;
-    }
-}
-
-/// Another server's store on the same database.
-async fn second(url: &str) -> Store {
-    Store::connect(url, Sealer::new(&Sealer::generate_key()).expect("key"))
-        .await
-        .expect("second store")
-}
 
 /// The bootstrap organization, an agent, and `n` instances of it (the
 /// first its default); returns the organization and the instances' IDs.
@@ -378,7 +359,7 @@ async fn servers_racing_for_an_instance_get_it_once() {
         let (_, ids) = instances(&store, 5).await;
         let mut stores = vec![store.clone()];
         for _ in 0..5 {
-            stores.push(second(&url).await);
+            stores.push(second_store(&url).await);
         }
         for id in &ids {
             let mut racing = tokio::task::JoinSet::new();

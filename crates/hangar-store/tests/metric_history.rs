@@ -5,21 +5,10 @@
 use std::time::Duration;
 
 use hangar_store::seal::Sealer;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::each_backend;
 use hangar_store::{
     LatencyHistogram, MinuteFigures, RequestCounts, RequestMinute, ResourceUse, SeriesSpan, Store,
 };
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone(), db.url.clone()).await;
-    }
-}
 
 /// `n` invocations of `latency` (`errors` of them failed), and what the
 /// replicas used, in one minute.

@@ -3,19 +3,8 @@
 //! stores (two pools) on one database, each adding its own counts.
 
 use hangar_store::seal::Sealer;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::each_backend;
 use hangar_store::{MinuteFigures, RequestCounts, RequestMinute, Store};
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone(), db.url.clone()).await;
-    }
-}
 
 fn minute(
     instance: &str,

@@ -12,22 +12,9 @@ use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus};
 use hangar_store::seal::Sealer;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::each_backend;
 use hangar_store::{LogFilter, LogQuery, NewAgent, NewInstance, Store, StoreError};
 use sqlx::{Connection, Executor};
-
-/// Runs `f` once per backend with a fresh store and its database URL (to open a
-/// second store on the same database, as a restarted server would).
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone(), db.url.clone()).await;
-    }
-}
 
 /// An organization's IDs and an agent with its first build, ready with an artifact.
 struct Fixture {

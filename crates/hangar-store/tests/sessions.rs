@@ -5,19 +5,8 @@
 use std::time::Duration;
 
 use hangar_store::seal::Sealer;
-use hangar_store::testing::{backends, TestDb};
+use hangar_store::testing::each_backend;
 use hangar_store::{SessionVisit, Store};
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store, String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone(), db.url.clone()).await;
-    }
-}
 
 fn visit<'a>(org: &'a str, id: &'a str, replica: &'a str, idle: Duration) -> SessionVisit<'a> {
     SessionVisit {

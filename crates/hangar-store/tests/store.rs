@@ -8,19 +8,8 @@ use hangar_core::model::DriverKind;
 use hangar_core::resources::Resources;
 use hangar_core::spec::{RuntimeConfig, Scaling, Source};
 use hangar_core::status::{BuildStatus, DesiredState, InstanceStatus, JobStatus};
-use hangar_store::testing::{backends, TestDb};
-use hangar_store::{InstanceFilter, NewAgent, NewInstance, NewJob, NewWebhook, Store, StoreError};
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Store) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        let db = TestDb::new(backend).await;
-        f(db.store.clone()).await;
-    }
-}
+use hangar_store::testing::each_backend;
+use hangar_store::{InstanceFilter, NewAgent, NewInstance, NewJob, NewWebhook, StoreError};
 
 fn new_agent(org: &str, user: &str, cloud: &str, name: &str) -> NewAgent {
     NewAgent {
@@ -64,7 +53,7 @@ fn new_instance(org: &str, agent: &str, build: &str, user: &str, name: &str) -> 
 
 #[tokio::test]
 async fn bootstrap_once_and_authenticate() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let first = store.bootstrap(None).await.expect("bootstrap");
         let key = first
             .generated_key
@@ -164,7 +153,7 @@ async fn bootstrap_once_and_authenticate() {
 
 #[tokio::test]
 async fn instance_quota_is_never_overshot_even_concurrently() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let boot = store.bootstrap(None).await.expect("bootstrap");
         let org = store
             .create_organization("small", 3, "a@example.com")
@@ -275,7 +264,7 @@ async fn instance_quota_is_never_overshot_even_concurrently() {
 
 #[tokio::test]
 async fn pagination_filters_and_status_facts() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let boot = store.bootstrap(None).await.expect("bootstrap");
         let oid = boot.organization.id.clone();
         let uid = boot.admin.id.clone();
@@ -373,7 +362,7 @@ async fn pagination_filters_and_status_facts() {
 
 #[tokio::test]
 async fn secrets_are_sealed_and_jobs_are_idempotent() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let boot = store.bootstrap(None).await.expect("bootstrap");
         let oid = boot.organization.id.clone();
         let (_, created) = store
@@ -459,7 +448,7 @@ async fn secrets_are_sealed_and_jobs_are_idempotent() {
 /// connection made it, however many reads run at once.
 #[tokio::test]
 async fn agent_reads_see_every_write_committed_before_them() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let boot = store.bootstrap(None).await.expect("bootstrap");
         let (oid, uid) = (boot.organization.id.clone(), boot.admin.id.clone());
         let cloud = store
@@ -512,7 +501,7 @@ async fn agent_reads_see_every_write_committed_before_them() {
 /// connection usable: later reads answer.
 #[tokio::test]
 async fn an_abandoned_agent_read_leaves_its_connection_usable() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let boot = store.bootstrap(None).await.expect("bootstrap");
         let (oid, uid) = (boot.organization.id.clone(), boot.admin.id.clone());
         let cloud = store
@@ -546,7 +535,7 @@ async fn an_abandoned_agent_read_leaves_its_connection_usable() {
 
 #[tokio::test]
 async fn agent_urls_lead_to_one_agent_across_organizations() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         store.bootstrap(None).await.expect("bootstrap");
         let mut orgs = Vec::new();
         for name in ["one", "two"] {
@@ -657,7 +646,7 @@ async fn agent_urls_lead_to_one_agent_across_organizations() {
 
 #[tokio::test]
 async fn nodes_beat_restart_and_stop() {
-    each_backend(|store| async move {
+    each_backend(|store, _| async move {
         let beat = hangar_store::NodeBeat {
             id: "node-a".into(),
             address: "http://10.0.0.5:7070".into(),
